@@ -1,0 +1,1 @@
+"""DICOM vocabulary shared by the scanner, the lab and the archive."""

@@ -1,0 +1,211 @@
+"""An asyncio DICOM association requestor: connect, negotiate, exchange DIMSE, release.
+
+Built for scanning: every read is bounded in size and time, TCP_NODELAY is set, and nothing is
+retained after the conversation ends. Errors from the remote surface as `ProtocolError`
+subclasses or `TimeoutError`; the probe layer turns them into observations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from pydicom.dataset import Dataset
+from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND
+
+from pacsguard.dicom import uids
+from pacsguard.dicom.dimse import (
+    MessageAssembler,
+    decode_dataset,
+    encode_dataset,
+    encode_message,
+)
+from pacsguard.dicom.ul import (
+    ABORT,
+    MAX_ASSOCIATION_PDU,
+    P_DATA_TF,
+    RELEASE_RP,
+    RELEASE_RQ,
+    RELEASE_RQ_BYTES,
+    AssociationAccepted,
+    AssociationRejected,
+    ContextResult,
+    ProposedContext,
+    decode_associate_answer,
+    encode_abort,
+    encode_associate_rq,
+    read_pdu,
+)
+from pacsguard.errors import MalformedPdu, PeerClosed
+
+#: The maximum PDU we tell peers we accept, and the bound we hold them to (with slack for
+#: peers that ignore it, as several do).
+OUR_MAX_PDU: Final = 64 * 1024
+MAX_INCOMING_PDU: Final = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-conversation timeouts in seconds."""
+
+    connect: float = 3.0
+    read: float = 5.0
+
+
+def set_nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Association:
+    """One established association; use `request_association` to make one."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        accepted: AssociationAccepted,
+        timeouts: Timeouts,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.accepted = accepted
+        self._timeouts = timeouts
+        self._message_id = 0
+        peer_max = accepted.max_pdu or 0
+        self._send_max_pdu = peer_max if 0 < peer_max <= OUR_MAX_PDU else OUR_MAX_PDU
+
+    def _next_id(self) -> int:
+        self._message_id = (self._message_id % 0xFFFF) + 1
+        return self._message_id
+
+    async def _send(self, data: bytes) -> None:
+        self._writer.write(data)
+        async with asyncio.timeout(self._timeouts.read):
+            await self._writer.drain()
+
+    async def _receive_message(self) -> DIMSEMessage:
+        assembler = MessageAssembler()
+        while True:
+            async with asyncio.timeout(self._timeouts.read):
+                pdu = await read_pdu(self._reader, MAX_INCOMING_PDU)
+            if pdu.pdu_type == P_DATA_TF:
+                message = assembler.feed(pdu)
+                if message is not None:
+                    return message
+            elif pdu.pdu_type == ABORT:
+                raise PeerClosed("peer sent A-ABORT")
+            elif pdu.pdu_type == RELEASE_RQ:
+                raise PeerClosed("peer asked to release in the middle of a request")
+            else:
+                raise MalformedPdu(f"unexpected PDU type 0x{pdu.pdu_type:02x} during DIMSE")
+
+    async def echo(self, context: ContextResult) -> int:
+        """Send C-ECHO-RQ; return the response status."""
+        primitive = C_ECHO()
+        primitive.MessageID = self._next_id()
+        primitive.AffectedSOPClassUID = uids.VERIFICATION
+        await self._send(
+            encode_message(primitive, context.context_id, self._send_max_pdu, request=True)
+        )
+        message = await self._receive_message()
+        if not isinstance(message, C_ECHO_RSP):
+            raise MalformedPdu(f"expected C-ECHO-RSP, got {type(message).__name__}")
+        return int(message.command_set.Status)
+
+    async def find(
+        self, context: ContextResult, identifier: Dataset
+    ) -> AsyncIterator[tuple[int, Dataset | None]]:
+        """Send C-FIND-RQ; yield (status, identifier) for each response, the final one last.
+
+        Breaking out of the iteration early leaves the association unusable; release or abort it.
+        """
+        primitive = C_FIND()
+        primitive.MessageID = self._next_id()
+        primitive.AffectedSOPClassUID = context.abstract_syntax
+        primitive.Priority = 2  # low
+        ts = context.transfer_syntax or uids.IMPLICIT_VR_LITTLE_ENDIAN
+        primitive.Identifier = encode_dataset(identifier, ts)
+        await self._send(
+            encode_message(primitive, context.context_id, self._send_max_pdu, request=True)
+        )
+        while True:
+            message = await self._receive_message()
+            if not isinstance(message, C_FIND_RSP):
+                raise MalformedPdu(f"expected C-FIND-RSP, got {type(message).__name__}")
+            status = int(message.command_set.Status)
+            pending = status in (0xFF00, 0xFF01)
+            ds = decode_dataset(message.data_set, ts) if pending else None
+            yield status, ds
+            if not pending:
+                return
+
+    async def release(self) -> None:
+        """Orderly release (A-RELEASE-RQ/RP); falls back to closing if the peer does not answer."""
+        try:
+            await self._send(RELEASE_RQ_BYTES)
+            async with asyncio.timeout(self._timeouts.read):
+                while True:
+                    pdu = await read_pdu(self._reader, MAX_INCOMING_PDU)
+                    if pdu.pdu_type in (RELEASE_RP, ABORT):
+                        break
+        except (TimeoutError, OSError, PeerClosed, MalformedPdu):
+            pass
+        finally:
+            await close_writer(self._writer)
+
+    async def abort(self) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            self._writer.write(encode_abort())
+        await close_writer(self._writer)
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()
+
+
+async def request_association(
+    host: str,
+    port: int,
+    *,
+    calling_ae: str,
+    called_ae: str,
+    contexts: Sequence[ProposedContext],
+    timeouts: Timeouts,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[AssociationAccepted | AssociationRejected, Association | None]:
+    """Connect and negotiate. Returns the answer and, when accepted, the open association.
+
+    Raises OSError/TimeoutError for connection failures and ProtocolError for bad answers.
+    """
+    contexts = tuple(contexts)
+    async with asyncio.timeout(timeouts.connect):
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=tls, limit=MAX_INCOMING_PDU + 16
+        )
+    set_nodelay(writer)
+    try:
+        writer.write(encode_associate_rq(calling_ae, called_ae, contexts, OUR_MAX_PDU))
+        async with asyncio.timeout(timeouts.read):
+            await writer.drain()
+            pdu = await read_pdu(reader, MAX_ASSOCIATION_PDU)
+        answer = decode_associate_answer(pdu, contexts)
+    except BaseException:
+        await close_writer(writer)
+        raise
+    if isinstance(answer, AssociationRejected):
+        await close_writer(writer)
+        return answer, None
+    return answer, Association(reader, writer, answer, timeouts)

@@ -1,0 +1,34 @@
+"""UIDs pacsguard uses, named once."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pydicom.uid import UID
+
+#: DICOM application context name (PS3.7 A.2.1).
+APPLICATION_CONTEXT: Final = UID("1.2.840.10008.3.1.1.1")
+
+VERIFICATION: Final = UID("1.2.840.10008.1.1")
+STUDY_ROOT_FIND: Final = UID("1.2.840.10008.5.1.4.1.2.2.1")
+PATIENT_ROOT_FIND: Final = UID("1.2.840.10008.5.1.4.1.2.1.1")
+#: Secondary Capture Image Storage: the storage SOP class the probe proposes (never sent).
+SECONDARY_CAPTURE_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.7")
+CT_IMAGE_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.2")
+MR_IMAGE_STORAGE: Final = UID("1.2.840.10008.5.1.4.1.1.4")
+
+IMPLICIT_VR_LITTLE_ENDIAN: Final = UID("1.2.840.10008.1.2")
+EXPLICIT_VR_LITTLE_ENDIAN: Final = UID("1.2.840.10008.1.2.1")
+
+#: pacsguard's implementation class UID. 1.2.826.0.1.3680043.10.? roots are handed out by
+#: Medical Connections for free; until we hold one, we use pydicom's documented example root
+#: with a pacsguard-specific suffix so that remote logs can identify the scanner.
+IMPLEMENTATION_CLASS_UID: Final = UID("1.2.826.0.1.3680043.8.498.7267656")
+IMPLEMENTATION_VERSION_NAME: Final = "PACSGUARD_01"
+
+SOP_CLASS_NAMES: Final[dict[str, str]] = {
+    VERIFICATION: "verification",
+    STUDY_ROOT_FIND: "study-root-find",
+    PATIENT_ROOT_FIND: "patient-root-find",
+    SECONDARY_CAPTURE_STORAGE: "storage",
+}

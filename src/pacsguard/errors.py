@@ -1,0 +1,64 @@
+"""Errors raised by pacsguard.
+
+One root type; every error says what the user can do about it::
+
+    PacsguardError
+    ├── UsageError              bad command-line or configuration input
+    │   ├── TargetError         a target string that cannot be parsed or resolved
+    │   └── ScopeError          a scope too large or outside what the user confirmed
+    ├── ProtocolError           a remote peer broke the DICOM upper-layer protocol
+    │   ├── PduTooLarge         announced PDU length above our bound
+    │   ├── MalformedPdu        bytes that do not decode as the PDU they claim to be
+    │   └── PeerClosed          the peer closed or aborted mid-conversation
+    └── LabError                the synthetic lab cannot be built or served
+
+Probes never let a `ProtocolError` escape: they turn it into an Observation. The CLI turns
+`UsageError` into exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class PacsguardError(Exception):
+    """Root of every error pacsguard raises on purpose."""
+
+
+class UsageError(PacsguardError):
+    """The user asked for something we cannot do as stated."""
+
+
+class TargetError(UsageError):
+    """A target specification could not be parsed or resolved."""
+
+
+class ScopeError(UsageError):
+    """The scope is larger than allowed without explicit confirmation."""
+
+
+class ProtocolError(PacsguardError):
+    """A remote peer violated the DICOM upper-layer protocol (PS3.8)."""
+
+
+class PduTooLarge(ProtocolError):
+    """The peer announced a PDU longer than the bound we accept."""
+
+    def __init__(self, pdu_type: int, length: int, bound: int) -> None:
+        super().__init__(
+            f"peer announced a PDU of type 0x{pdu_type:02x} with {length} bytes; "
+            f"the bound is {bound} bytes"
+        )
+        self.pdu_type = pdu_type
+        self.length = length
+        self.bound = bound
+
+
+class MalformedPdu(ProtocolError):
+    """Bytes that are not a valid DICOM PDU."""
+
+
+class PeerClosed(ProtocolError):
+    """The peer closed the connection or sent A-ABORT before the conversation ended."""
+
+
+class LabError(PacsguardError):
+    """The synthetic lab could not be generated or served."""
