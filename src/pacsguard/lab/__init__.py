@@ -1,0 +1,1 @@
+"""The lab: synthetic data and simulated PACS on loopback, for demos, tests and benchmarks."""

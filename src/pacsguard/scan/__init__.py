@@ -1,0 +1,1 @@
+"""Find: scan DICOM endpoints and assess their exposure."""
