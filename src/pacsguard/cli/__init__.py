@@ -29,30 +29,23 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so that `import pacsguard.cli` stays cheap and cycle-free.
-    from pacsguard.cli import lab  # noqa: PLC0415
+    from pacsguard.cli import lab, scan
 
+    app.command(name="scan")(scan.scan)
     app.add_typer(lab.app, name="lab")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code instead of raising SystemExit."""
+    """Run the CLI and return its exit code (usage errors are 2, as in click and POSIX tools)."""
     _register()
     try:
-        app(args=list(argv) if argv is not None else sys.argv[1:], standalone_mode=False)
+        app(args=list(argv) if argv is not None else sys.argv[1:], prog_name="pacsguard")
     except UsageError as exc:
         typer.echo(f"pacsguard: error: {exc}", err=True)
         return EXIT_USAGE
-    except typer.Exit as exc:
-        return int(exc.exit_code)
-    except typer.Abort:
-        return 130
-    except Exception as exc:
-        import click  # noqa: PLC0415
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return EXIT_USAGE
-        raise
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_USAGE)
     return EXIT_CLEAN
 
 

@@ -58,6 +58,10 @@ class Timeouts:
     read: float = 5.0
 
 
+class ConnectTimeout(TimeoutError):
+    """The TCP connection itself was not established in time (nothing answered SYN)."""
+
+
 def set_nodelay(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:
@@ -191,10 +195,15 @@ async def request_association(
     Raises OSError/TimeoutError for connection failures and ProtocolError for bad answers.
     """
     contexts = tuple(contexts)
-    async with asyncio.timeout(timeouts.connect):
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=tls, limit=MAX_INCOMING_PDU + 16
-        )
+    try:
+        async with asyncio.timeout(timeouts.connect):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=tls, limit=MAX_INCOMING_PDU + 16
+            )
+    except TimeoutError:
+        raise ConnectTimeout(
+            f"no TCP connection to {host}:{port} within {timeouts.connect}s"
+        ) from None
     set_nodelay(writer)
     try:
         writer.write(encode_associate_rq(calling_ae, called_ae, contexts, OUR_MAX_PDU))

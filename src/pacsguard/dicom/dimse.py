@@ -8,7 +8,7 @@ bytes one message may take so that a hostile peer cannot grow our memory.
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Final, cast
+from typing import Final
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_messages import (
@@ -23,7 +23,6 @@ from pynetdicom.dimse_messages import (
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.pdu_primitives import P_DATA
 
 from pacsguard.dicom import uids
 from pacsguard.dicom.ul import RawPdu
@@ -100,7 +99,7 @@ class MessageAssembler:
         pdata = P_DATA_TF()
         try:
             pdata.decode(pdu.data)
-            primitive = cast(P_DATA, pdata.to_primitive())
+            primitive = pdata.to_primitive()
             complete = self._message.decode_msg(primitive)
         except Exception as exc:
             raise MalformedPdu(f"undecodable P-DATA-TF: {exc.__class__.__name__}") from None

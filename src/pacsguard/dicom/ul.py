@@ -65,7 +65,9 @@ async def read_pdu(reader: asyncio.StreamReader, max_length: int) -> RawPdu:
         header = await reader.readexactly(HEADER_LENGTH)
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
-            raise PeerClosed(f"connection closed inside a PDU header ({len(exc.partial)} of 6 bytes)")
+            raise PeerClosed(
+                f"connection closed inside a PDU header ({len(exc.partial)} of 6 bytes)"
+            ) from None
         raise PeerClosed("connection closed by peer") from None
     except ConnectionError as exc:
         raise PeerClosed(f"connection reset: {exc.__class__.__name__}") from None
@@ -177,7 +179,10 @@ REJECT_REASONS: Final[dict[tuple[int, int], str]] = {
 
 @dataclass(frozen=True, slots=True)
 class AssociationRejected:
-    """An A-ASSOCIATE-RJ: result 1 permanent / 2 transient, source 1 user / 2 ACSE / 3 presentation."""
+    """An A-ASSOCIATE-RJ.
+
+    Result 1 permanent / 2 transient; source 1 service user / 2 ACSE / 3 presentation layer.
+    """
 
     result: int
     source: int

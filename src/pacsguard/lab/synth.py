@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from pacsguard.dicom import uids
 
@@ -120,7 +120,9 @@ class SyntheticArchive:
 
 def _uid(seed: int, *parts: object) -> str:
     """A deterministic 2.25 UID from the seed and the object's position."""
-    return str(generate_uid(prefix=None, entropy_srcs=["pacsguard-lab", str(seed), *map(str, parts)]))
+    return str(
+        generate_uid(prefix=None, entropy_srcs=["pacsguard-lab", str(seed), *map(str, parts)])
+    )
 
 
 def _family_name(rng: random.Random) -> str:
@@ -156,9 +158,7 @@ def generate_archive(
                     SyntheticInstance(sop_class, _uid(seed, p, s, r, i), i + 1)
                     for i in range(rng.randint(*instances_per_series))
                 )
-                series_list.append(
-                    SyntheticSeries(_uid(seed, p, s, r), r + 1, modality, instances)
-                )
+                series_list.append(SyntheticSeries(_uid(seed, p, s, r), r + 1, modality, instances))
             studies.append(
                 SyntheticStudy(
                     study_instance_uid=_uid(seed, p, s),
@@ -225,8 +225,8 @@ def build_dataset(
     ds.PixelRepresentation = 0
     ds.PixelData = bytes((instance.instance_number + i) % 256 for i in range(rows * columns * 2))
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = instance.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = instance.sop_instance_uid
+    meta.MediaStorageSOPClassUID = UID(instance.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(instance.sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME

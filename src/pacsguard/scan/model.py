@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pacsguard.dicom.phi import PhiCategory
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Target:
@@ -29,7 +31,8 @@ class Outcome(StrEnum):
     ACCEPTED = "accepted"
     REJECTED = "rejected"
     REFUSED = "refused"  # TCP connection refused: nothing listens
-    TIMEOUT = "timeout"
+    TIMEOUT = "timeout"  # no TCP connection within the connect timeout
+    SILENT = "silent"  # TCP connected, but no answer to the association request
     UNREACHABLE = "unreachable"
     PROTOCOL_ERROR = "protocol-error"  # something answered, but not DICOM (or hostile)
     CLOSED = "closed"  # peer closed or aborted without an answer
@@ -44,21 +47,6 @@ class AssociationAttempt:
     outcome: Outcome
     reason: str | None = None  # RJ reason name, or a short description of the failure
     accepted_services: tuple[str, ...] = ()
-
-
-class PhiCategory(StrEnum):
-    """Kinds of identifying data a query response carried (values are never kept)."""
-
-    PATIENT_NAME = "patient_name"
-    PATIENT_BIRTH_DATE = "patient_birth_date"
-    PATIENT_ID = "patient_id"
-    PATIENT_ID_SSN_SHAPED = "patient_id_ssn_shaped"
-    PATIENT_SEX = "patient_sex"
-    REFERRING_PHYSICIAN = "referring_physician"
-    INSTITUTION = "institution"
-    ACCESSION_NUMBER = "accession_number"
-    STUDY_DATE = "study_date"
-    STUDY_DESCRIPTION = "study_description"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,173 @@
+"""`pacsguard scan`: probe DICOM endpoints and report what they expose."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pacsguard.dicom.client import Timeouts
+from pacsguard.report.jsonl import TextSink, write_record
+from pacsguard.report.table import ScanSummary, render_table
+from pacsguard.scan.model import HostReport, Observations, Severity, Target
+from pacsguard.scan.probe import ProbeOptions, probe_dimse
+from pacsguard.scan.scheduler import Limits, run_scan
+from pacsguard.scan.targets import DEFAULT_PORTS, Scope, build_scope, parse_ports
+
+
+class OutputFormat(StrEnum):
+    JSONL = "jsonl"
+    TABLE = "table"
+
+
+async def scan_scope(
+    scope: Scope,
+    options: ProbeOptions,
+    limits: Limits,
+    *,
+    jsonl: TextSink | None,
+    on_report: list[HostReport] | None = None,
+    progress: Progress | None = None,
+) -> ScanSummary:
+    """Run the scan, streaming JSON Lines; keep reports only when `on_report` asks for them."""
+    summary = ScanSummary()
+    task = progress.add_task("scanning", total=scope.target_count) if progress else None
+
+    async def prober(target: Target) -> Observations:
+        return await probe_dimse(target, options)
+
+    async for report in run_scan(scope, prober, limits):
+        summary.add(report)
+        if jsonl is not None:
+            write_record(jsonl, report)
+        if on_report is not None and report.observations.reachable:
+            on_report.append(report)
+        if progress is not None and task is not None:
+            progress.advance(task)
+    return summary
+
+
+def scan(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(help="IP addresses, CIDRs, host names, host:port or [v6]:port."),
+    ] = None,
+    ports: Annotated[
+        str, typer.Option("-p", "--ports", help="Ports for targets without their own.")
+    ] = ",".join(map(str, DEFAULT_PORTS)),
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write JSON Lines records here.")
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="What to print on standard output.")
+    ] = OutputFormat.JSONL,
+    input_list: Annotated[
+        list[Path] | None, typer.Option("-iL", "--input-list", help="File of targets.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Addresses or CIDRs never to touch.")
+    ] = None,
+    exclude_file: Annotated[
+        list[Path] | None, typer.Option("--exclude-file", help="File of exclusions.")
+    ] = None,
+    allow_large_scope: Annotated[
+        bool, typer.Option("--allow-large-scope", help="Confirm a scope larger than a /16.")
+    ] = False,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=20000, help="Targets in flight at once.")
+    ] = 256,
+    rate: Annotated[
+        float, typer.Option(min=0.0, help="New targets per second (0: no limit).")
+    ] = 0.0,
+    connect_timeout: Annotated[float, typer.Option(min=0.05)] = 3.0,
+    read_timeout: Annotated[float, typer.Option(min=0.05)] = 5.0,
+    total_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Budget for one target, in seconds.")
+    ] = 60.0,
+    count: Annotated[
+        bool, typer.Option("--count/--no-count", help="Count exposed studies with C-FIND.")
+    ] = True,
+    echo: Annotated[bool, typer.Option("--echo/--no-echo", help="Send C-ECHO.")] = True,
+    guess_aets: Annotated[
+        bool,
+        typer.Option("--guess-aets", help="Also try a longer list of common called AE titles."),
+    ] = False,
+    fail_on: Annotated[
+        Severity, typer.Option(help="Exit 1 when a finding is at least this severe.")
+    ] = Severity.LOW,
+) -> None:
+    """Probe DICOM endpoints; one JSON Lines record per target.
+
+    Exit codes: 0 no finding at --fail-on or above, 1 such findings, 2 usage error.
+    """
+    scope = build_scope(
+        targets or [],
+        ports=parse_ports(ports),
+        target_files=input_list or [],
+        excludes=exclude or [],
+        exclude_files=exclude_file or [],
+        allow_large=allow_large_scope,
+    )
+    options = ProbeOptions(
+        timeouts=Timeouts(connect=connect_timeout, read=read_timeout),
+        total_timeout=total_timeout,
+        echo=echo,
+        count=count,
+        guess_aets=guess_aets,
+    )
+    limits = Limits(concurrency=concurrency, rate=rate)
+    err = Console(stderr=True)
+    out = Console()
+    keep: list[HostReport] | None = [] if output_format is OutputFormat.TABLE else None
+    stdout_jsonl = sys.stdout if output_format is OutputFormat.JSONL else None
+
+    with output.open("w", encoding="utf-8") if output else contextlib.nullcontext() as file_sink:
+        sinks = [s for s in (stdout_jsonl, file_sink) if s is not None]
+        tee = _Tee(sinks) if sinks else None
+        progress = (
+            Progress(
+                TextColumn("[bold]scan"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
+            if err.is_terminal
+            else None
+        )
+        if progress is not None:
+            with progress:
+                summary = asyncio.run(
+                    scan_scope(scope, options, limits, jsonl=tee, on_report=keep, progress=progress)
+                )
+        else:
+            summary = asyncio.run(scan_scope(scope, options, limits, jsonl=tee, on_report=keep))
+    if keep is not None:
+        render_table(keep, out)
+    err.print(summary.render(), highlight=False)
+    if any(s.rank >= fail_on.rank for s in summary.severities):
+        raise typer.Exit(1)
+
+
+class _Tee:
+    """Write the same text to several streams (stdout and the -o file)."""
+
+    def __init__(self, streams: list[IO[str]]) -> None:
+        self._streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self._streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self._streams:
+            s.flush()

@@ -1,0 +1,1 @@
+"""Sinks for scan results: JSON Lines (canonical), terminal table, summaries."""

@@ -1,0 +1,117 @@
+"""JSON Lines: the canonical scan output, one record per target, streamed as targets finish.
+
+The record layout is documented by `schema/scan-record.schema.json` (also in docs/), which the
+tests validate every record against. Records carry no patient value by construction: they are
+built from Observations and Findings only.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Final, Protocol
+
+from pacsguard.scan.model import Finding, HostReport, Observations, Outcome
+
+SCHEMA_ID: Final = "pacsguard.scan-record/1"
+
+
+def _association(obs: Observations) -> dict[str, Any]:
+    if obs.accepted_called_aets:
+        status, reason = Outcome.ACCEPTED.value, None
+    elif obs.attempts:
+        last = obs.attempts[-1]
+        status, reason = last.outcome.value, last.reason
+    else:
+        status, reason = "not-attempted", None
+    return {
+        "status": status,
+        "reason": reason,
+        "any_called_ae_accepted": obs.any_called_ae_accepted,
+        "calling_ae_checked": obs.calling_ae_checked,
+        "accepted_services": list(obs.accepted_services),
+        "max_pdu": obs.max_pdu,
+        "implementation_class_uid": obs.implementation_class_uid,
+        "implementation_version_name": obs.implementation_version_name,
+        "attempts": [
+            {
+                "calling_ae": a.calling_ae,
+                "called_ae": a.called_ae,
+                "outcome": a.outcome.value,
+                "reason": a.reason,
+            }
+            for a in obs.attempts
+        ],
+    }
+
+
+def _finding(f: Finding) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "title": f.title,
+        "severity": f.severity.value,
+        "cvss": {"version": "3.1", "vector": f.cvss_vector, "score": f.cvss_score},
+        "evidence": f.evidence,
+        "remediation": f.remediation,
+        "references": list(f.references),
+    }
+
+
+def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict[str, Any]:
+    """The JSON-ready record for one target."""
+    obs = report.observations
+    exposure = obs.exposure
+    return {
+        "schema": SCHEMA_ID,
+        "host": obs.target.host,
+        "port": obs.target.port,
+        "transport": obs.target.transport,
+        "tls": obs.tls,
+        "reachable": obs.reachable,
+        "dicom": obs.dicom,
+        "association": _association(obs),
+        "accepted_called_aets": list(obs.accepted_called_aets),
+        "echo": {
+            "attempted": obs.echo_status is not None,
+            "status": f"0x{obs.echo_status:04X}" if obs.echo_status is not None else None,
+            "ok": obs.echo_status == 0,
+        },
+        "exposure": None
+        if exposure is None
+        else {
+            "patients": exposure.patients,
+            "studies": exposure.studies,
+            "series": exposure.series,
+            "instances": exposure.instances,
+            "lower_bound": exposure.lower_bound,
+            "phi_categories": sorted(c.value for c in exposure.phi_categories),
+            "method": exposure.method,
+            "queries": exposure.queries,
+            "notes": list(exposure.notes),
+        },
+        "findings": [_finding(f) for f in report.findings],
+        "worst_severity": report.worst.value if report.worst else None,
+        "anomalies": list(obs.anomalies),
+        "error": obs.error,
+        "duration_s": obs.duration_s,
+        "scanned_at": (scanned_at or datetime.now(UTC)).isoformat(timespec="seconds"),
+    }
+
+
+class TextSink(Protocol):
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+
+
+def write_record(stream: TextSink, report: HostReport) -> None:
+    """Write one record and flush, so that a consumer sees each target as it finishes."""
+    stream.write(json.dumps(to_record(report), separators=(",", ":"), sort_keys=True) + "\n")
+    stream.flush()
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of one record."""
+    text = resources.files("pacsguard.report").joinpath("schema/scan-record.schema.json")
+    loaded: dict[str, Any] = json.loads(text.read_text(encoding="utf-8"))
+    return loaded

@@ -1,0 +1,246 @@
+"""Checks: pure functions from Observations to Findings. No I/O; unit-tested with plain values.
+
+Each finding's severity is derived from its CVSS 3.1 base score (FIRST's qualitative scale), so
+the score and the label can never disagree. Evidence holds counts, AE titles, SOP class names and
+category names only: patient values never reach an Observation, so they cannot reach a Finding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any, Final
+
+from cvss import CVSS3
+
+from pacsguard.dicom.phi import PhiCategory
+from pacsguard.scan.model import Finding, HostReport, Observations, Severity
+
+Check = Callable[[Observations], Finding | None]
+
+HIPAA_ACCESS: Final = "HIPAA 45 CFR 164.312(a)(1) access control"
+HIPAA_AUTH: Final = "HIPAA 45 CFR 164.312(d) person or entity authentication"
+HIPAA_INTEGRITY: Final = "HIPAA 45 CFR 164.312(c)(1) integrity"
+HIPAA_TRANSMISSION: Final = "HIPAA 45 CFR 164.312(e)(1) transmission security"
+GDPR_32: Final = "GDPR Art. 32 security of processing"
+GDPR_9: Final = "GDPR Art. 9 special categories (health data)"
+PS3_7_USER_ID: Final = "DICOM PS3.7 D.3.3.7 user identity negotiation"
+PS3_8_AE: Final = "DICOM PS3.8 9.3.4 A-ASSOCIATE-RJ (AE title checks)"
+PS3_15_TLS: Final = "DICOM PS3.15 B.9 BCP 195 TLS secure transport connection profile"
+PS3_15_DEID: Final = "DICOM PS3.15 E.1 Basic Application Level Confidentiality Profile"
+
+
+@cache
+def _score(vector: str) -> float:
+    return float(CVSS3(vector).scores()[0])
+
+
+def severity_for(score: float) -> Severity:
+    """FIRST CVSS 3.1 qualitative severity rating scale."""
+    if score == 0.0:
+        return Severity.INFO
+    if score < 4.0:
+        return Severity.LOW
+    if score < 7.0:
+        return Severity.MEDIUM
+    if score < 9.0:
+        return Severity.HIGH
+    return Severity.CRITICAL
+
+
+def _finding(
+    id_: str,
+    title: str,
+    vector: str,
+    evidence: dict[str, Any],
+    remediation: str,
+    references: tuple[str, ...],
+) -> Finding:
+    score = _score(vector)
+    return Finding(
+        id=id_,
+        title=title,
+        severity=severity_for(score),
+        cvss_vector=vector,
+        cvss_score=score,
+        evidence=evidence,
+        remediation=remediation,
+        references=references,
+    )
+
+
+def _anonymous_association(obs: Observations) -> bool:
+    """An association was accepted although we presented an unknown calling AE and no identity."""
+    return bool(obs.accepted_called_aets)
+
+
+def check_association_from_any_ae(obs: Observations) -> Finding | None:
+    """PS3.8 / PS3.7: an unknown calling AE without user identity was accepted."""
+    if not _anonymous_association(obs):
+        return None
+    return _finding(
+        "PG-DIMSE-ANON-ASSOC",
+        "DICOM association accepted from an unknown AE without authentication",
+        "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:L/I:N/A:N",
+        {
+            "calling_ae": obs.attempts[-1].calling_ae if obs.attempts else None,
+            "accepted_called_aets": list(obs.accepted_called_aets),
+            "any_called_ae_accepted": obs.any_called_ae_accepted,
+            "accepted_services": list(obs.accepted_services),
+        },
+        "Accept associations only from registered calling AE titles bound to their network "
+        "address, and require PS3.7 user identity (or mutual TLS) for every peer.",
+        (PS3_8_AE, PS3_7_USER_ID, HIPAA_AUTH, HIPAA_ACCESS, GDPR_32),
+    )
+
+
+def check_any_called_ae(obs: Observations) -> Finding | None:
+    """PS3.8 9.3.4: the called AE title is not checked, so no knowledge is needed to connect."""
+    if obs.any_called_ae_accepted is not True:
+        return None
+    return _finding(
+        "PG-DIMSE-ANY-CALLED-AE",
+        "Any called AE title is accepted",
+        "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:L/I:N/A:N",
+        {"called_ae_tried": obs.accepted_called_aets[0] if obs.accepted_called_aets else None},
+        "Check the called AE title (reject with reason 7 when it is not this server's title); "
+        "it is not a secret, but it stops the cheapest mass scans.",
+        (PS3_8_AE, GDPR_32),
+    )
+
+
+def check_default_called_ae(obs: Observations) -> Finding | None:
+    """A vendor-default called AE title worked where arbitrary titles did not."""
+    if obs.any_called_ae_accepted is not False or not obs.accepted_called_aets:
+        return None
+    return _finding(
+        "PG-DIMSE-DEFAULT-AE",
+        "Vendor-default called AE title accepted",
+        "CVSS:3.1/AV:N/AC:H/PR:N/UI:N/S:U/C:L/I:N/A:N",
+        {"accepted_called_aets": list(obs.accepted_called_aets)},
+        "Change the archive's AE title from the product default, and do not rely on it as a "
+        "secret: authenticate peers.",
+        (PS3_8_AE, GDPR_32),
+    )
+
+
+def check_open_echo(obs: Observations) -> Finding | None:
+    """C-ECHO answered to a stranger: confirms a live PACS and its implementation."""
+    if obs.echo_status != 0x0000:
+        return None
+    return _finding(
+        "PG-DIMSE-OPEN-ECHO",
+        "C-ECHO answered to an unauthenticated peer",
+        "CVSS:3.1/AV:N/AC:H/PR:N/UI:N/S:U/C:L/I:N/A:N",
+        {
+            "echo_status": "0x0000",
+            "implementation_class_uid": obs.implementation_class_uid,
+            "implementation_version_name": obs.implementation_version_name,
+        },
+        "Answer verification only to registered, authenticated peers.",
+        (PS3_8_AE, GDPR_32),
+    )
+
+
+def check_anonymous_find(obs: Observations) -> Finding | None:
+    """Anonymous C-FIND exposes the archive's contents (PS3.4 C; HIPAA access control)."""
+    exposure = obs.exposure
+    if exposure is None or exposure.method == "none":
+        return None
+    if exposure.studies == 0 and exposure.patients == 0:
+        return None
+    qualifier = "at least " if exposure.lower_bound else ""
+    return _finding(
+        "PG-DIMSE-ANON-FIND",
+        f"Anonymous C-FIND exposes {qualifier}{exposure.studies} studies / "
+        f"{exposure.instances} instances",
+        "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:N/A:N",
+        {
+            "patients": exposure.patients,
+            "studies": exposure.studies,
+            "series": exposure.series,
+            "instances": exposure.instances,
+            "lower_bound": exposure.lower_bound,
+            "method": exposure.method,
+        },
+        "Disable query/retrieve for unauthenticated peers; allow C-FIND only to registered AEs "
+        "with user identity or mutual TLS, and audit every query.",
+        (HIPAA_ACCESS, HIPAA_AUTH, GDPR_32, GDPR_9),
+    )
+
+
+def check_phi_exposed(obs: Observations) -> Finding | None:
+    """Direct identifiers in query responses (PS3.15 E.1 lists them; GDPR Art. 9 health data)."""
+    exposure = obs.exposure
+    if exposure is None or not exposure.phi_categories:
+        return None
+    ssn = PhiCategory.PATIENT_ID_SSN_SHAPED in exposure.phi_categories
+    vector = (
+        "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:N/A:N"
+        if ssn
+        else "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:N/A:N"
+    )
+    title = "Patient identifiers exposed to anonymous queries"
+    if ssn:
+        title += " (patient IDs shaped like national identifiers)"
+    return _finding(
+        "PG-DIMSE-PHI-EXPOSED",
+        title,
+        vector,
+        {"phi_categories": sorted(c.value for c in exposure.phi_categories)},
+        "Stop anonymous queries; never use national identifiers (SSN) as Patient ID; share "
+        "data externally only de-identified.",
+        (PS3_15_DEID, HIPAA_ACCESS, GDPR_32, GDPR_9),
+    )
+
+
+def check_store_from_unknown_ae(obs: Observations) -> Finding | None:
+    """Storage accepted from an unknown AE: image-injection risk (inferred, no C-STORE sent)."""
+    if "store" not in obs.accepted_services:
+        return None
+    return _finding(
+        "PG-DIMSE-OPEN-STORE",
+        "Storage accepted from an unknown AE (image-injection risk)",
+        "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:H/A:L",
+        {
+            "inferred_from": "accepted storage presentation context",
+            "c_store_sent": False,
+        },
+        "Accept C-STORE only from registered modalities bound to their address and "
+        "authenticated; reject storage contexts for unknown AEs.",
+        (HIPAA_INTEGRITY, HIPAA_AUTH, GDPR_32),
+    )
+
+
+def check_plaintext_dimse(obs: Observations) -> Finding | None:
+    """DICOM over plain TCP (PS3.15 B.9 / BCP 195 expects TLS)."""
+    if not obs.dicom or obs.tls:
+        return None
+    return _finding(
+        "PG-DIMSE-NO-TLS",
+        "DICOM service without TLS",
+        "CVSS:3.1/AV:A/AC:H/PR:N/UI:N/S:U/C:H/I:L/A:N",
+        {"transport": "plain TCP"},
+        "Offer DICOM only over TLS 1.2+ (port 2762), per the BCP 195 profile, with mutual TLS "
+        "for peers that support it.",
+        (PS3_15_TLS, HIPAA_TRANSMISSION, GDPR_32),
+    )
+
+
+CHECKS: Final[tuple[Check, ...]] = (
+    check_association_from_any_ae,
+    check_any_called_ae,
+    check_default_called_ae,
+    check_open_echo,
+    check_anonymous_find,
+    check_phi_exposed,
+    check_store_from_unknown_ae,
+    check_plaintext_dimse,
+)
+
+
+def assess(obs: Observations, checks: tuple[Check, ...] = CHECKS) -> HostReport:
+    """Run every check; findings sorted most severe first."""
+    findings = [f for f in (check(obs) for check in checks) if f is not None]
+    findings.sort(key=lambda f: (-f.severity.rank, f.id))
+    return HostReport(observations=obs, findings=tuple(findings))

@@ -1,0 +1,247 @@
+"""The DIMSE probe: one target in, Observations out; never raises for a remote's behaviour.
+
+Conversation, in order (each step only if the previous one allows it):
+1. A-ASSOCIATE-RQ as `PACSGUARD` -> `ANY-SCP`, proposing Verification, Study Root FIND, Patient
+   Root FIND and one storage SOP class (never used: an accepted storage context is the evidence).
+2. On "called AE not recognised" (RJ reason 7): the curated vendor-default titles.
+3. On an accepted association: C-ECHO, then exposure counting over C-FIND, then A-RELEASE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ssl
+import time
+from dataclasses import dataclass, field, replace
+
+from pacsguard.dicom import uids
+from pacsguard.dicom.client import Association, ConnectTimeout, Timeouts, request_association
+from pacsguard.dicom.ul import (
+    AssociationAccepted,
+    AssociationRejected,
+    ProposedContext,
+    propose,
+)
+from pacsguard.errors import MalformedPdu, PduTooLarge, PeerClosed, ProtocolError
+from pacsguard.scan.aets import ANY_SCP, SCANNER_CALLING_AE, called_aets_to_try
+from pacsguard.scan.counting import CountBudget, count_exposure
+from pacsguard.scan.model import AssociationAttempt, Exposure, Observations, Outcome, Target
+
+PROPOSED: tuple[ProposedContext, ...] = propose(
+    [
+        uids.VERIFICATION,
+        uids.STUDY_ROOT_FIND,
+        uids.PATIENT_ROOT_FIND,
+        uids.SECONDARY_CAPTURE_STORAGE,
+    ]
+)
+
+_SERVICE_NAMES: dict[str, str] = {
+    uids.VERIFICATION: "echo",
+    uids.STUDY_ROOT_FIND: "find-study-root",
+    uids.PATIENT_ROOT_FIND: "find-patient-root",
+    uids.SECONDARY_CAPTURE_STORAGE: "store",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeOptions:
+    """What a probe may do and how long it may take."""
+
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    total_timeout: float = 30.0
+    echo: bool = True
+    count: bool = True
+    guess_aets: bool = False
+    calling_ae: str = SCANNER_CALLING_AE
+    budget: CountBudget = field(default_factory=CountBudget)
+    tls: ssl.SSLContext | None = None
+
+
+def accepted_services(accepted: AssociationAccepted) -> tuple[str, ...]:
+    return tuple(
+        _SERVICE_NAMES[c.abstract_syntax]
+        for c in accepted.contexts
+        if c.accepted and c.abstract_syntax in _SERVICE_NAMES
+    )
+
+
+def _failure_outcome(exc: BaseException) -> tuple[Outcome, str]:
+    """Classify a failed association attempt without leaking remote content."""
+    if isinstance(exc, ConnectionRefusedError):
+        return Outcome.REFUSED, "connection refused"
+    if isinstance(exc, ConnectTimeout):
+        return Outcome.TIMEOUT, "no TCP answer within the connect timeout"
+    if isinstance(exc, TimeoutError):
+        return Outcome.SILENT, "silent-after-connect"
+    if isinstance(exc, PduTooLarge):
+        return Outcome.PROTOCOL_ERROR, "pdu-too-large"
+    if isinstance(exc, MalformedPdu):
+        return Outcome.PROTOCOL_ERROR, "not-dicom"
+    if isinstance(exc, PeerClosed):
+        return Outcome.CLOSED, "closed-without-answer"
+    if isinstance(exc, ssl.SSLError):
+        return Outcome.PROTOCOL_ERROR, f"tls: {exc.reason or exc.__class__.__name__}"
+    if isinstance(exc, OSError) and exc.errno in (
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EADDRNOTAVAIL,
+    ):
+        return Outcome.UNREACHABLE, "host unreachable"
+    if isinstance(exc, OSError):
+        return Outcome.CLOSED, f"connection error: {exc.__class__.__name__}"
+    return Outcome.PROTOCOL_ERROR, exc.__class__.__name__
+
+
+class _State:
+    """Mutable record of a probe in progress, so a total timeout still reports what was seen."""
+
+    def __init__(self, target: Target, tls: bool) -> None:
+        self.target = target
+        self.tls = tls
+        self.started = time.monotonic()
+        self.attempts: list[AssociationAttempt] = []
+        self.accepted: AssociationAccepted | None = None
+        self.accepted_called: list[str] = []
+        self.any_called: bool | None = None
+        self.calling_checked: bool | None = None
+        self.echo_status: int | None = None
+        self.exposure: Exposure | None = None
+        self.anomalies: list[str] = []
+        self.error: str | None = None
+
+    def observations(self) -> Observations:
+        answered = any(a.outcome in (Outcome.ACCEPTED, Outcome.REJECTED) for a in self.attempts)
+        reachable = any(
+            a.outcome not in (Outcome.REFUSED, Outcome.TIMEOUT, Outcome.UNREACHABLE)
+            for a in self.attempts
+        )
+        acc = self.accepted
+        return Observations(
+            target=self.target,
+            reachable=reachable,
+            dicom=answered,
+            attempts=tuple(self.attempts),
+            any_called_ae_accepted=self.any_called,
+            calling_ae_checked=self.calling_checked,
+            accepted_called_aets=tuple(self.accepted_called),
+            accepted_services=accepted_services(acc) if acc else (),
+            max_pdu=acc.max_pdu if acc else None,
+            implementation_class_uid=acc.implementation_class_uid if acc else None,
+            implementation_version_name=acc.implementation_version_name if acc else None,
+            echo_status=self.echo_status,
+            exposure=self.exposure,
+            tls=self.tls,
+            anomalies=tuple(dict.fromkeys(self.anomalies)),
+            error=self.error,
+            duration_s=round(time.monotonic() - self.started, 4),
+        )
+
+
+async def _attempt(
+    state: _State, called_ae: str, options: ProbeOptions
+) -> tuple[AssociationAttempt, Association | None]:
+    target = state.target
+    try:
+        answer, assoc = await request_association(
+            target.host,
+            target.port,
+            calling_ae=options.calling_ae,
+            called_ae=called_ae,
+            contexts=PROPOSED,
+            timeouts=options.timeouts,
+            tls=options.tls,
+        )
+    except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
+        outcome, reason = _failure_outcome(exc)
+        if outcome in (Outcome.PROTOCOL_ERROR, Outcome.CLOSED, Outcome.SILENT):
+            state.anomalies.append(reason)
+        attempt = AssociationAttempt(options.calling_ae, called_ae, outcome, reason)
+        state.attempts.append(attempt)
+        return attempt, None
+    if isinstance(answer, AssociationRejected):
+        attempt = AssociationAttempt(
+            options.calling_ae, called_ae, Outcome.REJECTED, answer.reason_name
+        )
+        state.attempts.append(attempt)
+        return attempt, None
+    attempt = AssociationAttempt(
+        options.calling_ae, called_ae, Outcome.ACCEPTED, None, accepted_services(answer)
+    )
+    state.attempts.append(attempt)
+    state.accepted = answer
+    state.accepted_called.append(called_ae)
+    return attempt, assoc
+
+
+async def _negotiate(state: _State, options: ProbeOptions) -> Association | None:
+    """Find a called AE that works and learn the AE policy on the way."""
+    first, assoc = await _attempt(state, ANY_SCP, options)
+    if assoc is not None:
+        state.any_called = True
+        state.calling_checked = False
+        return assoc
+    if first.outcome is not Outcome.REJECTED:
+        return None
+    if first.reason == "calling-ae-title-not-recognized":
+        state.calling_checked = True
+        return None
+    if first.reason != "called-ae-title-not-recognized":
+        return None
+    state.any_called = False
+    for title in called_aets_to_try(guess=options.guess_aets):
+        attempt, assoc = await _attempt(state, title, options)
+        if assoc is not None:
+            state.calling_checked = False
+            return assoc
+        if (
+            attempt.outcome is Outcome.REJECTED
+            and attempt.reason == "calling-ae-title-not-recognized"
+        ):
+            # The called title was right; the calling AE is on an allow-list.
+            state.calling_checked = True
+            return None
+        if attempt.outcome is not Outcome.REJECTED:
+            return None  # the host stopped answering: do not keep knocking
+    return None
+
+
+async def _converse(state: _State, options: ProbeOptions) -> None:
+    assoc = await _negotiate(state, options)
+    if assoc is None:
+        return
+    clean = True
+    try:
+        echo_ctx = assoc.accepted.accepted_context(uids.VERIFICATION)
+        if options.echo and echo_ctx is not None:
+            state.echo_status = await assoc.echo(echo_ctx)
+        can_query = any(
+            assoc.accepted.accepted_context(uid) is not None
+            for uid in (uids.STUDY_ROOT_FIND, uids.PATIENT_ROOT_FIND)
+        )
+        if options.count and can_query:
+            state.exposure, clean = await count_exposure(assoc, assoc.accepted, options.budget)
+    except (TimeoutError, ProtocolError, OSError) as exc:
+        clean = False
+        state.error = f"conversation cut short: {_failure_outcome(exc)[1]}"
+    finally:
+        if clean:
+            await assoc.release()
+        else:
+            await assoc.abort()
+
+
+async def probe_dimse(target: Target, options: ProbeOptions) -> Observations:
+    """Probe one DICOM endpoint. Bounded by `options.total_timeout`; never raises."""
+    state = _State(target, tls=options.tls is not None)
+    try:
+        async with asyncio.timeout(options.total_timeout):
+            await _converse(state, options)
+    except TimeoutError:
+        state.error = f"total time budget of {options.total_timeout:g}s exhausted"
+        if state.exposure is None and state.accepted is not None and options.count:
+            state.exposure = Exposure(lower_bound=True, notes=("time budget exhausted",))
+        elif state.exposure is not None:
+            state.exposure = replace(state.exposure, lower_bound=True)
+    return state.observations()

@@ -1,0 +1,81 @@
+"""The scheduler: concurrency, rate limit and streaming of results.
+
+A fixed pool of workers pulls targets from one lazy iterator, so memory depends on the
+concurrency, not on the number of targets: scanning a /16 holds no more state than a /24.
+Reports stream out as each target finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from pacsguard.scan.checks import assess
+from pacsguard.scan.model import HostReport, Observations, Target
+
+Prober = Callable[[Target], Awaitable[Observations]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    concurrency: int = 256
+    #: New targets started per second across the whole scan; 0 means unlimited.
+    rate: float = 0.0
+
+
+class RateLimiter:
+    """Spaces starts evenly at `rate` per second (a leaky bucket with no burst)."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self._interval
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+async def run_scan(
+    targets: Iterable[Target], prober: Prober, limits: Limits
+) -> AsyncIterator[HostReport]:
+    """Probe every target under the limits; yield a HostReport as each one finishes."""
+    iterator = iter(targets)
+    results: asyncio.Queue[HostReport | None] = asyncio.Queue(maxsize=limits.concurrency * 2)
+    limiter = RateLimiter(limits.rate)
+
+    errors: list[Exception] = []
+
+    async def worker() -> None:
+        try:
+            for target in iterator:
+                await limiter.wait()
+                observations = await prober(target)
+                await results.put(assess(observations))
+        except Exception as exc:  # a bug, not a remote's behaviour: surface it after draining
+            errors.append(exc)
+        await results.put(None)
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, limits.concurrency))]
+    remaining = len(workers)
+    try:
+        while remaining:
+            report = await results.get()
+            if report is None:
+                remaining -= 1
+                continue
+            yield report
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    if errors:
+        raise errors[0]
