@@ -127,9 +127,9 @@ def _hosts(network: IPNetwork) -> Iterator[ipaddress.IPv4Address | ipaddress.IPv
     if network.num_addresses == 1:
         yield network.network_address
         return
-    broadcast = network.broadcast_address if network.version == 4 else None
+    skip_ends = network.version == 4 and network.prefixlen < 31
     for address in network:
-        if address == broadcast and network.prefixlen < 31:
+        if skip_ends and address in (network.network_address, network.broadcast_address):
             continue
         yield address
 
