@@ -1,0 +1,1 @@
+"""Benchmarks: pacsguard side by side with its peers on the same run (ratios, not absolutes)."""

@@ -1,0 +1,219 @@
+"""pacsguard's scanner against nmap's dicom-ping on one lab, in one run.
+
+Lab: a /20 of loopback addresses (4,096) with the first N addresses live simulated PACS (a mix
+of security profiles, served by `pacsguard lab serve` in its own process). Measured:
+- nmap `--script +dicom-ping` over the /20 (its port scan + association per open port);
+- pacsguard verification stage (`--no-echo --no-count`: association and AE policy);
+- pacsguard full stage (echo + C-FIND counting);
+- pacsguard verification over a /16 (65,536 targets, mostly closed) for peak RSS vs target count.
+Verdicts compared per live host: "speaks DICOM" and "accepts any AE" (nmap's "Any AET is
+accepted") against pacsguard's `dicom` and first-attempt acceptance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from benchmarks._measure import Measured, measure
+
+PORT = 11112
+LAB_NET = "127.80.0.0/20"
+LAB_BASE = "127.80.0.1"
+WIDE_NET = "127.81.0.0/16"
+
+
+def _pacsguard() -> str:
+    return str(Path(sys.executable).with_name("pacsguard"))
+
+
+def _wait_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"lab did not come up on {host}:{port}")
+
+
+def start_lab(work: Path, hosts: int, seed: int) -> tuple[subprocess.Popen[bytes], Path]:
+    truth = work / "truth.json"
+    log = (work / "lab.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            _pacsguard(),
+            "lab",
+            "serve",
+            "--hosts",
+            str(hosts),
+            "--port",
+            str(PORT),
+            "--base-address",
+            LAB_BASE,
+            "--seed",
+            str(seed),
+            "--truth",
+            str(truth),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not truth.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"lab failed to start; see {work / 'lab.log'}")
+        time.sleep(0.2)
+    _wait_port(LAB_BASE, PORT, 30)
+    return proc, truth
+
+
+def parse_nmap(xml_path: Path) -> dict[str, dict[str, bool]]:
+    verdicts: dict[str, dict[str, bool]] = {}
+    root = ET.parse(xml_path).getroot()
+    for host in root.iter("host"):
+        address = host.find("address")
+        if address is None:
+            continue
+        for port in host.iter("port"):
+            state = port.find("state")
+            if state is None or state.get("state") != "open":
+                continue
+            script = port.find("script[@id='dicom-ping']")
+            elems = {e.get("key"): (e.text or "") for e in script.iter("elem")} if script else {}
+            verdicts[address.get("addr", "")] = {
+                "dicom": "dicom" in elems,
+                "any_ae": "Any AET" in elems.get("config", ""),
+            }
+    return verdicts
+
+
+def parse_pacsguard(jsonl: Path) -> dict[str, dict[str, bool]]:
+    verdicts: dict[str, dict[str, bool]] = {}
+    with jsonl.open(encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if not record["reachable"]:
+                continue
+            attempts = record["association"]["attempts"]
+            verdicts[record["host"]] = {
+                "dicom": record["dicom"],
+                "any_ae": bool(attempts) and attempts[0]["outcome"] == "accepted",
+            }
+    return verdicts
+
+
+def agreement(a: dict[str, dict[str, bool]], b: dict[str, dict[str, bool]]) -> dict[str, Any]:
+    hosts = sorted(set(a) | set(b))
+    differing = [h for h in hosts if a.get(h) != b.get(h)]
+    return {"hosts_compared": len(hosts), "differing": len(differing), "examples": differing[:10]}
+
+
+def run(work: Path, hosts: int, seed: int) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    lab, truth_path = start_lab(work, hosts, seed)
+    try:
+        truth = json.loads(truth_path.read_text())
+        nmap = measure(
+            ["nmap", "-n", "-Pn", "-p", str(PORT), "--script", "+dicom-ping", "-oX", "-", LAB_NET],
+            work / "nmap.xml",
+        )
+        common = ["-p", str(PORT), "--concurrency", "512", "--connect-timeout", "2"]
+        common += ["--read-timeout", "2", "--total-timeout", "20", "--fail-on", "critical"]
+        verify = measure(
+            [_pacsguard(), "scan", LAB_NET, "--no-echo", "--no-count", *common],
+            work / "pacsguard-verify.jsonl",
+        )
+        full = measure([_pacsguard(), "scan", LAB_NET, *common], work / "pacsguard-full.jsonl")
+        wide = measure(
+            [_pacsguard(), "scan", WIDE_NET, "--no-echo", "--no-count", *common],
+            work / "pacsguard-wide.jsonl",
+        )
+    finally:
+        lab.send_signal(signal.SIGTERM)
+        try:
+            lab.wait(10)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+    nmap_v = parse_nmap(nmap.stdout_path)
+    verify_v = parse_pacsguard(verify.stdout_path)
+    full_v = parse_pacsguard(full.stdout_path)
+    addresses = 4096
+
+    def row(name: str, m: Measured, targets: int) -> dict[str, Any]:
+        return {
+            "tool": name,
+            "targets": targets,
+            "seconds": round(m.seconds, 3),
+            "hosts_per_s": round(targets / m.seconds, 1),
+            "peak_rss_mib": round(m.peak_rss_kib / 1024, 1),
+            "exit_code": m.rc,
+        }
+
+    rows = [
+        row("nmap --script +dicom-ping", nmap, addresses),
+        row("pacsguard verification", verify, addresses),
+        row("pacsguard echo+count", full, addresses),
+        row("pacsguard verification (/16)", wide, 65536),
+    ]
+    return {
+        "benchmark": "scan-vs-nmap",
+        "lab": {"addresses": addresses, "live_hosts": len(truth["hosts"]), "port": PORT},
+        "rows": rows,
+        "ratios": {
+            "verification_speedup_vs_nmap": round(nmap.seconds / verify.seconds, 2),
+            "full_time_over_nmap_time": round(full.seconds / nmap.seconds, 2),
+            "rss_16_over_rss_20": round(wide.peak_rss_kib / verify.peak_rss_kib, 2),
+        },
+        "verdicts": {
+            "verification_vs_nmap": agreement(verify_v, nmap_v),
+            "full_vs_nmap": agreement(full_v, nmap_v),
+            "nmap_dicom_hosts": sum(v["dicom"] for v in nmap_v.values()),
+            "pacsguard_dicom_hosts": sum(v["dicom"] for v in verify_v.values()),
+        },
+        "machine": {"cpus": os.cpu_count()},
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Scan benchmark: pacsguard vs nmap dicom-ping",
+        "",
+        f"Lab: {result['lab']['addresses']} loopback addresses, "
+        f"{result['lab']['live_hosts']} live simulated PACS on port {result['lab']['port']}.",
+        "",
+        "| tool | targets | seconds | hosts/s | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['tool']} | {r['targets']} | {r['seconds']} | {r['hosts_per_s']} | "
+            f"{r['peak_rss_mib']} |"
+        )
+    ratios = result["ratios"]
+    verdicts = result["verdicts"]
+    lines += [
+        "",
+        f"- verification speed-up over nmap: **{ratios['verification_speedup_vs_nmap']}x** "
+        "(target >= 2x)",
+        f"- full echo+count time / nmap verification time: "
+        f"**{ratios['full_time_over_nmap_time']}x** (target <= 3x)",
+        f"- peak RSS at 65,536 targets / at 4,096 targets: {ratios['rss_16_over_rss_20']}x",
+        f"- verdicts differing from nmap (verification): "
+        f"{verdicts['verification_vs_nmap']['differing']} of "
+        f"{verdicts['verification_vs_nmap']['hosts_compared']} hosts "
+        f"(DICOM hosts: nmap {verdicts['nmap_dicom_hosts']}, "
+        f"pacsguard {verdicts['pacsguard_dicom_hosts']})",
+        "",
+    ]
+    return "\n".join(lines)
