@@ -22,12 +22,12 @@ def open_pacs(**changes: object) -> Observations:
         "reachable": True,
         "dicom": True,
         "attempts": (
-            AssociationAttempt("PACSGUARD", "ANY-SCP", Outcome.ACCEPTED, None, ("echo",)),
+            AssociationAttempt("PACSGUARD", "ANY-SCP", Outcome.ACCEPTED, None, ("verification",)),
         ),
         "any_called_ae_accepted": True,
         "calling_ae_checked": False,
         "accepted_called_aets": ("ANY-SCP",),
-        "accepted_services": ("echo", "find-study-root", "store"),
+        "accepted_services": ("verification", "study-root-find", "storage"),
         "echo_status": 0,
         "exposure": Exposure(
             patients=3,

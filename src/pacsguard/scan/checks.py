@@ -196,7 +196,7 @@ def check_phi_exposed(obs: Observations) -> Finding | None:
 
 def check_store_from_unknown_ae(obs: Observations) -> Finding | None:
     """Storage accepted from an unknown AE: image-injection risk (inferred, no C-STORE sent)."""
-    if "store" not in obs.accepted_services:
+    if "storage" not in obs.accepted_services:
         return None
     return _finding(
         "PG-DIMSE-OPEN-STORE",

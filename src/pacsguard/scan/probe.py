@@ -37,12 +37,6 @@ PROPOSED: tuple[ProposedContext, ...] = propose(
     ]
 )
 
-_SERVICE_NAMES: dict[str, str] = {
-    uids.VERIFICATION: "echo",
-    uids.STUDY_ROOT_FIND: "find-study-root",
-    uids.PATIENT_ROOT_FIND: "find-patient-root",
-    uids.SECONDARY_CAPTURE_STORAGE: "store",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +55,9 @@ class ProbeOptions:
 
 def accepted_services(accepted: AssociationAccepted) -> tuple[str, ...]:
     return tuple(
-        _SERVICE_NAMES[c.abstract_syntax]
+        uids.SOP_CLASS_NAMES[c.abstract_syntax]
         for c in accepted.contexts
-        if c.accepted and c.abstract_syntax in _SERVICE_NAMES
+        if c.accepted and c.abstract_syntax in uids.SOP_CLASS_NAMES
     )
 
 
