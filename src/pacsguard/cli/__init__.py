@@ -28,10 +28,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    # Imported here so that `import pacsguard.cli` stays cheap and cycle-free.
-    from pacsguard.cli import lab, scan
+    """Attach the subcommands once; imported late so `import pacsguard.cli` stays cheap."""
+    if app.registered_commands:
+        return
+    from pacsguard.cli import demo, lab, scan
 
     app.command(name="scan")(scan.scan)
+    app.command(name="demo")(demo.demo)
     app.add_typer(lab.app, name="lab")
 
 

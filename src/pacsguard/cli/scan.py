@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated
@@ -28,7 +29,7 @@ class OutputFormat(StrEnum):
 
 
 async def scan_scope(
-    scope: Scope,
+    scope: Scope | Sequence[Target],
     options: ProbeOptions,
     limits: Limits,
     *,
@@ -38,7 +39,8 @@ async def scan_scope(
 ) -> ScanSummary:
     """Run the scan, streaming JSON Lines; keep reports only when `on_report` asks for them."""
     summary = ScanSummary()
-    task = progress.add_task("scanning", total=scope.target_count) if progress else None
+    total = scope.target_count if isinstance(scope, Scope) else len(scope)
+    task = progress.add_task("scanning", total=total) if progress else None
 
     async def prober(target: Target) -> Observations:
         return await probe_dimse(target, options)

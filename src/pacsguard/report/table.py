@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
-from pacsguard.scan.model import HostReport, Severity
+from pacsguard.scan.model import Finding, HostReport, Severity
 
 _STYLE = {
     Severity.CRITICAL: "bold red",
@@ -61,26 +62,46 @@ class ScanSummary:
         )
 
 
+_REASONS = {
+    "called-ae-title-not-recognized": "called AE checked",
+    "calling-ae-title-not-recognized": "calling AE checked",
+}
+
+
 def _status(report: HostReport) -> str:
     obs = report.observations
     if obs.accepted_called_aets:
-        return "accepted as " + ",".join(obs.accepted_called_aets)
+        return "accepted: " + ",".join(obs.accepted_called_aets)
     if obs.attempts:
         last = obs.attempts[-1]
-        return f"{last.outcome.value}" + (f" ({last.reason})" if last.reason else "")
+        if last.reason in _REASONS:
+            return f"rejected: {_REASONS[last.reason]}"
+        return f"{last.outcome.value}" + (f": {last.reason}" if last.reason else "")
     return "-"
 
 
+def _sort_key(report: HostReport) -> tuple[int, object, int]:
+    target = report.observations.target
+    try:
+        address: object = ipaddress.ip_address(target.host)
+        version = address.version  # type: ignore[attr-defined]
+    except ValueError:
+        address, version = target.host, 0
+    return (version, address, target.port)
+
+
 def render_table(reports: Sequence[HostReport], console: Console) -> None:
-    """Print one row per target that answered at all (closed ports are only counted)."""
-    table = Table(title="pacsguard scan", show_lines=False)
-    table.add_column("target")
+    """One row per target that answered at all (closed ports are only counted), then a table
+    of the distinct findings with how many hosts have each."""
+    table = Table(title="Targets that answered", title_justify="left")
+    table.add_column("target", no_wrap=True)
     table.add_column("association")
     table.add_column("echo")
-    table.add_column("patients/studies/instances", justify="right")
+    table.add_column("pat/stu/inst", justify="right", no_wrap=True)
     table.add_column("worst")
-    table.add_column("findings")
-    for report in sorted(reports, key=lambda r: r.observations.target):
+    table.add_column("findings", justify="right")
+    findings: dict[str, tuple[Finding, int]] = {}
+    for report in sorted(reports, key=_sort_key):
         obs = report.observations
         if not obs.reachable:
             continue
@@ -96,6 +117,30 @@ def render_table(reports: Sequence[HostReport], console: Console) -> None:
             "ok" if obs.echo_status == 0 else ("-" if obs.echo_status is None else "failed"),
             counts,
             f"[{_STYLE[worst]}]{worst.value}[/]" if worst else "-",
-            " ".join(f.id.removeprefix("PG-") for f in report.findings),
+            str(len(report.findings)),
         )
+        for f in report.findings:
+            _, n = findings.get(f.id, (f, 0))
+            findings[f.id] = (f, n + 1)
     console.print(table)
+    if not findings:
+        return
+    summary = Table(title="Findings", title_justify="left")
+    summary.add_column("id", no_wrap=True)
+    summary.add_column("severity")
+    summary.add_column("CVSS", justify="right")
+    summary.add_column("hosts", justify="right")
+    summary.add_column("what")
+    ordered = sorted(findings.values(), key=lambda fn: (-fn[0].cvss_score, fn[0].id))
+    for finding, hosts in ordered:
+        title = finding.title
+        if finding.id == "PG-DIMSE-ANON-FIND":
+            title = "Anonymous C-FIND exposes studies and instances"
+        summary.add_row(
+            finding.id,
+            f"[{_STYLE[finding.severity]}]{finding.severity.value}[/]",
+            f"{finding.cvss_score:.1f}",
+            str(hosts),
+            title,
+        )
+    console.print(summary)
