@@ -101,6 +101,9 @@ def scan(
         bool,
         typer.Option("--guess-aets", help="Also try a longer list of common called AE titles."),
     ] = False,
+    guess_interval: Annotated[
+        float, typer.Option(min=0.0, help="Seconds between guessed AE titles on one host.")
+    ] = 0.5,
     fail_on: Annotated[
         Severity, typer.Option(help="Exit 1 when a finding is at least this severe.")
     ] = Severity.LOW,
@@ -123,6 +126,7 @@ def scan(
         echo=echo,
         count=count,
         guess_aets=guess_aets,
+        guess_interval=guess_interval,
     )
     limits = Limits(concurrency=concurrency, rate=rate)
     err = Console(stderr=True)

@@ -38,7 +38,6 @@ PROPOSED: tuple[ProposedContext, ...] = propose(
 )
 
 
-
 @dataclass(frozen=True, slots=True)
 class ProbeOptions:
     """What a probe may do and how long it may take."""
@@ -48,6 +47,9 @@ class ProbeOptions:
     echo: bool = True
     count: bool = True
     guess_aets: bool = False
+    #: Pause between guessed (non-curated) called AE titles on one host: guessing is a
+    #: brute-force pattern, so it goes slowly and only when asked for.
+    guess_interval: float = 0.5
     calling_ae: str = SCANNER_CALLING_AE
     budget: CountBudget = field(default_factory=CountBudget)
     tls: ssl.SSLContext | None = None
@@ -184,7 +186,10 @@ async def _negotiate(state: _State, options: ProbeOptions) -> Association | None
     if first.reason != "called-ae-title-not-recognized":
         return None
     state.any_called = False
-    for title in called_aets_to_try(guess=options.guess_aets):
+    curated = len(called_aets_to_try(guess=False))
+    for n, title in enumerate(called_aets_to_try(guess=options.guess_aets)):
+        if n >= curated and options.guess_interval > 0:
+            await asyncio.sleep(options.guess_interval)
         attempt, assoc = await _attempt(state, title, options)
         if assoc is not None:
             state.calling_checked = False
