@@ -78,6 +78,8 @@ def serve(
         plan = plan_farm(hosts, base_address=base_address, port=port, seed=seed, profile=profile)
     except LabError as exc:
         raise UsageError(str(exc)) from None
+    # A stale truth file would tell a waiting script that the lab is up before it is.
+    truth.unlink(missing_ok=True)
     console = Console()
     try:
         stats = asyncio.run(_serve(plan, truth, console))
@@ -107,11 +109,10 @@ async def _serve(plan: FarmPlan, truth: Path, console: Console) -> FarmStats:
 def _summary(plan: FarmPlan, truth: Path) -> Table:
     first, last = plan.hosts[0], plan.hosts[-1]
     ports = sorted({h.port for h in plan.hosts})
-    port_text = str(ports[0]) if len(ports) == 1 else f"{len(ports)} ports"
+    port_text = f"port {ports[0]}" if len(ports) == 1 else f"{len(ports)} ports"
     table = Table(
-        title=f"{len(plan.hosts)} simulated PACS on {first.address}-{last.address} "
-        f"port {port_text} (Ctrl-C to stop)",
-        caption=f"ground truth: {truth}",
+        title=f"{len(plan.hosts)} simulated PACS",
+        caption=f"{first.address} to {last.address}, {port_text}; truth in {truth}; Ctrl-C to stop",
     )
     table.add_column("profile")
     table.add_column("hosts", justify="right")

@@ -45,8 +45,8 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
-#: File descriptors kept free beyond one per listening host, for connections and the rest.
-_SPARE_DESCRIPTORS: Final = 1024
+#: File descriptors needed beyond one per listening host, for connections and the rest.
+_SPARE_DESCRIPTORS: Final = 256
 _BACKLOG: Final = 128
 
 
@@ -81,7 +81,8 @@ class Farm:
         """Bind every host; on any failure close what was bound and raise LabError."""
         if self._servers:
             raise LabError("the farm is already running")
-        ensure_descriptors(len(self._plan.hosts) + _SPARE_DESCRIPTORS)
+        hosts = len(self._plan.hosts)
+        ensure_descriptors(hosts + _SPARE_DESCRIPTORS, hosts + self._limits.max_connections + 64)
         try:
             for spec in self._plan.hosts:
                 await self._bind(spec)
@@ -142,7 +143,22 @@ class Farm:
         try:
             if len(self._active) > self._limits.max_connections:
                 self.stats.refused_over_limit += 1
+                writer.close()
                 return
+            await self._serve(state, reader, writer)
+        except asyncio.CancelledError:
+            # Only stop() cancels these tasks, and nothing awaits their result. Ending normally
+            # keeps Python 3.11's StreamReaderProtocol from logging the cancelled task as an error.
+            writer.close()
+        finally:
+            if task is not None:
+                self._active.discard(task)
+
+    async def _serve(
+        self, state: HostState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Serve one connection by the host's profile; count, never propagate, peer failures."""
+        try:
             set_nodelay(writer)
             behaviour = BEHAVIOURS.get(state.spec.profile)
             if behaviour is not None:
@@ -151,33 +167,30 @@ class Farm:
                 await serve_association(state, reader, writer, self._limits, self.stats)
         except (ProtocolError, TimeoutError, OSError, asyncio.IncompleteReadError):
             self.stats.peer_errors += 1
-        except asyncio.CancelledError:
-            # Only stop() cancels these tasks, and nothing awaits their result. Ending normally
-            # keeps Python 3.11's StreamReaderProtocol from logging the cancelled task as an error.
-            pass
         except Exception:
             self.stats.internal_errors += 1
             _LOG.exception("lab host %s failed serving a connection", state.spec.endpoint)
         finally:
             await close_writer(writer)
-            if task is not None:
-                self._active.discard(task)
 
 
-def ensure_descriptors(needed: int) -> None:
-    """Raise the soft open-files limit to `needed` when the hard limit allows; else LabError."""
+def ensure_descriptors(minimum: int, wanted: int) -> None:
+    """Raise the soft open-files limit towards `wanted`; LabError if it stays below `minimum`.
+
+    One descriptor per listening host is the minimum; each open connection needs one more.
+    """
     try:
         import resource  # Unix only
     except ImportError:  # pragma: no cover - Windows has no such limit to raise
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
         return
-    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < needed:
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < minimum:
         raise LabError(
-            f"the farm needs about {needed} open files but the limit is {soft} (hard {hard}); "
-            "raise it with `ulimit -n` or serve fewer hosts"
+            f"the farm needs at least {minimum} open files but the limit is {soft} "
+            f"(hard {hard}); raise it with `ulimit -n` or serve fewer hosts"
         )

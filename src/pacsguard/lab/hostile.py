@@ -19,6 +19,7 @@ from typing import Final
 
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 
+from pacsguard.dicom import uids
 from pacsguard.dicom.ul import ASSOCIATE_AC, MAX_ASSOCIATION_PDU, read_pdu
 from pacsguard.errors import ProtocolError
 from pacsguard.lab.acceptor import Accepted, encode_accept, negotiate
@@ -127,7 +128,9 @@ def half_accept(state: HostState, rq_bytes: bytes | None) -> bytes:
         except Exception:  # an undecodable request still gets the generic half
             full = None
     if full is None:
-        full = encode_accept(state.spec.stack, "ANY-SCP", "ANY-SCU", [(1, 3, "1.2.840.10008.1.2")])
+        full = encode_accept(
+            state.spec.stack, "ANY-SCP", "ANY-SCU", [(1, 3, uids.IMPLICIT_VR_LITTLE_ENDIAN)]
+        )
     return full[: max(7, len(full) // 2)]
 
 

@@ -13,7 +13,7 @@ level are returned empty and never matched.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from functools import lru_cache
@@ -21,6 +21,7 @@ from typing import Final
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from pacsguard.lab.synth import SyntheticArchive
 
@@ -249,15 +250,14 @@ class FindResult:
     error_comment: str | None = None
 
 
-_LEVELS_BY_NAME: Final = {"PATIENT": Level.PATIENT, "STUDY": Level.STUDY, "SERIES": Level.SERIES}
-_LEVELS_BY_NAME_IMAGE: Final = {**_LEVELS_BY_NAME, "IMAGE": Level.IMAGE}
+_LEVELS_BY_NAME: Final = {level.name: level for level in Level}
 
 
 def query_level(root: QueryRoot, identifier: Dataset) -> Level | None:
     """The identifier's QueryRetrieveLevel if valid for `root` (Study Root has no PATIENT)."""
     raw = identifier.get("QueryRetrieveLevel")
     name = str(raw or "").strip().upper()
-    level = _LEVELS_BY_NAME_IMAGE.get(name)
+    level = _LEVELS_BY_NAME.get(name)
     if level is None or (root is QueryRoot.STUDY and level is Level.PATIENT):
         return None
     return level
@@ -266,7 +266,7 @@ def query_level(root: QueryRoot, identifier: Dataset) -> Level | None:
 def _query_text(value: object) -> str:
     if value is None:
         return ""
-    if isinstance(value, list | tuple):
+    if isinstance(value, MultiValue | list | tuple):
         return "\\".join(str(v) for v in value)
     return str(value)
 
@@ -323,8 +323,3 @@ def _vr(tag: int, received: str) -> str:
         if "or" not in vr:
             return vr
     return received if received and received != "UN" else "UN"
-
-
-def iter_levels(root: QueryRoot) -> Iterator[Level]:
-    """The levels a root supports, top down."""
-    return (lvl for lvl in Level if not (root is QueryRoot.STUDY and lvl is Level.PATIENT))

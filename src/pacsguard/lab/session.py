@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Final
 
-from pydicom.dataset import Dataset
 from pynetdicom.dimse_messages import (
     C_CANCEL_RQ,
     C_ECHO_RQ,
     C_FIND_RQ,
+    C_FIND_RSP,
     C_STORE_RQ,
     DIMSEMessage,
 )
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu import P_DATA_TF as P_DATA_TF_PDU
 
 from pacsguard.dicom.dimse import (
     MAX_MESSAGE_BYTES,
@@ -39,7 +42,7 @@ from pacsguard.dicom.ul import (
     encode_abort,
     read_pdu,
 )
-from pacsguard.errors import MalformedPdu
+from pacsguard.errors import MalformedPdu, PduTooLarge
 from pacsguard.lab.acceptor import AcceptedContext, Rejected, negotiate
 from pacsguard.lab.profiles import (
     PATIENT_ROOT_FIND,
@@ -124,6 +127,32 @@ class HostState:
         return self._data
 
 
+def pending_find_encoder(
+    context: AcceptedContext, message_id: int, max_pdu: int
+) -> Callable[[BytesIO], bytes]:
+    """Encode pending C-FIND-RSPs that differ only in their identifier.
+
+    Same bytes as `encode_message`, but the command set is built once per C-FIND instead of
+    once per match: that halves the farm's cost per response.
+    """
+    template = C_FIND()
+    template.MessageIDBeingRespondedTo = message_id
+    template.AffectedSOPClassUID = context.abstract_syntax
+    template.Status = STATUS_PENDING
+    template.Identifier = BytesIO(b"\0")  # any data set: marks the command "data set present"
+    message = C_FIND_RSP()
+    message.primitive_to_message(template)
+
+    def encode(identifier: BytesIO) -> bytes:
+        message.data_set = identifier
+        return b"".join(
+            bytes(P_DATA_TF_PDU(p).encode())
+            for p in message.encode_msg(context.context_id, max_pdu)
+        )
+
+    return encode
+
+
 class _Conversation:
     """The DIMSE phase of one accepted association."""
 
@@ -162,20 +191,17 @@ class _Conversation:
             elif pdu.pdu_type == ABORT:
                 return
             else:
-                await self._abort(ABORT_UNEXPECTED_PDU)
                 raise MalformedPdu(f"unexpected PDU type 0x{pdu.pdu_type:02x} after association")
 
     async def _dispatch(self, message: DIMSEMessage) -> bool:
         """Serve one DIMSE request; False when the association has to end."""
         context = self._contexts.get(message.context_id or 0)
         if context is None:
-            await self._abort(ABORT_INVALID_PARAMETER)
             raise MalformedPdu("P-DATA on a presentation context that was not accepted")
         message_id = message.command_set.get("MessageID")
         if isinstance(message, C_CANCEL_RQ):
             return True  # every C-FIND has already been answered in full
         if not isinstance(message_id, int):
-            await self._abort(ABORT_INVALID_PARAMETER)
             raise MalformedPdu("DIMSE request without a Message ID")
         if isinstance(message, C_ECHO_RQ):
             await self._echo(context, message_id)
@@ -184,7 +210,6 @@ class _Conversation:
         elif isinstance(message, C_STORE_RQ):
             await self._store(context, message_id, message)
         else:
-            await self._abort(ABORT_UNEXPECTED_PDU)
             raise MalformedPdu(f"unsupported DIMSE request {type(message).__name__}")
         return True
 
@@ -213,38 +238,22 @@ class _Conversation:
                 result = find(
                     self._state.data(), root, identifier, counts=spec.profile.returns_counts
                 )
-        for index, ds in enumerate(result.identifiers, start=1):
-            await self._send_find_rsp(context, message_id, STATUS_PENDING, ds, drain=False)
-            if index % _DRAIN_EVERY == 0:
-                await self._drain()
+        if result.identifiers:
+            pending = pending_find_encoder(context, message_id, self._send_max_pdu)
+            for index, ds in enumerate(result.identifiers, start=1):
+                self._writer.write(pending(encode_dataset(ds, context.transfer_syntax)))
+                if index % _DRAIN_EVERY == 0:
+                    await self._drain()
         self._stats.find_responses += len(result.identifiers)
-        await self._send_find_rsp(
-            context, message_id, result.status, None, comment=result.error_comment
+        final = C_FIND()
+        final.MessageIDBeingRespondedTo = message_id
+        final.AffectedSOPClassUID = context.abstract_syntax
+        final.Status = result.status
+        if result.error_comment is not None:
+            final.ErrorComment = result.error_comment  # type: ignore[assignment]  # typed None
+        await self._send(
+            encode_message(final, context.context_id, self._send_max_pdu, request=False)
         )
-
-    async def _send_find_rsp(
-        self,
-        context: AcceptedContext,
-        message_id: int,
-        status: int,
-        identifier: Dataset | None,
-        *,
-        comment: str | None = None,
-        drain: bool = True,
-    ) -> None:
-        rsp = C_FIND()
-        rsp.MessageIDBeingRespondedTo = message_id
-        rsp.AffectedSOPClassUID = context.abstract_syntax
-        rsp.Status = status
-        if comment is not None:
-            rsp.ErrorComment = comment  # type: ignore[assignment]  # pynetdicom types it None
-        if identifier is not None:
-            rsp.Identifier = encode_dataset(identifier, context.transfer_syntax)
-        self._writer.write(
-            encode_message(rsp, context.context_id, self._send_max_pdu, request=False)
-        )
-        if drain:
-            await self._drain()
 
     async def _store(
         self, context: AcceptedContext, message_id: int, message: DIMSEMessage
@@ -270,10 +279,6 @@ class _Conversation:
     async def _drain(self) -> None:
         async with asyncio.timeout(self._limits.idle_timeout):
             await self._writer.drain()
-
-    async def _abort(self, reason: int) -> None:
-        self._writer.write(encode_abort(source=2, reason=reason))
-        await self._drain()
 
 
 async def serve_association(
@@ -309,4 +314,10 @@ async def serve_association(
     conversation = _Conversation(
         state, reader, writer, answer.contexts, answer.peer_max_pdu, limits, stats
     )
-    await conversation.run()
+    try:
+        await conversation.run()
+    except (MalformedPdu, PduTooLarge, TimeoutError):
+        # A-P-ABORT before closing, as an acceptor's provider does (PS3.8 9.3.8); best effort.
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write(encode_abort(source=2, reason=ABORT_INVALID_PARAMETER))
+        raise
