@@ -1,0 +1,92 @@
+"""Audit events in DICOM PS3.15 A.5 / IHE ATNA vocabulary.
+
+An event names what happened (EventID code from DCM, e.g. 110114 User Authentication), the action
+(C/R/U/D/E), the outcome (0 success, 4 minor failure, 8 serious failure, 12 major failure), who
+(active participants: AE title, address, user), and on what (participant objects: study UID,
+patient ID, query level), with counts where relevant. No patient names, birth dates or query
+values: an audit line says that something was queried, not what the result contained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Protocol
+
+
+class EventAction(StrEnum):
+    CREATE = "C"
+    READ = "R"
+    UPDATE = "U"
+    DELETE = "D"
+    EXECUTE = "E"
+
+
+class EventOutcome(IntEnum):
+    SUCCESS = 0
+    MINOR_FAILURE = 4
+    SERIOUS_FAILURE = 8
+    MAJOR_FAILURE = 12
+
+
+class EventType(StrEnum):
+    """What happened, by our name; `code` gives the DCM EventID (PS3.16 CID 400)."""
+
+    APPLICATION_START = "application-start"
+    APPLICATION_STOP = "application-stop"
+    ASSOCIATION = "association"  # accepted or rejected, with the reason
+    AUTHENTICATION = "authentication"  # login success / failure, lockout
+    QUERY = "query"
+    STORE = "store"  # instances received
+    RETRIEVE = "retrieve"  # instances sent by C-GET / C-MOVE
+    MOVE_REQUEST = "move-request"
+    POLICY_DENIAL = "policy-denial"
+    AUDIT_LOG_USED = "audit-log-used"
+
+    @property
+    def code(self) -> tuple[str, str]:
+        """(code value, code meaning) in the DCM coding scheme."""
+        return _CODES[self]
+
+
+_CODES: dict[EventType, tuple[str, str]] = {
+    EventType.APPLICATION_START: ("110100", "Application Activity"),
+    EventType.APPLICATION_STOP: ("110100", "Application Activity"),
+    EventType.ASSOCIATION: ("110114", "User Authentication"),
+    EventType.AUTHENTICATION: ("110114", "User Authentication"),
+    EventType.QUERY: ("110112", "Query"),
+    EventType.STORE: ("110104", "DICOM Instances Transferred"),
+    EventType.RETRIEVE: ("110104", "DICOM Instances Transferred"),
+    EventType.MOVE_REQUEST: ("110103", "DICOM Instances Accessed"),
+    EventType.POLICY_DENIAL: ("110113", "Security Alert"),
+    EventType.AUDIT_LOG_USED: ("110101", "Audit Log Used"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    """Active participant: who did it (PS3.15 A.5.3.2)."""
+
+    ae_title: str | None = None
+    address: str | None = None
+    user: str | None = None
+    requestor: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audit event; `detail` holds plain, non-patient facts (reason, level, count)."""
+
+    event: EventType
+    action: EventAction
+    outcome: EventOutcome
+    participants: tuple[Participant, ...] = ()
+    #: Participant objects as (type, id) pairs: ("study", uid), ("patient", id), ("query", level)
+    objects: tuple[tuple[str, str], ...] = ()
+    detail: dict[str, str | int | bool] = field(default_factory=dict)
+
+
+class AuditSink(Protocol):
+    """A notification subscriber: a failing sink is logged and never stops the work."""
+
+    def emit(self, event: AuditEvent) -> None: ...

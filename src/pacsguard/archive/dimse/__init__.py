@@ -1,0 +1,1 @@
+"""DIMSE front end over the archive service (pynetdicom)."""

@@ -1,0 +1,91 @@
+"""Values the archive's parts exchange: stored-instance records, query levels, outcomes.
+
+These are the contracts between the archive service, the index and the blob store; they hold
+what the index needs to answer C-FIND / QIDO-RS and to locate blobs, nothing more.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Final
+
+#: A DICOM UID as we accept it from the wire (PS3.5 9.1): digits and dots, at most 64 chars.
+UID_PATTERN: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    """True for a syntactically valid UID; the only UIDs allowed to become keys or paths."""
+    return 0 < len(value) <= 64 and bool(UID_PATTERN.match(value)) and ".." not in value
+
+
+class Level(IntEnum):
+    """Query/retrieve levels, top to bottom."""
+
+    PATIENT = 0
+    STUDY = 1
+    SERIES = 2
+    IMAGE = 3
+
+
+class QueryRoot(StrEnum):
+    PATIENT = "patient"
+    STUDY = "study"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """One stored instance: the attributes the index keeps, and where its blob is.
+
+    Text attributes are stored as received (already decoded strings); empty string when absent.
+    """
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    patient_id: str
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_id: str = ""
+    study_description: str = ""
+    accession_number: str = ""
+    referring_physician_name: str = ""
+    modality: str = ""
+    series_number: str = ""
+    series_description: str = ""
+    instance_number: str = ""
+    transfer_syntax_uid: str = ""
+    #: Blob store key (derived from validated UIDs), byte size and SHA-256 of the stored bytes.
+    blob_key: str = ""
+    size: int = 0
+    sha256: str = ""
+
+
+class AddOutcome(StrEnum):
+    """What the index did with an `add` (the duplicate policy is documented in the service)."""
+
+    INSERTED = "inserted"
+    #: Same SOP Instance UID and identical bytes: nothing changes (idempotent retry).
+    DUPLICATE_IDENTICAL = "duplicate-identical"
+    #: Same SOP Instance UID, different bytes: the index keeps the first; the service refuses.
+    DUPLICATE_CONFLICT = "duplicate-conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    """A C-FIND / QIDO-RS query reduced to plain values.
+
+    `keys` maps DICOM keywords to the matching value as received (empty string = return key,
+    universal match). Count attributes (NumberOfStudyRelatedInstances...) are return keys the
+    index computes.
+    """
+
+    root: QueryRoot
+    level: Level
+    keys: dict[str, str]
+    limit: int = 1000

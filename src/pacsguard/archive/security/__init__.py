@@ -1,0 +1,1 @@
+"""The security gate: TLS, peer authentication, policy decisions. Deny by default."""

@@ -1,0 +1,342 @@
+"""The archive service: the one place where store, query and retrieve happen.
+
+Front ends (DIMSE today, DICOMweb later) translate protocol requests into these calls and the
+results back into protocol answers; they hold no archive logic. Every call names the Principal,
+is authorized here, and becomes an audit event whatever its outcome.
+
+Ingest is durable before it answers: the blob is fsync'd and renamed, then the index row is
+committed, and only then does `store_file` return success (and the front end acknowledge).
+
+Duplicate SOP Instance UIDs: the same UID with byte-identical content is accepted again as a
+success without change (a client retrying after a lost response must not see a failure); the
+same UID with different content is refused with 0x0111 "Duplicate SOP Instance", keeping the
+first copy. Corrections go through a new SOP Instance UID, as PS3.4 expects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from pacsguard.archive.audit.events import (
+    AuditEvent,
+    AuditSink,
+    EventAction,
+    EventOutcome,
+    EventType,
+    Participant,
+)
+from pacsguard.archive.blobs import BlobStore
+from pacsguard.archive.index import IndexStore
+from pacsguard.archive.model import (
+    AddOutcome,
+    InstanceRecord,
+    Level,
+    QueryRequest,
+    is_valid_uid,
+)
+from pacsguard.archive.security.principal import Action, Principal
+
+log = logging.getLogger(__name__)
+
+# C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2): the front end passes them through.
+SUCCESS: Final = 0x0000
+DUPLICATE_SOP_INSTANCE: Final = 0x0111
+NOT_AUTHORIZED: Final = 0x0124
+OUT_OF_RESOURCES: Final = 0xA700
+DATASET_MISMATCH: Final = 0xA900
+CANNOT_UNDERSTAND: Final = 0xC000
+
+_HASH_CHUNK: Final = 1024 * 1024
+
+Authorizer = Callable[[Principal, Action], None]
+
+
+class Denied(Exception):
+    """The policy refused the action; already audited. `status` is the DICOM status to send."""
+
+    def __init__(self, action: Action, principal: Principal) -> None:
+        super().__init__(f"{principal.ae_title} may not {action.value}")
+        self.status = NOT_AUTHORIZED
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimits:
+    max_object_bytes: int = 4 * 1024**3
+    max_query_results: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    status: int
+    outcome: str
+    sop_instance_uid: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return ""
+    return "" if value is None else str(value).strip()
+
+
+def _participant(principal: Principal) -> Participant:
+    return Participant(
+        ae_title=principal.ae_title, address=principal.address, user=principal.username
+    )
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ArchiveService:
+    """Store / query / retrieve over an index and a blob store, authorized and audited."""
+
+    def __init__(
+        self,
+        index: IndexStore,
+        blobs: BlobStore,
+        audit: AuditSink,
+        authorize: Authorizer,
+        limits: ServiceLimits | None = None,
+    ) -> None:
+        self._index = index
+        self._blobs = blobs
+        self._audit = audit
+        self._authorize = authorize
+        self.limits = limits or ServiceLimits()
+        self._locks = tuple(threading.Lock() for _ in range(64))
+
+    # -- policy ------------------------------------------------------------------------------
+    def require(self, principal: Principal, action: Action) -> None:
+        """Authorize or audit the denial and raise Denied."""
+        try:
+            self._authorize(principal, action)
+        except Exception:
+            self._audit.emit(
+                AuditEvent(
+                    EventType.POLICY_DENIAL,
+                    EventAction.EXECUTE,
+                    EventOutcome.SERIOUS_FAILURE,
+                    (_participant(principal),),
+                    detail={"action": action.value},
+                )
+            )
+            raise Denied(action, principal) from None
+
+    # -- ingest --------------------------------------------------------------------------------
+    def _store_event(
+        self,
+        principal: Principal,
+        outcome: EventOutcome,
+        result: str,
+        record: InstanceRecord | None,
+    ) -> None:
+        objects: tuple[tuple[str, str], ...] = ()
+        if record is not None:
+            objects = (
+                ("study", record.study_instance_uid),
+                ("patient", record.patient_id),
+                ("instance", record.sop_instance_uid),
+            )
+        self._audit.emit(
+            AuditEvent(
+                EventType.STORE,
+                EventAction.CREATE,
+                outcome,
+                (_participant(principal),),
+                objects,
+                {"result": result},
+            )
+        )
+
+    def _refuse(self, principal: Principal, status: int, outcome: str) -> StoreResult:
+        self._store_event(principal, EventOutcome.MINOR_FAILURE, outcome, None)
+        return StoreResult(status, outcome)
+
+    def store_file(
+        self,
+        principal: Principal,
+        path: Path,
+        *,
+        affected_sop_class_uid: str | None = None,
+        affected_sop_instance_uid: str | None = None,
+    ) -> StoreResult:
+        """Validate and durably store one DICOM Part 10 file; never raises for bad input."""
+        self.require(principal, Action.STORE)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return self._refuse(principal, OUT_OF_RESOURCES, "received data missing")
+        if size > self.limits.max_object_bytes:
+            return self._refuse(principal, OUT_OF_RESOURCES, "object larger than allowed")
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
+            return self._refuse(principal, CANNOT_UNDERSTAND, "undecodable data set")
+        except Exception:
+            return self._refuse(principal, CANNOT_UNDERSTAND, "undecodable data set")
+        record = self._record_from(ds)
+        if record is None:
+            return self._refuse(principal, CANNOT_UNDERSTAND, "missing or invalid UIDs")
+        if affected_sop_instance_uid is not None and (
+            affected_sop_instance_uid != record.sop_instance_uid
+        ):
+            return self._refuse(principal, DATASET_MISMATCH, "SOP Instance UID differs")
+        if affected_sop_class_uid is not None and affected_sop_class_uid != record.sop_class_uid:
+            return self._refuse(principal, DATASET_MISMATCH, "SOP Class UID differs")
+        # One SOP Instance UID is stored by one association at a time: the check, the blob write
+        # and the index row happen under a lock striped by UID.
+        with self._locks[hash(record.sop_instance_uid) % len(self._locks)]:
+            return self._store_new(principal, path, record)
+
+    def _store_new(self, principal: Principal, path: Path, record: InstanceRecord) -> StoreResult:
+        existing = self._index.get(record.sop_instance_uid)
+        if existing is not None:
+            if existing.sha256 == _sha256_of(path) and self._blobs.exists(existing.blob_key):
+                self._store_event(principal, EventOutcome.SUCCESS, "duplicate-identical", existing)
+                return StoreResult(SUCCESS, "duplicate-identical", record.sop_instance_uid)
+            self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", existing)
+            return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
+        with path.open("rb") as source:
+            info = self._blobs.put(record.sop_instance_uid, source)
+        stored = InstanceRecord(
+            **{
+                **{f: getattr(record, f) for f in record.__dataclass_fields__},
+                "blob_key": info.key,
+                "size": info.size,
+                "sha256": info.sha256,
+            }
+        )
+        outcome = self._index.add(stored)
+        if outcome is AddOutcome.DUPLICATE_CONFLICT:  # another process wrote the index row
+            self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", stored)
+            return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
+        self._store_event(principal, EventOutcome.SUCCESS, outcome.value, stored)
+        return StoreResult(SUCCESS, outcome.value, record.sop_instance_uid)
+
+    @staticmethod
+    def _record_from(ds: Dataset) -> InstanceRecord | None:
+        uids = {
+            k: _text(ds, k)
+            for k in ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID")
+        }
+        if not all(is_valid_uid(v) for v in uids.values()):
+            return None
+        transfer_syntax = ""
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None:
+            transfer_syntax = _text(meta, "TransferSyntaxUID")
+        return InstanceRecord(
+            sop_instance_uid=uids["SOPInstanceUID"],
+            sop_class_uid=uids["SOPClassUID"],
+            series_instance_uid=uids["SeriesInstanceUID"],
+            study_instance_uid=uids["StudyInstanceUID"],
+            patient_id=_text(ds, "PatientID"),
+            patient_name=_text(ds, "PatientName"),
+            patient_birth_date=_text(ds, "PatientBirthDate"),
+            patient_sex=_text(ds, "PatientSex"),
+            study_date=_text(ds, "StudyDate"),
+            study_time=_text(ds, "StudyTime"),
+            study_id=_text(ds, "StudyID"),
+            study_description=_text(ds, "StudyDescription"),
+            accession_number=_text(ds, "AccessionNumber"),
+            referring_physician_name=_text(ds, "ReferringPhysicianName"),
+            modality=_text(ds, "Modality"),
+            series_number=_text(ds, "SeriesNumber"),
+            series_description=_text(ds, "SeriesDescription"),
+            instance_number=_text(ds, "InstanceNumber"),
+            transfer_syntax_uid=transfer_syntax,
+        )
+
+    # -- query ---------------------------------------------------------------------------------
+    def query(
+        self, principal: Principal, request: QueryRequest
+    ) -> Generator[dict[str, str], None, None]:
+        """Matches for a C-FIND / QIDO-RS query, capped by configuration; audited with count."""
+        self.require(principal, Action.FIND)
+        capped = QueryRequest(
+            root=request.root,
+            level=request.level,
+            keys=request.keys,
+            limit=min(request.limit, self.limits.max_query_results),
+        )
+        count = 0
+        outcome = EventOutcome.SUCCESS
+        try:
+            for result in self._index.find(capped):
+                count += 1
+                yield result
+        except GeneratorExit:
+            outcome = EventOutcome.MINOR_FAILURE  # cancelled or connection lost mid-answer
+            raise
+        except Exception:
+            outcome = EventOutcome.SERIOUS_FAILURE
+            raise
+        finally:
+            self._audit.emit(
+                AuditEvent(
+                    EventType.QUERY,
+                    EventAction.EXECUTE,
+                    outcome,
+                    (_participant(principal),),
+                    (("query", f"{request.root.value}/{request.level.name}"),),
+                    {"results": count, "capped": count >= capped.limit},
+                )
+            )
+
+    # -- retrieve ------------------------------------------------------------------------------
+    def instances_to_retrieve(
+        self, principal: Principal, action: Action, level: Level, uids: list[str]
+    ) -> list[InstanceRecord]:
+        """The instances a C-GET / C-MOVE asks for (unique keys at `level`), authorized."""
+        self.require(principal, action)
+        found: dict[str, InstanceRecord] = {}
+        for uid in uids:
+            for record in self._index.instances(level, uid):
+                found[record.sop_instance_uid] = record
+        return list(found.values())
+
+    def open_instance(self, record: InstanceRecord) -> BinaryIO:
+        return self._blobs.open(record.blob_key)
+
+    def audit_retrieve(
+        self,
+        principal: Principal,
+        records: list[InstanceRecord],
+        *,
+        destination: str | None,
+        sent: int,
+        failed: int,
+    ) -> None:
+        studies = sorted({r.study_instance_uid for r in records})
+        self._audit.emit(
+            AuditEvent(
+                EventType.RETRIEVE,
+                EventAction.READ,
+                EventOutcome.SUCCESS if failed == 0 else EventOutcome.MINOR_FAILURE,
+                (_participant(principal),)
+                + ((Participant(ae_title=destination, requestor=False),) if destination else ()),
+                tuple(("study", s) for s in studies),
+                {"sent": sent, "failed": failed},
+            )
+        )
