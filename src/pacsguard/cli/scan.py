@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pacsguard.dicom.client import Timeouts
+from pacsguard.errors import UsageError
 from pacsguard.report.jsonl import TextSink, write_record
 from pacsguard.report.table import ScanSummary, render_table
 from pacsguard.scan.model import HostReport, Observations, Severity, Target
@@ -101,6 +102,10 @@ def scan(
         bool,
         typer.Option("--guess-aets", help="Also try a longer list of common called AE titles."),
     ] = False,
+    called_aet: Annotated[
+        list[str] | None,
+        typer.Option("--called-aet", help="A called AE title you know; tried right after ANY-SCP."),
+    ] = None,
     guess_interval: Annotated[
         float, typer.Option(min=0.0, help="Seconds between guessed AE titles on one host.")
     ] = 0.5,
@@ -127,6 +132,7 @@ def scan(
         count=count,
         guess_aets=guess_aets,
         guess_interval=guess_interval,
+        called_aets=tuple(_valid_aet(a) for a in called_aet or ()),
     )
     limits = Limits(concurrency=concurrency, rate=rate)
     err = Console(stderr=True)
@@ -161,6 +167,14 @@ def scan(
     err.print(summary.render(), highlight=False)
     if any(s.rank >= fail_on.rank for s in summary.severities):
         raise typer.Exit(1)
+
+
+def _valid_aet(title: str) -> str:
+    """AE titles are 1-16 characters of default repertoire, no backslash (PS3.5 6.2)."""
+    stripped = title.strip()
+    if not 0 < len(stripped) <= 16 or "\\" in stripped or not stripped.isprintable():
+        raise UsageError(f"bad AE title {title!r}: use 1-16 printable characters, no backslash")
+    return stripped
 
 
 class _Tee:

@@ -47,6 +47,8 @@ class ProbeOptions:
     echo: bool = True
     count: bool = True
     guess_aets: bool = False
+    #: Called AE titles the user knows (e.g. an auditor's own archive), tried right after ANY-SCP.
+    called_aets: tuple[str, ...] = ()
     #: Pause between guessed (non-curated) called AE titles on one host: guessing is a
     #: brute-force pattern, so it goes slowly and only when asked for.
     guess_interval: float = 0.5
@@ -186,8 +188,12 @@ async def _negotiate(state: _State, options: ProbeOptions) -> Association | None
     if first.reason != "called-ae-title-not-recognized":
         return None
     state.any_called = False
-    curated = len(called_aets_to_try(guess=False))
-    for n, title in enumerate(called_aets_to_try(guess=options.guess_aets)):
+    known = tuple(dict.fromkeys(options.called_aets))
+    curated = len(known) + len(called_aets_to_try(guess=False))
+    titles = known + tuple(
+        t for t in called_aets_to_try(guess=options.guess_aets) if t not in known
+    )
+    for n, title in enumerate(titles):
         if n >= curated and options.guess_interval > 0:
             await asyncio.sleep(options.guess_interval)
         attempt, assoc = await _attempt(state, title, options)
