@@ -60,7 +60,7 @@ async def scan_scope(
 def scan(
     targets: Annotated[
         list[str] | None,
-        typer.Argument(help="IP addresses, CIDRs, host names, host:port or [v6]:port."),
+        typer.Argument(help="IP addresses, CIDRs, host names, host:port or \\[v6]:port."),
     ] = None,
     ports: Annotated[
         str, typer.Option("-p", "--ports", help="Ports for targets without their own.")
