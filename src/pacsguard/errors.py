@@ -5,15 +5,22 @@ One root type; every error says what the user can do about it::
     PacsguardError
     ├── UsageError              bad command-line or configuration input
     │   ├── TargetError         a target string that cannot be parsed or resolved
-    │   └── ScopeError          a scope too large or outside what the user confirmed
+    │   ├── ScopeError          a scope too large or outside what the user confirmed
+    │   └── ConfigError         a setting that is missing, malformed or unsafe: names the key
+    │                           and says what to set
     ├── ProtocolError           a remote peer broke the DICOM upper-layer protocol
     │   ├── PduTooLarge         announced PDU length above our bound
     │   ├── MalformedPdu        bytes that do not decode as the PDU they claim to be
     │   └── PeerClosed          the peer closed or aborted mid-conversation
-    └── LabError                the synthetic lab cannot be built or served
+    ├── LabError                the synthetic lab cannot be built or served
+    ├── AuthenticationError     a peer did not prove who it claims to be (the gate turns it
+    │                           into an A-ASSOCIATE-RJ; the peer never sees the reason)
+    ├── PolicyDenied            an authenticated principal may not perform an action
+    └── AuditLogError           the audit log cannot be opened, appended to or read
 
 Probes never let a `ProtocolError` escape: they turn it into an Observation. The CLI turns
-`UsageError` into exit code 2.
+`UsageError` into exit code 2. The front ends translate `AuthenticationError` and `PolicyDenied`
+into protocol answers (A-ASSOCIATE-RJ, status 0x0124, HTTP 401/403) at the edge only.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ class TargetError(UsageError):
 
 class ScopeError(UsageError):
     """The scope is larger than allowed without explicit confirmation."""
+
+
+class ConfigError(UsageError):
+    """A configuration value is missing, malformed or unsafe; the message names the key."""
 
 
 class ProtocolError(PacsguardError):
@@ -62,3 +73,28 @@ class PeerClosed(ProtocolError):
 
 class LabError(PacsguardError):
     """The synthetic lab could not be generated or served."""
+
+
+class AuthenticationError(PacsguardError):
+    """A peer's credentials were missing, wrong, or not acceptable for its registered AE.
+
+    `reason` is for the audit trail only; never send it to the peer.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PolicyDenied(PacsguardError):
+    """An authenticated principal asked for an action its permissions do not include."""
+
+    def __init__(self, ae_title: str, action: str, reason: str) -> None:
+        super().__init__(f"{ae_title} may not {action}: {reason}")
+        self.ae_title = ae_title
+        self.action = action
+        self.reason = reason
+
+
+class AuditLogError(PacsguardError):
+    """The audit log cannot be opened, appended to or read as a hash chain."""

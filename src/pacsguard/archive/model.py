@@ -89,3 +89,14 @@ class QueryRequest:
     level: Level
     keys: dict[str, str]
     limit: int = 1000
+
+
+class QueryError(ValueError):
+    """A query the index cannot run as asked: a level the root lacks, a malformed date range,
+    a wildcard in a UID. The DIMSE front end answers 0xA900 (identifier does not match SOP
+    class) or 0xC000 (unable to process); the web front end answers 400."""
+
+
+class HierarchyError(ValueError):
+    """An instance whose UIDs contradict what the index already holds: its series belongs to
+    another study, or its study to another patient. The index refuses it and stays unchanged."""

@@ -16,13 +16,11 @@ _create_association) of the pinned version 3.0.x; `tests/` exercise both through
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import socket
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from pynetdicom import evt
@@ -39,19 +37,15 @@ from pacsguard.archive.audit.events import (
     EventType,
     Participant,
 )
-from pacsguard.archive.security.principal import PeerFacts, Principal, UserIdentity
+from pacsguard.archive.security.principal import (
+    PeerFacts,
+    Principal,
+    Rejection,
+    UserIdentity,
+)
+from pacsguard.archive.security.tls import peer_cert_facts
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """An A-ASSOCIATE-RJ to send, and why (for the audit trail, never for the peer)."""
-
-    result: int
-    source: int
-    reason: int
-    why: str
 
 
 class AssociationGate(Protocol):
@@ -62,21 +56,6 @@ class AssociationGate(Protocol):
 
 #: Context abstract syntaxes grouped by the permission that allows them.
 ContextFilter = Callable[[Principal, str], bool]
-
-
-def _cert_facts(sock: object) -> tuple[str | None, str | None]:
-    if not isinstance(sock, ssl.SSLSocket):
-        return None, None
-    der = sock.getpeercert(binary_form=True)
-    if not der:
-        return None, None
-    subject = ""
-    with contextlib.suppress(Exception):
-        parsed = sock.getpeercert()
-        if parsed:
-            rdns = cast(Any, parsed.get("subject", ()))
-            subject = ",".join(f"{pair[0]}={pair[1]}" for rdn in rdns for pair in rdn)
-    return hashlib.sha256(der).hexdigest(), subject or None
 
 
 class GatedACSE(ACSE):
@@ -90,7 +69,8 @@ class GatedACSE(ACSE):
         info = self.requestor.address_info
         assert info is not None
         sock = self.assoc.dul.socket.socket if self.assoc.dul.socket else None
-        sha, subject = _cert_facts(sock)
+        cert = peer_cert_facts(sock) if isinstance(sock, ssl.SSLSocket) else None
+        sha, subject = cert if cert is not None else (None, None)
         identity = None
         item = self.requestor.user_identity
         if item is not None:

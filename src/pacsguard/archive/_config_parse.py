@@ -1,0 +1,303 @@
+"""Settings values: typed coercion with errors that name the key, and the peer registry.
+
+Private to `pacsguard.archive.config`; import from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+from pacsguard.archive.config import (
+    RegisteredAE,
+    Settings,
+    UserAccount,
+    default_roles,
+    port_range,
+)
+from pacsguard.archive.security.principal import Action, AuthMethod
+from pacsguard.errors import ConfigError
+
+T = TypeVar("T")
+
+_AE_TITLE: Final = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
+_SHA256_HEX: Final = re.compile(r"^[0-9a-f]{64}$")
+
+
+def how_to_set(key: str) -> str:
+    """Where a user fixes `key`: the TOML table and key, and the environment variable if any."""
+    parts = key.split(".")
+    if len(parts) < 2 or "[" in key:
+        return f"fix {key} in the config file"
+    env = "PACSGUARD_" + "_".join(parts).upper()
+    return f"set [{'.'.join(parts[:-1])}] {parts[-1]} in the config file (or {env})"
+
+
+def field_hints(cls: type[Any]) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def reject_unknown(data: Mapping[str, Any], known: set[str] | frozenset[str], prefix: str) -> None:
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(
+                f"unknown setting {prefix}{key}{hint} (known: {', '.join(sorted(known))})"
+            )
+
+
+def build_section(
+    cls: type[T], data: Mapping[str, Any], prefix: str, where: Mapping[str, str]
+) -> T:
+    hints = field_hints(cls)
+    fields = dataclasses.fields(typing.cast(Any, cls))
+    reject_unknown(data, {f.name for f in fields}, f"{prefix}.")
+    kwargs: dict[str, Any] = {}
+    for f in fields:
+        if f.name not in data:
+            continue
+        key = f"{prefix}.{f.name}"
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            value = data[f.name]
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}: expected a table [{key}], got {value!r}")
+            kwargs[f.name] = build_section(typing.cast(type[Any], hint), value, key, where)
+        else:
+            kwargs[f.name] = coerce(hint, data[f.name], key, where, f.metadata)
+    return cls(**kwargs)
+
+
+_TRUE: Final = {"1", "true", "yes", "on"}
+_FALSE: Final = {"0", "false", "no", "off"}
+
+
+def coerce(
+    hint: Any,
+    value: object,
+    key: str,
+    where: Mapping[str, str],
+    meta: Mapping[str, Any] | None = None,
+) -> object:
+    """Turn a TOML value or an environment/CLI string into the declared type, or say why not."""
+    origin = where.get(key)
+    source = f" (from {origin})" if origin else ""
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{key} = {value!r}{source}: expected {expected}; {how_to_set(key)}")
+
+    if get_origin(hint) in (types.UnionType, typing.Union):
+        if value is None or value == "":
+            return None
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise fail("true or false")
+    if hint is int or hint is float:
+        if isinstance(value, bool):
+            raise fail("a number")
+        if not isinstance(value, int | float | str):
+            raise fail("a number")
+        try:
+            number: float = int(value) if hint is int else float(value)
+        except ValueError:
+            raise fail("an integer" if hint is int else "a number") from None
+        if hint is int and isinstance(value, float) and value != number:
+            raise fail("an integer")
+        low, high = (meta or {}).get("min"), (meta or {}).get("max")
+        if (low is not None and number < low) or (high is not None and number > high):
+            raise fail(f"a value between {low} and {high}")
+        return number
+    if hint is Path:
+        if not isinstance(value, str | os.PathLike) or not str(value):
+            raise fail("a path")
+        return Path(value).expanduser().absolute()
+    if get_origin(hint) is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise fail(" or ".join(repr(a) for a in allowed))
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        text = value.strip()
+        if (meta or {}).get("check") == "ae_title" and not _AE_TITLE.match(text):
+            raise fail("an AE title of 1-16 printable characters without a backslash")
+        return text
+    raise ConfigError(f"{key}: unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _actions(value: object, key: str) -> frozenset[Action]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of permissions from {[a.value for a in Action]}")
+    try:
+        return frozenset(Action(v) for v in value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{key}: {exc}; permissions are {', '.join(a.value for a in Action)}"
+        ) from None
+
+
+def roles_from(raw: object) -> dict[str, frozenset[Action]]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("roles: expected a table [roles] of name = [permissions]")
+    roles = dict(default_roles())
+    for name, value in raw.items():
+        roles[name] = _actions(value, f"roles.{name}")
+    return roles
+
+
+def users_from(raw: object, roles: Mapping[str, frozenset[Action]]) -> dict[str, UserAccount]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("users: expected tables [users.NAME] with password_hash and roles")
+    users: dict[str, UserAccount] = {}
+    for name, body in raw.items():
+        key = f"users.{name}"
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{key}: expected a table with password_hash and roles")
+        reject_unknown(body, {"password_hash", "roles"}, f"{key}.")
+        digest = body.get("password_hash")
+        if digest is not None and (
+            not isinstance(digest, str) or not digest.startswith("$argon2id$")
+        ):
+            raise ConfigError(
+                f"{key}.password_hash: expected an Argon2id hash ($argon2id$...), never a "
+                "plain password; create users with `pacsguard init` or argon2.PasswordHasher"
+            )
+        user_roles = body.get("roles", [])
+        if not isinstance(user_roles, list) or not all(isinstance(r, str) for r in user_roles):
+            raise ConfigError(f"{key}.roles: expected a list of role names")
+        for role in user_roles:
+            if role not in roles:
+                raise ConfigError(
+                    f"{key}.roles: unknown role {role!r}; define it under [roles] "
+                    f"(known: {', '.join(sorted(roles))})"
+                )
+        users[name] = UserAccount(name, digest, tuple(user_roles))
+    return users
+
+
+_AE_KEYS: Final = frozenset(
+    {
+        "ae_title",
+        "auth",
+        "username",
+        "cert_sha256",
+        "address",
+        "port",
+        "permissions",
+        "move_destination",
+    }
+)
+
+
+def aes_from(
+    raw: object, users: Mapping[str, UserAccount], where: Mapping[str, str]
+) -> tuple[RegisteredAE, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("ae: expected an array of tables [[ae]]")
+    seen: set[str] = set()
+    out: list[RegisteredAE] = []
+    for i, body in enumerate(raw):
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"ae[{i}]: expected a table [[ae]]")
+        out.append(_one_ae(body, f"ae[{i}]", users, where))
+        if out[-1].ae_title in seen:
+            raise ConfigError(f"ae[{i}].ae_title: {out[-1].ae_title!r} is registered twice")
+        seen.add(out[-1].ae_title)
+    return tuple(out)
+
+
+def _one_ae(
+    body: Mapping[str, Any], index: str, users: Mapping[str, UserAccount], where: Mapping[str, str]
+) -> RegisteredAE:
+    reject_unknown(body, set(_AE_KEYS), f"{index}.")
+    title = str(
+        coerce(str, body.get("ae_title"), f"{index}.ae_title", where, {"check": "ae_title"})
+    )
+    key = f"{index} ({title})"
+    methods = [m.value for m in AuthMethod if m is not AuthMethod.LAB]
+    try:
+        auth = AuthMethod(str(body.get("auth")))
+    except ValueError:
+        auth = AuthMethod.LAB
+    if auth is AuthMethod.LAB:
+        raise ConfigError(f"{key}.auth: expected one of {', '.join(methods)}")
+    username = body.get("username")
+    if username is not None and not isinstance(username, str):
+        raise ConfigError(f"{key}.username: expected a string")
+    if auth in (AuthMethod.USER_PASSWORD, AuthMethod.JWT) and not username:
+        raise ConfigError(f"{key}.username: auth = {auth.value!r} needs the username to match")
+    if auth is AuthMethod.USER_PASSWORD:
+        user = users.get(str(username))
+        if user is None or user.password_hash is None:
+            raise ConfigError(
+                f"{key}.username: user {username!r} needs [users.{username}] with a "
+                "password_hash for auth = 'user-password'"
+            )
+    cert = body.get("cert_sha256")
+    if cert is not None:
+        cert = str(cert).replace(":", "").lower()
+        if not _SHA256_HEX.match(cert):
+            raise ConfigError(f"{key}.cert_sha256: expected 64 hex digits (SHA-256 of the DER)")
+    if auth is AuthMethod.MTLS and cert is None:
+        raise ConfigError(
+            f"{key}.cert_sha256: auth = 'mtls' needs the client certificate's "
+            "SHA-256 (printed by `pacsguard init` / issue_client_certificate)"
+        )
+    address = body.get("address")
+    if address is not None:
+        try:
+            ipaddress.ip_network(str(address), strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{key}.address: expected an IP address or network, got {address!r}"
+            ) from None
+        address = str(address)
+    if auth is AuthMethod.ADDRESS and address is None:
+        raise ConfigError(f"{key}.address: auth = 'address' needs the address it is bound to")
+    port = body.get("port")
+    if port is not None:
+        port = int(str(coerce(int, port, f"{index}.port", where, port_range())))
+    move_destination = bool(
+        coerce(bool, body.get("move_destination", False), f"{index}.move_destination", where)
+    )
+    if move_destination and (port is None or address is None or "/" in str(address)):
+        raise ConfigError(
+            f"{key}: a move_destination needs a single host address and a port to send to"
+        )
+    return RegisteredAE(
+        ae_title=title,
+        auth=auth,
+        permissions=_actions(body.get("permissions", []), f"{key}.permissions"),
+        username=username,
+        cert_sha256=cert,
+        address=address,
+        port=port,
+        move_destination=move_destination,
+    )
+
+
+def check_jwt(settings: Settings) -> None:
+    if not any(ae.auth is AuthMethod.JWT for ae in settings.aes):
+        return
+    jwt = settings.jwt
+    if not jwt.issuer or not jwt.audience:
+        raise ConfigError("jwt.issuer and jwt.audience: required when an AE uses auth = 'jwt'")
+    if jwt.algorithm == "HS256" and jwt.secret_file is None:
+        raise ConfigError("jwt.secret_file: required for algorithm = 'HS256'")
+    if jwt.algorithm == "RS256" and jwt.public_key_file is None:
+        raise ConfigError("jwt.public_key_file: required for algorithm = 'RS256'")

@@ -1,0 +1,362 @@
+"""The archive's settings: one immutable tree, loaded once and passed to constructors.
+
+Loading order, later wins: built-in defaults -> TOML file -> environment ``PACSGUARD_*`` -> CLI
+overrides (a dict of dotted keys). Every scalar key ``[section] key`` (and ``[section.sub] key``)
+has an environment variable ``PACSGUARD_SECTION_KEY`` (``PACSGUARD_SECTION_SUB_KEY``), e.g.::
+
+    PACSGUARD_PROFILE=secure                 profile
+    PACSGUARD_SERVER_HOST=0.0.0.0            [server] host
+    PACSGUARD_SERVER_DIMSE_PORT=2762         [server] dimse_port
+    PACSGUARD_SERVER_PLAINTEXT_PORT=11112    [server] plaintext_port  (empty: off)
+    PACSGUARD_TLS_REQUIRE_CLIENT_CERT=true   [tls] require_client_cert
+    PACSGUARD_STORAGE_DATA_DIR=/srv/pacs     [storage] data_dir
+    PACSGUARD_AUDIT_SYSLOG_HOST=siem.local   [audit.syslog] host
+    PACSGUARD_SECURITY_LOCKOUT_MAX_FAILURES=5  [security.lockout] max_failures
+    PACSGUARD_CONFIG=/srv/pacs/pacsguard.toml  the TOML file itself
+
+Lists and tables (``[[ae]]``, ``[users.NAME]``, ``[roles]``) come from the file only. Relative
+paths in the file are relative to the file's folder; paths not given follow ``storage.data_dir``.
+Unknown keys are errors (a mistyped security key must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pacsguard.archive.security.principal import Action, AuthMethod
+from pacsguard.errors import ConfigError
+
+DEFAULT_DATA_DIR: Final = Path("pacsguard-data")
+CONFIG_FILE_NAME: Final = "pacsguard.toml"
+ENV_PREFIX: Final = "PACSGUARD_"
+CONFIG_ENV: Final = "PACSGUARD_CONFIG"
+
+Profile = Literal["secure", "lab"]
+TlsVersion = Literal["1.2", "1.3"]
+JwtAlgorithm = Literal["HS256", "RS256"]
+
+
+def port_range() -> dict[str, Any]:
+    return {"min": 1, "max": 65535}
+
+
+@dataclass(frozen=True, slots=True)
+class DataLayout:
+    """Where `pacsguard init` puts things inside a data dir, and where defaults point."""
+
+    data_dir: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / CONFIG_FILE_NAME
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.tls_dir / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.tls_dir / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.tls_dir / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.tls_dir / "server.key"
+
+    @property
+    def at_rest_key(self) -> Path:
+        return self.data_dir / "keys" / "at-rest.key"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def index_url(self) -> str:
+        return f"sqlite:///{self.data_dir / 'index.sqlite3'}"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.data_dir / "audit" / "audit.jsonl"
+
+
+_DEFAULT = DataLayout(DEFAULT_DATA_DIR)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    ae_title: str = field(default="PACSGUARD", metadata={"check": "ae_title"})
+    host: str = "127.0.0.1"
+    #: DICOM TLS port (PS3.15 B.9 assigns 2762 to DICOM over TLS).
+    dimse_port: int = field(default=2762, metadata=port_range())
+    #: Optional plaintext listener; off unless set, and only ever on a loopback host.
+    plaintext_port: int | None = field(default=None, metadata=port_range())
+    plaintext_host: str = "127.0.0.1"
+    max_associations: int = field(default=16, metadata={"min": 1, "max": 1024})
+    max_pdu: int = field(default=1_048_576, metadata={"min": 4096, "max": 64 * 1024 * 1024})
+    acse_timeout_s: float = field(default=30.0, metadata={"min": 1, "max": 3600})
+    dimse_timeout_s: float = field(default=60.0, metadata={"min": 1, "max": 3600})
+    network_timeout_s: float = field(default=60.0, metadata={"min": 1, "max": 3600})
+    handshake_timeout_s: float = field(default=10.0, metadata={"min": 1, "max": 600})
+    #: Most C-FIND / QIDO-RS matches returned for one query.
+    find_result_cap: int = field(default=1000, metadata={"min": 1, "max": 1_000_000})
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    enabled: bool = True
+    cert_file: Path = _DEFAULT.server_cert
+    key_file: Path = _DEFAULT.server_key
+    #: CA that signs client certificates (and, by default, our server certificate).
+    ca_file: Path = _DEFAULT.ca_cert
+    require_client_cert: bool = False
+    min_version: TlsVersion = "1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    data_dir: Path = DEFAULT_DATA_DIR
+    index_url: str = _DEFAULT.index_url
+    blob_dir: Path = _DEFAULT.blob_dir
+    encrypt_at_rest: bool = True
+    #: 32 raw bytes, an AES-256-GCM key; mode 0600.
+    key_file: Path = _DEFAULT.at_rest_key
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogSettings:
+    """RFC 5424 export to a collector, over TLS (RFC 5425) unless told otherwise."""
+
+    host: str | None = None
+    port: int = field(default=6514, metadata=port_range())
+    tls: bool = True
+    ca_file: Path | None = None
+    app_name: str = "pacsguard"
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    log_path: Path = _DEFAULT.audit_log
+    #: fsync every appended line (durable); false trades durability for speed.
+    fsync: bool = True
+    syslog: SyslogSettings = field(default_factory=SyslogSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutSettings:
+    """Refuse a source address for `lockout_s` after `max_failures` within `window_s`."""
+
+    max_failures: int = field(default=5, metadata={"min": 1, "max": 10_000})
+    window_s: float = field(default=300.0, metadata={"min": 1, "max": 86_400 * 7})
+    lockout_s: float = field(default=900.0, metadata={"min": 1, "max": 86_400 * 7})
+
+
+@dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    lockout: LockoutSettings = field(default_factory=LockoutSettings)
+    #: Accept AEs registered with auth = "address" (source address only). Off: deny.
+    allow_address_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    """Verification of PS3.7 user identity type 5 (JWT) and HTTP bearer tokens."""
+
+    issuer: str | None = None
+    audience: str | None = None
+    algorithm: JwtAlgorithm = "HS256"
+    secret_file: Path | None = None
+    public_key_file: Path | None = None
+    leeway_s: float = field(default=30.0, metadata={"min": 0, "max": 600})
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredAE:
+    """A peer we know: how it proves itself, where it may come from, what it may do."""
+
+    ae_title: str
+    auth: AuthMethod
+    permissions: frozenset[Action] = frozenset()
+    username: str | None = None
+    cert_sha256: str | None = None
+    #: An IP address or network; when set, the peer must connect from it whatever the auth.
+    address: str | None = None
+    #: Where we connect to when this AE is a C-MOVE destination.
+    port: int | None = None
+    move_destination: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UserAccount:
+    username: str
+    password_hash: str | None = None  # Argon2id PHC string; never the secret itself
+    roles: tuple[str, ...] = ()
+
+
+def default_roles() -> Mapping[str, frozenset[Action]]:
+    return types.MappingProxyType(
+        {
+            "admin": frozenset(Action),
+            "modality": frozenset({Action.ECHO, Action.STORE}),
+            "viewer": frozenset({Action.ECHO, Action.FIND, Action.MOVE, Action.GET}),
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the archive needs, validated. Build with `load_settings`."""
+
+    profile: Profile = "secure"
+    server: ServerSettings = field(default_factory=ServerSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+    aes: tuple[RegisteredAE, ...] = ()
+    users: Mapping[str, UserAccount] = field(default_factory=lambda: types.MappingProxyType({}))
+    roles: Mapping[str, frozenset[Action]] = field(default_factory=default_roles)
+
+    def ae(self, ae_title: str) -> RegisteredAE | None:
+        """The registered AE with this title (exact match after stripping spaces)."""
+        wanted = ae_title.strip()
+        return next((ae for ae in self.aes if ae.ae_title == wanted), None)
+
+    def move_destination(self, ae_title: str) -> RegisteredAE | None:
+        """A registered AE that C-MOVE may send to, or None (unknown destinations are refused)."""
+        ae = self.ae(ae_title)
+        return ae if ae is not None and ae.move_destination else None
+
+    def move_address(self, ae_title: str) -> tuple[str, int] | None:
+        """(host, port) to send C-MOVE results to; None for an unregistered destination."""
+        ae = self.move_destination(ae_title)
+        if ae is None or ae.address is None or ae.port is None:
+            return None
+        return ae.address, ae.port
+
+    def user_permissions(self, username: str) -> frozenset[Action] | None:
+        """Union of the user's role permissions; None for an unknown user."""
+        user = self.users.get(username)
+        if user is None:
+            return None
+        granted: set[Action] = set()
+        for role in user.roles:
+            granted |= self.roles.get(role, frozenset())
+        return frozenset(granted)
+
+
+def env_variables() -> dict[str, tuple[str, ...]]:
+    """Every supported ``PACSGUARD_*`` variable and the dotted key it sets."""
+    from pacsguard.archive import _config_load
+
+    return _config_load.env_variables()
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> Settings:
+    """Defaults -> TOML file (`path`, or ``$PACSGUARD_CONFIG``) -> ``PACSGUARD_*`` -> overrides.
+
+    `env` defaults to ``os.environ``. `overrides` maps dotted keys to values, e.g.
+    ``{"server.host": "0.0.0.0"}``; None values are ignored (CLI options the user did not give).
+    Raises ConfigError naming the key, where its value came from, and what to set.
+    """
+    from pacsguard.archive import _config_load
+
+    return _config_load.load_settings(path, env=env, overrides=overrides)
+
+
+def build_settings(tree: Mapping[str, Any]) -> Settings:
+    """Validate a nested mapping, shaped as the TOML file is, into `Settings`."""
+    from pacsguard.archive import _config_load
+
+    return _config_load.build_settings(tree)
+
+
+# -- listen-time safety ----------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback IP literals; any other name counts as reachable."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_listen(settings: Settings) -> None:
+    """Refuse a listen configuration that would expose the archive; say exactly what to set.
+
+    - profile "lab" (every AE accepted) only on a loopback host;
+    - a plaintext listener only on a loopback host;
+    - a non-loopback host only with TLS on and no AE authenticated by address alone, unless
+      [security] allow_address_auth = true says so explicitly.
+    """
+    server = settings.server
+    if settings.profile == "lab" and not is_loopback(server.host):
+        raise ConfigError(
+            f'profile = "lab" accepts any AE and is for loopback demos only, but server.host = '
+            f'{server.host!r}; set [server] host = "127.0.0.1" or profile = "secure"'
+        )
+    if server.plaintext_port is not None and not is_loopback(server.plaintext_host):
+        raise ConfigError(
+            f"server.plaintext_host = {server.plaintext_host!r}: a plaintext DICOM listener is "
+            'allowed on loopback only; set [server] plaintext_host = "127.0.0.1" or remove '
+            "plaintext_port"
+        )
+    if is_loopback(server.host):
+        return
+    if not settings.tls.enabled:
+        raise ConfigError(
+            f"server.host = {server.host!r} is not loopback and [tls] enabled = false; set "
+            '[tls] enabled = true (run `pacsguard init` for certificates) or host = "127.0.0.1"'
+        )
+    by_address = [ae.ae_title for ae in settings.aes if ae.auth is AuthMethod.ADDRESS]
+    if by_address and not settings.security.allow_address_auth:
+        raise ConfigError(
+            f"server.host = {server.host!r} is not loopback and AE(s) {', '.join(by_address)} "
+            "use auth = 'address' (spoofable); give them auth = 'mtls', 'user-password' or "
+            "'jwt', or set [security] allow_address_auth = true to accept the risk"
+        )
+
+
+def require_files(settings: Settings) -> None:
+    """Check that the key material the settings point to exists, before listening."""
+    needed: list[tuple[str, Path]] = []
+    if settings.tls.enabled:
+        needed += [
+            ("tls.cert_file", settings.tls.cert_file),
+            ("tls.key_file", settings.tls.key_file),
+        ]
+        if settings.tls.require_client_cert:
+            needed.append(("tls.ca_file", settings.tls.ca_file))
+    if settings.storage.encrypt_at_rest:
+        needed.append(("storage.key_file", settings.storage.key_file))
+    for key, path in needed:
+        if not path.is_file():
+            raise ConfigError(
+                f"{key} = {str(path)!r} does not exist; run `pacsguard init --data-dir "
+                f"{settings.storage.data_dir}` or set {key} to an existing file"
+            )

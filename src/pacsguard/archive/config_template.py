@@ -1,0 +1,159 @@
+"""The commented TOML file `pacsguard init` writes: secure defaults, each setting explained."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+
+def _q(value: str) -> str:
+    """A TOML basic string (JSON string escapes are valid TOML)."""
+    return json.dumps(value)
+
+
+def render_config(
+    *, ae_title: str, admin_username: str, admin_ae_title: str, admin_hash: str
+) -> str:
+    """The config file text; paths are relative to the file's folder (the data dir)."""
+    today = datetime.now(UTC).date().isoformat()
+    return f"""\
+# pacsguard archive configuration, written by `pacsguard init` on {today}.
+#
+# Secure by default: TLS on, every peer registered and authenticated, everything else denied.
+# Relative paths are relative to this file's folder. Scalar keys can be overridden from the
+# environment as PACSGUARD_<SECTION>_<KEY> (e.g. PACSGUARD_SERVER_HOST) and from the command line.
+# Secrets never appear here: users carry an Argon2id hash only.
+
+# "secure", or "lab": any calling AE with every permission, refused unless the listen address is
+# loopback. "lab" is for demos on one machine only.
+profile = "secure"
+
+[server]
+# Our AE title. Associations that call another title are rejected (A-ASSOCIATE-RJ 1/1/7).
+ae_title = {_q(ae_title)}
+# Listen address. A non-loopback address is refused unless TLS is on and no peer is trusted by
+# address alone (see [security]).
+host = "127.0.0.1"
+# DICOM over TLS (PS3.15 B.9, IANA "dicom-tls" port 2762).
+dimse_port = 2762
+# Optional plaintext listener for local tools that cannot speak TLS; off unless set, and only
+# ever on a loopback address.
+# plaintext_port = 11112
+# plaintext_host = "127.0.0.1"
+# Associations served at once; more are rejected with A-ASSOCIATE-RJ 2/3/2.
+max_associations = 16
+# Largest PDU we accept, in bytes.
+max_pdu = 1048576
+# Seconds to wait for an association request / a DIMSE message / any network read, and for the
+# TLS handshake.
+acse_timeout_s = 30
+dimse_timeout_s = 60
+network_timeout_s = 60
+handshake_timeout_s = 10
+# Most matches one C-FIND or QIDO-RS query returns.
+find_result_cap = 1000
+
+[tls]
+# TLS 1.2+ with AEAD ciphers only (BCP 195). Turning it off is allowed on loopback only.
+enabled = true
+cert_file = "tls/server.crt"
+key_file = "tls/server.key"
+# The CA that signs peers' client certificates (our local CA; `pacsguard init` made it).
+ca_file = "tls/ca.crt"
+# true: every peer must present a certificate signed by ca_file. false: a certificate is asked
+# for and verified when offered, and required only for peers registered with auth = "mtls".
+require_client_cert = false
+# "1.2" or "1.3".
+min_version = "1.2"
+
+[storage]
+# Where the index, the blobs and the keys live ("." is this file's folder).
+data_dir = "."
+# SQLAlchemy URL of the index; SQLite in data_dir unless set, e.g. for PostgreSQL:
+# index_url = "postgresql+psycopg://pacsguard@db.example.org/pacsguard"
+blob_dir = "blobs"
+# AES-256-GCM encryption of stored objects with the key in key_file (32 raw bytes, mode 0600).
+# Back the key up separately: without it the blobs cannot be read.
+encrypt_at_rest = true
+key_file = "keys/at-rest.key"
+
+[audit]
+# Hash-chained JSON Lines audit log; check it with `pacsguard audit verify`.
+log_path = "audit/audit.jsonl"
+# fsync every audit line before going on (durable); false is faster and may lose the last lines.
+fsync = true
+
+[audit.syslog]
+# Copy every audit event to a syslog collector (RFC 5424 over TLS, RFC 5425), as ATNA XML.
+# Off unless host is set. A copy off the machine is what makes the audit trail hard to rewrite.
+# host = "siem.example.org"
+port = 6514
+tls = true
+# CA that signed the collector's certificate (system roots if unset).
+# ca_file = "tls/siem-ca.crt"
+
+[security]
+# Accept peers registered with auth = "address" (source IP only, spoofable on a LAN).
+# false: such peers are rejected, and a non-loopback listener refuses to start while any exist.
+allow_address_auth = false
+
+[security.lockout]
+# After max_failures rejected associations from one source address within window_s seconds,
+# that address is refused for lockout_s seconds, even with correct credentials.
+max_failures = 5
+window_s = 300
+lockout_s = 900
+
+# Verification of JSON Web Tokens (PS3.7 user identity type 5, HTTP bearer tokens); needed
+# when a peer uses auth = "jwt". The token's sub must equal the peer's username.
+# [jwt]
+# issuer = "https://idp.example.org"
+# audience = "pacsguard"
+# algorithm = "RS256"                   # or "HS256" with secret_file
+# public_key_file = "keys/idp-public.pem"
+# secret_file = "keys/jwt-hs256.secret"
+# leeway_s = 30
+
+# Roles grant permissions: echo, store, find, move, get. A user's permissions are the union
+# of its roles'; a peer may do what both its [[ae]] entry and its user allow.
+[roles]
+admin = ["echo", "store", "find", "move", "get"]
+modality = ["echo", "store"]
+viewer = ["echo", "find", "move", "get"]
+
+# Users: an Argon2id hash, never a password. The admin secret was printed once by
+# `pacsguard init`; if it is lost, replace this hash (argon2.PasswordHasher().hash(...)).
+[users.{admin_username}]
+password_hash = {_q(admin_hash)}
+roles = ["admin"]
+
+# Registered peers (deny by default: an unknown calling AE is rejected with A-ASSOCIATE-RJ
+# 1/1/3). Each needs auth = "user-password" (PS3.7 user identity, username + passcode),
+# "jwt" (user identity type 5), "mtls" (client certificate SHA-256), or "address".
+# address: recommended for every peer; when set, the peer must connect from it.
+[[ae]]
+ae_title = {_q(admin_ae_title)}
+auth = "user-password"
+username = {_q(admin_username)}
+permissions = ["echo", "store", "find", "move", "get"]
+# address = "192.0.2.10"
+
+# A modality that proves itself with a client certificate (issue one with
+# pacsguard.archive.security.bootstrap.issue_client_certificate):
+# [[ae]]
+# ae_title = "CT_SCANNER_1"
+# auth = "mtls"
+# cert_sha256 = "<64 hex digits>"
+# address = "192.0.2.21"
+# permissions = ["echo", "store"]
+
+# A viewer that C-MOVE may send to (port and a single address are required):
+# [[ae]]
+# ae_title = "VIEWER_1"
+# auth = "mtls"
+# cert_sha256 = "<64 hex digits>"
+# address = "192.0.2.30"
+# port = 11112
+# move_destination = true
+# permissions = ["echo", "find", "move"]
+"""

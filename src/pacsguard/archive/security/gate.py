@@ -1,0 +1,297 @@
+"""The security gate: who a peer is (or the A-ASSOCIATE-RJ to send), and what it may do.
+
+Deny by default. `Gate.decide` applies, in order:
+
+====================================================  =========  ==============================
+rule                                                  RJ         PS3.8 Table 9-21 meaning
+====================================================  =========  ==============================
+source address locked out after repeated failures     2/1/1      transient, service-user,
+                                                                 no-reason-given
+called AE title is not ours                           1/1/7      called-AE-title-not-recognized
+calling AE title is not registered                    1/1/3      calling-AE-title-not-recognized
+peer address differs from the AE's registered one     1/1/1      permanent, service-user,
+                                                                 no-reason-given
+credentials missing, of the wrong kind, or wrong      1/1/1      (same)
+====================================================  =========  ==============================
+
+Authentication failures use 1/1/1 rather than pynetdicom's 2/2/1: the refusal is the
+application's (the service-user's), not the ACSE provider's, and retrying the same request
+will not succeed, so it is permanent. The peer learns nothing about which check failed. A
+lockout is transient (2/1/1): the same request succeeds once the lockout expires.
+
+Every rejection counts as one failure for its source address (scanners guessing AE titles are
+locked out as well as password guessers); a success clears the count.
+
+`Gate.authorize` is the policy: the principal's permissions, then an optional intervention
+(exactly one handler; any exception it raises means "deny").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Final
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from pacsguard.archive.audit.events import (
+    AuditEvent,
+    AuditSink,
+    EventAction,
+    EventOutcome,
+    EventType,
+    Participant,
+)
+from pacsguard.archive.config import RegisteredAE, Settings
+from pacsguard.archive.security.lockout import Lockout
+from pacsguard.archive.security.principal import (
+    Action,
+    AuthMethod,
+    PeerFacts,
+    Principal,
+    Rejection,
+)
+from pacsguard.errors import AuthenticationError, ConfigError, PolicyDenied
+
+__all__ = ["Gate", "PolicyIntervention", "Rejection"]
+
+#: An intervention: exactly one handler; returning means "allow", raising means "deny".
+PolicyIntervention = Callable[[Principal, Action], None]
+
+RJ_LOCKED_OUT: Final = (2, 1, 1)
+RJ_CALLED_AE: Final = (1, 1, 7)
+RJ_CALLING_AE: Final = (1, 1, 3)
+RJ_NOT_AUTHENTICATED: Final = (1, 1, 1)
+
+USERNAME_AND_PASSCODE: Final = 2  # PS3.7 D.3.3.7 user identity types
+JWT_TOKEN: Final = 5
+
+
+def normalize_address(address: str) -> str:
+    """One spelling per source: IPv4-mapped IPv6 as IPv4, no zone index."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def address_matches(registered: str, address: str) -> bool:
+    """Whether `address` is the registered address, or inside the registered network."""
+    try:
+        return ipaddress.ip_address(address) in ipaddress.ip_network(registered, strict=False)
+    except ValueError:
+        return False
+
+
+class Gate:
+    """Association decisions and policy checks for one settings tree. Thread-safe."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        audit: AuditSink | None = None,
+        intervention: PolicyIntervention | None = None,
+    ) -> None:
+        self._settings = settings
+        self._lockout = Lockout(settings.security.lockout, clock)
+        self._audit = audit
+        self._intervention = intervention
+        self._hasher = PasswordHasher()
+        # Argon2 takes ~64 MiB per verification: bound how many run at once so that a burst of
+        # logins cannot take gigabytes.
+        self._hashing = threading.BoundedSemaphore(4)
+        self._jwt_key = (
+            _jwt_key(settings) if any(ae.auth is AuthMethod.JWT for ae in settings.aes) else None
+        )
+
+    # -- association ---------------------------------------------------------------------------
+
+    def decide(self, facts: PeerFacts) -> Principal | Rejection:
+        """A Principal for a peer that proved who it is, or the rejection to send."""
+        source = normalize_address(facts.address)
+        if self._lockout.locked(source):
+            return Rejection(*RJ_LOCKED_OUT, why=f"source {source} is locked out")
+        server_ae = self._settings.server.ae_title
+        if facts.called_ae.strip() != server_ae:
+            return self._fail(facts, source, RJ_CALLED_AE, f"called AE {facts.called_ae!r}")
+        if self._settings.profile == "lab":
+            if not _is_loopback(source):  # validate_listen prevents this
+                return self._fail(facts, source, RJ_NOT_AUTHENTICATED, "lab profile, not loopback")
+            return Principal(
+                facts.calling_ae.strip(), source, AuthMethod.LAB, None, frozenset(Action)
+            )
+        ae = self._settings.ae(facts.calling_ae)
+        if ae is None:
+            return self._fail(
+                facts, source, RJ_CALLING_AE, f"calling AE {facts.calling_ae!r} not registered"
+            )
+        if ae.address is not None and not address_matches(ae.address, source):
+            return self._fail(
+                facts, source, RJ_NOT_AUTHENTICATED, f"{ae.ae_title} not allowed from {source}"
+            )
+        try:
+            username = self._authenticate(ae, facts)
+        except AuthenticationError as exc:
+            return self._fail(facts, source, RJ_NOT_AUTHENTICATED, f"{ae.ae_title}: {exc.reason}")
+        self._lockout.reset(source)
+        return Principal(ae.ae_title, source, ae.auth, username, self._permissions(ae, username))
+
+    def locked_out(self, address: str) -> bool:
+        """For other front ends (HTTP): is this source refused right now?"""
+        return self._lockout.locked(normalize_address(address))
+
+    def _fail(self, facts: PeerFacts, source: str, rj: tuple[int, int, int], why: str) -> Rejection:
+        if self._lockout.record_failure(source):
+            self._alert(facts, source)
+        return Rejection(*rj, why=why)
+
+    def _alert(self, facts: PeerFacts, source: str) -> None:
+        if self._audit is None:
+            return
+        lockout = self._settings.security.lockout
+        self._audit.emit(
+            AuditEvent(
+                EventType.AUTHENTICATION,
+                EventAction.EXECUTE,
+                EventOutcome.SERIOUS_FAILURE,
+                (Participant(ae_title=facts.calling_ae, address=source),),
+                detail={
+                    "result": "locked-out",
+                    "failures": lockout.max_failures,
+                    "window_s": int(lockout.window_s),
+                    "lockout_s": int(lockout.lockout_s),
+                },
+            )
+        )
+
+    def _authenticate(self, ae: RegisteredAE, facts: PeerFacts) -> str | None:
+        """The authenticated username (None for mtls/address), or AuthenticationError."""
+        if ae.auth is AuthMethod.USER_PASSWORD:
+            return self._check_password(ae, facts)
+        if ae.auth is AuthMethod.JWT:
+            return self._check_jwt(ae, facts)
+        if ae.auth is AuthMethod.MTLS:
+            if not facts.tls or facts.client_cert_sha256 is None:
+                raise AuthenticationError("mtls AE without a verified TLS client certificate")
+            if facts.client_cert_sha256.lower() != ae.cert_sha256:
+                raise AuthenticationError("client certificate is not the registered one")
+            return None
+        if ae.auth is AuthMethod.ADDRESS:
+            if not self._settings.security.allow_address_auth:
+                raise AuthenticationError("address auth is off ([security] allow_address_auth)")
+            return None  # the registered address (mandatory for this method) matched above
+        raise AuthenticationError(f"auth method {ae.auth.value!r} is not accepted here")
+
+    def _check_password(self, ae: RegisteredAE, facts: PeerFacts) -> str:
+        identity = facts.user_identity
+        if identity is None:
+            raise AuthenticationError("no user identity item; username and passcode required")
+        if identity.identity_type != USERNAME_AND_PASSCODE or not identity.secondary:
+            raise AuthenticationError(
+                f"user identity type {identity.identity_type}; type 2 with a passcode required"
+            )
+        username = identity.primary.decode("utf-8", errors="replace")
+        user = self._settings.users.get(username) if username == ae.username else None
+        stored = user.password_hash if user is not None else None
+        try:
+            with self._hashing:
+                self._hasher.verify(stored or self._dummy_hash, identity.secondary)
+        except (VerificationError, InvalidHashError):
+            raise AuthenticationError(f"wrong passcode for user {username!r}") from None
+        if stored is None:
+            raise AuthenticationError(f"user {username!r} is not {ae.ae_title}'s user")
+        return username
+
+    @cached_property
+    def _dummy_hash(self) -> str:
+        """Verified against when the username is wrong, so timing does not reveal it."""
+        return self._hasher.hash("pacsguard-no-such-user")
+
+    def _check_jwt(self, ae: RegisteredAE, facts: PeerFacts) -> str:
+        identity = facts.user_identity
+        if identity is None:
+            raise AuthenticationError("no user identity item; a JWT (type 5) required")
+        if identity.identity_type != JWT_TOKEN:
+            raise AuthenticationError(f"user identity type {identity.identity_type}; JWT required")
+        claims = self.verify_token(identity.primary)
+        if claims.get("sub") != ae.username:
+            raise AuthenticationError(f"token sub {claims.get('sub')!r} is not {ae.username!r}")
+        return str(ae.username)
+
+    def verify_token(self, token: bytes | str) -> dict[str, Any]:
+        """Verify a JWT's signature, exp, iss and aud; its claims, or AuthenticationError."""
+        settings = self._settings.jwt
+        if self._jwt_key is None:
+            raise AuthenticationError("no JWT verification key configured")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._jwt_key,
+                algorithms=[settings.algorithm],
+                audience=settings.audience,
+                issuer=settings.issuer,
+                leeway=settings.leeway_s,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(f"token rejected: {exc}") from None
+        return claims
+
+    def _permissions(self, ae: RegisteredAE, username: str | None) -> frozenset[Action]:
+        """What both the AE entry and (if known) the user's roles allow."""
+        granted = ae.permissions
+        if username is not None:
+            roles = self._settings.user_permissions(username)
+            if roles is not None:
+                granted &= roles
+        return granted
+
+    # -- policy --------------------------------------------------------------------------------
+
+    def authorize(self, principal: Principal, action: Action) -> None:
+        """Return if `principal` may `action`; raise PolicyDenied otherwise."""
+        if not principal.may(action):
+            raise PolicyDenied(principal.ae_title, action.value, "not in its permissions")
+        if self._intervention is None:
+            return
+        try:
+            self._intervention(principal, action)
+        except Exception as exc:
+            raise PolicyDenied(
+                principal.ae_title, action.value, f"refused by policy hook: {exc}"
+            ) from exc
+
+
+def _jwt_key(settings: Settings) -> str | bytes:
+    jwt_settings = settings.jwt
+    path: Path | None = (
+        jwt_settings.secret_file
+        if jwt_settings.algorithm == "HS256"
+        else jwt_settings.public_key_file
+    )
+    key = "jwt.secret_file" if jwt_settings.algorithm == "HS256" else "jwt.public_key_file"
+    if path is None:
+        raise ConfigError(f"{key}: required when an AE uses auth = 'jwt'")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{key} = {str(path)!r} cannot be read: {exc.strerror}") from None
+    return data.strip() if jwt_settings.algorithm == "HS256" else data.decode("ascii")

@@ -1,0 +1,54 @@
+"""`pacsguard init`: first run of the archive — CA, server certificate, admin secret, config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pacsguard.archive.security.bootstrap import initialize
+
+
+def init(
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Folder for keys, certificates, config and data.")
+    ] = Path("pacsguard-data"),
+    ae_title: Annotated[str, typer.Option(help="The archive's own AE title.")] = "PACSGUARD",
+    san: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--san", help="Extra host name or IP for the server certificate (repeatable)."
+        ),
+    ] = None,
+    admin: Annotated[str, typer.Option(help="User name of the administrator.")] = "admin",
+) -> None:
+    """Create what is missing in DATA_DIR; never overwrite a key, certificate or config."""
+    result = initialize(data_dir, ae_title=ae_title, extra_sans=san or (), admin_username=admin)
+    layout = result.layout
+    for path in result.created:
+        typer.echo(f"created  {path}")
+    for path in result.kept:
+        typer.echo(f"kept     {path}")
+    typer.echo("")
+    typer.echo(f"config:       {layout.config_file}")
+    typer.echo(f"CA for peers: {layout.ca_cert}  (clients verify the archive with it)")
+    typer.echo(f"audit log:    {layout.audit_log}")
+    if result.admin_secret is None:
+        typer.echo("admin: already set up; its secret was shown when it was created.")
+        if san:
+            typer.echo("note: the server certificate exists; remove it and its key to add names.")
+        return
+    typer.echo("")
+    typer.echo(
+        f"Administrator user {result.admin_username!r}, calling AE {result.admin_ae_title!r}."
+    )
+    typer.echo("Its secret is shown now and never again (only an Argon2id hash is stored):")
+    typer.echo("")
+    typer.echo(f"    {result.admin_secret}")
+    typer.echo("")
+    typer.echo("Send it as a PS3.7 user identity (type 2: username + passcode), e.g. with dcmtk:")
+    typer.echo(
+        f"    echoscu +tla --add-cert-file {layout.ca_cert} -aet {result.admin_ae_title} "
+        f"-aec {ae_title} --user {result.admin_username} --password '<secret>' localhost 2762"
+    )

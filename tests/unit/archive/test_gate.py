@@ -1,0 +1,391 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from argon2 import PasswordHasher
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from pacsguard.archive.audit.events import AuditEvent, EventOutcome, EventType
+from pacsguard.archive.config import Settings, build_settings
+from pacsguard.archive.security.gate import Gate
+from pacsguard.archive.security.principal import (
+    Action,
+    AuthMethod,
+    PeerFacts,
+    Principal,
+    Rejection,
+    UserIdentity,
+)
+from pacsguard.errors import PolicyDenied
+
+FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+PASSWORD = "correct horse battery staple"
+CERT = "c0" * 32
+HS_SECRET = b"0123456789abcdef0123456789abcdef-hs256-test-secret"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    def emit(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+
+def _settings(tmp_path: Path, **extra: Any) -> Settings:
+    secret = tmp_path / "hs.secret"
+    secret.write_bytes(HS_SECRET + b"\n")
+    tree: dict[str, Any] = {
+        "server": {"ae_title": "PACSGUARD"},
+        "users": {
+            "alice": {"password_hash": FAST.hash(PASSWORD), "roles": ["viewer"]},
+            "svc": {"roles": ["viewer"]},
+        },
+        "jwt": {"issuer": "https://idp", "audience": "pacs", "secret_file": str(secret)},
+        "security": {"lockout": {"max_failures": 3, "window_s": 60, "lockout_s": 300}},
+        "ae": [
+            {
+                "ae_title": "WORKSTATION",
+                "auth": "user-password",
+                "username": "alice",
+                "permissions": ["echo", "find", "store"],
+            },
+            {
+                "ae_title": "BOUND",
+                "auth": "user-password",
+                "username": "alice",
+                "address": "10.1.0.0/16",
+                "permissions": ["echo"],
+            },
+            {"ae_title": "APP", "auth": "jwt", "username": "svc", "permissions": ["find"]},
+            {"ae_title": "CT1", "auth": "mtls", "cert_sha256": CERT, "permissions": ["store"]},
+            {"ae_title": "OLD", "auth": "address", "address": "10.9.9.9", "permissions": ["echo"]},
+        ],
+    }
+    tree.update(extra)
+    return build_settings(tree)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return _settings(tmp_path)
+
+
+def facts(
+    calling: str = "WORKSTATION",
+    *,
+    called: str = "PACSGUARD",
+    address: str = "10.1.2.3",
+    identity: UserIdentity | None = None,
+    tls: bool = True,
+    cert: str | None = None,
+) -> PeerFacts:
+    return PeerFacts(
+        address=address,
+        port=50000,
+        calling_ae=calling,
+        called_ae=called,
+        tls=tls,
+        client_cert_sha256=cert,
+        user_identity=identity,
+    )
+
+
+def password(user: str = "alice", secret: str = PASSWORD) -> UserIdentity:
+    return UserIdentity(2, user.encode(), secret.encode())
+
+
+def token(**claims: Any) -> UserIdentity:
+    body = {"iss": "https://idp", "aud": "pacs", "sub": "svc", "exp": int(time.time()) + 300}
+    body.update(claims)
+    for key in [k for k, v in body.items() if v is None]:
+        del body[key]
+    return UserIdentity(5, jwt.encode(body, HS_SECRET, algorithm="HS256").encode())
+
+
+def rj(decision: Principal | Rejection) -> tuple[int, int, int]:
+    assert isinstance(decision, Rejection), decision
+    return decision.result, decision.source, decision.reason
+
+
+# -- AE titles -----------------------------------------------------------------------------------
+
+
+def test_wrong_called_ae_is_rejected_1_1_7(settings: Settings) -> None:
+    gate = Gate(settings, Clock())
+    assert rj(gate.decide(facts(called="ANY-SCP", identity=password()))) == (1, 1, 7)
+
+
+def test_unregistered_calling_ae_is_rejected_1_1_3(settings: Settings) -> None:
+    gate = Gate(settings, Clock())
+    decision = gate.decide(facts("STRANGER", identity=password()))
+    assert rj(decision) == (1, 1, 3)
+    assert isinstance(decision, Rejection) and "STRANGER" in decision.why
+
+
+# -- user-password -------------------------------------------------------------------------------
+
+
+def test_username_and_passcode_accepted(settings: Settings) -> None:
+    decision = Gate(settings, Clock()).decide(facts(identity=password()))
+    assert isinstance(decision, Principal)
+    assert decision.ae_title == "WORKSTATION"
+    assert decision.method is AuthMethod.USER_PASSWORD
+    assert decision.username == "alice"
+    assert decision.address == "10.1.2.3"
+    # AE allows echo/find/store, alice's viewer role echo/find/move/get: both must allow
+    assert decision.permissions == frozenset({Action.ECHO, Action.FIND})
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        None,  # no user identity item at all
+        UserIdentity(1, b"alice"),  # username only
+        UserIdentity(2, b"alice", b""),  # type 2 with an empty passcode
+        UserIdentity(2, b"alice", b"wrong"),
+        UserIdentity(2, b"bob", PASSWORD.encode()),  # right passcode, wrong user
+        UserIdentity(5, b"not-a-token"),
+        UserIdentity(3, b"alice", PASSWORD.encode()),  # right secret, but not as type 2
+    ],
+    ids=[
+        "missing",
+        "type1",
+        "empty-passcode",
+        "wrong-passcode",
+        "wrong-user",
+        "jwt-type",
+        "kerberos-type",
+    ],
+)
+def test_user_password_failures_are_rejected_1_1_1(
+    settings: Settings, identity: UserIdentity | None
+) -> None:
+    decision = Gate(settings, Clock()).decide(facts(identity=identity))
+    assert rj(decision) == (1, 1, 1)
+
+
+def test_registered_address_is_enforced_for_every_method(settings: Settings) -> None:
+    gate = Gate(settings, Clock())
+    assert isinstance(gate.decide(facts("BOUND", identity=password())), Principal)
+    assert isinstance(
+        gate.decide(facts("BOUND", address="::ffff:10.1.200.1", identity=password())), Principal
+    )
+    refused = gate.decide(facts("BOUND", address="10.2.0.1", identity=password()))
+    assert rj(refused) == (1, 1, 1)
+    assert isinstance(refused, Rejection) and "10.2.0.1" in refused.why
+
+
+# -- JWT -----------------------------------------------------------------------------------------
+
+
+def test_jwt_accepted(settings: Settings) -> None:
+    decision = Gate(settings, Clock()).decide(facts("APP", identity=token()))
+    assert isinstance(decision, Principal)
+    assert decision.method is AuthMethod.JWT
+    assert decision.username == "svc"
+    assert decision.permissions == frozenset({Action.FIND})
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        token(sub="someone-else"),
+        token(exp=int(time.time()) - 3600),
+        token(aud="other-service"),
+        token(iss="https://evil"),
+        token(exp=None),
+        UserIdentity(
+            5,
+            jwt.encode(
+                {"iss": "https://idp", "aud": "pacs", "sub": "svc", "exp": 2**31},
+                b"x" * 48,
+                algorithm="HS256",
+            ).encode(),
+        ),
+        UserIdentity(2, b"svc", b"secret"),
+        None,
+    ],
+    ids=["sub", "expired", "aud", "iss", "no-exp", "bad-signature", "type2", "missing"],
+)
+def test_jwt_failures_are_rejected(settings: Settings, identity: UserIdentity | None) -> None:
+    assert rj(Gate(settings, Clock()).decide(facts("APP", identity=identity))) == (1, 1, 1)
+
+
+def test_jwt_rs256(tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = tmp_path / "idp.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    settings = _settings(
+        tmp_path,
+        jwt={
+            "issuer": "https://idp",
+            "audience": "pacs",
+            "algorithm": "RS256",
+            "public_key_file": str(public),
+        },
+    )
+    claims = {"iss": "https://idp", "aud": "pacs", "sub": "svc", "exp": int(time.time()) + 60}
+    good = jwt.encode(claims, key, algorithm="RS256")
+    gate = Gate(settings, Clock())
+    assert isinstance(gate.decide(facts("APP", identity=UserIdentity(5, good.encode()))), Principal)
+    # an HS256 token "signed" with the public key must not pass (algorithm confusion)
+    forged = token()
+    assert rj(gate.decide(facts("APP", identity=forged))) == (1, 1, 1)
+
+
+# -- mTLS and address ----------------------------------------------------------------------------
+
+
+def test_mtls_accepted_with_the_registered_certificate(settings: Settings) -> None:
+    decision = Gate(settings, Clock()).decide(facts("CT1", cert=CERT.upper()))
+    assert isinstance(decision, Principal)
+    assert decision.method is AuthMethod.MTLS
+    assert decision.username is None
+    assert decision.permissions == frozenset({Action.STORE})
+
+
+@pytest.mark.parametrize(
+    ("cert", "tls"),
+    [(None, True), ("d1" * 32, True), (CERT, False)],
+    ids=["none", "other", "no-tls"],
+)
+def test_mtls_failures_are_rejected(settings: Settings, cert: str | None, tls: bool) -> None:
+    assert rj(Gate(settings, Clock()).decide(facts("CT1", cert=cert, tls=tls))) == (1, 1, 1)
+
+
+def test_address_auth_is_off_unless_allowed(tmp_path: Path, settings: Settings) -> None:
+    assert rj(Gate(settings, Clock()).decide(facts("OLD", address="10.9.9.9"))) == (1, 1, 1)
+    allowed = _settings(tmp_path, security={"allow_address_auth": True})
+    gate = Gate(allowed, Clock())
+    decision = gate.decide(facts("OLD", address="10.9.9.9"))
+    assert isinstance(decision, Principal) and decision.method is AuthMethod.ADDRESS
+    assert rj(gate.decide(facts("OLD", address="10.9.9.8"))) == (1, 1, 1)
+
+
+# -- lockout -------------------------------------------------------------------------------------
+
+
+def test_lockout_after_repeated_failures_then_expiry(settings: Settings) -> None:
+    clock, sink = Clock(), Sink()
+    gate = Gate(settings, clock, audit=sink)
+    attacker = "10.1.6.6"
+    for _ in range(3):
+        assert rj(gate.decide(facts(address=attacker, identity=password(secret="guess")))) == (
+            1,
+            1,
+            1,
+        )
+    # locked: even the right password is refused, transiently
+    locked = gate.decide(facts(address=attacker, identity=password()))
+    assert rj(locked) == (2, 1, 1)
+    assert gate.locked_out(attacker)
+    # other sources are not affected
+    assert isinstance(gate.decide(facts(address="10.1.7.7", identity=password())), Principal)
+    # one audit alert when the lockout started
+    alerts = [e for e in sink.events if e.event is EventType.AUTHENTICATION]
+    assert len(alerts) == 1
+    assert alerts[0].outcome is EventOutcome.SERIOUS_FAILURE
+    assert alerts[0].participants[0].address == attacker
+    clock.now += 299
+    assert rj(gate.decide(facts(address=attacker, identity=password()))) == (2, 1, 1)
+    clock.now += 2
+    assert isinstance(gate.decide(facts(address=attacker, identity=password())), Principal)
+
+
+def test_failures_outside_the_window_do_not_add_up(settings: Settings) -> None:
+    clock = Clock()
+    gate = Gate(settings, clock)
+    for _ in range(2):
+        gate.decide(facts("STRANGER"))
+    clock.now += 61
+    gate.decide(facts("STRANGER"))
+    assert not gate.locked_out("10.1.2.3")
+    gate.decide(facts("STRANGER"))
+    gate.decide(facts("STRANGER"))
+    assert gate.locked_out("10.1.2.3")
+
+
+def test_success_clears_the_failure_count(settings: Settings) -> None:
+    gate = Gate(settings, Clock())
+    for _ in range(2):
+        gate.decide(facts(identity=password(secret="typo")))
+    assert isinstance(gate.decide(facts(identity=password())), Principal)
+    for _ in range(2):
+        gate.decide(facts(identity=password(secret="typo")))
+    assert not gate.locked_out("10.1.2.3")
+
+
+def test_lockout_counts_ipv4_mapped_and_plain_as_one_source(settings: Settings) -> None:
+    gate = Gate(settings, Clock())
+    gate.decide(facts("STRANGER", address="10.1.2.3"))
+    gate.decide(facts("STRANGER", address="::ffff:10.1.2.3"))
+    gate.decide(facts("STRANGER", address="10.1.2.3"))
+    assert gate.locked_out("::ffff:10.1.2.3")
+
+
+# -- lab profile ---------------------------------------------------------------------------------
+
+
+def test_lab_profile_accepts_any_ae_on_loopback_only(tmp_path: Path) -> None:
+    lab = _settings(tmp_path, profile="lab")
+    gate = Gate(lab, Clock())
+    decision = gate.decide(facts("ANYTHING", address="127.0.0.1"))
+    assert isinstance(decision, Principal)
+    assert decision.method is AuthMethod.LAB
+    assert decision.permissions == frozenset(Action)
+    assert rj(gate.decide(facts("ANYTHING", address="10.0.0.1"))) == (1, 1, 1)
+    assert rj(gate.decide(facts("ANYTHING", called="OTHER", address="127.0.0.1"))) == (1, 1, 7)
+
+
+# -- authorize (policy) --------------------------------------------------------------------------
+
+
+def _principal(*actions: Action) -> Principal:
+    return Principal(
+        "WORKSTATION", "10.1.2.3", AuthMethod.USER_PASSWORD, "alice", frozenset(actions)
+    )
+
+
+def test_authorize_allows_permitted_and_denies_the_rest(settings: Settings) -> None:
+    gate = Gate(settings, Clock())
+    gate.authorize(_principal(Action.FIND), Action.FIND)
+    with pytest.raises(PolicyDenied) as caught:
+        gate.authorize(_principal(Action.FIND), Action.STORE)
+    assert caught.value.ae_title == "WORKSTATION"
+    assert caught.value.action == "store"
+
+
+def test_intervention_exception_means_deny(settings: Settings) -> None:
+    calls: list[tuple[str, Action]] = []
+
+    def no_store_at_night(principal: Principal, action: Action) -> None:
+        calls.append((principal.ae_title, action))
+        if action is Action.STORE:
+            raise RuntimeError("stores are closed")
+
+    gate = Gate(settings, Clock(), intervention=no_store_at_night)
+    gate.authorize(_principal(Action.FIND, Action.STORE), Action.FIND)
+    with pytest.raises(PolicyDenied, match="stores are closed"):
+        gate.authorize(_principal(Action.FIND, Action.STORE), Action.STORE)
+    # the hook is not consulted for what the permissions already deny
+    with pytest.raises(PolicyDenied):
+        gate.authorize(_principal(Action.FIND), Action.GET)
+    assert calls == [("WORKSTATION", Action.FIND), ("WORKSTATION", Action.STORE)]
