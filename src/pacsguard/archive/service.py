@@ -35,10 +35,11 @@ from pacsguard.archive.audit.events import (
     EventType,
     Participant,
 )
-from pacsguard.archive.blobs import BlobStore
+from pacsguard.archive.blobs import BlobConflictError, BlobInfo, BlobStore
 from pacsguard.archive.index import IndexStore
 from pacsguard.archive.model import (
     AddOutcome,
+    HierarchyError,
     InstanceRecord,
     Level,
     QueryRequest,
@@ -217,8 +218,11 @@ class ArchiveService:
                 return StoreResult(SUCCESS, "duplicate-identical", record.sop_instance_uid)
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", existing)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
-        with path.open("rb") as source:
-            info = self._blobs.put(record.sop_instance_uid, source)
+        try:
+            info = self._put_blob(record.sop_instance_uid, path)
+        except OSError:
+            log.exception("blob store write failed")
+            return self._refuse(principal, OUT_OF_RESOURCES, "storage write failed")
         stored = InstanceRecord(
             **{
                 **{f: getattr(record, f) for f in record.__dataclass_fields__},
@@ -227,12 +231,29 @@ class ArchiveService:
                 "sha256": info.sha256,
             }
         )
-        outcome = self._index.add(stored)
+        try:
+            outcome = self._index.add(stored)
+        except HierarchyError:
+            # Its series belongs to another study (or its study to another patient): refuse,
+            # and take back the blob no index row points to.
+            self._blobs.delete(info.key)
+            return self._refuse(principal, CANNOT_UNDERSTAND, "UIDs contradict stored hierarchy")
         if outcome is AddOutcome.DUPLICATE_CONFLICT:  # another process wrote the index row
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", stored)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
         self._store_event(principal, EventOutcome.SUCCESS, outcome.value, stored)
         return StoreResult(SUCCESS, outcome.value, record.sop_instance_uid)
+
+    def _put_blob(self, key: str, path: Path) -> BlobInfo:
+        """Durably write the blob. A blob under this key with no index row can only be left by a
+        crash between blob and index (never acknowledged): replace it."""
+        try:
+            with path.open("rb") as source:
+                return self._blobs.put(key, source)
+        except BlobConflictError:
+            self._blobs.delete(key)
+            with path.open("rb") as source:
+                return self._blobs.put(key, source)
 
     @staticmethod
     def _record_from(ds: Dataset) -> InstanceRecord | None:

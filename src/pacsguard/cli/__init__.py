@@ -31,11 +31,15 @@ def _register() -> None:
     """Attach the subcommands once; imported late so `import pacsguard.cli` stays cheap."""
     if app.registered_commands:
         return
-    from pacsguard.cli import demo, lab, scan
+    from pacsguard.cli import audit, demo, init, lab, scan, serve
 
     app.command(name="scan")(scan.scan)
     app.command(name="demo")(demo.demo)
     app.add_typer(lab.app, name="lab")
+    app.command(name="init")(init.init)
+    app.command(name="serve")(serve.serve)
+    app.command(name="fsck")(serve.fsck)
+    app.add_typer(audit.app, name="audit")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -352,7 +352,10 @@ def test_lab_profile_accepts_any_ae_on_loopback_only(tmp_path: Path) -> None:
     assert decision.method is AuthMethod.LAB
     assert decision.permissions == frozenset(Action)
     assert rj(gate.decide(facts("ANYTHING", address="10.0.0.1"))) == (1, 1, 1)
-    assert rj(gate.decide(facts("ANYTHING", called="OTHER", address="127.0.0.1"))) == (1, 1, 7)
+    # Deliberately open: any called AE too, as the exposed products ship.
+    assert isinstance(
+        gate.decide(facts("ANYTHING", called="OTHER", address="127.0.0.1")), Principal
+    )
 
 
 # -- authorize (policy) --------------------------------------------------------------------------

@@ -145,6 +145,8 @@ class DimseFrontEnd:
             max_connections=s.max_connections,
         )
         assert isinstance(server, SecureAssociationServer)
+        # Registered with the AE as start_server would, so that shutdown() can find it.
+        self._ae._servers.append(server)
         thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
         )
@@ -156,8 +158,7 @@ class DimseFrontEnd:
 
     def stop(self) -> None:
         for server, thread in self._servers:
-            server.shutdown()
-            server.server_close()
+            server.shutdown()  # stops serve_forever, closes the socket, leaves the AE's list
             thread.join(timeout=10)
         self._servers.clear()
         self._ae.shutdown()

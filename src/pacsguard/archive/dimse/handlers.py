@@ -8,6 +8,8 @@ process; 0xA801 move destination unknown; 0xFE00 cancelled.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, cast
@@ -227,8 +229,7 @@ class Handlers:
                     yield CANCELLED, None
                     return
                 try:
-                    with self._service.open_instance(record) as stream:
-                        ds = dcmread(stream)
+                    ds = self._read(record)
                 except Exception:
                     failed += 1
                     log.warning("stored instance could not be read for retrieve")
@@ -240,6 +241,17 @@ class Handlers:
             self._service.audit_retrieve(
                 principal, records, destination=dest, sent=sent, failed=failed
             )
+
+    def _read(self, record: InstanceRecord) -> Dataset:
+        """Decode a stored instance. Blob streams may be decrypting and not seekable, which
+        pydicom needs: spool through a temporary file (in memory while small)."""
+        with (
+            self._service.open_instance(record) as stream,
+            tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024) as spool,
+        ):
+            shutil.copyfileobj(stream, spool, 1024 * 1024)
+            spool.seek(0)
+            return dcmread(spool)
 
     def on_get(self, event: evt.Event) -> Iterator[Any]:
         found = self._records(event, Action.GET)

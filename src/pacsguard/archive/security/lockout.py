@@ -60,3 +60,9 @@ class Lockout:
         """A successful authentication clears the source's failure count."""
         with self._lock:
             self._failures.pop(source, None)
+
+    def clear(self, source: str) -> None:
+        """Forget the source's failures and lift its lockout (an operator's decision)."""
+        with self._lock:
+            self._failures.pop(source, None)
+            self._locked_until.pop(source, None)

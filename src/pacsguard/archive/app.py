@@ -1,0 +1,167 @@
+"""The archive's composition root: settings in, a running archive out.
+
+Everything is built here once and passed to constructors (no module-level state): audit sinks,
+index, blob store, gate, service, and the DIMSE listeners. `serve`, the tests and the
+self-check all start the archive through `start_archive`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pacsguard.archive.audit.events import (
+    AuditEvent,
+    AuditSink,
+    EventAction,
+    EventOutcome,
+    EventType,
+    Participant,
+)
+from pacsguard.archive.audit.log import AuditLog
+from pacsguard.archive.audit.notify import AuditFanout
+from pacsguard.archive.audit.syslog import SyslogSink
+from pacsguard.archive.blobs.folder import FolderBlobStore
+from pacsguard.archive.config import Settings, require_files, validate_listen
+from pacsguard.archive.dimse.frontend import DimseFrontEnd, FrontEndSettings
+from pacsguard.archive.index.sql import SqlIndex
+from pacsguard.archive.recovery import recover
+from pacsguard.archive.security.bootstrap import load_at_rest_key
+from pacsguard.archive.security.gate import Gate
+from pacsguard.archive.security.tls import server_context
+from pacsguard.archive.service import ArchiveService, ServiceLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One listener: where it is and whether it speaks TLS."""
+
+    host: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        return f"{'dicom-tls' if self.tls else 'dicom'}://{self.host}:{self.port}"
+
+
+@dataclass
+class RunningArchive:
+    settings: Settings
+    service: ArchiveService
+    index: SqlIndex
+    blobs: FolderBlobStore
+    audit: AuditSink
+    gate: Gate
+    endpoints: list[Endpoint] = field(default_factory=list)
+    _frontend: DimseFrontEnd | None = None
+    _closers: list[object] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Stop listening, then close the index and the audit sinks (in that order)."""
+        if self._frontend is not None:
+            self._frontend.stop()
+            self._frontend = None
+        with suppress(Exception):
+            self.audit.emit(
+                AuditEvent(
+                    EventType.APPLICATION_STOP,
+                    EventAction.EXECUTE,
+                    EventOutcome.SUCCESS,
+                    (Participant(ae_title=self.settings.server.ae_title, requestor=False),),
+                )
+            )
+        self.index.close()
+        for closer in self._closers:
+            close = getattr(closer, "close", None)
+            if callable(close):
+                with suppress(Exception):
+                    close()
+
+
+def open_storage(settings: Settings) -> tuple[SqlIndex, FolderBlobStore]:
+    """The index and blob store the settings name (also used by `fsck`)."""
+    key = load_at_rest_key(settings.storage.key_file) if settings.storage.encrypt_at_rest else None
+    settings.storage.blob_dir.mkdir(parents=True, exist_ok=True)
+    blobs = FolderBlobStore(settings.storage.blob_dir, encryption_key=key)
+    index = SqlIndex(settings.storage.index_url)
+    return index, blobs
+
+
+def open_audit(settings: Settings) -> tuple[AuditSink, list[object]]:
+    Path(settings.audit.log_path).parent.mkdir(parents=True, exist_ok=True)
+    audit_log = AuditLog(settings.audit.log_path, fsync=settings.audit.fsync)
+    sinks: list[AuditSink] = [audit_log]
+    if settings.audit.syslog.enabled:
+        sinks.append(SyslogSink(settings.audit.syslog, source_id=settings.server.ae_title))
+    closers: list[object] = list(sinks)
+    return AuditFanout(sinks), closers
+
+
+def start_archive(settings: Settings) -> RunningArchive:
+    """Validate, open storage and audit, and start the DIMSE listeners. Raises ConfigError."""
+    validate_listen(settings)
+    require_files(settings)
+    audit, closers = open_audit(settings)
+    index, blobs = open_storage(settings)
+    try:
+        recover(index, blobs, max_in_flight=settings.server.max_associations * 2)
+    except BaseException:
+        index.close()
+        raise
+    gate = Gate(settings, audit=audit)
+    server = settings.server
+    service = ArchiveService(
+        index,
+        blobs,
+        audit,
+        gate.authorize,
+        ServiceLimits(max_query_results=server.find_result_cap),
+    )
+    running = RunningArchive(settings, service, index, blobs, audit, gate, _closers=closers)
+    frontend = DimseFrontEnd(
+        service,
+        gate,
+        audit,
+        settings.move_address,
+        FrontEndSettings(
+            ae_title=server.ae_title,
+            max_associations=server.max_associations,
+            max_connections=server.max_associations * 4,
+            max_pdu=server.max_pdu,
+            network_timeout=server.network_timeout_s,
+            acse_timeout=server.acse_timeout_s,
+            dimse_timeout=server.dimse_timeout_s,
+            handshake_timeout=server.handshake_timeout_s,
+        ),
+    )
+    running._frontend = frontend
+    try:
+        if settings.tls.enabled:
+            tls: ssl.SSLContext = server_context(settings)
+            host, port = frontend.listen(server.host, server.dimse_port, tls=tls)
+            running.endpoints.append(Endpoint(host, port, True))
+        if server.plaintext_port is not None or not settings.tls.enabled:
+            plain_host = server.plaintext_host if settings.tls.enabled else server.host
+            plain_port = (
+                server.plaintext_port if server.plaintext_port is not None else server.dimse_port
+            )
+            host, port = frontend.listen(plain_host, plain_port, tls=None)
+            running.endpoints.append(Endpoint(host, port, False))
+    except BaseException:
+        running.stop()
+        raise
+    audit.emit(
+        AuditEvent(
+            EventType.APPLICATION_START,
+            EventAction.EXECUTE,
+            EventOutcome.SUCCESS,
+            (Participant(ae_title=server.ae_title, requestor=False),),
+            detail={"endpoints": ", ".join(str(e) for e in running.endpoints)},
+        )
+    )
+    return running

@@ -1,0 +1,175 @@
+"""`FolderBlobStore`: blobs as files under one directory, optionally encrypted (see `aead`).
+
+Layout: `root/objects/<fan>/<key>`, where `<fan>` is the first three hex digits of the
+key's SHA-256 (4,096 directories, so ten million blobs make ~2,500 files per directory).
+Keys are validated before they come near a path: a UID (`is_valid_uid`) or a lowercase hex
+digest of 32 to 128 digits; anything else, `../x` included, raises ValueError.
+
+`put` streams `source` in 1 MiB chunks into a temporary file in the target directory
+(`.tmp-*`, mode 0600), hashing as it writes; fsyncs the file; links it under its key
+(a rename that never replaces an existing blob) and fsyncs the directory. Memory stays
+bounded by a few chunks whatever the object's size. A crash leaves only temp files, which
+`keys()` ignores and `sweep_temp()` removes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from pacsguard.archive.blobs import BlobConflictError, BlobInfo, aead
+from pacsguard.archive.model import is_valid_uid
+
+CHUNK: Final = aead.CHUNK
+TEMP_PREFIX: Final = ".tmp-"
+_DIGEST: Final = re.compile(r"^[0-9a-f]{32,128}$")
+_FAN: Final = re.compile(r"^[0-9a-f]{3}$")
+
+
+def is_valid_key(key: str) -> bool:
+    """A UID or a lowercase hex digest: the only strings that may name a blob file."""
+    return is_valid_uid(key) or bool(_DIGEST.match(key))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FolderBlobStore:
+    """Blobs in `root`; encrypted at rest with AES-GCM when `encryption_key` is given."""
+
+    def __init__(self, root: Path, *, encryption_key: bytes | None = None) -> None:
+        if encryption_key is not None:
+            aead.check_key(encryption_key)
+        self.root = Path(root)
+        self._objects = self.root / "objects"
+        self._key = encryption_key
+        if not self._objects.is_dir():
+            self._objects.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _fsync_dir(self.root)
+
+    def _path(self, key: str) -> Path:
+        if not is_valid_key(key):
+            raise ValueError(f"invalid blob key {key[:80]!r}: expected a UID or a hex digest")
+        fan = hashlib.sha256(key.encode()).hexdigest()[:3]
+        return self._objects / fan / key
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def put(self, key: str, source: BinaryIO) -> BlobInfo:
+        """Store all of `source` under `key`, durably; see the module docstring."""
+        path = self._path(key)
+        directory = path.parent
+        if not directory.is_dir():
+            directory.mkdir(mode=0o700, exist_ok=True)
+            _fsync_dir(self._objects)
+        fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+        temp = Path(temp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                size, sha256 = self._write(key, source, out)
+                out.flush()
+                os.fsync(out.fileno())
+            info = BlobInfo(key, size, sha256)
+            if not self._publish(temp, path):
+                existing = self.verify(key)
+                if existing.sha256 != sha256 or existing.size != size:
+                    raise BlobConflictError(
+                        f"blob {key} already exists with other bytes; the first copy stays"
+                    )
+            _fsync_dir(directory)
+            return info
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _write(self, key: str, source: BinaryIO, out: BinaryIO) -> tuple[int, str]:
+        if self._key is not None:
+            return aead.encrypt_stream(source, out, self._key, key)
+        digest = hashlib.sha256()
+        size = 0
+        while chunk := aead.read_full(source, CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+        return size, digest.hexdigest()
+
+    @staticmethod
+    def _publish(temp: Path, path: Path) -> bool:
+        """Give `temp` the name `path` unless it exists: False when it does."""
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        except OSError as error:  # a file system without hard links
+            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            if path.exists():
+                return False
+            os.replace(temp, path)
+        return True
+
+    def delete(self, key: str) -> None:
+        """Remove the blob `key`, durably; a missing key is not an error."""
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+
+    def sweep_temp(self, *, min_age_seconds: float = 0.0) -> int:
+        """Remove temp files a crash left behind (at least `min_age_seconds` old, so a put in
+        progress elsewhere can be spared); returns how many were removed."""
+        removed = 0
+        cutoff = time.time() - min_age_seconds
+        for temp in self._objects.glob(f"*/{TEMP_PREFIX}*"):
+            try:
+                if temp.stat().st_mtime <= cutoff:
+                    temp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def open(self, key: str) -> BinaryIO:
+        """The stored bytes as a stream (decrypted); FileNotFoundError for a missing key."""
+        file = self._path(key).open("rb")
+        if self._key is None:
+            return file
+        return aead.open_decrypting(file, self._key, key)
+
+    def verify(self, key: str) -> BlobInfo:
+        """Read the blob through and return its actual size and SHA-256."""
+        digest = hashlib.sha256()
+        size = 0
+        with self.open(key) as stream:
+            while chunk := stream.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return BlobInfo(key, size, digest.hexdigest())
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def keys(self) -> Iterator[str]:
+        """Every stored key; temp files and anything else that is not a blob are skipped."""
+        for fan in sorted(self._objects.iterdir()):
+            if not (_FAN.match(fan.name) and fan.is_dir()):
+                continue
+            for entry in sorted(fan.iterdir()):
+                name = entry.name
+                if is_valid_key(name) and self._path(name).parent == fan and entry.is_file():
+                    yield name

@@ -1,0 +1,1 @@
+"""Alembic migrations of the index schema; `pacsguard.archive.index.migrate` applies them."""

@@ -1,0 +1,334 @@
+"""`SqlIndex`: the IndexStore on SQLAlchemy 2, SQLite (WAL) by default or PostgreSQL.
+
+Durability: every write is one transaction committed before the method returns; SQLite runs
+with `journal_mode=WAL` and `synchronous=FULL`, so a commit survives a power cut.
+
+Threads: one SqlIndex serves every association thread; each call takes its own pooled
+connection. On SQLite a write transaction starts with `BEGIN IMMEDIATE`, so writers queue on
+the busy timeout instead of failing to upgrade a read lock; readers run beside them (WAL).
+On PostgreSQL, entities are created with `INSERT ... ON CONFLICT DO NOTHING`, so two threads
+storing the first instances of one new study both succeed; a write that still hits a
+transient conflict (serialization failure, deadlock, a row removed meanwhile) is retried.
+
+Entities take their attributes from the first instance that creates them; later instances
+do not rewrite them. An instance whose series belongs to another study, or whose study to
+another patient, is refused with `HierarchyError` (an empty PatientID is a patient too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import Table, create_engine, delete, event, exists, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from pacsguard.archive.index import query
+from pacsguard.archive.index.matching import normalize_name
+from pacsguard.archive.index.migrate import upgrade_to_head
+from pacsguard.archive.index.records import RECORD_COLUMNS, RECORD_SOURCE, to_record
+from pacsguard.archive.index.schema import instances, patients, series, studies
+from pacsguard.archive.model import (
+    AddOutcome,
+    HierarchyError,
+    InstanceRecord,
+    Level,
+    QueryRequest,
+    is_valid_uid,
+)
+
+T = TypeVar("T")
+
+#: How long a SQLite writer waits for another to commit before giving up.
+BUSY_TIMEOUT_S: Final = 30.0
+#: Attempts for one write when a transient conflict hits it.
+WRITE_ATTEMPTS: Final = 5
+#: SQLSTATEs worth a retry: serialization failure, deadlock detected.
+_TRANSIENT_SQLSTATES: Final = frozenset({"40001", "40P01"})
+_WRITE: Final = "pacsguard_write"
+_BATCH: Final = 1000
+
+
+class _Duplicate(Exception):
+    """Raised inside an `add` transaction to roll it back and answer a duplicate outcome."""
+
+    def __init__(self, outcome: AddOutcome) -> None:
+        super().__init__(outcome.value)
+        self.outcome = outcome
+
+
+class SqlIndex:
+    """The index on a SQLAlchemy URL: `sqlite:///path/index.db` or
+    `postgresql+psycopg://user:password@127.0.0.1:5432/db`. Migrates the schema on open."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            if parsed.database in (None, "", ":memory:"):
+                raise ValueError(
+                    "an in-memory SQLite index cannot be shared between threads; "
+                    "give a file path: sqlite:///path/to/index.db"
+                )
+            _create_private(Path(parsed.database))
+            self._engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S})
+            event.listen(self._engine, "connect", _sqlite_on_connect)
+            event.listen(self._engine, "begin", _sqlite_on_begin)
+        elif self.dialect == "postgresql":
+            self._engine = create_engine(parsed, pool_pre_ping=True)
+        else:
+            raise ValueError(
+                f"unsupported index database {parsed.drivername!r}: "
+                "use sqlite:///path or postgresql+psycopg://..."
+            )
+        self._writer: Engine = self._engine.execution_options(**{_WRITE: True})
+        try:
+            with self._writer.begin() as conn:
+                upgrade_to_head(conn)
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def add(self, record: InstanceRecord) -> AddOutcome:
+        """Record an instance durably (committed before return); see the module docstring."""
+        for name in ("sop_instance_uid", "series_instance_uid", "study_instance_uid"):
+            value = getattr(record, name)
+            if not is_valid_uid(value):
+                raise ValueError(f"{name} {value!r} is not a valid UID")
+        try:
+            return self._write(lambda conn: self._add(conn, record))
+        except _Duplicate as duplicate:
+            return duplicate.outcome
+
+    def _add(self, conn: Connection, r: InstanceRecord) -> AddOutcome:
+        _raise_if_duplicate(conn, r)
+        patient = self._ensure(
+            conn,
+            patients,
+            "patient_id",
+            r.patient_id,
+            None,
+            {
+                "patient_name": r.patient_name,
+                "patient_name_key": normalize_name(r.patient_name),
+                "patient_birth_date": r.patient_birth_date,
+                "patient_sex": r.patient_sex,
+            },
+        )
+        study = self._ensure(
+            conn,
+            studies,
+            "study_instance_uid",
+            r.study_instance_uid,
+            ("patient_fk", patient),
+            {
+                "study_date": r.study_date,
+                "study_time": r.study_time,
+                "study_id": r.study_id,
+                "study_description": r.study_description,
+                "accession_number": r.accession_number,
+                "referring_physician_name": r.referring_physician_name,
+                "referring_physician_name_key": normalize_name(r.referring_physician_name),
+            },
+        )
+        one_series = self._ensure(
+            conn,
+            series,
+            "series_instance_uid",
+            r.series_instance_uid,
+            ("study_fk", study),
+            {
+                "modality": r.modality,
+                "series_number": r.series_number.strip(),
+                "series_description": r.series_description,
+            },
+        )
+        inserted = conn.execute(
+            self._insert(instances)
+            .values(
+                sop_instance_uid=r.sop_instance_uid,
+                series_fk=one_series,
+                sop_class_uid=r.sop_class_uid,
+                instance_number=r.instance_number.strip(),
+                transfer_syntax_uid=r.transfer_syntax_uid,
+                blob_key=r.blob_key,
+                size=r.size,
+                sha256=r.sha256,
+            )
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(instances.c.id)
+        ).first()
+        if inserted is None:  # another thread stored it since our first look
+            _raise_if_duplicate(conn, r)
+        return AddOutcome.INSERTED
+
+    def _insert(self, table: Table) -> Any:
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        return dialect.insert(table)
+
+    def _ensure(
+        self,
+        conn: Connection,
+        table: Table,
+        unique: str,
+        uid: str,
+        parent: tuple[str, int] | None,
+        values: dict[str, object],
+    ) -> int:
+        """The id of the entity `uid`, created with `values` if new; checks its parent."""
+        columns = [table.c.id] + ([table.c[parent[0]]] if parent else [])
+        lookup = select(*columns).where(table.c[unique] == uid)
+        row = conn.execute(lookup).first()
+        if row is None:
+            fields = {unique: uid, **values}
+            if parent is not None:
+                fields[parent[0]] = parent[1]
+            conn.execute(
+                self._insert(table).values(**fields).on_conflict_do_nothing(index_elements=[unique])
+            )
+            row = conn.execute(lookup).one()
+        if parent is not None and row[1] != parent[1]:
+            noun, owner = ("study", "patient") if table is studies else ("series", "study")
+            raise HierarchyError(
+                f"{noun} {uid} already belongs to another {owner}; instance refused"
+            )
+        return int(row[0])
+
+    def remove(self, sop_instance_uid: str) -> None:
+        """Forget an instance; a series, study or patient left empty goes with it."""
+        self._write(lambda conn: _remove(conn, sop_instance_uid))
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                with self._writer.begin() as conn:
+                    return work(conn)
+            except (IntegrityError, OperationalError) as error:
+                if attempt == WRITE_ATTEMPTS or not _transient(error):
+                    raise
+                time.sleep(0.01 * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def find(self, request: QueryRequest) -> Iterator[dict[str, str]]:
+        """Matching entities at the request's level (see `query`); raises QueryError at once
+        for a query it cannot run."""
+        compiled = query.plan(request, self.dialect)
+        with self._engine.connect() as conn:
+            rows = conn.execute(compiled.statement).all()
+        return iter([compiled.response(row) for row in rows])
+
+    def instances(self, level: Level, uid: str) -> list[InstanceRecord]:
+        """Every instance under the entity `uid` at `level` (patient ID at PATIENT level)."""
+        key = {
+            Level.PATIENT: patients.c.patient_id,
+            Level.STUDY: studies.c.study_instance_uid,
+            Level.SERIES: series.c.series_instance_uid,
+            Level.IMAGE: instances.c.sop_instance_uid,
+        }[level]
+        statement = (
+            select(*RECORD_COLUMNS)
+            .select_from(RECORD_SOURCE)
+            .where(key == uid)
+            .order_by(studies.c.id, series.c.id, instances.c.id)
+        )
+        with self._engine.connect() as conn:
+            return [to_record(row) for row in conn.execute(statement)]
+
+    def get(self, sop_instance_uid: str) -> InstanceRecord | None:
+        found = self.instances(Level.IMAGE, sop_instance_uid)
+        return found[0] if found else None
+
+    def all_blob_keys(self) -> Iterator[tuple[str, str, int]]:
+        """(blob_key, sha256, size) of every instance, read in batches of short transactions."""
+        last = 0
+        while True:
+            statement = (
+                select(instances.c.id, instances.c.blob_key, instances.c.sha256, instances.c.size)
+                .where(instances.c.id > last)
+                .order_by(instances.c.id)
+                .limit(_BATCH)
+            )
+            with self._engine.connect() as conn:
+                rows = conn.execute(statement).all()
+            for row in rows:
+                yield str(row.blob_key), str(row.sha256), int(row.size)
+            if len(rows) < _BATCH:
+                return
+            last = int(rows[-1].id)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _raise_if_duplicate(conn: Connection, r: InstanceRecord) -> None:
+    found = conn.execute(
+        select(instances.c.sha256).where(instances.c.sop_instance_uid == r.sop_instance_uid)
+    ).first()
+    if found is not None:
+        same = found.sha256 == r.sha256
+        raise _Duplicate(AddOutcome.DUPLICATE_IDENTICAL if same else AddOutcome.DUPLICATE_CONFLICT)
+
+
+def _remove(conn: Connection, sop_instance_uid: str) -> None:
+    found = conn.execute(
+        select(
+            instances.c.id,
+            series.c.id.label("series"),
+            studies.c.id.label("study"),
+            patients.c.id.label("patient"),
+        )
+        .select_from(RECORD_SOURCE)
+        .where(instances.c.sop_instance_uid == sop_instance_uid)
+    ).first()
+    if found is None:
+        return
+    conn.execute(delete(instances).where(instances.c.id == found.id))
+    for table, ident, child, fk in (
+        (series, found.series, instances, "series_fk"),
+        (studies, found.study, series, "study_fk"),
+        (patients, found.patient, studies, "patient_fk"),
+    ):
+        in_use = exists().where(child.c[fk] == ident)
+        conn.execute(delete(table).where(table.c.id == ident, ~in_use))
+
+
+def _transient(error: DBAPIError) -> bool:
+    if isinstance(error, IntegrityError):
+        return True  # a unique or foreign key race with another writer: try again
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return sqlstate in _TRANSIENT_SQLSTATES or "database is locked" in str(error.orig)
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (its -wal and -shm files inherit
+    the mode): the index holds patient names and IDs."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # The driver must not open transactions behind our back: `begin` below does it.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    write = conn.get_execution_options().get(_WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

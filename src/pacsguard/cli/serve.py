@@ -1,0 +1,129 @@
+"""`pacsguard serve`: run the archive (DIMSE over TLS), secure by default; `fsck` checks it."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pacsguard.archive.app import open_storage, start_archive
+from pacsguard.archive.config import DataLayout, Settings, load_settings
+from pacsguard.archive.fsck import run_fsck
+from pacsguard.archive.security.bootstrap import initialize
+from pacsguard.archive.selfcheck import self_check, worst
+from pacsguard.scan.model import Severity
+
+
+def _settings(data_dir: Path, config: Path | None, overrides: dict[str, object]) -> Settings:
+    layout = DataLayout(data_dir.absolute())
+    path = config or layout.config_file
+    if config is None and not path.exists():
+        result = initialize(data_dir)
+        console = Console()
+        console.print(f"First run: created a CA, a server certificate and {path}.")
+        if result.admin_secret is not None:
+            console.print(
+                f"Administrator {result.admin_username!r} (calling AE "
+                f"{result.admin_ae_title!r}); its secret is shown now and never again:\n\n"
+                f"    {result.admin_secret}\n",
+                highlight=False,
+            )
+    return load_settings(path, overrides=overrides)
+
+
+def serve(
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Data folder; initialized on first run.")
+    ] = Path("pacsguard-data"),
+    config: Annotated[
+        Path | None, typer.Option(help="Config file (default: DATA_DIR/pacsguard.toml).")
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="'secure' (default) or 'lab': deliberately open, loopback only."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address of the TLS listener.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port of the TLS listener (2762).")] = None,
+    plaintext_port: Annotated[
+        int | None, typer.Option(help="Also listen without TLS on loopback, on this port.")
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--self-check/--no-self-check", help="Scan ourselves at start-up.")
+    ] = True,
+) -> None:
+    """Run the archive until SIGTERM or Ctrl-C."""
+    overrides: dict[str, object] = {
+        "profile": profile,
+        "server.host": host,
+        "server.dimse_port": port,
+        "server.plaintext_port": plaintext_port,
+    }
+    settings = _settings(data_dir, config, overrides)
+    console = Console()
+    running = start_archive(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        console.print(
+            f"pacsguard archive {settings.server.ae_title!r} ({settings.profile} profile) on "
+            + ", ".join(str(e) for e in running.endpoints),
+            highlight=False,
+        )
+        console.print(f"audit log: {settings.audit.log_path}", highlight=False)
+        if check:
+            reports = self_check(running)
+            found = sorted({f.id for r in reports for f in r.findings})
+            level = worst(reports)
+            verdict = "no findings" if level is None else f"worst finding: {level.value}"
+            console.print(
+                f"self-check (scanned as a stranger): {verdict}"
+                + (f" ({', '.join(found)})" if found else ""),
+                highlight=False,
+            )
+            if level is not None and level.rank >= Severity.HIGH.rank:
+                console.print(
+                    "[bold red]This archive is open to strangers.[/] "
+                    + ("(lab profile: expected)" if settings.profile == "lab" else "")
+                )
+        console.print("ready", highlight=False)
+        stop.wait()
+    finally:
+        running.stop()
+
+
+def fsck(
+    data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("pacsguard-data"),
+    config: Annotated[Path | None, typer.Option()] = None,
+    verify_hashes: Annotated[
+        bool, typer.Option("--verify-hashes/--no-verify-hashes", help="Read every blob.")
+    ] = True,
+) -> None:
+    """Check that index and blob store agree (exit 1 when they do not)."""
+    layout = DataLayout(data_dir.absolute())
+    settings = load_settings(config or layout.config_file)
+    index, blobs = open_storage(settings)
+    try:
+        report = run_fsck(index, blobs, verify_hashes=verify_hashes)
+    finally:
+        index.close()
+    console = Console()
+    console.print(
+        f"fsck: {report.checked} instances in the index; "
+        f"{len(report.missing)} missing blobs, {len(report.orphans)} orphan blobs, "
+        f"{len(report.mismatches)} size/hash mismatches, {len(report.unreadable)} unreadable"
+        + ("" if report.verified else " (hashes not verified)"),
+        highlight=False,
+    )
+    for key in report.missing[:20]:
+        console.print(f"  missing blob: {key}", highlight=False)
+    for key in report.orphans[:20]:
+        console.print(f"  orphan blob: {key}", highlight=False)
+    for mismatch in report.mismatches[:20]:
+        console.print(f"  mismatch: {mismatch}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)

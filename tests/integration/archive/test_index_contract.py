@@ -1,0 +1,504 @@
+"""The IndexStore contract, run on every back end: SQLite in a temp dir, a real PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from pacsguard.archive.index import IndexStore
+from pacsguard.archive.index import sql as sql_module
+from pacsguard.archive.index.migrate import current_revision, head_revision
+from pacsguard.archive.index.schema import metadata
+from pacsguard.archive.index.sql import SqlIndex
+from pacsguard.archive.model import (
+    AddOutcome,
+    HierarchyError,
+    InstanceRecord,
+    Level,
+    QueryError,
+    QueryRequest,
+    QueryRoot,
+)
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+P, S = QueryRoot.PATIENT, QueryRoot.STUDY
+
+
+def rec(sop: str, series: str, study: str, patient: str, **values: str) -> InstanceRecord:
+    """An instance record with UIDs under 1.2.3. and a hash derived from its SOP UID."""
+    return InstanceRecord(
+        sop_instance_uid=f"1.2.3.{sop}",
+        sop_class_uid=CT,
+        series_instance_uid=f"1.2.2.{series}",
+        study_instance_uid=f"1.2.1.{study}",
+        patient_id=patient,
+        blob_key=f"1.2.3.{sop}",
+        size=len(sop) * 100,
+        sha256=hashlib.sha256(sop.encode()).hexdigest(),
+        **values,  # type: ignore[arg-type]
+    )
+
+
+JOHN = {"patient_name": "Doe^John", "patient_birth_date": "19700101", "patient_sex": "M"}
+JANE = {"patient_name": "DOE^JANE", "patient_birth_date": "19851231", "patient_sex": "F"}
+HANS = {"patient_name": "Müller^Hans"}
+STUDY1 = {
+    "study_date": "20200105",
+    "study_time": "101500",
+    "study_id": "1",
+    "accession_number": "ACC1",
+    "study_description": "CT CHEST",
+    "referring_physician_name": "House^Gregory",
+}
+STUDY2 = {"study_date": "20210610", "study_time": "083000", "accession_number": "ACC2"}
+STUDY3 = {"study_date": "20201231", "study_time": "235959", "accession_number": "ACC_3%"}
+STUDY3 |= {"study_description": "50% off"}
+
+CORPUS = [
+    rec("1", "11", "1", "P1", **JOHN, **STUDY1, modality="CT", series_number="1"),
+    rec("2", "11", "1", "P1", **JOHN, **STUDY1, modality="CT", series_number="1"),
+    rec("3", "11", "1", "P1", **JOHN, **STUDY1, modality="CT", series_number="1"),
+    rec("4", "12", "1", "P1", **JOHN, **STUDY1, modality="SR", series_number="2"),
+    rec("5", "21", "2", "P1", **JOHN, **STUDY2, modality="MR", series_number="1"),
+    rec("6", "21", "2", "P1", **JOHN, **STUDY2, modality="MR", series_number="1"),
+    rec("7", "31", "3", "P2", **JANE, **STUDY3, modality="CT", instance_number="7"),
+    rec("8", "41", "4", "P3", **HANS, modality="US", series_number="3"),
+]
+
+
+@pytest.fixture
+def index(index_url: str) -> Iterator[SqlIndex]:
+    store = SqlIndex(index_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def loaded(index: SqlIndex) -> SqlIndex:
+    for record in CORPUS:
+        assert index.add(record) is AddOutcome.INSERTED
+    return index
+
+
+def find(index: IndexStore, root: QueryRoot, level: Level, **keys: str) -> list[dict[str, str]]:
+    return list(index.find(QueryRequest(root, level, keys)))
+
+
+def uids(results: list[dict[str, str]], key: str = "StudyInstanceUID") -> list[str]:
+    return sorted(result[key] for result in results)
+
+
+def test_sql_index_is_an_index_store(index: SqlIndex) -> None:
+    store: IndexStore = index
+    assert store.get("1.2.3.999") is None
+
+
+# -- schema and migrations -------------------------------------------------------------------
+
+
+def test_migrations_create_the_schema_from_empty_and_match_the_code(index_url: str) -> None:
+    engine = create_engine(index_url)
+    try:
+        assert not inspect(engine).get_table_names()
+        SqlIndex(index_url).close()
+        SqlIndex(index_url).close()  # reopening an up-to-date index is a no-op
+        with engine.connect() as conn:
+            assert current_revision(conn) == head_revision() is not None
+            tables = set(inspect(conn).get_table_names())
+            assert {"patients", "studies", "series", "instances", "alembic_version"} <= tables
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+            assert diff == []
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_runs_durable_wal_with_foreign_keys(tmp_path: Path) -> None:
+    SqlIndex(f"sqlite:///{tmp_path / 'i.db'}").close()
+    assert (tmp_path / "i.db").stat().st_mode & 0o077 == 0  # patient data: owner only
+    with sqlite3.connect(tmp_path / "i.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    index = SqlIndex(f"sqlite:///{tmp_path / 'i.db'}")
+    try:
+        with index._engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    finally:
+        index.close()
+
+
+def test_in_memory_and_unknown_databases_are_refused() -> None:
+    with pytest.raises(ValueError, match="file path"):
+        SqlIndex("sqlite://")
+    with pytest.raises(ValueError, match="unsupported"):
+        SqlIndex("mysql://u@127.0.0.1/db")
+
+
+# -- add, get, duplicates --------------------------------------------------------------------
+
+
+def test_add_then_get_returns_every_field(index: SqlIndex) -> None:
+    record = rec("9", "91", "9", "P9", **JOHN, **STUDY1, modality="CT", series_number="4")
+    record = dataclasses.replace(
+        record, instance_number="12", transfer_syntax_uid="1.2.840.10008.1.2.1"
+    )
+    assert index.add(record) is AddOutcome.INSERTED
+    assert index.get(record.sop_instance_uid) == record
+    assert index.get("1.2.3.404") is None
+
+
+def test_duplicate_with_same_bytes_is_identical_and_changes_nothing(loaded: SqlIndex) -> None:
+    again = dataclasses.replace(CORPUS[0], patient_name="Someone^Else", blob_key="1.9")
+    assert loaded.add(again) is AddOutcome.DUPLICATE_IDENTICAL
+    assert loaded.get(CORPUS[0].sop_instance_uid) == CORPUS[0]
+
+
+def test_duplicate_with_other_bytes_is_a_conflict_and_keeps_the_first(loaded: SqlIndex) -> None:
+    other = dataclasses.replace(CORPUS[0], sha256="f" * 64, size=1)
+    assert loaded.add(other) is AddOutcome.DUPLICATE_CONFLICT
+    assert loaded.get(CORPUS[0].sop_instance_uid) == CORPUS[0]
+    # even when the conflicting copy names a new series, study and patient: nothing is created
+    moved = dataclasses.replace(
+        other, series_instance_uid="1.7.1", study_instance_uid="1.7.2", patient_id="NEW"
+    )
+    assert loaded.add(moved) is AddOutcome.DUPLICATE_CONFLICT
+    assert find(loaded, P, Level.PATIENT, PatientID="NEW") == []
+
+
+def test_a_series_under_another_study_is_refused(loaded: SqlIndex) -> None:
+    stray = rec("50", "11", "50", "P1", **JOHN)  # series 11 belongs to study 1
+    with pytest.raises(HierarchyError, match="series"):
+        loaded.add(stray)
+    assert loaded.get(stray.sop_instance_uid) is None
+    assert find(loaded, S, Level.STUDY, StudyInstanceUID="1.2.1.50") == []
+
+
+def test_a_study_under_another_patient_is_refused(loaded: SqlIndex) -> None:
+    stray = rec("51", "51", "1", "INTRUDER")  # study 1 belongs to P1
+    with pytest.raises(HierarchyError, match="study"):
+        loaded.add(stray)
+    assert find(loaded, P, Level.PATIENT, PatientID="INTRUDER") == []
+
+
+@pytest.mark.parametrize("field", ["sop_instance_uid", "series_instance_uid", "study_instance_uid"])
+@pytest.mark.parametrize("bad", ["", "../etc/passwd", "1.2.*", "1..2", "1" * 65])
+def test_records_with_invalid_uids_are_refused(index: SqlIndex, field: str, bad: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        index.add(dataclasses.replace(CORPUS[0], **{field: bad}))  # type: ignore[arg-type]
+
+
+# -- find: levels, roots, return keys --------------------------------------------------------
+
+
+def test_patient_level_in_patient_root_with_counts(loaded: SqlIndex) -> None:
+    results = find(
+        loaded,
+        P,
+        Level.PATIENT,
+        PatientName="",
+        NumberOfPatientRelatedStudies="",
+        NumberOfPatientRelatedSeries="",
+        NumberOfPatientRelatedInstances="",
+    )
+    by_id = {r["PatientID"]: r for r in results}
+    assert set(by_id) == {"P1", "P2", "P3"}
+    assert by_id["P1"] == {
+        "PatientName": "Doe^John",
+        "NumberOfPatientRelatedStudies": "2",
+        "NumberOfPatientRelatedSeries": "3",
+        "NumberOfPatientRelatedInstances": "6",
+        "PatientID": "P1",
+    }
+    assert by_id["P3"]["NumberOfPatientRelatedInstances"] == "1"
+
+
+def test_study_root_has_no_patient_level(loaded: SqlIndex) -> None:
+    with pytest.raises(QueryError, match="PATIENT"):
+        loaded.find(QueryRequest(S, Level.PATIENT, {"PatientID": ""}))
+
+
+@pytest.mark.parametrize("root", [P, S])
+def test_study_level_matches_and_returns_patient_keys(loaded: SqlIndex, root: QueryRoot) -> None:
+    results = find(
+        loaded,
+        root,
+        Level.STUDY,
+        PatientName="doe*",
+        PatientBirthDate="",
+        StudyDate="",
+        AccessionNumber="",
+        ModalitiesInStudy="",
+        NumberOfStudyRelatedSeries="",
+        NumberOfStudyRelatedInstances="",
+        NumberOfPatientRelatedStudies="",
+    )
+    assert uids(results) == ["1.2.1.1", "1.2.1.2", "1.2.1.3"]
+    first = next(r for r in results if r["StudyInstanceUID"] == "1.2.1.1")
+    assert first["PatientName"] == "Doe^John"
+    assert first["PatientBirthDate"] == "19700101"
+    assert first["StudyDate"] == "20200105"
+    assert first["ModalitiesInStudy"] == "CT\\SR"
+    assert first["NumberOfStudyRelatedSeries"] == "2"
+    assert first["NumberOfStudyRelatedInstances"] == "4"
+    assert first["NumberOfPatientRelatedStudies"] == "2"
+    # the unique keys of the root's levels come back unasked
+    assert ("PatientID" in first) is (root is P)
+
+
+def test_series_level_returns_the_keys_of_its_study(loaded: SqlIndex) -> None:
+    results = find(
+        loaded,
+        S,
+        Level.SERIES,
+        StudyInstanceUID="1.2.1.1",
+        Modality="",
+        SeriesNumber="",
+        NumberOfSeriesRelatedInstances="",
+        StudyDescription="",
+    )
+    assert results == [
+        {
+            "StudyInstanceUID": "1.2.1.1",
+            "Modality": "CT",
+            "SeriesNumber": "1",
+            "NumberOfSeriesRelatedInstances": "3",
+            "StudyDescription": "CT CHEST",
+            "SeriesInstanceUID": "1.2.2.11",
+        },
+        {
+            "StudyInstanceUID": "1.2.1.1",
+            "Modality": "SR",
+            "SeriesNumber": "2",
+            "NumberOfSeriesRelatedInstances": "1",
+            "StudyDescription": "CT CHEST",
+            "SeriesInstanceUID": "1.2.2.12",
+        },
+    ]
+
+
+def test_image_level_in_patient_root(loaded: SqlIndex) -> None:
+    results = find(
+        loaded, P, Level.IMAGE, SeriesInstanceUID="1.2.2.31", SOPClassUID="", InstanceNumber=""
+    )
+    assert results == [
+        {
+            "SeriesInstanceUID": "1.2.2.31",
+            "SOPClassUID": CT,
+            "InstanceNumber": "7",
+            "PatientID": "P2",
+            "StudyInstanceUID": "1.2.1.3",
+            "SOPInstanceUID": "1.2.3.7",
+        }
+    ]
+
+
+def test_unknown_keys_and_keys_below_the_level_come_back_empty_and_unmatched(
+    loaded: SqlIndex,
+) -> None:
+    results = find(
+        loaded,
+        S,
+        Level.STUDY,
+        InstitutionName="Nowhere",
+        Modality="XX",
+        SOPInstanceUID="9.9",
+        NumberOfSeriesRelatedInstances="",
+        QueryRetrieveLevel="",
+    )
+    assert len(results) == 4
+    assert all(r["InstitutionName"] == r["Modality"] == r["SOPInstanceUID"] == "" for r in results)
+    assert all(r["NumberOfSeriesRelatedInstances"] == "" for r in results)
+    assert all(r["QueryRetrieveLevel"] == "STUDY" for r in results)
+
+
+def test_limit_caps_the_results(loaded: SqlIndex) -> None:
+    assert len(list(loaded.find(QueryRequest(S, Level.STUDY, {}, limit=2)))) == 2
+    assert len(list(loaded.find(QueryRequest(P, Level.IMAGE, {}, limit=5)))) == 5
+    assert len(list(loaded.find(QueryRequest(P, Level.IMAGE, {}, limit=500)))) == 8
+    with pytest.raises(QueryError, match="limit"):
+        loaded.find(QueryRequest(S, Level.STUDY, {}, limit=0))
+
+
+# -- find: every matching kind ---------------------------------------------------------------
+
+STUDY_MATCHES = [
+    # universal
+    ("StudyDescription", "", ["1", "2", "3", "4"]),
+    ("StudyDescription", "*", ["1", "2", "3", "4"]),
+    # single value: case-sensitive, except person names
+    ("StudyDescription", "CT CHEST", ["1"]),
+    ("StudyDescription", "ct chest", []),
+    ("PatientName", "doe^john", ["1", "2"]),
+    ("PatientName", "MÜLLER^HANS", ["4"]),
+    ("ReferringPhysicianName", "HOUSE^GREGORY", ["1"]),
+    ("PatientID", "p1", []),
+    # wildcards; % and _ in values are literals
+    ("PatientName", "DOE^JA?E", ["3"]),
+    ("PatientName", "*^j*", ["1", "2", "3"]),
+    ("PatientName", "müller*", ["4"]),
+    ("StudyDescription", "CT*", ["1"]),
+    ("AccessionNumber", "ACC_*", ["3"]),
+    ("AccessionNumber", "ACC?", ["1", "2"]),
+    ("AccessionNumber", "ACC_3%", ["3"]),
+    ("StudyDescription", "50%*", ["3"]),
+    ("StudyDescription", "5*%*", ["3"]),
+    # lists
+    ("AccessionNumber", "ACC1\\ACC2", ["1", "2"]),
+    ("StudyInstanceUID", "1.2.1.1\\1.2.1.3\\1.2.1.99", ["1", "3"]),
+    ("PatientID", "P2\\P3", ["3", "4"]),
+    # dates and times: single values and ranges; empty values never match a range
+    ("StudyDate", "20200105", ["1"]),
+    ("StudyDate", "20200101-20201231", ["1", "3"]),
+    ("StudyDate", "-20200105", ["1"]),
+    ("StudyDate", "20210101-", ["2"]),
+    ("StudyDate", "20200105\\20210101-", ["1", "2"]),
+    ("StudyTime", "0800-1100", ["1", "2"]),
+    ("StudyTime", "-0830", ["2"]),
+    ("StudyTime", "23:59-", ["3"]),
+    ("PatientBirthDate", "19800101-", ["3"]),
+    ("PatientBirthDate", "19700101", ["1", "2"]),
+    # ModalitiesInStudy matches any series of the study
+    ("ModalitiesInStudy", "SR", ["1"]),
+    ("ModalitiesInStudy", "MR\\US", ["2", "4"]),
+    ("ModalitiesInStudy", "C?", ["1", "3"]),
+]
+
+
+@pytest.mark.parametrize(("keyword", "value", "expected"), STUDY_MATCHES)
+def test_study_matching(loaded: SqlIndex, keyword: str, value: str, expected: list[str]) -> None:
+    results = find(loaded, S, Level.STUDY, **{keyword: value})
+    assert uids(results) == [f"1.2.1.{n}" for n in expected]
+
+
+def test_keys_combine_with_and(loaded: SqlIndex) -> None:
+    results = find(loaded, P, Level.STUDY, PatientID="P1", StudyDate="20210101-")
+    assert uids(results) == ["1.2.1.2"]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "expected"),
+    [
+        ("SeriesNumber", "1", ["11", "21"]),
+        ("SeriesNumber", "01", ["11", "21"]),
+        ("Modality", "CT", ["11", "31"]),
+        ("Modality", "*", ["11", "12", "21", "31", "41"]),
+        ("SeriesInstanceUID", "1.2.2.12\\1.2.2.41", ["12", "41"]),
+        ("StudyDate", "-20201231", ["11", "12", "31"]),
+    ],
+)
+def test_series_matching(loaded: SqlIndex, keyword: str, value: str, expected: list[str]) -> None:
+    results = find(loaded, S, Level.SERIES, **{keyword: value})
+    assert uids(results, "SeriesInstanceUID") == [f"1.2.2.{n}" for n in expected]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("StudyDate", "2020*"),
+        ("StudyDate", "last year"),
+        ("StudyDate", "2020-01-01"),
+        ("StudyTime", "10h"),
+        ("StudyInstanceUID", "1.2.*"),
+        ("SOPInstanceUID", "1.2.3.x"),
+        ("SeriesNumber", "1?"),
+    ],
+)
+def test_invalid_keys_raise_query_error_at_once(loaded: SqlIndex, keyword: str, value: str) -> None:
+    with pytest.raises(QueryError, match=keyword):
+        loaded.find(QueryRequest(P, Level.IMAGE, {keyword: value}))
+
+
+# -- instances, remove, blob keys ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("level", "uid", "expected"),
+    [
+        (Level.PATIENT, "P1", ["1", "2", "3", "4", "5", "6"]),
+        (Level.STUDY, "1.2.1.1", ["1", "2", "3", "4"]),
+        (Level.SERIES, "1.2.2.21", ["5", "6"]),
+        (Level.IMAGE, "1.2.3.7", ["7"]),
+        (Level.STUDY, "1.2.1.404", []),
+        (Level.PATIENT, "P404", []),
+    ],
+)
+def test_instances_under_each_level(
+    loaded: SqlIndex, level: Level, uid: str, expected: list[str]
+) -> None:
+    found = loaded.instances(level, uid)
+    assert [r.sop_instance_uid for r in found] == [f"1.2.3.{n}" for n in expected]
+    by_uid = {r.sop_instance_uid: r for r in CORPUS}
+    assert all(r == by_uid[r.sop_instance_uid] for r in found)
+
+
+def test_remove_updates_counts_and_drops_empty_parents(loaded: SqlIndex) -> None:
+    loaded.remove("1.2.3.4")  # the only instance of series 12
+    assert loaded.get("1.2.3.4") is None
+    assert find(loaded, S, Level.SERIES, SeriesInstanceUID="1.2.2.12") == []
+    study = find(loaded, S, Level.STUDY, StudyInstanceUID="1.2.1.1", ModalitiesInStudy="")
+    assert study[0]["ModalitiesInStudy"] == "CT"
+    loaded.remove("1.2.3.8")  # the only instance of patient P3
+    assert find(loaded, P, Level.PATIENT, PatientID="P3") == []
+    loaded.remove("1.2.3.404")  # unknown: nothing to do
+    assert len(find(loaded, P, Level.IMAGE)) == 6
+    # the removed instance can be stored again
+    assert loaded.add(CORPUS[3]) is AddOutcome.INSERTED
+
+
+def test_all_blob_keys_lists_every_instance(
+    loaded: SqlIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_module, "_BATCH", 3)  # several pages
+    expected = sorted((r.blob_key, r.sha256, r.size) for r in CORPUS)
+    assert sorted(loaded.all_blob_keys()) == expected
+
+
+# -- concurrency -----------------------------------------------------------------------------
+
+
+def test_two_threads_storing_one_new_study_both_succeed(index: SqlIndex) -> None:
+    rounds, per_thread = 5, 12
+    errors: list[BaseException] = []
+    outcomes: list[AddOutcome] = []
+    lock = threading.Lock()
+
+    def store(thread: int, round_: int, barrier: threading.Barrier) -> None:
+        try:
+            barrier.wait(timeout=30)
+            for n in range(per_thread):
+                series = f"{round_}{n % 2}"  # both threads create the same two series
+                record = rec(f"{round_}.{thread}.{n}", series, str(round_), f"PR{round_}")
+                outcome = index.add(record)
+                with lock:
+                    outcomes.append(outcome)
+            # and both store the very same instance at once
+            same = rec(f"{round_}.0.999", f"{round_}0", str(round_), f"PR{round_}")
+            outcome = index.add(same)
+            with lock:
+                outcomes.append(outcome)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    for round_ in range(1, rounds + 1):
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=store, args=(t, round_, barrier)) for t in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert errors == []
+    assert outcomes.count(AddOutcome.INSERTED) == rounds * (2 * per_thread + 1)
+    assert outcomes.count(AddOutcome.DUPLICATE_IDENTICAL) == rounds
+    studies = find(index, S, Level.STUDY, NumberOfStudyRelatedInstances="")
+    assert len(studies) == rounds
+    assert {s["NumberOfStudyRelatedInstances"] for s in studies} == {str(2 * per_thread + 1)}
+    assert len(find(index, S, Level.SERIES)) == 2 * rounds

@@ -1,0 +1,54 @@
+"""An archive started in-process on loopback, with peers registered as an administrator would."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pacsguard.archive.app import RunningArchive, start_archive
+from pacsguard.archive.config import load_settings
+from pacsguard.archive.security.bootstrap import initialize
+
+#: A peer trusted by its loopback address, may do everything: the tests' client.
+TESTER = """
+[[ae]]
+ae_title = "TESTER"
+auth = "address"
+address = "127.0.0.1"
+permissions = ["echo", "store", "find", "move", "get"]
+"""
+
+
+def make_data_dir(tmp: Path, extra_config: str = TESTER) -> Path:
+    initialize(tmp)
+    config = tmp / "pacsguard.toml"
+    text = config.read_text(encoding="utf-8")
+    text = text.replace("allow_address_auth = false", "allow_address_auth = true")
+    config.write_text(text + extra_config, encoding="utf-8")
+    return tmp
+
+
+StartArchive = Callable[..., RunningArchive]
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[StartArchive]:
+    """start(**overrides) -> a running archive on ephemeral loopback ports (TLS + plaintext)."""
+    running: list[RunningArchive] = []
+
+    def _start(data_dir: Path | None = None, **overrides: object) -> RunningArchive:
+        directory = data_dir or make_data_dir(tmp_path / f"data{len(running)}")
+        settings = load_settings(
+            directory / "pacsguard.toml",
+            env={},
+            overrides={"server.dimse_port": 0, "server.plaintext_port": 0, **overrides},
+        )
+        archive = start_archive(settings)
+        running.append(archive)
+        return archive
+
+    yield _start
+    for archive in running:
+        archive.stop()
