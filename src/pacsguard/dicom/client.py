@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from io import BytesIO
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from pydicom.dataset import Dataset
-from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, DIMSEMessage
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND
+from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 
 from pacsguard.dicom import uids
 from pacsguard.dicom.dimse import (
@@ -151,6 +152,28 @@ class Association:
             yield status, ds
             if not pending:
                 return
+
+    async def store(
+        self, context: ContextResult, sop_instance_uid: str, data_set: bytes
+    ) -> int:
+        """Send C-STORE-RQ with an already encoded data set; return the response status.
+
+        The scanner never calls this (an accepted storage context is its evidence); it exists
+        for tests and tools that must send exactly the bytes they mean, malformed included.
+        """
+        primitive = C_STORE()
+        primitive.MessageID = self._next_id()
+        primitive.AffectedSOPClassUID = context.abstract_syntax
+        primitive.AffectedSOPInstanceUID = sop_instance_uid
+        primitive.Priority = 2
+        primitive.DataSet = BytesIO(data_set)
+        await self._send(
+            encode_message(primitive, context.context_id, self._send_max_pdu, request=True)
+        )
+        message = await self._receive_message()
+        if not isinstance(message, C_STORE_RSP):
+            raise MalformedPdu(f"expected C-STORE-RSP, got {type(message).__name__}")
+        return int(message.command_set.Status)
 
     async def release(self) -> None:
         """Orderly release (A-RELEASE-RQ/RP); falls back to closing if the peer does not answer."""

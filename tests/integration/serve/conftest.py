@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +34,12 @@ def make_data_dir(tmp: Path, extra_config: str = TESTER) -> Path:
 StartArchive = Callable[..., RunningArchive]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[StartArchive]:
     """start(**overrides) -> a running archive on ephemeral loopback ports (TLS + plaintext)."""
@@ -43,7 +50,11 @@ def start(tmp_path: Path) -> Iterator[StartArchive]:
         settings = load_settings(
             directory / "pacsguard.toml",
             env={},
-            overrides={"server.dimse_port": 0, "server.plaintext_port": 0, **overrides},
+            overrides={
+                "server.dimse_port": free_port(),
+                "server.plaintext_port": free_port(),
+                **overrides,
+            },
         )
         archive = start_archive(settings)
         running.append(archive)
