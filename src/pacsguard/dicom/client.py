@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from io import BytesIO
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Final
 
 from pydicom.dataset import Dataset
@@ -153,9 +153,7 @@ class Association:
             if not pending:
                 return
 
-    async def store(
-        self, context: ContextResult, sop_instance_uid: str, data_set: bytes
-    ) -> int:
+    async def store(self, context: ContextResult, sop_instance_uid: str, data_set: bytes) -> int:
         """Send C-STORE-RQ with an already encoded data set; return the response status.
 
         The scanner never calls this (an accepted storage context is its evidence); it exists

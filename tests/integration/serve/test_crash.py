@@ -40,7 +40,7 @@ def start_serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]
                 str(free_port()),
                 "--plaintext-port",
                 str(port),
-            ],  # fmt: skip
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -66,10 +66,15 @@ def instances() -> list[tuple[str, str, bytes]]:
         instances_per_series=(5, 5),
     )
     assert lab.counts.instances == 1000
+    explicit = uids.EXPLICIT_VR_LITTLE_ENDIAN
     return [
-        (inst.sop_instance_uid, inst.sop_class_uid, encode_dataset(build_dataset(p, st, se, inst), uids.EXPLICIT_VR_LITTLE_ENDIAN).getvalue())
+        (
+            inst.sop_instance_uid,
+            inst.sop_class_uid,
+            encode_dataset(build_dataset(p, st, se, inst), explicit).getvalue(),
+        )
         for p, st, se, inst in lab.walk()
-    ]  # fmt: skip
+    ]
 
 
 async def ingest_until_killed(
@@ -139,7 +144,10 @@ def test_sigkill_mid_ingest_keeps_every_acknowledged_instance(tmp_path: Path) ->
     finally:
         index.close()
     fsck = subprocess.run(
-        [PACSGUARD, "fsck", "--data-dir", str(data_dir)], capture_output=True, text=True
+        [PACSGUARD, "fsck", "--data-dir", str(data_dir)],
+        check=False,
+        capture_output=True,
+        text=True,
     )
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     assert verify(settings.audit.log_path).ok

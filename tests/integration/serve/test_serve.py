@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 import json
 import socket
 import ssl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,10 +21,10 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 from pacsguard.archive.app import Endpoint, RunningArchive
 from pacsguard.archive.fsck import run_fsck
 from pacsguard.archive.selfcheck import self_check, worst
-from pacsguard.dicom.client import Timeouts, request_association
-from pacsguard.dicom.ul import AssociationRejected, propose
 from pacsguard.dicom import uids
+from pacsguard.dicom.client import Timeouts, request_association
 from pacsguard.dicom.dimse import encode_dataset
+from pacsguard.dicom.ul import AssociationRejected, propose
 from pacsguard.errors import ConfigError
 from pacsguard.lab.synth import build_dataset, generate_archive
 from pacsguard.scan.model import Severity
