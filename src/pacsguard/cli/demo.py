@@ -7,12 +7,15 @@ Results go to a directory (default `./pacsguard-demo`): `scan.jsonl` and `truth.
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from pacsguard.archive.demo import run_archive_demo
 from pacsguard.cli.scan import scan_scope
 from pacsguard.dicom.client import Timeouts
 from pacsguard.errors import LabError, UsageError
@@ -50,8 +53,11 @@ def demo(
         str, typer.Option(help="First lab address (127.0.0.0/8 only).")
     ] = "127.77.0.1",
     out: Annotated[Path, typer.Option(help="Where to write results.")] = Path("pacsguard-demo"),
+    keep_serving: Annotated[
+        bool, typer.Option("--serve", help="Keep the secure archive running until Ctrl-C.")
+    ] = False,
 ) -> None:
-    """Start a lab of simulated PACS on loopback, scan it, and show what an attacker would see."""
+    """Scan a lab of simulated exposed PACS, then run a secure archive and scan that too."""
     console = Console()
     out.mkdir(parents=True, exist_ok=True)
     console.print(
@@ -71,8 +77,44 @@ def demo(
     for line in agreement.mismatches[:10]:
         console.print(f"  [yellow]differs[/]: {line}")
     console.print(f"Records: {out / 'scan.jsonl'}   truth: {out / 'truth.json'}")
+    console.print()
+    console.print("[bold]Now the fix:[/] a pacsguard archive with its secure defaults.")
+    archive = run_archive_demo(out / "archive", seed)
+    try:
+        endpoint = archive.running.endpoints[0]
+        console.print(
+            f"Archive listening on {endpoint} (TLS; every peer must be registered and "
+            f"authenticated). The administrator stored {archive.stored} synthetic instances "
+            f"over TLS with a PS3.7 user identity ({archive.refused} refused).",
+            highlight=False,
+        )
+        findings = sorted({f.id for r in archive.reports for f in r.findings})
+        verdict = (
+            "was refused and found nothing" if not findings else f"found {', '.join(findings)}"
+        )
+        console.print(
+            f"The scanner, knocking on the archive as a stranger, {verdict}. Audit log: "
+            f"{archive.audit_lines} hash-chained events, chain "
+            + ("intact." if archive.audit_ok else "BROKEN."),
+            highlight=False,
+        )
+        console.print(f"Archive data, config and CA: {out / 'archive'}", highlight=False)
+        if keep_serving:
+            console.print("Serving until Ctrl-C.")
+            _wait_for_interrupt()
+    finally:
+        archive.running.stop()
     console.print(
-        "Scan your own network (with permission): .venv/bin/pacsguard scan <CIDR> --format table"
+        "Next: scan a network you are allowed to scan: .venv/bin/pacsguard scan <CIDR> "
+        "--format table; run your own archive: .venv/bin/pacsguard serve",
+        highlight=False,
     )
-    if agreement.mismatches:
+    if agreement.mismatches or findings or not archive.audit_ok:
         raise typer.Exit(1)
+
+
+def _wait_for_interrupt() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
