@@ -12,6 +12,7 @@ from typing import Final
 
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_messages import (
+    C_CANCEL_RQ,
     C_ECHO_RQ,
     C_ECHO_RSP,
     C_FIND_RQ,
@@ -81,12 +82,35 @@ def decode_dataset(data: BytesIO | None, transfer_syntax: str | None) -> Dataset
     return ds
 
 
+#: DIMSE command fields (PS3.7 E.1) of the messages pacsguard's asyncio peers exchange.
+_COMMANDS: Final[dict[int, type[DIMSEMessage]]] = {
+    0x0001: C_STORE_RQ,
+    0x8001: C_STORE_RSP,
+    0x0020: C_FIND_RQ,
+    0x8020: C_FIND_RSP,
+    0x0030: C_ECHO_RQ,
+    0x8030: C_ECHO_RSP,
+    0x0FFF: C_CANCEL_RQ,
+}
+
+
 class MessageAssembler:
-    """Collect P-DATA-TF PDUs into DIMSE messages, bounding the bytes of each message."""
+    """Collect P-DATA-TF PDUs into DIMSE messages, bounding the bytes of each message.
+
+    pynetdicom's `DIMSEMessage.decode_msg` would do this, but it reads a process-wide switch
+    (`_config.STORE_RECV_CHUNKED_DATASET`, which the archive turns on for its own server) and
+    then needs a pynetdicom Association. So the fragments are joined here (PS3.8 E.2: control
+    header bit 0 = command, bit 1 = last fragment) and pynetdicom decodes the command set.
+    """
 
     def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._max = max_message_bytes
-        self._message = DIMSEMessage()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._command = bytearray()
+        self._data = bytearray()
+        self._message: DIMSEMessage | None = None
         self._size = 0
 
     def feed(self, pdu: RawPdu) -> DIMSEMessage | None:
@@ -99,11 +123,43 @@ class MessageAssembler:
         pdata = P_DATA_TF()
         try:
             pdata.decode(pdu.data)
-            primitive = pdata.to_primitive()
-            complete = self._message.decode_msg(primitive)
         except Exception as exc:
             raise MalformedPdu(f"undecodable P-DATA-TF: {exc.__class__.__name__}") from None
-        if not complete:
-            return None
-        message, self._message, self._size = self._message, DIMSEMessage(), 0
+        for item in pdata.presentation_data_value_items:
+            value = bytes(item.presentation_data_value or b"")
+            if not value:
+                raise MalformedPdu("empty presentation data value")
+            header, fragment = value[0], value[1:]
+            if header & 0x01:
+                if self._message is not None:
+                    raise MalformedPdu("command fragment after the command set was complete")
+                self._command += fragment
+                if header & 0x02:
+                    self._message = self._decode_command(int(item.presentation_context_id or 0))
+                    if self._message.command_set.CommandDataSetType == 0x0101:
+                        return self._finish()
+            else:
+                if self._message is None:
+                    raise MalformedPdu("data set fragment before the command set")
+                self._data += fragment
+                if header & 0x02:
+                    return self._finish()
+        return None
+
+    def _decode_command(self, context_id: int) -> DIMSEMessage:
+        try:
+            command = decode(BytesIO(bytes(self._command)), True, True)
+            cls = _COMMANDS[int(command.CommandField)]
+        except Exception as exc:
+            raise MalformedPdu(f"undecodable DIMSE command set: {exc.__class__.__name__}") from None
+        message = cls()
+        message.command_set = command
+        message.context_id = context_id
+        return message
+
+    def _finish(self) -> DIMSEMessage:
+        message = self._message
+        assert message is not None
+        message.data_set = BytesIO(bytes(self._data))
+        self._reset()
         return message
