@@ -7,8 +7,6 @@ Results go to a directory (default `./pacsguard-demo`): `scan.jsonl` and `truth.
 from __future__ import annotations
 
 import asyncio
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +14,7 @@ import typer
 from rich.console import Console
 
 from pacsguard.archive.demo import run_archive_demo
+from pacsguard.cli._signals import hold_stop_signals, wait_for_stop_signal
 from pacsguard.cli.scan import scan_scope
 from pacsguard.dicom.client import Timeouts
 from pacsguard.errors import LabError, UsageError
@@ -114,7 +113,5 @@ def demo(
 
 
 def _wait_for_interrupt() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    hold_stop_signals()
+    wait_for_stop_signal()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +13,7 @@ from pacsguard.archive.config import DataLayout, Settings, load_settings
 from pacsguard.archive.fsck import run_fsck
 from pacsguard.archive.security.bootstrap import initialize
 from pacsguard.archive.selfcheck import self_check, worst
+from pacsguard.cli._signals import hold_stop_signals, wait_for_stop_signal
 from pacsguard.scan.model import Severity
 
 
@@ -64,10 +63,8 @@ def serve(
     }
     settings = _settings(data_dir, config, overrides)
     console = Console()
+    hold_stop_signals()
     running = start_archive(settings)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         console.print(
             f"pacsguard archive {settings.server.ae_title!r} ({settings.profile} profile) on "
@@ -91,7 +88,7 @@ def serve(
                     + ("(lab profile: expected)" if settings.profile == "lab" else "")
                 )
         console.print("ready", highlight=False)
-        stop.wait()
+        wait_for_stop_signal()
     finally:
         running.stop()
 
