@@ -13,6 +13,7 @@ from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 
 from pacsguard.dicom import uids
 from pacsguard.dicom.dimse import decode_dataset, encode_dataset, encode_message
+from pacsguard.dicom.levels import QueryRoot
 from pacsguard.dicom.phi import PhiCategory
 from pacsguard.dicom.ul import encode_associate_rq, propose
 from pacsguard.errors import LabError
@@ -31,7 +32,6 @@ from pacsguard.lab.query import (
     STATUS_SUCCESS,
     HostData,
     Kind,
-    QueryRoot,
     find,
     matches,
 )

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Final
+
+from pacsguard.dicom.levels import Level, QueryRoot
 
 #: A DICOM UID as we accept it from the wire (PS3.5 9.1): digits and dots, at most 64 chars.
 UID_PATTERN: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -18,20 +20,6 @@ UID_PATTERN: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 def is_valid_uid(value: str) -> bool:
     """True for a syntactically valid UID; the only UIDs allowed to become keys or paths."""
     return 0 < len(value) <= 64 and bool(UID_PATTERN.match(value)) and ".." not in value
-
-
-class Level(IntEnum):
-    """Query/retrieve levels, top to bottom."""
-
-    PATIENT = 0
-    STUDY = 1
-    SERIES = 2
-    IMAGE = 3
-
-
-class QueryRoot(StrEnum):
-    PATIENT = "patient"
-    STUDY = "study"
 
 
 @dataclass(frozen=True, slots=True)

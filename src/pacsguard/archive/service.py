@@ -41,11 +41,11 @@ from pacsguard.archive.model import (
     AddOutcome,
     HierarchyError,
     InstanceRecord,
-    Level,
     QueryRequest,
     is_valid_uid,
 )
 from pacsguard.archive.security.principal import Action, Principal
+from pacsguard.dicom.levels import Level
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from functools import lru_cache
 from typing import Final
 
@@ -23,6 +23,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from pacsguard.dicom.levels import Level, QueryRoot
 from pacsguard.lab.synth import SyntheticArchive
 
 STATUS_SUCCESS: Final = 0x0000
@@ -31,20 +32,6 @@ STATUS_PENDING: Final = 0xFF00
 STATUS_IDENTIFIER_MISMATCH: Final = 0xA900
 #: Unable to process: the identifier could not be decoded.
 STATUS_UNABLE_TO_PROCESS: Final = 0xC000
-
-
-class Level(IntEnum):
-    """Query/Retrieve levels, ordered from the top of the hierarchy down."""
-
-    PATIENT = 0
-    STUDY = 1
-    SERIES = 2
-    IMAGE = 3
-
-
-class QueryRoot(StrEnum):
-    PATIENT = "patient"
-    STUDY = "study"
 
 
 class Kind(StrEnum):

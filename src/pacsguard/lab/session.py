@@ -32,6 +32,7 @@ from pacsguard.dicom.dimse import (
     encode_dataset,
     encode_message,
 )
+from pacsguard.dicom.levels import QueryRoot
 from pacsguard.dicom.ul import (
     ABORT,
     ASSOCIATE_RQ,
@@ -57,7 +58,6 @@ from pacsguard.lab.query import (
     STATUS_UNABLE_TO_PROCESS,
     FindResult,
     HostData,
-    QueryRoot,
     find,
 )
 from pacsguard.lab.synth import generate_archive

@@ -23,11 +23,10 @@ from pacsguard.archive.model import (
     AddOutcome,
     HierarchyError,
     InstanceRecord,
-    Level,
     QueryError,
     QueryRequest,
-    QueryRoot,
 )
+from pacsguard.dicom.levels import Level, QueryRoot
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 P, S = QueryRoot.PATIENT, QueryRoot.STUDY

@@ -10,7 +10,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from pacsguard.archive.index import matching
 from pacsguard.archive.index.matching import Equals, Kind, Range, Wildcard, parse
 from pacsguard.archive.index.query import plan
-from pacsguard.archive.model import Level, QueryError, QueryRequest, QueryRoot
+from pacsguard.archive.model import QueryError, QueryRequest
+from pacsguard.dicom.levels import Level, QueryRoot
 
 DIALECTS = {"sqlite": sqlite.dialect(), "postgresql": postgresql.dialect(paramstyle="named")}
 

@@ -22,9 +22,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import build_context
 
 from pacsguard.archive.dimse.server import SecureAssociationServer
-from pacsguard.archive.model import InstanceRecord, Level, QueryRequest, QueryRoot
+from pacsguard.archive.model import InstanceRecord, QueryRequest
 from pacsguard.archive.security.principal import Action, Principal
 from pacsguard.archive.service import NOT_AUTHORIZED, ArchiveService, Denied
+from pacsguard.dicom.levels import Level, QueryRoot
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from pacsguard.archive.model import AddOutcome, InstanceRecord, Level, QueryRequest
+from pacsguard.archive.model import AddOutcome, InstanceRecord, QueryRequest
+from pacsguard.dicom.levels import Level
 
 
 class IndexStore(Protocol):

@@ -27,7 +27,8 @@ from sqlalchemy.sql.selectable import FromClause, Subquery
 from pacsguard.archive.index import matching
 from pacsguard.archive.index.matching import Kind
 from pacsguard.archive.index.schema import instances, patients, series, studies
-from pacsguard.archive.model import Level, QueryError, QueryRequest, QueryRoot
+from pacsguard.archive.model import QueryError, QueryRequest
+from pacsguard.dicom.levels import Level, QueryRoot
 
 TABLES: Final[Mapping[Level, Table]] = {
     Level.PATIENT: patients,

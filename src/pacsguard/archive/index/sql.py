@@ -38,10 +38,10 @@ from pacsguard.archive.model import (
     AddOutcome,
     HierarchyError,
     InstanceRecord,
-    Level,
     QueryRequest,
     is_valid_uid,
 )
+from pacsguard.dicom.levels import Level
 
 T = TypeVar("T")
 
