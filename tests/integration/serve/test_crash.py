@@ -124,12 +124,18 @@ def test_sigkill_mid_ingest_keeps_every_acknowledged_instance(tmp_path: Path) ->
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     assert 400 <= len(acked) < len(items), len(acked)
 
     # Restart on the same data: recovery runs, the archive serves again.
     again = start_serve(data_dir, port, log)
-    again.send_signal(signal.SIGTERM)
-    assert again.wait(timeout=30) == 0, log.read_text()[-3000:]
+    try:
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(timeout=30) == 0, log.read_text()[-3000:]
+    finally:
+        if again.poll() is None:
+            again.kill()
+            again.wait()
 
     settings = load_settings(data_dir / "pacsguard.toml", env={})
     index, blobs = open_storage(settings)
