@@ -86,7 +86,7 @@ class RunningArchive:
 def open_storage(settings: Settings) -> tuple[SqlIndex, FolderBlobStore]:
     """The index and blob store the settings name (also used by `fsck`)."""
     key = load_at_rest_key(settings.storage.key_file) if settings.storage.encrypt_at_rest else None
-    settings.storage.blob_dir.mkdir(parents=True, exist_ok=True)
+    settings.storage.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     blobs = FolderBlobStore(settings.storage.blob_dir, encryption_key=key)
     index = SqlIndex(settings.storage.index_url)
     return index, blobs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -64,6 +65,13 @@ def serve(
     settings = _settings(data_dir, config, overrides)
     console = Console()
     hold_stop_signals()
+    # pynetdicom receives each C-STORE data set into a temporary file before our handler runs:
+    # keep those (plaintext, in transit) inside the private data folder, not in a shared /tmp.
+    incoming = settings.storage.data_dir / "incoming"
+    incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in incoming.iterdir():  # left by a crash: never acknowledged
+        stale.unlink(missing_ok=True)
+    tempfile.tempdir = str(incoming)
     running = start_archive(settings)
     try:
         console.print(
