@@ -211,12 +211,13 @@ class ArchiveService:
             return self._store_new(principal, path, record)
 
     def _store_new(self, principal: Principal, path: Path, record: InstanceRecord) -> StoreResult:
-        existing = self._index.get(record.sop_instance_uid)
+        existing = self._index.stored_copy(record.sop_instance_uid)
         if existing is not None:
-            if existing.sha256 == _sha256_of(path) and self._blobs.exists(existing.blob_key):
-                self._store_event(principal, EventOutcome.SUCCESS, "duplicate-identical", existing)
+            sha256, blob_key = existing
+            if sha256 == _sha256_of(path) and self._blobs.exists(blob_key):
+                self._store_event(principal, EventOutcome.SUCCESS, "duplicate-identical", record)
                 return StoreResult(SUCCESS, "duplicate-identical", record.sop_instance_uid)
-            self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", existing)
+            self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", record)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
         try:
             info = self._put_blob(record.sop_instance_uid, path)

@@ -501,3 +501,25 @@ def test_two_threads_storing_one_new_study_both_succeed(index: SqlIndex) -> None
     assert len(studies) == rounds
     assert {s["NumberOfStudyRelatedInstances"] for s in studies} == {str(2 * per_thread + 1)}
     assert len(find(index, S, Level.SERIES)) == 2 * rounds
+
+
+def test_stored_copy_is_hash_and_key(loaded: SqlIndex) -> None:
+    first = CORPUS[0]
+    assert loaded.stored_copy(first.sop_instance_uid) == (first.sha256, first.blob_key)
+    assert loaded.stored_copy("1.2.3.404") is None
+
+
+def test_known_series_fast_path_keeps_the_hierarchy_honest(loaded: SqlIndex) -> None:
+    # Series 11 is known to this index object now; a later instance claiming it under another
+    # study or patient must still be refused, and removal must not leave a stale shortcut.
+    with pytest.raises(HierarchyError):
+        loaded.add(rec("90", "11", "2", "P1", **JOHN))
+    with pytest.raises(HierarchyError):
+        loaded.add(rec("91", "11", "1", "P2", **JANE))
+    assert loaded.add(rec("92", "11", "1", "P1", **JOHN, **STUDY1)) is AddOutcome.INSERTED
+    for sop in ("1", "2", "3", "92"):
+        loaded.remove(f"1.2.3.{sop}")  # series 11 is gone with its last instance
+    assert find(loaded, S, Level.SERIES, SeriesInstanceUID="1.2.2.11") == []
+    assert loaded.add(rec("93", "11", "1", "P1", **JOHN, **STUDY1)) is AddOutcome.INSERTED
+    series = find(loaded, S, Level.SERIES, SeriesInstanceUID="1.2.2.11")
+    assert len(series) == 1

@@ -75,6 +75,10 @@ def quiet_pynetdicom() -> None:
     """pynetdicom's standard handlers log DIMSE identifiers (patient attributes) at debug and
     info level: turn them off, and keep its logger at warnings."""
     _config.LOG_HANDLER_LEVEL = "none"
+    # ...and it formats every request/response identifier for the log even when the log level
+    # drops it: patient data formatted for nothing, and 6% of C-FIND time.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
     # Receive C-STORE data sets into temporary files, not memory: a 2 GB study must not need
     # 2 GB of RAM.
     _config.STORE_RECV_CHUNKED_DATASET = True

@@ -27,6 +27,10 @@ class IndexStore(Protocol):
 
     def get(self, sop_instance_uid: str) -> InstanceRecord | None: ...
 
+    def stored_copy(self, sop_instance_uid: str) -> tuple[str, str] | None:
+        """(sha256, blob_key) of a stored instance, or None: a cheap duplicate check."""
+        ...
+
     def all_blob_keys(self) -> Iterator[tuple[str, str, int]]:
         """(blob_key, sha256, size) of every instance: what fsck compares with the blob store."""
         ...

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,6 +56,10 @@ _WRITE: Final = "pacsguard_write"
 _BATCH: Final = 1000
 
 
+#: Series remembered by the add fast path (bounded; oldest forgotten first).
+_KNOWN_SERIES_MAX = 4096
+
+
 class _Duplicate(Exception):
     """Raised inside an `add` transaction to roll it back and answer a duplicate outcome."""
 
@@ -88,6 +93,10 @@ class SqlIndex:
                 "use sqlite:///path or postgresql+psycopg://..."
             )
         self._writer: Engine = self._engine.execution_options(**{_WRITE: True})
+        # series UID -> (series row id, study UID, patient ID) of series this process wrote to:
+        # the next instance of a known series is one INSERT instead of six statements.
+        self._known_series: dict[str, tuple[int, str, str]] = {}
+        self._known_lock = threading.Lock()
         try:
             with self._writer.begin() as conn:
                 upgrade_to_head(conn)
@@ -103,12 +112,33 @@ class SqlIndex:
             value = getattr(record, name)
             if not is_valid_uid(value):
                 raise ValueError(f"{name} {value!r} is not a valid UID")
+        known = self._known_series.get(record.series_instance_uid)
+        if known is not None and known[1:] == (record.study_instance_uid, record.patient_id):
+            try:
+                return self._write(lambda conn: self._insert_instance(conn, record, known[0]))
+            except _Duplicate as duplicate:
+                return duplicate.outcome
+            except IntegrityError:  # the series was removed meanwhile (another process)
+                self._forget_series()
         try:
-            return self._write(lambda conn: self._add(conn, record))
+            outcome, series_fk = self._write(lambda conn: self._add(conn, record))
         except _Duplicate as duplicate:
             return duplicate.outcome
+        with self._known_lock:
+            if len(self._known_series) >= _KNOWN_SERIES_MAX:
+                self._known_series.pop(next(iter(self._known_series)))
+            self._known_series[record.series_instance_uid] = (
+                series_fk,
+                record.study_instance_uid,
+                record.patient_id,
+            )
+        return outcome
 
-    def _add(self, conn: Connection, r: InstanceRecord) -> AddOutcome:
+    def _forget_series(self) -> None:
+        with self._known_lock:
+            self._known_series.clear()
+
+    def _add(self, conn: Connection, r: InstanceRecord) -> tuple[AddOutcome, int]:
         _raise_if_duplicate(conn, r)
         patient = self._ensure(
             conn,
@@ -151,11 +181,14 @@ class SqlIndex:
                 "series_description": r.series_description,
             },
         )
+        return self._insert_instance(conn, r, one_series), one_series
+
+    def _insert_instance(self, conn: Connection, r: InstanceRecord, series_fk: int) -> AddOutcome:
         inserted = conn.execute(
             self._insert(instances)
             .values(
                 sop_instance_uid=r.sop_instance_uid,
-                series_fk=one_series,
+                series_fk=series_fk,
                 sop_class_uid=r.sop_class_uid,
                 instance_number=r.instance_number.strip(),
                 transfer_syntax_uid=r.transfer_syntax_uid,
@@ -204,6 +237,7 @@ class SqlIndex:
 
     def remove(self, sop_instance_uid: str) -> None:
         """Forget an instance; a series, study or patient left empty goes with it."""
+        self._forget_series()
         self._write(lambda conn: _remove(conn, sop_instance_uid))
 
     def _write(self, work: Callable[[Connection], T]) -> T:
@@ -243,6 +277,15 @@ class SqlIndex:
         )
         with self._engine.connect() as conn:
             return [to_record(row) for row in conn.execute(statement)]
+
+    def stored_copy(self, sop_instance_uid: str) -> tuple[str, str] | None:
+        """(sha256, blob_key) of a stored instance: the duplicate check's one-table lookup."""
+        statement = select(instances.c.sha256, instances.c.blob_key).where(
+            instances.c.sop_instance_uid == sop_instance_uid
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(statement).first()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def get(self, sop_instance_uid: str) -> InstanceRecord | None:
         found = self.instances(Level.IMAGE, sop_instance_uid)
