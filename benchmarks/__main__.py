@@ -1,4 +1,9 @@
-"""`python -m benchmarks [scan] [--hosts N]`: run benchmarks, write JSON + Markdown results."""
+"""`python -m benchmarks [scan|archive] [options]`: run a benchmark, write JSON + Markdown results.
+
+- scan: pacsguard's scanner against nmap's dicom-ping (`--hosts`, `--seed`).
+- archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
+  (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,44 @@ import json
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from benchmarks import scan_vs_nmap
+from benchmarks import archive_vs_peers, scan_vs_nmap
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("which", nargs="?", default="scan", choices=["scan"])
-    parser.add_argument("--hosts", type=int, default=512, help="live simulated PACS in the lab")
+    parser.add_argument("which", nargs="?", default="scan", choices=["scan", "archive"])
+    parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--repeats", type=int, default=3, help="archive: ingest runs per target")
+    parser.add_argument("--find-studies", type=int, default=100_000, help="archive: index size")
+    parser.add_argument("--find-queries", type=int, default=200, help="archive: C-FIND queries")
+    parser.add_argument(
+        "--big-study-mib", type=int, default=2048, help="archive: study for the peak RSS test"
+    )
     args = parser.parse_args()
+    result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
-        result = scan_vs_nmap.run(Path(tmp), args.hosts, args.seed)
+        if args.which == "scan":
+            result = scan_vs_nmap.run(Path(tmp), args.hosts, args.seed)
+            text = scan_vs_nmap.markdown(result)
+        else:
+            result = archive_vs_peers.run(
+                Path(tmp),
+                repeats=args.repeats,
+                find_studies=args.find_studies,
+                find_queries=args.find_queries,
+                big_study_mib=args.big_study_mib,
+                seed=args.seed,
+            )
+            text = archive_vs_peers.markdown(result)
     result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scan.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = scan_vs_nmap.markdown(result)
-    (RESULTS / "scan.md").write_text(text)
+    (RESULTS / f"{args.which}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.which}.md").write_text(text)
     print(text)
     return 0
 
