@@ -26,7 +26,8 @@ from pacsguard.archive.audit.notify import AuditFanout
 from pacsguard.archive.audit.syslog import SyslogSink
 from pacsguard.archive.blobs.folder import FolderBlobStore
 from pacsguard.archive.config import Settings, require_files, validate_listen
-from pacsguard.archive.dimse.frontend import DimseFrontEnd, FrontEndSettings
+from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd
+from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.index.sql import SqlIndex
 from pacsguard.archive.recovery import recover
 from pacsguard.archive.security.bootstrap import load_at_rest_key
@@ -58,7 +59,7 @@ class RunningArchive:
     audit: AuditSink
     gate: Gate
     endpoints: list[Endpoint] = field(default_factory=list)
-    _frontend: DimseFrontEnd | None = None
+    _frontend: AsyncDimseFrontEnd | None = None
     _closers: list[object] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -123,7 +124,7 @@ def start_archive(settings: Settings) -> RunningArchive:
         ServiceLimits(max_query_results=server.find_result_cap),
     )
     running = RunningArchive(settings, service, index, blobs, audit, gate, _closers=closers)
-    frontend = DimseFrontEnd(
+    frontend = AsyncDimseFrontEnd(
         service,
         gate,
         audit,

@@ -27,6 +27,7 @@ from pacsguard.dicom.dimse import (
     encode_dataset,
     encode_message,
 )
+from pacsguard.dicom.stream import ReadChunk, encode_store_command, send_data_set
 from pacsguard.dicom.ul import (
     ABORT,
     MAX_ASSOCIATION_PDU,
@@ -168,6 +169,32 @@ class Association:
         await self._send(
             encode_message(primitive, context.context_id, self._send_max_pdu, request=True)
         )
+        message = await self._receive_message()
+        if not isinstance(message, C_STORE_RSP):
+            raise MalformedPdu(f"expected C-STORE-RSP, got {type(message).__name__}")
+        return int(message.command_set.Status)
+
+    async def store_stream(
+        self,
+        context: ContextResult,
+        sop_instance_uid: str,
+        read: ReadChunk,
+        *,
+        move_originator: tuple[str, int] | None = None,
+    ) -> int:
+        """Send C-STORE-RQ with a data set read chunk by chunk (never whole in memory); return
+        the response status. `move_originator` is (AE title, message id) for C-MOVE sub-operations.
+        """
+        primitive = C_STORE()
+        primitive.MessageID = self._next_id()
+        primitive.AffectedSOPClassUID = context.abstract_syntax
+        primitive.AffectedSOPInstanceUID = sop_instance_uid
+        primitive.Priority = 2
+        if move_originator is not None:
+            primitive.MoveOriginatorApplicationEntityTitle = move_originator[0]
+            primitive.MoveOriginatorMessageID = move_originator[1]
+        await self._send(encode_store_command(primitive, context.context_id, self._send_max_pdu))
+        await send_data_set(self._send, read, context.context_id, self._send_max_pdu)
         message = await self._receive_message()
         if not isinstance(message, C_STORE_RSP):
             raise MalformedPdu(f"expected C-STORE-RSP, got {type(message).__name__}")

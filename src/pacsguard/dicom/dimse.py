@@ -17,11 +17,15 @@ from pynetdicom.dimse_messages import (
     C_ECHO_RSP,
     C_FIND_RQ,
     C_FIND_RSP,
+    C_GET_RQ,
+    C_GET_RSP,
+    C_MOVE_RQ,
+    C_MOVE_RSP,
     C_STORE_RQ,
     C_STORE_RSP,
     DIMSEMessage,
 )
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import P_DATA_TF
 
@@ -29,7 +33,7 @@ from pacsguard.dicom import uids
 from pacsguard.dicom.ul import RawPdu
 from pacsguard.errors import MalformedPdu
 
-DimsePrimitive = C_ECHO | C_FIND | C_STORE
+DimsePrimitive = C_ECHO | C_FIND | C_STORE | C_GET | C_MOVE
 
 _MESSAGE_FOR: Final[dict[tuple[type, bool], type[DIMSEMessage]]] = {
     (C_ECHO, True): C_ECHO_RQ,
@@ -38,6 +42,10 @@ _MESSAGE_FOR: Final[dict[tuple[type, bool], type[DIMSEMessage]]] = {
     (C_FIND, False): C_FIND_RSP,
     (C_STORE, True): C_STORE_RQ,
     (C_STORE, False): C_STORE_RSP,
+    (C_GET, True): C_GET_RQ,
+    (C_GET, False): C_GET_RSP,
+    (C_MOVE, True): C_MOVE_RQ,
+    (C_MOVE, False): C_MOVE_RSP,
 }
 
 #: Largest DIMSE message (command + data set) we assemble from a peer by default.
@@ -90,6 +98,10 @@ _COMMANDS: Final[dict[int, type[DIMSEMessage]]] = {
     0x8020: C_FIND_RSP,
     0x0030: C_ECHO_RQ,
     0x8030: C_ECHO_RSP,
+    0x0010: C_GET_RQ,
+    0x8010: C_GET_RSP,
+    0x0021: C_MOVE_RQ,
+    0x8021: C_MOVE_RSP,
     0x0FFF: C_CANCEL_RQ,
 }
 

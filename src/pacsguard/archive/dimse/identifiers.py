@@ -1,0 +1,104 @@
+"""DIMSE identifiers to archive requests, archive results to identifiers; DIMSE statuses.
+
+Domain outcomes become DICOM statuses in the DIMSE front end only (PS3.4 / PS3.7 Annex C):
+0x0124 refused: not authorized; 0xA900 identifier does not match SOP class; 0xC000 unable to
+process; 0xA801 move destination unknown; 0xFE00 cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Final
+
+from pydicom.dataset import Dataset
+
+from pacsguard.archive.model import QueryRequest
+from pacsguard.dicom.levels import Level, QueryRoot
+
+log = logging.getLogger(__name__)
+
+IDENTIFIER_MISMATCH: Final = 0xA900
+UNABLE_TO_PROCESS: Final = 0xC000
+MOVE_DESTINATION_UNKNOWN: Final = 0xA801
+CANCELLED: Final = 0xFE00
+PENDING: Final = 0xFF00
+
+_LEVELS: Final = {
+    "PATIENT": Level.PATIENT,
+    "STUDY": Level.STUDY,
+    "SERIES": Level.SERIES,
+    "IMAGE": Level.IMAGE,
+}
+_UNIQUE_KEY: Final = {
+    Level.PATIENT: "PatientID",
+    Level.STUDY: "StudyInstanceUID",
+    Level.SERIES: "SeriesInstanceUID",
+    Level.IMAGE: "SOPInstanceUID",
+}
+_NOT_MATCH_KEYS: Final = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet"})
+
+#: Resolves a C-MOVE destination AE title to (host, port) when it is registered for moves.
+DestinationLookup = Callable[[str], tuple[str, int] | None]
+
+
+class BadIdentifier(ValueError):
+    """The identifier cannot be used as a query or retrieve key."""
+
+
+def root_of(sop_class_uid: str) -> QueryRoot:
+    # Patient Root Q/R models are 1.2.840.10008.5.1.4.1.2.1.x, Study Root ...2.2.x (PS3.4 C.6).
+    return (
+        QueryRoot.PATIENT
+        if sop_class_uid.startswith("1.2.840.10008.5.1.4.1.2.1.")
+        else (QueryRoot.STUDY)
+    )
+
+
+def query_from_identifier(identifier: Dataset, root: QueryRoot) -> QueryRequest:
+    """A QueryRequest from a C-FIND identifier; BadIdentifier when unusable."""
+    level_text = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    level = _LEVELS.get(level_text)
+    if level is None:
+        raise BadIdentifier("missing or unknown QueryRetrieveLevel")
+    if root is QueryRoot.STUDY and level is Level.PATIENT:
+        raise BadIdentifier("Study Root has no PATIENT level")
+    keys: dict[str, str] = {}
+    for elem in identifier:
+        keyword = elem.keyword
+        if not keyword or keyword in _NOT_MATCH_KEYS or elem.VR == "SQ":
+            continue
+        value = elem.value
+        if value is None:
+            keys[keyword] = ""
+        elif isinstance(value, list | tuple) or (hasattr(value, "__iter__") and elem.VM > 1):
+            keys[keyword] = "\\".join(str(v) for v in value)
+        else:
+            keys[keyword] = str(value)
+    return QueryRequest(root=root, level=level, keys=keys)
+
+
+def retrieve_keys(identifier: Dataset) -> tuple[Level, list[str]]:
+    """(level, unique key values) of a C-GET / C-MOVE identifier."""
+    level = _LEVELS.get(str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper())
+    if level is None:
+        raise BadIdentifier("missing or unknown QueryRetrieveLevel")
+    raw = identifier.get(_UNIQUE_KEY[level])
+    if raw is None:
+        raise BadIdentifier(f"{_UNIQUE_KEY[level]} is required at {level.name} level")
+    values = [str(v).strip() for v in (raw if isinstance(raw, list | tuple) else [raw])]
+    values = [v for p in values for v in p.split("\\") if v]
+    if not values:
+        raise BadIdentifier(f"{_UNIQUE_KEY[level]} is empty")
+    return level, values
+
+
+def response_identifier(request: QueryRequest, result: dict[str, str]) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = request.level.name
+    for keyword, value in result.items():
+        try:
+            setattr(ds, keyword, value)
+        except (ValueError, TypeError, KeyError):
+            continue
+    return ds
