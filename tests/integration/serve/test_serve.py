@@ -274,3 +274,20 @@ def test_lab_profile_and_plaintext_refuse_non_loopback(start: StartArchive, tmp_
         start(make_data_dir(tmp_path / "a"), profile="lab", **{"server.host": "0.0.0.0"})
     with pytest.raises(ConfigError, match="loopback"):
         start(make_data_dir(tmp_path / "b"), **{"server.plaintext_host": "0.0.0.0"})
+
+
+@pytest.mark.parametrize(
+    ("charset", "name"),
+    [("ISO_IR 192", "Müller^Zoë"), ("ISO_IR 100", "Müller^Zoe"), (None, "Plain^Ascii")],
+)
+def test_names_in_common_character_sets_are_indexed_as_text(
+    start: StartArchive, charset: str | None, name: str
+) -> None:
+    archive = start()
+    ds = good_dataset()
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    assert store(archive, ds) == 0x0000
+    record = archive.index.get(str(ds.SOPInstanceUID))
+    assert record is not None and record.patient_name == name
