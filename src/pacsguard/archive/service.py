@@ -15,7 +15,6 @@ first copy. Corrections go through a new SOP Instance UID, as PS3.4 expects.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -57,8 +56,6 @@ NOT_AUTHORIZED: Final = 0x0124
 OUT_OF_RESOURCES: Final = 0xA700
 DATASET_MISMATCH: Final = 0xA900
 CANNOT_UNDERSTAND: Final = 0xC000
-
-_HASH_CHUNK: Final = 1024 * 1024
 
 Authorizer = Callable[[Principal, Action], None]
 
@@ -131,14 +128,6 @@ def _participant(principal: Principal) -> Participant:
     return Participant(
         ae_title=principal.ae_title, address=principal.address, user=principal.username
     )
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ArchiveService:
@@ -243,16 +232,14 @@ class ArchiveService:
             return self._store_new(principal, path, record)
 
     def _store_new(self, principal: Principal, path: Path, record: InstanceRecord) -> StoreResult:
-        existing = self._index.stored_copy(record.sop_instance_uid)
-        if existing is not None:
-            sha256, blob_key = existing
-            if sha256 == _sha256_of(path) and self._blobs.exists(blob_key):
-                self._store_event(principal, EventOutcome.SUCCESS, "duplicate-identical", record)
-                return StoreResult(SUCCESS, "duplicate-identical", record.sop_instance_uid)
+        # The blob store never replaces a blob: identical bytes return the stored copy, other
+        # bytes raise BlobConflictError. So the common case (a new instance) costs no lookup.
+        key = record.sop_instance_uid
+        try:
+            info = self._put_blob(key, path)
+        except BlobConflictError:
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", record)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
-        try:
-            info = self._put_blob(record.sop_instance_uid, path)
         except OSError:
             log.exception("blob store write failed")
             return self._refuse(principal, OUT_OF_RESOURCES, "storage write failed")
@@ -271,19 +258,22 @@ class ArchiveService:
             # and take back the blob no index row points to.
             self._blobs.delete(info.key)
             return self._refuse(principal, CANNOT_UNDERSTAND, "UIDs contradict stored hierarchy")
-        if outcome is AddOutcome.DUPLICATE_CONFLICT:  # another process wrote the index row
+        if outcome is AddOutcome.DUPLICATE_CONFLICT:  # indexed under other bytes
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", stored)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
         self._store_event(principal, EventOutcome.SUCCESS, outcome.value, stored)
         return StoreResult(SUCCESS, outcome.value, record.sop_instance_uid)
 
     def _put_blob(self, key: str, path: Path) -> BlobInfo:
-        """Durably write the blob. A blob under this key with no index row can only be left by a
-        crash between blob and index (never acknowledged): replace it."""
+        """Durably write the blob. A blob with other bytes that no index row points to can only
+        be left by a crash between blob and index (never acknowledged): replace it. One that is
+        indexed is a real duplicate: BlobConflictError."""
         try:
             with path.open("rb") as source:
                 return self._blobs.put(key, source)
         except BlobConflictError:
+            if self._index.stored_copy(key) is not None:
+                raise
             self._blobs.delete(key)
             with path.open("rb") as source:
                 return self._blobs.put(key, source)
