@@ -547,7 +547,7 @@ def test_dcmtk_echo_find_and_store(running_farm: type[RunningFarm], tmp_path: Pa
 def test_cli_refuses_non_loopback_base_addresses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for address in ("10.0.0.1", "0.0.0.0", "192.168.1.10"):
+    for address in ("198.51.100.1", "0.0.0.0", "203.0.113.10"):
         code = main(
             [
                 "lab",

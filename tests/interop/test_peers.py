@@ -45,7 +45,7 @@ def study_uids(lab: LabData) -> set[str]:
 # --- harness safety ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["192.0.2.1", "10.0.0.1", "::1", "localhost", "0.0.0.0"])
+@pytest.mark.parametrize("host", ["192.0.2.1", "198.51.100.1", "::1", "localhost", "0.0.0.0"])
 def test_harness_refuses_targets_outside_loopback(host: str) -> None:
     with pytest.raises(ValueError, match=r"loopback|never resolves"):
         require_loopback(host)

@@ -81,7 +81,7 @@ def test_addresses_stay_in_loopback_and_skip_0_and_255() -> None:
         host_addresses("127.255.255.250", 10)
 
 
-@pytest.mark.parametrize("address", ["10.0.0.1", "0.0.0.0", "128.0.0.1", "::1", "localhost"])
+@pytest.mark.parametrize("address", ["198.51.100.1", "0.0.0.0", "128.0.0.1", "::1", "localhost"])
 def test_non_loopback_addresses_are_refused(address: str) -> None:
     with pytest.raises(LabError):
         require_loopback(address)

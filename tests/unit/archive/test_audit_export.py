@@ -19,14 +19,14 @@ ASSOCIATION = AuditEvent(
     EventType.ASSOCIATION,
     EventAction.EXECUTE,
     EventOutcome.MINOR_FAILURE,
-    (Participant(ae_title="CT<&1>", address="10.0.0.9"),),
+    (Participant(ae_title="CT<&1>", address="192.0.2.9"),),
     detail={"result": "rejected", "reason": "calling AE not registered"},
 )
 STORE = AuditEvent(
     EventType.STORE,
     EventAction.CREATE,
     EventOutcome.SUCCESS,
-    (Participant(ae_title="CT1", address="10.0.0.5", user="tech"),),
+    (Participant(ae_title="CT1", address="192.0.2.5", user="tech"),),
     objects=(("study", "1.2.3.4"), ("patient", "PID-77"), ("query", "STUDY")),
 )
 
@@ -77,7 +77,7 @@ def test_active_participants_and_source() -> None:
     assert requestor.get("UserID") == "tech"
     assert requestor.get("AlternativeUserID") == "AETITLES=CT1"
     assert requestor.get("UserIsRequestor") == "true"
-    assert requestor.get("NetworkAccessPointID") == "10.0.0.5"
+    assert requestor.get("NetworkAccessPointID") == "192.0.2.5"
     assert requestor.get("NetworkAccessPointTypeCode") == "2"
     assert archive.get("UserID") == "PACSGUARD"
     assert archive.get("UserIsRequestor") == "false"

@@ -41,7 +41,7 @@ def event(n: int, outcome: EventOutcome = EventOutcome.SUCCESS) -> AuditEvent:
         EventType.QUERY,
         EventAction.EXECUTE,
         outcome,
-        (Participant(ae_title="VIEWER", address="10.0.0.2", user="alice"),),
+        (Participant(ae_title="VIEWER", address="198.51.100.2", user="alice"),),
         objects=(("query", "STUDY"),),
         detail={"n": n, "matches": n * 2},
     )
@@ -80,7 +80,7 @@ def test_lines_are_chained_and_canonical(log_path: Path) -> None:
     assert first["time"] == "2025-03-01T12:00:01.000000Z"
     assert first["event"] == "query"
     assert first["participants"] == [
-        {"ae_title": "VIEWER", "address": "10.0.0.2", "user": "alice", "requestor": True}
+        {"ae_title": "VIEWER", "address": "198.51.100.2", "user": "alice", "requestor": True}
     ]
     assert lines_of(log_path)[0] == canonical(first) + b"\n"
 

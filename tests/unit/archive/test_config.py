@@ -60,7 +60,7 @@ def test_settings_are_immutable() -> None:
 def test_file_then_env_then_overrides(tmp_path: Path) -> None:
     config = tmp_path / "pacsguard.toml"
     config.write_text(
-        '[server]\nhost = "10.0.0.1"\ndimse_port = 3000\nmax_associations = 4\n'
+        '[server]\nhost = "198.51.100.1"\ndimse_port = 3000\nmax_associations = 4\n'
         '[storage]\ndata_dir = "data"\n[tls]\ncert_file = "certs/s.pem"\n',
         encoding="utf-8",
     )
@@ -69,7 +69,7 @@ def test_file_then_env_then_overrides(tmp_path: Path) -> None:
         env={"PACSGUARD_SERVER_DIMSE_PORT": "3001", "PACSGUARD_SERVER_MAX_ASSOCIATIONS": "5"},
         overrides={"server.dimse_port": 3002, "server.host": None},
     )
-    assert settings.server.host == "10.0.0.1"  # file; a None override is ignored
+    assert settings.server.host == "198.51.100.1"  # file; a None override is ignored
     assert settings.server.max_associations == 5  # env over file
     assert settings.server.dimse_port == 3002  # CLI over env
     # relative paths in the file are relative to the file; unset ones follow data_dir
@@ -151,7 +151,7 @@ def test_registered_aes_are_parsed() -> None:
                 "ae_title": "CT1",
                 "auth": "mtls",
                 "cert_sha256": "AB:" * 31 + "AB",
-                "address": "10.0.0.5",
+                "address": "198.51.100.5",
                 "port": 104,
                 "move_destination": True,
                 "permissions": ["store"],
@@ -163,7 +163,7 @@ def test_registered_aes_are_parsed() -> None:
     assert viewer.permissions == frozenset({Action.ECHO, Action.FIND})
     assert ct.cert_sha256 == SHA  # colons removed, lower case
     assert settings.ae("CT1 ") is ct
-    assert settings.move_address("CT1") == ("10.0.0.5", 104)
+    assert settings.move_address("CT1") == ("198.51.100.5", 104)
     assert settings.move_address("VIEWER") is None
     assert settings.move_address("NOBODY") is None
     assert settings.user_permissions("alice") == frozenset(
@@ -246,7 +246,7 @@ def test_non_loopback_with_tls_and_strong_auth_is_allowed() -> None:
 
 
 def test_non_loopback_with_address_auth_needs_explicit_consent() -> None:
-    ae = {"ae_title": "OLDCT", "auth": "address", "address": "10.0.0.7"}
+    ae = {"ae_title": "OLDCT", "auth": "address", "address": "198.51.100.7"}
     settings = _listen(server={"host": "192.0.2.1"}, ae=[ae])
     with pytest.raises(ConfigError, match="allow_address_auth = true") as caught:
         validate_listen(settings)
@@ -276,7 +276,7 @@ def test_lab_profile_only_on_loopback() -> None:
         ("localhost", True),
         ("0.0.0.0", False),
         ("::", False),
-        ("10.0.0.1", False),
+        ("198.51.100.1", False),
         ("pacs.example.org", False),
     ],
 )

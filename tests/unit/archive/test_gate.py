@@ -67,12 +67,17 @@ def _settings(tmp_path: Path, **extra: Any) -> Settings:
                 "ae_title": "BOUND",
                 "auth": "user-password",
                 "username": "alice",
-                "address": "10.1.0.0/16",
+                "address": "198.18.0.0/16",
                 "permissions": ["echo"],
             },
             {"ae_title": "APP", "auth": "jwt", "username": "svc", "permissions": ["find"]},
             {"ae_title": "CT1", "auth": "mtls", "cert_sha256": CERT, "permissions": ["store"]},
-            {"ae_title": "OLD", "auth": "address", "address": "10.9.9.9", "permissions": ["echo"]},
+            {
+                "ae_title": "OLD",
+                "auth": "address",
+                "address": "198.19.9.9",
+                "permissions": ["echo"],
+            },
         ],
     }
     tree.update(extra)
@@ -88,7 +93,7 @@ def facts(
     calling: str = "WORKSTATION",
     *,
     called: str = "PACSGUARD",
-    address: str = "10.1.2.3",
+    address: str = "198.18.2.3",
     identity: UserIdentity | None = None,
     tls: bool = True,
     cert: str | None = None,
@@ -145,7 +150,7 @@ def test_username_and_passcode_accepted(settings: Settings) -> None:
     assert decision.ae_title == "WORKSTATION"
     assert decision.method is AuthMethod.USER_PASSWORD
     assert decision.username == "alice"
-    assert decision.address == "10.1.2.3"
+    assert decision.address == "198.18.2.3"
     # AE allows echo/find/store, alice's viewer role echo/find/move/get: both must allow
     assert decision.permissions == frozenset({Action.ECHO, Action.FIND})
 
@@ -182,11 +187,11 @@ def test_registered_address_is_enforced_for_every_method(settings: Settings) -> 
     gate = Gate(settings, Clock())
     assert isinstance(gate.decide(facts("BOUND", identity=password())), Principal)
     assert isinstance(
-        gate.decide(facts("BOUND", address="::ffff:10.1.200.1", identity=password())), Principal
+        gate.decide(facts("BOUND", address="::ffff:198.18.200.1", identity=password())), Principal
     )
-    refused = gate.decide(facts("BOUND", address="10.2.0.1", identity=password()))
+    refused = gate.decide(facts("BOUND", address="198.19.0.1", identity=password()))
     assert rj(refused) == (1, 1, 1)
-    assert isinstance(refused, Rejection) and "10.2.0.1" in refused.why
+    assert isinstance(refused, Rejection) and "198.19.0.1" in refused.why
 
 
 # -- JWT -----------------------------------------------------------------------------------------
@@ -272,12 +277,12 @@ def test_mtls_failures_are_rejected(settings: Settings, cert: str | None, tls: b
 
 
 def test_address_auth_is_off_unless_allowed(tmp_path: Path, settings: Settings) -> None:
-    assert rj(Gate(settings, Clock()).decide(facts("OLD", address="10.9.9.9"))) == (1, 1, 1)
+    assert rj(Gate(settings, Clock()).decide(facts("OLD", address="198.19.9.9"))) == (1, 1, 1)
     allowed = _settings(tmp_path, security={"allow_address_auth": True})
     gate = Gate(allowed, Clock())
-    decision = gate.decide(facts("OLD", address="10.9.9.9"))
+    decision = gate.decide(facts("OLD", address="198.19.9.9"))
     assert isinstance(decision, Principal) and decision.method is AuthMethod.ADDRESS
-    assert rj(gate.decide(facts("OLD", address="10.9.9.8"))) == (1, 1, 1)
+    assert rj(gate.decide(facts("OLD", address="198.19.9.8"))) == (1, 1, 1)
 
 
 # -- lockout -------------------------------------------------------------------------------------
@@ -286,7 +291,7 @@ def test_address_auth_is_off_unless_allowed(tmp_path: Path, settings: Settings) 
 def test_lockout_after_repeated_failures_then_expiry(settings: Settings) -> None:
     clock, sink = Clock(), Sink()
     gate = Gate(settings, clock, audit=sink)
-    attacker = "10.1.6.6"
+    attacker = "198.18.6.6"
     for _ in range(3):
         assert rj(gate.decide(facts(address=attacker, identity=password(secret="guess")))) == (
             1,
@@ -298,7 +303,7 @@ def test_lockout_after_repeated_failures_then_expiry(settings: Settings) -> None
     assert rj(locked) == (2, 1, 1)
     assert gate.locked_out(attacker)
     # other sources are not affected
-    assert isinstance(gate.decide(facts(address="10.1.7.7", identity=password())), Principal)
+    assert isinstance(gate.decide(facts(address="198.18.7.7", identity=password())), Principal)
     # one audit alert when the lockout started
     alerts = [e for e in sink.events if e.event is EventType.AUTHENTICATION]
     assert len(alerts) == 1
@@ -317,10 +322,10 @@ def test_failures_outside_the_window_do_not_add_up(settings: Settings) -> None:
         gate.decide(facts("STRANGER"))
     clock.now += 61
     gate.decide(facts("STRANGER"))
-    assert not gate.locked_out("10.1.2.3")
+    assert not gate.locked_out("198.18.2.3")
     gate.decide(facts("STRANGER"))
     gate.decide(facts("STRANGER"))
-    assert gate.locked_out("10.1.2.3")
+    assert gate.locked_out("198.18.2.3")
 
 
 def test_success_clears_the_failure_count(settings: Settings) -> None:
@@ -330,15 +335,15 @@ def test_success_clears_the_failure_count(settings: Settings) -> None:
     assert isinstance(gate.decide(facts(identity=password())), Principal)
     for _ in range(2):
         gate.decide(facts(identity=password(secret="typo")))
-    assert not gate.locked_out("10.1.2.3")
+    assert not gate.locked_out("198.18.2.3")
 
 
 def test_lockout_counts_ipv4_mapped_and_plain_as_one_source(settings: Settings) -> None:
     gate = Gate(settings, Clock())
-    gate.decide(facts("STRANGER", address="10.1.2.3"))
-    gate.decide(facts("STRANGER", address="::ffff:10.1.2.3"))
-    gate.decide(facts("STRANGER", address="10.1.2.3"))
-    assert gate.locked_out("::ffff:10.1.2.3")
+    gate.decide(facts("STRANGER", address="198.18.2.3"))
+    gate.decide(facts("STRANGER", address="::ffff:198.18.2.3"))
+    gate.decide(facts("STRANGER", address="198.18.2.3"))
+    assert gate.locked_out("::ffff:198.18.2.3")
 
 
 # -- lab profile ---------------------------------------------------------------------------------
@@ -351,7 +356,7 @@ def test_lab_profile_accepts_any_ae_on_loopback_only(tmp_path: Path) -> None:
     assert isinstance(decision, Principal)
     assert decision.method is AuthMethod.LAB
     assert decision.permissions == frozenset(Action)
-    assert rj(gate.decide(facts("ANYTHING", address="10.0.0.1"))) == (1, 1, 1)
+    assert rj(gate.decide(facts("ANYTHING", address="198.51.100.1"))) == (1, 1, 1)
     # Deliberately open: any called AE too, as the exposed products ship.
     assert isinstance(
         gate.decide(facts("ANYTHING", called="OTHER", address="127.0.0.1")), Principal
@@ -363,7 +368,7 @@ def test_lab_profile_accepts_any_ae_on_loopback_only(tmp_path: Path) -> None:
 
 def _principal(*actions: Action) -> Principal:
     return Principal(
-        "WORKSTATION", "10.1.2.3", AuthMethod.USER_PASSWORD, "alice", frozenset(actions)
+        "WORKSTATION", "198.18.2.3", AuthMethod.USER_PASSWORD, "alice", frozenset(actions)
     )
 
 

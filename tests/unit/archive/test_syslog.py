@@ -31,13 +31,13 @@ LOGIN = AuditEvent(
     EventType.AUTHENTICATION,
     EventAction.EXECUTE,
     EventOutcome.SUCCESS,
-    (Participant(ae_title="CT1", address="10.0.0.5"),),
+    (Participant(ae_title="CT1", address="198.51.100.5"),),
 )
 DENIED = AuditEvent(
     EventType.POLICY_DENIAL,
     EventAction.EXECUTE,
     EventOutcome.SERIOUS_FAILURE,
-    (Participant(ae_title="CT1", address="10.0.0.5"),),
+    (Participant(ae_title="CT1", address="198.51.100.5"),),
 )
 HEADER = re.compile(
     rb"^<(?P<pri>\d+)>1 (?P<time>\S+) (?P<host>\S+) (?P<app>\S+) (?P<proc>\S+) "
