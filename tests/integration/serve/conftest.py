@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,8 @@ import pytest
 from pacsguard.archive.app import RunningArchive, start_archive
 from pacsguard.archive.config import load_settings
 from pacsguard.archive.security.bootstrap import initialize
+from pacsguard.dicom.client import Association, Timeouts, request_association
+from pacsguard.dicom.ul import propose
 
 #: A peer trusted by its loopback address, may do everything: the tests' client.
 TESTER = """
@@ -32,6 +34,22 @@ def make_data_dir(tmp: Path, extra_config: str = TESTER) -> Path:
 
 
 StartArchive = Callable[..., RunningArchive]
+
+
+async def open_as_tester(
+    port: int, sop_classes: Sequence[str], *, read_timeout: float = 10.0
+) -> Association:
+    """An association from TESTER (trusted by address) to the archive on 127.0.0.1:port."""
+    answer, assoc = await request_association(
+        "127.0.0.1",
+        port,
+        calling_ae="TESTER",
+        called_ae="PACSGUARD",
+        contexts=propose(sop_classes),
+        timeouts=Timeouts(connect=2.0, read=read_timeout),
+    )
+    assert assoc is not None, answer
+    return assoc
 
 
 def free_port() -> int:

@@ -16,13 +16,11 @@ from pacsguard.archive.audit.log import verify
 from pacsguard.archive.config import load_settings
 from pacsguard.archive.fsck import run_fsck
 from pacsguard.dicom import uids
-from pacsguard.dicom.client import Timeouts, request_association
 from pacsguard.dicom.dimse import encode_dataset
-from pacsguard.dicom.ul import propose
 from pacsguard.errors import PeerClosed
 from pacsguard.lab.synth import build_dataset, generate_archive
 
-from .conftest import free_port, make_data_dir
+from .conftest import free_port, make_data_dir, open_as_tester
 
 PACSGUARD = str(Path(sys.executable).with_name("pacsguard"))
 
@@ -82,15 +80,7 @@ async def ingest_until_killed(
 ) -> list[str]:
     """Store one by one; SIGKILL the server shortly after `kill_after` acknowledgements."""
     acked: list[str] = []
-    answer, assoc = await request_association(
-        "127.0.0.1",
-        port,
-        calling_ae="TESTER",
-        called_ae="PACSGUARD",
-        contexts=propose([uids.CT_IMAGE_STORAGE, uids.MR_IMAGE_STORAGE]),
-        timeouts=Timeouts(connect=2.0, read=10.0),
-    )
-    assert assoc is not None, answer
+    assoc = await open_as_tester(port, [uids.CT_IMAGE_STORAGE, uids.MR_IMAGE_STORAGE])
     contexts = {
         sop: assoc.accepted.accepted_context(sop)
         for sop in (uids.CT_IMAGE_STORAGE, uids.MR_IMAGE_STORAGE)

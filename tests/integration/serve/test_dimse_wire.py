@@ -13,10 +13,8 @@ from pynetdicom.sop_class import Verification
 
 from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd
 from pacsguard.dicom import uids
-from pacsguard.dicom.client import Timeouts, request_association
-from pacsguard.dicom.ul import propose
 
-from .conftest import StartArchive
+from .conftest import StartArchive, open_as_tester
 from .test_serve import client, plain
 
 DCMTK = ("storescu", "findscu", "getscu", "movescu", "storescp", "echoscu")
@@ -46,15 +44,7 @@ def test_malformed_bytes_after_association_abort_and_server_keeps_serving(
     endpoint = plain(archive)
 
     async def misbehave(garbage: bytes) -> bytes:
-        answer, assoc = await request_association(
-            endpoint.host,
-            endpoint.port,
-            calling_ae="TESTER",
-            called_ae="PACSGUARD",
-            contexts=propose([uids.VERIFICATION]),
-            timeouts=Timeouts(connect=2.0, read=5.0),
-        )
-        assert assoc is not None, answer
+        assoc = await open_as_tester(endpoint.port, [uids.VERIFICATION], read_timeout=5.0)
         assoc._writer.write(garbage)
         await assoc._writer.drain()
         async with asyncio.timeout(5.0):

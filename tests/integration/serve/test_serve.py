@@ -29,7 +29,7 @@ from pacsguard.errors import ConfigError
 from pacsguard.lab.synth import build_dataset, generate_archive
 from pacsguard.scan.model import Severity
 
-from .conftest import StartArchive, make_data_dir
+from .conftest import StartArchive, make_data_dir, open_as_tester
 
 
 def plain(archive: RunningArchive) -> Endpoint:
@@ -97,15 +97,7 @@ def raw_store(archive: RunningArchive, data_set: bytes, sop_instance_uid: str) -
     endpoint = plain(archive)
 
     async def go() -> int:
-        answer, assoc = await request_association(
-            endpoint.host,
-            endpoint.port,
-            calling_ae="TESTER",
-            called_ae="PACSGUARD",
-            contexts=propose([uids.CT_IMAGE_STORAGE]),
-            timeouts=Timeouts(connect=2.0, read=10.0),
-        )
-        assert assoc is not None, answer
+        assoc = await open_as_tester(endpoint.port, [uids.CT_IMAGE_STORAGE])
         context = assoc.accepted.accepted_context(uids.CT_IMAGE_STORAGE)
         assert context is not None and context.transfer_syntax is not None
         try:
