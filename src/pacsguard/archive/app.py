@@ -61,6 +61,7 @@ class RunningArchive:
     endpoints: list[Endpoint] = field(default_factory=list)
     _frontend: AsyncDimseFrontEnd | None = None
     _closers: list[object] = field(default_factory=list)
+    _marker: Path | None = None
 
     def stop(self) -> None:
         """Stop listening, then close the index and the audit sinks (in that order)."""
@@ -77,6 +78,8 @@ class RunningArchive:
                 )
             )
         self.index.close()
+        if self._marker is not None:  # a clean stop: the next start skips crash recovery
+            self._marker.unlink(missing_ok=True)
         for closer in self._closers:
             close = getattr(closer, "close", None)
             if callable(close):
@@ -109,8 +112,13 @@ def start_archive(settings: Settings) -> RunningArchive:
     require_files(settings)
     audit, closers = open_audit(settings)
     index, blobs = open_storage(settings)
+    # A marker present at start means the last run did not stop cleanly: only then is the
+    # index-against-blobs scan worth its cost (it reads every row and lists every blob).
+    running_marker = settings.storage.data_dir / "archive.running"
     try:
-        recover(index, blobs, max_in_flight=settings.server.max_associations * 2)
+        if running_marker.exists():
+            recover(index, blobs, max_in_flight=settings.server.max_associations * 2)
+        running_marker.touch(mode=0o600)
     except BaseException:
         index.close()
         raise
@@ -123,7 +131,9 @@ def start_archive(settings: Settings) -> RunningArchive:
         gate.authorize,
         ServiceLimits(max_query_results=server.find_result_cap),
     )
-    running = RunningArchive(settings, service, index, blobs, audit, gate, _closers=closers)
+    running = RunningArchive(
+        settings, service, index, blobs, audit, gate, _closers=closers, _marker=running_marker
+    )
     frontend = AsyncDimseFrontEnd(
         service,
         gate,

@@ -283,3 +283,28 @@ def test_names_in_common_character_sets_are_indexed_as_text(
     assert store(archive, ds) == 0x0000
     record = archive.index.get(str(ds.SOPInstanceUID))
     assert record is not None and record.patient_name == name
+
+
+def test_crash_recovery_runs_only_after_an_unclean_stop(
+    start: StartArchive, tmp_path: Path
+) -> None:
+    data_dir = make_data_dir(tmp_path / "recover")
+    first = start(data_dir)
+    marker = Path(first.settings.storage.data_dir) / "archive.running"
+    assert marker.exists()
+    first.stop()
+    assert not marker.exists()  # clean stop
+    orphan = "1.2.826.0.1.3680043.8.498.1"
+    with (tmp_path / "orphan").open("w+b") as f:
+        f.write(b"never acknowledged")
+        f.seek(0)
+        first.blobs.put(orphan, f)
+    # Clean last stop: no scan, the orphan stays (fsck would report it).
+    second = start(data_dir)
+    assert second.blobs.exists(orphan)
+    second.stop()
+    # Unclean last stop (the marker survived a crash): recovery removes the orphan.
+    marker.touch()
+    third = start(data_dir)
+    assert not third.blobs.exists(orphan)
+    assert run_fsck(third.index, third.blobs, verify_hashes=True).ok
