@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 
 from pacsguard.cli import main
 from pacsguard.dicom import uids
 from pacsguard.dicom.client import Association, Timeouts, request_association
+from pacsguard.dicom.command import CommandField
 from pacsguard.dicom.dimse import MessageAssembler, encode_dataset, encode_message
 from pacsguard.dicom.ul import (
     MAX_ASSOCIATION_PDU,
@@ -298,8 +298,10 @@ async def store_one(host: HostSpec, ds: Dataset) -> int:
         assembler = MessageAssembler()
         while (message := assembler.feed(await read_pdu(reader, 1 << 20))) is None:
             pass
-        assert isinstance(message, C_STORE_RSP)
-        return int(message.command_set.Status)
+        assert message.field == CommandField.C_STORE_RSP
+        status = message.command.status
+        assert status is not None
+        return status
     finally:
         writer.close()
         await writer.wait_closed()

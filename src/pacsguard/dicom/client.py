@@ -17,11 +17,12 @@ from io import BytesIO
 from typing import Final
 
 from pydicom.dataset import Dataset
-from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 
 from pacsguard.dicom import uids
+from pacsguard.dicom.command import CommandField
 from pacsguard.dicom.dimse import (
+    DimseMessage,
     MessageAssembler,
     decode_dataset,
     encode_dataset,
@@ -98,7 +99,7 @@ class Association:
         async with asyncio.timeout(self._timeouts.read):
             await self._writer.drain()
 
-    async def _receive_message(self) -> DIMSEMessage:
+    async def _receive_message(self) -> DimseMessage:
         assembler = MessageAssembler()
         while True:
             async with asyncio.timeout(self._timeouts.read):
@@ -122,10 +123,7 @@ class Association:
         await self._send(
             encode_message(primitive, context.context_id, self._send_max_pdu, request=True)
         )
-        message = await self._receive_message()
-        if not isinstance(message, C_ECHO_RSP):
-            raise MalformedPdu(f"expected C-ECHO-RSP, got {type(message).__name__}")
-        return int(message.command_set.Status)
+        return _status(await self._receive_message(), CommandField.C_ECHO_RSP)
 
     async def find(
         self, context: ContextResult, identifier: Dataset
@@ -145,11 +143,10 @@ class Association:
         )
         while True:
             message = await self._receive_message()
-            if not isinstance(message, C_FIND_RSP):
-                raise MalformedPdu(f"expected C-FIND-RSP, got {type(message).__name__}")
-            status = int(message.command_set.Status)
+            status = _status(message, CommandField.C_FIND_RSP)
             pending = status in (0xFF00, 0xFF01)
-            ds = decode_dataset(message.data_set, ts) if pending else None
+            data = message.data if pending else None
+            ds = decode_dataset(BytesIO(data), ts) if data is not None else None
             yield status, ds
             if not pending:
                 return
@@ -169,10 +166,7 @@ class Association:
         await self._send(
             encode_message(primitive, context.context_id, self._send_max_pdu, request=True)
         )
-        message = await self._receive_message()
-        if not isinstance(message, C_STORE_RSP):
-            raise MalformedPdu(f"expected C-STORE-RSP, got {type(message).__name__}")
-        return int(message.command_set.Status)
+        return _status(await self._receive_message(), CommandField.C_STORE_RSP)
 
     async def store_stream(
         self,
@@ -195,10 +189,7 @@ class Association:
             primitive.MoveOriginatorMessageID = move_originator[1]
         await self._send(encode_store_command(primitive, context.context_id, self._send_max_pdu))
         await send_data_set(self._send, read, context.context_id, self._send_max_pdu)
-        message = await self._receive_message()
-        if not isinstance(message, C_STORE_RSP):
-            raise MalformedPdu(f"expected C-STORE-RSP, got {type(message).__name__}")
-        return int(message.command_set.Status)
+        return _status(await self._receive_message(), CommandField.C_STORE_RSP)
 
     async def release(self) -> None:
         """Orderly release (A-RELEASE-RQ/RP); falls back to closing if the peer does not answer."""
@@ -266,3 +257,13 @@ async def request_association(
         await close_writer(writer)
         return answer, None
     return answer, Association(reader, writer, answer, timeouts)
+
+
+def _status(message: DimseMessage, expected: CommandField) -> int:
+    """The Status of a response of the `expected` kind; MalformedPdu for anything else."""
+    if message.field != expected:
+        raise MalformedPdu(f"expected {expected.name}, got command field 0x{message.field:04x}")
+    status = message.command.status
+    if status is None:
+        raise MalformedPdu(f"{expected.name} without a Status")
+    return status

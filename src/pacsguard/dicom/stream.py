@@ -1,9 +1,8 @@
 """Streaming DIMSE data sets: send a C-STORE data set in fragments without holding it in memory.
 
 pynetdicom's `DIMSEMessage.encode_msg` needs the whole data set as one `BytesIO`; for a 2 GB
-instance that is 2 GB of memory. Here the command set is still encoded by pynetdicom's message
-classes, and each data set fragment travels in a P-DATA-TF that pynetdicom's `P_DATA_TF` encodes
-(PS3.8 E.2: control header 0x00 = data set fragment, 0x02 = last data set fragment).
+instance that is 2 GB of memory. Here the command set goes first, then each data set fragment in
+its own P-DATA-TF (PS3.8 E.2: control header 0x00 = data set fragment, 0x02 = the last one).
 """
 
 from __future__ import annotations
@@ -13,16 +12,13 @@ from collections.abc import Awaitable, Callable
 from io import BytesIO
 from typing import BinaryIO, Final
 
-from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
-from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.pdu_primitives import P_DATA
 
+from pacsguard.dicom.command import encode_command
+from pacsguard.dicom.dimse import PDV_OVERHEAD, command_values, pdata_pdus, pdv_header
 from pacsguard.errors import MalformedPdu
 
-#: Bytes a PDV item adds around its fragment (length 4, context id 1, control header 1).
-PDV_OVERHEAD: Final = 6
 _DATA: Final = 0x00
 _DATA_LAST: Final = 0x02
 #: Largest File Meta Information group we read from a stored file.
@@ -35,20 +31,13 @@ Write = Callable[[bytes], Awaitable[None]]
 def encode_store_command(primitive: C_STORE, context_id: int, max_pdu: int) -> bytes:
     """P-DATA-TF bytes of a C-STORE-RQ command set only, flagged "data set follows"."""
     primitive.DataSet = BytesIO(b"\0")  # any content marks the data set as present
-    message = C_STORE_RQ()
-    message.primitive_to_message(primitive)
-    message.data_set = None
-    return b"".join(
-        bytes(P_DATA_TF(p).encode()) for p in message.encode_msg(context_id, max_pdu or 0)
-    )
+    values, _ = command_values(primitive, request=True)
+    return pdata_pdus(encode_command(values), context_id, max_pdu, command=True)
 
 
 def encode_data_fragment(context_id: int, fragment: bytes, *, last: bool) -> bytes:
     """One P-DATA-TF carrying one data set fragment."""
-    primitive = P_DATA()
-    header = _DATA_LAST if last else _DATA
-    primitive.presentation_data_value_list.append((context_id, bytes([header]) + fragment))
-    return bytes(P_DATA_TF(primitive).encode())
+    return pdv_header(context_id, _DATA_LAST if last else _DATA, len(fragment)) + fragment
 
 
 async def send_data_set(write: Write, read: ReadChunk, context_id: int, max_pdu: int) -> int:
@@ -85,3 +74,40 @@ def skip_file_meta(stream: BinaryIO) -> str:
         raise MalformedPdu("stored instance ends inside its File Meta Information")
     meta = decode(BytesIO(head + body), False, True)
     return str(meta.get("TransferSyntaxUID", "") or "")
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii", "replace")  # UIDs and SH are ASCII; anything else is mangled
+    return raw + pad if len(raw) % 2 else raw  # and then refused by the UID checks downstream
+
+
+def encode_file_meta(
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax: str,
+    implementation_uid: str,
+    implementation_version: str,
+) -> bytes:
+    """A Part 10 preamble, "DICM" and File Meta Information (PS3.10 7.1), Explicit VR Little
+    Endian, for a data set received over the network. Built with `struct` rather than pydicom's
+    `write_file_meta_info`, which costs about 0.75 ms per instance (measured)."""
+    for value in (sop_class_uid, sop_instance_uid, transfer_syntax, implementation_uid):
+        if len(value) > _MAX_META:
+            raise ValueError("UID too long for File Meta Information")
+    body = b"".join(
+        (
+            struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+            _meta_element(0x0002, b"UI", _padded(sop_class_uid, b"\x00")),
+            _meta_element(0x0003, b"UI", _padded(sop_instance_uid, b"\x00")),
+            _meta_element(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
+            _meta_element(0x0012, b"UI", _padded(implementation_uid, b"\x00")),
+            _meta_element(0x0013, b"SH", _padded(implementation_version, b" ")),
+        )
+    )
+    group_length = _meta_element(0x0000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body

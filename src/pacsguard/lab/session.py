@@ -13,24 +13,18 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Final
 
-from pynetdicom.dimse_messages import (
-    C_CANCEL_RQ,
-    C_ECHO_RQ,
-    C_FIND_RQ,
-    C_FIND_RSP,
-    C_STORE_RQ,
-    DIMSEMessage,
-)
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu import P_DATA_TF as P_DATA_TF_PDU
 
+from pacsguard.dicom.command import DATA_SET_PRESENT, CommandField, encode_command
 from pacsguard.dicom.dimse import (
     MAX_MESSAGE_BYTES,
+    DimseMessage,
     MessageAssembler,
     decode_dataset,
     encode_dataset,
     encode_message,
+    pdata_pdus,
 )
 from pacsguard.dicom.levels import QueryRoot
 from pacsguard.dicom.ul import (
@@ -135,19 +129,24 @@ def pending_find_encoder(
     Same bytes as `encode_message`, but the command set is built once per C-FIND instead of
     once per match: that halves the farm's cost per response.
     """
-    template = C_FIND()
-    template.MessageIDBeingRespondedTo = message_id
-    template.AffectedSOPClassUID = context.abstract_syntax
-    template.Status = STATUS_PENDING
-    template.Identifier = BytesIO(b"\0")  # any data set: marks the command "data set present"
-    message = C_FIND_RSP()
-    message.primitive_to_message(template)
+    command = pdata_pdus(
+        encode_command(
+            {
+                "CommandField": CommandField.C_FIND_RSP,
+                "AffectedSOPClassUID": context.abstract_syntax,
+                "MessageIDBeingRespondedTo": message_id,
+                "CommandDataSetType": DATA_SET_PRESENT,
+                "Status": STATUS_PENDING,
+            }
+        ),
+        context.context_id,
+        max_pdu,
+        command=True,
+    )
 
     def encode(identifier: BytesIO) -> bytes:
-        message.data_set = identifier
-        return b"".join(
-            bytes(P_DATA_TF_PDU(p).encode())
-            for p in message.encode_msg(context.context_id, max_pdu)
+        return command + pdata_pdus(
+            identifier.getvalue(), context.context_id, max_pdu, command=False
         )
 
     return encode
@@ -193,24 +192,24 @@ class _Conversation:
             else:
                 raise MalformedPdu(f"unexpected PDU type 0x{pdu.pdu_type:02x} after association")
 
-    async def _dispatch(self, message: DIMSEMessage) -> bool:
+    async def _dispatch(self, message: DimseMessage) -> bool:
         """Serve one DIMSE request; False when the association has to end."""
-        context = self._contexts.get(message.context_id or 0)
+        context = self._contexts.get(message.context_id)
         if context is None:
             raise MalformedPdu("P-DATA on a presentation context that was not accepted")
-        message_id = message.command_set.get("MessageID")
-        if isinstance(message, C_CANCEL_RQ):
+        message_id = message.command.integer("MessageID")
+        if message.field == CommandField.C_CANCEL_RQ:
             return True  # every C-FIND has already been answered in full
-        if not isinstance(message_id, int):
+        if message_id is None:
             raise MalformedPdu("DIMSE request without a Message ID")
-        if isinstance(message, C_ECHO_RQ):
+        if message.field == CommandField.C_ECHO_RQ:
             await self._echo(context, message_id)
-        elif isinstance(message, C_FIND_RQ):
+        elif message.field == CommandField.C_FIND_RQ:
             await self._find(context, message_id, message)
-        elif isinstance(message, C_STORE_RQ):
+        elif message.field == CommandField.C_STORE_RQ:
             await self._store(context, message_id, message)
         else:
-            raise MalformedPdu(f"unsupported DIMSE request {type(message).__name__}")
+            raise MalformedPdu(f"unsupported DIMSE request, command field 0x{message.field:04x}")
         return True
 
     async def _echo(self, context: AcceptedContext, message_id: int) -> None:
@@ -222,12 +221,15 @@ class _Conversation:
         self._stats.echoes += 1
         await self._send(encode_message(rsp, context.context_id, self._send_max_pdu, request=False))
 
-    async def _find(self, context: AcceptedContext, message_id: int, message: DIMSEMessage) -> None:
+    async def _find(self, context: AcceptedContext, message_id: int, message: DimseMessage) -> None:
         self._stats.finds += 1
         if context.service not in (STUDY_ROOT_FIND, PATIENT_ROOT_FIND):
             result = FindResult(STATUS_SOP_CLASS_NOT_SUPPORTED, error_comment="not a query context")
         else:
-            identifier = decode_dataset(message.data_set, context.transfer_syntax)
+            data = message.data
+            identifier = (
+                decode_dataset(BytesIO(data), context.transfer_syntax) if data is not None else None
+            )
             if identifier is None:
                 result = FindResult(
                     STATUS_UNABLE_TO_PROCESS, error_comment="undecodable identifier"
@@ -256,12 +258,12 @@ class _Conversation:
         )
 
     async def _store(
-        self, context: AcceptedContext, message_id: int, message: DIMSEMessage
+        self, context: AcceptedContext, message_id: int, message: DimseMessage
     ) -> None:
         rsp = C_STORE()
         rsp.MessageIDBeingRespondedTo = message_id
         rsp.AffectedSOPClassUID = context.abstract_syntax
-        instance_uid = message.command_set.get("AffectedSOPInstanceUID")
+        instance_uid = message.command.text("AffectedSOPInstanceUID") or None
         with contextlib.suppress(TypeError, ValueError):  # an invalid UID is not echoed
             rsp.AffectedSOPInstanceUID = instance_uid
         if context.service == STORAGE:

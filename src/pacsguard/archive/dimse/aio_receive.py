@@ -13,31 +13,25 @@ import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO
 
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
-from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
-from pynetdicom.dsutils import create_file_meta, decode
 from pynetdicom.pdu import P_DATA_TF
 
 from pacsguard.archive.dimse.aio_negotiation import AcceptedContext
 from pacsguard.dicom import uids
-from pacsguard.dicom.dimse import _COMMANDS
+from pacsguard.dicom.command import MAX_COMMAND_BYTES, CommandError, CommandField, decode_command
+from pacsguard.dicom.dimse import DimseMessage
+from pacsguard.dicom.stream import encode_file_meta
 from pacsguard.dicom.ul import RawPdu
 from pacsguard.errors import MalformedPdu
-
-#: Largest command set we join (real ones are a few hundred bytes).
-MAX_COMMAND_BYTES: Final = 64 * 1024
 
 
 @dataclass(slots=True)
 class Incoming:
     """One complete DIMSE message: the command, and its data set in memory or on disk."""
 
-    message: DIMSEMessage
+    message: DimseMessage
     context: AcceptedContext
     data: bytes | None = None
     path: Path | None = None
@@ -63,7 +57,7 @@ class MessageReceiver:
         self._max_identifier = max_identifier_bytes
         self._max_store = max_store_bytes
         self._command = bytearray()
-        self._message: DIMSEMessage | None = None
+        self._message: DimseMessage | None = None
         self._context: AcceptedContext | None = None
         self._data = bytearray()
         self._file: BinaryIO | None = None
@@ -125,9 +119,9 @@ class MessageReceiver:
         if not header & 0x02:
             return None
         self._message = self._decode_command()
-        if self._message.command_set.get("CommandDataSetType") == 0x0101:
+        if not self._message.command.has_data_set:
             return self._finish()
-        if isinstance(self._message, C_STORE_RQ):
+        if self._message.field == CommandField.C_STORE_RQ:
             self._open_file()
         return None
 
@@ -150,36 +144,31 @@ class MessageReceiver:
             self._data += fragment
         return self._finish() if header & 0x02 else None
 
-    def _decode_command(self) -> DIMSEMessage:
+    def _decode_command(self) -> DimseMessage:
         try:
-            command = decode(BytesIO(bytes(self._command)), True, True)
-            cls = _COMMANDS[int(command.CommandField)]
-        except Exception as exc:
-            raise MalformedPdu(f"undecodable DIMSE command set: {exc.__class__.__name__}") from None
-        message = cls()
-        message.command_set = command
+            command = decode_command(self._command)
+        except CommandError as exc:
+            raise MalformedPdu(f"undecodable DIMSE command set: {exc}") from None
         assert self._context is not None
-        message.context_id = self._context.context_id
-        return message
+        return DimseMessage(command, self._context.context_id)
 
     def _open_file(self) -> None:
         assert self._message is not None and self._context is not None
-        command = self._message.command_set
-        fd, name = tempfile.mkstemp(prefix="pacsguard-store-", suffix=".dcm")
-        self._path = Path(name)
-        self._file = os.fdopen(fd, "wb")
+        command = self._message.command
         try:
-            meta = create_file_meta(
-                sop_class_uid=UID(str(command.get("AffectedSOPClassUID", "") or "")),
-                sop_instance_uid=UID(str(command.get("AffectedSOPInstanceUID", "") or "")),
-                transfer_syntax=UID(self._context.transfer_syntax),
+            meta = encode_file_meta(
+                sop_class_uid=command.text("AffectedSOPClassUID"),
+                sop_instance_uid=command.text("AffectedSOPInstanceUID"),
+                transfer_syntax=self._context.transfer_syntax,
                 implementation_uid=uids.IMPLEMENTATION_CLASS_UID,
                 implementation_version=uids.IMPLEMENTATION_VERSION_NAME,
             )
-            self._file.write(b"\x00" * 128 + b"DICM")
-            write_file_meta_info(self._file, meta)  # type: ignore[arg-type]
-        except Exception as exc:
-            raise MalformedPdu(f"C-STORE-RQ command unusable: {exc.__class__.__name__}") from None
+        except ValueError as exc:
+            raise MalformedPdu(f"C-STORE-RQ command unusable: {exc}") from None
+        fd, name = tempfile.mkstemp(prefix="pacsguard-store-", suffix=".dcm")
+        self._path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._file.write(meta)
 
     def _finish(self) -> Incoming:
         message, context = self._message, self._context
@@ -190,7 +179,7 @@ class MessageReceiver:
             self._file.close()
             self._file = None
             incoming.path, self._path = self._path, None
-        elif message.command_set.get("CommandDataSetType") != 0x0101:
+        elif message.command.has_data_set:
             incoming.data = bytes(self._data)
         self._reset()
         return incoming

@@ -278,7 +278,10 @@ async def serve_get(
             await send_data_set(channel.send, read, chosen[0], channel.max_pdu)
             async with asyncio.timeout(session.env.settings.dimse_timeout):
                 rsp = await operation.store_responses.get()
-            return int(rsp.command_set.Status)
+            status = rsp.command.status
+            if status is None:
+                raise MalformedPdu("C-STORE-RSP without a Status")
+            return status
 
         return await send_record(session, record, chosen[1], send)
 

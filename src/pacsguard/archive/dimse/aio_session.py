@@ -20,15 +20,6 @@ from io import BytesIO
 from typing import Any, Final, TypeVar
 
 from pydicom.dataset import Dataset
-from pynetdicom.dimse_messages import (
-    C_CANCEL_RQ,
-    C_ECHO_RQ,
-    C_FIND_RQ,
-    C_GET_RQ,
-    C_MOVE_RQ,
-    C_STORE_RQ,
-    C_STORE_RSP,
-)
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 
 from pacsguard.archive.dimse.aio_negotiation import AcceptedContext
@@ -47,7 +38,14 @@ from pacsguard.archive.dimse.identifiers import (
 )
 from pacsguard.archive.security.principal import Action, Principal
 from pacsguard.archive.service import ArchiveService, Denied
-from pacsguard.dicom.dimse import DimsePrimitive, decode_dataset, encode_dataset, encode_message
+from pacsguard.dicom.command import CommandField
+from pacsguard.dicom.dimse import (
+    DimseMessage,
+    DimsePrimitive,
+    decode_dataset,
+    encode_dataset,
+    encode_message,
+)
 from pacsguard.dicom.ul import (
     ABORT,
     P_DATA_TF,
@@ -108,7 +106,7 @@ class Operation:
 
     message_id: int
     cancelled: threading.Event = field(default_factory=threading.Event)
-    store_responses: asyncio.Queue[C_STORE_RSP] = field(default_factory=asyncio.Queue)
+    store_responses: asyncio.Queue[DimseMessage] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
 
 
@@ -174,32 +172,33 @@ class AssociationSession:
 
     async def _route(self, incoming: Incoming) -> None:
         message = incoming.message
-        if isinstance(message, C_CANCEL_RQ):
+        kind = message.field
+        if kind == CommandField.C_CANCEL_RQ:
             operation = self._operation
             if operation is not None and (
-                message.command_set.get("MessageIDBeingRespondedTo") == operation.message_id
+                message.command.get("MessageIDBeingRespondedTo") == operation.message_id
             ):
                 operation.cancelled.set()
             return
-        if isinstance(message, C_STORE_RSP):
+        if kind == CommandField.C_STORE_RSP:
             if self._operation is None:
                 raise MalformedPdu("C-STORE-RSP with no C-GET sub-operation outstanding")
             self._operation.store_responses.put_nowait(message)
             return
-        message_id = message.command_set.get("MessageID")
-        if not isinstance(message_id, int):
+        message_id = message.command.integer("MessageID")
+        if message_id is None:
             incoming.discard()
             raise MalformedPdu("DIMSE request without a Message ID")
         try:
             await self._settle()
-            if isinstance(message, C_ECHO_RQ):
+            if kind == CommandField.C_ECHO_RQ:
                 await self._echo(incoming.context, message_id)
-            elif isinstance(message, C_STORE_RQ):
+            elif kind == CommandField.C_STORE_RQ:
                 await self._store(incoming, message_id)
-            elif isinstance(message, C_FIND_RQ | C_GET_RQ | C_MOVE_RQ):
+            elif kind in (CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ):
                 self._start(incoming, message_id)
             else:
-                raise MalformedPdu(f"unsupported DIMSE request {type(message).__name__}")
+                raise MalformedPdu(f"unsupported DIMSE request, command field 0x{kind:04x}")
         finally:
             incoming.discard()
 
@@ -210,12 +209,12 @@ class AssociationSession:
         identifier = decode_dataset(BytesIO(incoming.data or b""), incoming.context.transfer_syntax)
         message = incoming.message
         work: Coroutine[Any, Any, None]
-        if isinstance(message, C_FIND_RQ):
+        if message.field == CommandField.C_FIND_RQ:
             work = self._find(incoming.context, message_id, identifier, operation)
-        elif isinstance(message, C_GET_RQ):
+        elif message.field == CommandField.C_GET_RQ:
             work = serve_get(self, incoming.context, message_id, identifier, operation)
         else:
-            destination = str(message.command_set.get("MoveDestination", "") or "").strip()
+            destination = message.command.text("MoveDestination")
             work = serve_move(
                 self, incoming.context, message_id, identifier, destination, operation
             )
@@ -247,9 +246,9 @@ class AssociationSession:
         await self.channel.respond(rsp, context.context_id)
 
     async def _store(self, incoming: Incoming, message_id: int) -> None:
-        command = incoming.message.command_set
-        sop_class = str(command.get("AffectedSOPClassUID", "") or "") or None
-        sop_instance = str(command.get("AffectedSOPInstanceUID", "") or "") or None
+        command = incoming.message.command
+        sop_class = command.text("AffectedSOPClassUID") or None
+        sop_instance = command.text("AffectedSOPInstanceUID") or None
         if incoming.path is None:
             status = UNABLE_TO_PROCESS  # a C-STORE-RQ without a data set
         else:
