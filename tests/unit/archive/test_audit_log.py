@@ -248,3 +248,16 @@ def test_closed_log_refuses_appends(tmp_path: Path) -> None:
     log.close()
     with pytest.raises(AuditLogError, match="closed"):
         log.append(event(1))
+
+
+def test_head_is_rewritten_in_place_and_a_fresh_log_verifies(tmp_path: Path) -> None:
+    log_path = tmp_path / "audit.jsonl"
+    AuditLog(log_path).close()
+    assert verify(log_path).ok  # empty log, empty head
+    with AuditLog(log_path) as log:
+        for _ in range(3):
+            log.emit(event(1))
+    head = head_path(log_path).read_bytes()
+    assert len(head) == 128 and head.endswith(b"\n")
+    assert json.loads(head)["seq"] == 3
+    assert verify(log_path).ok

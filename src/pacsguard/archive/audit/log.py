@@ -38,6 +38,8 @@ from pacsguard.archive.audit.events import (
 from pacsguard.errors import AuditLogError
 
 GENESIS: Final = "0" * 64
+#: Bytes of the head record: JSON of seq and hash, space-padded, newline-terminated.
+_HEAD_SIZE: Final = 128
 _FIELDS: Final = frozenset(
     {"seq", "time", "prev", "event", "action", "outcome", "participants", "objects", "detail"}
 )
@@ -142,9 +144,15 @@ class AuditLog:
             raise AuditLogError(f"{path} is open for writing by another process") from None
         try:
             self._seq, self._prev = _resume(path)
-        except AuditLogError:
+            head = head_path(path)
+            self._head_fd = os.open(head, os.O_WRONLY | os.O_CREAT, 0o600)
+        except (AuditLogError, OSError):
             os.close(self._fd)
             raise
+        if os.fstat(self._head_fd).st_size != _HEAD_SIZE:  # new, or an older head format
+            os.ftruncate(self._head_fd, 0)
+            if self._seq > 0:
+                self._write_head(self._seq, self._prev)
 
     def append(self, event: AuditEvent) -> LoggedEvent:
         with self._lock:
@@ -165,8 +173,14 @@ class AuditLog:
             self._seq, self._prev = self._seq + 1, digest
             # The line itself is durable; the head may lag after a crash (verify allows a
             # lagging head, never a leading one), so it is not fsync'd: one sync per event.
-            _write_head(self.path, self._seq, digest, False)
+            self._write_head(self._seq, digest)
             return LoggedEvent(self._seq, moment, event, digest)
+
+    def _write_head(self, seq: int, digest: str) -> None:
+        """Overwrite the head in place: one fixed-size record at offset 0, padded so that each
+        write replaces the whole previous one (a rename per event cost more than the fsync)."""
+        record = json.dumps({"seq": seq, "hash": digest}).encode().ljust(_HEAD_SIZE - 1) + b"\n"
+        os.pwrite(self._head_fd, record, 0)
 
     def emit(self, event: AuditEvent) -> None:
         self.append(event)
@@ -175,6 +189,7 @@ class AuditLog:
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
+                os.close(self._head_fd)
                 self._fd = -1
 
     def __enter__(self) -> AuditLog:
@@ -194,19 +209,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def _write_head(path: Path, seq: int, digest: str, sync: bool) -> None:
-    head = head_path(path)
-    tmp = head.with_name(head.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        _write_all(fd, json.dumps({"seq": seq, "hash": digest}).encode() + b"\n")
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, head)
 
 
 def _last_line(path: Path) -> bytes:
@@ -252,7 +254,10 @@ def _resume(path: Path) -> tuple[int, str]:
 
 def _read_head(path: Path) -> tuple[int, str] | None:
     try:
-        data = json.loads(head_path(path).read_text(encoding="utf-8"))
+        text = head_path(path).read_text(encoding="utf-8")
+        if not text:  # created, nothing appended yet
+            return None
+        data = json.loads(text)
         return int(data["seq"]), str(data["hash"])
     except FileNotFoundError:
         return None
