@@ -5,7 +5,7 @@ results back into protocol answers; they hold no archive logic. Every call names
 is authorized here, and becomes an audit event whatever its outcome.
 
 Ingest is durable before it answers: the blob is fsync'd and renamed, then the index row is
-committed, and only then does `store_file` return success (and the front end acknowledge).
+committed, and only then does `store_instance` return success (and the front end acknowledge).
 
 Duplicate SOP Instance UIDs: the same UID with byte-identical content is accepted again as a
 success without change (a client retrying after a lost response must not see a failure); the
@@ -19,13 +19,13 @@ import logging
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO, Final
 
 from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from pacsguard.archive.audit.events import (
     AuditEvent,
@@ -124,6 +124,10 @@ def _charset(ds: Dataset) -> str | None:
     return _PLAIN_CHARSETS.get(text.strip(" \x00"))
 
 
+def _reader(source: Path | bytes) -> BinaryIO:
+    return BytesIO(source) if isinstance(source, bytes) else source.open("rb")
+
+
 def _participant(principal: Principal) -> Participant:
     return Participant(
         ae_title=principal.ae_title, address=principal.address, user=principal.username
@@ -195,26 +199,26 @@ class ArchiveService:
         self._store_event(principal, EventOutcome.MINOR_FAILURE, outcome, None)
         return StoreResult(status, outcome)
 
-    def store_file(
+    def store_instance(
         self,
         principal: Principal,
-        path: Path,
+        source: Path | bytes,
         *,
         affected_sop_class_uid: str | None = None,
         affected_sop_instance_uid: str | None = None,
     ) -> StoreResult:
-        """Validate and durably store one DICOM Part 10 file; never raises for bad input."""
+        """Validate and durably store one DICOM Part 10 object, given as a file or as bytes;
+        never raises for bad input."""
         self.require(principal, Action.STORE)
         try:
-            size = path.stat().st_size
+            size = len(source) if isinstance(source, bytes) else source.stat().st_size
         except OSError:
             return self._refuse(principal, OUT_OF_RESOURCES, "received data missing")
         if size > self.limits.max_object_bytes:
             return self._refuse(principal, OUT_OF_RESOURCES, "object larger than allowed")
         try:
-            ds = dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError):
-            return self._refuse(principal, CANNOT_UNDERSTAND, "undecodable data set")
+            with _reader(source) as stream:
+                ds = dcmread(stream, stop_before_pixels=True)
         except Exception:
             return self._refuse(principal, CANNOT_UNDERSTAND, "undecodable data set")
         record = self._record_from(ds)
@@ -229,14 +233,16 @@ class ArchiveService:
         # One SOP Instance UID is stored by one association at a time: the check, the blob write
         # and the index row happen under a lock striped by UID.
         with self._locks[hash(record.sop_instance_uid) % len(self._locks)]:
-            return self._store_new(principal, path, record)
+            return self._store_new(principal, source, record)
 
-    def _store_new(self, principal: Principal, path: Path, record: InstanceRecord) -> StoreResult:
+    def _store_new(
+        self, principal: Principal, source: Path | bytes, record: InstanceRecord
+    ) -> StoreResult:
         # The blob store never replaces a blob: identical bytes return the stored copy, other
         # bytes raise BlobConflictError. So the common case (a new instance) costs no lookup.
         key = record.sop_instance_uid
         try:
-            info = self._put_blob(key, path)
+            info = self._put_blob(key, source)
         except BlobConflictError:
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", record)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
@@ -264,19 +270,19 @@ class ArchiveService:
         self._store_event(principal, EventOutcome.SUCCESS, outcome.value, stored)
         return StoreResult(SUCCESS, outcome.value, record.sop_instance_uid)
 
-    def _put_blob(self, key: str, path: Path) -> BlobInfo:
+    def _put_blob(self, key: str, source: Path | bytes) -> BlobInfo:
         """Durably write the blob. A blob with other bytes that no index row points to can only
         be left by a crash between blob and index (never acknowledged): replace it. One that is
         indexed is a real duplicate: BlobConflictError."""
         try:
-            with path.open("rb") as source:
-                return self._blobs.put(key, source)
+            with _reader(source) as stream:
+                return self._blobs.put(key, stream)
         except BlobConflictError:
             if self._index.stored_copy(key) is not None:
                 raise
             self._blobs.delete(key)
-            with path.open("rb") as source:
-                return self._blobs.put(key, source)
+            with _reader(source) as stream:
+                return self._blobs.put(key, stream)
 
     @staticmethod
     def _record_from(ds: Dataset) -> InstanceRecord | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -9,6 +10,7 @@ import threading
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,28 +144,69 @@ def test_uid_and_digest_keys_fan_out(store: FolderBlobStore) -> None:
         assert path.stat().st_mode & 0o077 == 0  # readable by the archive only
 
 
-def test_put_writes_a_temp_file_fsyncs_then_links_and_fsyncs_the_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = FolderBlobStore(tmp_path)
+def _record_syncs_and_links(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     events: list[str] = []
     real_fsync, real_link = os.fsync, os.link
 
     def fsync(fd: int) -> None:
         target = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        events.append("fsync-dir" if target.is_dir() else f"fsync-file:{target.name[:5]}")
+        # An unnamed file keeps its "#inode (deleted)" name here even once linked.
+        events.append(f"fsync-dir:{target.name}" if target.is_dir() else "fsync-file")
         real_fsync(fd)
 
-    def link(src: str | Path, dst: str | Path) -> None:
-        events.append(f"link:{Path(src).name[:5]}->{Path(dst).name}")
-        real_link(src, dst)
+    def link(src: str | Path, dst: str | Path, **kwargs: Any) -> None:
+        named = not str(src).startswith("/proc/self/fd/")
+        source = Path(src).name[:5] if named else "anonymous"
+        events.append(f"link:{source}->{Path(dst).name}")
+        real_link(src, dst, **kwargs)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "link", link)
+    return events
+
+
+def test_put_links_an_unnamed_file_then_fsyncs_it_and_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FolderBlobStore(tmp_path)
+    events = _record_syncs_and_links(monkeypatch)
     store.put(UID, io.BytesIO(b"data"))
-    tail = events[-3:]
-    assert tail == [f"fsync-file:{TEMP_PREFIX}", f"link:{TEMP_PREFIX}->{UID}", "fsync-dir"]
+    fan = hashlib.sha256(UID.encode()).hexdigest()[:3]
+    assert events == [
+        f"link:anonymous->{UID}",
+        "fsync-file",
+        f"fsync-dir:{fan}",
+        "fsync-dir:objects",  # the fan directory was new
+    ]
+    assert [p.name for p in stored_files(tmp_path)] == [UID]
+    with store.open(UID) as stream:
+        assert stream.read() == b"data"
+
+
+def test_without_unnamed_files_put_uses_a_named_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FolderBlobStore(tmp_path)
+    real_open = os.open
+
+    def no_tmpfile(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:  # as a file system without it answers
+            raise OSError(errno.EOPNOTSUPP, "not supported")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    events = _record_syncs_and_links(monkeypatch)
+    store.put(UID, io.BytesIO(b"data"))
+    fan = hashlib.sha256(UID.encode()).hexdigest()[:3]
+    assert events == [
+        "fsync-file",
+        f"link:{TEMP_PREFIX}->{UID}",
+        f"fsync-dir:{fan}",
+        "fsync-dir:objects",  # the fan directory was new
+    ]
     assert [p.name for p in stored_files(tmp_path)] == [UID]  # the temp file is gone
+    store.put("1.2.3", io.BytesIO(b"more"))
+    assert sorted(store.keys()) == sorted([UID, "1.2.3"])
 
 
 def test_an_existing_blob_is_never_replaced(store: FolderBlobStore) -> None:

@@ -1,10 +1,11 @@
-"""Incoming DIMSE messages for the asyncio front end, with C-STORE data sets streamed to disk.
+"""Incoming DIMSE messages for the asyncio front end, with large C-STORE data sets on disk.
 
 `MessageAssembler` (pacsguard.dicom.dimse) keeps a message in memory, which suits identifiers but
-not a 2 GB instance. Here the command set and identifiers are still joined in memory (bounded),
-while a C-STORE-RQ data set goes fragment by fragment into a temporary Part 10 file with File Meta
-Information in front, as pynetdicom's chunked receive does (`write_file_meta_info` +
-`create_file_meta`), so that `ArchiveService.store_file` can take it. Fragments: PS3.8 E.2.
+not a 2 GB instance. Here the command set and identifiers are joined in memory (bounded). A
+C-STORE-RQ data set becomes a Part 10 object (File Meta Information in front) that
+`ArchiveService.store_instance` takes: in memory up to `IN_MEMORY_OBJECT_BYTES` (most CT and MR
+images; with at most `max_associations` of them, memory stays bounded), and past that streamed
+fragment by fragment into a temporary file. Fragments: PS3.8 E.2.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 from pynetdicom.pdu import P_DATA_TF
 
@@ -26,15 +27,24 @@ from pacsguard.dicom.stream import encode_file_meta
 from pacsguard.dicom.ul import RawPdu
 from pacsguard.errors import MalformedPdu
 
+#: A received object larger than this goes to a temporary file rather than staying in memory.
+IN_MEMORY_OBJECT_BYTES: Final = 2 * 1024 * 1024
+
 
 @dataclass(slots=True)
 class Incoming:
-    """One complete DIMSE message: the command, and its data set in memory or on disk."""
+    """One complete DIMSE message: the command, an identifier (`data`), or a C-STORE object as
+    Part 10 bytes in memory (`part10`) or in a temporary file (`path`)."""
 
     message: DimseMessage
     context: AcceptedContext
     data: bytes | None = None
     path: Path | None = None
+    part10: bytes | None = None
+
+    @property
+    def stored_object(self) -> Path | bytes | None:
+        return self.path if self.path is not None else self.part10
 
     def discard(self) -> None:
         if self.path is not None:
@@ -62,7 +72,9 @@ class MessageReceiver:
         self._data = bytearray()
         self._file: BinaryIO | None = None
         self._path: Path | None = None
+        self._object: bytearray | None = None  # a C-STORE object while it is in memory
         self._size = 0
+        self._spill_at = min(IN_MEMORY_OBJECT_BYTES, max_store_bytes)
 
     def close(self) -> None:
         """Drop a half-received message (its temporary file included)."""
@@ -81,6 +93,7 @@ class MessageReceiver:
         self._message = None
         self._context = None
         self._data = bytearray()
+        self._object = None
         self._size = 0
 
     def feed(self, pdu: RawPdu) -> list[Incoming]:
@@ -122,7 +135,7 @@ class MessageReceiver:
         if not self._message.command.has_data_set:
             return self._finish()
         if self._message.field == CommandField.C_STORE_RQ:
-            self._open_file()
+            self._object = bytearray(self._file_meta())
         return None
 
     def _data_fragment(self, value: bytes, header: int) -> Incoming | None:
@@ -130,10 +143,14 @@ class MessageReceiver:
             raise MalformedPdu("data set fragment before the command set")
         fragment = memoryview(value)[1:]
         self._size += len(fragment)
-        if self._file is not None:
+        if self._object is not None:
+            self._object += fragment
+            if self._size > self._spill_at:
+                self._spill()
+        elif self._file is not None:
             if self._size > self._max_store:
                 # Past the configured object size: keep reading, but write nothing more. The
-                # file grows sparse to the announced size, so that store_file refuses it with
+                # file grows sparse to the announced size, so that store_instance refuses it with
                 # out-of-resources and audits it, exactly as for the threaded engine.
                 self._file.seek(len(fragment), os.SEEK_CUR)
             else:
@@ -152,11 +169,11 @@ class MessageReceiver:
         assert self._context is not None
         return DimseMessage(command, self._context.context_id)
 
-    def _open_file(self) -> None:
+    def _file_meta(self) -> bytes:
         assert self._message is not None and self._context is not None
         command = self._message.command
         try:
-            meta = encode_file_meta(
+            return encode_file_meta(
                 sop_class_uid=command.text("AffectedSOPClassUID"),
                 sop_instance_uid=command.text("AffectedSOPInstanceUID"),
                 transfer_syntax=self._context.transfer_syntax,
@@ -165,10 +182,15 @@ class MessageReceiver:
             )
         except ValueError as exc:
             raise MalformedPdu(f"C-STORE-RQ command unusable: {exc}") from None
+
+    def _spill(self) -> None:
+        """Move the object received so far from memory into a temporary file."""
+        assert self._object is not None
         fd, name = tempfile.mkstemp(prefix="pacsguard-store-", suffix=".dcm")
         self._path = Path(name)
         self._file = os.fdopen(fd, "wb")
-        self._file.write(meta)
+        self._file.write(self._object)
+        self._object = None
 
     def _finish(self) -> Incoming:
         message, context = self._message, self._context
@@ -179,6 +201,8 @@ class MessageReceiver:
             self._file.close()
             self._file = None
             incoming.path, self._path = self._path, None
+        elif self._object is not None:
+            incoming.part10 = bytes(self._object)
         elif message.command.has_data_set:
             incoming.data = bytes(self._data)
         self._reset()

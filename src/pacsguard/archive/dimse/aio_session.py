@@ -249,14 +249,15 @@ class AssociationSession:
         command = incoming.message.command
         sop_class = command.text("AffectedSOPClassUID") or None
         sop_instance = command.text("AffectedSOPInstanceUID") or None
-        if incoming.path is None:
+        received = incoming.stored_object
+        if received is None:
             status = UNABLE_TO_PROCESS  # a C-STORE-RQ without a data set
         else:
             try:
                 result = await self.env.call(
-                    lambda: self.env.service.store_file(
+                    lambda: self.env.service.store_instance(
                         self.principal,
-                        incoming.path,  # type: ignore[arg-type]  # checked above
+                        received,
                         affected_sop_class_uid=sop_class,
                         affected_sop_instance_uid=sop_instance,
                     )
