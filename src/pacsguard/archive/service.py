@@ -45,6 +45,7 @@ from pacsguard.archive.model import (
     is_valid_uid,
 )
 from pacsguard.archive.security.principal import Action, Principal
+from pacsguard.dicom.header import PLAIN_CHARSETS, read_header
 from pacsguard.dicom.levels import Level
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,6 @@ class StoreResult:
         return self.status == SUCCESS
 
 
-#: Single-byte or UTF-8 character sets whose raw bytes decode without pydicom's conversion
-#: (PS3.5 6.1.2.5.3); anything else (ISO 2022 escapes) goes through pydicom.
-_PLAIN_CHARSETS: Final = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1",
-                          "ISO_IR 192": "utf-8"}  # fmt: skip
-
-
 def _text(ds: Dataset, keyword: str) -> str:
     """A text value as stored, stripped; "" when absent or undecodable.
 
@@ -121,11 +116,54 @@ def _charset(ds: Dataset) -> str | None:
         if isinstance(value, bytes | bytearray)
         else ("\\".join(value) if isinstance(value, list) else str(value or ""))
     )
-    return _PLAIN_CHARSETS.get(text.strip(" \x00"))
+    return PLAIN_CHARSETS.get(text.strip(" \x00"))
 
 
 def _reader(source: Path | bytes) -> BinaryIO:
     return BytesIO(source) if isinstance(source, bytes) else source.open("rb")
+
+
+#: The attributes ingest reads from each object: the hierarchy's UIDs and what C-FIND matches on.
+INDEXED_KEYWORDS: Final = (
+    "SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID",
+    "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
+    "StudyDescription", "AccessionNumber", "ReferringPhysicianName", "Modality", "SeriesNumber",
+    "SeriesDescription", "InstanceNumber",
+)  # fmt: skip
+
+
+def _header_by_pydicom(ds: Dataset) -> dict[str, str]:
+    values = {k: _text(ds, k) for k in INDEXED_KEYWORDS}
+    meta = getattr(ds, "file_meta", None)
+    values["TransferSyntaxUID"] = _text(meta, "TransferSyntaxUID") if meta is not None else ""
+    return values
+
+
+def _record_from(values: dict[str, str]) -> InstanceRecord | None:
+    uids = ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID")
+    if not all(is_valid_uid(values[k]) for k in uids):
+        return None
+    return InstanceRecord(
+        sop_instance_uid=values["SOPInstanceUID"],
+        sop_class_uid=values["SOPClassUID"],
+        series_instance_uid=values["SeriesInstanceUID"],
+        study_instance_uid=values["StudyInstanceUID"],
+        patient_id=values["PatientID"],
+        patient_name=values["PatientName"],
+        patient_birth_date=values["PatientBirthDate"],
+        patient_sex=values["PatientSex"],
+        study_date=values["StudyDate"],
+        study_time=values["StudyTime"],
+        study_id=values["StudyID"],
+        study_description=values["StudyDescription"],
+        accession_number=values["AccessionNumber"],
+        referring_physician_name=values["ReferringPhysicianName"],
+        modality=values["Modality"],
+        series_number=values["SeriesNumber"],
+        series_description=values["SeriesDescription"],
+        instance_number=values["InstanceNumber"],
+        transfer_syntax_uid=values["TransferSyntaxUID"],
+    )
 
 
 def _participant(principal: Principal) -> Participant:
@@ -216,12 +254,14 @@ class ArchiveService:
             return self._refuse(principal, OUT_OF_RESOURCES, "received data missing")
         if size > self.limits.max_object_bytes:
             return self._refuse(principal, OUT_OF_RESOURCES, "object larger than allowed")
-        try:
-            with _reader(source) as stream:
-                ds = dcmread(stream, stop_before_pixels=True)
-        except Exception:
-            return self._refuse(principal, CANNOT_UNDERSTAND, "undecodable data set")
-        record = self._record_from(ds)
+        values = read_header(source, INDEXED_KEYWORDS) if isinstance(source, bytes) else None
+        if values is None:  # a large object, or one the fast reader leaves to pydicom
+            try:
+                with _reader(source) as stream:
+                    values = _header_by_pydicom(dcmread(stream, stop_before_pixels=True))
+            except Exception:
+                return self._refuse(principal, CANNOT_UNDERSTAND, "undecodable data set")
+        record = _record_from(values)
         if record is None:
             return self._refuse(principal, CANNOT_UNDERSTAND, "missing or invalid UIDs")
         if affected_sop_instance_uid is not None and (
@@ -283,40 +323,6 @@ class ArchiveService:
             self._blobs.delete(key)
             with _reader(source) as stream:
                 return self._blobs.put(key, stream)
-
-    @staticmethod
-    def _record_from(ds: Dataset) -> InstanceRecord | None:
-        uids = {
-            k: _text(ds, k)
-            for k in ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID")
-        }
-        if not all(is_valid_uid(v) for v in uids.values()):
-            return None
-        transfer_syntax = ""
-        meta = getattr(ds, "file_meta", None)
-        if meta is not None:
-            transfer_syntax = _text(meta, "TransferSyntaxUID")
-        return InstanceRecord(
-            sop_instance_uid=uids["SOPInstanceUID"],
-            sop_class_uid=uids["SOPClassUID"],
-            series_instance_uid=uids["SeriesInstanceUID"],
-            study_instance_uid=uids["StudyInstanceUID"],
-            patient_id=_text(ds, "PatientID"),
-            patient_name=_text(ds, "PatientName"),
-            patient_birth_date=_text(ds, "PatientBirthDate"),
-            patient_sex=_text(ds, "PatientSex"),
-            study_date=_text(ds, "StudyDate"),
-            study_time=_text(ds, "StudyTime"),
-            study_id=_text(ds, "StudyID"),
-            study_description=_text(ds, "StudyDescription"),
-            accession_number=_text(ds, "AccessionNumber"),
-            referring_physician_name=_text(ds, "ReferringPhysicianName"),
-            modality=_text(ds, "Modality"),
-            series_number=_text(ds, "SeriesNumber"),
-            series_description=_text(ds, "SeriesDescription"),
-            instance_number=_text(ds, "InstanceNumber"),
-            transfer_syntax_uid=transfer_syntax,
-        )
 
     # -- query ---------------------------------------------------------------------------------
     def query(

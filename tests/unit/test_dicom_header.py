@@ -1,0 +1,137 @@
+"""The fast header reader agrees with pydicom, and hands back (None) whatever it cannot follow."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+)
+
+from pacsguard.archive.service import INDEXED_KEYWORDS
+from pacsguard.dicom.header import read_header
+from pacsguard.lab.synth import build_dataset, generate_archive
+
+ARCHIVE = generate_archive(7, 2, studies_per_patient=(1, 1), series_per_study=(1, 1),
+                           instances_per_series=(2, 2))  # fmt: skip
+
+
+def _dataset() -> Dataset:
+    patient, study, one_series, instance = next(iter(ARCHIVE.walk()))
+    ds = build_dataset(patient, study, one_series, instance)
+    ds.Rows, ds.Columns, ds.BitsAllocated = 2, 2, 16
+    ds.PixelData = b"\x00\x01" * 4
+    return ds
+
+
+def _part10(ds: Dataset, transfer_syntax: str) -> bytes:
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _by_pydicom(data: bytes) -> dict[str, str]:
+    ds = dcmread(BytesIO(data), stop_before_pixels=True)
+    values = {k: str(ds.get(k, "") or "").strip() for k in INDEXED_KEYWORDS}
+    values["TransferSyntaxUID"] = str(ds.file_meta.TransferSyntaxUID)
+    return values
+
+
+def _with_sequences(ds: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    item.ReferencedSOPInstanceUID = "1.2.3.4"
+    inner = Dataset()
+    inner.CodeValue = "T-D0050"
+    item.ConceptNameCodeSequence = Sequence([inner])
+    ds.ReferencedStudySequence = Sequence([item, Dataset()])
+    ds.ProcedureCodeSequence = Sequence([])
+    return ds
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("undefined_lengths", [False, True])
+def test_matches_pydicom(transfer_syntax: str, undefined_lengths: bool) -> None:
+    ds = _with_sequences(_dataset())
+    if undefined_lengths:
+        for keyword in ("ReferencedStudySequence", "ProcedureCodeSequence"):
+            ds[keyword].is_undefined_length = True
+            for item in ds[keyword].value:
+                item.is_undefined_length_sequence_item = True
+    data = _part10(ds, transfer_syntax)
+    if undefined_lengths:  # the sequences really are written with delimiters
+        assert b"\xfe\xff\xdd\xe0" in data and b"\xfe\xff\x0d\xe0" in data
+    values = read_header(data, INDEXED_KEYWORDS)
+    assert values == _by_pydicom(data)
+    assert values is not None and values["PatientName"]  # the lab's synthetic name
+
+
+def test_encapsulated_pixel_data_and_latin1_names() -> None:
+    ds = _dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "M\u00fcller^J\u00fcrgen"
+    ds.PixelData = encapsulate([b"\xff\xd8frame\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    data = _part10(ds, JPEGBaseline8Bit)
+    values = read_header(data, INDEXED_KEYWORDS)
+    assert values == _by_pydicom(data)
+    assert values is not None and values["PatientName"] == "M\u00fcller^J\u00fcrgen"
+
+
+def test_absent_attributes_are_empty() -> None:
+    ds = _dataset()
+    del ds.AccessionNumber
+    values = read_header(_part10(ds, ExplicitVRLittleEndian), INDEXED_KEYWORDS)
+    assert values is not None and values["AccessionNumber"] == ""
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda d: d[:-3], id="truncated pixel data"),
+        pytest.param(lambda d: d[:100], id="no file meta"),
+        pytest.param(lambda d: d[:128] + b"NOPE" + d[132:], id="no DICM"),
+        pytest.param(lambda d: d + b"\x08\x00", id="trailing half header"),
+    ],
+)
+def test_broken_objects_go_to_pydicom(spoil: object) -> None:
+    data = _part10(_dataset(), ExplicitVRLittleEndian)
+    assert callable(spoil)
+    assert read_header(spoil(data), INDEXED_KEYWORDS) is None
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+def test_other_encodings_go_to_pydicom(transfer_syntax: str) -> None:
+    ds = _dataset()
+    assert read_header(_part10(ds, transfer_syntax), INDEXED_KEYWORDS) is None
+
+
+def test_code_extensions_go_to_pydicom() -> None:
+    ds = _dataset()
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    assert read_header(_part10(ds, ExplicitVRLittleEndian), INDEXED_KEYWORDS) is None
+
+
+def test_runaway_nesting_is_refused() -> None:
+    ds = _dataset()
+    nested = Dataset()
+    for _ in range(40):
+        outer = Dataset()
+        nested.is_undefined_length_sequence_item = True
+        outer.ReferencedStudySequence = Sequence([nested])
+        outer["ReferencedStudySequence"].is_undefined_length = True
+        nested = outer
+    ds.ReferencedStudySequence = nested.ReferencedStudySequence
+    ds["ReferencedStudySequence"].is_undefined_length = True
+    assert read_header(_part10(ds, ExplicitVRLittleEndian), INDEXED_KEYWORDS) is None
