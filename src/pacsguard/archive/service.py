@@ -35,6 +35,7 @@ from pacsguard.archive.audit.events import (
     EventType,
     Participant,
 )
+from pacsguard.archive.audit.notify import Waiter, emit_deferred
 from pacsguard.archive.blobs import BlobConflictError, BlobInfo, BlobStore
 from pacsguard.archive.index import IndexStore
 from pacsguard.archive.model import (
@@ -208,13 +209,13 @@ class ArchiveService:
             raise Denied(action, principal) from None
 
     # -- ingest --------------------------------------------------------------------------------
-    def _store_event(
-        self,
+    @staticmethod
+    def _store_audit(
         principal: Principal,
         outcome: EventOutcome,
         result: str,
         record: InstanceRecord | None,
-    ) -> None:
+    ) -> AuditEvent:
         objects: tuple[tuple[str, str], ...] = ()
         if record is not None:
             objects = (
@@ -222,16 +223,23 @@ class ArchiveService:
                 ("patient", record.patient_id),
                 ("instance", record.sop_instance_uid),
             )
-        self._audit.emit(
-            AuditEvent(
-                EventType.STORE,
-                EventAction.CREATE,
-                outcome,
-                (_participant(principal),),
-                objects,
-                {"result": result},
-            )
+        return AuditEvent(
+            EventType.STORE,
+            EventAction.CREATE,
+            outcome,
+            (_participant(principal),),
+            objects,
+            {"result": result},
         )
+
+    def _store_event(
+        self,
+        principal: Principal,
+        outcome: EventOutcome,
+        result: str,
+        record: InstanceRecord | None,
+    ) -> None:
+        self._audit.emit(self._store_audit(principal, outcome, result, record))
 
     def _refuse(self, principal: Principal, status: int, outcome: str) -> StoreResult:
         self._store_event(principal, EventOutcome.MINOR_FAILURE, outcome, None)
@@ -297,17 +305,36 @@ class ArchiveService:
                 "sha256": info.sha256,
             }
         )
+        # The audit line of a new instance is written once its index row is, and synced while
+        # the index commits: the two syncs overlap instead of following each other.
+        audit_synced: list[Waiter] = []
+
+        def before_commit(outcome: AddOutcome) -> None:
+            if not audit_synced:  # a retried write calls again: still one event
+                event = self._store_audit(principal, EventOutcome.SUCCESS, outcome.value, stored)
+                audit_synced.append(emit_deferred(self._audit, event))
+
         try:
-            outcome = self._index.add(stored)
+            outcome = self._index.add(stored, before_commit=before_commit)
         except HierarchyError:
             # Its series belongs to another study (or its study to another patient): refuse,
             # and take back the blob no index row points to.
             self._blobs.delete(info.key)
             return self._refuse(principal, CANNOT_UNDERSTAND, "UIDs contradict stored hierarchy")
+        except Exception:
+            if audit_synced:  # the success line is written: say that the commit failed
+                audit_synced[0]()
+                self._store_event(
+                    principal, EventOutcome.SERIOUS_FAILURE, "index commit failed", stored
+                )
+            raise
         if outcome is AddOutcome.DUPLICATE_CONFLICT:  # indexed under other bytes
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", stored)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
-        self._store_event(principal, EventOutcome.SUCCESS, outcome.value, stored)
+        if audit_synced:
+            audit_synced[0]()
+        else:  # an identical duplicate: nothing was written, so nothing overlapped
+            self._store_event(principal, EventOutcome.SUCCESS, outcome.value, stored)
         return StoreResult(SUCCESS, outcome.value, record.sop_instance_uid)
 
     def _put_blob(self, key: str, source: Path | bytes) -> BlobInfo:

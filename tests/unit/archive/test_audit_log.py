@@ -3,7 +3,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -261,3 +263,71 @@ def test_head_is_rewritten_in_place_and_a_fresh_log_verifies(tmp_path: Path) -> 
     assert len(head) == 128 and head.endswith(b"\n")
     assert json.loads(head)["seq"] == 3
     assert verify(log_path).ok
+
+
+def test_concurrent_writers_share_fsyncs_and_the_chain_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_path = tmp_path / "audit.jsonl"
+    syncs: list[int] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        syncs.append(fd)
+        time.sleep(0.005)  # a disk slow enough that writers pile up behind one sync
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    with AuditLog(log_path) as log:
+
+        def write(n: int) -> None:
+            for i in range(25):
+                log.append(event(n * 100 + i))
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    report = verify(log_path)
+    assert report.ok and report.last_seq == 200
+    assert len(syncs) < 200  # group commit: fewer syncs than events
+
+
+def test_deferred_emit_is_durable_only_when_waited_for_and_the_head_never_leads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_path = tmp_path / "audit.jsonl"
+    release = threading.Event()
+    real_fsync = os.fsync
+
+    def held_fsync(fd: int) -> None:
+        assert release.wait(timeout=30)
+        real_fsync(fd)
+
+    with AuditLog(log_path) as log:
+        log.append(event(1))
+        monkeypatch.setattr(os, "fsync", held_fsync)
+        wait = log.emit_deferred(event(2))
+        time.sleep(0.05)
+        assert json.loads(head_path(log_path).read_bytes())["seq"] == 1  # line 2 not synced
+        assert len(lines_of(log_path)) == 2  # but written
+        release.set()
+        wait()
+        assert json.loads(head_path(log_path).read_bytes())["seq"] == 2
+    assert verify(log_path).ok
+
+
+def test_a_failed_fsync_is_reported_to_the_waiter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_path = tmp_path / "audit.jsonl"
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    log = AuditLog(log_path)
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(AuditLogError, match="fsync failed"):
+        log.append(event(1))
+    log.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -36,6 +37,8 @@ from pacsguard.archive.audit.events import (
     Participant,
 )
 from pacsguard.errors import AuditLogError
+
+log = logging.getLogger(__name__)
 
 GENESIS: Final = "0" * 64
 #: Bytes of the head record: JSON of seq and hash, space-padded, newline-terminated.
@@ -123,9 +126,13 @@ def _utcnow() -> datetime:
 class AuditLog:
     """Append-only writer: thread-safe, one writer process (flock), durable by default.
 
-    With ``fsync=True`` each `append` returns only after the line is on disk (the head file,
-    which only guards against a truncated tail, is written but not synced).
-    Implements `AuditSink`. Refuses to open a log whose tail is broken; run `verify` first.
+    With ``fsync=True`` each `append` returns only after the line is on disk. Lines are synced
+    by one syncer thread (group commit): a sync covers every line written before it started,
+    so concurrent writers share fsyncs, and `emit_deferred` lets a caller write the line now,
+    do other durable work while it syncs, and wait for it afterwards. The head file, which
+    only guards against a truncated tail, is updated after each sync (never ahead of the
+    durable lines) and is not itself synced. Implements `AuditSink`. Refuses to open a log
+    whose tail is broken; run `verify` first.
     """
 
     def __init__(
@@ -153,8 +160,20 @@ class AuditLog:
             os.ftruncate(self._head_fd, 0)
             if self._seq > 0:
                 self._write_head(self._seq, self._prev)
+        # Group commit: lines up to `_written` are written, up to `_durable` are synced.
+        self._synced = threading.Condition()
+        self._written = (self._seq, self._prev)
+        self._durable = self._seq
+        self._sync_error: OSError | None = None
+        self._closing = False
+        self._syncer: threading.Thread | None = None
+        if fsync:
+            self._syncer = threading.Thread(
+                target=self._sync_loop, name="pacsguard-audit-sync", daemon=True
+            )
+            self._syncer.start()
 
-    def append(self, event: AuditEvent) -> LoggedEvent:
+    def _write(self, event: AuditEvent) -> LoggedEvent:
         with self._lock:
             if self._fd < 0:
                 raise AuditLogError(f"{self.path} is closed")
@@ -168,13 +187,60 @@ class AuditLog:
             digest = _digest(body)
             line = canonical({**body, "hash": digest}) + b"\n"
             _write_all(self._fd, line)
-            if self._fsync:
-                os.fsync(self._fd)
             self._seq, self._prev = self._seq + 1, digest
-            # The line itself is durable; the head may lag after a crash (verify allows a
-            # lagging head, never a leading one), so it is not fsync'd: one sync per event.
-            self._write_head(self._seq, digest)
+            if self._fsync:
+                with self._synced:
+                    self._written = (self._seq, digest)
+                    self._synced.notify_all()
+            else:
+                self._write_head(self._seq, digest)
             return LoggedEvent(self._seq, moment, event, digest)
+
+    def _sync_loop(self) -> None:
+        while True:
+            with self._synced:
+                while not self._closing and self._durable >= self._written[0]:
+                    self._synced.wait()
+                if self._durable >= self._written[0]:
+                    return  # closing, and nothing left to sync
+                seq, digest = self._written
+            try:
+                os.fsync(self._fd)
+                # The head may lag the durable lines after a crash (verify allows that), but
+                # must never lead them: it is written only once its line is on disk.
+                self._write_head(seq, digest)
+            except OSError as error:
+                log.error("audit log fsync failed: %s", error)
+                with self._synced:
+                    self._sync_error = error
+                    self._synced.notify_all()
+                return
+            with self._synced:
+                self._durable = seq
+                self._synced.notify_all()
+
+    def wait_durable(self, seq: int) -> None:
+        """Return once the line `seq` is on disk; AuditLogError if syncing failed."""
+        if not self._fsync:
+            return
+        with self._synced:
+            while self._durable < seq:
+                if self._sync_error is not None:
+                    raise AuditLogError(f"{self.path}: fsync failed ({self._sync_error})")
+                if self._syncer is None or not self._syncer.is_alive():
+                    raise AuditLogError(f"{self.path} is closed")
+                self._synced.wait(timeout=1.0)
+
+    def append(self, event: AuditEvent) -> LoggedEvent:
+        """Write one event and return once it is durable."""
+        logged = self._write(event)
+        self.wait_durable(logged.seq)
+        return logged
+
+    def emit_deferred(self, event: AuditEvent) -> Callable[[], None]:
+        """Write one event now; the returned function waits until it is durable."""
+        seq = self._write(event).seq
+        return lambda: self.wait_durable(seq)
 
     def _write_head(self, seq: int, digest: str) -> None:
         """Overwrite the head in place: one fixed-size record at offset 0, padded so that each
@@ -186,6 +252,12 @@ class AuditLog:
         self.append(event)
 
     def close(self) -> None:
+        """Sync what was written, stop the syncer and close the files."""
+        with self._synced:
+            self._closing = True
+            self._synced.notify_all()
+        if self._syncer is not None:
+            self._syncer.join()
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)

@@ -54,17 +54,57 @@ class Notifications(Generic[T]):
         return failed
 
 
+Waiter = Callable[[], None]
+
+
+def _done() -> None:
+    return None
+
+
+def emit_deferred(sink: AuditSink, event: AuditEvent) -> Waiter:
+    """Write `event` through `sink` now; the result waits until it is durable. A sink that
+    cannot defer (syslog, a test recorder) simply emits at once."""
+    deferred = getattr(sink, "emit_deferred", None)
+    if callable(deferred):
+        waiter: Waiter = deferred(event)
+        return waiter
+    sink.emit(event)
+    return _done
+
+
 class AuditFanout:
-    """An `AuditSink` that hands each event to every configured sink (log, syslog, ...)."""
+    """An `AuditSink` that hands each event to every configured sink (log, syslog, ...).
+
+    `emit_deferred` writes to every sink at once and returns a function that waits until the
+    durable ones have synced, so that a caller can overlap that sync with its own (the archive
+    overlaps the audit log's fsync with the index commit of a store)."""
 
     def __init__(self, sinks: Iterable[AuditSink] = ()) -> None:
-        self._notifications: Notifications[AuditEvent] = Notifications("audit")
+        self._notifications: Notifications[tuple[AuditEvent, list[Waiter]]] = Notifications("audit")
         for sink in sinks:
             self.add(sink)
 
     def add(self, sink: AuditSink) -> Callable[[], None]:
         """Subscribe a sink; returns a function that removes it."""
-        return self._notifications.subscribe(sink.emit)
+
+        def deliver(item: tuple[AuditEvent, list[Waiter]]) -> None:
+            event, waiters = item
+            waiters.append(emit_deferred(sink, event))
+
+        return self._notifications.subscribe(deliver)
+
+    def emit_deferred(self, event: AuditEvent) -> Waiter:
+        waiters: list[Waiter] = []
+        self._notifications.publish((event, waiters))
+
+        def wait() -> None:
+            for waiter in waiters:
+                try:
+                    waiter()
+                except Exception:
+                    log.exception("audit: a sink failed to make an event durable")
+
+        return wait
 
     def emit(self, event: AuditEvent) -> None:
-        self._notifications.publish(event)
+        self.emit_deferred(event)()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from pacsguard.archive.model import AddOutcome, InstanceRecord, QueryRequest
@@ -12,8 +12,15 @@ from pacsguard.dicom.levels import Level
 class IndexStore(Protocol):
     """What the archive service needs from an index. One contract test suite runs on each."""
 
-    def add(self, record: InstanceRecord) -> AddOutcome:
-        """Record an instance durably (committed before return)."""
+    def add(
+        self,
+        record: InstanceRecord,
+        *,
+        before_commit: Callable[[AddOutcome], None] | None = None,
+    ) -> AddOutcome:
+        """Record an instance durably (committed before return). `before_commit` is called
+        with the outcome once the row is written and before the commit, so that the caller
+        can overlap work of its own with the commit; it is not called for duplicates."""
         ...
 
     def find(self, request: QueryRequest) -> Iterator[dict[str, str]]:

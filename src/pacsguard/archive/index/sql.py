@@ -61,6 +61,10 @@ _BATCH: Final = 1000
 _KNOWN_SERIES_MAX = 4096
 
 
+def _ignore(_outcome: AddOutcome) -> None:
+    return None
+
+
 class _Duplicate(Exception):
     """Raised inside an `add` transaction to roll it back and answer a duplicate outcome."""
 
@@ -108,22 +112,43 @@ class SqlIndex:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def add(self, record: InstanceRecord) -> AddOutcome:
-        """Record an instance durably (committed before return); see the module docstring."""
+    def add(
+        self,
+        record: InstanceRecord,
+        *,
+        before_commit: Callable[[AddOutcome], None] | None = None,
+    ) -> AddOutcome:
+        """Record an instance durably (committed before return); see the module docstring and
+        `IndexStore.add`. A retried write may call `before_commit` again."""
         for name in ("sop_instance_uid", "series_instance_uid", "study_instance_uid"):
             value = getattr(record, name)
             if not is_valid_uid(value):
                 raise ValueError(f"{name} {value!r} is not a valid UID")
+        notify = before_commit or _ignore
+
+        def insert_into(series_fk: int) -> Callable[[Connection], AddOutcome]:
+            def work(conn: Connection) -> AddOutcome:
+                outcome = self._insert_instance(conn, record, series_fk)
+                notify(outcome)
+                return outcome
+
+            return work
+
+        def add_all(conn: Connection) -> tuple[AddOutcome, int]:
+            outcome, series_fk = self._add(conn, record)
+            notify(outcome)
+            return outcome, series_fk
+
         known = self._known_series.get(record.series_instance_uid)
         if known is not None and known[1:] == (record.study_instance_uid, record.patient_id):
             try:
-                return self._write(lambda conn: self._insert_instance(conn, record, known[0]))
+                return self._write(insert_into(known[0]))
             except _Duplicate as duplicate:
                 return duplicate.outcome
             except IntegrityError:  # the series was removed meanwhile (another process)
                 self._forget_series()
         try:
-            outcome, series_fk = self._write(lambda conn: self._add(conn, record))
+            outcome, series_fk = self._write(add_all)
         except _Duplicate as duplicate:
             return duplicate.outcome
         with self._known_lock:
