@@ -59,6 +59,7 @@ from tests.interop.peers import (
     wait_for_port,
 )
 
+from benchmarks._syncs import count_syncs
 from pacsguard.archive.config import load_settings
 from pacsguard.archive.index.matching import normalize_name
 from pacsguard.archive.index.schema import instances, patients, series, studies
@@ -77,7 +78,10 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 METHOD_NOTES = (
     "pacsguard runs with the defaults `pacsguard init` writes: AES-GCM encryption at rest, each "
     "blob fsync'd and its directory fsync'd, SQLite index in WAL mode with synchronous=FULL, "
-    "hash-chained audit log fsync'd per event; `serve --no-self-check`.",
+    "hash-chained audit log fsync'd before each answer (group commit: one fsync may cover "
+    "several events); `serve --no-self-check`.",
+    "Each ingest run starts after os.sync(), so that no target pays for the unsynced writes "
+    "of the one before it (storescp writes without fsync).",
     "Orthanc: Debian's 1.10 with the interop harness's open profile (SQLite index, "
     '"SyncStorageArea": true, "Plugins": [], any AE may store and find).',
     "storescp + fsync per file: dcmtk 3.6.7's storescp has no fsync option, so an LD_PRELOAD "
@@ -672,6 +676,9 @@ def measure_ingest(
             run_dir = scratch / f"run-{repeat}"
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
+            # storescp writes without fsync: unless the dirty pages it (or a removed run
+            # folder) left are written back first, the next target's fsyncs pay for them.
+            os.sync()
             seconds, stored = target.run(source, run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
             runs[target.name].append(seconds)
@@ -1011,6 +1018,11 @@ def run(
                 {"set": label, "instances": count, "matrix": size, "bytes": total, "rows": rows}
             )
             shutil.rmtree(source)
+        syncs = run_syncs(
+            work, pacsguard, orthanc, Storescp(processes, preload=shim) if shim else None, 200, seed
+        )
+        if not syncs["rows"]:
+            notes.append("strace is not installed: no counts of sync calls")
         find = run_find(work, pacsguard, orthanc, find_studies, find_queries, seed, notes)
         rss = run_rss(work, pacsguard, orthanc, big_study_mib, big_instances, seed, notes)
     finally:
@@ -1019,6 +1031,7 @@ def run(
     result: dict[str, Any] = {
         "benchmark": "archive-vs-peers",
         "ingest": ingest,
+        "syncs": syncs,
         "find": find,
         "rss": rss,
         "notes": notes,
@@ -1108,6 +1121,70 @@ def run_find(
             measured["pacsguard"]["p99_ms"] / measured["Orthanc"]["p99_ms"], 3
         ),
     }
+
+
+def run_syncs(
+    work: Path,
+    pacsguard: Pacsguard,
+    orthanc: Orthanc,
+    synced: Storescp | None,
+    count: int,
+    seed: int,
+) -> dict[str, Any]:
+    """fsync-family calls per acknowledged instance, counted by strace, for each server."""
+    source = work / "syncs-source"
+    write_ingest_set(source, count, 64, seed + 3)
+    rows: list[dict[str, Any]] = []
+
+    def measure(name: str, pid: int, argv: list[str], held: Callable[[], int]) -> None:
+        counts = count_syncs(pid, lambda: run_timed(argv), work / f"syncs-{len(rows)}.txt")
+        if counts is None:
+            return
+        stored = held()
+        total = sum(counts.values())
+        rows.append(
+            {
+                "target": name,
+                "calls": counts,
+                "instances": stored,
+                "per_instance": round(total / max(stored, 1), 2),
+            }
+        )
+
+    pacsguard.start(work / "syncs-pacsguard")
+    try:
+        assert pacsguard.proc is not None
+        argv = pacsguard.store_plain([source])
+        measure("pacsguard (plaintext, address AE)", pacsguard.proc.pid, argv, lambda: count)
+    finally:
+        pacsguard.stop()
+    orthanc.start(work / "syncs-orthanc")
+    try:
+        assert orthanc.proc is not None
+        measure(
+            "Orthanc 1.10 (SyncStorageArea)",
+            orthanc.proc.pid,
+            orthanc.store([source]),
+            lambda: orthanc.counts()["instances"],
+        )
+    finally:
+        orthanc.stop()
+    if synced is not None:
+        output = work / "syncs-storescp"
+        synced.start(output)
+        try:
+            assert synced.proc is not None
+            argv = storescu(synced.port, "STORESCP", PLAIN_AET, [source])
+            measure(
+                "storescp + fsync per file",
+                synced.proc.pid,
+                argv,
+                lambda: sum(1 for p in output.iterdir() if p.is_file()),
+            )
+        finally:
+            synced.stop()
+    shutil.rmtree(source)
+    return {"instances": count, "rows": rows}
 
 
 def run_rss(
@@ -1212,6 +1289,22 @@ def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
     return verdicts
 
 
+def _syncs_markdown(syncs: dict[str, Any] | None) -> list[str]:
+    if not syncs or not syncs["rows"]:
+        return []
+    lines = [
+        f"## Waits for the disk ({syncs['instances']} small instances, strace -f -c on the "
+        "server; not timed)",
+        "",
+        "| server | fsync-family calls | per acknowledged instance |",
+        "|---|---|---:|",
+    ]
+    for r in syncs["rows"]:
+        calls = ", ".join(f"{name} {n}" for name, n in sorted(r["calls"].items()))
+        lines.append(f"| {r['target']} | {calls or 'none'} | {r['per_instance']} |")
+    return [*lines, ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     machine, versions = result["machine"], result["versions"]
     lines = [
@@ -1245,6 +1338,7 @@ def markdown(result: dict[str, Any]) -> str:
     find = result["find"]
     kinds = ", ".join(f"{k}: {v}" for k, v in find["queries_per_kind"].items())
     lines += [
+        *_syncs_markdown(result.get("syncs")),
         f"## C-FIND, study level ({find['studies']:,} studies, {find['patients']:,} patients)",
         "",
         f"{find['queries']} queries ({kinds}; "

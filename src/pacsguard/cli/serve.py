@@ -65,8 +65,8 @@ def serve(
     settings = _settings(data_dir, config, overrides)
     console = Console()
     hold_stop_signals()
-    # pynetdicom receives each C-STORE data set into a temporary file before our handler runs:
-    # keep those (plaintext, in transit) inside the private data folder, not in a shared /tmp.
+    # A C-STORE object too large to keep in memory is received into a temporary file before the
+    # archive stores it: keep those (plaintext, in transit) in the private data folder, not /tmp.
     incoming = settings.storage.data_dir / "incoming"
     incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
     for stale in incoming.iterdir():  # left by a crash: never acknowledged
