@@ -135,3 +135,10 @@ def test_runaway_nesting_is_refused() -> None:
     ds.ReferencedStudySequence = nested.ReferencedStudySequence
     ds["ReferencedStudySequence"].is_undefined_length = True
     assert read_header(_part10(ds, ExplicitVRLittleEndian), INDEXED_KEYWORDS) is None
+
+
+def test_an_unknown_vr_goes_to_pydicom() -> None:
+    data = _part10(_dataset(), ExplicitVRLittleEndian)
+    patient_id = b"\x10\x00\x20\x00LO"
+    assert patient_id in data
+    assert read_header(data.replace(patient_id, b"\x10\x00\x20\x00XX"), INDEXED_KEYWORDS) is None

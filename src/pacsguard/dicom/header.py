@@ -24,6 +24,11 @@ _DEFLATE: Final = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 _LONG_VRS: Final = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+#: Every VR of PS3.5 Table 6.2-1; anything else means we lost our place (pydicom decides).
+_SHORT_VRS: Final = frozenset(
+    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
+     b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
+)  # fmt: skip
 _UNDEFINED: Final = 0xFFFFFFFF
 _ITEM: Final = 0xFFFEE000
 _ITEM_END: Final = 0xFFFEE00D
@@ -69,8 +74,8 @@ class _Walker:
                 raise _Unreadable("element header past the end")
             (length,) = _U32.unpack_from(data, offset + 8)
             return tag, offset + 12, length
-        if not (vr.isalpha() and vr.isupper()):
-            raise _Unreadable("not an explicit VR")
+        if vr not in _SHORT_VRS:
+            raise _Unreadable("not a VR")
         (length,) = _U16.unpack_from(data, offset + 6)
         return tag, offset + 8, length
 
