@@ -30,133 +30,85 @@ from pacsguard.dicom.command import (
     encode_command,
 )
 from pacsguard.dicom.dimse import DimsePrimitive, MessageAssembler, encode_message
-from pacsguard.dicom.ul import RawPdu
+from tests.wire import split_pdus
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 INSTANCE = "1.2.826.0.1.3680043.8.498.12345678901234567890"  # odd length: padded
 
 
-def _echo_rq() -> C_ECHO:
-    p = C_ECHO()
-    p.MessageID = 7
-    p.AffectedSOPClassUID = "1.2.840.10008.1.1"
-    return p
+STUDY_KEY = b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY "
+GET = "1.2.840.10008.5.1.4.1.2.2.3"
+MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 
 
-def _echo_rsp() -> C_ECHO:
-    p = C_ECHO()
-    p.MessageIDBeingRespondedTo = 7
-    p.AffectedSOPClassUID = "1.2.840.10008.1.1"
-    p.Status = 0
-    return p
+def _make(kind: type[DimsePrimitive], **attributes: object) -> Callable[[], DimsePrimitive]:
+    """A factory of fresh primitives (encoding consumes their BytesIO data sets)."""
+
+    def make() -> DimsePrimitive:
+        primitive = kind()
+        for name, value in attributes.items():
+            setattr(primitive, name, BytesIO(value) if isinstance(value, bytes) else value)
+        return primitive
+
+    return make
 
 
-def _store_rq() -> C_STORE:
-    p = C_STORE()
-    p.MessageID = 65535
-    p.AffectedSOPClassUID = CT
-    p.AffectedSOPInstanceUID = INSTANCE
-    p.Priority = 2
-    p.MoveOriginatorApplicationEntityTitle = "MOVER"
-    p.MoveOriginatorMessageID = 3
-    p.DataSet = BytesIO(b"\x08\x00\x16\x00\x04\x00\x00\x00abcd")
-    return p
-
-
-def _store_rsp() -> C_STORE:
-    p = C_STORE()
-    p.MessageIDBeingRespondedTo = 1
-    p.AffectedSOPClassUID = CT
-    p.AffectedSOPInstanceUID = INSTANCE
-    p.Status = 0xA700
-    p.ErrorComment = "object larger than allowed"
-    return p
-
-
-def _find_rq() -> C_FIND:
-    p = C_FIND()
-    p.MessageID = 2
-    p.AffectedSOPClassUID = FIND
-    p.Priority = 0
-    p.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
-    return p
-
-
-def _find_rsp() -> C_FIND:
-    p = C_FIND()
-    p.MessageIDBeingRespondedTo = 2
-    p.AffectedSOPClassUID = FIND
-    p.Status = 0xFF00
-    p.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
-    return p
-
-
-def _find_final() -> C_FIND:
-    p = C_FIND()
-    p.MessageIDBeingRespondedTo = 2
-    p.AffectedSOPClassUID = FIND
-    p.Status = 0xA900
-    p.OffendingElement = [0x00100010, 0x00080020]
-    return p
-
-
-def _get_rq() -> C_GET:
-    p = C_GET()
-    p.MessageID = 4
-    p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
-    p.Priority = 1
-    p.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
-    return p
-
-
-def _get_rsp() -> C_GET:
-    p = C_GET()
-    p.MessageIDBeingRespondedTo = 4
-    p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
-    p.Status = 0xFF00
-    p.NumberOfRemainingSuboperations = 10
-    p.NumberOfCompletedSuboperations = 2
-    p.NumberOfFailedSuboperations = 0
-    p.NumberOfWarningSuboperations = 0
-    return p
-
-
-def _move_rq() -> C_MOVE:
-    p = C_MOVE()
-    p.MessageID = 5
-    p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
-    p.Priority = 0
-    p.MoveDestination = "STORESCP"
-    p.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
-    return p
-
-
-def _move_rsp() -> C_MOVE:
-    p = C_MOVE()
-    p.MessageIDBeingRespondedTo = 5
-    p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
-    p.Status = 0xB000
-    p.NumberOfCompletedSuboperations = 3
-    p.NumberOfFailedSuboperations = 1
-    p.NumberOfWarningSuboperations = 0
-    p.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
-    return p
-
-
+_store_rq = _make(
+    C_STORE, MessageID=65535, AffectedSOPClassUID=CT, AffectedSOPInstanceUID=INSTANCE,
+    Priority=2, MoveOriginatorApplicationEntityTitle="MOVER", MoveOriginatorMessageID=3,
+    DataSet=b"\x08\x00\x16\x00\x04\x00\x00\x00abcd",
+)  # fmt: skip
+_find_final = _make(
+    C_FIND, MessageIDBeingRespondedTo=2, AffectedSOPClassUID=FIND, Status=0xA900,
+    OffendingElement=[0x00100010, 0x00080020],
+)  # fmt: skip
 CASES: list[tuple[Callable[[], DimsePrimitive], bool, type[DIMSEMessage]]] = [
-    (_echo_rq, True, C_ECHO_RQ),
-    (_echo_rsp, False, C_ECHO_RSP),
+    (_make(C_ECHO, MessageID=7, AffectedSOPClassUID="1.2.840.10008.1.1"), True, C_ECHO_RQ),
+    (
+        _make(C_ECHO, MessageIDBeingRespondedTo=7, AffectedSOPClassUID="1.2.840.10008.1.1",
+              Status=0),
+        False, C_ECHO_RSP,
+    ),
     (_store_rq, True, C_STORE_RQ),
-    (_store_rsp, False, C_STORE_RSP),
-    (_find_rq, True, C_FIND_RQ),
-    (_find_rsp, False, C_FIND_RSP),
+    (
+        _make(C_STORE, MessageIDBeingRespondedTo=1, AffectedSOPClassUID=CT,
+              AffectedSOPInstanceUID=INSTANCE, Status=0xA700,
+              ErrorComment="object larger than allowed"),
+        False, C_STORE_RSP,
+    ),
+    (
+        _make(C_FIND, MessageID=2, AffectedSOPClassUID=FIND, Priority=0, Identifier=STUDY_KEY),
+        True, C_FIND_RQ,
+    ),
+    (
+        _make(C_FIND, MessageIDBeingRespondedTo=2, AffectedSOPClassUID=FIND, Status=0xFF00,
+              Identifier=STUDY_KEY),
+        False, C_FIND_RSP,
+    ),
     (_find_final, False, C_FIND_RSP),
-    (_get_rq, True, C_GET_RQ),
-    (_get_rsp, False, C_GET_RSP),
-    (_move_rq, True, C_MOVE_RQ),
-    (_move_rsp, False, C_MOVE_RSP),
-]
+    (
+        _make(C_GET, MessageID=4, AffectedSOPClassUID=GET, Priority=1, Identifier=STUDY_KEY),
+        True, C_GET_RQ,
+    ),
+    (
+        _make(C_GET, MessageIDBeingRespondedTo=4, AffectedSOPClassUID=GET, Status=0xFF00,
+              NumberOfRemainingSuboperations=10, NumberOfCompletedSuboperations=2,
+              NumberOfFailedSuboperations=0, NumberOfWarningSuboperations=0),
+        False, C_GET_RSP,
+    ),
+    (
+        _make(C_MOVE, MessageID=5, AffectedSOPClassUID=MOVE, Priority=0,
+              MoveDestination="STORESCP", Identifier=STUDY_KEY),
+        True, C_MOVE_RQ,
+    ),
+    (
+        _make(C_MOVE, MessageIDBeingRespondedTo=5, AffectedSOPClassUID=MOVE, Status=0xB000,
+              NumberOfCompletedSuboperations=3, NumberOfFailedSuboperations=1,
+              NumberOfWarningSuboperations=0, Identifier=b"\x08\x00\x58\x11\x00\x00\x00\x00"),
+        False, C_MOVE_RSP,
+    ),
+]  # fmt: skip
 
 
 def _pynetdicom_bytes(
@@ -179,26 +131,19 @@ def test_encoding_matches_pynetdicom(
     assert ours == _pynetdicom_bytes(make(), message_class, max_pdu)
 
 
-def _pdus(data: bytes) -> list[RawPdu]:
-    pdus = []
-    while data:
-        length = int.from_bytes(data[2:6], "big")
-        pdus.append(RawPdu(data[0], data[: 6 + length]))
-        data = data[6 + length :]
-    return pdus
-
-
 @pytest.mark.parametrize(("make", "request_", "message_class"), CASES)
 def test_assembler_reads_back_what_was_encoded(
     make: Callable[[], DimsePrimitive], request_: bool, message_class: type[DIMSEMessage]
 ) -> None:
     primitive = make()
     assembler = MessageAssembler()
-    done = [assembler.feed(p) for p in _pdus(encode_message(primitive, 3, 40, request=request_))]
+    done = [
+        assembler.feed(p) for p in split_pdus(encode_message(primitive, 3, 40, request=request_))
+    ]
     message = done[-1]
     assert message is not None and all(d is None for d in done[:-1])
     assert message.context_id == 3
-    command_pdu = _pdus(_pynetdicom_bytes(make(), message_class, 0))[0]
+    command_pdu = split_pdus(_pynetdicom_bytes(make(), message_class, 0))[0]
     reference = decode(BytesIO(command_pdu.data[12:]), True, True)
     expected = {
         e.keyword: tuple(int(t) for t in (e.value if e.VM > 1 else [e.value]))
@@ -214,12 +159,14 @@ def test_assembler_reads_back_what_was_encoded(
 
 
 def test_decoded_values() -> None:
-    stored = _pdus(encode_message(_store_rq(), 1, 0, request=True))[0]
+    stored = split_pdus(encode_message(_store_rq(), 1, 0, request=True))[0]
     command = decode_command(stored.data[12:])
     assert command.field == CommandField.C_STORE_RQ
     assert command.text("AffectedSOPInstanceUID") == INSTANCE  # padding removed
     assert command.text("MoveOriginatorApplicationEntityTitle") == "MOVER"
-    final = decode_command(_pdus(encode_message(_find_final(), 1, 0, request=False))[0].data[12:])
+    final = decode_command(
+        split_pdus(encode_message(_find_final(), 1, 0, request=False))[0].data[12:]
+    )
     assert final["OffendingElement"] == (0x00100010, 0x00080020)
     assert final.status == 0xA900
 

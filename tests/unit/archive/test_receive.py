@@ -17,8 +17,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pacsguard.archive.dimse.aio_negotiation import AcceptedContext
 from pacsguard.archive.dimse.aio_receive import IN_MEMORY_OBJECT_BYTES, Incoming, MessageReceiver
 from pacsguard.dicom.dimse import encode_dataset, encode_message
-from pacsguard.dicom.ul import RawPdu
 from pacsguard.errors import MalformedPdu
+from tests.wire import split_pdus
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 UID = "1.2.826.0.1.3680043.8.498.1"
@@ -30,15 +30,6 @@ def _tempdir(tmp_path: Path) -> Iterator[None]:
     previous, tempfile.tempdir = tempfile.tempdir, str(tmp_path)
     yield
     tempfile.tempdir = previous
-
-
-def _pdus(data: bytes) -> list[RawPdu]:
-    out = []
-    while data:
-        length = int.from_bytes(data[2:6], "big")
-        out.append(RawPdu(data[0], data[: 6 + length]))
-        data = data[6 + length :]
-    return out
 
 
 def _store_rq(pixel_bytes: int) -> bytes:
@@ -59,7 +50,7 @@ def _store_rq(pixel_bytes: int) -> bytes:
 
 def _receive(receiver: MessageReceiver, data: bytes) -> list[Incoming]:
     done: list[Incoming] = []
-    for pdu in _pdus(data):
+    for pdu in split_pdus(data):
         done.extend(receiver.feed(pdu))
     return done
 
@@ -94,7 +85,7 @@ def test_past_the_size_limit_the_file_is_sparse_and_oversized(tmp_path: Path) ->
 
 def test_close_mid_message_removes_the_spilled_file(tmp_path: Path) -> None:
     receiver = MessageReceiver({1: CONTEXT}, max_identifier_bytes=1024, max_store_bytes=1 << 30)
-    pdus = _pdus(_store_rq(IN_MEMORY_OBJECT_BYTES * 2))
+    pdus = split_pdus(_store_rq(IN_MEMORY_OBJECT_BYTES * 2))
     for pdu in pdus[:-1]:
         assert receiver.feed(pdu) == []
     assert list(tmp_path.iterdir())
