@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import archive_vs_peers, scan_vs_nmap
+from benchmarks import archive, scan_vs_nmap
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -37,7 +37,7 @@ def main() -> int:
             result = scan_vs_nmap.run(Path(tmp), args.hosts, args.seed)
             text = scan_vs_nmap.markdown(result)
         else:
-            result = archive_vs_peers.run(
+            result = archive.run(
                 Path(tmp),
                 repeats=args.repeats,
                 find_studies=args.find_studies,
@@ -45,7 +45,7 @@ def main() -> int:
                 big_study_mib=args.big_study_mib,
                 seed=args.seed,
             )
-            text = archive_vs_peers.markdown(result)
+            text = archive.markdown(result)
     result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.which}.json").write_text(json.dumps(result, indent=2) + "\n")

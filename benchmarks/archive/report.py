@@ -1,0 +1,158 @@
+"""Targets and the Markdown report of the archive benchmark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+METHOD_NOTES = (
+    "pacsguard runs with the defaults `pacsguard init` writes: AES-GCM encryption at rest, each "
+    "blob fsync'd and its directory fsync'd, SQLite index in WAL mode with synchronous=FULL, "
+    "hash-chained audit log fsync'd before each answer (group commit: one fsync may cover "
+    "several events); `serve --no-self-check`.",
+    "Each ingest run starts after os.sync(), so that no target pays for the unsynced writes "
+    "of the one before it (storescp writes without fsync).",
+    "Orthanc: Debian's 1.10 with the interop harness's open profile (SQLite index, "
+    '"SyncStorageArea": true, "Plugins": [], any AE may store and find).',
+    "storescp + fsync per file: dcmtk 3.6.7's storescp has no fsync option, so an LD_PRELOAD "
+    "shim fsyncs every file storescp opened for writing when it closes it (file only, not its "
+    "directory).",
+    "Targets: 'storescp' means storescp with its defaults (no fsync); the fsync row is given "
+    "for comparison. Peak RSS is compared with 200 MB = 200,000,000 bytes.",
+)
+
+
+def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The project's targets, met or not, from the measured numbers."""
+    verdicts = []
+    for one in result["ingest"]:
+        rows = {r["target"]: r for r in one["rows"]}
+        ours = rows["pacsguard (plaintext, address AE)"]
+        verdicts.append(
+            {
+                "target": f"ingest {one['set']}: pacsguard >= 1.0x Orthanc",
+                "measured": ours.get("vs_orthanc"),
+                "met": ours.get("vs_orthanc", 0) >= 1.0,
+            }
+        )
+        verdicts.append(
+            {
+                "target": f"ingest {one['set']}: pacsguard >= 0.5x storescp",
+                "measured": ours.get("vs_storescp"),
+                "met": ours.get("vs_storescp", 0) >= 0.5,
+            }
+        )
+        if "vs_storescp_fsync" in ours:
+            verdicts.append(
+                {
+                    "target": f"ingest {one['set']}: pacsguard >= 0.5x storescp + fsync",
+                    "measured": ours["vs_storescp_fsync"],
+                    "met": ours["vs_storescp_fsync"] >= 0.5,
+                }
+            )
+    ratio = result["find"]["p50_ratio_pacsguard_over_orthanc"]
+    verdicts.append({"target": "C-FIND p50 <= Orthanc", "measured": ratio, "met": ratio <= 1.0})
+    hwm = result["rss"]["rows"][0]["vm_hwm_mib"]
+    verdicts.append(
+        {
+            "target": "pacsguard peak RSS (VmHWM) < 200 MB",
+            "measured": f"{hwm} MiB",
+            "met": hwm * 2**20 < 200e6,
+        }
+    )
+    return verdicts
+
+
+def _syncs_markdown(syncs: dict[str, Any] | None) -> list[str]:
+    if not syncs or not syncs["rows"]:
+        return []
+    lines = [
+        f"## Waits for the disk ({syncs['instances']} small instances, strace -f -c on the "
+        "server; not timed)",
+        "",
+        "| server | fsync-family calls | per acknowledged instance |",
+        "|---|---|---:|",
+    ]
+    for r in syncs["rows"]:
+        calls = ", ".join(f"{name} {n}" for name, n in sorted(r["calls"].items()))
+        lines.append(f"| {r['target']} | {calls or 'none'} | {r['per_instance']} |")
+    return [*lines, ""]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    machine, versions = result["machine"], result["versions"]
+    lines = [
+        "# Archive benchmark: pacsguard vs Orthanc and storescp",
+        "",
+        f"One machine ({machine['cpus']} CPUs, load average {machine['load_average_before'][0]} "
+        f"before, {machine['load_average_after'][0]} after), all peers on loopback; "
+        f"{versions['dcmtk']}, {versions['orthanc']}, pynetdicom {versions['pynetdicom']}. "
+        "Compare ratios, not absolutes.",
+        "",
+        "## Ingest (storescu +sd, one association, median of runs, empty store each run)",
+        "",
+    ]
+    for one in result["ingest"]:
+        lines += [
+            f"{one['instances']} instances of {one['matrix']}x{one['matrix']} 16-bit "
+            f"({one['bytes'] / 2**20:.1f} MiB):",
+            "",
+            "| target | runs (s) | instances/s | vs Orthanc | vs storescp | vs storescp+fsync "
+            "| all held |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
+        for r in one["rows"]:
+            lines.append(
+                f"| {r['target']} | {', '.join(f'{s:.2f}' for s in r['runs_s'])} | "
+                f"{r['instances_per_s']} | {r.get('vs_orthanc', '-')} | "
+                f"{r.get('vs_storescp', '-')} | {r.get('vs_storescp_fsync', '-')} | "
+                f"{'yes' if r['verified'] else 'NO'} |"
+            )
+        lines.append("")
+    find = result["find"]
+    kinds = ", ".join(f"{k}: {v}" for k, v in find["queries_per_kind"].items())
+    lines += [
+        *_syncs_markdown(result.get("syncs")),
+        f"## C-FIND, study level ({find['studies']:,} studies, {find['patients']:,} patients)",
+        "",
+        f"{find['queries']} queries ({kinds}; "
+        f"matches per query {find['matches_per_query']['min']}-{find['matches_per_query']['max']}, "
+        f"median {find['matches_per_query']['median']}); {find['client']}.",
+        "",
+        "| target | p50 ms | p99 ms | mean ms | answers = ground truth | "
+        + " | ".join(f"p50 {k}" for k in find["targets"]["pacsguard"]["p50_ms_by_kind"])
+        + " |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(find["targets"]["pacsguard"]["p50_ms_by_kind"]),
+    ]
+    for name, t in find["targets"].items():
+        lines.append(
+            f"| {name} | {t['p50_ms']} | {t['p99_ms']} | {t['mean_ms']} | "
+            f"{t['answers_matching_ground_truth']}/{find['queries']} | "
+            + " | ".join(str(v) for v in t["p50_ms_by_kind"].values())
+            + " |"
+        )
+    lines += [
+        "",
+        f"pacsguard / Orthanc: p50 {find['p50_ratio_pacsguard_over_orthanc']}x, "
+        f"p99 {find['p99_ratio_pacsguard_over_orthanc']}x.",
+        "",
+        f"## Peak RSS receiving one study of {result['rss']['instances']} instances "
+        f"({result['rss']['bytes'] / 2**30:.2f} GiB) by storescu",
+        "",
+        "| process | seconds | MiB/s | RSS before MiB | max sampled RSS MiB | VmHWM MiB | held |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in result["rss"]["rows"]:
+        lines.append(
+            f"| {r['target']} | {r['seconds']} | {r['mib_per_s']} | {r['rss_before_mib']} | "
+            f"{r['rss_max_sampled_mib']} | {r['vm_hwm_mib']} | {r['held']}/{r['expected']} |"
+        )
+    lines += ["", "## Targets", ""]
+    for v in result["targets"]:
+        lines.append(
+            f"- {'met' if v['met'] else '**not met**'}: {v['target']} (measured {v['measured']})"
+        )
+    if result["notes"]:
+        lines += ["", "## Notes", ""]
+        lines += [f"- {note}" for note in result["notes"]]
+    lines.append("")
+    return "\n".join(lines)
