@@ -29,7 +29,13 @@ from pacsguard.dicom.command import (
     decode_command,
     encode_command,
 )
-from pacsguard.dicom.dimse import DimsePrimitive, MessageAssembler, encode_message
+from pacsguard.dicom.dimse import (
+    DimsePrimitive,
+    MessageAssembler,
+    encode_message,
+    presentation_data_values,
+)
+from pacsguard.errors import MalformedPdu
 from tests.wire import split_pdus
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -223,3 +229,30 @@ def test_file_meta_matches_pydicom() -> None:
     )
     write_file_meta_info(reference, meta)  # type: ignore[arg-type]
     assert encode_file_meta(**names) == reference.getvalue()
+
+
+def test_pdv_items_read_as_pynetdicom_writes_them() -> None:
+    from pynetdicom.pdu_primitives import P_DATA
+
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [[1, b"\x03abc"], [3, b"\x00" + b"x" * 70000]]
+    pdu = bytes(P_DATA_TF(primitive).encode())
+    items = [(c, h, bytes(f)) for c, h, f in presentation_data_values(pdu)]
+    assert items == [(1, 0x03, b"abc"), (3, 0x00, b"x" * 70000)]
+
+
+@pytest.mark.parametrize(
+    ("pdu", "message"),
+    [
+        (b"\x04\x00\x00\x00\x00\x00", "without presentation data values"),
+        (b"\x04\x00\x00\x00\x00\x08\x00\x00\x00\x03\x01\x03a", "length does not match"),
+        (b"\x04\x00\x00\x00\x00\x06\x00\x00\x00\x02\x01\x03", "empty presentation data value"),
+        (b"\x04\x00\x00\x00\x00\x07\x00\x00\x00\x09\x01\x03a", "does not fit"),
+        (b"\x04\x00\x00\x00\x00\x03\x00\x00\x00", "inside a PDV item header"),
+        (b"\x04\x00\x00\x00\x00\x07\x00\x00\x00\x01\x01\x03a", "does not fit"),
+        (b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00", "length does not match"),
+    ],
+)
+def test_malformed_pdv_items_are_refused(pdu: bytes, message: str) -> None:
+    with pytest.raises(MalformedPdu, match=message):
+        list(presentation_data_values(pdu))

@@ -9,6 +9,7 @@ grow our memory. Command sets go through `pacsguard.dicom.command` (see there fo
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Final
@@ -16,7 +17,6 @@ from typing import Final
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import decode, encode
-from pynetdicom.pdu import P_DATA_TF
 
 from pacsguard.dicom import uids
 from pacsguard.dicom.command import (
@@ -167,6 +167,33 @@ def pdata_pdus(payload: bytes, context_id: int, max_pdu: int, *, command: bool) 
             return b"".join(parts)
 
 
+_ITEM_HEADER: Final = struct.Struct(">IBB")  # item length, presentation context id, control
+
+
+def presentation_data_values(pdu: bytes) -> Iterator[tuple[int, int, memoryview]]:
+    """(presentation context id, message control header, fragment) of each PDV item in one
+    P-DATA-TF PDU (`pdu` is the whole PDU, header included; PS3.8 9.3.5 and E.2). The fragments
+    are views into `pdu`, not copies: pynetdicom's decoder copied every fragment, half a
+    millisecond per 512 KiB. MalformedPdu for items that do not add up."""
+    view = memoryview(pdu)
+    end = len(view)
+    if end < 6 or view[0] != 0x04 or struct.unpack_from(">I", view, 2)[0] != end - 6:
+        raise MalformedPdu("P-DATA-TF length does not match its contents")
+    offset = 6
+    if offset == end:
+        raise MalformedPdu("P-DATA-TF without presentation data values")
+    while offset < end:
+        if end - offset < _ITEM_HEADER.size:
+            raise MalformedPdu("P-DATA-TF ends inside a PDV item header")
+        length, context_id, control = _ITEM_HEADER.unpack_from(view, offset)
+        if length < 2 or length > end - offset - 4:
+            raise MalformedPdu(f"PDV item length {length} does not fit the P-DATA-TF")
+        if length == 2:
+            raise MalformedPdu("empty presentation data value")
+        yield context_id, control, view[offset + _ITEM_HEADER.size : offset + 4 + length]
+        offset += 4 + length
+
+
 def pdv_header(context_id: int, control: int, length: int) -> bytes:
     """The 12 bytes in front of a `length`-byte fragment in a P-DATA-TF holding one PDV:
     PDU type, length, PDV item length, context id, message control header (PS3.8 E.2)."""
@@ -241,22 +268,13 @@ class MessageAssembler:
             raise MalformedPdu(
                 f"DIMSE message exceeds {self._max} bytes; refusing to assemble more"
             )
-        pdata = P_DATA_TF()
-        try:
-            pdata.decode(pdu.data)
-        except Exception as exc:
-            raise MalformedPdu(f"undecodable P-DATA-TF: {exc.__class__.__name__}") from None
-        for item in pdata.presentation_data_value_items:
-            value = bytes(item.presentation_data_value or b"")
-            if not value:
-                raise MalformedPdu("empty presentation data value")
-            header, fragment = value[0], value[1:]
+        for context_id, header, fragment in presentation_data_values(pdu.data):
             if header & 0x01:
                 if self._message is not None:
                     raise MalformedPdu("command fragment after the command set was complete")
                 self._command += fragment
                 if header & 0x02:
-                    self._message = self._decode_command(int(item.presentation_context_id or 0))
+                    self._message = self._decode_command(context_id)
                     if not self._message.command.has_data_set:
                         return self._finish()
             else:

@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from pynetdicom.pdu import P_DATA_TF
-
 from pacsguard.archive.dimse.aio_negotiation import AcceptedContext
 from pacsguard.dicom import uids
 from pacsguard.dicom.command import MAX_COMMAND_BYTES, CommandError, CommandField, decode_command
-from pacsguard.dicom.dimse import DimseMessage
+from pacsguard.dicom.dimse import DimseMessage, presentation_data_values
 from pacsguard.dicom.stream import encode_file_meta
 from pacsguard.dicom.ul import RawPdu
 from pacsguard.errors import MalformedPdu
@@ -98,35 +96,26 @@ class MessageReceiver:
 
     def feed(self, pdu: RawPdu) -> list[Incoming]:
         """Add one P-DATA-TF; return the messages it completed (usually none or one)."""
-        pdata = P_DATA_TF()
-        try:
-            pdata.decode(pdu.data)
-        except Exception as exc:
-            raise MalformedPdu(f"undecodable P-DATA-TF: {exc.__class__.__name__}") from None
         done: list[Incoming] = []
-        for item in pdata.presentation_data_value_items:
-            value = item.presentation_data_value or b""
-            if not value:
-                raise MalformedPdu("empty presentation data value")
-            context = self._contexts.get(int(item.presentation_context_id or 0))
+        for context_id, header, fragment in presentation_data_values(pdu.data):
+            context = self._contexts.get(context_id)
             if context is None:
                 raise MalformedPdu("P-DATA on a presentation context that was not accepted")
             if self._context is not None and context.context_id != self._context.context_id:
                 raise MalformedPdu("fragments of one message on two presentation contexts")
             self._context = context
-            header = value[0]
             if header & 0x01:
-                finished = self._command_fragment(value, header)
+                finished = self._command_fragment(fragment, header)
             else:
-                finished = self._data_fragment(value, header)
+                finished = self._data_fragment(fragment, header)
             if finished is not None:
                 done.append(finished)
         return done
 
-    def _command_fragment(self, value: bytes, header: int) -> Incoming | None:
+    def _command_fragment(self, fragment: memoryview, header: int) -> Incoming | None:
         if self._message is not None:
             raise MalformedPdu("command fragment after the command set was complete")
-        self._command += value[1:]
+        self._command += fragment
         if len(self._command) > MAX_COMMAND_BYTES:
             raise MalformedPdu(f"DIMSE command set exceeds {MAX_COMMAND_BYTES} bytes")
         if not header & 0x02:
@@ -138,10 +127,9 @@ class MessageReceiver:
             self._object = bytearray(self._file_meta())
         return None
 
-    def _data_fragment(self, value: bytes, header: int) -> Incoming | None:
+    def _data_fragment(self, fragment: memoryview, header: int) -> Incoming | None:
         if self._message is None:
             raise MalformedPdu("data set fragment before the command set")
-        fragment = memoryview(value)[1:]
         self._size += len(fragment)
         if self._object is not None:
             self._object += fragment
