@@ -33,8 +33,7 @@ _UNDEFINED: Final = 0xFFFFFFFF
 _ITEM: Final = 0xFFFEE000
 _ITEM_END: Final = 0xFFFEE00D
 _SEQUENCE_END: Final = 0xFFFEE0DD
-_TAG: Final = struct.Struct("<HH")
-_U16: Final = struct.Struct("<H")
+_EXPLICIT: Final = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
 _U32: Final = struct.Struct("<I")
 _CHARSET: Final = 0x00080005
 _TRANSFER_SYNTAX: Final = 0x00020010
@@ -63,21 +62,17 @@ class _Walker:
         data = self.data
         if offset + 8 > len(data):
             raise _Unreadable("element header past the end")
-        group, number = _TAG.unpack_from(data, offset)
+        group, number, vr, short_length = _EXPLICIT.unpack_from(data, offset)
         tag = (group << 16) | number
-        if tag in (_ITEM, _ITEM_END, _SEQUENCE_END) or not self.explicit:
-            (length,) = _U32.unpack_from(data, offset + 4)
-            return tag, offset + 8, length
-        vr = bytes(data[offset + 4 : offset + 6])
-        if vr in _LONG_VRS:
-            if offset + 12 > len(data):
-                raise _Unreadable("element header past the end")
-            (length,) = _U32.unpack_from(data, offset + 8)
-            return tag, offset + 12, length
-        if vr not in _SHORT_VRS:
+        if group == 0xFFFE or not self.explicit:  # items and delimiters: always 4-byte lengths
+            return tag, offset + 8, _U32.unpack_from(data, offset + 4)[0]
+        if vr in _SHORT_VRS:
+            return tag, offset + 8, short_length
+        if vr not in _LONG_VRS:
             raise _Unreadable("not a VR")
-        (length,) = _U16.unpack_from(data, offset + 6)
-        return tag, offset + 8, length
+        if offset + 12 > len(data):
+            raise _Unreadable("element header past the end")
+        return tag, offset + 12, _U32.unpack_from(data, offset + 8)[0]
 
     def skip_undefined(self, offset: int, depth: int) -> int:
         """Offset just past an undefined-length sequence (or encapsulated value) at `offset`."""
@@ -148,13 +143,14 @@ def read_header(data: bytes, keywords: Collection[str]) -> dict[str, str] | None
             return None
         walker = _Walker(view, explicit=transfer_syntax != _IMPLICIT_LE)
         raw: dict[int, bytes] = {}
+        keep = {*wanted, _CHARSET}
         end = len(view)
         while offset < end:
             tag, value, length = walker.element(offset)
             if tag in (_ITEM, _ITEM_END, _SEQUENCE_END):
                 raise _Unreadable("delimiter at the top level")
             offset = walker.skip_value(value, length, 0)
-            if (tag in wanted or tag == _CHARSET) and length != _UNDEFINED:
+            if tag in keep and length != _UNDEFINED:
                 raw[tag] = bytes(view[value:offset])
     except (_Unreadable, struct.error):
         return None
