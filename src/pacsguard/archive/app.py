@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import threading
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,16 +106,6 @@ def open_audit(settings: Settings) -> tuple[AuditSink, list[object]]:
     return AuditFanout(sinks), closers
 
 
-def _prepare_fans(blobs: FolderBlobStore) -> None:
-    try:
-        created = blobs.prepare_fans()
-    except OSError as exc:  # the data folder went away (a stopped test archive), or a full disk
-        log.info("blob fan directories not prepared: %s", exc.__class__.__name__)
-        return
-    if created:
-        log.info("created %d blob fan directories", created)
-
-
 def start_archive(settings: Settings) -> RunningArchive:
     """Validate, open storage and audit, and start the DIMSE listeners. Raises ConfigError."""
     validate_listen(settings)
@@ -133,11 +122,6 @@ def start_archive(settings: Settings) -> RunningArchive:
     except BaseException:
         index.close()
         raise
-    # A new store would pay a mkdir and a directory fsync for most of its first few thousand
-    # blobs; create the 4,096 fan directories beside the first stores instead.
-    threading.Thread(
-        target=_prepare_fans, args=(blobs,), name="pacsguard-blob-fans", daemon=True
-    ).start()
     gate = Gate(settings, audit=audit)
     server = settings.server
     service = ArchiveService(

@@ -173,10 +173,10 @@ def test_put_links_an_unnamed_file_then_fsyncs_it_and_the_directory(
     store.put(UID, io.BytesIO(b"data"))
     fan = hashlib.sha256(UID.encode()).hexdigest()[:3]
     assert events == [
-        "fsync-dir:objects",  # the fan directory is new: its entry is made durable first
         f"link:anonymous->{UID}",
         "fsync-file",
         f"fsync-dir:{fan}",
+        "fsync-dir:objects",  # the fan directory was new
     ]
     assert [p.name for p in stored_files(tmp_path)] == [UID]
     with store.open(UID) as stream:
@@ -199,45 +199,14 @@ def test_without_unnamed_files_put_uses_a_named_temp_file(
     store.put(UID, io.BytesIO(b"data"))
     fan = hashlib.sha256(UID.encode()).hexdigest()[:3]
     assert events == [
-        "fsync-dir:objects",  # the fan directory was new
         "fsync-file",
         f"link:{TEMP_PREFIX}->{UID}",
         f"fsync-dir:{fan}",
+        "fsync-dir:objects",  # the fan directory was new
     ]
     assert [p.name for p in stored_files(tmp_path)] == [UID]  # the temp file is gone
     store.put("1.2.3", io.BytesIO(b"more"))
     assert sorted(store.keys()) == sorted([UID, "1.2.3"])
-
-
-def test_prepared_fans_spare_every_put_the_fan_fsync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = FolderBlobStore(tmp_path)
-    events = _record_syncs_and_links(monkeypatch)
-    store.put("1.2.3", io.BytesIO(b"a"))
-    store.put("1.2.3.4", io.BytesIO(b"b"))
-    assert events.count("fsync-dir:objects") == 2  # two new fans, each synced once
-    store.put("1.2.3.4.5", io.BytesIO(b"c"))
-    assert events.count("fsync-dir:objects") == 3
-    assert store.prepare_fans() == 4096 - 3
-    assert len(list((tmp_path / "objects").iterdir())) == 4096
-    events.clear()
-    for n in range(20):
-        store.put(f"1.2.840.{n}", io.BytesIO(b"d"))
-    assert "fsync-dir:objects" not in events
-    assert FolderBlobStore(tmp_path).prepare_fans() == 0  # a warm store: nothing to create
-    assert sorted(store.keys())[:2] == ["1.2.3", "1.2.3.4"]
-
-
-def test_a_known_fan_is_synced_once_per_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = FolderBlobStore(tmp_path)
-    fan = hashlib.sha256(UID.encode()).hexdigest()[:3]
-    (tmp_path / "objects" / fan).mkdir()  # left by an earlier run: maybe never synced
-    events = _record_syncs_and_links(monkeypatch)
-    store.put(UID, io.BytesIO(b"a"))
-    assert events[0] == "fsync-dir:objects"
 
 
 def test_an_existing_blob_is_never_replaced(store: FolderBlobStore) -> None:

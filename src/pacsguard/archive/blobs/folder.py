@@ -23,7 +23,6 @@ import re
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -34,7 +33,6 @@ CHUNK: Final = aead.CHUNK
 TEMP_PREFIX: Final = ".tmp-"
 _DIGEST: Final = re.compile(r"^[0-9a-f]{32,128}$")
 _FAN: Final = re.compile(r"^[0-9a-f]{3}$")
-_FANS: Final = 16**3
 
 
 def is_valid_key(key: str) -> bool:
@@ -60,10 +58,6 @@ class FolderBlobStore:
         self._objects = self.root / "objects"
         self._key = encryption_key
         self._anonymous = hasattr(os, "O_TMPFILE")  # cleared at the first sign it cannot work
-        # Fan directories whose entries this process has made durable (fsync of `objects`
-        # after they existed); once `prepare_fans` has run, all of them are.
-        self._durable_fans: set[str] = set()
-        self._all_fans_durable = False
         if not self._objects.is_dir():
             self._objects.mkdir(mode=0o700, parents=True, exist_ok=True)
             _fsync_dir(self.root)
@@ -76,36 +70,12 @@ class FolderBlobStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def prepare_fans(self) -> int:
-        """Create every fan directory that is missing and make them all durable with one fsync;
-        returns how many were created. A new store otherwise pays a mkdir and a directory fsync
-        for most of its first few thousand blobs (the archive runs this in the background at
-        start). Safe beside concurrent puts."""
-        present = {entry.name for entry in os.scandir(self._objects) if _FAN.match(entry.name)}
-        created = 0
-        for number in range(_FANS):
-            name = f"{number:03x}"
-            if name not in present:
-                with suppress(FileExistsError):
-                    (self._objects / name).mkdir(mode=0o700)
-                    created += 1
-        _fsync_dir(self._objects)
-        self._all_fans_durable = True
-        return created
-
-    def _ensure_fan(self, directory: Path) -> None:
-        """Make sure the fan directory exists and its entry is durable before a blob in it is
-        acknowledged: a fan this process has not seen synced gets an fsync of `objects`."""
-        if self._all_fans_durable or directory.name in self._durable_fans:
-            return
-        directory.mkdir(mode=0o700, exist_ok=True)
-        _fsync_dir(self._objects)
-        self._durable_fans.add(directory.name)
-
     def put(self, key: str, source: BinaryIO) -> BlobInfo:
         """Store all of `source` under `key`, durably; see the module docstring."""
         path = self._path(key)
-        self._ensure_fan(path.parent)
+        new_directory = not path.parent.is_dir()
+        if new_directory:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
         directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             info = self._put_anonymous(directory, path, key, source) if self._anonymous else None
@@ -114,6 +84,8 @@ class FolderBlobStore:
             os.fsync(directory)
         finally:
             os.close(directory)
+        if new_directory:
+            _fsync_dir(self._objects)
         return info
 
     def _put_anonymous(
