@@ -327,6 +327,7 @@ class ArchiveService:
                 self._store_event(
                     principal, EventOutcome.SERIOUS_FAILURE, "index commit failed", stored
                 )
+            self._drop_unindexed_blob(info.key)
             raise
         if outcome is AddOutcome.DUPLICATE_CONFLICT:  # indexed under other bytes
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", stored)
@@ -336,6 +337,15 @@ class ArchiveService:
         else:  # an identical duplicate: nothing was written, so nothing overlapped
             self._store_event(principal, EventOutcome.SUCCESS, outcome.value, stored)
         return StoreResult(SUCCESS, outcome.value, record.sop_instance_uid)
+
+    def _drop_unindexed_blob(self, key: str) -> None:
+        """Remove a blob just written whose index row did not commit (never acknowledged), so
+        that it is not left as an orphan; a blob the index does point to stays."""
+        try:
+            if self._index.stored_copy(key) is None:
+                self._blobs.delete(key)
+        except Exception:
+            log.exception("could not remove the unacknowledged blob %s", key)
 
     def _put_blob(self, key: str, source: Path | bytes) -> BlobInfo:
         """Durably write the blob. A blob with other bytes that no index row points to can only

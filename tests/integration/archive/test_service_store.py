@@ -104,10 +104,14 @@ def test_a_failed_index_commit_is_audited_after_the_success_line(
         raise OSError(28, "No space left on device")  # ... and then the commit fails
 
     monkeypatch.setattr(parts.index, "add", add_then_fail)
+    ds = _datasets()[0]
     with pytest.raises(OSError, match="No space"):
-        parts.service.store_instance(PRINCIPAL, _part10(_datasets()[0]))
+        parts.service.store_instance(PRINCIPAL, _part10(ds))
     monkeypatch.setattr(parts.index, "add", real_add)
+    assert list(parts.blobs.keys()) == []  # no orphan left behind
+    assert parts.service.store_instance(PRINCIPAL, _part10(ds)).ok  # a retry stores it
     assert [(e["detail"]["result"], e["outcome"]) for e in parts.events()] == [
         ("inserted", 0),
         ("index commit failed", 8),
+        ("inserted", 0),
     ]
