@@ -345,7 +345,7 @@ class ArchiveService:
             if self._index.stored_copy(key) is None:
                 self._blobs.delete(key)
         except Exception:
-            log.exception("could not remove the unacknowledged blob %s", key)
+            log.exception("could not remove an unacknowledged blob; fsck will list it as an orphan")
 
     def _put_blob(self, key: str, source: Path | bytes) -> BlobInfo:
         """Durably write the blob. A blob with other bytes that no index row points to can only

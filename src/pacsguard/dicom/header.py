@@ -12,6 +12,7 @@ compared with pydicom's in the unit tests.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Collection
 from typing import Final
@@ -130,12 +131,20 @@ def _meta(view: memoryview) -> tuple[str, int]:
     return transfer_syntax, end
 
 
-def read_header(data: bytes, keywords: Collection[str]) -> dict[str, str] | None:
-    """The top-level text values of `keywords` (absent ones as ""), plus "TransferSyntaxUID";
-    None when the fast path cannot read this object (use pydicom)."""
+@functools.lru_cache(maxsize=8)
+def _tags(keywords: tuple[str, ...]) -> tuple[dict[int, str], frozenset[int]]:
+    """Tag -> keyword for `keywords`, and the tags to keep (those plus the character set)."""
     wanted = {tag_for_keyword(k): k for k in keywords}
     if None in wanted:
         raise ValueError("unknown keyword")
+    tags = {int(tag): k for tag, k in wanted.items() if tag is not None}
+    return tags, frozenset({*tags, _CHARSET})
+
+
+def read_header(data: bytes, keywords: Collection[str]) -> dict[str, str] | None:
+    """The top-level text values of `keywords` (absent ones as ""), plus "TransferSyntaxUID";
+    None when the fast path cannot read this object (use pydicom)."""
+    wanted, keep = _tags(tuple(keywords))
     view = memoryview(data)
     try:
         transfer_syntax, offset = _meta(view)
@@ -143,7 +152,6 @@ def read_header(data: bytes, keywords: Collection[str]) -> dict[str, str] | None
             return None
         walker = _Walker(view, explicit=transfer_syntax != _IMPLICIT_LE)
         raw: dict[int, bytes] = {}
-        keep = {*wanted, _CHARSET}
         end = len(view)
         while offset < end:
             tag, value, length = walker.element(offset)
