@@ -131,8 +131,16 @@ def test_sqlite_runs_durable_wal_with_foreign_keys(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        index.add(rec("1", "11", "1", "P1"))
+        index.add(rec("2", "11", "1", "P1"))  # through a driver connection of its own
+        (driver,) = index._driver_insert._idle
+        pragmas = [driver.execute(f"PRAGMA {p}").fetchone()[0] for p in _DURABILITY_PRAGMAS]
+        assert pragmas == [2, 1, 30000, "wal"]
     finally:
         index.close()
+
+
+_DURABILITY_PRAGMAS = ("synchronous", "foreign_keys", "busy_timeout", "journal_mode")
 
 
 def test_in_memory_and_unknown_databases_are_refused() -> None:
@@ -523,3 +531,63 @@ def test_known_series_fast_path_keeps_the_hierarchy_honest(loaded: SqlIndex) -> 
     assert loaded.add(rec("93", "11", "1", "P1", **JOHN, **STUDY1)) is AddOutcome.INSERTED
     series = find(loaded, S, Level.SERIES, SeriesInstanceUID="1.2.2.11")
     assert len(series) == 1
+
+
+# -- the driver fast path (an instance into a series this index object knows) ----------------
+
+
+def test_known_series_inserts_run_on_driver_connections_and_commit(
+    index: SqlIndex, index_url: str
+) -> None:
+    assert index.add(rec("1", "11", "1", "P1")) is AddOutcome.INSERTED  # the series is new
+    seen: list[AddOutcome] = []
+    for sop in ("2", "3", "4"):
+        assert index.add(rec(sop, "11", "1", "P1"), before_commit=seen.append) is (
+            AddOutcome.INSERTED
+        )
+    assert seen == [AddOutcome.INSERTED] * 3  # once per instance, before its commit
+    assert index._driver_insert._open == 1  # one connection, reused
+    other = SqlIndex(index_url)  # another index object sees the rows: they are committed
+    try:
+        found = other.instances(Level.SERIES, "1.2.2.11")
+        assert sorted(r.sop_instance_uid for r in found) == [f"1.2.3.{n}" for n in "1234"]
+        assert other.get("1.2.3.3") == rec("3", "11", "1", "P1")
+    finally:
+        other.close()
+
+
+def test_duplicates_in_a_known_series_get_the_general_answers(index: SqlIndex) -> None:
+    index.add(rec("1", "11", "1", "P1"))
+    index.add(rec("2", "11", "1", "P1"))
+    seen: list[AddOutcome] = []
+    same = rec("2", "11", "1", "P1")
+    assert index.add(same, before_commit=seen.append) is AddOutcome.DUPLICATE_IDENTICAL
+    other = dataclasses.replace(same, sha256="0" * 64)
+    assert index.add(other, before_commit=seen.append) is AddOutcome.DUPLICATE_CONFLICT
+    assert seen == []  # nothing was about to be committed
+    assert index.get(same.sop_instance_uid) == same
+
+
+def test_a_failing_before_commit_on_the_fast_path_commits_nothing(index: SqlIndex) -> None:
+    index.add(rec("1", "11", "1", "P1"))
+
+    def fail(_outcome: AddOutcome) -> None:
+        raise RuntimeError("audit sink down")
+
+    with pytest.raises(RuntimeError, match="audit sink down"):
+        index.add(rec("2", "11", "1", "P1"), before_commit=fail)
+    assert index.get("1.2.3.2") is None
+    assert index.add(rec("2", "11", "1", "P1")) is AddOutcome.INSERTED  # and writes go on
+
+
+def test_a_broken_driver_connection_falls_back_to_the_general_path(index: SqlIndex) -> None:
+    index.add(rec("1", "11", "1", "P1"))
+    index.add(rec("2", "11", "1", "P1"))  # leaves one idle driver connection
+    driver = index._driver_insert
+    assert driver._open == 1
+    driver._idle[0].close()  # gone underneath us (a restarted server, a closed file)
+    assert index.add(rec("3", "11", "1", "P1")) is AddOutcome.INSERTED  # via SQLAlchemy
+    assert driver._open == 0  # the broken one was dropped, not pooled again
+    assert index.add(rec("4", "11", "1", "P1")) is AddOutcome.INSERTED  # a fresh connection
+    assert driver._open == 1
+    assert len(index.instances(Level.SERIES, "1.2.2.11")) == 4

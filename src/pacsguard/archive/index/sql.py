@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from pacsguard.archive.index import query
+from pacsguard.archive.index.driver_insert import DriverInsert
 from pacsguard.archive.index.matching import normalize_name
 from pacsguard.archive.index.migrate import upgrade_to_head
 from pacsguard.archive.index.records import RECORD_COLUMNS, RECORD_SOURCE, to_record
@@ -99,6 +100,11 @@ class SqlIndex:
             )
         self._writer: Engine = self._engine.execution_options(**{_WRITE: True})
         self._statements = _write_statements(self.dialect)
+        self._driver_insert = DriverInsert(
+            self._engine,
+            self._statements[instances.name].insert,
+            _sqlite_on_connect if self.dialect == "sqlite" else None,
+        )
         # series UID -> (series row id, study UID, patient ID) of series this process wrote to:
         # the next instance of a known series is one INSERT instead of six statements.
         self._known_series: dict[str, tuple[int, str, str]] = {}
@@ -141,6 +147,9 @@ class SqlIndex:
 
         known = self._known_series.get(record.series_instance_uid)
         if known is not None and known[1:] == (record.study_instance_uid, record.patient_id):
+            fast = self._driver_insert.insert(record, known[0], notify)
+            if fast is not None:
+                return fast
             try:
                 return self._write(insert_into(known[0]))
             except _Duplicate as duplicate:
@@ -324,6 +333,7 @@ class SqlIndex:
             last = int(rows[-1].id)
 
     def close(self) -> None:
+        self._driver_insert.close()
         self._engine.dispose()
 
 
