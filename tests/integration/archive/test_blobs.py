@@ -91,7 +91,7 @@ def test_a_blob_renamed_to_another_key_does_not_decrypt(tmp_path: Path) -> None:
     store = FolderBlobStore(tmp_path, encryption_key=KEY)
     store.put(UID, io.BytesIO(b"one"))
     store.put("1.2.3", io.BytesIO(b"two"))
-    target = tmp_path / "objects" / hashlib.sha256(b"1.2.3").hexdigest()[:3] / "1.2.3"
+    target = tmp_path / "objects" / hashlib.sha256(b"1.2.3").hexdigest()[:2] / "1.2.3"
     (source,) = [p for p in stored_files(tmp_path) if p.name == UID]
     os.replace(source, target)
     with pytest.raises(BlobCorruptError), store.open("1.2.3") as stream:
@@ -140,7 +140,7 @@ def test_uid_and_digest_keys_fan_out(store: FolderBlobStore) -> None:
         store.put(key, io.BytesIO(key.encode()))
     assert sorted(store.keys()) == sorted([UID, DIGEST, "1.2.3"])
     for path in stored_files(store.root):
-        assert path.parent.name == hashlib.sha256(path.name.encode()).hexdigest()[:3]
+        assert path.parent.name == hashlib.sha256(path.name.encode()).hexdigest()[:2]
         assert path.stat().st_mode & 0o077 == 0  # readable by the archive only
 
 
@@ -171,13 +171,9 @@ def test_put_links_an_unnamed_file_then_fsyncs_it_and_the_directory(
     store = FolderBlobStore(tmp_path)
     events = _record_syncs_and_links(monkeypatch)
     store.put(UID, io.BytesIO(b"data"))
-    fan = hashlib.sha256(UID.encode()).hexdigest()[:3]
-    assert events == [
-        f"link:anonymous->{UID}",
-        "fsync-file",
-        f"fsync-dir:{fan}",
-        "fsync-dir:objects",  # the fan directory was new
-    ]
+    fan = hashlib.sha256(UID.encode()).hexdigest()[:2]
+    # the fan directory was made (and synced) with the store: no mkdir, no objects/ fsync
+    assert events == [f"link:anonymous->{UID}", "fsync-file", f"fsync-dir:{fan}"]
     assert [p.name for p in stored_files(tmp_path)] == [UID]
     with store.open(UID) as stream:
         assert stream.read() == b"data"
@@ -197,16 +193,74 @@ def test_without_unnamed_files_put_uses_a_named_temp_file(
     monkeypatch.setattr(os, "open", no_tmpfile)
     events = _record_syncs_and_links(monkeypatch)
     store.put(UID, io.BytesIO(b"data"))
-    fan = hashlib.sha256(UID.encode()).hexdigest()[:3]
-    assert events == [
-        "fsync-file",
-        f"link:{TEMP_PREFIX}->{UID}",
-        f"fsync-dir:{fan}",
-        "fsync-dir:objects",  # the fan directory was new
-    ]
+    fan = hashlib.sha256(UID.encode()).hexdigest()[:2]
+    assert events == ["fsync-file", f"link:{TEMP_PREFIX}->{UID}", f"fsync-dir:{fan}"]
     assert [p.name for p in stored_files(tmp_path)] == [UID]  # the temp file is gone
     store.put("1.2.3", io.BytesIO(b"more"))
     assert sorted(store.keys()) == sorted([UID, "1.2.3"])
+
+
+def test_a_new_store_makes_its_fans_and_layout_durably(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _record_syncs_and_links(monkeypatch)
+    FolderBlobStore(tmp_path)
+    objects = tmp_path / "objects"
+    assert (objects / "LAYOUT").read_text() == "fan-digits 2\n"
+    fans = sorted(p.name for p in objects.iterdir() if p.is_dir())
+    assert fans == [f"{n:02x}" for n in range(256)]
+    # LAYOUT before any fan, every fan synced, then the directory that lists them
+    assert events[:2] == [f"fsync-dir:{tmp_path.name}", "fsync-file"]  # objects/, LAYOUT
+    assert events.count("fsync-file") == 1
+    assert events[-1] == "fsync-dir:objects"
+    assert sorted(e.removeprefix("fsync-dir:") for e in events[2:-1]) == fans
+
+
+def test_a_legacy_store_keeps_three_digit_fans_made_when_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    legacy_fan = hashlib.sha256(b"1.2.3").hexdigest()[:3]
+    (tmp_path / "objects" / legacy_fan).mkdir(parents=True)
+    (tmp_path / "objects" / legacy_fan / "1.2.3").write_bytes(b"stored before LAYOUT")
+    store = FolderBlobStore(tmp_path)
+    assert not (tmp_path / "objects" / "LAYOUT").exists()
+    assert list(store.keys()) == ["1.2.3"]
+    with store.open("1.2.3") as stream:
+        assert stream.read() == b"stored before LAYOUT"
+    events = _record_syncs_and_links(monkeypatch)
+    store.put(UID, io.BytesIO(b"data"))
+    fan = hashlib.sha256(UID.encode()).hexdigest()[:3]
+    assert (tmp_path / "objects" / fan / UID).is_file()
+    assert events == [
+        f"link:anonymous->{UID}",
+        "fsync-file",
+        f"fsync-dir:{fan}",
+        "fsync-dir:objects",  # the fan directory was new
+    ]
+    assert sorted(FolderBlobStore(tmp_path).keys()) == sorted(["1.2.3", UID])
+
+
+def test_a_layout_cut_short_by_a_crash_is_made_again(tmp_path: Path) -> None:
+    (tmp_path / "objects").mkdir()
+    (tmp_path / "objects" / "LAYOUT").touch()  # created, its line never synced
+    store = FolderBlobStore(tmp_path)
+    assert (tmp_path / "objects" / "LAYOUT").read_text() == "fan-digits 2\n"
+    store.put(UID, io.BytesIO(b"data"))
+    assert list(FolderBlobStore(tmp_path).keys()) == [UID]
+
+
+def test_an_unknown_layout_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "objects").mkdir()
+    (tmp_path / "objects" / "LAYOUT").write_text("fan-digits 7\n")
+    with pytest.raises(ValueError, match="unknown blob layout"):
+        FolderBlobStore(tmp_path)
+
+
+def test_a_removed_fan_is_made_again(store: FolderBlobStore) -> None:
+    fan = store.root / "objects" / hashlib.sha256(UID.encode()).hexdigest()[:2]
+    fan.rmdir()
+    store.put(UID, io.BytesIO(b"data"))
+    assert list(store.keys()) == [UID]
 
 
 def test_an_existing_blob_is_never_replaced(store: FolderBlobStore) -> None:

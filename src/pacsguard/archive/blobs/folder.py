@@ -1,7 +1,10 @@
 """`FolderBlobStore`: blobs as files under one directory, optionally encrypted (see `aead`).
 
-Layout: `root/objects/<fan>/<key>`, where `<fan>` is the first three hex digits of the
-key's SHA-256 (4,096 directories, so ten million blobs make ~2,500 files per directory).
+Layout: `root/objects/<fan>/<key>`, where `<fan>` is the first hex digits of the key's SHA-256:
+two in a store created now (256 directories, made with the store, so that no store pays for a
+`mkdir` and its directory fsync; ten million blobs make ~40,000 files per directory, which
+ext4's and XFS's hashed directories handle), three in a store created before `objects/LAYOUT`
+existed (4,096 directories, made when first needed). `objects/LAYOUT` records the width.
 Keys are validated before they come near a path: a UID (`is_valid_uid`) or a lowercase hex
 digest of 32 to 128 digits; anything else, `../x` included, raises ValueError.
 
@@ -32,7 +35,10 @@ from pacsguard.archive.model import is_valid_uid
 CHUNK: Final = aead.CHUNK
 TEMP_PREFIX: Final = ".tmp-"
 _DIGEST: Final = re.compile(r"^[0-9a-f]{32,128}$")
-_FAN: Final = re.compile(r"^[0-9a-f]{3}$")
+#: Fan width (hex digits) of a store created now, and of one that has no LAYOUT file.
+FAN_DIGITS: Final = 2
+LEGACY_FAN_DIGITS: Final = 3
+LAYOUT: Final = "LAYOUT"
 
 
 def is_valid_key(key: str) -> bool:
@@ -58,14 +64,45 @@ class FolderBlobStore:
         self._objects = self.root / "objects"
         self._key = encryption_key
         self._anonymous = hasattr(os, "O_TMPFILE")  # cleared at the first sign it cannot work
+        self._fan_digits = self._open_layout()
+        self._fan = re.compile(f"^[0-9a-f]{{{self._fan_digits}}}$")
+
+    def _open_layout(self) -> int:
+        """The fan width of this store; a new (or still empty) store gets the current layout,
+        its fan directories and its LAYOUT file, all durable before the first put."""
+        layout = self._objects / LAYOUT
+        try:
+            text = layout.read_text(encoding="ascii")
+        except FileNotFoundError:
+            text = ""  # as after a crash between creating the file and syncing its line
+        if text:
+            found = re.fullmatch(r"fan-digits (\d)\n", text)
+            if found is None or int(found.group(1)) not in (FAN_DIGITS, LEGACY_FAN_DIGITS):
+                raise ValueError(f"{layout}: unknown blob layout {text[:40]!r}")
+            return int(found.group(1))
+        if self._objects.is_dir() and any(p.name != LAYOUT for p in self._objects.iterdir()):
+            return LEGACY_FAN_DIGITS  # blobs stored before LAYOUT existed
         if not self._objects.is_dir():
             self._objects.mkdir(mode=0o700, parents=True, exist_ok=True)
             _fsync_dir(self.root)
+        # LAYOUT first: a crash before the fans are all made leaves fans to make lazily.
+        fd = os.open(layout, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"fan-digits {FAN_DIGITS}\n".encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for n in range(16**FAN_DIGITS):
+            fan = self._objects / f"{n:0{FAN_DIGITS}x}"
+            fan.mkdir(mode=0o700, exist_ok=True)
+            _fsync_dir(fan)
+        _fsync_dir(self._objects)
+        return FAN_DIGITS
 
     def _path(self, key: str) -> Path:
         if not is_valid_key(key):
             raise ValueError(f"invalid blob key {key[:80]!r}: expected a UID or a hex digest")
-        fan = hashlib.sha256(key.encode()).hexdigest()[:3]
+        fan = hashlib.sha256(key.encode()).hexdigest()[: self._fan_digits]
         return self._objects / fan / key
 
     # -- writes ----------------------------------------------------------------------------
@@ -73,10 +110,13 @@ class FolderBlobStore:
     def put(self, key: str, source: BinaryIO) -> BlobInfo:
         """Store all of `source` under `key`, durably; see the module docstring."""
         path = self._path(key)
-        new_directory = not path.parent.is_dir()
-        if new_directory:
+        new_directory = False
+        try:
+            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # a fan not made yet (a store in the legacy layout)
             path.parent.mkdir(mode=0o700, exist_ok=True)
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            new_directory = True
+            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             info = self._put_anonymous(directory, path, key, source) if self._anonymous else None
             if info is None:
@@ -221,7 +261,7 @@ class FolderBlobStore:
     def keys(self) -> Iterator[str]:
         """Every stored key; temp files and anything else that is not a blob are skipped."""
         for fan in sorted(self._objects.iterdir()):
-            if not (_FAN.match(fan.name) and fan.is_dir()):
+            if not (self._fan.match(fan.name) and fan.is_dir()):
                 continue
             for entry in sorted(fan.iterdir()):
                 name = entry.name
