@@ -23,16 +23,23 @@ from pacsguard.archive.model import AddOutcome, InstanceRecord
 #: Raw connections kept; more concurrent writers than this take the general path.
 MAX_CONNECTIONS: Final = 8
 
-_COLUMNS: Final = (
-    "sop_instance_uid",
-    "series_fk",
-    "sop_class_uid",
-    "instance_number",
-    "transfer_syntax_uid",
-    "blob_key",
-    "size",
-    "sha256",
-)
+
+def instance_values(record: InstanceRecord, series_fk: int) -> dict[str, object]:
+    """The `instances` row of `record` in the series `series_fk`: what both insert paths bind."""
+    return {
+        "sop_instance_uid": record.sop_instance_uid,
+        "series_fk": series_fk,
+        "sop_class_uid": record.sop_class_uid,
+        "instance_number": record.instance_number.strip(),
+        "transfer_syntax_uid": record.transfer_syntax_uid,
+        "blob_key": record.blob_key,
+        "size": record.size,
+        "sha256": record.sha256,
+    }
+
+
+#: The columns the statement is compiled for: the keys of any row, here an empty one's.
+_COLUMNS: Final = tuple(instance_values(InstanceRecord("", "", "", "", ""), 0))
 
 
 class DriverInsert:
@@ -110,16 +117,7 @@ class DriverInsert:
             return None
         if connection is None:
             return None
-        values = {
-            "sop_instance_uid": record.sop_instance_uid,
-            "series_fk": series_fk,
-            "sop_class_uid": record.sop_class_uid,
-            "instance_number": record.instance_number.strip(),
-            "transfer_syntax_uid": record.transfer_syntax_uid,
-            "blob_key": record.blob_key,
-            "size": record.size,
-            "sha256": record.sha256,
-        }
+        values = instance_values(record, series_fk)
         params: Any = values if self._order is None else [values[k] for k in self._order]
         try:
             cursor = connection.cursor()

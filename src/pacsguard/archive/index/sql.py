@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from pacsguard.archive.index import query
-from pacsguard.archive.index.driver_insert import DriverInsert
+from pacsguard.archive.index.driver_insert import DriverInsert, instance_values
 from pacsguard.archive.index.matching import normalize_name
 from pacsguard.archive.index.migrate import upgrade_to_head
 from pacsguard.archive.index.records import RECORD_COLUMNS, RECORD_SOURCE, to_record
@@ -218,17 +218,7 @@ class SqlIndex:
 
     def _insert_instance(self, conn: Connection, r: InstanceRecord, series_fk: int) -> AddOutcome:
         inserted = conn.execute(
-            self._statements[instances.name].insert,
-            {
-                "sop_instance_uid": r.sop_instance_uid,
-                "series_fk": series_fk,
-                "sop_class_uid": r.sop_class_uid,
-                "instance_number": r.instance_number.strip(),
-                "transfer_syntax_uid": r.transfer_syntax_uid,
-                "blob_key": r.blob_key,
-                "size": r.size,
-                "sha256": r.sha256,
-            },
+            self._statements[instances.name].insert, instance_values(r, series_fk)
         ).first()
         if inserted is None:  # another thread stored it since our first look
             _raise_if_duplicate(conn, r)
