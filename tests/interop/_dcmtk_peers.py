@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,15 +184,20 @@ class StorescpPeer:
 
 @contextmanager
 def running_storescp(
-    workdir: Path, *, aet: str = "PGSTORESCP", timeout: float = 15.0
+    workdir: Path,
+    *,
+    aet: str = "PGSTORESCP",
+    timeout: float = 15.0,
+    options: Sequence[str] = (),
 ) -> Iterator[StorescpPeer]:
+    """storescp on a free loopback port; `options` go before the port (e.g. +tls ...)."""
     storescp = executable("storescp")
     output_dir = workdir / "received"
     output_dir.mkdir(parents=True, exist_ok=True)
 
     def start() -> tuple[ManagedProcess, int]:
         port = free_port()
-        argv = [str(storescp), "-v", "-aet", aet, "-od", str(output_dir), str(port)]
+        argv = [str(storescp), "-v", "-aet", aet, "-od", str(output_dir), *options, str(port)]
         return start_listening("storescp", argv, (port,), workdir, timeout), port
 
     process, port = first_successful_start(start)

@@ -6,6 +6,9 @@ Peers, each registered the way an administrator would, by appending to the gener
 - RETRIEVER: bound to its address (127.0.0.1), may find, move and get; movescu/getscu through
   the loopback plaintext listener (Debian's dcmtk build has no TLS in those two tools).
 - DEST: a dcmtk storescp registered as C-MOVE destination (address + port).
+- TLSDEST: a dcmtk storescp +tls with a server certificate from our CA, which requires a client
+  certificate from it too: registered with move_tls = true.
+- FOREIGN: the same, but its certificate comes from another CA: C-MOVE must not send to it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from pacsguard.archive.security.bootstrap import (
     hash_secret,
     initialize,
     issue_client_certificate,
+    issue_server_certificate,
 )
 from pacsguard.archive.selfcheck import self_check, worst
 from pacsguard.scan.model import Severity
@@ -38,6 +43,7 @@ from .peers import (
     executable,
     free_port,
     run_tool,
+    running_storescp,
 )
 
 pytestmark = pytest.mark.interop
@@ -54,12 +60,33 @@ class Archive:
     ca: Path
     viewer_cert: Path
     viewer_key: Path
+    tls_dest: StorescpPeer
+    foreign_dest: StorescpPeer
     loaded: ToolOutcome | None = None
     ae_title: str = "PACSGUARD"
 
 
-def _append_peers(config: Path, viewer_sha: str, dest: StorescpPeer, storer_hash: str) -> None:
+def _append_peers(
+    config: Path,
+    viewer_sha: str,
+    dest: StorescpPeer,
+    storer_hash: str,
+    tls_dests: tuple[StorescpPeer, ...],
+) -> None:
     with config.open("a", encoding="utf-8") as f:
+        for peer in tls_dests:
+            f.write(
+                f"""
+[[ae]]
+ae_title = "{peer.aet}"
+auth = "address"
+address = "127.0.0.1"
+port = {peer.port}
+move_destination = true
+move_tls = true
+permissions = []
+"""
+            )
         f.write(
             f"""
 [users.storer]
@@ -110,20 +137,44 @@ def archive(
     layout_ca = data_dir / "tls" / "ca.crt"
     ca = LocalCA.load(layout_ca, data_dir / "tls" / "ca.key")
     cert, key, sha = issue_client_certificate(ca, "VIEWER", data_dir / "clients")
-    _append_peers(data_dir / "pacsguard.toml", sha, storescp_peer, hash_secret(STORER_PASSWORD))
-    tls_port, plain_port = free_port(), free_port()
-    settings = load_settings(
-        data_dir / "pacsguard.toml",
-        env={},
-        overrides={"server.dimse_port": tls_port, "server.plaintext_port": plain_port},
-    )
-    running = start_archive(settings)
-    try:
-        a = Archive(running, data_dir, tls_port, plain_port, layout_ca, cert, key)
-        a.loaded = store_lab(a, lab_data, "--user", "storer", "--password", STORER_PASSWORD)
-        yield a
-    finally:
-        running.stop()
+    foreign_dir = tmp_path_factory.mktemp("foreign")
+    initialize(foreign_dir)
+    foreign_ca = LocalCA.load(foreign_dir / "tls" / "ca.crt", foreign_dir / "tls" / "ca.key")
+    with ExitStack() as peers:
+        tls_dests: list[StorescpPeer] = []
+        for aet, issuer in (("TLSDEST", ca), ("FOREIGN", foreign_ca)):
+            workdir = tmp_path_factory.mktemp(aet.lower())
+            dest_cert, dest_key, _ = issue_server_certificate(
+                issuer, aet, workdir / "tls", ["127.0.0.1"]
+            )
+            # +tls: BCP 195 profile; a client certificate from our CA is required (-rc default)
+            options = ("+tls", str(dest_key), str(dest_cert), "+cf", str(layout_ca))
+            tls_dests.append(
+                peers.enter_context(running_storescp(workdir, aet=aet, options=options))
+            )
+        _append_peers(
+            data_dir / "pacsguard.toml",
+            sha,
+            storescp_peer,
+            hash_secret(STORER_PASSWORD),
+            tuple(tls_dests),
+        )
+        tls_port, plain_port = free_port(), free_port()
+        settings = load_settings(
+            data_dir / "pacsguard.toml",
+            env={},
+            overrides={"server.dimse_port": tls_port, "server.plaintext_port": plain_port},
+        )
+        running = start_archive(settings)
+        try:
+            a = Archive(
+                running, data_dir, tls_port, plain_port, layout_ca, cert, key,
+                tls_dest=tls_dests[0], foreign_dest=tls_dests[1],
+            )  # fmt: skip
+            a.loaded = store_lab(a, lab_data, "--user", "storer", "--password", STORER_PASSWORD)
+            yield a
+        finally:
+            running.stop()
 
 
 def dcmtk(tool: str, *args: str, timeout: float = 120.0) -> ToolOutcome:
@@ -258,6 +309,41 @@ def test_movescu_moves_a_study_into_the_registered_storescp(
     assert len(received) == study.instance_count
     uids = {str(dcmread(p).SOPInstanceUID) for p in received}
     assert uids == {i.sop_instance_uid for s in study.series for i in s.instances}
+
+
+def test_movescu_moves_a_series_over_tls_into_a_verified_destination(
+    archive: Archive, lab_data: LabData
+) -> None:
+    """movescu asks on loopback; the sub-association to TLSDEST is TLS, both sides verified."""
+    study = lab_data.archive.patients[1].studies[0]
+    series = study.series[0]
+    dest = archive.tls_dest
+    before = set(dest.output_dir.rglob("*"))
+    outcome = dcmtk(
+        "movescu", "-S", "-aet", "RETRIEVER", "-aec", "PACSGUARD", "-aem", dest.aet,
+        "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study.study_instance_uid}",
+        "-k", f"SeriesInstanceUID={series.series_instance_uid}",
+        "127.0.0.1", str(archive.plain_port),
+    )  # fmt: skip
+    assert outcome.ok, outcome.log[-2000:]
+    received = [p for p in set(dest.output_dir.rglob("*")) - before if p.is_file()]
+    assert {str(dcmread(p).SOPInstanceUID) for p in received} == {
+        i.sop_instance_uid for i in series.instances
+    }
+
+
+def test_move_to_a_tls_destination_with_an_untrusted_certificate_sends_nothing(
+    archive: Archive, lab_data: LabData
+) -> None:
+    study = lab_data.archive.patients[1].studies[0]
+    dest = archive.foreign_dest
+    outcome = dcmtk(
+        "movescu", "-S", "-aet", "RETRIEVER", "-aec", "PACSGUARD", "-aem", dest.aet,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study.study_instance_uid}",
+        "127.0.0.1", str(archive.plain_port),
+    )  # fmt: skip
+    assert "MoveDestinationUnknown" in outcome.log, outcome.log[-2000:]
+    assert [p for p in dest.output_dir.rglob("*") if p.is_file()] == []
 
 
 def test_move_to_an_unregistered_destination_is_refused(

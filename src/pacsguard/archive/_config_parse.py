@@ -200,6 +200,8 @@ _AE_KEYS: Final = frozenset(
         "port",
         "permissions",
         "move_destination",
+        "move_tls",
+        "move_ca_file",
     }
 )
 
@@ -279,6 +281,15 @@ def _one_ae(
         raise ConfigError(
             f"{key}: a move_destination needs a single host address and a port to send to"
         )
+    move_tls = bool(coerce(bool, body.get("move_tls", False), f"{index}.move_tls", where))
+    raw_ca = body.get("move_ca_file")
+    move_ca_file = (
+        None if raw_ca is None else Path(str(coerce(Path, raw_ca, f"{index}.move_ca_file", where)))
+    )
+    if (move_tls or move_ca_file is not None) and not move_destination:
+        raise ConfigError(f"{key}: move_tls and move_ca_file apply to a move_destination only")
+    if move_ca_file is not None and not move_tls:
+        raise ConfigError(f"{key}.move_ca_file: set move_tls = true to use it")
     return RegisteredAE(
         ae_title=title,
         auth=auth,
@@ -288,6 +299,8 @@ def _one_ae(
         address=address,
         port=port,
         move_destination=move_destination,
+        move_tls=move_tls,
+        move_ca_file=move_ca_file,
     )
 
 

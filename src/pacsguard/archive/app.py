@@ -28,12 +28,14 @@ from pacsguard.archive.blobs.folder import FolderBlobStore
 from pacsguard.archive.config import Settings, require_files, validate_listen
 from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd
 from pacsguard.archive.dimse.contexts import FrontEndSettings
+from pacsguard.archive.dimse.identifiers import DestinationLookup, MoveDestination
 from pacsguard.archive.index.sql import SqlIndex
 from pacsguard.archive.recovery import recover
 from pacsguard.archive.security.bootstrap import load_at_rest_key
 from pacsguard.archive.security.gate import Gate
-from pacsguard.archive.security.tls import server_context
+from pacsguard.archive.security.tls import client_context, server_context
 from pacsguard.archive.service import ArchiveService, ServiceLimits
+from pacsguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,35 @@ class RunningArchive:
                     close()
 
 
+def move_destinations(settings: Settings) -> DestinationLookup:
+    """Where C-MOVE may send: registered destinations, with a TLS client context for those
+    with move_tls (built now, so that a bad CA or certificate stops the start)."""
+    contexts: dict[str, ssl.SSLContext] = {}
+    for ae in settings.aes:
+        if ae.move_destination and ae.move_tls:
+            ca = settings.move_ca(ae)
+            try:
+                contexts[ae.ae_title] = client_context(
+                    ca,
+                    settings.tls.cert_file,
+                    settings.tls.key_file,
+                    min_version=settings.tls.min_version,
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise ConfigError(
+                    f"ae {ae.ae_title}: move_tls needs a readable CA ({ca}) and our "
+                    f"certificate and key (tls.cert_file, tls.key_file): {exc}"
+                ) from None
+
+    def lookup(ae_title: str) -> MoveDestination | None:
+        address = settings.move_address(ae_title)
+        if address is None:
+            return None
+        return MoveDestination(address[0], address[1], contexts.get(ae_title.strip()))
+
+    return lookup
+
+
 def open_storage(settings: Settings) -> tuple[SqlIndex, FolderBlobStore]:
     """The index and blob store the settings name (also used by `fsck`)."""
     key = load_at_rest_key(settings.storage.key_file) if settings.storage.encrypt_at_rest else None
@@ -110,6 +141,7 @@ def start_archive(settings: Settings) -> RunningArchive:
     """Validate, open storage and audit, and start the DIMSE listeners. Raises ConfigError."""
     validate_listen(settings)
     require_files(settings)
+    destinations = move_destinations(settings)
     audit, closers = open_audit(settings)
     index, blobs = open_storage(settings)
     # A marker present at start means the last run did not stop cleanly: only then is the
@@ -138,7 +170,7 @@ def start_archive(settings: Settings) -> RunningArchive:
         service,
         gate,
         audit,
-        settings.move_address,
+        destinations,
         FrontEndSettings(
             ae_title=server.ae_title,
             max_associations=server.max_associations,

@@ -200,6 +200,10 @@ class RegisteredAE:
     #: Where we connect to when this AE is a C-MOVE destination.
     port: int | None = None
     move_destination: bool = False
+    #: C-MOVE sub-associations to this AE run over TLS: we verify its certificate (against
+    #: `move_ca_file`, else tls.ca_file) and present ours. Required off this machine.
+    move_tls: bool = False
+    move_ca_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +254,10 @@ class Settings:
         if ae is None or ae.address is None or ae.port is None:
             return None
         return ae.address, ae.port
+
+    def move_ca(self, ae: RegisteredAE) -> Path:
+        """The CA file that a TLS move destination's certificate must chain to."""
+        return ae.move_ca_file or self.tls.ca_file
 
     def user_permissions(self, username: str) -> frozenset[Action] | None:
         """Union of the user's role permissions; None for an unknown user."""
@@ -312,9 +320,22 @@ def validate_listen(settings: Settings) -> None:
     - profile "lab" (every AE accepted) only on a loopback host;
     - a plaintext listener only on a loopback host;
     - a non-loopback host only with TLS on and no AE authenticated by address alone, unless
-      [security] allow_address_auth = true says so explicitly.
+      [security] allow_address_auth = true says so explicitly;
+    - a C-MOVE destination off this machine only with move_tls = true (the images would
+      otherwise cross the network in the clear, whatever the listeners do).
     """
     server = settings.server
+    plain_moves = [
+        f"{ae.ae_title} ({ae.address})"
+        for ae in settings.aes
+        if ae.move_destination and not ae.move_tls and not is_loopback(ae.address or "")
+    ]
+    if plain_moves:
+        raise ConfigError(
+            f"C-MOVE destination(s) {', '.join(plain_moves)} are not on this machine and would "
+            "receive images in plaintext; set move_tls = true in their [[ae]] (their "
+            "certificate is checked against tls.ca_file, or move_ca_file)"
+        )
     if settings.profile == "lab" and not is_loopback(server.host):
         raise ConfigError(
             f'profile = "lab" accepts any AE and is for loopback demos only, but server.host = '
@@ -352,6 +373,13 @@ def require_files(settings: Settings) -> None:
         ]
         if settings.tls.require_client_cert:
             needed.append(("tls.ca_file", settings.tls.ca_file))
+    for ae in settings.aes:
+        if ae.move_destination and ae.move_tls:
+            needed += [
+                (f"ae {ae.ae_title} move_ca_file (or tls.ca_file)", settings.move_ca(ae)),
+                ("tls.cert_file (our certificate for move_tls)", settings.tls.cert_file),
+                ("tls.key_file (our key for move_tls)", settings.tls.key_file),
+            ]
     if settings.storage.encrypt_at_rest:
         needed.append(("storage.key_file", settings.storage.key_file))
     for key, path in needed:

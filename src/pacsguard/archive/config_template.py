@@ -147,7 +147,10 @@ permissions = ["echo", "store", "find", "move", "get"]
 # address = "192.0.2.21"
 # permissions = ["echo", "store"]
 
-# A viewer that C-MOVE may send to (port and a single address are required):
+# A viewer that C-MOVE may send to (port and a single address are required). Off this
+# machine the images go over TLS only (move_tls = true): its certificate must chain to
+# tls.ca_file (or move_ca_file) and name its address; ours is presented as the client's.
+# Issue one with pacsguard.archive.security.bootstrap.issue_server_certificate.
 # [[ae]]
 # ae_title = "VIEWER_1"
 # auth = "mtls"
@@ -155,5 +158,7 @@ permissions = ["echo", "store", "find", "move", "get"]
 # address = "192.0.2.30"
 # port = 11112
 # move_destination = true
+# move_tls = true
+# move_ca_file = "/etc/pacsguard/viewer-ca.pem"   # optional
 # permissions = ["echo", "find", "move"]
 """

@@ -9,6 +9,7 @@ import pytest
 from argon2 import PasswordHasher
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from pacsguard.archive.config import load_settings, require_files, validate_listen
@@ -16,6 +17,7 @@ from pacsguard.archive.security.bootstrap import (
     LocalCA,
     initialize,
     issue_client_certificate,
+    issue_server_certificate,
     load_at_rest_key,
 )
 from pacsguard.archive.security.principal import AuthMethod
@@ -123,6 +125,32 @@ def test_ca_and_server_certificate(tmp_path: Path) -> None:
     )
     chain = verifier.verify(server, [])
     assert chain[-1] == ca
+    # the archive connects out too (C-MOVE to a TLS destination that wants a client certificate)
+    assert set(_usage(server)) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+
+
+def _usage(cert: x509.Certificate) -> list[x509.ObjectIdentifier]:
+    return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_server_certificate_for_a_listening_peer(tmp_path: Path) -> None:
+    layout = initialize(tmp_path / "data", now=NOW).layout
+    ca = LocalCA.load(layout.ca_cert, layout.ca_key)
+    with pytest.raises(ValueError, match="address or name"):
+        issue_server_certificate(ca, "VIEWER1", tmp_path / "peers", [])
+    cert_path, key_path, sha = issue_server_certificate(
+        ca, "VIEWER1", tmp_path / "peers", ["127.0.0.1", "viewer1.example.org"], now=NOW
+    )
+    assert _mode(key_path) == 0o600
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert sha == cert_sha256(cert.public_bytes(serialization.Encoding.DER))
+    verifier = (
+        PolicyBuilder()
+        .store(Store([ca.certificate]))
+        .time(NOW + timedelta(days=1))
+        .build_server_verifier(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    )
+    assert verifier.verify(cert, [])[-1] == ca.certificate
 
 
 def test_client_certificate_for_mtls_peers(tmp_path: Path) -> None:
@@ -135,6 +163,7 @@ def test_client_certificate_for_mtls_peers(tmp_path: Path) -> None:
     assert sha == cert_sha256(cert.public_bytes(serialization.Encoding.DER))
     assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "CT 1/west"
     assert cert.issuer == ca.certificate.subject
+    assert _usage(cert) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     with pytest.raises(ConfigError, match="exists"):
         issue_client_certificate(ca, "CT 1/west", tmp_path / "peers")
 

@@ -189,8 +189,19 @@ def test_registered_aes_are_parsed() -> None:
             "move_destination needs",
         ),
         ({"ae_title": "X", "auth": "jwt", "username": "alice"}, "jwt.issuer"),
+        (
+            {"ae_title": "X", "auth": "mtls", "cert_sha256": SHA, "move_tls": True},
+            "apply to a move_destination only",
+        ),
+        (
+            {
+                "ae_title": "X", "auth": "mtls", "cert_sha256": SHA, "address": "127.0.0.1",
+                "port": 104, "move_destination": True, "move_ca_file": "/ca.pem",
+            },
+            "set move_tls = true",
+        ),
     ],
-)
+)  # fmt: skip
 def test_invalid_aes_are_refused(ae: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ConfigError) as caught:
         build_settings(_tree(ae))
@@ -256,6 +267,38 @@ def test_non_loopback_with_address_auth_needs_explicit_consent() -> None:
     )
 
 
+def _destination(address: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "ae_title": "VIEWER1", "auth": "mtls", "cert_sha256": SHA, "address": address,
+        "port": 11112, "move_destination": True, **extra,
+    }  # fmt: skip
+
+
+def test_a_move_destination_off_this_machine_needs_tls() -> None:
+    # whatever the listeners do: a loopback-only archive would still send images out
+    settings = _listen(ae=[_destination("198.51.100.30")])
+    with pytest.raises(ConfigError, match="move_tls = true") as caught:
+        validate_listen(settings)
+    assert "VIEWER1 (198.51.100.30)" in str(caught.value)
+    validate_listen(_listen(ae=[_destination("198.51.100.30", move_tls=True)]))
+    validate_listen(_listen(ae=[_destination("127.0.0.1")]))  # same machine: plaintext allowed
+
+
+def test_move_tls_settings_and_ca(tmp_path: Path) -> None:
+    ca = tmp_path / "viewer-ca.pem"
+    settings = _listen(
+        ae=[
+            _destination("198.51.100.30", move_tls=True, move_ca_file=str(ca)),
+            {**_destination("198.51.100.31", move_tls=True), "ae_title": "VIEWER2"},
+        ]
+    )
+    own, other = settings.aes
+    assert own.move_tls and own.move_ca_file == ca
+    assert settings.move_ca(own) == ca
+    assert settings.move_ca(other) == settings.tls.ca_file  # our CA unless told otherwise
+    assert settings.move_address("VIEWER2") == ("198.51.100.31", 11112)
+
+
 def test_plaintext_listener_only_on_loopback() -> None:
     settings = _listen(server={"plaintext_port": 11112, "plaintext_host": "0.0.0.0"})
     with pytest.raises(ConfigError, match="plaintext_host"):
@@ -295,3 +338,12 @@ def test_require_files_points_at_init(tmp_path: Path) -> None:
         }
     )
     require_files(no_tls)
+    moving = build_settings(
+        {
+            "storage": {"data_dir": str(tmp_path), "encrypt_at_rest": False},
+            "tls": {"enabled": False},
+            "ae": [_destination("127.0.0.1", move_tls=True, move_ca_file=str(tmp_path / "x"))],
+        }
+    )
+    with pytest.raises(ConfigError, match="VIEWER1 move_ca_file"):
+        require_files(moving)

@@ -306,8 +306,8 @@ async def serve_move(
     operation: Operation,
 ) -> None:
     """C-MOVE: a sub-association to the registered destination carries the C-STOREs."""
-    address = session.env.destinations(destination_ae)
-    if address is None:
+    destination = session.env.destinations(destination_ae)
+    if destination is None:
         await _respond(session, C_MOVE(), context, message_id, MOVE_DESTINATION_UNKNOWN, None)
         return
     found = await _records(session, identifier, Action.MOVE)
@@ -323,14 +323,20 @@ async def serve_move(
     settings = session.env.settings
     try:
         answer, assoc = await request_association(
-            address[0],
-            address[1],
+            destination.host,
+            destination.port,
             calling_ae=settings.ae_title,
             called_ae=destination_ae,
             contexts=_move_contexts(found),
             timeouts=Timeouts(connect=settings.acse_timeout, read=settings.dimse_timeout),
+            tls=destination.tls,
         )
-    except (OSError, TimeoutError, ProtocolError):
+    except (OSError, TimeoutError, ProtocolError) as exc:  # ssl.SSLError is an OSError
+        log.info(
+            "C-MOVE: no association with destination %s: %s",
+            destination_ae,
+            exc.__class__.__name__,
+        )
         answer, assoc = None, None
     if assoc is None or isinstance(answer, AssociationRejected) or answer is None:
         await _respond(session, C_MOVE(), context, message_id, MOVE_DESTINATION_UNKNOWN, None)

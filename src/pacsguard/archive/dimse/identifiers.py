@@ -8,7 +8,9 @@ process; 0xA801 move destination unknown; 0xFE00 cancelled.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 from pydicom.dataset import Dataset
@@ -38,8 +40,19 @@ _UNIQUE_KEY: Final = {
 }
 _NOT_MATCH_KEYS: Final = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet"})
 
-#: Resolves a C-MOVE destination AE title to (host, port) when it is registered for moves.
-DestinationLookup = Callable[[str], tuple[str, int] | None]
+
+@dataclass(frozen=True, slots=True)
+class MoveDestination:
+    """Where a C-MOVE sub-association goes, and over TLS when `tls` is set (a client context
+    that verifies the destination and presents our certificate)."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+
+
+#: Resolves a C-MOVE destination AE title when it is registered for moves (else None).
+DestinationLookup = Callable[[str], MoveDestination | None]
 
 
 class BadIdentifier(ValueError):

@@ -150,7 +150,13 @@ def _issue(
     now: datetime,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    # A DICOM node is a server to its peers and a client when it sends (C-MOVE sub-operations
+    # to a TLS destination that asks for a client certificate): a server certificate says both.
+    usage = (
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        if server
+        else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
@@ -174,7 +180,7 @@ def _issue(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()),
@@ -289,12 +295,45 @@ def issue_client_certificate(
 
     Put the SHA-256 in the peer's ``[[ae]] cert_sha256`` with ``auth = "mtls"``.
     """
+    return _issue_to_files(ca, common_name, out_dir, server_names=(), now=now)
+
+
+def issue_server_certificate(
+    ca: LocalCA,
+    common_name: str,
+    out_dir: Path,
+    server_names: Sequence[str],
+    *,
+    now: datetime | None = None,
+) -> tuple[Path, Path, str]:
+    """A certificate for a peer that listens, such as a C-MOVE destination with move_tls:
+    valid for `server_names` (IP addresses or DNS names, as we connect to it), usable as a
+    client certificate too. Returns (cert path, key path, SHA-256)."""
+    if not server_names:
+        raise ValueError("a server certificate needs the address or name it is reached by")
+    return _issue_to_files(ca, common_name, out_dir, server_names=server_names, now=now)
+
+
+def _issue_to_files(
+    ca: LocalCA,
+    common_name: str,
+    out_dir: Path,
+    *,
+    server_names: Sequence[str],
+    now: datetime | None,
+) -> tuple[Path, Path, str]:
     stem = _SAFE_FILE_NAME.sub("_", common_name.strip()) or "client"
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert_path, key_path = out_dir / f"{stem}.crt", out_dir / f"{stem}.key"
     if cert_path.exists() or key_path.exists():
         raise ConfigError(f"{cert_path} or {key_path} exists; choose another name or folder")
-    cert, key = _issue(ca, common_name, server=False, sans=(), now=now or datetime.now(UTC))
+    cert, key = _issue(
+        ca,
+        common_name,
+        server=bool(server_names),
+        sans=tuple(server_names),
+        now=now or datetime.now(UTC),
+    )
     _write_new(key_path, _pem_key(key), 0o600)
     _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert_path, key_path, cert_sha256(cert.public_bytes(serialization.Encoding.DER))
