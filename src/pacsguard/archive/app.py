@@ -33,7 +33,7 @@ from pacsguard.archive.index.sql import SqlIndex
 from pacsguard.archive.recovery import recover
 from pacsguard.archive.security.bootstrap import load_at_rest_key
 from pacsguard.archive.security.gate import Gate
-from pacsguard.archive.security.tls import client_context, server_context
+from pacsguard.archive.security.tls import client_capable, client_context, server_context
 from pacsguard.archive.service import ArchiveService, ServiceLimits
 from pacsguard.errors import ConfigError
 
@@ -108,6 +108,13 @@ def move_destinations(settings: Settings) -> DestinationLookup:
                     f"ae {ae.ae_title}: move_tls needs a readable CA ({ca}) and our "
                     f"certificate and key (tls.cert_file, tls.key_file): {exc}"
                 ) from None
+    if contexts and not client_capable(settings.tls.cert_file):
+        log.warning(
+            "tls.cert_file %s is not valid for TLS clients (no clientAuth extended key usage): "
+            "move_tls destinations that ask for a client certificate will refuse it; move it "
+            "and its key aside and run `pacsguard init` to issue one that is",
+            settings.tls.cert_file,
+        )
 
     def lookup(ae_title: str) -> MoveDestination | None:
         address = settings.move_address(ae_title)

@@ -9,13 +9,22 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from pacsguard.archive.config import DataLayout, TlsSettings
 from pacsguard.archive.security.bootstrap import LocalCA, initialize, issue_client_certificate
-from pacsguard.archive.security.tls import client_context, peer_cert_facts, server_context
+from pacsguard.archive.security.tls import (
+    client_capable,
+    client_context,
+    peer_cert_facts,
+    server_context,
+)
 
 
 @dataclass
@@ -235,3 +244,30 @@ def test_optional_client_certificate_is_still_verified_and_reported(
     with pytest.raises((ssl.SSLError, OSError)):
         talk(server.port, _client(pki, cert=cert, key=key))
     assert server.close().peer is None
+
+
+def _self_signed(path: Path, usage: list[x509.ObjectIdentifier] | None) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "old archive")])
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+    )
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+    path.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_which_certificates_may_act_as_a_tls_client(pki: Pki, tmp_path: Path) -> None:
+    assert client_capable(pki.tls.cert_file)  # what `pacsguard init` issues now
+    assert client_capable(pki.client_cert)
+    server_only = [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+    assert not client_capable(_self_signed(tmp_path / "old.pem", server_only))
+    assert client_capable(_self_signed(tmp_path / "any.pem", None))

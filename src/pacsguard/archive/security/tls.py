@@ -74,6 +74,18 @@ def client_context(
     return context
 
 
+def client_capable(cert_file: Path) -> bool:
+    """Whether a PEM certificate may authenticate a TLS client: no extended key usage at all,
+    or one that lists clientAuth (certificates from `pacsguard init` before this check had
+    serverAuth only)."""
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH in usage
+
+
 def cert_sha256(der: bytes) -> str:
     """The fingerprint we register mTLS peers by: SHA-256 of the DER certificate, hex."""
     return hashlib.sha256(der).hexdigest()
