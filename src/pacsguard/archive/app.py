@@ -26,6 +26,7 @@ from pacsguard.archive.audit.notify import AuditFanout
 from pacsguard.archive.audit.syslog import SyslogSink
 from pacsguard.archive.blobs.folder import FolderBlobStore
 from pacsguard.archive.config import Settings, require_files, validate_listen
+from pacsguard.archive.control import MARKER, write_marker
 from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd
 from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup, MoveDestination
@@ -153,11 +154,11 @@ def start_archive(settings: Settings) -> RunningArchive:
     index, blobs = open_storage(settings)
     # A marker present at start means the last run did not stop cleanly: only then is the
     # index-against-blobs scan worth its cost (it reads every row and lists every blob).
-    running_marker = settings.storage.data_dir / "archive.running"
+    running_marker = settings.storage.data_dir / MARKER
     try:
         if running_marker.exists():
             recover(index, blobs, max_in_flight=settings.server.max_associations * 2)
-        running_marker.touch(mode=0o600)
+        write_marker(running_marker)
     except BaseException:
         index.close()
         raise

@@ -39,6 +39,7 @@ def _register() -> None:
     app.command(name="init")(init.init)
     app.command(name="serve")(serve.serve)
     app.command(name="fsck")(serve.fsck)
+    app.command(name="unlock")(serve.unlock)
     app.add_typer(audit.app, name="audit")
 
 

@@ -12,13 +12,20 @@ import signal
 from typing import Final
 
 STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
+#: Operator requests to a running archive (`pacsguard unlock`); see archive.control.
+REQUEST_SIGNALS: Final = frozenset({signal.SIGUSR1})
 
 
 def hold_stop_signals() -> None:
-    """Block SIGTERM and SIGINT in this thread and every thread started after it."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Block SIGTERM, SIGINT and SIGUSR1 in this thread and every thread started after it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | REQUEST_SIGNALS)
 
 
 def wait_for_stop_signal() -> int:
     """Return the first SIGTERM or SIGINT (already pending or yet to come)."""
     return signal.sigwait(STOP_SIGNALS)
+
+
+def wait_for_signal() -> int:
+    """Return the next stop or request signal (already pending or yet to come)."""
+    return signal.sigwait(STOP_SIGNALS | REQUEST_SIGNALS)

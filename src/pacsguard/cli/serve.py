@@ -11,10 +11,11 @@ from rich.console import Console
 
 from pacsguard.archive.app import open_storage, start_archive
 from pacsguard.archive.config import DataLayout, Settings, load_settings
+from pacsguard.archive.control import answer_unlock, ask_unlock
 from pacsguard.archive.fsck import run_fsck
 from pacsguard.archive.security.bootstrap import initialize
 from pacsguard.archive.selfcheck import self_check, worst
-from pacsguard.cli._signals import hold_stop_signals, wait_for_stop_signal
+from pacsguard.cli._signals import STOP_SIGNALS, hold_stop_signals, wait_for_signal
 from pacsguard.scan.model import Severity
 
 
@@ -96,9 +97,31 @@ def serve(
                     + ("(lab profile: expected)" if settings.profile == "lab" else "")
                 )
         console.print("ready", highlight=False)
-        wait_for_stop_signal()
+        while wait_for_signal() not in STOP_SIGNALS:
+            lifted = answer_unlock(settings.storage.data_dir, running.gate.lift_lockouts)
+            console.print(
+                "lockout lifted for " + (", ".join(lifted) if lifted else "no locked-out source"),
+                highlight=False,
+            )
     finally:
         running.stop()
+
+
+def unlock(
+    addresses: Annotated[
+        list[str] | None,
+        typer.Argument(help="Source addresses to let in again (default: every locked source)."),
+    ] = None,
+    data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("pacsguard-data"),
+) -> None:
+    """Lift lockouts in the running archive now, instead of waiting for them to expire."""
+    lifted = ask_unlock(data_dir.absolute(), addresses or None)
+    Console().print(
+        "lockout lifted for "
+        + (", ".join(lifted) if lifted else "no locked-out source")
+        + " (audited)",
+        highlight=False,
+    )
 
 
 def fsck(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -50,6 +53,40 @@ async def open_as_tester(
     )
     assert assoc is not None, answer
     return assoc
+
+
+PACSGUARD = str(Path(sys.executable).with_name("pacsguard"))
+
+
+def start_serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`pacsguard serve` as a process, plaintext on loopback `port`, once it listens."""
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [
+                PACSGUARD,
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--no-self-check",
+                "--port",
+                str(free_port()),
+                "--plaintext-port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("serve did not start")
 
 
 def free_port() -> int:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 from pacsguard.archive.app import open_storage
@@ -20,39 +17,7 @@ from pacsguard.dicom.dimse import encode_dataset
 from pacsguard.errors import PeerClosed
 from pacsguard.lab.synth import build_dataset, generate_archive
 
-from .conftest import free_port, make_data_dir, open_as_tester
-
-PACSGUARD = str(Path(sys.executable).with_name("pacsguard"))
-
-
-def start_serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [
-                PACSGUARD,
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--no-self-check",
-                "--port",
-                str(free_port()),
-                "--plaintext-port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("serve did not start")
+from .conftest import PACSGUARD, free_port, make_data_dir, open_as_tester, start_serve
 
 
 def instances() -> list[tuple[str, str, bytes]]:

@@ -346,6 +346,29 @@ def test_lockout_counts_ipv4_mapped_and_plain_as_one_source(settings: Settings) 
     assert gate.locked_out("::ffff:198.18.2.3")
 
 
+def test_an_operator_lifts_lockouts_by_address_or_all(settings: Settings) -> None:
+    clock, sink = Clock(), Sink()
+    gate = Gate(settings, clock, audit=sink)
+    for source in ("198.18.6.6", "198.18.6.7", "198.18.6.8"):
+        for _ in range(3):
+            gate.decide(facts("STRANGER", address=source))
+        assert gate.locked_out(source)
+    gate.decide(facts("STRANGER", address="198.18.9.9"))  # one failure, not locked
+    assert gate.lift_lockouts(["::ffff:198.18.6.6", "198.18.9.9"]) == ["198.18.6.6"]
+    assert not gate.locked_out("198.18.6.6") and gate.locked_out("198.18.6.7")
+    # its failures are forgotten too: two more do not lock it again
+    for _ in range(2):
+        gate.decide(facts("STRANGER", address="198.18.6.6"))
+    assert not gate.locked_out("198.18.6.6")
+    clock.now += 301  # an expired lockout is not reported as lifted
+    assert gate.lift_lockouts() == []
+    alerts = [e for e in sink.events if e.event is EventType.SECURITY_ALERT]
+    assert [dict(e.detail) for e in alerts] == [
+        {"result": "lockout-lifted", "asked": "198.18.6.6,198.18.9.9", "lifted": "198.18.6.6"},
+        {"result": "lockout-lifted", "asked": "all", "lifted": ""},
+    ]
+
+
 # -- lab profile ---------------------------------------------------------------------------------
 
 

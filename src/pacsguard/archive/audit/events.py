@@ -42,6 +42,7 @@ class EventType(StrEnum):
     MOVE_REQUEST = "move-request"
     POLICY_DENIAL = "policy-denial"
     AUDIT_LOG_USED = "audit-log-used"
+    SECURITY_ALERT = "security-alert"  # an operator changed security state (lockout lifted)
 
     @property
     def code(self) -> tuple[str, str]:
@@ -60,6 +61,7 @@ _CODES: dict[EventType, tuple[str, str]] = {
     EventType.MOVE_REQUEST: ("110103", "DICOM Instances Accessed"),
     EventType.POLICY_DENIAL: ("110113", "Security Alert"),
     EventType.AUDIT_LOG_USED: ("110101", "Audit Log Used"),
+    EventType.SECURITY_ALERT: ("110113", "Security Alert"),
 }
 
 

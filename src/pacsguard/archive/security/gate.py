@@ -31,7 +31,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Final
@@ -160,6 +160,27 @@ class Gate:
         """Clear the failure count of a source: for our own self-check, which knocks with the
         scanner's AE guesses like a stranger would and must not lock out local operators."""
         self._lockout.clear(normalize_address(address))
+
+    def lift_lockouts(self, addresses: Sequence[str] | None = None) -> list[str]:
+        """An operator lifts the lockout of `addresses` (of every source when None); audited
+        as a security alert naming the sources that were locked out."""
+        wanted = None if addresses is None else [normalize_address(a) for a in addresses]
+        lifted = self._lockout.lift(wanted)
+        if self._audit is not None:
+            self._audit.emit(
+                AuditEvent(
+                    EventType.SECURITY_ALERT,
+                    EventAction.EXECUTE,
+                    EventOutcome.SUCCESS,
+                    (Participant(ae_title=self._settings.server.ae_title, requestor=False),),
+                    detail={
+                        "result": "lockout-lifted",
+                        "asked": "all" if wanted is None else ",".join(wanted),
+                        "lifted": ",".join(lifted),
+                    },
+                )
+            )
+        return lifted
 
     def locked_out(self, address: str) -> bool:
         """For other front ends (HTTP): is this source refused right now?"""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final
 
 from pacsguard.archive.config import LockoutSettings
@@ -60,6 +60,20 @@ class Lockout:
         """A successful authentication clears the source's failure count."""
         with self._lock:
             self._failures.pop(source, None)
+
+    def lift(self, sources: Collection[str] | None = None) -> list[str]:
+        """Lift the lockouts of `sources` (every lockout when None) and forget their failures;
+        returns the sources that were locked out, sorted."""
+        now = self._clock()
+        with self._lock:
+            wanted = set(self._locked_until) if sources is None else set(sources)
+            lifted = sorted(
+                s for s in wanted if s in self._locked_until and now < self._locked_until[s]
+            )
+            for source in wanted:
+                self._locked_until.pop(source, None)
+                self._failures.pop(source, None)
+            return lifted
 
     def clear(self, source: str) -> None:
         """Forget the source's failures and lift its lockout (an operator's decision)."""

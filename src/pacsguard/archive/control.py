@@ -1,0 +1,96 @@
+"""Operator requests to a running `pacsguard serve`, through its data folder and a signal.
+
+The archive writes its process ID into ``archive.running`` (the marker that also tells crash
+recovery whether the last stop was clean). `pacsguard unlock` writes ``unlock.request`` (JSON: a
+list of source addresses, or null for every source), sends SIGUSR1, and waits for
+``unlock.answer`` (JSON: the sources whose lockout was lifted). Both files are 0600 in the
+private data folder, so only the archive's own user can ask; the archive audits each lift.
+Why no socket or HTTP endpoint: this is the only operator action a running archive takes today,
+and a file plus a signal needs no listener that could itself be attacked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+from pacsguard.errors import UsageError
+
+CONTROL_SIGNAL: Final = signal.SIGUSR1
+MARKER: Final = "archive.running"
+REQUEST: Final = "unlock.request"
+ANSWER: Final = "unlock.answer"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with `text`, mode 0600."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+
+
+def write_marker(marker: Path) -> None:
+    """Mark the archive running, with our process ID (for `pacsguard unlock`)."""
+    _write_private(marker, f"{os.getpid()}\n")
+
+
+def running_pid(data_dir: Path) -> int:
+    """The process ID of the `pacsguard serve` that runs on `data_dir`; UsageError if none."""
+    marker = data_dir / MARKER
+    try:
+        pid = int(marker.read_text(encoding="ascii").strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        raise UsageError(f"no pacsguard archive is running on {data_dir}") from None
+    if not any(part.endswith(b"pacsguard") for part in cmdline) or b"serve" not in cmdline:
+        raise UsageError(f"no pacsguard archive is running on {data_dir} (stale {marker})")
+    return pid
+
+
+def ask_unlock(
+    data_dir: Path, addresses: Sequence[str] | None, *, timeout: float = 10.0
+) -> list[str]:
+    """Ask the archive on `data_dir` to lift lockouts; returns the sources it lifted."""
+    pid = running_pid(data_dir)
+    answer = data_dir / ANSWER
+    answer.unlink(missing_ok=True)
+    _write_private(data_dir / REQUEST, json.dumps(None if addresses is None else list(addresses)))
+    os.kill(pid, CONTROL_SIGNAL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            lifted = json.loads(answer.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.05)
+            continue
+        answer.unlink(missing_ok=True)
+        return [str(source) for source in lifted]
+    raise UsageError(f"the archive (pid {pid}) did not answer within {timeout:.0f}s")
+
+
+def answer_unlock(data_dir: Path, lift: Callable[[Sequence[str] | None], list[str]]) -> list[str]:
+    """In the archive: carry out a pending unlock request and answer it. A signal without a
+    request (or with a malformed one) lifts nothing."""
+    request = data_dir / REQUEST
+    try:
+        wanted = json.loads(request.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return []
+    finally:
+        request.unlink(missing_ok=True)
+    if wanted is not None and not (
+        isinstance(wanted, list) and all(isinstance(a, str) for a in wanted)
+    ):
+        return []
+    lifted = lift(wanted)
+    _write_private(data_dir / ANSWER, json.dumps(lifted))
+    return lifted
