@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,29 +32,57 @@ class IngestTarget:
     run: Callable[[Path, Path], tuple[float, int]]  # (input dir, scratch dir) -> (s, held)
 
 
+#: Diagnostic rows: the same servers with their data on tmpfs, where a sync costs nothing and
+#: no storage device is involved, so that a gap on disk splits into processing and storage.
+PACSGUARD_TMPFS = "pacsguard (plaintext, data on tmpfs)"
+ORTHANC_TMPFS = "Orthanc 1.10 (storage on tmpfs)"
+
+
 def ingest_targets(
-    pacsguard: Pacsguard, orthanc: Orthanc, plain: Storescp, synced: Storescp | None
+    pacsguard: Pacsguard,
+    orthanc: Orthanc,
+    plain: Storescp,
+    synced: Storescp | None,
+    tmpfs: Path | None = None,
 ) -> list[IngestTarget]:
-    def via_pacsguard(tls: bool) -> Callable[[Path, Path], tuple[float, int]]:
+    def placed(scratch: Path, in_memory: bool) -> Path:
+        if not in_memory or tmpfs is None:
+            return scratch
+        return Path(tempfile.mkdtemp(prefix="pacsguard-bench-", dir=tmpfs))
+
+    def via_pacsguard(
+        tls: bool, in_memory: bool = False
+    ) -> Callable[[Path, Path], tuple[float, int]]:
         def run(source: Path, scratch: Path) -> tuple[float, int]:
-            pacsguard.start(scratch / "pacsguard")
+            where = placed(scratch, in_memory)
+            pacsguard.start(where / "pacsguard")
             try:
                 store = pacsguard.store_tls if tls else pacsguard.store_plain
                 seconds = run_timed(store([source]))
             finally:
                 pacsguard.stop()
-            return seconds, pacsguard.fsck()
+            try:
+                return seconds, pacsguard.fsck()
+            finally:
+                if where != scratch:
+                    shutil.rmtree(where, ignore_errors=True)
 
         return run
 
-    def via_orthanc(source: Path, scratch: Path) -> tuple[float, int]:
-        orthanc.start(scratch / "orthanc")
-        try:
-            seconds = run_timed(orthanc.store([source]))
-            held = orthanc.counts()["instances"]
-        finally:
-            orthanc.stop()
-        return seconds, held
+    def via_orthanc(in_memory: bool = False) -> Callable[[Path, Path], tuple[float, int]]:
+        def run(source: Path, scratch: Path) -> tuple[float, int]:
+            where = placed(scratch, in_memory)
+            orthanc.start(where / "orthanc")
+            try:
+                seconds = run_timed(orthanc.store([source]))
+                held = orthanc.counts()["instances"]
+            finally:
+                orthanc.stop()
+                if where != scratch:
+                    shutil.rmtree(where, ignore_errors=True)
+            return seconds, held
+
+        return run
 
     def via_storescp(scp: Storescp) -> Callable[[Path, Path], tuple[float, int]]:
         def run(source: Path, scratch: Path) -> tuple[float, int]:
@@ -70,12 +99,27 @@ def ingest_targets(
     targets = [
         IngestTarget("pacsguard (plaintext, address AE)", via_pacsguard(tls=False)),
         IngestTarget("pacsguard (TLS, user identity)", via_pacsguard(tls=True)),
-        IngestTarget("Orthanc 1.10 (SyncStorageArea)", via_orthanc),
+        IngestTarget("Orthanc 1.10 (SyncStorageArea)", via_orthanc()),
         IngestTarget("storescp (no fsync)", via_storescp(plain)),
     ]
     if synced is not None:
         targets.append(IngestTarget("storescp + fsync per file", via_storescp(synced)))
+    if tmpfs is not None:
+        targets.append(IngestTarget(PACSGUARD_TMPFS, via_pacsguard(tls=False, in_memory=True)))
+        targets.append(IngestTarget(ORTHANC_TMPFS, via_orthanc(in_memory=True)))
     return targets
+
+
+def tmpfs_dir() -> Path | None:
+    """/dev/shm when it is a writable tmpfs (Linux), for the diagnostic rows."""
+    shm = Path("/dev/shm")
+    try:
+        with shm.joinpath(".pacsguard-probe").open("wb"):
+            pass
+        shm.joinpath(".pacsguard-probe").unlink()
+    except OSError:
+        return None
+    return shm
 
 
 def measure_ingest(
@@ -118,6 +162,7 @@ def measure_ingest(
             ("vs_orthanc", "Orthanc 1.10 (SyncStorageArea)"),
             ("vs_storescp", "storescp (no fsync)"),
             ("vs_storescp_fsync", "storescp + fsync per file"),
+            ("vs_orthanc_tmpfs", ORTHANC_TMPFS),
         ):
             if name in by_name:
                 row[key] = round(by_name[row["target"]] / by_name[name], 3)

@@ -18,6 +18,10 @@ METHOD_NOTES = (
     "directory).",
     "Targets: 'storescp' means storescp with its defaults (no fsync); the fsync row is given "
     "for comparison. Peak RSS is compared with 200 MB = 200,000,000 bytes.",
+    "Diagnostic rows (no target): pacsguard and Orthanc with their data on tmpfs (/dev/shm), "
+    "where syncs cost nothing and no storage device is involved. The ratio between the two "
+    "is what processing alone gives; the difference to the rows on disk is what each "
+    "server's storage work costs per instance.",
 )
 
 
@@ -78,6 +82,28 @@ def _syncs_markdown(syncs: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def _storage_split(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence from the tmpfs rows: processing alone, and what storage costs each server."""
+    rate = {r["target"]: float(r["instances_per_s"]) for r in rows}
+    pairs = (
+        ("pacsguard", "pacsguard (plaintext, address AE)", "pacsguard (plaintext, data on tmpfs)"),
+        ("Orthanc", "Orthanc 1.10 (SyncStorageArea)", "Orthanc 1.10 (storage on tmpfs)"),
+    )
+    if not all(disk in rate and ram in rate for _, disk, ram in pairs):
+        return []
+    parts = [
+        f"{name} {1000 / rate[disk]:.2f} ms on disk, {1000 / rate[ram]:.2f} ms on tmpfs "
+        f"({1000 / rate[disk] - 1000 / rate[ram]:.2f} ms of storage work)"
+        for name, disk, ram in pairs
+    ]
+    ours, theirs = rate[pairs[0][2]], rate[pairs[1][2]]
+    return [
+        f"Per instance: {'; '.join(parts)}. On tmpfs pacsguard runs at {ours / theirs:.2f}x "
+        "Orthanc.",
+        "",
+    ]
+
+
 def markdown(result: dict[str, Any]) -> str:
     machine, versions = result["machine"], result["versions"]
     lines = [
@@ -108,6 +134,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{'yes' if r['verified'] else 'NO'} |"
             )
         lines.append("")
+        lines += _storage_split(one["rows"])
     find = result["find"]
     kinds = ", ".join(f"{k}: {v}" for k, v in find["queries_per_kind"].items())
     lines += [

@@ -18,7 +18,7 @@ from tests.interop.peers import (
 
 from benchmarks.archive.data import write_ingest_set
 from benchmarks.archive.find import run_find
-from benchmarks.archive.ingest import ingest_targets, measure_ingest, run_syncs
+from benchmarks.archive.ingest import ingest_targets, measure_ingest, run_syncs, tmpfs_dir
 from benchmarks.archive.peers import Orthanc, Pacsguard, Processes, Storescp, build_fsync_shim
 from benchmarks.archive.report import METHOD_NOTES, evaluate
 from benchmarks.archive.rss import run_rss
@@ -47,11 +47,15 @@ def run(
         shim = build_fsync_shim(work)
         if shim is None:
             notes.append("no C compiler: the 'storescp + fsync per file' row is missing")
+        tmpfs = tmpfs_dir()
+        if tmpfs is None:
+            notes.append("no writable /dev/shm: the tmpfs diagnostic rows are missing")
         targets = ingest_targets(
             pacsguard,
             orthanc,
             Storescp(processes),
             Storescp(processes, preload=shim) if shim is not None else None,
+            tmpfs,
         )
         ingest = []
         for label, count, size in (("small", 1000, 64), ("512x512", 300, 512)):
