@@ -66,6 +66,20 @@ class Archive:
     ae_title: str = "PACSGUARD"
 
 
+def _destination(peer: StorescpPeer, *, tls: bool) -> str:
+    """The [[ae]] entry of a C-MOVE destination (trusted by its loopback address)."""
+    return f"""
+[[ae]]
+ae_title = "{peer.aet}"
+auth = "address"
+address = "127.0.0.1"
+port = {peer.port}
+move_destination = true
+move_tls = {str(tls).lower()}
+permissions = []
+"""
+
+
 def _append_peers(
     config: Path,
     viewer_sha: str,
@@ -74,19 +88,6 @@ def _append_peers(
     tls_dests: tuple[StorescpPeer, ...],
 ) -> None:
     with config.open("a", encoding="utf-8") as f:
-        for peer in tls_dests:
-            f.write(
-                f"""
-[[ae]]
-ae_title = "{peer.aet}"
-auth = "address"
-address = "127.0.0.1"
-port = {peer.port}
-move_destination = true
-move_tls = true
-permissions = []
-"""
-            )
         f.write(
             f"""
 [users.storer]
@@ -111,16 +112,11 @@ ae_title = "RETRIEVER"
 auth = "address"
 address = "127.0.0.1"
 permissions = ["echo", "find", "move", "get"]
-
-[[ae]]
-ae_title = "{dest.aet}"
-auth = "address"
-address = "127.0.0.1"
-port = {dest.port}
-move_destination = true
-permissions = []
 """
         )
+        f.write(_destination(dest, tls=False))
+        for peer in tls_dests:
+            f.write(_destination(peer, tls=True))
     text = config.read_text(encoding="utf-8")
     config.write_text(
         text.replace("allow_address_auth = false", "allow_address_auth = true"), encoding="utf-8"
