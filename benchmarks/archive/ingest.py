@@ -166,6 +166,17 @@ def measure_ingest(
         ):
             if name in by_name:
                 row[key] = round(by_name[row["target"]] / by_name[name], 3)
+    orthanc = runs.get("Orthanc 1.10 (SyncStorageArea)")
+    if orthanc:
+        for row in rows:
+            # Runs of one repeat follow each other within seconds: their ratios drift less with
+            # the machine than a ratio of medians taken over the whole benchmark.
+            paired = [o / s for o, s in zip(orthanc, runs[row["target"]], strict=True)]
+            row["vs_orthanc_run_by_run"] = {
+                "median": round(statistics.median(paired), 3),
+                "min": round(min(paired), 3),
+                "max": round(max(paired), 3),
+            }
     return rows
 
 

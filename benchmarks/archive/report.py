@@ -35,6 +35,7 @@ def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "target": f"ingest {one['set']}: pacsguard >= 1.0x Orthanc",
                 "measured": ours.get("vs_orthanc"),
+                "run_by_run": ours.get("vs_orthanc_run_by_run"),
                 "met": ours.get("vs_orthanc", 0) >= 1.0,
             }
         )
@@ -82,6 +83,12 @@ def _syncs_markdown(syncs: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def _spread(paired: dict[str, float] | None) -> str:
+    if not paired:
+        return "-"
+    return f"{paired['median']} ({paired['min']}-{paired['max']})"
+
+
 def _storage_split(rows: list[dict[str, Any]]) -> list[str]:
     """One sentence from the tmpfs rows: processing alone, and what storage costs each server."""
     rate = {r["target"]: float(r["instances_per_s"]) for r in rows}
@@ -122,14 +129,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"{one['instances']} instances of {one['matrix']}x{one['matrix']} 16-bit "
             f"({one['bytes'] / 2**20:.1f} MiB):",
             "",
-            "| target | runs (s) | instances/s | vs Orthanc | vs storescp | vs storescp+fsync "
-            "| all held |",
-            "|---|---|---:|---:|---:|---:|---|",
+            "| target | runs (s) | instances/s | vs Orthanc | vs Orthanc run by run "
+            "(median, range) | vs storescp | vs storescp+fsync | all held |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
         ]
         for r in one["rows"]:
             lines.append(
                 f"| {r['target']} | {', '.join(f'{s:.2f}' for s in r['runs_s'])} | "
                 f"{r['instances_per_s']} | {r.get('vs_orthanc', '-')} | "
+                f"{_spread(r.get('vs_orthanc_run_by_run'))} | "
                 f"{r.get('vs_storescp', '-')} | {r.get('vs_storescp_fsync', '-')} | "
                 f"{'yes' if r['verified'] else 'NO'} |"
             )
@@ -176,7 +184,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "## Targets", ""]
     for v in result["targets"]:
         lines.append(
-            f"- {'met' if v['met'] else '**not met**'}: {v['target']} (measured {v['measured']})"
+            f"- {'met' if v['met'] else '**not met**'}: {v['target']} (measured {v['measured']}"
+            + (f"; run by run {_spread(v['run_by_run'])}" if v.get("run_by_run") else "")
+            + ")"
         )
     if result["notes"]:
         lines += ["", "## Notes", ""]
