@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +18,10 @@ from pacsguard.archive.fsck import run_fsck
 from pacsguard.archive.security.bootstrap import initialize
 from pacsguard.archive.selfcheck import self_check, worst
 from pacsguard.cli._signals import STOP_SIGNALS, hold_stop_signals, wait_for_signal
+from pacsguard.errors import UsageError
 from pacsguard.scan.model import Severity
+
+log = logging.getLogger(__name__)
 
 
 def _settings(data_dir: Path, config: Path | None, overrides: dict[str, object]) -> Settings:
@@ -98,13 +103,18 @@ def serve(
                 )
         console.print("ready", highlight=False)
         while wait_for_signal() not in STOP_SIGNALS:
-            lifted = answer_unlock(settings.storage.data_dir, running.gate.lift_lockouts)
-            console.print(
-                "lockout lifted for " + (", ".join(lifted) if lifted else "no locked-out source"),
-                highlight=False,
-            )
+            try:  # an operator request must never take the archive down
+                lifted = answer_unlock(settings.storage.data_dir, running.gate.lift_lockouts)
+            except Exception:
+                log.exception("unlock request failed")
+                continue
+            console.print(_lifted(lifted), highlight=False)
     finally:
         running.stop()
+
+
+def _lifted(sources: list[str]) -> str:
+    return "lockout lifted for " + (", ".join(sources) if sources else "no locked-out source")
 
 
 def unlock(
@@ -115,13 +125,15 @@ def unlock(
     data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("pacsguard-data"),
 ) -> None:
     """Lift lockouts in the running archive now, instead of waiting for them to expire."""
+    for address in addresses or ():
+        try:
+            ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            raise UsageError(
+                f"{address!r} is not an IP address (lockouts are per source address)"
+            ) from None
     lifted = ask_unlock(data_dir.absolute(), addresses or None)
-    Console().print(
-        "lockout lifted for "
-        + (", ".join(lifted) if lifted else "no locked-out source")
-        + " (audited)",
-        highlight=False,
-    )
+    Console().print(_lifted(lifted) + " (audited)", highlight=False)
 
 
 def fsck(

@@ -74,3 +74,9 @@ def test_unlock_lifts_a_lockout_in_the_running_archive_and_audits_it(tmp_path: P
         {"result": "lockout-lifted", "asked": "all", "lifted": "127.0.0.1"},
     ]
     assert not list(data_dir.glob("unlock.*"))  # request and answer are gone
+
+
+def test_unlock_refuses_what_is_not_an_address(tmp_path: Path) -> None:
+    done = _unlock(tmp_path, "pacs.example.org")
+    assert done.returncode == 2
+    assert "is not an IP address" in done.stdout + done.stderr

@@ -159,7 +159,7 @@ class Gate:
     def forgive(self, address: str) -> None:
         """Clear the failure count of a source: for our own self-check, which knocks with the
         scanner's AE guesses like a stranger would and must not lock out local operators."""
-        self._lockout.clear(normalize_address(address))
+        self._lockout.lift([normalize_address(address)])
 
     def lift_lockouts(self, addresses: Sequence[str] | None = None) -> list[str]:
         """An operator lifts the lockout of `addresses` (of every source when None); audited

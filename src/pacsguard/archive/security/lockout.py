@@ -74,9 +74,3 @@ class Lockout:
                 self._locked_until.pop(source, None)
                 self._failures.pop(source, None)
             return lifted
-
-    def clear(self, source: str) -> None:
-        """Forget the source's failures and lift its lockout (an operator's decision)."""
-        with self._lock:
-            self._failures.pop(source, None)
-            self._locked_until.pop(source, None)
