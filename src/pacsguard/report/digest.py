@@ -3,7 +3,8 @@
 Reads JSON Lines records (the canonical scan output) one at a time and keeps only what the
 reports print: counts, finding ids and each host's redacted evidence. Hosts flagged as
 honeypots (record member ``honeypot.flagged``) are listed with their reason but kept out of the
-exposure totals and the severity distribution, as surveys do.
+exposure totals and the severity distribution, and hosts in identical-configuration clusters
+(same ``config_signature`` on several hosts) out of the exposure totals, as surveys do.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pacsguard.errors import UsageError
+from pacsguard.scan.honeypots import Cluster, ClusterTally
 
 SEVERITIES: Final = ("critical", "high", "medium", "low", "info")
 _RANK: Final = {s: n for n, s in enumerate(reversed(SEVERITIES))}
@@ -55,6 +57,7 @@ class HostRow:
     phi_categories: tuple[str, ...]
     findings: tuple[FindingRow, ...]
     honeypot_reasons: tuple[str, ...]
+    config_signature: str | None
     error: str | None
     scanned_at: str
 
@@ -87,6 +90,9 @@ class Digest:
     finding_hosts: Counter[str] = field(default_factory=Counter)
     finding_titles: dict[str, tuple[str, str]] = field(default_factory=dict)
     hosts: list[HostRow] = field(default_factory=list)
+    tally: ClusterTally = field(default_factory=ClusterTally)
+    #: Filled by `finish`: identical-configuration clusters, left out of the exposure totals.
+    clusters: list[Cluster] = field(default_factory=list)
 
     def add(self, row: HostRow) -> None:
         self.targets += 1
@@ -104,11 +110,26 @@ class Digest:
             self.studies += row.studies
             self.instances += row.instances
             self.lower_bound |= row.lower_bound
+            self.tally.add(row.config_signature, row.patients, row.studies, row.instances)
         if row.worst is not None:
             self.severities[row.worst] += 1
         for finding in row.findings:
             self.finding_hosts[finding.id] += 1
             self.finding_titles.setdefault(finding.id, (_generic_title(finding), finding.severity))
+
+    def finish(self) -> None:
+        """Take identical-configuration clusters out of the exposure totals (once)."""
+        if self.clusters:
+            return
+        self.clusters = self.tally.clusters()
+        for cluster in self.clusters:
+            self.exposed -= cluster.hosts
+            self.patients -= cluster.patients
+            self.studies -= cluster.studies
+            self.instances -= cluster.instances
+
+    def clustered(self, row: HostRow) -> bool:
+        return not row.honeypot and self.tally.in_cluster(row.config_signature)
 
     def top_findings(self, n: int = 10) -> list[tuple[str, str, str, int]]:
         """(id, title, severity, hosts), most severe then most frequent first."""
@@ -179,6 +200,7 @@ def row_from_record(record: dict[str, Any]) -> HostRow:
             for f in record["findings"]
         ),
         honeypot_reasons=reasons,
+        config_signature=record.get("config_signature"),
         error=record.get("error"),
         scanned_at=str(record.get("scanned_at", "")),
     )
@@ -215,4 +237,5 @@ def digest(records: Iterable[dict[str, Any]], source: str = "records") -> Digest
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"{source} record {number}: malformed ({exc!r})") from None
         result.add(row)
+    result.finish()
     return result

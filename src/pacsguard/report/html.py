@@ -93,6 +93,26 @@ def _host_detail(host: HostRow) -> str:
     )
 
 
+def _clusters(digest: Digest) -> str:
+    if not digest.clusters:
+        return ""
+    rows = "".join(
+        f"<tr><td><code>{escape(c.signature)}</code></td><td>{c.hosts}</td>"
+        f"<td>{c.studies // c.hosts}</td><td>{c.instances // c.hosts}</td><td>"
+        + escape(
+            ", ".join(h.endpoint for h in digest.hosts if h.config_signature == c.signature)[:400]
+        )
+        + "</td></tr>"
+        for c in digest.clusters
+    )
+    return (
+        '<h2 id="clusters">Identical-configuration clusters</h2><p>Hosts that answer '
+        "identically, down to the same counts, are fleets of one image or decoys; their "
+        "exposure is left out of the totals above.</p><table><tr><th>signature</th><th>hosts"
+        f"</th><th>studies each</th><th>instances each</th><th>hosts</th></tr>{rows}</table>"
+    )
+
+
 def render_html(digest: Digest, *, title: str = "pacsguard scan report", source: str = "") -> str:
     """The whole report as one HTML document."""
     generated = datetime.now(UTC).isoformat(timespec="seconds")
@@ -116,6 +136,7 @@ def render_html(digest: Digest, *, title: str = "pacsguard scan report", source:
             _card(f"{qualifier}{digest.studies}", "studies exposed"),
             _card(f"{qualifier}{digest.instances}", "instances exposed"),
             _card(digest.honeypots, "likely honeypots (not counted)"),
+            _card(sum(c.hosts for c in digest.clusters), "in identical clusters (not counted)"),
         )
     )
     return f"""<!DOCTYPE html>
@@ -135,6 +156,7 @@ stranger: {qualifier}{digest.patients} patients, {digest.studies} studies and
 {bar_chart("Hosts by worst finding", severity_bars, chart_id="chart-severity", unit=" hosts")}
 {bar_chart("Top findings (hosts)", finding_bars, chart_id="chart-findings", unit=" hosts")}
 </div>
+{_clusters(digest)}
 <h2 id="top-findings">Top findings</h2>
 <table><tr><th>severity</th><th>id</th><th>finding</th><th>hosts</th></tr>{top_rows}</table>
 <h2 id="hosts">Hosts ({len(exposed_hosts)} with findings)</h2>

@@ -39,6 +39,22 @@ def _host(host: HostRow) -> list[str]:
     return [*lines, ""]
 
 
+def _clusters(digest: Digest) -> list[str]:
+    if not digest.clusters:
+        return []
+    return [
+        "## Identical-configuration clusters",
+        "",
+        "| signature | hosts | studies each | instances each |",
+        "|---|---|---|---|",
+        *[
+            f"| {c.signature} | {c.hosts} | {c.studies // c.hosts} | {c.instances // c.hosts} |"
+            for c in digest.clusters
+        ],
+        "",
+    ]
+
+
 def render_markdown(digest: Digest, *, title: str = "pacsguard scan report") -> str:
     q = "at least " if digest.lower_bound else ""
     lines = [
@@ -59,6 +75,8 @@ def render_markdown(digest: Digest, *, title: str = "pacsguard scan report") -> 
         f"{digest.studies} / {digest.instances} |",
         f"| DICOM services with TLS | {digest.with_tls} |",
         f"| likely honeypots (not counted) | {digest.honeypots} |",
+        f"| hosts in identical-configuration clusters (not counted) | "
+        f"{sum(c.hosts for c in digest.clusters)} |",
         "",
         "## Hosts by worst finding",
         "",
@@ -66,6 +84,7 @@ def render_markdown(digest: Digest, *, title: str = "pacsguard scan report") -> 
         "|---|---|",
         *[f"| {s} | {digest.severities[s]} |" for s in SEVERITIES],
         "",
+        *_clusters(digest),
         "## Top findings",
         "",
         "| severity | id | finding | hosts |",
