@@ -156,3 +156,16 @@ def test_a_charset_pydicom_cannot_honour_is_a_bad_identifier(charset: str | list
     identifier.PatientName = "Doe*"
     with pytest.raises(BadIdentifier, match=r"Specific Character Set|code extensions"):
         query_from_identifier(identifier, QueryRoot.STUDY)
+
+
+def test_responses_are_not_revalidated_so_no_name_reaches_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stored value pydicom would call invalid (a 70-character name component) is answered
+    as stored; pydicom's validation warning would have quoted it into the application log."""
+    long_name = "Synthetic" * 7 + "^Jane"
+    with caplog.at_level("DEBUG"):
+        response = _respond(long_name, ())
+        encoded = encode_dataset(response, uids.EXPLICIT_VR_LITTLE_ENDIAN).getvalue()
+    assert long_name.encode() in encoded
+    assert "Synthetic" not in caplog.text

@@ -11,13 +11,16 @@ character set its text is encoded in.
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from pydicom.datadict import dictionary_VR
+from pydicom import config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from pacsguard.archive.dimse.charsets import (
@@ -128,11 +131,16 @@ def declared_character_set(identifier: Dataset) -> tuple[str, ...]:
         raise BadIdentifier(str(exc)) from None
 
 
-def _vr(keyword: str) -> str:
+@functools.lru_cache(maxsize=512)
+def _element_of(keyword: str) -> tuple[int, str] | None:
+    """(tag, VR) of a dictionary keyword; None for anything else."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return None
     try:
-        return str(dictionary_VR(keyword))
+        return int(tag), str(dictionary_VR(tag))
     except KeyError:
-        return ""
+        return None
 
 
 def response_identifier(
@@ -141,23 +149,27 @@ def response_identifier(
     """A C-FIND response identifier for one match, its text encoded in a declared character
     set (`charsets.response_character_set`; `query_charset` is what the query declared).
 
-    A value outside the default repertoire in an attribute whose VR cannot carry one (CS, DA,
-    UI...: an object stored with such bytes) is returned empty rather than mis-encoded."""
+    Values come from the index, checked at ingest: pydicom does not validate them again (its
+    warnings would quote patient names into the log). A value outside the default repertoire
+    in an attribute whose VR cannot carry one (CS, DA, UI...: an object stored with such bytes)
+    is returned empty rather than mis-encoded."""
+    elements = [
+        (element, value)
+        for keyword, value in result.items()
+        if keyword != "QueryRetrieveLevel" and (element := _element_of(keyword)) is not None
+    ]
     ds = Dataset()
     ds.QueryRetrieveLevel = request.level.name
-    vrs = {keyword: _vr(keyword) for keyword in result}
     charset = response_character_set(
-        query_charset, (v for k, v in result.items() if vrs[k] in CHARSET_VRS)
+        query_charset, (value for (_, vr), value in elements if vr in CHARSET_VRS)
     )
     if charset:
         ds.SpecificCharacterSet = charset[0] if len(charset) == 1 else list(charset)
-    for keyword, value in result.items():
-        if keyword == "QueryRetrieveLevel":
-            continue
-        if vrs[keyword] not in CHARSET_VRS and not value.isascii():
+    for (tag, vr), value in elements:
+        if vr not in CHARSET_VRS and not value.isascii():
             value = ""
         try:
-            setattr(ds, keyword, value)
-        except (ValueError, TypeError, KeyError):
+            ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
+        except (ValueError, TypeError):
             continue
     return ds
