@@ -200,3 +200,35 @@ def test_big_endian_beside_little_endian_is_negotiated_to_little_endian(
         assoc.release()
     assert [str(ds.PatientName) for status, ds in answers if ds is not None] == [JAPANESE]
     assert answers[-1][0].Status == 0x0000
+
+
+@pytest.mark.parametrize(
+    ("transfer_syntax", "name", "charset"),
+    [
+        (ExplicitVRBigEndian, JAPANESE, ["", "ISO 2022 IR 87"]),
+        (DeflatedExplicitVRLittleEndian, LATIN1, "ISO_IR 100"),
+    ],
+    ids=["big endian", "deflate"],
+)
+def test_objects_in_syntaxes_the_fast_reader_leaves_to_pydicom_are_indexed_as_unicode(
+    start: StartArchive, transfer_syntax: str, name: str, charset: str | list[str]
+) -> None:
+    """Storage contexts still take Big Endian and Deflate: pydicom reads those objects."""
+    archive = start()
+    ds = named(name, charset, "SYNTAX1")
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ae = AE(ae_title="TESTER")
+    ae.add_requested_context(ds.SOPClassUID, [transfer_syntax])
+    endpoint = plain(archive)
+    assoc = ae.associate(endpoint.host, endpoint.port, ae_title="PACSGUARD")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    assert status is not None and status.Status == 0x0000
+    record = archive.index.get(str(ds.SOPInstanceUID))
+    assert record is not None
+    assert (record.patient_name, record.transfer_syntax_uid) == (name, transfer_syntax)
+    found, final = find(archive, "ISO_IR 192", "*")
+    assert (names(found), final) == ({name: "ISO_IR 192"}, 0x0000)
