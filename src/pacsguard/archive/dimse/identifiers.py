@@ -149,8 +149,8 @@ def response_identifier(
     """A C-FIND response identifier for one match, its text encoded in a declared character
     set (`charsets.response_character_set`; `query_charset` is what the query declared).
 
-    Values come from the index, checked at ingest: pydicom does not validate them again (its
-    warnings would quote patient names into the log). A value outside the default repertoire
+    Values are sent as the index holds them, without pydicom's validation (its warnings
+    would quote patient names into the application log). A value outside the default repertoire
     in an attribute whose VR cannot carry one (CS, DA, UI...: an object stored with such bytes)
     is returned empty rather than mis-encoded."""
     elements = [
