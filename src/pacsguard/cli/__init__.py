@@ -31,7 +31,7 @@ def _register() -> None:
     """Attach the subcommands once; imported late so `import pacsguard.cli` stays cheap."""
     if app.registered_commands:
         return
-    from pacsguard.cli import audit, demo, init, lab, scan, serve
+    from pacsguard.cli import audit, demo, init, lab, products, scan, serve
 
     app.command(name="scan")(scan.scan)
     app.command(name="demo")(demo.demo)
@@ -41,6 +41,7 @@ def _register() -> None:
     app.command(name="fsck")(serve.fsck)
     app.command(name="unlock")(serve.unlock)
     app.add_typer(audit.app, name="audit")
+    app.add_typer(products.app, name="products")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

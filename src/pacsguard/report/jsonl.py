@@ -133,6 +133,14 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
             "queries": exposure.queries,
             "notes": list(exposure.notes),
         },
+        "product": None
+        if report.product is None
+        else {
+            "id": report.product.id,
+            "name": report.product.name,
+            "version": report.product.version,
+            "identified_by": report.product.basis,
+        },
         "findings": [_finding(f) for f in report.findings],
         "worst_severity": report.worst.value if report.worst else None,
         "anomalies": list(obs.anomalies),

@@ -14,6 +14,13 @@ from typing import Any, Final
 from cvss import CVSS3
 
 from pacsguard.dicom.phi import PhiCategory
+from pacsguard.scan.fingerprints import (
+    SERVER_SURFACES,
+    Product,
+    ProductData,
+    Vulnerability,
+    default_data,
+)
 from pacsguard.scan.model import (
     CertificateFacts,
     ClientCertificate,
@@ -384,8 +391,59 @@ CHECKS: Final[tuple[Check, ...]] = (
 )
 
 
+def identify_product(obs: Observations, data: ProductData | None = None) -> Product | None:
+    """The product and version the host's own answers name (implementation UID and name)."""
+    evidence = {
+        "implementation_class_uid": obs.implementation_class_uid,
+        "implementation_version_name": obs.implementation_version_name,
+    }
+    return (data or default_data()).identify(evidence)
+
+
+BACKPORT_NOTE: Final = (
+    "matched by version only: a remote version string does not show fixes a vendor or "
+    "distribution backported (e.g. Debian's dcmtk 3.6.7-9~deb12u*); check the installed "
+    "package's changelog"
+)
+
+
+def _cve_finding(product: Product, vuln: Vulnerability) -> Finding:
+    version = f" {product.version}" if product.version else ""
+    return _finding(
+        f"PG-{vuln.cve}",
+        f"{product.name}{version}: {vuln.cve}, {vuln.title}",
+        vuln.cvss_vector,
+        {
+            "product": product.id,
+            "version": product.version,
+            "identified_by": product.basis,
+            "cve": vuln.cve,
+            "surface": vuln.surface,
+            "match": "version-only",
+            "note": BACKPORT_NOTE,
+            "cvss_vector_source": vuln.cvss_vector_source,
+        },
+        f"{vuln.remediation} Until then, keep the service off untrusted networks.",
+        vuln.references,
+    )
+
+
+def check_known_vulnerabilities(
+    obs: Observations, product: Product | None, data: ProductData | None = None
+) -> list[Finding]:
+    """One finding per CVE whose published range holds the version the host shows.
+
+    Client-side flaws (a DICOM SCU's) say nothing about the scanned server and are skipped."""
+    if product is None:
+        return []
+    vulns = (data or default_data()).vulnerabilities_for(product)
+    return [_cve_finding(product, v) for v in vulns if v.surface in SERVER_SURFACES]
+
+
 def assess(obs: Observations, checks: tuple[Check, ...] = CHECKS) -> HostReport:
-    """Run every check; findings sorted most severe first."""
+    """Run every check, name the product and its known CVEs; findings most severe first."""
     findings = [f for f in (check(obs) for check in checks) if f is not None]
+    product = identify_product(obs)
+    findings.extend(check_known_vulnerabilities(obs, product))
     findings.sort(key=lambda f: (-f.severity.rank, f.id))
-    return HostReport(observations=obs, findings=tuple(findings))
+    return HostReport(observations=obs, findings=tuple(findings), product=product)

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from pacsguard.dicom.phi import PhiCategory
+from pacsguard.scan.fingerprints import Product
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -170,6 +171,8 @@ class HostReport:
 
     observations: Observations
     findings: tuple[Finding, ...] = field(default_factory=tuple)
+    #: What the host runs, as its own answers tell (`pacsguard.scan.fingerprints`).
+    product: Product | None = None
 
     @property
     def worst(self) -> Severity | None:
