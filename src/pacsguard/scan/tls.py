@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pacsguard.dicom.client import Timeouts, close_writer
-from pacsguard.scan.certificate import CertificateUnreadable, certificate_facts
 from pacsguard.scan.model import CertificateFacts, ClientCertificate, TlsFacts
 
 #: The IANA port for DICOM over TLS (PS3.15 B.1): probed inside TLS first.
@@ -247,6 +246,9 @@ async def observe_tls(host: str, port: int, timeouts: Timeouts) -> TlsFacts | No
             refused.append(name)
     client = await _client_certificate(host, port, timeouts, first, tls12, accepted)
     der = first.certificate or (tls12.certificate if tls12 else None)
+    # Imported here: `cryptography.x509` is only worth loading once a TLS server answered.
+    from pacsguard.scan.certificate import CertificateUnreadable, certificate_facts
+
     certificate: CertificateFacts | None = None
     certificate_error: str | None = "no certificate received"
     if der is not None:
