@@ -91,3 +91,28 @@ def test_mutual_tls_host_lets_a_client_with_a_lab_certificate_in(
     assert report.observations.dicom is True
     assert report.observations.echo_status == 0
     assert isinstance(context, ssl.SSLContext)
+
+
+def test_port_2762_is_tried_inside_tls_first_and_plaintext_after(
+    running_farm: type[RunningFarm],
+) -> None:
+    # Fixed port 2762 on addresses no other test uses (the farm binds the address, not 0.0.0.0).
+    tls_lab = running_farm(
+        plan_farm(1, base_address="127.78.27.62", port=2762, seed=5, profile=Profile.OPEN_TLS)
+    )
+    plain_lab = running_farm(
+        plan_farm(1, base_address="127.78.27.63", port=2762, seed=5, profile=Profile.OPEN)
+    )
+    tls_host, plain_host = tls_lab.plan.hosts[0], plain_lab.plan.hosts[0]
+    reports = {
+        r.observations.target.host: r
+        for r in scan([Target(tls_host.address, 2762), Target(plain_host.address, 2762)])
+    }
+    inside = reports[tls_host.address].observations
+    assert inside.attempts and all(a.tls for a in inside.attempts)  # no plaintext request sent
+    assert inside.tls_facts is not None and inside.echo_status == 0
+    plain = reports[plain_host.address]
+    assert plain.observations.tls_facts is None
+    assert plain.observations.attempts and not any(a.tls for a in plain.observations.attempts)
+    assert plain.observations.echo_status == 0
+    assert "PG-DIMSE-NO-TLS" in {f.id for f in plain.findings}

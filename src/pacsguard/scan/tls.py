@@ -34,7 +34,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pacsguard.dicom.client import Timeouts, close_writer
+from pacsguard.dicom.client import Timeouts
 from pacsguard.scan.model import CertificateFacts, ClientCertificate, TlsFacts
 
 #: The IANA port for DICOM over TLS (PS3.15 B.1): probed inside TLS first.
@@ -210,7 +210,10 @@ async def handshake(
                         result.closed_after = True
                         result.error = _describe(exc)
     finally:
-        await close_writer(writer)
+        # Abort, not close: a graceful TLS close waits up to 30 s for the server's close_notify
+        # and holds the TCP connection meanwhile, which stalls servers that take one
+        # connection at a time (Orthanc's DICOM-TLS does).
+        writer.transport.abort()
     return result
 
 
