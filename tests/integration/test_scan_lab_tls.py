@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 
 import jsonschema
+from rich.console import Console
 
 from pacsguard.dicom.client import Timeouts
 from pacsguard.lab.certificates import CertSpec
@@ -14,6 +15,7 @@ from pacsguard.lab.profiles import TLS_OFFERS, Profile, plan_farm
 from pacsguard.lab.truth import farm_truth
 from pacsguard.lab.verify import compare
 from pacsguard.report.jsonl import load_schema, to_record
+from pacsguard.report.table import render_table
 from pacsguard.scan.model import HostReport, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
 from pacsguard.scan.scheduler import Limits, run_scan
@@ -51,6 +53,11 @@ def test_tls_profiles_match_their_ground_truth(running_farm: type[RunningFarm]) 
     agreement = compare(reports, truth["hosts"])
     assert agreement.mismatches == ()
     assert agreement.agreeing == len(mix)
+    console = Console(record=True, width=200)
+    render_table(reports, console)
+    text = console.export_text()
+    assert text.count("TLS accepted: ANY-SCP") == len(mix) - 1
+    assert "TLS: client certificate required" in text
     profiles = {(h.address, h.port): h.profile for h in lab.plan.hosts}
     schema = load_schema()
     for report in reports:
