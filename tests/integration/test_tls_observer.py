@@ -163,3 +163,30 @@ def test_plaintext_server_is_not_tls() -> None:
             await server.wait_closed()
 
     assert asyncio.run(run(answer_garbage)) is None
+
+
+def test_versions_that_could_not_be_tried_are_untested_not_refused(tmp_path: Path) -> None:
+    context = server_context(tmp_path, CertSpec("gone.lab"))
+
+    async def run() -> TlsFacts | None:
+        servers: list[asyncio.Server] = []
+
+        async def serve_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            servers[0].close()  # the listener goes away after the first handshake
+            await _serve_until_eof(reader, writer)
+
+        server = await asyncio.start_server(serve_once, "127.0.0.1", 0, ssl=context)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await observe_tls("127.0.0.1", port, TIMEOUTS)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    facts = asyncio.run(run())
+    assert facts is not None
+    assert facts.versions_accepted == ("1.3",)
+    assert facts.versions_refused == ()
+    assert facts.versions_untested == ("1.0", "1.1", "1.2")
+    assert facts.certificate is not None

@@ -86,7 +86,8 @@ class TlsFacts:
 
     #: TLS versions by name ("1.0" ... "1.3"): the server answered with that version...
     versions_accepted: tuple[str, ...]
-    #: ... or refused it, or this machine's TLS library cannot offer it to find out.
+    #: ... or refused it, or no ClientHello could be sent to find out (this machine's TLS
+    #: library cannot offer the version, or the connection failed before).
     versions_refused: tuple[str, ...] = ()
     versions_untested: tuple[str, ...] = ()
     #: What a client offering everything from 1.0 to 1.3 got.

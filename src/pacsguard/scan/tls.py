@@ -8,9 +8,9 @@ Legacy versions: OpenSSL 3 (Debian 12) refuses TLS 1.0 and 1.1, SHA-1 handshake 
 small keys at its default security level 1/2, and Python deprecates `TLSVersion.TLSv1`/`TLSv1_1`.
 To *find out* whether a server still accepts them, each version probe pins `minimum_version` and
 `maximum_version` to one version and uses `set_ciphers("DEFAULT:@SECLEVEL=0")`, with the
-deprecation warning silenced for that assignment only. A version this machine's TLS library cannot
-offer at all (no ClientHello leaves) is reported as untested, never as refused. SSL 3.0 is not
-probed: OpenSSL 3 is built without it.
+deprecation warning silenced for that assignment only. A version for which no ClientHello left
+(this machine's TLS library cannot offer it, or the connection failed first) is reported as
+untested, never as refused. SSL 3.0 is not probed: OpenSSL 3 is built without it.
 
 What is detectable about client certificates, without presenting one:
 - requested: the server sent a CertificateRequest. Python exposes handshake messages only
@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import ssl
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from pacsguard.dicom.client import Timeouts
@@ -87,7 +87,6 @@ class Handshake:
     cipher: str | None = None
     certificate: bytes | None = None
     error: str | None = None
-    messages: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def answered(self) -> bool:
