@@ -89,6 +89,8 @@ class AuditEvent:
 
 
 class AuditSink(Protocol):
-    """A notification subscriber: a failing sink is logged and never stops the work."""
+    """Where audit events go. `emit` returns once the event is taken (for the primary log:
+    durable) and raises when it cannot be: the archive's `AuditFanout` lets the primary log's
+    errors fail the operation and logs and swallows those of notification sinks (syslog)."""
 
     def emit(self, event: AuditEvent) -> None: ...
