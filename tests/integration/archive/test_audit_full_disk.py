@@ -1,0 +1,106 @@
+"""The audit log on a real full filesystem (a small tmpfs this test mounts), through the real
+service, index and blob store: stores fail closed with 0xA700 while the log cannot be written,
+no acknowledged store lacks its line, no partial line reaches the chain, and stores succeed
+again, without a restart, once space returns."""
+
+from __future__ import annotations
+
+import json
+import logging
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from pacsguard.archive.audit.log import AuditLog, verify
+from pacsguard.archive.audit.notify import AuditFanout
+from pacsguard.archive.blobs.folder import FolderBlobStore
+from pacsguard.archive.index.sql import SqlIndex
+from pacsguard.archive.model import QueryRequest
+from pacsguard.archive.security.principal import Action, AuthMethod, Principal
+from pacsguard.archive.service import OUT_OF_RESOURCES, ArchiveService
+from pacsguard.dicom.levels import Level, QueryRoot
+from pacsguard.errors import AuditLogError
+from pacsguard.lab.synth import build_dataset, generate_archive
+
+from ..full_disk import fill
+
+PRINCIPAL = Principal("MODALITY", "127.0.0.1", AuthMethod.ADDRESS, None, frozenset(Action))
+
+
+def _objects(count: int) -> list[tuple[str, bytes]]:
+    lab = generate_archive(23, 1, studies_per_patient=(1, 1), series_per_study=(1, 1),
+                           instances_per_series=(count, count))  # fmt: skip
+    found = []
+    for patient, study, series, instance in lab.walk():
+        ds: Dataset = build_dataset(patient, study, series, instance)
+        ds.Rows, ds.Columns, ds.BitsAllocated = 2, 2, 16
+        ds.PixelData = b"\x00\x01" * 4
+        out = BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        found.append((str(ds.SOPInstanceUID), out.getvalue()))
+    return found
+
+
+def _store_lines(path: Path) -> list[dict[str, object]]:
+    records = [json.loads(line) for line in path.read_bytes().splitlines()]
+    return [r for r in records if r["event"] == "store"]
+
+
+def test_stores_fail_closed_on_a_full_disk_and_resume_when_space_returns(
+    small_tmpfs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log_path = small_tmpfs / "audit.jsonl"
+    audit = AuditLog(log_path)
+    index = SqlIndex(f"sqlite:///{tmp_path / 'index.db'}")
+    blobs = FolderBlobStore(tmp_path / "blobs", encryption_key=b"k" * 32)
+    service = ArchiveService(index, blobs, AuditFanout(audit), lambda p, a: None)
+    objects = _objects(60)
+    acknowledged: list[str] = []
+    refused: list[tuple[str, bytes]] = []
+    try:
+        with caplog.at_level(logging.INFO):
+            for uid, data in objects[:2]:  # the log's last page holds them and room for more
+                assert service.store_instance(PRINCIPAL, data).ok
+                acknowledged.append(uid)
+            filler = fill(small_tmpfs)
+            # The log's last page still has room for a few lines; then a line crosses into a
+            # page the disk does not have (a short write), and every store after it is refused.
+            for uid, data in objects[2:40]:
+                result = service.store_instance(PRINCIPAL, data)
+                if result.ok:
+                    assert not refused, "a store succeeded after one was refused"
+                    acknowledged.append(uid)
+                else:
+                    assert result.status == OUT_OF_RESOURCES
+                    refused.append((uid, data))
+            assert refused, "the full disk refused nothing"
+            # Lines went into the page's slack first, so the first refused line was a short
+            # write (part of it fit) that had to be cut off again:
+            assert len(acknowledged) > 2
+            assert log_path.read_bytes().endswith(b"\n")  # the torn line was cut off
+            assert verify(log_path).ok
+            assert not audit.writable
+            for uid, _ in refused:  # refused: neither indexed nor kept as a blob
+                assert index.get(uid) is None
+                assert uid not in set(blobs.keys())
+            with pytest.raises(AuditLogError):  # a query releases nothing either
+                list(service.query(PRINCIPAL, QueryRequest(QueryRoot.STUDY, Level.STUDY, {})))
+            filler.unlink()  # space returns: no restart
+            for uid, data in [*refused, *objects[40:]]:
+                assert service.store_instance(PRINCIPAL, data).ok
+                acknowledged.append(uid)
+            assert audit.writable
+    finally:
+        audit.close()
+        index.close()
+    report = verify(log_path)
+    assert report.ok, report.problems
+    lines = _store_lines(log_path)
+    assert sorted(str(r["objects"][2][1]) for r in lines) == sorted(acknowledged)  # type: ignore[index]
+    assert all(r["outcome"] == 0 and r["detail"] == {"result": "inserted"} for r in lines)
+    audit_messages = [r for r in caplog.records if r.name == "pacsguard.archive.audit.log"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "cannot be written" in errors[0].getMessage()
+    assert [r.levelno for r in audit_messages] == [logging.ERROR, logging.WARNING]
