@@ -203,16 +203,16 @@ def start_archive(settings: Settings) -> RunningArchive:
             )
             host, port = frontend.listen(plain_host, plain_port, tls=None)
             running.endpoints.append(Endpoint(host, port, False))
+        audit.emit(  # AuditLogError: an archive that cannot audit does not start
+            AuditEvent(
+                EventType.APPLICATION_START,
+                EventAction.EXECUTE,
+                EventOutcome.SUCCESS,
+                (Participant(ae_title=server.ae_title, requestor=False),),
+                detail={"endpoints": ", ".join(str(e) for e in running.endpoints)},
+            )
+        )
     except BaseException:
         running.stop()
         raise
-    audit.emit(
-        AuditEvent(
-            EventType.APPLICATION_START,
-            EventAction.EXECUTE,
-            EventOutcome.SUCCESS,
-            (Participant(ae_title=server.ae_title, requestor=False),),
-            detail={"endpoints": ", ".join(str(e) for e in running.endpoints)},
-        )
-    )
     return running

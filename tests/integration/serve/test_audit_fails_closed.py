@@ -30,6 +30,7 @@ from ..full_disk import fill
 from .conftest import TESTER, StartArchive, make_data_dir
 
 OUT_OF_RESOURCES = 0xA700
+OUT_OF_RESOURCES_SUB_OPERATIONS = 0xA702
 STORAGE = (CTImageStorage, MRImageStorage)  # what the synthetic lab generates
 
 
@@ -75,59 +76,6 @@ def _events(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_bytes().splitlines()]
 
 
-def test_over_dimse_a_full_audit_disk_refuses_and_the_archive_heals_without_restart(
-    start: StartArchive, small_tmpfs: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    log_path = small_tmpfs / "audit.jsonl"
-    archive = start(**{"audit.log_path": str(log_path)})
-    datasets = _datasets(30)
-    acknowledged: list[str] = []
-    refused: list[Dataset] = []
-    with caplog.at_level(logging.INFO, logger="pacsguard"):
-        assoc = _associate(archive)  # its audit line is written while there is room
-        assert assoc.is_established
-        try:
-            assert _store(assoc, datasets[0]) == 0x0000
-            acknowledged.append(str(datasets[0].SOPInstanceUID))
-            filler = fill(small_tmpfs)
-            for ds in datasets[1:20]:
-                status = _store(assoc, ds)
-                if status == 0x0000:
-                    assert not refused, "a store succeeded after one was refused"
-                    acknowledged.append(str(ds.SOPInstanceUID))
-                else:
-                    assert status == OUT_OF_RESOURCES
-                    refused.append(ds)
-            assert refused, "the full disk refused nothing"
-            assert _find_statuses(assoc) == [OUT_OF_RESOURCES]  # no match released
-            other = _associate(archive)  # not accepted without its audit line
-            assert other.is_rejected and not other.is_established
-            filler.unlink()  # space returns; the same association goes on
-            for ds in [*refused, *datasets[20:]]:
-                assert _store(assoc, ds) == 0x0000
-                acknowledged.append(str(ds.SOPInstanceUID))
-            assert _find_statuses(assoc)[-1] == 0x0000
-        finally:
-            assoc.release()
-        again = _associate(archive)
-        assert again.is_established
-        again.release()
-    archive.stop()
-    report = verify(log_path)
-    assert report.ok, report.problems
-    stored = {
-        str(e["objects"][2][1])  # type: ignore[index]
-        for e in _events(log_path)
-        if e["event"] == "store" and e["outcome"] == 0
-    }
-    assert stored == set(acknowledged)
-    assert set(map(str, archive.blobs.keys())) == set(acknowledged)
-    ours = [r for r in caplog.records if r.name.startswith("pacsguard")]
-    errors = [r for r in ours if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "cannot be written" in errors[0].getMessage(), errors
-    assert sum("synced again" in r.getMessage() for r in ours) == 1
-
-
 class SlowDestination:
     """A real pynetdicom storage SCP on loopback whose C-STORE handler waits to be released,
     so that a C-MOVE sub-operation is in flight for as long as the test wants."""
@@ -161,22 +109,102 @@ def slow_destination() -> Iterator[SlowDestination]:
     destination.close()
 
 
-def test_a_move_cut_off_mid_transfer_counts_the_sub_operation_in_flight(
-    start: StartArchive, tmp_path: Path, slow_destination: SlowDestination
-) -> None:
-    config = (
+def _with_destination(tmp_path: Path, destination: SlowDestination) -> Path:
+    return make_data_dir(
+        tmp_path / "data",
         TESTER
         + f"""
 [[ae]]
 ae_title = "SLOWDEST"
 auth = "address"
 address = "127.0.0.1"
-port = {slow_destination.port}
+port = {destination.port}
 move_destination = true
 permissions = []
-"""
+""",
     )
-    archive = start(make_data_dir(tmp_path / "data", config))
+
+
+def _move_statuses(assoc: Association, study_uid: str) -> list[int]:
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    return [
+        int(status.Status)
+        for status, _ in assoc.send_c_move(
+            query, "SLOWDEST", StudyRootQueryRetrieveInformationModelMove
+        )
+        if status
+    ]
+
+
+def test_over_dimse_a_full_audit_disk_refuses_and_the_archive_heals_without_restart(
+    start: StartArchive,
+    small_tmpfs: Path,
+    tmp_path: Path,
+    slow_destination: SlowDestination,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log_path = small_tmpfs / "audit.jsonl"
+    slow_destination.release.set()  # it answers at once here
+    archive = start(
+        _with_destination(tmp_path, slow_destination), **{"audit.log_path": str(log_path)}
+    )
+    datasets = _datasets(30)
+    acknowledged: list[str] = []
+    refused: list[Dataset] = []
+    with caplog.at_level(logging.INFO, logger="pacsguard"):
+        assoc = _associate(archive)  # its audit line is written while there is room
+        assert assoc.is_established
+        try:
+            assert _store(assoc, datasets[0]) == 0x0000
+            acknowledged.append(str(datasets[0].SOPInstanceUID))
+            filler = fill(small_tmpfs)
+            for ds in datasets[1:20]:
+                status = _store(assoc, ds)
+                if status == 0x0000:
+                    assert not refused, "a store succeeded after one was refused"
+                    acknowledged.append(str(ds.SOPInstanceUID))
+                else:
+                    assert status == OUT_OF_RESOURCES
+                    refused.append(ds)
+            assert refused, "the full disk refused nothing"
+            assert _find_statuses(assoc) == [OUT_OF_RESOURCES]  # no match released
+            study = str(datasets[0].StudyInstanceUID)  # nothing sent: 0xA702 refused
+            assert _move_statuses(assoc, study) == [OUT_OF_RESOURCES_SUB_OPERATIONS]
+            assert not slow_destination.arrived.is_set()
+            other = _associate(archive)  # not accepted without its audit line
+            assert other.is_rejected and not other.is_established
+            filler.unlink()  # space returns; the same association goes on
+            for ds in [*refused, *datasets[20:]]:
+                assert _store(assoc, ds) == 0x0000
+                acknowledged.append(str(ds.SOPInstanceUID))
+            assert _find_statuses(assoc)[-1] == 0x0000
+        finally:
+            assoc.release()
+        again = _associate(archive)
+        assert again.is_established
+        again.release()
+    archive.stop()
+    report = verify(log_path)
+    assert report.ok, report.problems
+    stored = {
+        str(e["objects"][2][1])  # type: ignore[index]
+        for e in _events(log_path)
+        if e["event"] == "store" and e["outcome"] == 0
+    }
+    assert stored == set(acknowledged)
+    assert set(map(str, archive.blobs.keys())) == set(acknowledged)
+    ours = [r for r in caplog.records if r.name.startswith("pacsguard")]
+    errors = [r for r in ours if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "cannot be written" in errors[0].getMessage(), errors
+    assert sum("synced again" in r.getMessage() for r in ours) == 1
+
+
+def test_a_move_cut_off_mid_transfer_counts_the_sub_operation_in_flight(
+    start: StartArchive, tmp_path: Path, slow_destination: SlowDestination
+) -> None:
+    archive = start(_with_destination(tmp_path, slow_destination))
     datasets = _datasets(4, seed=37)
     assoc = _associate(archive)
     assert assoc.is_established
