@@ -18,11 +18,11 @@ import pytest
 SIZE = "1m"
 
 
-def _mount(where: Path) -> None:
+def _mount(where: Path, size: str) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (a real full filesystem, never a mock)")
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={SIZE},mode=0700", "tmpfs", str(where)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -33,11 +33,12 @@ def _mount(where: Path) -> None:
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A freshly mounted 1 MiB tmpfs, unmounted at teardown."""
+def small_tmpfs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A freshly mounted tmpfs (1 MiB, or the size given by indirect parametrization),
+    unmounted at teardown."""
     where = tmp_path / "small-fs"
     where.mkdir()
-    _mount(where)
+    _mount(where, str(getattr(request, "param", SIZE)))
     try:
         yield where
     finally:

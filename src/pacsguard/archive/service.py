@@ -6,7 +6,9 @@ is authorized here, and becomes an audit event whatever its outcome.
 
 Ingest is durable before it answers: the blob is fsync'd and renamed, then the index row is
 committed and the audit line synced, and only then does `store_instance` return success (and the
-front end acknowledge).
+front end acknowledge). When the blob or the index row cannot be written (a full disk) the answer
+is 0xA700 and nothing is kept; the archive logs one error when that starts and one warning when
+it ends.
 
 Audit fails closed: the primary audit log's `AuditLogError` never becomes a success. A store
 whose audit line cannot be made durable answers 0xA700 (out of resources). If the line could
@@ -178,6 +180,34 @@ def _record_from(values: dict[str, str]) -> InstanceRecord | None:
     )
 
 
+class _Episodes:
+    """One error when writes start failing (a full disk refuses every store after it), and one
+    warning when they work again: not a traceback per refused store."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._failing = False
+        self._lock = threading.Lock()
+
+    def failed(self, error: Exception) -> None:
+        with self._lock:
+            if self._failing:
+                return
+            self._failing = True
+        log.error(
+            "%s failed: stores answer 0xA700 until it works again", self._what, exc_info=error
+        )
+
+    def worked(self) -> None:
+        if not self._failing:
+            return
+        with self._lock:
+            if not self._failing:
+                return
+            self._failing = False
+        log.warning("%s works again: stores resume", self._what)
+
+
 def _participant(principal: Principal) -> Participant:
     return Participant(
         ae_title=principal.ae_title, address=principal.address, user=principal.username
@@ -201,6 +231,8 @@ class ArchiveService:
         self._authorize = authorize
         self.limits = limits or ServiceLimits()
         self._locks = tuple(threading.Lock() for _ in range(64))
+        self._blob_writes = _Episodes("blob store write")
+        self._index_writes = _Episodes("index commit")
 
     # -- policy ------------------------------------------------------------------------------
     def require(self, principal: Principal, action: Action) -> None:
@@ -319,9 +351,10 @@ class ArchiveService:
         except BlobConflictError:
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", record)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
-        except OSError:
-            log.exception("blob store write failed")
+        except OSError as error:
+            self._blob_writes.failed(error)
             return self._refuse(principal, OUT_OF_RESOURCES, "storage write failed")
+        self._blob_writes.worked()
         stored = InstanceRecord(
             **{
                 **{f: getattr(record, f) for f in record.__dataclass_fields__},
@@ -346,7 +379,10 @@ class ArchiveService:
             # and take back the blob no index row points to.
             self._blobs.delete(info.key)
             return self._refuse(principal, CANNOT_UNDERSTAND, "UIDs contradict stored hierarchy")
-        except Exception:
+        except AuditLogError:  # the line could not be written: the row rolled back
+            self._drop_unindexed_blob(info.key)
+            raise
+        except Exception as error:  # a full disk, a lost database: never acknowledged
             if audit_synced:  # the success line is written: say that the commit failed
                 with contextlib.suppress(AuditLogError):
                     audit_synced[0]()
@@ -354,7 +390,9 @@ class ArchiveService:
                         principal, EventOutcome.SERIOUS_FAILURE, "index commit failed", stored
                     )
             self._drop_unindexed_blob(info.key)
-            raise
+            self._index_writes.failed(error)
+            return StoreResult(OUT_OF_RESOURCES, "index commit failed")
+        self._index_writes.worked()
         if outcome is AddOutcome.DUPLICATE_CONFLICT:  # indexed under other bytes
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", stored)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
