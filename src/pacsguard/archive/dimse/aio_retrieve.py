@@ -3,12 +3,15 @@
 Statuses follow PS3.4 C.4.2/C.4.3 and pynetdicom's Q/R service class: refused by policy or
 identifier 0xC413 (C-GET) / 0xC514 (C-MOVE), move destination unknown or unreachable 0xA801,
 more than 65535 matches 0xC416 / 0xC516, cancelled 0xFE00, some sub-operations failed 0xB000,
-all failed 0xA702 (with the Failed SOP Instance UID List). The audit log fails closed: when the
-line that opens a retrieve cannot be made durable nothing is sent and the answer is 0xA702
-("out of resources, unable to perform sub-operations"); when the closing line cannot, the final
-response is 0xA702 with the counts. Instances are streamed from the blob
+all failed 0xA702 (with the Failed SOP Instance UID List). Instances are streamed from the blob
 store in their stored transfer syntax; only Explicit <-> Implicit VR Little Endian conversion
 decodes an instance in memory.
+
+The audit log fails closed: when the line that opens a retrieve (`move-request`) cannot be made
+durable, nothing is sent and the answer is 0xA702 ("Refused: Out of Resources - Unable to perform
+sub-operations"); when the closing `retrieve` line cannot, the final response is 0xA702 with the
+counts. The closing line is written however the operation ends (done, cancelled, cut off) and
+accounts for every sub-operation, the one in flight included.
 """
 
 from __future__ import annotations
