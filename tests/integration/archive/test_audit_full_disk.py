@@ -5,8 +5,11 @@ again, without a restart, once space returns."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -116,3 +119,46 @@ def test_stores_fail_closed_on_a_full_disk_and_resume_when_space_returns(
             assert levels == [logging.ERROR, logging.WARNING], logger
         else:
             assert levels == [], logger
+
+
+def test_a_store_whose_audit_sync_fails_is_refused_and_its_line_is_rewritten_on_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync failing on the audit log only (fault injection: no mountable filesystem fails an
+    fsync on demand); the blob store's own fsyncs keep working."""
+    log_path = tmp_path / "audit.jsonl"
+    audit = AuditLog(log_path, retry_interval=0.05)
+    index = SqlIndex(f"sqlite:///{tmp_path / 'index.db'}")
+    blobs = FolderBlobStore(tmp_path / "blobs", encryption_key=b"k" * 32)
+    service = ArchiveService(index, blobs, AuditFanout(audit), lambda p, a: None)
+    (uid, data), (second_uid, second) = _objects(2)
+    audit_inode = log_path.stat().st_ino
+    broken = True
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if broken and os.fstat(fd).st_ino == audit_inode:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    try:
+        refused = service.store_instance(PRINCIPAL, data)
+        assert (refused.status, refused.outcome) == (OUT_OF_RESOURCES, "audit log unavailable")
+        assert service.store_instance(PRINCIPAL, second).status == OUT_OF_RESOURCES
+        assert index.get(second_uid) is None  # refused at once: the log takes no new line
+        broken = False
+        deadline = time.monotonic() + 30
+        while not audit.writable and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert audit.writable  # the syncer rewrote the unsynced line, no restart
+        retried = service.store_instance(PRINCIPAL, data)
+        assert (retried.status, retried.outcome) == (0, "duplicate-identical")
+        assert service.store_instance(PRINCIPAL, second).ok
+    finally:
+        audit.close()
+        index.close()
+    assert verify(log_path).ok
+    results = [(r["objects"][2][1], r["detail"]["result"]) for r in _store_lines(log_path)]  # type: ignore[index]
+    # The first line (the row committed while its sync failed) was kept and made durable.
+    assert results == [(uid, "inserted"), (uid, "duplicate-identical"), (second_uid, "inserted")]
