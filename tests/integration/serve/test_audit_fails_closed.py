@@ -138,6 +138,23 @@ def _move_statuses(assoc: Association, study_uid: str) -> list[int]:
     ]
 
 
+def _use_up_the_log(archive: RunningArchive, assoc: Association) -> None:
+    """Open associations, then query, until each is refused: lines that still fit in the log's
+    last page use it up, and a refusal writes nothing, so once the (shortest) association and
+    query lines are refused, so is every longer line (move-request, store)."""
+    for _ in range(50):
+        other = _associate(archive)
+        if other.is_rejected:
+            break
+        other.release()
+    else:
+        pytest.fail("the audit log kept accepting associations on a full disk")
+    for _ in range(50):
+        if _find_statuses(assoc) == [OUT_OF_RESOURCES]:
+            return
+    pytest.fail("the audit log kept taking query lines on a full disk")
+
+
 def test_over_dimse_a_full_audit_disk_refuses_and_the_archive_heals_without_restart(
     start: StartArchive,
     small_tmpfs: Path,
@@ -163,20 +180,23 @@ def test_over_dimse_a_full_audit_disk_refuses_and_the_archive_heals_without_rest
             for ds in datasets[1:20]:
                 status = _store(assoc, ds)
                 if status == 0x0000:
-                    assert not refused, "a store succeeded after one was refused"
                     acknowledged.append(str(ds.SOPInstanceUID))
                 else:
                     assert status == OUT_OF_RESOURCES
                     refused.append(ds)
             assert refused, "the full disk refused nothing"
+            _use_up_the_log(archive, assoc)
+            # Now no line fits: queries, associations, moves and stores are all refused.
             assert _find_statuses(assoc) == [OUT_OF_RESOURCES]  # no match released
+            other = _associate(archive)  # not accepted without its audit line
+            assert other.is_rejected and not other.is_established
             study = str(datasets[0].StudyInstanceUID)  # nothing sent: 0xA702 refused
             assert _move_statuses(assoc, study) == [OUT_OF_RESOURCES_SUB_OPERATIONS]
             assert not slow_destination.arrived.is_set()
-            other = _associate(archive)  # not accepted without its audit line
-            assert other.is_rejected and not other.is_established
+            assert _store(assoc, datasets[20]) == OUT_OF_RESOURCES
+            refused.append(datasets[20])
             filler.unlink()  # space returns; the same association goes on
-            for ds in [*refused, *datasets[20:]]:
+            for ds in [*refused, *datasets[21:]]:
                 assert _store(assoc, ds) == 0x0000
                 acknowledged.append(str(ds.SOPInstanceUID))
             assert _find_statuses(assoc)[-1] == 0x0000
