@@ -39,7 +39,7 @@ class EventType(StrEnum):
     QUERY = "query"
     STORE = "store"  # instances received
     RETRIEVE = "retrieve"  # instances sent by C-GET / C-MOVE
-    MOVE_REQUEST = "move-request"
+    MOVE_REQUEST = "move-request"  # a C-MOVE / C-GET about to send: before any sub-operation
     POLICY_DENIAL = "policy-denial"
     AUDIT_LOG_USED = "audit-log-used"
     SECURITY_ALERT = "security-alert"  # an operator changed security state (lockout lifted)
