@@ -32,7 +32,7 @@ from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup, MoveDestination
 from pacsguard.archive.index.sql import SqlIndex
 from pacsguard.archive.recovery import recover
-from pacsguard.archive.security.bootstrap import load_at_rest_key
+from pacsguard.archive.security.bootstrap import derive_index_key, load_at_rest_key
 from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.security.tls import client_capable, client_context, server_context
 from pacsguard.archive.service import ArchiveService, ServiceLimits
@@ -127,12 +127,20 @@ def move_destinations(settings: Settings) -> DestinationLookup:
 
 
 def open_storage(settings: Settings) -> tuple[SqlIndex, FolderBlobStore]:
-    """The index and blob store the settings name (also used by `fsck`)."""
+    """The index and blob store the settings name (also used by `fsck`). With encryption at
+    rest, blobs and an SQLite index are encrypted under keys derived from storage.key_file."""
     key = load_at_rest_key(settings.storage.key_file) if settings.storage.encrypt_at_rest else None
     settings.storage.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     blobs = FolderBlobStore(settings.storage.blob_dir, encryption_key=key)
-    index = SqlIndex(settings.storage.index_url)
+    index = SqlIndex(settings.storage.index_url, key=None if key is None else derive_index_key(key))
     return index, blobs
+
+
+def index_key(settings: Settings) -> bytes | None:
+    """The SQLCipher key of the settings' SQLite index; None without encryption at rest."""
+    if not settings.storage.encrypt_at_rest:
+        return None
+    return derive_index_key(load_at_rest_key(settings.storage.key_file))
 
 
 def open_audit(settings: Settings) -> tuple[AuditSink, list[object]]:
