@@ -36,6 +36,7 @@ from pacsguard.archive.security.bootstrap import derive_index_key, load_at_rest_
 from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.security.tls import client_capable, client_context, server_context
 from pacsguard.archive.service import ArchiveService, ServiceLimits
+from pacsguard.archive.staging import STAGING_FOLDER, StagingArea
 from pacsguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,8 @@ def start_archive(settings: Settings) -> RunningArchive:
         if running_marker.exists():
             recover(index, blobs, max_in_flight=settings.server.max_associations * 2)
         write_marker(running_marker)
+        # Large received objects are staged here, encrypted; leftovers are swept now.
+        staging = StagingArea(settings.storage.data_dir / STAGING_FOLDER)
     except BaseException:
         index.close()
         raise
@@ -178,6 +181,7 @@ def start_archive(settings: Settings) -> RunningArchive:
         audit,
         gate.authorize,
         ServiceLimits(max_query_results=server.find_result_cap),
+        staging=staging,
     )
     running = RunningArchive(
         settings, service, index, blobs, audit, gate, _closers=closers, _marker=running_marker
