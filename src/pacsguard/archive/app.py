@@ -84,11 +84,16 @@ class RunningArchive:
         self.index.close()
         if self._marker is not None:  # a clean stop: the next start skips crash recovery
             self._marker.unlink(missing_ok=True)
-        for closer in self._closers:
-            close = getattr(closer, "close", None)
-            if callable(close):
-                with suppress(Exception):
-                    close()
+        close_all(self._closers)
+
+
+def close_all(closers: list[object]) -> None:
+    """Close each of `closers` that has a `close`; one failing does not stop the others."""
+    for closer in closers:
+        close = getattr(closer, "close", None)
+        if callable(close):
+            with suppress(Exception):
+                close()
 
 
 def move_destinations(settings: Settings) -> DestinationLookup:
@@ -160,7 +165,11 @@ def start_archive(settings: Settings) -> RunningArchive:
     require_files(settings)
     destinations = move_destinations(settings)
     audit, closers = open_audit(settings)
-    index, blobs = open_storage(settings)
+    try:
+        index, blobs = open_storage(settings)
+    except BaseException:  # e.g. an index that the key does not open: close the audit log
+        close_all(closers)
+        raise
     # A marker present at start means the last run did not stop cleanly: only then is the
     # index-against-blobs scan worth its cost (it reads every row and lists every blob).
     running_marker = settings.storage.data_dir / MARKER

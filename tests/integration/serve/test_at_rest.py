@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from pynetdicom.sop_class import (
 from pacsguard.archive.app import RunningArchive
 from pacsguard.archive.dimse.aio_receive import IN_MEMORY_OBJECT_BYTES
 from pacsguard.archive.index.matching import normalize_name
+from pacsguard.cli import main
+from pacsguard.errors import ConfigError
 from pacsguard.lab.synth import SyntheticArchive, build_dataset, generate_archive
 
 from .conftest import StartArchive
@@ -304,3 +307,32 @@ def test_the_scan_finds_what_is_there(
     index = scan([p for p in files_under(data_dir) if p.name.startswith("index.sqlite3")], wanted)
     assert set().union(*index.values()) == kinds
     archive.stop()
+
+
+def test_fsck_and_serve_open_the_index_with_the_key_and_only_with_it(
+    start: StartArchive, lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = start()
+    small = [ds for ds in objects(lab) if len(ds.PixelData) < IN_MEMORY_OBJECT_BYTES]
+    endpoint = next(e for e in archive.endpoints if not e.tls)
+    assoc = client().associate(endpoint.host, endpoint.port, ae_title="PACSGUARD")
+    assert [assoc.send_c_store(ds).Status for ds in small] == [0x0000] * len(small)
+    assoc.release()
+    archive.stop()
+    data_dir = archive.settings.storage.data_dir
+    key_file = archive.settings.storage.key_file
+    assert main(["fsck", "--data-dir", str(data_dir)]) == 0
+    assert f"{len(small)} instances in the index" in capsys.readouterr().out
+    kept = key_file.read_bytes()
+    index = data_dir / "index.sqlite3"
+    before = index.read_bytes()
+    key_file.write_bytes(bytes(32))  # another key: the index must not open, nor change
+    assert main(["fsck", "--data-dir", str(data_dir)]) == 2
+    assert "storage.key_file" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="encrypted with another key"):
+        start(data_dir)
+    # The start failed cleanly: its audit log closed again, the index untouched.
+    assert "pacsguard-audit-sync" not in {t.name for t in threading.enumerate()}
+    assert index.read_bytes() == before
+    key_file.write_bytes(kept)
+    assert main(["fsck", "--data-dir", str(data_dir)]) == 0
