@@ -12,6 +12,9 @@ import ssl
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
+
+from sqlalchemy.engine import make_url
 
 from pacsguard.archive.audit.events import (
     AuditEvent,
@@ -25,7 +28,7 @@ from pacsguard.archive.audit.log import AuditLog
 from pacsguard.archive.audit.notify import AuditFanout
 from pacsguard.archive.audit.syslog import SyslogSink
 from pacsguard.archive.blobs.folder import FolderBlobStore
-from pacsguard.archive.config import Settings, require_files, validate_listen
+from pacsguard.archive.config import Settings, is_loopback, require_files, validate_listen
 from pacsguard.archive.control import MARKER, write_marker
 from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd
 from pacsguard.archive.dimse.contexts import FrontEndSettings
@@ -139,7 +142,34 @@ def open_storage(settings: Settings) -> tuple[SqlIndex, FolderBlobStore]:
     settings.storage.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     blobs = FolderBlobStore(settings.storage.blob_dir, encryption_key=key)
     index = SqlIndex(settings.storage.index_url, key=None if key is None else derive_index_key(key))
+    warning = index_transport_warning(settings.storage.index_url)
+    if warning is not None:
+        log.warning("%s", warning)
     return index, blobs
+
+
+#: libpq sslmodes that verify the server's certificate; anything less can be intercepted.
+_VERIFIED_SSLMODES: Final = frozenset({"verify-ca", "verify-full"})
+
+
+def index_transport_warning(index_url: str) -> str | None:
+    """Why the connection to the index may carry patient data unprotected, or None: a
+    PostgreSQL server off this machine reached without verified TLS (README: PostgreSQL).
+    Names the host only, never the URL (it may hold a password)."""
+    url = make_url(index_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    query = {k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}
+    host = url.host or query.get("host")
+    if host is None or host.startswith("/") or is_loopback(host):
+        return None  # a Unix socket or this machine
+    if query.get("sslmode") in _VERIFIED_SSLMODES:
+        return None
+    return (
+        f"storage.index_url: the PostgreSQL server {host} is reached without verified TLS, so "
+        "patient data in the index crosses the network unprotected or to an unverified peer; "
+        "add ?sslmode=verify-full&sslrootcert=/path/to/ca.crt to index_url (README: PostgreSQL)"
+    )
 
 
 def index_key(settings: Settings) -> bytes | None:
