@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pydicom.dataset import Dataset
@@ -32,8 +32,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from pacsguard.archive.app import RunningArchive
+from pacsguard.archive.app import RunningArchive, index_key
 from pacsguard.archive.dimse.aio_receive import IN_MEMORY_OBJECT_BYTES
+from pacsguard.archive.fsck import run_fsck
+from pacsguard.archive.index import sqlcipher
 from pacsguard.archive.index.matching import normalize_name
 from pacsguard.cli import main
 from pacsguard.errors import ConfigError
@@ -336,3 +338,42 @@ def test_fsck_and_serve_open_the_index_with_the_key_and_only_with_it(
     assert index.read_bytes() == before
     key_file.write_bytes(kept)
     assert main(["fsck", "--data-dir", str(data_dir)]) == 0
+
+
+def decrypt_index(path: Path, key: bytes) -> None:
+    """Turn an encrypted index back into the plaintext file an older pacsguard left."""
+    plain = path.with_name("plain.sqlite3")
+    connection = sqlcipher.dbapi().connect(str(path), isolation_level=None)
+    try:
+        sqlcipher.apply_key(connection, key)
+        connection.execute("ATTACH DATABASE ? AS plaintext KEY ''", (str(plain),))
+        connection.execute("SELECT sqlcipher_export('plaintext')").fetchall()
+        connection.execute("DETACH DATABASE plaintext")
+    finally:
+        connection.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    plain.replace(path)
+
+
+def test_an_older_data_folder_is_upgraded_in_place(start: StartArchive, lab: Lab) -> None:
+    """Blobs encrypted, index in clear (what pacsguard wrote before SQLCipher): the next start
+    encrypts the index, and every instance is still found, retrievable and consistent."""
+    archive = start()
+    statuses = store_all(archive, lab)
+    assert statuses == [0x0000] * 8
+    archive.stop()
+    data_dir = archive.settings.storage.data_dir
+    index = data_dir / "index.sqlite3"
+    decrypt_index(index, cast(bytes, index_key(archive.settings)))
+    wanted = needles(lab)
+    assert sqlcipher.is_plaintext(index) and scan([index], wanted)  # the older state
+    again = start(data_dir)
+    assert not sqlcipher.is_plaintext(index)
+    find_each_patient(again, lab)
+    assert run_fsck(again.index, again.blobs, verify_hashes=True).ok
+    assert len(list(again.index.all_blob_keys())) == 8
+    again.stop()
+    hits = scan(files_under(data_dir), wanted)
+    assert hits.pop(again.settings.audit.log_path, set()) <= {"patient ID"}
+    assert hits == {}
