@@ -84,8 +84,10 @@ class StagingArea:
 
 class StagedWriter:
     """Receives an object's bytes and encrypts them into an unnamed file; `finish` hands over
-    a `StagedObject`. Past `limit` bytes (the largest object the archive takes) it counts
-    without keeping, so the service sees the size it must refuse."""
+    a `StagedObject`. Bytes written with `keep=False` (past the largest object the archive
+    takes) are counted, not kept, so the service sees the size it must refuse. A failed write
+    (a full disk) stops the writing too: the object's size then raises, which the service
+    answers with out-of-resources."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -94,19 +96,36 @@ class StagedWriter:
         self._encryptor = aead.ChunkEncryptor(self._file, self._key, _LABEL)
         self._size = 0
         self._complete = True
+        self._error: OSError | None = None
 
     def write(self, data: bytes | bytearray | memoryview, *, keep: bool = True) -> None:
         self._size += len(data)
         if not keep:
             self._complete = False
-        if self._complete:
-            self._encryptor.write(data)
+        if self._complete and self._error is None:
+            try:
+                self._encryptor.write(data)
+            except OSError as exc:
+                self._failed(exc)
+
+    def _failed(self, error: OSError) -> None:
+        if self._error is None:
+            log.error("staging a received object failed: %s", error.strerror or error)
+            self._error = error
 
     def finish(self) -> StagedObject:
         """Seal the last chunk; the file is then read-only, through `StagedObject.open`."""
-        self._encryptor.close()
-        self._file.close()
-        staged = StagedObject(self._fd, self._key, self._size, complete=self._complete)
+        if self._complete and self._error is None:
+            try:
+                self._encryptor.close()
+                self._file.flush()
+            except OSError as exc:
+                self._failed(exc)
+        with contextlib.suppress(OSError):  # what did not flush is already an error above
+            self._file.close()
+        staged = StagedObject(
+            self._fd, self._key, self._size, complete=self._complete, error=self._error
+        )
         self._fd = -1
         return staged
 
@@ -122,22 +141,28 @@ class StagedObject:
     """A staged object, readable any number of times (each `open` starts at byte 0) until
     `discard`, which frees the file."""
 
-    def __init__(self, fd: int, key: bytes, size: int, *, complete: bool) -> None:
+    def __init__(
+        self, fd: int, key: bytes, size: int, *, complete: bool, error: OSError | None = None
+    ) -> None:
         self._fd = fd
         self._key = key
         self._size = size
+        self._error = error
         self.complete = complete
 
     @property
     def size(self) -> int:
-        """Bytes received, including any counted but not kept past the limit."""
+        """Bytes received, including any counted but not kept past the limit. Raises OSError
+        when the object could not be staged (its bytes are not all there)."""
+        if self._error is not None:
+            raise OSError(self._error.errno, f"the object could not be staged: {self._error}")
         return self._size
 
     def open(self) -> BinaryIO:
         if self._fd < 0:
             raise ValueError("the staged object was discarded")
-        if not self.complete:
-            raise ValueError("the staged object exceeded the size limit; its bytes were not kept")
+        if not self.complete or self._error is not None:
+            raise ValueError("the staged object's bytes were not all kept (size limit, full disk)")
         reader = cast(BinaryIO, _PositionalReader(self._fd))
         return aead.open_decrypting(reader, self._key, _LABEL)
 

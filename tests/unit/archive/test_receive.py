@@ -128,7 +128,7 @@ def test_past_the_size_limit_bytes_are_counted_not_kept(staging: StagingArea) ->
     assert staged is not None and staged.size > 200_000  # what the service refuses
     (fd,) = {int(n) for n in _open_fds() - before}
     assert os.fstat(fd).st_size < 100  # nothing kept: the header and an empty last chunk
-    with pytest.raises(ValueError, match="size limit"):
+    with pytest.raises(ValueError, match="not all kept"):
         staged.open()
     incoming.discard()
 
