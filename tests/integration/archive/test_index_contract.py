@@ -141,12 +141,18 @@ def test_sqlite_runs_durable_wal_with_foreign_keys(tmp_path: Path) -> None:
         index.add(rec("2", "11", "1", "P1"))  # through a driver connection of its own
         (driver,) = index._driver_insert._idle
         pragmas = [driver.execute(f"PRAGMA {p}").fetchone()[0] for p in _DURABILITY_PRAGMAS]
-        assert pragmas == [2, 1, 30000, "wal"]
+        assert pragmas == [2, 1, 30000, "wal", 2]  # temp_store 2: MEMORY
     finally:
         index.close()
 
 
-_DURABILITY_PRAGMAS = ("synchronous", "foreign_keys", "busy_timeout", "journal_mode")
+_DURABILITY_PRAGMAS = (
+    "synchronous",
+    "foreign_keys",
+    "busy_timeout",
+    "journal_mode",
+    "temp_store",
+)
 
 
 def test_in_memory_and_unknown_databases_are_refused() -> None:

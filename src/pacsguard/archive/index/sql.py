@@ -3,9 +3,10 @@
 Durability: every write is one transaction committed before the method returns; SQLite runs
 with `journal_mode=WAL` and `synchronous=FULL`, so a commit survives a power cut.
 
-Encryption at rest: given a key, the SQLite index is a SQLCipher database (see `sqlcipher`):
-its file and its WAL hold no clear patient data, and an older unencrypted index is encrypted
-on open. A PostgreSQL index is the database server's to protect (README: PostgreSQL).
+Encryption at rest: given a key, the SQLite index is a SQLCipher database (see `sqlcipher`,
+whose driver opens every SQLite index, keyed or not): its file and its WAL hold no clear
+patient data, and an older unencrypted index is encrypted on open. A PostgreSQL index is the
+database server's to protect (README: PostgreSQL).
 
 Threads: one SqlIndex serves every association thread; each call takes its own pooled
 connection. On SQLite a write transaction starts with `BEGIN IMMEDIATE`, so writers queue on
@@ -430,15 +431,14 @@ def _open_engine(url: URL, key: bytes | None) -> tuple[Engine, Callable[[Any, An
             "give a file path: sqlite:///path/to/index.db"
         )
     path = Path(url.database)
-    options: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
     if key is not None:
         sqlcipher.check_key(key)
         if sqlcipher.is_plaintext(path):
             sqlcipher.encrypt_plaintext_index(path, key)
-        options["module"] = sqlcipher.dbapi()  # the dialect maps its errors, too
     _create_private(path)
     on_connect = _sqlite_setup(key)
-    engine = create_engine(url, **options)
+    # One driver whether encrypted or not: sqlcipher3 (the dialect then maps its errors too).
+    engine = create_engine(url, module=sqlcipher.dbapi(), connect_args={"timeout": BUSY_TIMEOUT_S})
     # First among the connect listeners: the key must precede the dialect's own first queries.
     event.listen(engine, "connect", on_connect, insert=True)
     event.listen(engine, "begin", _sqlite_on_begin)
@@ -472,6 +472,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA temp_store=MEMORY")  # sorts and temp tables: never a temp file
     finally:
         cursor.close()
 

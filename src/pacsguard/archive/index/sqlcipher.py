@@ -1,10 +1,11 @@
 """The embedded SQLite index encrypted at rest with SQLCipher.
 
-With a key, every page of the index file and of its write-ahead log is encrypted (AES-256-CBC)
-and authenticated (HMAC-SHA512) by SQLCipher, through the `sqlcipher3` driver, which bundles
-its own SQLite. The key is raw (`PRAGMA key = "x'..'"`): SQLCipher then skips its passphrase
-KDF, so a new connection costs no PBKDF2 run. Temporary tables and sort spills stay in memory
-(`temp_store = MEMORY`), never in the temp folder.
+Every SQLite index is opened through the `sqlcipher3` driver, which bundles its own, recent
+SQLite with SQLCipher; without a key it is plain SQLite. With a key, every page of the index
+file and of its write-ahead log is encrypted (AES-256-CBC) and authenticated (HMAC-SHA512).
+The key is raw (`PRAGMA key = "x'..'"`): SQLCipher then skips its passphrase KDF, so a new
+connection costs no PBKDF2 run. Temporary tables and sort spills stay in memory
+(`temp_store = MEMORY`, set by the index for every connection), never in the temp folder.
 
 An index created unencrypted by an older pacsguard is encrypted in place the first time it is
 opened with a key (`encrypt_plaintext_index`): SQLCipher's `sqlcipher_export` copies it into a
@@ -33,7 +34,7 @@ ENCRYPTING_SUFFIX: Final = ".encrypting"
 
 
 def dbapi() -> ModuleType:
-    """The SQLCipher DB-API module (sqlcipher3, imported when an encrypted index is opened)."""
+    """The SQLCipher DB-API module (sqlcipher3, imported when a SQLite index is opened)."""
     import sqlcipher3.dbapi2
 
     module: ModuleType = sqlcipher3.dbapi2
@@ -55,7 +56,6 @@ def apply_key(dbapi_connection: Any, key: bytes) -> None:
     try:
         cursor.execute(f'PRAGMA key = "{_key_literal(key)}"')
         cursor.execute("PRAGMA cipher_log_level = NONE")  # a wrong key is our ConfigError
-        cursor.execute("PRAGMA temp_store = MEMORY")
     finally:
         cursor.close()
 
