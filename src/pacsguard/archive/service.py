@@ -200,12 +200,12 @@ class ArchiveService:
         staging: StagingArea | None = None,
     ) -> None:
         self._index = index
-        #: Where front ends stage objects too large for memory (encrypted, in the data folder).
-        self.staging = staging
         self._blobs = blobs
         self._audit = audit
         self._authorize = authorize
         self.limits = limits or ServiceLimits()
+        #: Where front ends stage objects too large for memory (encrypted, in the data folder).
+        self.staging = staging
         self._locks = tuple(threading.Lock() for _ in range(64))
 
     # -- policy ------------------------------------------------------------------------------
