@@ -26,6 +26,7 @@ from typing import BinaryIO, Final
 from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from pacsguard.archive.audit.events import (
     AuditEvent,
@@ -46,7 +47,7 @@ from pacsguard.archive.model import (
     is_valid_uid,
 )
 from pacsguard.archive.security.principal import Action, Principal
-from pacsguard.dicom.header import PLAIN_CHARSETS, read_header
+from pacsguard.dicom.header import ESCAPE, PLAIN_CHARSETS, read_header
 from pacsguard.dicom.levels import Level
 
 log = logging.getLogger(__name__)
@@ -91,31 +92,39 @@ def _text(ds: Dataset, keyword: str) -> str:
     """A text value as stored, stripped; "" when absent or undecodable.
 
     Ingest reads ~20 attributes per instance: decoding the raw bytes directly is ten times
-    cheaper than pydicom's per-element conversion and validation, for the common charsets."""
+    cheaper than pydicom's per-element conversion and validation, for the common charsets
+    (`PLAIN_CHARSETS`). Any other Specific Character Set (ISO 2022 code extensions such as
+    ISO 2022 IR 87, other single-byte sets, GB18030...) and any value holding an escape
+    sequence are decoded by pydicom (`pydicom.charset`), into the same Unicode text."""
     try:
         raw = ds.get_item(tag_for_keyword(keyword) or 0)
         if raw is None:
             return ""
         value = raw.value
-        if isinstance(value, bytes | bytearray):
+        if isinstance(value, bytes | bytearray) and ESCAPE not in value:
             charset = _charset(ds)
             if charset is not None:
                 return bytes(value).decode(charset, "replace").strip(" \x00")
         converted = ds.get(keyword)
     except Exception:
         return ""
-    return "" if converted is None else str(converted).strip()
+    if converted is None:
+        return ""
+    if isinstance(converted, MultiValue | list | tuple):  # as stored: values joined by "\\"
+        return "\\".join(str(v) for v in converted).strip()
+    return str(converted).strip()
 
 
 def _charset(ds: Dataset) -> str | None:
+    """The Python codec for `ds`'s text when it is one of `PLAIN_CHARSETS`, else None."""
     raw = ds.get_item(0x00080005)
     if raw is None:
-        return "ascii"
+        return PLAIN_CHARSETS[""]
     value = raw.value
     text = (
         bytes(value).decode("ascii", "replace")
         if isinstance(value, bytes | bytearray)
-        else ("\\".join(value) if isinstance(value, list) else str(value or ""))
+        else ("\\".join(value) if isinstance(value, list | MultiValue) else str(value or ""))
     )
     return PLAIN_CHARSETS.get(text.strip(" \x00"))
 

@@ -31,9 +31,10 @@ def _register() -> None:
     """Attach the subcommands once; imported late so `import pacsguard.cli` stays cheap."""
     if app.registered_commands:
         return
-    from pacsguard.cli import audit, demo, init, lab, products, scan, serve
+    from pacsguard.cli import audit, demo, init, lab, products, report, scan, serve
 
     app.command(name="scan")(scan.scan)
+    app.command(name="report")(report.report)
     app.command(name="demo")(demo.demo)
     app.add_typer(lab.app, name="lab")
     app.command(name="init")(init.init)

@@ -141,6 +141,12 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
             "version": report.product.version,
             "identified_by": report.product.basis,
         },
+        "honeypot": {
+            "flagged": report.honeypot_flagged,
+            "signatures": list(report.honeypot_signatures),
+            "reasons": list(report.honeypot_reasons),
+        },
+        "config_signature": report.config_signature,
         "findings": [_finding(f) for f in report.findings],
         "worst_severity": report.worst.value if report.worst else None,
         "anomalies": list(obs.anomalies),

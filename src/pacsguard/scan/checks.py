@@ -21,6 +21,7 @@ from pacsguard.scan.fingerprints import (
     Vulnerability,
     default_data,
 )
+from pacsguard.scan.honeypots import HoneypotVerdict, config_signature, judge
 from pacsguard.scan.model import (
     CertificateFacts,
     ClientCertificate,
@@ -440,10 +441,45 @@ def check_known_vulnerabilities(
     return [_cve_finding(product, v) for v in vulns if v.surface in SERVER_SURFACES]
 
 
+def honeypot_finding(verdict: HoneypotVerdict) -> Finding | None:
+    """Informational: the host matches honeypot signatures (cited in data/honeypots.json)."""
+    if not verdict.matched:
+        return None
+    flagged = verdict.flagged
+    return _finding(
+        "PG-HONEYPOT-SUSPECTED" if flagged else "PG-HONEYPOT-HINT",
+        "Likely a honeypot: kept out of exposure totals"
+        if flagged
+        else "Answers like a honeypot in one respect",
+        "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:N",
+        {
+            "signatures": [s.id for s in verdict.matched],
+            "reasons": list(verdict.reasons),
+            "flagged": flagged,
+        },
+        "If this is your system and not a decoy, make it answer as a conformant DICOM "
+        "implementation; the exposure findings still apply.",
+        tuple(src for s in verdict.matched for src in s.sources if src.startswith("https://")),
+    )
+
+
 def assess(obs: Observations, checks: tuple[Check, ...] = CHECKS) -> HostReport:
-    """Run every check, name the product and its known CVEs; findings most severe first."""
+    """Run every check, name the product and its known CVEs, judge honeypot signatures;
+    findings most severe first."""
     findings = [f for f in (check(obs) for check in checks) if f is not None]
     product = identify_product(obs)
     findings.extend(check_known_vulnerabilities(obs, product))
+    verdict = judge(obs)
+    hint = honeypot_finding(verdict)
+    if hint is not None:
+        findings.append(hint)
     findings.sort(key=lambda f: (-f.severity.rank, f.id))
-    return HostReport(observations=obs, findings=tuple(findings), product=product)
+    return HostReport(
+        observations=obs,
+        findings=tuple(findings),
+        product=product,
+        honeypot_signatures=tuple(s.id for s in verdict.matched),
+        honeypot_reasons=verdict.reasons,
+        honeypot_flagged=verdict.flagged,
+        config_signature=config_signature(obs),
+    )

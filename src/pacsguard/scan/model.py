@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from pacsguard.dicom.phi import PhiCategory
 from pacsguard.scan.fingerprints import Product
@@ -37,6 +37,11 @@ class Outcome(StrEnum):
     UNREACHABLE = "unreachable"
     PROTOCOL_ERROR = "protocol-error"  # something answered, but not DICOM (or hostile)
     CLOSED = "closed"  # peer closed or aborted without an answer
+
+
+#: Anomalies a probe records about an acceptor's answers (honeypot signatures use them).
+ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID: Final = "ac-without-implementation-uid"
+ANOMALY_RJ_PROTOCOL_VERSION: Final = "rj-protocol-version-for-current-version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +179,17 @@ class HostReport:
     findings: tuple[Finding, ...] = field(default_factory=tuple)
     #: What the host runs, as its own answers tell (`pacsguard.scan.fingerprints`).
     product: Product | None = None
+    #: Honeypot signatures matched (`pacsguard.scan.honeypots`): ids and reasons.
+    honeypot_signatures: tuple[str, ...] = ()
+    honeypot_reasons: tuple[str, ...] = ()
+    honeypot_flagged: bool = False
+    #: Hash of the host's configuration and exposure; equal across an identical fleet.
+    config_signature: str | None = None
+
+    @property
+    def counted(self) -> bool:
+        """Whether totals and exit codes count this host (flagged honeypots are left out)."""
+        return not self.honeypot_flagged
 
     @property
     def worst(self) -> Severity | None:

@@ -32,6 +32,8 @@ from pacsguard.errors import MalformedPdu, PduTooLarge, PeerClosed, ProtocolErro
 from pacsguard.scan.aets import ANY_SCP, SCANNER_CALLING_AE, called_aets_to_try
 from pacsguard.scan.counting import CountBudget, count_exposure
 from pacsguard.scan.model import (
+    ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID,
+    ANOMALY_RJ_PROTOCOL_VERSION,
     AssociationAttempt,
     ClientCertificate,
     Exposure,
@@ -182,11 +184,15 @@ async def _attempt(
         state.attempts.append(attempt)
         return attempt, None
     if isinstance(answer, AssociationRejected):
+        if (answer.source, answer.reason) == (2, 2):  # we speak protocol version 1, the only one
+            state.anomalies.append(ANOMALY_RJ_PROTOCOL_VERSION)
         attempt = AssociationAttempt(
             options.calling_ae, called_ae, Outcome.REJECTED, answer.reason_name, tls=tls
         )
         state.attempts.append(attempt)
         return attempt, None
+    if answer.implementation_class_uid is None:  # mandatory in an A-ASSOCIATE-AC (PS3.7 D.3.3.2)
+        state.anomalies.append(ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID)
     attempt = AssociationAttempt(
         options.calling_ae, called_ae, Outcome.ACCEPTED, None, accepted_services(answer), tls=tls
     )

@@ -32,6 +32,7 @@ from pacsguard.archive.dimse.identifiers import (
     UNABLE_TO_PROCESS,
     BadIdentifier,
     DestinationLookup,
+    declared_character_set,
     query_from_identifier,
     response_identifier,
     root_of,
@@ -298,6 +299,7 @@ class AssociationSession:
             return
         try:
             request = query_from_identifier(identifier, root_of(context.abstract_syntax))
+            charset = declared_character_set(identifier)
         except BadIdentifier:
             yield IDENTIFIER_MISMATCH, None
             return
@@ -340,7 +342,7 @@ class AssociationSession:
                     yield value, None
                     return
                 window.release()
-                yield PENDING, response_identifier(request, value)
+                yield PENDING, response_identifier(request, value, charset)
         finally:
             operation.cancelled.set()  # stops the query thread if we leave early
             with contextlib.suppress(Exception):
