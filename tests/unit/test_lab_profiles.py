@@ -50,8 +50,8 @@ def test_plan_is_deterministic_and_seed_dependent() -> None:
 def test_plan_mix_shares_and_every_profile_present() -> None:
     plan = plan_farm(1000, seed=2)
     shares = Counter(h.profile for h in plan.hosts)
-    # TLS profiles are asked for by name or mix, never by default (see lab.profiles).
-    plain = {p for p in Profile if p.tls is None}
+    # TLS and honeypot profiles are asked for by name or mix, never by default (lab.profiles).
+    plain = {p for p in Profile if p.tls is None and not p.honeypot}
     assert set(shares) == plain == set(DEFAULT_MIX)
     for profile, weight in DEFAULT_MIX.items():
         assert abs(shares[profile] - 1000 * weight) <= 2, profile

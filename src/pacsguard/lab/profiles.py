@@ -6,6 +6,8 @@ protocol. The TLS profiles put the open profile's DICOM behind TLS (`TlsOffer`):
 legacy versions only, an expired self-signed certificate, a weak (1024-bit RSA, SHA-1)
 certificate, or a required client certificate. They are not in `DEFAULT_MIX` (whose farms are
 also scanned by nmap's plaintext `dicom-ping` in the benchmarks); ask for them by name or mix.
+The honeypot profiles (also by name or mix only) answer as dicompot and DICOMHawk do (their
+public source, cited at their `Stack`s) and serve one canned archive on every host.
 Everything here is pure and deterministic: the same plan arguments give the same farm, so a
 benchmark can regenerate the ground truth it scanned (certificates are made when a farm starts,
 but what the truth says of them is fixed by the profile).
@@ -46,10 +48,17 @@ class Profile(StrEnum):
     TLS_EXPIRED = "tls-expired"
     TLS_WEAK_CERT = "tls-weak-cert"
     TLS_MUTUAL = "tls-mutual"
+    HONEYPOT_DICOMPOT = "honeypot-dicompot"
+    HONEYPOT_DICOMHAWK = "honeypot-dicomhawk"
 
     @property
     def hostile(self) -> bool:
         return self.value.startswith("hostile-")
+
+    @property
+    def honeypot(self) -> bool:
+        """Answers as a DICOM honeypot does, with the same canned archive on every host."""
+        return self.value.startswith("honeypot-")
 
     @property
     def tls(self) -> TlsOffer | None:
@@ -102,6 +111,8 @@ _FIND_PROFILES: Final = frozenset(
         Profile.TLS_EXPIRED,
         Profile.TLS_WEAK_CERT,
         Profile.TLS_MUTUAL,
+        Profile.HONEYPOT_DICOMPOT,
+        Profile.HONEYPOT_DICOMHAWK,
     }
 )
 
@@ -187,6 +198,18 @@ PYNETDICOM: Final = Stack(
     str(PYNETDICOM_IMPLEMENTATION_VERSION),
     16382,
 )
+#: dicompot (nsmfoo/dicompot, on go-netdicom): its A-ASSOCIATE-AC user information carries only
+#: the maximum length, 4 MiB (contextmanager.go, serviceprovider.go DefaultMaxPDUSize); its
+#: default AE title is "radiant" (server/dicompot.go). Empty UID and name: none sent.
+DICOMPOT: Final = Stack("dicompot", "radiant", "", "", 4 * 1024 * 1024)
+#: DICOMHawk (honeynet/DICOMHawk, on pynetdicom): names itself DCMTK 3.6.2 but keeps pynetdicom's
+#: default maximum PDU (dicom_server/core/dicom_application.py).
+DICOMHAWK: Final = Stack(
+    "dicomhawk", "ANY-SCP", "1.2.276.0.7230010.3.0.3.6.2", "OFFIS_DCMTK_362", 16382
+)
+#: Every host of a honeypot profile serves the same canned archive (seed and size).
+HONEYPOT_ARCHIVE_SEED: Final = 4_242_424
+HONEYPOT_ARCHIVE_PATIENTS: Final = 4
 #: What hostile hosts put in the part of an A-ASSOCIATE-AC they do send.
 LAB: Final = Stack(
     "pacsguard-lab", "LABPACS", str(uids.IMPLEMENTATION_CLASS_UID) + ".9", "PG_LAB_FARM", 32768
@@ -206,6 +229,8 @@ _STACKS: Final[Mapping[Profile, tuple[Stack, ...]]] = {
     Profile.TLS_EXPIRED: (ORTHANC, DCMQRSCP),
     Profile.TLS_WEAK_CERT: (DCMQRSCP,),
     Profile.TLS_MUTUAL: (ORTHANC, DCMQRSCP),
+    Profile.HONEYPOT_DICOMPOT: (DICOMPOT,),
+    Profile.HONEYPOT_DICOMHAWK: (DICOMHAWK,),
 }
 
 
@@ -345,6 +370,9 @@ def plan_farm(
     for index, (address, host_profile) in enumerate(zip(addresses, profiles, strict=True)):
         stack = rng.choice(_STACKS.get(host_profile, (LAB,)))
         patients = rng.randint(1, max_patients) if host_profile.holds_data else 0
+        archive_seed = seed + index
+        if host_profile.honeypot:  # canned: the same archive everywhere, a fleet of decoys
+            patients, archive_seed = HONEYPOT_ARCHIVE_PATIENTS, HONEYPOT_ARCHIVE_SEED
         allowlist: tuple[str, ...] = ()
         if host_profile.checks_calling_ae:
             allowlist = tuple(f"RADWS{rng.randrange(10**6):06d}" for _ in range(rng.randint(1, 3)))
@@ -355,7 +383,7 @@ def plan_farm(
                 port=port,
                 profile=host_profile,
                 stack=stack,
-                seed=seed + index,
+                seed=archive_seed,
                 patients=patients,
                 calling_allowlist=allowlist,
             )

@@ -19,14 +19,16 @@ Schema (`pacsguard-lab-truth/1`)::
                 "phi_categories": [str],
                 "tls": null | {"versions": [str], "client_certificate": str,
                                "self_signed": bool, "expired": bool, "key_type": str,
-                               "key_bits": int, "signature_hash": str}}]}
+                               "key_bits": int, "signature_hash": str},
+                "honeypot": null | "dicompot" | "dicomhawk"}]}
 
 `counts` is what the host holds; `exposed_counts` and `phi_categories` are what an outsider
 (calling AE unknown to the host, called AE from vendor defaults) can read with C-FIND. The
 association facts are null for hosts that never complete an association (including a
 `tls-mutual` host, which wants a client certificate the scanner does not have). `tls` is what a
 TLS observer should see on a TLS host: versions accepted ("1.0" ... "1.3") and the
-certificate's facts.
+certificate's facts. `honeypot` names the honeypot a `honeypot-*` host imitates: a scanner should
+flag it and keep it out of its totals (all such hosts serve the same canned archive).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class HostTruth:
     exposed_counts: dict[str, int]
     phi_categories: list[str]
     tls: dict[str, Any] | None = None
+    #: The honeypot this host imitates ("dicompot", "dicomhawk"), or None.
+    honeypot: str | None = None
 
 
 def tls_truth(profile: Profile) -> dict[str, Any] | None:
@@ -131,8 +135,12 @@ def host_truth(spec: HostSpec) -> HostTruth:
         profile=str(profile),
         stack=spec.stack.name,
         ae_title=spec.ae_title,
-        implementation_class_uid=spec.stack.implementation_class_uid if completes else None,
-        implementation_version_name=spec.stack.implementation_version_name if completes else None,
+        implementation_class_uid=(spec.stack.implementation_class_uid or None)
+        if completes
+        else None,
+        implementation_version_name=(spec.stack.implementation_version_name or None)
+        if completes
+        else None,
         max_pdu=spec.stack.max_pdu if completes else None,
         expected_dicom=speaks,
         accepts_any_called_ae=(not profile.checks_called_ae) if completes else None,
@@ -144,6 +152,7 @@ def host_truth(spec: HostSpec) -> HostTruth:
         exposed_counts=asdict(counts if exposed else _NO_COUNTS),
         phi_categories=phi_categories(archive) if exposed and archive is not None else [],
         tls=tls_truth(profile),
+        honeypot=spec.stack.name if profile.honeypot else None,
     )
 
 
