@@ -112,6 +112,20 @@ def scan(
     fail_on: Annotated[
         Severity, typer.Option(help="Exit 1 when a finding is at least this severe.")
     ] = Severity.LOW,
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Shard the scan on Dask: local:N worker processes, or tcp://HOST:PORT."),
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue the --cluster run with this id.")
+    ] = None,
+    shard_size: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Targets per --cluster shard.")
+    ] = 256,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="Resume journals (default ~/.local/state/pacsguard/runs)."),
+    ] = None,
 ) -> None:
     """Probe DICOM endpoints; one JSON Lines record per target.
 
@@ -139,6 +153,15 @@ def scan(
     out = Console()
     keep: list[HostReport] | None = [] if output_format is OutputFormat.TABLE else None
     stdout_jsonl = sys.stdout if output_format is OutputFormat.JSONL else None
+    if cluster is not None or resume is not None:
+        from pacsguard.cli._cluster import scan_sharded  # imports Dask: only when asked for
+
+        summary = scan_sharded(
+            cluster, resume, shard_size, state_dir, output, scope, options, limits,
+            stdout=stdout_jsonl, keep=keep, err=err,
+        )  # fmt: skip
+        _finish(summary, keep, out, err, fail_on)
+        return
 
     with output.open("w", encoding="utf-8") if output else contextlib.nullcontext() as file_sink:
         sinks = [s for s in (stdout_jsonl, file_sink) if s is not None]
@@ -162,6 +185,16 @@ def scan(
                 )
         else:
             summary = asyncio.run(scan_scope(scope, options, limits, jsonl=tee, on_report=keep))
+    _finish(summary, keep, out, err, fail_on)
+
+
+def _finish(
+    summary: ScanSummary,
+    keep: list[HostReport] | None,
+    out: Console,
+    err: Console,
+    fail_on: Severity,
+) -> None:
     if keep is not None:
         render_table(keep, out)
     err.print(summary.render(), highlight=False)

@@ -1,0 +1,87 @@
+"""`pacsguard scan --cluster/--resume`: the sharded scan's command-line side.
+
+Kept apart from `cli/scan.py` so that Dask is imported only when a cluster is asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pacsguard.errors import UsageError
+from pacsguard.report.jsonl import TextSink
+from pacsguard.report.table import ScanSummary
+from pacsguard.scan.distributed import ShardedRun, parse_cluster, scan_on_cluster
+from pacsguard.scan.journal import default_state_dir
+from pacsguard.scan.model import HostReport, Target
+from pacsguard.scan.probe import ProbeOptions
+from pacsguard.scan.scheduler import Limits
+from pacsguard.scan.targets import Scope
+
+
+def scan_sharded(
+    cluster: str | None,
+    resume: str | None,
+    shard_size: int,
+    state_dir: Path | None,
+    output: Path | None,
+    scope: Scope | Sequence[Target],
+    options: ProbeOptions,
+    limits: Limits,
+    *,
+    stdout: TextSink | None,
+    keep: list[HostReport] | None,
+    err: Console,
+) -> ScanSummary:
+    """Run or resume the sharded scan; announce its run id on standard error first."""
+    if cluster is None:
+        raise UsageError("--resume needs --cluster: say where the remaining shards run")
+    run = ShardedRun(
+        cluster=parse_cluster(cluster),
+        output=output,
+        state_dir=state_dir or default_state_dir(),
+        shard_size=shard_size,
+        resume=resume,
+    )
+    progress = (
+        Progress(
+            TextColumn("[bold]scan"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        if err.is_terminal
+        else None
+    )
+    total = scope.target_count if isinstance(scope, Scope) else len(scope)
+    task = progress.add_task("scanning", total=total) if progress else None
+
+    def advance(count: int) -> None:
+        if progress is not None and task is not None:
+            progress.advance(task, count)
+
+    def announce(text: str) -> None:
+        err.print(text, highlight=False, soft_wrap=True)
+
+    if progress is not None:
+        with progress:
+            outcome = scan_on_cluster(
+                run, scope, options, limits, stdout=stdout, keep=keep,
+                on_progress=advance, announce=announce,
+            )  # fmt: skip
+    else:
+        outcome = scan_on_cluster(
+            run, scope, options, limits, stdout=stdout, keep=keep, announce=announce
+        )
+    if outcome.earlier_records:
+        err.print(
+            f"run {outcome.run_id}: {outcome.earlier_records} records written before the "
+            f"resume, {outcome.summary.targets - outcome.earlier_records} now",
+            highlight=False,
+        )
+    return outcome.summary
