@@ -83,5 +83,6 @@ def scan_sharded(
             f"run {outcome.run_id}: {outcome.earlier_records} records written before the "
             f"resume, {outcome.summary.targets - outcome.earlier_records} now",
             highlight=False,
+            soft_wrap=True,
         )
     return outcome.summary

@@ -309,7 +309,9 @@ def _connect(address: ClusterAddress, timeout: float) -> Iterator[Client]:
                     threads_per_worker=1,
                     processes=True,
                     host="127.0.0.1",
-                    dashboard_address=None,
+                    # No dashboard (bokeh is not installed); its HTTP server on loopback,
+                    # on a free port: 8787 may be another cluster's.
+                    dashboard_address="127.0.0.1:0",
                     silence_logs=logging.WARNING,
                 )
             )
