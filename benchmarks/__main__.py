@@ -1,6 +1,7 @@
 """`python -m benchmarks [scan|archive] [options]`: run a benchmark, write JSON + Markdown results.
 
 - scan: pacsguard's scanner against nmap's dicom-ping (`--hosts`, `--seed`).
+- distributed: one scan process against `--cluster local:1` and `local:2` (`--hosts`, `--seed`).
 - archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
   (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
 """
@@ -14,14 +15,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import archive, scan_vs_nmap
+from benchmarks import archive, scan_distributed, scan_vs_nmap
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("which", nargs="?", default="scan", choices=["scan", "archive"])
+    parser.add_argument(
+        "which", nargs="?", default="scan", choices=["scan", "archive", "distributed"]
+    )
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--repeats", type=int, default=3, help="archive: ingest runs per target")
@@ -36,6 +39,9 @@ def main() -> int:
         if args.which == "scan":
             result = scan_vs_nmap.run(Path(tmp), args.hosts, args.seed)
             text = scan_vs_nmap.markdown(result)
+        elif args.which == "distributed":
+            result = scan_distributed.run(Path(tmp), args.hosts, args.seed)
+            text = scan_distributed.markdown(result)
         else:
             result = archive.run(
                 Path(tmp),

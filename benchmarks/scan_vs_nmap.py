@@ -46,7 +46,9 @@ def _wait_port(host: str, port: int, timeout: float) -> None:
     raise RuntimeError(f"lab did not come up on {host}:{port}")
 
 
-def start_lab(work: Path, hosts: int, seed: int) -> tuple[subprocess.Popen[bytes], Path]:
+def start_lab(
+    work: Path, hosts: int, seed: int, *, base: str = LAB_BASE, port: int = PORT
+) -> tuple[subprocess.Popen[bytes], Path]:
     truth = work / "truth.json"
     log = (work / "lab.log").open("wb")
     proc = subprocess.Popen(
@@ -57,9 +59,9 @@ def start_lab(work: Path, hosts: int, seed: int) -> tuple[subprocess.Popen[bytes
             "--hosts",
             str(hosts),
             "--port",
-            str(PORT),
+            str(port),
             "--base-address",
-            LAB_BASE,
+            base,
             "--seed",
             str(seed),
             "--truth",
@@ -74,7 +76,7 @@ def start_lab(work: Path, hosts: int, seed: int) -> tuple[subprocess.Popen[bytes
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"lab failed to start; see {work / 'lab.log'}")
         time.sleep(0.2)
-    _wait_port(LAB_BASE, PORT, 30)
+    _wait_port(base, port, 30)
     return proc, truth
 
 

@@ -138,3 +138,23 @@ def test_an_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
             shard_size=2,
         )
     assert not (tmp_path / "state" / "run-1.sqlite").exists()
+
+
+def test_cli_cluster_usage_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pacsguard.cli import main
+
+    state = ["--state-dir", str(tmp_path / "state")]
+    assert main(["scan", "127.0.0.1", "--cluster", "local:2", *state]) == 2
+    assert "needs -o" in capsys.readouterr().err
+    assert main(["scan", "127.0.0.1", "--resume", "run-1", *state]) == 2
+    assert "--resume needs --cluster" in capsys.readouterr().err
+    assert main(["scan", "127.0.0.1", "--cluster", "127.0.0.1:8786", *state]) == 2
+    assert "local:N" in capsys.readouterr().err
+    out = ["-o", str(tmp_path / "out.jsonl")]
+    assert (
+        main(["scan", "127.0.0.1", "--cluster", "local:2", "--resume", "nope", *out, *state]) == 2
+    )
+    assert "no run nope" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
