@@ -158,3 +158,20 @@ def test_cli_cluster_usage_errors_exit_2(
     )
     assert "no run nope" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_dask_is_imported_only_for_cluster_scans() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pacsguard.cli import main\n"
+        "assert main(['scan', '--help']) == 0\n"
+        "assert main(['scan', '127.0.0.1', '--cluster', 'bad']) == 2\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
