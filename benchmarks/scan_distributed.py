@@ -26,6 +26,10 @@ BASE = "127.84.0.1"
 PORT = 11112
 
 
+def _differences(ours: dict[tuple[str, int], Any], reference: dict[tuple[str, int], Any]) -> int:
+    return sum(ours.get(k) != v for k, v in reference.items()) + len(set(ours) - set(reference))
+
+
 def _verdicts(path: Path) -> dict[tuple[str, int], Any]:
     out: dict[tuple[str, int], Any] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -45,8 +49,11 @@ def run(work: Path, hosts: int, seed: int, shard_size: int = 32) -> dict[str, An
         truth = json.loads(truth_path.read_text())
         targets = work / "targets.txt"
         targets.write_text("".join(f"{h['address']}:{h['port']}\n" for h in truth["hosts"]))
-        common = ["-iL", str(targets), "--concurrency", "256", "--connect-timeout", "2"]
-        common += ["--read-timeout", "2", "--total-timeout", "20", "--fail-on", "critical"]
+        # The CLI's default timeouts: the lab is one single-threaded process sharing the cores
+        # with the scanners, and at 2 s its slowest answers (second association of a
+        # called-AE-check host during the C-FIND burst) time out in some runs and not others.
+        common = ["-iL", str(targets), "--concurrency", "256", "--connect-timeout", "3"]
+        common += ["--read-timeout", "5", "--total-timeout", "60", "--fail-on", "critical"]
         measure([_pacsguard(), "scan", *common], work / "warm-up.jsonl")
         runs: dict[str, Measured] = {}
         outputs: dict[str, Path] = {}
@@ -78,7 +85,7 @@ def run(work: Path, hosts: int, seed: int, shard_size: int = 32) -> dict[str, An
             "seconds": round(m.seconds, 2),
             "hosts_per_s": round(len(truth["hosts"]) / m.seconds, 1),
             "peak_rss_mib_largest_process": round(m.peak_rss_kib / 1024, 1),
-            "same_verdicts_as_1_process": verdicts[name] == reference,
+            "hosts_with_other_verdict_than_1_process": _differences(verdicts[name], reference),
             "exit_code": m.rc,
         }
         for name, m in runs.items()
@@ -100,13 +107,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"shards of {lab['shard_size']} targets. Machine: {result['machine']['cpus']} CPUs, "
         f"load average {result['machine']['load_average_1m']} at the end (shared machine).",
         "",
-        "| run | targets | seconds | hosts/s | same verdicts as 1 process |",
+        "| run | targets | seconds | hosts/s | hosts with another verdict than 1 process |",
         "|---|---:|---:|---:|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['run']} | {r['targets']} | {r['seconds']} | {r['hosts_per_s']} | "
-            f"{'yes' if r['same_verdicts_as_1_process'] else 'NO'} |"
+            f"{r['hosts_with_other_verdict_than_1_process']} |"
         )
     lines.append("")
     return "\n".join(lines)

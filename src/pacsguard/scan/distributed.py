@@ -16,9 +16,10 @@ shard journaled as done (`pacsguard.scan.journal`).
 
 `--cluster local:N` starts a `distributed.LocalCluster` of N worker processes on loopback;
 `--cluster tcp://HOST:PORT` uses a running scheduler (`dask scheduler`, `dask worker`), whose
-workers must be able to import pacsguard. `--concurrency` is per worker; `--rate` is shared
-out evenly between the cluster's worker threads. Dask is imported only here, so the rest of the
-command line starts without it.
+workers must be able to import pacsguard. A worker runs one shard per thread at once, each in
+its own event loop; `--concurrency` is per worker, shared out between its threads; `--rate` is
+shared out evenly between all the cluster's worker threads. Dask is imported only here, so the
+rest of the command line starts without it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ _REMOTE: Final = re.compile(r"^(tcp|tls)://\S+$")
 #: Most worker processes `local:N` starts on one machine.
 MAX_LOCAL_WORKERS: Final = 256
 DEFAULT_SHARD_SIZE: Final = 256
+#: Shards a `local:N` worker process runs at once. A shard ends with its slowest target (a
+#: silent host holds a probe until its timeouts), so one shard at a time would leave a worker
+#: idle for most of each shard's tail; several keep its event loops busy.
+LOCAL_THREADS_PER_WORKER: Final = 4
 
 #: One shard's result: each report with its JSON Lines record (made on the worker, which
 #: scanned it, so `scanned_at` is the worker's clock).
@@ -242,9 +247,12 @@ def _run_shards(
     """Keep a window of shards in flight; write each as it finishes. Returns shards written."""
     from distributed import as_completed
 
-    threads = max(1, sum(client.nthreads().values()))
+    nthreads: dict[str, int] = client.nthreads()
+    threads = max(1, sum(nthreads.values()))
+    # A worker runs one shard per thread; its shards share out --concurrency.
+    per_worker = max(nthreads.values(), default=1)
     shard_limits = Limits(
-        concurrency=max(1, min(limits.concurrency, run.shard_size)),
+        concurrency=max(1, min(-(-limits.concurrency // per_worker), run.shard_size)),
         rate=limits.rate / threads if limits.rate > 0 else 0.0,
     )
     # Unique per coordinator: a scheduler may still hold a dead coordinator's keys.
@@ -306,7 +314,7 @@ def _connect(address: ClusterAddress, timeout: float) -> Iterator[Client]:
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=address.local_workers,
-                    threads_per_worker=1,
+                    threads_per_worker=LOCAL_THREADS_PER_WORKER,
                     processes=True,
                     host="127.0.0.1",
                     # No dashboard (bokeh is not installed); its HTTP server on loopback,
