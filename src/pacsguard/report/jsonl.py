@@ -85,6 +85,8 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
             "series": exposure.series,
             "instances": exposure.instances,
             "lower_bound": exposure.lower_bound,
+            "lower_bound_reasons": [r.value for r in exposure.lower_bound_reasons],
+            "responses": exposure.responses,
             "phi_categories": sorted(c.value for c in exposure.phi_categories),
             "method": exposure.method,
             "queries": exposure.queries,

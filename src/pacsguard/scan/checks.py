@@ -11,8 +11,6 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any, Final
 
-from cvss import CVSS3
-
 from pacsguard.dicom.phi import PhiCategory
 from pacsguard.scan.model import Finding, HostReport, Observations, Severity
 
@@ -32,6 +30,8 @@ PS3_15_DEID: Final = "DICOM PS3.15 E.1 Basic Application Level Confidentiality P
 
 @cache
 def _score(vector: str) -> float:
+    from cvss import CVSS3  # only when there is a finding to score: keeps `scan` quick to start
+
     return float(CVSS3(vector).scores()[0])
 
 
@@ -161,6 +161,7 @@ def check_anonymous_find(obs: Observations) -> Finding | None:
             "series": exposure.series,
             "instances": exposure.instances,
             "lower_bound": exposure.lower_bound,
+            "lower_bound_reasons": [r.value for r in exposure.lower_bound_reasons],
             "method": exposure.method,
         },
         "Disable query/retrieve for unauthenticated peers; allow C-FIND only to registered AEs "

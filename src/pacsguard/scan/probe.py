@@ -5,6 +5,11 @@ Conversation, in order (each step only if the previous one allows it):
    Root FIND and one storage SOP class (never used: an accepted storage context is the evidence).
 2. On "called AE not recognised" (RJ reason 7): the curated vendor-default titles.
 3. On an accepted association: C-ECHO, then exposure counting over C-FIND, then A-RELEASE.
+
+`ProbeOptions.total_timeout` bounds the whole conversation, release or abort included: when it
+runs out, the connection is dropped at once and what was counted so far is reported as a lower
+bound. pydicom and pynetdicom are imported once a port answers, not before (a scan of closed
+ports starts and ends without them).
 """
 
 from __future__ import annotations
@@ -13,29 +18,43 @@ import asyncio
 import errno
 import ssl
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING
 
-from pacsguard.dicom import uids
-from pacsguard.dicom.client import Association, ConnectTimeout, Timeouts, request_association
-from pacsguard.dicom.ul import (
-    AssociationAccepted,
-    AssociationRejected,
-    ProposedContext,
-    propose,
-)
+from pacsguard.dicom.connect import ConnectTimeout, Timeouts, open_connection
 from pacsguard.errors import MalformedPdu, PduTooLarge, PeerClosed, ProtocolError
 from pacsguard.scan.aets import ANY_SCP, SCANNER_CALLING_AE, called_aets_to_try
-from pacsguard.scan.counting import CountBudget, count_exposure
-from pacsguard.scan.model import AssociationAttempt, Exposure, Observations, Outcome, Target
-
-PROPOSED: tuple[ProposedContext, ...] = propose(
-    [
-        uids.VERIFICATION,
-        uids.STUDY_ROOT_FIND,
-        uids.PATIENT_ROOT_FIND,
-        uids.SECONDARY_CAPTURE_STORAGE,
-    ]
+from pacsguard.scan.model import (
+    AssociationAttempt,
+    CountBudget,
+    Exposure,
+    LowerBoundReason,
+    Observations,
+    Outcome,
+    Target,
 )
+
+if TYPE_CHECKING:
+    from pacsguard.dicom.client import Association
+    from pacsguard.dicom.ul import AssociationAccepted, ProposedContext
+    from pacsguard.scan.counting import ExposureCounter
+
+
+@cache
+def proposed_contexts() -> tuple[ProposedContext, ...]:
+    """Verification, both FIND roots, and one storage SOP class (accepted = evidence, unused)."""
+    from pacsguard.dicom import uids
+    from pacsguard.dicom.ul import propose
+
+    return propose(
+        [
+            uids.VERIFICATION,
+            uids.STUDY_ROOT_FIND,
+            uids.PATIENT_ROOT_FIND,
+            uids.SECONDARY_CAPTURE_STORAGE,
+        ]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +77,8 @@ class ProbeOptions:
 
 
 def accepted_services(accepted: AssociationAccepted) -> tuple[str, ...]:
+    from pacsguard.dicom import uids
+
     return tuple(
         uids.SOP_CLASS_NAMES[c.abstract_syntax]
         for c in accepted.contexts
@@ -106,6 +127,7 @@ class _State:
         self.calling_checked: bool | None = None
         self.echo_status: int | None = None
         self.exposure: Exposure | None = None
+        self.counter: ExposureCounter | None = None
         self.anomalies: list[str] = []
         self.error: str | None = None
 
@@ -142,14 +164,20 @@ async def _attempt(
 ) -> tuple[AssociationAttempt, Association | None]:
     target = state.target
     try:
-        answer, assoc = await request_association(
-            target.host,
-            target.port,
+        reader, writer = await open_connection(
+            target.host, target.port, timeouts=options.timeouts, tls=options.tls
+        )
+        # Something answered: now (once per process) load pydicom and pynetdicom.
+        from pacsguard.dicom.client import associate
+        from pacsguard.dicom.ul import AssociationRejected
+
+        answer, assoc = await associate(
+            reader,
+            writer,
             calling_ae=options.calling_ae,
             called_ae=called_ae,
-            contexts=PROPOSED,
+            contexts=proposed_contexts(),
             timeouts=options.timeouts,
-            tls=options.tls,
         )
     except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
         outcome, reason = _failure_outcome(exc)
@@ -216,7 +244,10 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
     assoc = await _negotiate(state, options)
     if assoc is None:
         return
-    clean = True
+    from pacsguard.dicom import uids
+    from pacsguard.scan.counting import ExposureCounter
+
+    clean = False  # stays False when cancelled (time budget): abort, do not wait for a release
     try:
         echo_ctx = assoc.accepted.accepted_context(uids.VERIFICATION)
         if options.echo and echo_ctx is not None:
@@ -226,9 +257,11 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
             for uid in (uids.STUDY_ROOT_FIND, uids.PATIENT_ROOT_FIND)
         )
         if options.count and can_query:
-            state.exposure, clean = await count_exposure(assoc, assoc.accepted, options.budget)
+            state.counter = ExposureCounter(options.budget)
+            clean = await state.counter.count(assoc, assoc.accepted)
+        else:
+            clean = True
     except (TimeoutError, ProtocolError, OSError) as exc:
-        clean = False
         state.error = f"conversation cut short: {_failure_outcome(exc)[1]}"
     finally:
         if clean:
@@ -238,15 +271,27 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
 
 
 async def probe_dimse(target: Target, options: ProbeOptions) -> Observations:
-    """Probe one DICOM endpoint. Bounded by `options.total_timeout`; never raises."""
+    """Probe one DICOM endpoint; never raises.
+
+    `options.total_timeout` is a hard bound on the whole probe, release included: on expiry the
+    connection is dropped without waiting for the peer (see `connect.close_within_deadline`).
+    """
     state = _State(target, tls=options.tls is not None)
+    timed_out = False
     try:
         async with asyncio.timeout(options.total_timeout):
             await _converse(state, options)
     except TimeoutError:
+        timed_out = True
         state.error = f"total time budget of {options.total_timeout:g}s exhausted"
-        if state.exposure is None and state.accepted is not None and options.count:
-            state.exposure = Exposure(lower_bound=True, notes=("time budget exhausted",))
-        elif state.exposure is not None:
-            state.exposure = replace(state.exposure, lower_bound=True)
+    counter = state.counter
+    if counter is not None:
+        cut = LowerBoundReason.TIME_BUDGET if timed_out and not counter.finished else None
+        state.exposure = counter.exposure(cut_short=cut)
+    elif timed_out and state.accepted is not None and options.count:
+        state.exposure = Exposure(
+            lower_bound=True,
+            lower_bound_reasons=(LowerBoundReason.TIME_BUDGET,),
+            notes=("time budget exhausted before counting",),
+        )
     return state.observations()
