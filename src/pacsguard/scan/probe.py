@@ -128,6 +128,9 @@ class _State:
         self.echo_status: int | None = None
         self.exposure: Exposure | None = None
         self.counter: ExposureCounter | None = None
+        #: The association attempt in progress (called AE, TCP connected), for a total
+        #: timeout that ends the probe in the middle of it.
+        self.in_flight: tuple[str, bool] | None = None
         self.anomalies: list[str] = []
         self.error: str | None = None
 
@@ -163,10 +166,12 @@ async def _attempt(
     state: _State, called_ae: str, options: ProbeOptions
 ) -> tuple[AssociationAttempt, Association | None]:
     target = state.target
+    state.in_flight = (called_ae, False)
     try:
         reader, writer = await open_connection(
             target.host, target.port, timeouts=options.timeouts, tls=options.tls
         )
+        state.in_flight = (called_ae, True)
         # Something answered: now (once per process) load pydicom and pynetdicom.
         from pacsguard.dicom.client import associate
         from pacsguard.dicom.ul import AssociationRejected
@@ -180,12 +185,14 @@ async def _attempt(
             timeouts=options.timeouts,
         )
     except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
+        state.in_flight = None
         outcome, reason = _failure_outcome(exc)
         if outcome in (Outcome.PROTOCOL_ERROR, Outcome.CLOSED, Outcome.SILENT):
             state.anomalies.append(reason)
         attempt = AssociationAttempt(options.calling_ae, called_ae, outcome, reason)
         state.attempts.append(attempt)
         return attempt, None
+    state.in_flight = None
     if isinstance(answer, AssociationRejected):
         attempt = AssociationAttempt(
             options.calling_ae, called_ae, Outcome.REJECTED, answer.reason_name
@@ -284,6 +291,16 @@ async def probe_dimse(target: Target, options: ProbeOptions) -> Observations:
     except TimeoutError:
         timed_out = True
         state.error = f"total time budget of {options.total_timeout:g}s exhausted"
+        if state.in_flight is not None:  # cut short while connecting or negotiating
+            called_ae, connected = state.in_flight
+            if connected:
+                outcome, reason = Outcome.SILENT, "silent-after-connect"
+                state.anomalies.append(reason)
+            else:
+                outcome, reason = Outcome.TIMEOUT, "no TCP answer within the total time budget"
+            state.attempts.append(
+                AssociationAttempt(options.calling_ae, called_ae, outcome, reason)
+            )
     counter = state.counter
     if counter is not None:
         cut = LowerBoundReason.TIME_BUDGET if timed_out and not counter.finished else None
