@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from io import BytesIO
 
@@ -28,7 +28,7 @@ from pacsguard.dicom.dimse import (
     encode_message,
 )
 from pacsguard.dicom.ul import MAX_ASSOCIATION_PDU, P_DATA_TF, RELEASE_RQ, read_pdu
-from pacsguard.lab.acceptor import Accepted, AcceptedContext, negotiate
+from pacsguard.lab.acceptor import Accepted, AcceptedContext, encode_accept, negotiate
 from pacsguard.lab.profiles import LAB, HostSpec, Profile
 
 LOOPBACK = "127.0.0.1"
@@ -128,9 +128,25 @@ class ScriptedScp:
     peers: list[Peer]
 
 
+def _refusing(rq: A_ASSOCIATE_RQ, answer: Accepted, refuse: Collection[str]) -> Accepted:
+    """The same answer with the contexts for `refuse` (abstract syntaxes) not supported."""
+    contexts = {i: c for i, c in answer.contexts.items() if c.abstract_syntax not in refuse}
+    results = [
+        (i, 0, contexts[i].transfer_syntax)
+        if i in contexts
+        else (i, 3, uids.IMPLICIT_VR_LITTLE_ENDIAN)
+        for i in (int(item.context_id) for item in rq.presentation_context)
+    ]
+    pdu = encode_accept(LAB, rq.called_ae_title.strip(), rq.calling_ae_title.strip(), results)
+    return Accepted(pdu, contexts, answer.peer_max_pdu)
+
+
 @contextlib.asynccontextmanager
-async def scripted_scp(behaviour: Behaviour) -> AsyncIterator[ScriptedScp]:
-    """Serve `behaviour` on an ephemeral loopback port of the running event loop."""
+async def scripted_scp(
+    behaviour: Behaviour, *, refuse: Collection[str] = ()
+) -> AsyncIterator[ScriptedScp]:
+    """Serve `behaviour` on an ephemeral loopback port of the running event loop; `refuse`
+    names abstract syntaxes (e.g. Study Root FIND) whose contexts are not accepted."""
     peers: list[Peer] = []
     tasks: set[asyncio.Task[None]] = set()
 
@@ -141,6 +157,8 @@ async def scripted_scp(behaviour: Behaviour) -> AsyncIterator[ScriptedScp]:
             rq.decode(rq_pdu.data)
             answer = negotiate(_SPEC, rq)
             assert isinstance(answer, Accepted)
+            if refuse:
+                answer = _refusing(rq, answer, refuse)
             writer.write(answer.pdu)
             await writer.drain()
             peer = Peer(reader, writer, answer.contexts)

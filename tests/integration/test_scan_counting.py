@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 from pydicom.dataset import Dataset
 
+from pacsguard.dicom import uids
 from pacsguard.dicom.client import Timeouts
 from pacsguard.dicom.command import CommandField
 from pacsguard.scan.model import CountBudget, LowerBoundReason, Observations, Target
@@ -59,7 +60,7 @@ ROWS = archive(SHAPE)
 
 def per_instance(rows: list[Row], *, counts: bool) -> FindAnswers:
     """Answers one response per matching instance at every level, as pynetdicom's qrscp does;
-    with `counts`, STUDY responses also carry NumberOfStudyRelatedSeries/Instances."""
+    with `counts`, STUDY and PATIENT responses also carry the Number Of ... Related ... counts."""
 
     def find(query: Dataset) -> list[tuple[int, Dataset | None]]:
         level = query.QueryRetrieveLevel
@@ -77,6 +78,14 @@ def per_instance(rows: list[Row], *, counts: bool) -> FindAnswers:
             ds = Dataset()
             ds.QueryRetrieveLevel = level
             ds.PatientID = row.patient
+            if level == "PATIENT":
+                if counts:
+                    mine = [r for r in rows if r.patient == row.patient]
+                    ds.NumberOfPatientRelatedStudies = len({r.study for r in mine})
+                    ds.NumberOfPatientRelatedSeries = len({r.series for r in mine})
+                    ds.NumberOfPatientRelatedInstances = len(mine)
+                answers.append((PENDING, ds))
+                continue
             ds.StudyInstanceUID = row.study
             if level in ("SERIES", "IMAGE"):
                 ds.SeriesInstanceUID = row.series
@@ -93,9 +102,14 @@ def per_instance(rows: list[Row], *, counts: bool) -> FindAnswers:
     return find
 
 
-def probe(behaviour: Callable[[Peer], object], options: ProbeOptions = OPTIONS) -> Observations:
+def probe(
+    behaviour: Callable[[Peer], object],
+    options: ProbeOptions = OPTIONS,
+    *,
+    refuse: tuple[str, ...] = (),
+) -> Observations:
     async def go() -> Observations:
-        async with scripted_scp(behaviour) as scp:  # type: ignore[arg-type]
+        async with scripted_scp(behaviour, refuse=refuse) as scp:  # type: ignore[arg-type]
             return await probe_dimse(Target(LOOPBACK, scp.port), options)
 
     return asyncio.run(go())
@@ -119,6 +133,18 @@ def test_one_answer_per_instance_is_counted_once_per_uid(with_counts: bool) -> N
         assert obs.exposure.queries == 1
     else:  # 1 STUDY + 4 SERIES + 7 IMAGE queries, each study and series expanded once
         assert obs.exposure.queries == 1 + 4 + 7
+
+
+@pytest.mark.parametrize("with_counts", [False, True], ids=["no-count-attributes", "counts"])
+def test_patient_root_only_servers_are_counted_once_per_uid(with_counts: bool) -> None:
+    obs = probe(answering(per_instance(ROWS, counts=with_counts)), refuse=(uids.STUDY_ROOT_FIND,))
+    assert "study-root-find" not in obs.accepted_services
+    assert counts(obs) == (2, 4, 7, 17)
+    assert obs.exposure is not None
+    assert obs.exposure.method == "patient-root"
+    assert obs.exposure.lower_bound_reasons == ()
+    # With counts: one PATIENT query. Without: 2 patients, 4 studies and 7 series expanded.
+    assert obs.exposure.queries == (1 if with_counts else 1 + 2 + 4 + 7)
 
 
 def test_count_attributes_that_contradict_the_answers_lose_to_them() -> None:
