@@ -10,6 +10,7 @@ are generous (the budget plus two seconds) for a loaded machine.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 import time
 import tracemalloc
@@ -228,3 +229,37 @@ def test_scan_command_honours_total_timeout_as_a_hard_bound(
     assert code == 0
     assert elapsed < 1.0 + SLACK
     assert '"error":"total time budget of 1s exhausted"' in capsys.readouterr().out
+
+
+def test_a_tls_handshake_that_stalls_costs_at_most_the_total_timeout() -> None:
+    """DICOM over TLS to a server that accepts TCP and never answers the ClientHello."""
+
+    async def go() -> tuple[float, Observations]:
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await reader.read(65536)  # the ClientHello, unanswered
+                await asyncio.sleep(3600)
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(mute, LOOPBACK, 0)
+        port = server.sockets[0].getsockname()[1]
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # never reached: the handshake stalls first
+        options = ProbeOptions(
+            timeouts=Timeouts(connect=30.0, read=30.0), total_timeout=BUDGET, tls=context
+        )
+        try:
+            started = time.monotonic()
+            obs = await probe_dimse(Target(LOOPBACK, port), options)
+            return time.monotonic() - started, obs
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    elapsed, obs = asyncio.run(go())
+    assert elapsed < BUDGET + SLACK
+    assert obs.tls is True
+    assert obs.error == f"total time budget of {BUDGET:g}s exhausted"
+    assert obs.exposure is None
