@@ -24,8 +24,9 @@ from pacsguard.dicom.client import Timeouts
 from pacsguard.dicom.command import CommandField
 from pacsguard.dicom.dimse import DimseMessage
 from pacsguard.lab.profiles import Profile, plan_farm
-from pacsguard.scan.model import LowerBoundReason, Observations, Target
+from pacsguard.scan.model import HostReport, LowerBoundReason, Observations, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
+from pacsguard.scan.scheduler import Limits, run_scan
 
 from .conftest import RunningFarm
 from .scripted_scp import LOOPBACK, Peer, scripted_scp
@@ -263,3 +264,30 @@ def test_a_tls_handshake_that_stalls_costs_at_most_the_total_timeout() -> None:
     assert obs.tls is True
     assert obs.error == f"total time budget of {BUDGET:g}s exhausted"
     assert obs.exposure is None
+
+
+def test_the_scheduler_cancels_a_probe_that_overruns_its_target_timeout() -> None:
+    """A backstop for probers that do not bound themselves: here the probe's own budget (30 s)
+    is longer than the scheduler's (1 s), against a server that stalls mid-answer."""
+    lenient = ProbeOptions(timeouts=Timeouts(connect=5.0, read=30.0), total_timeout=30.0)
+
+    async def go() -> tuple[float, list[HostReport]]:
+        async with scripted_scp(stall_after_one_answer) as scp:  # type: ignore[arg-type]
+            started = time.monotonic()
+            reports = [
+                report
+                async for report in run_scan(
+                    [Target(LOOPBACK, scp.port)],
+                    lambda target: probe_dimse(target, lenient),
+                    Limits(concurrency=4, target_timeout=BUDGET),
+                )
+            ]
+            return time.monotonic() - started, reports
+
+    elapsed, reports = asyncio.run(go())
+    assert elapsed < BUDGET + SLACK
+    [report] = reports
+    assert (
+        report.observations.error
+        == f"probe cancelled after {BUDGET:g}s: it overran its own time budget"
+    )

@@ -140,7 +140,8 @@ def scan(
         guess_interval=guess_interval,
         called_aets=tuple(_valid_aet(a) for a in called_aet or ()),
     )
-    limits = Limits(concurrency=concurrency, rate=rate)
+    # The probe ends itself at --total-timeout; the scheduler's backstop follows just after.
+    limits = Limits(concurrency=concurrency, rate=rate, target_timeout=total_timeout + 1.0)
     keep: list[HostReport] | None = [] if output_format is OutputFormat.TABLE else None
     stdout_jsonl = sys.stdout if output_format is OutputFormat.JSONL else None
 
