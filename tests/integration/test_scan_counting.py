@@ -290,13 +290,13 @@ def test_endless_answers_stop_at_the_response_budget_in_bounded_memory(distinct:
 
     probe(endless(distinct), options(50))  # warm up: pydicom builds its caches on first use
     peaks = {}
-    for budget in (200, 1400):
+    for budget in (100, 700):
         peaks[budget], obs = peak_memory(endless(distinct), options(budget))
         assert obs.exposure is not None
         assert obs.exposure.lower_bound_reasons == (LowerBoundReason.RESPONSE_BUDGET,)
         assert obs.exposure.responses == budget
         assert obs.exposure.studies == (budget if distinct else 1)
-    per_response = (peaks[1400] - peaks[200]) / 1200
+    per_response = (peaks[700] - peaks[100]) / 600
     # Keeping each data set would cost about 2 KB per response; a digest and a claim per
     # distinct study cost under 300 bytes, a repeated study nothing.
     assert per_response < (400 if distinct else 50), peaks
