@@ -199,7 +199,13 @@ def test_lab_hostile_hosts_cost_at_most_the_total_timeout(
     obs = asyncio.run(probe_dimse(Target(host.address, host.port), PATIENT))
     assert time.monotonic() - started < BUDGET + SLACK
     assert obs.dicom is False
+    assert obs.reachable is True
     assert obs.exposure is None
+    if profile is Profile.HOSTILE_SILENT:  # cut by the total budget, not the 30 s read timeout
+        assert obs.error == f"total time budget of {BUDGET:g}s exhausted"
+        assert [(a.outcome.value, a.reason) for a in obs.attempts] == [
+            ("silent", "silent-after-connect")
+        ]
 
 
 def test_scan_command_honours_total_timeout_as_a_hard_bound(
@@ -263,6 +269,9 @@ def test_a_tls_handshake_that_stalls_costs_at_most_the_total_timeout() -> None:
     assert elapsed < BUDGET + SLACK
     assert obs.tls is True
     assert obs.error == f"total time budget of {BUDGET:g}s exhausted"
+    assert [(a.outcome.value, a.reason) for a in obs.attempts] == [
+        ("timeout", "no TLS connection within the total time budget")
+    ]
     assert obs.exposure is None
 
 

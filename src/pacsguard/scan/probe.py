@@ -296,6 +296,8 @@ async def probe_dimse(target: Target, options: ProbeOptions) -> Observations:
             if connected:
                 outcome, reason = Outcome.SILENT, "silent-after-connect"
                 state.anomalies.append(reason)
+            elif options.tls is not None:  # TCP and the TLS handshake are one step here
+                outcome, reason = Outcome.TIMEOUT, "no TLS connection within the total time budget"
             else:
                 outcome, reason = Outcome.TIMEOUT, "no TCP answer within the total time budget"
             state.attempts.append(
