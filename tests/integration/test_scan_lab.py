@@ -23,7 +23,9 @@ from pacsguard.scan.scheduler import Limits, run_scan
 
 from .conftest import RunningFarm
 
-FAST = ProbeOptions(timeouts=Timeouts(connect=2.0, read=1.0), total_timeout=10.0)
+# read=3 s: the farm shares this process (a thread) and a loaded 2-core machine; 1 s once made
+# a called-ae-check host look silent.
+FAST = ProbeOptions(timeouts=Timeouts(connect=2.0, read=3.0), total_timeout=15.0)
 
 
 def scan(targets: list[Target], options: ProbeOptions = FAST) -> dict[str, HostReport]:

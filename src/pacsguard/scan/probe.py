@@ -57,6 +57,13 @@ def proposed_contexts() -> tuple[ProposedContext, ...]:
     )
 
 
+def __getattr__(name: str) -> tuple[ProposedContext, ...]:
+    """`PROPOSED`, the former module constant, built on first use (it needs pynetdicom)."""
+    if name == "PROPOSED":
+        return proposed_contexts()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeOptions:
     """What a probe may do and how long it may take."""
