@@ -12,12 +12,15 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import jsonschema
 import pytest
 from pydicom.dataset import Dataset
 
 from pacsguard.dicom import uids
 from pacsguard.dicom.client import Timeouts
 from pacsguard.dicom.command import CommandField
+from pacsguard.report.jsonl import load_schema, to_record
+from pacsguard.scan.checks import assess
 from pacsguard.scan.model import CountBudget, LowerBoundReason, Observations, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
 
@@ -147,6 +150,11 @@ def test_patient_root_only_servers_are_counted_once_per_uid(with_counts: bool) -
     assert obs.exposure.queries == (1 if with_counts else 1 + 2 + 4 + 7)
 
 
+def test_the_schema_lists_every_lower_bound_reason() -> None:
+    exposure = load_schema()["properties"]["exposure"]["oneOf"][1]["properties"]
+    assert exposure["lower_bound_reasons"]["items"]["enum"] == [r.value for r in LowerBoundReason]
+
+
 def test_count_attributes_that_contradict_the_answers_lose_to_them() -> None:
     honest = per_instance(ROWS, counts=False)
 
@@ -184,6 +192,9 @@ def test_an_answer_that_does_not_end_in_success_gives_lower_bounds(
         return [*full(query)[:6], (final, None)]
 
     obs = probe(answering(truncated))
+    record = to_record(assess(obs))
+    jsonschema.validate(record, load_schema())
+    assert record["exposure"]["lower_bound_reasons"] == [reason.value]
     assert obs.exposure is not None
     assert obs.exposure.lower_bound is True
     assert obs.exposure.lower_bound_reasons == (reason,)
