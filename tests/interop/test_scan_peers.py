@@ -66,6 +66,12 @@ def test_open_orthanc_exposes_exactly_what_it_holds(
         "PG-DIMSE-OPEN-STORE",
     } <= ids
     assert obs.implementation_version_name is not None
+    # Orthanc speaks DIMSE through DCMTK and names DCMTK's version there (its own is on REST).
+    assert report.product is not None and report.product.id == "dcmtk"
+    assert obs.implementation_class_uid is not None
+    assert obs.implementation_class_uid.endswith("." + str(report.product.version))
+    cves = [f for f in report.findings if f.id.startswith("PG-CVE-")]
+    assert all(f.evidence["match"] == "version-only" for f in cves)
 
 
 def test_orthanc_result_limit_makes_counts_lower_bounds(tmp_path: Path, lab_data: LabData) -> None:

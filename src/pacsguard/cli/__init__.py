@@ -44,6 +44,11 @@ SUBCOMMANDS: Final[dict[str, Subcommand]] = {
     "scan": Subcommand(
         "pacsguard.cli.scan", "scan", "Probe DICOM endpoints; one JSON Lines record per target."
     ),
+    "report": Subcommand(
+        "pacsguard.cli.report",
+        "report",
+        "Executive summary, top findings and per-host evidence and remediation.",
+    ),
     "demo": Subcommand(
         "pacsguard.cli.demo",
         "demo",
@@ -74,6 +79,11 @@ SUBCOMMANDS: Final[dict[str, Subcommand]] = {
         "pacsguard.cli.audit",
         "app",
         "Check the archive's hash-chained audit log and export it (DICOM PS3.15 A.5 XML).",
+    ),
+    "products": Subcommand(
+        "pacsguard.cli.products",
+        "app",
+        "The data that maps server fingerprints to products and versions to CVEs.",
     ),
 }
 

@@ -6,6 +6,10 @@ Conversation, in order (each step only if the previous one allows it):
 2. On "called AE not recognised" (RJ reason 7): the curated vendor-default titles.
 3. On an accepted association: C-ECHO, then exposure counting over C-FIND, then A-RELEASE.
 
+TLS (`pacsguard.scan.tls`): when the plaintext request gets no DICOM answer (closed, silent, or
+not DICOM), the target is observed for TLS and, if it speaks TLS, the same conversation runs
+again inside it. On the DICOM-TLS port 2762 TLS is tried first and plaintext only without it.
+
 `ProbeOptions.total_timeout` bounds the whole conversation, release or abort included: when it
 runs out, the connection is dropped at once and what was counted so far is reported as a lower
 bound. pydicom and pynetdicom are imported once a port answers, not before (a scan of closed
@@ -18,22 +22,27 @@ import asyncio
 import errno
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from pacsguard.dicom.connect import ConnectTimeout, Timeouts, open_connection
 from pacsguard.errors import MalformedPdu, PduTooLarge, PeerClosed, ProtocolError
 from pacsguard.scan.aets import ANY_SCP, SCANNER_CALLING_AE, called_aets_to_try
 from pacsguard.scan.model import (
+    ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID,
+    ANOMALY_RJ_PROTOCOL_VERSION,
     AssociationAttempt,
+    ClientCertificate,
     CountBudget,
     Exposure,
     LowerBoundReason,
     Observations,
     Outcome,
     Target,
+    TlsFacts,
 )
+from pacsguard.scan.tls import DICOM_TLS_PORT, observe_tls, observing_context
 
 if TYPE_CHECKING:
     from pacsguard.dicom.client import Association
@@ -80,7 +89,10 @@ class ProbeOptions:
     guess_interval: float = 0.5
     calling_ae: str = SCANNER_CALLING_AE
     budget: CountBudget = field(default_factory=CountBudget)
+    #: Speak DIMSE inside TLS with this context (and observe nothing about the TLS layer).
     tls: ssl.SSLContext | None = None
+    #: Without `tls`: look for TLS where plaintext gets no DICOM answer, and on port 2762.
+    detect_tls: bool = True
 
 
 def accepted_services(accepted: AssociationAccepted) -> tuple[str, ...]:
@@ -126,6 +138,7 @@ class _State:
     def __init__(self, target: Target, tls: bool) -> None:
         self.target = target
         self.tls = tls
+        self.tls_facts: TlsFacts | None = None
         self.started = time.monotonic()
         self.attempts: list[AssociationAttempt] = []
         self.accepted: AssociationAccepted | None = None
@@ -135,21 +148,24 @@ class _State:
         self.echo_status: int | None = None
         self.exposure: Exposure | None = None
         self.counter: ExposureCounter | None = None
-        #: The association attempt in progress (called AE, TCP connected), for a total
+        #: The association attempt in progress (called AE, connected, inside TLS), for a total
         #: timeout that ends the probe in the middle of it.
-        self.in_flight: tuple[str, bool] | None = None
+        self.in_flight: tuple[str, bool, bool] | None = None
         self.anomalies: list[str] = []
         self.error: str | None = None
 
     def observations(self) -> Observations:
         answered = any(a.outcome in (Outcome.ACCEPTED, Outcome.REJECTED) for a in self.attempts)
-        reachable = any(
+        reachable = self.tls_facts is not None or any(
             a.outcome not in (Outcome.REFUSED, Outcome.TIMEOUT, Outcome.UNREACHABLE)
             for a in self.attempts
         )
         acc = self.accepted
+        target = self.target
+        if self.tls and target.transport == "dimse":
+            target = replace(target, transport="dimse-tls")
         return Observations(
-            target=self.target,
+            target=target,
             reachable=reachable,
             dicom=answered,
             attempts=tuple(self.attempts),
@@ -163,6 +179,7 @@ class _State:
             echo_status=self.echo_status,
             exposure=self.exposure,
             tls=self.tls,
+            tls_facts=self.tls_facts,
             anomalies=tuple(dict.fromkeys(self.anomalies)),
             error=self.error,
             duration_s=round(time.monotonic() - self.started, 4),
@@ -173,12 +190,13 @@ async def _attempt(
     state: _State, called_ae: str, options: ProbeOptions
 ) -> tuple[AssociationAttempt, Association | None]:
     target = state.target
-    state.in_flight = (called_ae, False)
+    tls = options.tls is not None
+    state.in_flight = (called_ae, False, tls)
     try:
         reader, writer = await open_connection(
             target.host, target.port, timeouts=options.timeouts, tls=options.tls
         )
-        state.in_flight = (called_ae, True)
+        state.in_flight = (called_ae, True, tls)
         # Something answered: now (once per process) load pydicom and pynetdicom.
         from pacsguard.dicom.client import associate
         from pacsguard.dicom.ul import AssociationRejected
@@ -196,18 +214,22 @@ async def _attempt(
         outcome, reason = _failure_outcome(exc)
         if outcome in (Outcome.PROTOCOL_ERROR, Outcome.CLOSED, Outcome.SILENT):
             state.anomalies.append(reason)
-        attempt = AssociationAttempt(options.calling_ae, called_ae, outcome, reason)
+        attempt = AssociationAttempt(options.calling_ae, called_ae, outcome, reason, tls=tls)
         state.attempts.append(attempt)
         return attempt, None
     state.in_flight = None
     if isinstance(answer, AssociationRejected):
+        if (answer.source, answer.reason) == (2, 2):  # we speak protocol version 1, the only one
+            state.anomalies.append(ANOMALY_RJ_PROTOCOL_VERSION)
         attempt = AssociationAttempt(
-            options.calling_ae, called_ae, Outcome.REJECTED, answer.reason_name
+            options.calling_ae, called_ae, Outcome.REJECTED, answer.reason_name, tls=tls
         )
         state.attempts.append(attempt)
         return attempt, None
+    if answer.implementation_class_uid is None:  # mandatory in an A-ASSOCIATE-AC (PS3.7 D.3.3.2)
+        state.anomalies.append(ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID)
     attempt = AssociationAttempt(
-        options.calling_ae, called_ae, Outcome.ACCEPTED, None, accepted_services(answer)
+        options.calling_ae, called_ae, Outcome.ACCEPTED, None, accepted_services(answer), tls=tls
     )
     state.attempts.append(attempt)
     state.accepted = answer
@@ -284,6 +306,36 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
             await assoc.abort()
 
 
+#: Plaintext outcomes that may hide a TLS server: it closes, waits, or answers with an alert.
+_NO_DICOM_ANSWER: Final = frozenset({Outcome.CLOSED, Outcome.SILENT, Outcome.PROTOCOL_ERROR})
+
+
+def _maybe_tls(state: _State) -> bool:
+    return bool(state.attempts) and all(
+        a.outcome in _NO_DICOM_ANSWER and a.reason != "pdu-too-large" for a in state.attempts
+    )
+
+
+async def _converse_detecting_tls(state: _State, options: ProbeOptions) -> None:
+    """The conversation in plaintext or inside TLS, whichever the target speaks."""
+    tls_first = state.target.port == DICOM_TLS_PORT
+    if not tls_first:
+        await _converse(state, options)
+        if not _maybe_tls(state):
+            return
+    target = state.target
+    facts = await observe_tls(target.host, target.port, options.timeouts)
+    if facts is None:
+        if tls_first:
+            await _converse(state, options)
+        return
+    state.tls, state.tls_facts = True, facts
+    state.anomalies.clear()  # a TLS server's answer to plaintext is not an anomaly
+    if facts.client_certificate is ClientCertificate.REQUIRED:
+        return  # without a certificate it will not let us speak DICOM at all
+    await _converse(state, replace(options, tls=observing_context()))
+
+
 async def probe_dimse(target: Target, options: ProbeOptions) -> Observations:
     """Probe one DICOM endpoint; never raises.
 
@@ -294,21 +346,24 @@ async def probe_dimse(target: Target, options: ProbeOptions) -> Observations:
     timed_out = False
     try:
         async with asyncio.timeout(options.total_timeout):
-            await _converse(state, options)
+            if options.tls is None and options.detect_tls:
+                await _converse_detecting_tls(state, options)
+            else:
+                await _converse(state, options)
     except TimeoutError:
         timed_out = True
         state.error = f"total time budget of {options.total_timeout:g}s exhausted"
         if state.in_flight is not None:  # cut short while connecting or negotiating
-            called_ae, connected = state.in_flight
+            called_ae, connected, tls = state.in_flight
             if connected:
                 outcome, reason = Outcome.SILENT, "silent-after-connect"
                 state.anomalies.append(reason)
-            elif options.tls is not None:  # TCP and the TLS handshake are one step here
+            elif tls:  # TCP and the TLS handshake are one step here
                 outcome, reason = Outcome.TIMEOUT, "no TLS connection within the total time budget"
             else:
                 outcome, reason = Outcome.TIMEOUT, "no TCP answer within the total time budget"
             state.attempts.append(
-                AssociationAttempt(options.calling_ae, called_ae, outcome, reason)
+                AssociationAttempt(options.calling_ae, called_ae, outcome, reason, tls=tls)
             )
     counter = state.counter
     if counter is not None:

@@ -391,6 +391,37 @@ def test_keys_combine_with_and(loaded: SqlIndex) -> None:
     assert uids(results) == ["1.2.1.2"]
 
 
+#: Names in several scripts (synthetic; the Japanese one is PS3.5 H.3.1's example).
+WIDE = {
+    "5": "Yamada^Tarou=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046",
+    "6": "Wang^XiaoDong=\u738b^\u5c0f\u6771",
+    "7": "\u00c9mile^Zo\u00eb",
+}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("*\u5c71\u7530*", ["5"]),
+        ("yamada^tarou=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046", ["5"]),
+        ("Wang^XiaoDong=?^??", ["6"]),  # ? is one character, not one byte
+        ("Wang^XiaoDong=?^?", []),
+        ("*=\u3084\u307e?\u3060*", []),
+        ("*=\u3084\u307e\u3060^*", ["5"]),
+        ("\u00e9mile^zo\u00cb", ["7"]),  # case folding beyond ASCII
+        ("?mile*", ["7"]),
+    ],
+)
+def test_names_in_any_script_match_as_unicode(
+    index: SqlIndex, value: str, expected: list[str]
+) -> None:
+    for n, name in WIDE.items():
+        index.add(rec(n, n, n, f"W{n}", patient_name=name))
+    results = find(index, S, Level.STUDY, PatientName=value)
+    assert uids(results) == [f"1.2.1.{n}" for n in expected]
+    assert {r["PatientName"] for r in results} == {WIDE[n] for n in expected}
+
+
 @pytest.mark.parametrize(
     ("keyword", "value", "expected"),
     [

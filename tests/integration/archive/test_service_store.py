@@ -105,8 +105,8 @@ def test_a_failed_index_commit_is_audited_after_the_success_line(
 
     monkeypatch.setattr(parts.index, "add", add_then_fail)
     ds = _datasets()[0]
-    with pytest.raises(OSError, match="No space"):
-        parts.service.store_instance(PRINCIPAL, _part10(ds))
+    refused = parts.service.store_instance(PRINCIPAL, _part10(ds))
+    assert (refused.status, refused.outcome) == (0xA700, "index commit failed")
     monkeypatch.setattr(parts.index, "add", real_add)
     assert list(parts.blobs.keys()) == []  # no orphan left behind
     assert parts.service.store_instance(PRINCIPAL, _part10(ds)).ok  # a retry stores it
@@ -115,3 +115,45 @@ def test_a_failed_index_commit_is_audited_after_the_success_line(
         ("index commit failed", 8),
         ("inserted", 0),
     ]
+
+
+@pytest.mark.parametrize("as_file", [False, True], ids=["bytes", "file"])
+@pytest.mark.parametrize(
+    ("charset", "name", "referring"),
+    [
+        pytest.param(None, "M\u00fcller^J\u00fcrgen", "Doe^A\\Roe^B", id="undeclared"),
+        pytest.param("ISO_IR 100", "M\u00fcller^J\u00fcrgen", "Sch\u00f6n^A\\Roe^B", id="latin1"),
+        pytest.param("ISO_IR 192", "Wang^XiaoDong=\u738b^\u5c0f\u6771", "", id="utf8"),
+        pytest.param(
+            ["", "ISO 2022 IR 87"],
+            "Yamada^Tarou=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046",
+            "Suzuki^Ichiro=\u9234\u6728^\u4e00\u90ce\\Sato^Jiro",
+            id="iso2022-ir87",
+        ),
+    ],
+)
+def test_text_in_any_character_set_is_indexed_as_unicode(
+    parts: Parts,
+    tmp_path: Path,
+    as_file: bool,
+    charset: str | list[str] | None,
+    name: str,
+    referring: str,
+) -> None:
+    """Whichever path reads the object (fast reader for bytes in a plain charset, pydicom for
+    files and for code extensions such as ISO 2022 IR 87), the index holds the same Unicode
+    text; a multi-valued name is kept with its "\\" separator, as the fast reader keeps it."""
+    ds = _datasets()[0]
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    ds.ReferringPhysicianName = referring.split("\\") if "\\" in referring else referring
+    data = _part10(ds)
+    source: Path | bytes = data
+    if as_file:
+        source = tmp_path / "object.dcm"
+        source.write_bytes(data)
+    assert parts.service.store_instance(PRINCIPAL, source).ok
+    record = parts.index.get(ds.SOPInstanceUID)
+    assert record is not None
+    assert (record.patient_name, record.referring_physician_name) == (name, referring)

@@ -32,12 +32,13 @@ from pacsguard.archive.dimse.identifiers import (
     UNABLE_TO_PROCESS,
     BadIdentifier,
     DestinationLookup,
+    declared_character_set,
     query_from_identifier,
     response_identifier,
     root_of,
 )
 from pacsguard.archive.security.principal import Action, Principal
-from pacsguard.archive.service import ArchiveService, Denied
+from pacsguard.archive.service import OUT_OF_RESOURCES, ArchiveService, Denied
 from pacsguard.dicom.command import CommandField
 from pacsguard.dicom.dimse import (
     DimseMessage,
@@ -54,7 +55,7 @@ from pacsguard.dicom.ul import (
     encode_abort,
     read_pdu,
 )
-from pacsguard.errors import MalformedPdu
+from pacsguard.errors import AuditLogError, MalformedPdu
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +299,7 @@ class AssociationSession:
             return
         try:
             request = query_from_identifier(identifier, root_of(context.abstract_syntax))
+            charset = declared_character_set(identifier)
         except BadIdentifier:
             yield IDENTIFIER_MISMATCH, None
             return
@@ -326,6 +328,8 @@ class AssociationSession:
                 put("status", 0x0000)
             except Denied as exc:
                 put("status", exc.status)
+            except AuditLogError:  # nothing was released; the log said why, once
+                put("status", OUT_OF_RESOURCES)
             except ValueError:
                 put("status", IDENTIFIER_MISMATCH)
             except Exception:
@@ -340,7 +344,7 @@ class AssociationSession:
                     yield value, None
                     return
                 window.release()
-                yield PENDING, response_identifier(request, value)
+                yield PENDING, response_identifier(request, value, charset)
         finally:
             operation.cancelled.set()  # stops the query thread if we leave early
             with contextlib.suppress(Exception):
