@@ -90,6 +90,24 @@ def test_scanning_a_closed_port_loads_nothing_heavy(closed_port: int) -> None:
     assert (record["port"], record["association"]["status"]) == (closed_port, "refused")
 
 
+def test_a_scan_of_several_targets_loads_the_dicom_stack_before_probing() -> None:
+    """So that the first answering port does not stall the probes in flight with imports."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as a,
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as b,
+    ):
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        ports = f"{a.getsockname()[1]},{b.getsockname()[1]}"
+        loaded, _ = modules_after(
+            "from pacsguard.cli import main\n"
+            f"code = main(['scan', '127.0.0.1', '-p', '{ports}'])\n"
+            "assert code == 0, code"
+        )
+    assert {"pydicom", "pynetdicom"} <= loaded
+    assert loaded & {"sqlalchemy", "alembic", "psycopg", "cryptography", "rich"} == set()
+
+
 @pytest.mark.parametrize("name", list(SUBCOMMANDS))
 def test_help_summaries_match_the_subcommands(name: str) -> None:
     command = load_subcommand(name)

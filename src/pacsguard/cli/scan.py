@@ -48,6 +48,11 @@ async def scan_scope(
     summary = ScanSummary()
     total = scope.target_count if isinstance(scope, Scope) else len(scope)
     task = progress.add_task("scanning", total=total) if progress else None
+    if total > 1 and limits.concurrency > 1:
+        # Probes in flight share one event loop: left to the first port that answers, loading
+        # pydicom and pynetdicom (0.3 s, more on a loaded machine) would stall every other
+        # probe's timers meanwhile. One target alone loads them only if it answers.
+        import pacsguard.dicom.client  # noqa: F401
 
     async def prober(target: Target) -> Observations:
         return await probe_dimse(target, options)
