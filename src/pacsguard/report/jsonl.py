@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any, Final, Protocol
 
 from pacsguard.scan.model import (
@@ -137,6 +136,8 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
             "series": exposure.series,
             "instances": exposure.instances,
             "lower_bound": exposure.lower_bound,
+            "lower_bound_reasons": [r.value for r in exposure.lower_bound_reasons],
+            "responses": exposure.responses,
             "phi_categories": sorted(c.value for c in exposure.phi_categories),
             "method": exposure.method,
             "queries": exposure.queries,
@@ -178,6 +179,8 @@ def write_record(stream: TextSink, report: HostReport) -> None:
 
 def load_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of one record."""
+    from importlib import resources  # only here: scanning never needs it
+
     text = resources.files("pacsguard.report").joinpath("schema/scan-record.schema.json")
     loaded: dict[str, Any] = json.loads(text.read_text(encoding="utf-8"))
     return loaded
