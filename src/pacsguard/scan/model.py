@@ -42,6 +42,7 @@ class Outcome(StrEnum):
 #: Anomalies a probe records about an acceptor's answers (honeypot signatures use them).
 ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID: Final = "ac-without-implementation-uid"
 ANOMALY_RJ_PROTOCOL_VERSION: Final = "rj-protocol-version-for-current-version"
+ANOMALY_FIND_PIXEL_DATA: Final = "find-response-with-pixel-data"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,9 @@ class Exposure:
     lower_bound_reasons: tuple[LowerBoundReason, ...] = ()
     #: Query responses received (duplicates included: some servers answer once per instance).
     responses: int = 0
+    #: Responses carried Pixel Data, which no query asks for (PS3.4 C.4.1.1.3: a response holds
+    #: the requested keys): stored objects handed out wholesale, as canned decoys do.
+    pixel_data_in_answers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
