@@ -248,10 +248,13 @@ CHECKS: Final[tuple[Check, ...]] = (
 
 
 def identify_product(obs: Observations, data: ProductData | None = None) -> Product | None:
-    """The product and version the host's own answers name (implementation UID and name)."""
+    """The product and version the host's own answers name (implementation UID and name,
+    Orthanc's `/system` version)."""
+    orthanc = obs.http.orthanc if obs.http is not None else None
     evidence = {
         "implementation_class_uid": obs.implementation_class_uid,
         "implementation_version_name": obs.implementation_version_name,
+        "http_orthanc_version": orthanc.version if orthanc is not None else None,
     }
     return (data or default_data()).identify(evidence)
 
@@ -322,6 +325,10 @@ def assess(obs: Observations, checks: tuple[Check, ...] = CHECKS) -> HostReport:
     """Run every check, name the product and its known CVEs, judge honeypot signatures;
     findings most severe first."""
     findings = [f for f in (check(obs) for check in checks) if f is not None]
+    if obs.http is not None:
+        from pacsguard.scan.http_checks import HTTP_CHECKS  # it builds on this module
+
+        findings.extend(f for f in (check(obs) for check in HTTP_CHECKS) if f is not None)
     product = identify_product(obs)
     findings.extend(check_known_vulnerabilities(obs, product))
     verdict = judge(obs)

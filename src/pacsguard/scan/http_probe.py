@@ -1,0 +1,548 @@
+"""The HTTP prober: one web target in, Observations out; never raises for a remote's behaviour.
+
+Conversation, in order, all GET, all to the target's own origin (a redirect elsewhere is noted,
+never followed):
+1. `/` (same-origin redirects followed up to a bound): is it HTTP, does it ask for a login
+   (scheme and realm), which server says it is.
+2. Orthanc's REST API: `/system` (product, version; or a 401 in Orthanc's realm), and when it is
+   open `/statistics` (counts) and `/patients?since=0&limit=N` (listable or not; entries counted).
+3. Viewer pages from `data/http.json`, each recognised by its cited pattern.
+4. QIDO-RS at the known DICOMweb roots: `{root}/studies?limit=&offset=`, paged within a budget,
+   counted by Study Instance UID hash (`http_qido`), nothing kept.
+5. Only with `default_credentials`: the short cited list of default logins, against a path that
+   returns no patient data (`/system` or `/`), reported only when one works.
+
+Every request is bounded in time (connect, read, and a whole-request deadline that ends slow
+bodies and drip-fed headers) and in memory (headers by h11's buffer limit, bodies by
+`max_body`). Bodies are read into memory only to be parsed here and are never logged.
+httpx is imported inside the probe so that the CLI starts without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import ssl
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urljoin, urlsplit
+
+from pacsguard.scan.http_catalog import HttpCatalog, default_catalog
+from pacsguard.scan.http_model import (
+    ANOMALY_BAD_JSON,
+    ANOMALY_BODY_TOO_LARGE,
+    ANOMALY_HEADERS_TOO_LARGE,
+    ANOMALY_NOT_HTTP,
+    ANOMALY_REDIRECT_LOOP,
+    ANOMALY_REDIRECT_OFF_TARGET,
+    ANOMALY_SLOW_ANSWER,
+    CredentialResult,
+    HttpEndpoint,
+    HttpObservations,
+    OrthancFacts,
+    QidoEndpoint,
+    ViewerSeen,
+)
+from pacsguard.scan.http_qido import QidoTally
+from pacsguard.scan.model import Observations, Target
+
+if TYPE_CHECKING:
+    import httpx
+
+HTTP_TRANSPORTS: Final = frozenset({"http", "https"})
+#: How much of a page a viewer pattern is searched in.
+VIEWER_WINDOW: Final = 64 * 1024
+_AUTH_SCHEMES: Final = frozenset({"basic", "digest", "bearer", "negotiate"})
+_REALM: Final = re.compile(r'realm\s*=\s*"([^"]{0,200})"', re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpOptions:
+    """What the HTTP prober may do and how long it may take."""
+
+    connect_timeout: float = 3.0
+    read_timeout: float = 5.0
+    #: Deadline for one request, headers and body together: a slow body ends here.
+    request_timeout: float = 10.0
+    total_timeout: float = 60.0
+    #: Largest body read; a longer one is cut there (and counts as a lower bound).
+    max_body: int = 4 * 1024 * 1024
+    max_redirects: int = 5
+    qido_page_size: int = 100
+    qido_max_pages: int = 10
+    #: `/patients?limit=` for Orthanc: a full page means "at least this many".
+    patients_limit: int = 1000
+    #: Try the cited default logins (off unless the user asks for it).
+    default_credentials: bool = False
+    user_agent: str = "pacsguard-scan"
+    catalog: HttpCatalog = field(default_factory=default_catalog)
+
+
+class _Unreachable(Exception):
+    """No TCP (or TLS) connection: nothing more to ask this target."""
+
+
+@dataclass(slots=True)
+class _Answer:
+    status: int
+    path: str
+    location: str | None
+    challenge: str | None
+    server: str | None
+    body: bytes
+    truncated: bool
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _decode(body: bytes, encoding: str, limit: int) -> tuple[bytes, bool]:
+    """Undo gzip/deflate within `limit` bytes; (b"", True) for anything else or broken data."""
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return b"", True
+    try:
+        inflater = zlib.decompressobj(wbits=47 if "gzip" in encoding else 15)
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        return b"", True
+    if len(out) > limit or inflater.unconsumed_tail:
+        return out[:limit], True
+    return out, False
+
+
+def _clean(text: str | None, limit: int = 100) -> str | None:
+    """A header value fit for a record: printable, trimmed, bounded."""
+    if text is None:
+        return None
+    kept = "".join(c for c in text if c.isprintable()).strip()
+    return kept[:limit] or None
+
+
+def parse_challenge(value: str | None) -> tuple[str | None, str | None]:
+    """(scheme, realm) from a WWW-Authenticate value: ('basic', 'Orthanc Secure Area')."""
+    if not value:
+        return None, None
+    scheme = value.strip().split(" ", 1)[0].lower()
+    found = _REALM.search(value)
+    return (
+        scheme if scheme in _AUTH_SCHEMES else "other",
+        _clean(found.group(1)) if found else None,
+    )
+
+
+class _State:
+    """Mutable record of a probe in progress, so a total timeout still reports what was seen."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.started = time.monotonic()
+        self.reachable = False
+        self.answered = False
+        self.tls = False
+        self.root_status: int | None = None
+        self.server: str | None = None
+        self.auth_scheme: str | None = None
+        self.auth_realm: str | None = None
+        self.orthanc: OrthancFacts | None = None
+        self.dicomweb: list[QidoEndpoint] = []
+        self.viewers: list[ViewerSeen] = []
+        self.credentials_tried = False
+        self.credentials: list[CredentialResult] = []
+        self.endpoints: list[HttpEndpoint] = []
+        self.anomalies: list[str] = []
+        self.error: str | None = None
+
+    def observations(self) -> Observations:
+        http = HttpObservations(
+            scheme=self.target.transport,
+            answered=self.answered,
+            root_status=self.root_status,
+            server=self.server,
+            auth_scheme=self.auth_scheme,
+            auth_realm=self.auth_realm,
+            orthanc=self.orthanc,
+            dicomweb=tuple(self.dicomweb),
+            viewers=tuple(self.viewers),
+            default_credentials_tried=self.credentials_tried,
+            default_credentials=tuple(self.credentials),
+            endpoints=tuple(self.endpoints),
+        )
+        return Observations(
+            target=self.target,
+            reachable=self.reachable,
+            dicom=False,
+            tls=self.tls,
+            http=http,
+            anomalies=tuple(dict.fromkeys(self.anomalies)),
+            error=self.error,
+            duration_s=round(time.monotonic() - self.started, 4),
+        )
+
+
+def _origin(target: Target) -> str:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return f"{target.transport}://{host}:{target.port}"
+
+
+def _tls_context() -> ssl.SSLContext:
+    """A scanner observes certificates, it does not trust them: no verification."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _Conversation:
+    def __init__(self, state: _State, client: httpx.AsyncClient, options: HttpOptions) -> None:
+        self.state = state
+        self.client = client
+        self.options = options
+        self.origin = _origin(state.target)
+        #: Anonymous answers by path, so a page is asked for once (e.g. the root's redirect
+        #: target and a viewer page). Dropped with the conversation.
+        self.cache: dict[str, _Answer] = {}
+
+    async def get(
+        self,
+        path: str,
+        *,
+        accept: str | None = None,
+        auth: tuple[str, str] | None = None,
+        read_body: bool = True,
+    ) -> _Answer | None:
+        """One bounded GET; None when the peer gave no HTTP answer (the reason is recorded)."""
+        import httpx
+
+        state, options = self.state, self.options
+        if auth is None and read_body and path in self.cache:
+            return self.cache[path]
+        # Uncompressed answers only: a body's size is then what is read (no decompression bomb).
+        headers = {"Accept-Encoding": "identity"}
+        if accept:
+            headers["Accept"] = accept
+        try:
+            async with asyncio.timeout(options.request_timeout):
+                async with self.client.stream(
+                    "GET", path, headers=headers, auth=auth or httpx.USE_CLIENT_DEFAULT
+                ) as response:
+                    state.reachable = state.answered = True
+                    body, truncated = b"", False
+                    if read_body:
+                        chunks: list[bytes] = []
+                        size = 0
+                        async for chunk in response.aiter_raw():
+                            chunks.append(chunk)
+                            size += len(chunk)
+                            if size > options.max_body:
+                                truncated = True
+                                state.anomalies.append(ANOMALY_BODY_TOO_LARGE)
+                                break
+                        body = b"".join(chunks)[: options.max_body]
+                        encoding = response.headers.get("content-encoding", "identity").lower()
+                        if encoding not in ("identity", ""):
+                            body, truncated = _decode(body, encoding, options.max_body)
+                            if truncated:
+                                state.anomalies.append(ANOMALY_BODY_TOO_LARGE)
+                    answer = _Answer(
+                        status=response.status_code,
+                        path=path,
+                        location=response.headers.get("location"),
+                        challenge=response.headers.get("www-authenticate"),
+                        server=response.headers.get("server"),
+                        body=body,
+                        truncated=truncated,
+                    )
+        except TimeoutError:
+            state.anomalies.append(ANOMALY_SLOW_ANSWER)
+            state.endpoints.append(HttpEndpoint(path, None))
+            return None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            if not state.reachable:
+                timeout = isinstance(exc, httpx.ConnectTimeout)
+                state.error = (
+                    "no TCP answer within the connect timeout"
+                    if timeout
+                    else ("connection refused or TLS handshake failed")
+                )
+                raise _Unreachable from None
+            state.endpoints.append(HttpEndpoint(path, None))
+            return None
+        except httpx.TimeoutException:
+            state.reachable = True
+            state.anomalies.append(ANOMALY_SLOW_ANSWER)
+            state.endpoints.append(HttpEndpoint(path, None))
+            return None
+        except httpx.RemoteProtocolError as exc:
+            state.reachable = True
+            too_long = "too long" in str(exc).lower() or "too large" in str(exc).lower()
+            state.anomalies.append(ANOMALY_HEADERS_TOO_LARGE if too_long else ANOMALY_NOT_HTTP)
+            state.endpoints.append(HttpEndpoint(path, None))
+            return None
+        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+            if not state.reachable:
+                state.error = f"connection error: {exc.__class__.__name__}"
+                raise _Unreachable from None
+            state.endpoints.append(HttpEndpoint(path, None))
+            return None
+        scheme, realm = parse_challenge(answer.challenge) if answer.status == 401 else (None, None)
+        state.endpoints.append(HttpEndpoint(path, answer.status, scheme))
+        if scheme and state.auth_scheme is None:
+            state.auth_scheme, state.auth_realm = scheme, realm
+        if answer.server and state.server is None:
+            state.server = _clean(answer.server)
+        if auth is None and read_body:
+            self.cache[path] = answer
+        return answer
+
+    def same_origin_path(self, location: str, base_path: str) -> str | None:
+        """The path a redirect points to when it stays on the target, else None."""
+        absolute = urljoin(self.origin + base_path, location.strip())
+        parts = urlsplit(absolute)
+        here = urlsplit(self.origin)
+        if (parts.scheme, parts.hostname, parts.port) != (here.scheme, here.hostname, here.port):
+            return None
+        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    async def get_following(self, path: str) -> _Answer | None:
+        """GET with same-origin redirects followed, loops and excess ended."""
+        seen = {path}
+        answer = await self.get(path)
+        for _ in range(self.options.max_redirects):
+            if answer is None or answer.status not in (301, 302, 303, 307, 308):
+                return answer
+            if not answer.location:
+                return answer
+            next_path = self.same_origin_path(answer.location, answer.path)
+            if next_path is None:
+                self.state.anomalies.append(ANOMALY_REDIRECT_OFF_TARGET)
+                return answer
+            if next_path in seen:
+                self.state.anomalies.append(ANOMALY_REDIRECT_LOOP)
+                return answer
+            seen.add(next_path)
+            answer = await self.get(next_path)
+        if answer is not None and answer.status in (301, 302, 303, 307, 308):
+            self.state.anomalies.append(ANOMALY_REDIRECT_LOOP)
+        return answer
+
+    def decode(self, answer: _Answer) -> Any:
+        """JSON of a complete answer, or None (recorded) when it is not JSON."""
+        if answer.truncated:
+            return None
+        try:
+            return answer.json()
+        except (ValueError, UnicodeDecodeError):
+            self.state.anomalies.append(ANOMALY_BAD_JSON)
+            return None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+async def _orthanc(conv: _Conversation) -> None:
+    options = conv.options
+    system = await conv.get("/system", accept="application/json")
+    if system is None:
+        return
+    if system.status == 401:
+        challenge = parse_challenge(system.challenge)
+        if challenge[1] in options.catalog.orthanc_realms:
+            conv.state.orthanc = OrthancFacts(open=False)
+        return
+    if system.status != 200:
+        return
+    facts = conv.decode(system)
+    if not isinstance(facts, dict) or not isinstance(facts.get("Version"), str):
+        return
+    if "ApiVersion" not in facts:
+        return
+    version = _clean(facts["Version"], 32)
+    aet = facts.get("DicomAet")
+    plugins = facts.get("PluginsEnabled")
+    orthanc = OrthancFacts(
+        open=True,
+        version=version,
+        api_version=_int(facts.get("ApiVersion")),
+        dicom_aet=_clean(aet, 16) if isinstance(aet, str) else None,
+        dicom_port=_int(facts.get("DicomPort")),
+        plugins_enabled=plugins if isinstance(plugins, bool) else None,
+    )
+    conv.state.orthanc = orthanc
+    stats = await conv.get("/statistics", accept="application/json")
+    counts: dict[str, int | None] = {}
+    if stats is not None and stats.status == 200:
+        decoded = conv.decode(stats)
+        if isinstance(decoded, dict):
+            counts = {
+                "patients": _int(decoded.get("CountPatients")),
+                "studies": _int(decoded.get("CountStudies")),
+                "series": _int(decoded.get("CountSeries")),
+                "instances": _int(decoded.get("CountInstances")),
+            }
+    limit = options.patients_limit
+    listing = await conv.get(f"/patients?since=0&limit={limit}", accept="application/json")
+    listable: bool | None = None
+    listed: int | None = None
+    if listing is not None:
+        listable = False
+        if listing.status == 200:
+            decoded = conv.decode(listing)
+            if isinstance(decoded, list):
+                listable, listed = True, len(decoded)  # identifiers counted, then dropped
+            del decoded
+    conv.state.orthanc = OrthancFacts(
+        open=True,
+        version=orthanc.version,
+        api_version=orthanc.api_version,
+        dicom_aet=orthanc.dicom_aet,
+        dicom_port=orthanc.dicom_port,
+        plugins_enabled=orthanc.plugins_enabled,
+        patients=counts.get("patients"),
+        studies=counts.get("studies"),
+        series=counts.get("series"),
+        instances=counts.get("instances"),
+        patients_listable=listable,
+        patients_listed=listed,
+        patients_listed_lower_bound=listed is not None and listed >= limit,
+    )
+
+
+async def _viewers(conv: _Conversation, root: _Answer | None) -> None:
+    for rule in conv.options.catalog.viewers:
+        if rule.path == "/":
+            page = root if root is not None and root.path == "/" else None
+        else:
+            page = await conv.get(rule.path, accept="text/html")
+        if page is None or page.status != 200:
+            continue
+        text = page.body[:VIEWER_WINDOW].decode("utf-8", "replace")
+        if rule.pattern.search(text):
+            conv.state.viewers.append(ViewerSeen(rule.id, rule.name, rule.path, rule.source))
+
+
+async def _qido(conv: _Conversation) -> None:
+    options = conv.options
+    for root in options.catalog.dicomweb_roots:
+        tally = QidoTally(options.qido_page_size, options.qido_max_pages)
+        status: int | None = None
+        opened = False
+        while not tally.done:
+            path = f"{root.path}/studies?limit={tally.page_size}&offset={tally.next_offset}"
+            answer = await conv.get(path, accept="application/dicom+json")
+            if answer is None:
+                if opened:
+                    tally.stop("an answer did not come in time", lower_bound=True)
+                break
+            status = status or answer.status
+            if answer.status == 204:  # PS3.18: no matching studies
+                opened = True
+                tally.stop(None, lower_bound=False)
+                break
+            if answer.status != 200:
+                if opened:
+                    tally.stop(f"page answered {answer.status}", lower_bound=True)
+                break
+            if answer.truncated:
+                if opened or tally.pages == 0:
+                    opened = True
+                tally.stop(f"answer longer than {options.max_body} bytes", lower_bound=True)
+                break
+            page = conv.decode(answer)
+            if not isinstance(page, list):
+                break
+            opened = True
+            tally.add_page(page)
+            del page
+        if status is None:
+            continue
+        conv.state.dicomweb.append(
+            QidoEndpoint(
+                path=root.path,
+                status=status,
+                open=opened,
+                studies=tally.studies,
+                lower_bound=tally.lower_bound,
+                pages=tally.pages,
+                phi_categories=frozenset(tally.phi),
+                note=tally.note,
+            )
+        )
+
+
+async def _default_credentials(conv: _Conversation) -> None:
+    """Try the cited default logins against a path that returns no patient data."""
+    state = conv.state
+    protected = [e.path for e in state.endpoints if e.status == 401 and e.path in ("/system", "/")]
+    if not protected or state.auth_scheme != "basic":
+        return
+    path = "/system" if "/system" in protected else protected[0]
+    state.credentials_tried = True
+    for credential in conv.options.catalog.default_credentials:
+        answer = await conv.get(
+            path, auth=(credential.username, credential.password), read_body=False
+        )
+        if answer is None:
+            return
+        if answer.status < 400:
+            state.credentials.append(
+                CredentialResult(credential.id, credential.username, path, credential.source)
+            )
+            return
+
+
+async def _converse(state: _State, options: HttpOptions) -> None:
+    import httpx
+
+    target = state.target
+    https = target.transport == "https"
+    timeout = httpx.Timeout(
+        connect=options.connect_timeout,
+        read=options.read_timeout,
+        write=options.read_timeout,
+        pool=options.connect_timeout,
+    )
+    async with httpx.AsyncClient(
+        base_url=_origin(target),
+        timeout=timeout,
+        verify=_tls_context() if https else False,
+        trust_env=False,  # no proxy from the environment: traffic goes to the target only
+        follow_redirects=False,
+        headers={"User-Agent": options.user_agent},
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+    ) as client:
+        conv = _Conversation(state, client, options)
+        root = await conv.get_following("/")
+        if root is None and not state.answered:
+            return
+        state.tls = https
+        if root is not None:
+            state.root_status = root.status
+        await _orthanc(conv)
+        await _viewers(conv, root)
+        await _qido(conv)
+        if options.default_credentials:
+            await _default_credentials(conv)
+
+
+async def probe_http(target: Target, options: HttpOptions) -> Observations:
+    """Probe one web endpoint. Bounded by `options.total_timeout`; never raises."""
+    state = _State(target)
+    try:
+        async with asyncio.timeout(options.total_timeout):
+            await _converse(state, options)
+    except _Unreachable:
+        pass
+    except TimeoutError:
+        state.error = f"total time budget of {options.total_timeout:g}s exhausted"
+        state.dicomweb = [q if not q.open else _as_lower_bound(q) for q in state.dicomweb]
+    return state.observations()
+
+
+def _as_lower_bound(q: QidoEndpoint) -> QidoEndpoint:
+    return QidoEndpoint(
+        q.path, q.status, q.open, q.studies, True, q.pages, q.phi_categories, q.note
+    )
