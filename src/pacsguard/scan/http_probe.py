@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 HTTP_TRANSPORTS: Final = frozenset({"http", "https"})
 #: How much of a page a viewer pattern is searched in.
 VIEWER_WINDOW: Final = 64 * 1024
+#: Requests that may hit their deadline on one target before the probe stops asking.
+MAX_SLOW_ANSWERS: Final = 2
 _AUTH_SCHEMES: Final = frozenset({"basic", "digest", "bearer", "negotiate"})
 _REALM: Final = re.compile(r'realm\s*=\s*"([^"]{0,200})"', re.IGNORECASE)
 
@@ -219,6 +221,8 @@ class _Conversation:
         state, options = self.state, self.options
         if auth is None and read_body and path in self.cache:
             return self.cache[path]
+        if state.anomalies.count(ANOMALY_SLOW_ANSWER) >= MAX_SLOW_ANSWERS:
+            return None  # a tarpit: asking more only spends the budget
         # Uncompressed answers only: a body's size is then what is read (no decompression bomb).
         headers = {"Accept-Encoding": "identity"}
         if accept:
@@ -256,6 +260,7 @@ class _Conversation:
                         truncated=truncated,
                     )
         except TimeoutError:
+            state.reachable = True
             state.anomalies.append(ANOMALY_SLOW_ANSWER)
             state.endpoints.append(HttpEndpoint(path, None))
             return None
@@ -516,7 +521,7 @@ async def _converse(state: _State, options: HttpOptions) -> None:
     ) as client:
         conv = _Conversation(state, client, options)
         root = await conv.get_following("/")
-        if root is None and not state.answered:
+        if root is None:  # not HTTP, too slow, or too big in its headers: nothing more to ask
             return
         state.tls = https
         if root is not None:
