@@ -138,11 +138,11 @@ def open_storage(settings: Settings) -> tuple[SqlIndex, FolderBlobStore]:
 def open_audit(settings: Settings) -> tuple[AuditSink, list[object]]:
     Path(settings.audit.log_path).parent.mkdir(parents=True, exist_ok=True)
     audit_log = AuditLog(settings.audit.log_path, fsync=settings.audit.fsync)
-    sinks: list[AuditSink] = [audit_log]
+    copies: list[AuditSink] = []
     if settings.audit.syslog.enabled:
-        sinks.append(SyslogSink(settings.audit.syslog, source_id=settings.server.ae_title))
-    closers: list[object] = list(sinks)
-    return AuditFanout(sinks), closers
+        copies.append(SyslogSink(settings.audit.syslog, source_id=settings.server.ae_title))
+    closers: list[object] = [audit_log, *copies]
+    return AuditFanout(audit_log, copies), closers
 
 
 def start_archive(settings: Settings) -> RunningArchive:
@@ -203,16 +203,16 @@ def start_archive(settings: Settings) -> RunningArchive:
             )
             host, port = frontend.listen(plain_host, plain_port, tls=None)
             running.endpoints.append(Endpoint(host, port, False))
+        audit.emit(  # AuditLogError: an archive that cannot audit does not start
+            AuditEvent(
+                EventType.APPLICATION_START,
+                EventAction.EXECUTE,
+                EventOutcome.SUCCESS,
+                (Participant(ae_title=server.ae_title, requestor=False),),
+                detail={"endpoints": ", ".join(str(e) for e in running.endpoints)},
+            )
+        )
     except BaseException:
         running.stop()
         raise
-    audit.emit(
-        AuditEvent(
-            EventType.APPLICATION_START,
-            EventAction.EXECUTE,
-            EventOutcome.SUCCESS,
-            (Participant(ae_title=server.ae_title, requestor=False),),
-            detail={"endpoints": ", ".join(str(e) for e in running.endpoints)},
-        )
-    )
     return running

@@ -5,7 +5,18 @@ results back into protocol answers; they hold no archive logic. Every call names
 is authorized here, and becomes an audit event whatever its outcome.
 
 Ingest is durable before it answers: the blob is fsync'd and renamed, then the index row is
-committed, and only then does `store_instance` return success (and the front end acknowledge).
+committed and the audit line synced, and only then does `store_instance` return success (and the
+front end acknowledge). When the blob or the index row cannot be written (a full disk) the answer
+is 0xA700 and nothing is kept; the archive logs one error when that starts and one warning when
+it ends.
+
+Audit fails closed: the primary audit log's `AuditLogError` never becomes a success. A store
+whose audit line cannot be made durable answers 0xA700 (out of resources). If the line could
+not even be written, the index transaction rolls back and the blob goes; if it was written but
+its sync failed, the instance stays stored (the log rewrites the line once the disk recovers,
+see `AuditLog`) and a retry is an identical duplicate. A query is audited before its first match
+is released, a retrieve before its first sub-operation (a `move-request` line, for C-GET too)
+and after its last; the front ends turn `AuditLogError` into failure statuses.
 
 Duplicate SOP Instance UIDs: the same UID with byte-identical content is accepted again as a
 success without change (a client retrying after a lost response must not see a failure); the
@@ -15,6 +26,7 @@ first copy. Corrections go through a new SOP Instance UID, as PS3.4 expects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -49,6 +61,7 @@ from pacsguard.archive.model import (
 from pacsguard.archive.security.principal import Action, Principal
 from pacsguard.dicom.header import ESCAPE, PLAIN_CHARSETS, read_header
 from pacsguard.dicom.levels import Level
+from pacsguard.errors import AuditLogError
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +189,34 @@ def _record_from(values: dict[str, str]) -> InstanceRecord | None:
     )
 
 
+class _Episodes:
+    """One error when writes start failing (a full disk refuses every store after it), and one
+    warning when they work again: not a traceback per refused store."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._failing = False
+        self._lock = threading.Lock()
+
+    def failed(self, error: Exception) -> None:
+        with self._lock:
+            if self._failing:
+                return
+            self._failing = True
+        log.error(
+            "%s failed: stores answer 0xA700 until it works again", self._what, exc_info=error
+        )
+
+    def worked(self) -> None:
+        if not self._failing:
+            return
+        with self._lock:
+            if not self._failing:
+                return
+            self._failing = False
+        log.warning("%s works again: stores resume", self._what)
+
+
 def _participant(principal: Principal) -> Participant:
     return Participant(
         ae_title=principal.ae_title, address=principal.address, user=principal.username
@@ -199,6 +240,8 @@ class ArchiveService:
         self._authorize = authorize
         self.limits = limits or ServiceLimits()
         self._locks = tuple(threading.Lock() for _ in range(64))
+        self._blob_writes = _Episodes("blob store write")
+        self._index_writes = _Episodes("index commit")
 
     # -- policy ------------------------------------------------------------------------------
     def require(self, principal: Principal, action: Action) -> None:
@@ -206,15 +249,17 @@ class ArchiveService:
         try:
             self._authorize(principal, action)
         except Exception:
-            self._audit.emit(
-                AuditEvent(
-                    EventType.POLICY_DENIAL,
-                    EventAction.EXECUTE,
-                    EventOutcome.SERIOUS_FAILURE,
-                    (_participant(principal),),
-                    detail={"action": action.value},
+            # The denial stands even when it cannot be audited (the log reports that itself).
+            with contextlib.suppress(AuditLogError):
+                self._audit.emit(
+                    AuditEvent(
+                        EventType.POLICY_DENIAL,
+                        EventAction.EXECUTE,
+                        EventOutcome.SERIOUS_FAILURE,
+                        (_participant(principal),),
+                        detail={"action": action.value},
+                    )
                 )
-            )
             raise Denied(action, principal) from None
 
     # -- ingest --------------------------------------------------------------------------------
@@ -263,8 +308,20 @@ class ArchiveService:
         affected_sop_instance_uid: str | None = None,
     ) -> StoreResult:
         """Validate and durably store one DICOM Part 10 object, given as a file or as bytes;
-        never raises for bad input."""
+        never raises for bad input. 0xA700 when its audit line cannot be made durable."""
         self.require(principal, Action.STORE)
+        try:
+            return self._store(principal, source, affected_sop_class_uid, affected_sop_instance_uid)
+        except AuditLogError:
+            return StoreResult(OUT_OF_RESOURCES, "audit log unavailable")
+
+    def _store(
+        self,
+        principal: Principal,
+        source: Path | bytes,
+        affected_sop_class_uid: str | None,
+        affected_sop_instance_uid: str | None,
+    ) -> StoreResult:
         try:
             size = len(source) if isinstance(source, bytes) else source.stat().st_size
         except OSError:
@@ -303,9 +360,10 @@ class ArchiveService:
         except BlobConflictError:
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", record)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
-        except OSError:
-            log.exception("blob store write failed")
+        except OSError as error:
+            self._blob_writes.failed(error)
             return self._refuse(principal, OUT_OF_RESOURCES, "storage write failed")
+        self._blob_writes.worked()
         stored = InstanceRecord(
             **{
                 **{f: getattr(record, f) for f in record.__dataclass_fields__},
@@ -330,14 +388,20 @@ class ArchiveService:
             # and take back the blob no index row points to.
             self._blobs.delete(info.key)
             return self._refuse(principal, CANNOT_UNDERSTAND, "UIDs contradict stored hierarchy")
-        except Exception:
-            if audit_synced:  # the success line is written: say that the commit failed
-                audit_synced[0]()
-                self._store_event(
-                    principal, EventOutcome.SERIOUS_FAILURE, "index commit failed", stored
-                )
+        except AuditLogError:  # the line could not be written: the row rolled back
             self._drop_unindexed_blob(info.key)
             raise
+        except Exception as error:  # a full disk, a lost database: never acknowledged
+            if audit_synced:  # the success line is written: say that the commit failed
+                with contextlib.suppress(AuditLogError):
+                    audit_synced[0]()
+                    self._store_event(
+                        principal, EventOutcome.SERIOUS_FAILURE, "index commit failed", stored
+                    )
+            self._drop_unindexed_blob(info.key)
+            self._index_writes.failed(error)
+            return StoreResult(OUT_OF_RESOURCES, "index commit failed")
+        self._index_writes.worked()
         if outcome is AddOutcome.DUPLICATE_CONFLICT:  # indexed under other bytes
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", stored)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
@@ -374,7 +438,8 @@ class ArchiveService:
     def query(
         self, principal: Principal, request: QueryRequest
     ) -> Generator[dict[str, str], None, None]:
-        """Matches for a C-FIND / QIDO-RS query, capped by configuration; audited with count."""
+        """Matches for a C-FIND / QIDO-RS query, capped by configuration. The audit line (with
+        the count) is durable before the first match is released: AuditLogError otherwise."""
         self.require(principal, Action.FIND)
         capped = QueryRequest(
             root=request.root,
@@ -382,41 +447,67 @@ class ArchiveService:
             keys=request.keys,
             limit=min(request.limit, self.limits.max_query_results),
         )
-        count = 0
-        outcome = EventOutcome.SUCCESS
         try:
-            for result in self._index.find(capped):
-                count += 1
-                yield result
-        except GeneratorExit:
-            outcome = EventOutcome.MINOR_FAILURE  # cancelled or connection lost mid-answer
-            raise
+            results = list(self._index.find(capped))  # bounded by the cap
         except Exception:
-            outcome = EventOutcome.SERIOUS_FAILURE
+            with contextlib.suppress(AuditLogError):  # the query's own error is the answer
+                self._audit_query(principal, request, EventOutcome.SERIOUS_FAILURE, 0, False)
             raise
-        finally:
-            self._audit.emit(
-                AuditEvent(
-                    EventType.QUERY,
-                    EventAction.EXECUTE,
-                    outcome,
-                    (_participant(principal),),
-                    (("query", f"{request.root.value}/{request.level.name}"),),
-                    {"results": count, "capped": count >= capped.limit},
-                )
+        count = len(results)
+        self._audit_query(principal, request, EventOutcome.SUCCESS, count, count >= capped.limit)
+        yield from results
+
+    def _audit_query(
+        self,
+        principal: Principal,
+        request: QueryRequest,
+        outcome: EventOutcome,
+        count: int,
+        capped: bool,
+    ) -> None:
+        self._audit.emit(
+            AuditEvent(
+                EventType.QUERY,
+                EventAction.EXECUTE,
+                outcome,
+                (_participant(principal),),
+                (("query", f"{request.root.value}/{request.level.name}"),),
+                {"results": count, "capped": capped},
             )
+        )
 
     # -- retrieve ------------------------------------------------------------------------------
     def instances_to_retrieve(
-        self, principal: Principal, action: Action, level: Level, uids: list[str]
+        self,
+        principal: Principal,
+        action: Action,
+        level: Level,
+        uids: list[str],
+        *,
+        destination: str | None = None,
     ) -> list[InstanceRecord]:
-        """The instances a C-GET / C-MOVE asks for (unique keys at `level`), authorized."""
+        """The instances a C-GET / C-MOVE asks for (unique keys at `level`), authorized. When
+        there are any, a `move-request` line (instances about to be accessed, by whom, for which
+        destination) is durable before this returns: AuditLogError otherwise, and nothing may
+        be sent."""
         self.require(principal, action)
         found: dict[str, InstanceRecord] = {}
         for uid in uids:
             for record in self._index.instances(level, uid):
                 found[record.sop_instance_uid] = record
-        return list(found.values())
+        records = list(found.values())
+        if records:
+            self._audit.emit(
+                AuditEvent(
+                    EventType.MOVE_REQUEST,
+                    EventAction.READ,
+                    EventOutcome.SUCCESS,
+                    _retrieve_participants(principal, destination),
+                    _studies(records),
+                    {"operation": action.value, "instances": len(records)},
+                )
+            )
+        return records
 
     def open_instance(self, record: InstanceRecord) -> BinaryIO:
         return self._blobs.open(record.blob_key)
@@ -427,18 +518,49 @@ class ArchiveService:
         records: list[InstanceRecord],
         *,
         destination: str | None,
-        sent: int,
-        failed: int,
+        tally: RetrieveTally,
     ) -> None:
-        studies = sorted({r.study_instance_uid for r in records})
+        """The line that ends a retrieve, counting every sub-operation (`RetrieveTally`);
+        AuditLogError when it cannot be made durable."""
         self._audit.emit(
             AuditEvent(
                 EventType.RETRIEVE,
                 EventAction.READ,
-                EventOutcome.SUCCESS if failed == 0 else EventOutcome.MINOR_FAILURE,
-                (_participant(principal),)
-                + ((Participant(ae_title=destination, requestor=False),) if destination else ()),
-                tuple(("study", s) for s in studies),
-                {"sent": sent, "failed": failed},
+                EventOutcome.SUCCESS if tally.sent == len(records) else EventOutcome.MINOR_FAILURE,
+                _retrieve_participants(principal, destination),
+                _studies(records),
+                tally.detail(),
             )
         )
+
+
+@dataclass(slots=True)
+class RetrieveTally:
+    """Where each sub-operation of a retrieve ended: `sent` (the peer answered its C-STORE),
+    `failed` (could not be sent: unreadable, or no presentation context for it), `in_flight`
+    (being sent when the operation ended: it may have reached the peer) and `not_started`
+    (cancelled or cut off before it began). They add up to the instances matched."""
+
+    sent: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    not_started: int = 0
+
+    def detail(self) -> dict[str, str | int | bool]:
+        return {
+            "sent": self.sent,
+            "failed": self.failed,
+            "in_flight": self.in_flight,
+            "not_started": self.not_started,
+        }
+
+
+def _retrieve_participants(
+    principal: Principal, destination: str | None
+) -> tuple[Participant, ...]:
+    own = (_participant(principal),)
+    return own + ((Participant(ae_title=destination, requestor=False),) if destination else ())
+
+
+def _studies(records: list[InstanceRecord]) -> tuple[tuple[str, str], ...]:
+    return tuple(("study", s) for s in sorted({r.study_instance_uid for r in records}))

@@ -13,7 +13,14 @@ from importlib import resources
 from typing import Any, Final, Protocol
 
 from pacsguard.scan.http_model import HttpObservations
-from pacsguard.scan.model import Finding, HostReport, Observations, Outcome
+from pacsguard.scan.model import (
+    CertificateFacts,
+    Finding,
+    HostReport,
+    Observations,
+    Outcome,
+    TlsFacts,
+)
 
 SCHEMA_ID: Final = "pacsguard.scan-record/1"
 
@@ -41,6 +48,7 @@ def _association(obs: Observations) -> dict[str, Any]:
                 "called_ae": a.called_ae,
                 "outcome": a.outcome.value,
                 "reason": a.reason,
+                "tls": a.tls,
             }
             for a in obs.attempts
         ],
@@ -105,6 +113,40 @@ def _http(http: HttpObservations | None) -> dict[str, Any] | None:
     }
 
 
+def _certificate(cert: CertificateFacts) -> dict[str, Any]:
+    return {
+        "subject": cert.subject,
+        "issuer": cert.issuer,
+        "dns_names": list(cert.dns_names),
+        "ip_addresses": list(cert.ip_addresses),
+        "not_before": cert.not_before,
+        "not_after": cert.not_after,
+        "expired": cert.expired,
+        "not_yet_valid": cert.not_yet_valid,
+        "self_signed": cert.self_signed,
+        "key_type": cert.key_type,
+        "key_bits": cert.key_bits,
+        "signature_algorithm": cert.signature_algorithm,
+        "signature_hash": cert.signature_hash,
+        "sha256_fingerprint": cert.sha256_fingerprint,
+    }
+
+
+def _tls_facts(facts: TlsFacts | None) -> dict[str, Any] | None:
+    if facts is None:
+        return None
+    return {
+        "versions_accepted": list(facts.versions_accepted),
+        "versions_refused": list(facts.versions_refused),
+        "versions_untested": list(facts.versions_untested),
+        "negotiated_version": facts.negotiated_version,
+        "cipher": facts.cipher,
+        "client_certificate": facts.client_certificate.value,
+        "certificate": _certificate(facts.certificate) if facts.certificate else None,
+        "certificate_error": facts.certificate_error,
+    }
+
+
 def _finding(f: Finding) -> dict[str, Any]:
     return {
         "id": f.id,
@@ -127,6 +169,7 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
         "port": obs.target.port,
         "transport": obs.target.transport,
         "tls": obs.tls,
+        "tls_facts": _tls_facts(obs.tls_facts),
         "reachable": obs.reachable,
         "dicom": obs.dicom,
         "association": _association(obs),

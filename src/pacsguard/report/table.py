@@ -101,13 +101,17 @@ _REASONS = {
 
 def _status(report: HostReport) -> str:
     obs = report.observations
+    tls = "TLS " if obs.tls else ""
     if obs.accepted_called_aets:
-        return "accepted: " + ",".join(obs.accepted_called_aets)
+        return f"{tls}accepted: " + ",".join(obs.accepted_called_aets)
+    facts = obs.tls_facts
+    if facts is not None and facts.client_certificate.value == "required" and not obs.dicom:
+        return "TLS: client certificate required"
     if obs.attempts:
         last = obs.attempts[-1]
         if last.reason in _REASONS:
-            return f"rejected: {_REASONS[last.reason]}"
-        return f"{last.outcome.value}" + (f": {last.reason}" if last.reason else "")
+            return f"{tls}rejected: {_REASONS[last.reason]}"
+        return f"{tls}{last.outcome.value}" + (f": {last.reason}" if last.reason else "")
     return "-"
 
 

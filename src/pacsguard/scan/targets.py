@@ -23,7 +23,8 @@ from pacsguard.scan.model import Target
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-DEFAULT_PORTS: Final = (104, 11112, 4242)
+#: DICOM (104), its registered alternative (11112), Orthanc's default (4242), DICOM over TLS (2762).
+DEFAULT_PORTS: Final = (104, 11112, 4242, 2762)
 #: Web ports scanned by default: Orthanc's REST API and DICOMweb (8042, Orthanc's default
 #: "HttpPort") and dcm4chee-arc's web tier (8080, its WildFly HTTP listener). 80/443 answer on
 #: every web server, so they are scanned only when named (`-p 80,443` or `https://host`).

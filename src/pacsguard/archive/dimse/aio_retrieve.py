@@ -6,6 +6,12 @@ more than 65535 matches 0xC416 / 0xC516, cancelled 0xFE00, some sub-operations f
 all failed 0xA702 (with the Failed SOP Instance UID List). Instances are streamed from the blob
 store in their stored transfer syntax; only Explicit <-> Implicit VR Little Endian conversion
 decodes an instance in memory.
+
+The audit log fails closed: when the line that opens a retrieve (`move-request`) cannot be made
+durable, nothing is sent and the answer is 0xA702 ("Refused: Out of Resources - Unable to perform
+sub-operations"); when the closing `retrieve` line cannot, the final response is 0xA702 with the
+counts. The closing line is written however the operation ends (done, cancelled, cut off) and
+accounts for every sub-operation, the one in flight included.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pacsguard.archive.dimse.aio_negotiation import AcceptedContext
 from pacsguard.archive.dimse.identifiers import (
     CANCELLED,
-    IDENTIFIER_MISMATCH,
     MOVE_DESTINATION_UNKNOWN,
     PENDING,
     BadIdentifier,
@@ -35,13 +40,13 @@ from pacsguard.archive.dimse.identifiers import (
 )
 from pacsguard.archive.model import InstanceRecord
 from pacsguard.archive.security.principal import Action
-from pacsguard.archive.service import Denied
+from pacsguard.archive.service import Denied, RetrieveTally
 from pacsguard.dicom import uids
 from pacsguard.dicom.client import Timeouts, request_association
 from pacsguard.dicom.dimse import encode_dataset
 from pacsguard.dicom.stream import ReadChunk, encode_store_command, send_data_set, skip_file_meta
 from pacsguard.dicom.ul import AssociationRejected, ProposedContext
-from pacsguard.errors import MalformedPdu, ProtocolError
+from pacsguard.errors import AuditLogError, MalformedPdu, ProtocolError
 
 if TYPE_CHECKING:
     from pacsguard.archive.dimse.aio_session import AssociationSession, Operation
@@ -51,6 +56,8 @@ MOVE_REFUSED: Final = 0xC514
 GET_TOO_MANY: Final = 0xC416
 MOVE_TOO_MANY: Final = 0xC516
 SUB_OPERATIONS_FAILED: Final = 0xA702
+#: PS3.4 C.4.2.1.5 / C.4.3.1.4: Refused: Out of Resources - Unable to perform sub-operations.
+OUT_OF_RESOURCES_SUB_OPERATIONS: Final = 0xA702
 SUB_OPERATIONS_WARNING: Final = 0xB000
 _WARNINGS: Final = frozenset({0xB000, 0xB006, 0xB007})
 _UNCOMPRESSED: Final = frozenset(
@@ -91,19 +98,27 @@ class Counts:
 
 
 async def _records(
-    session: AssociationSession, identifier: Dataset | None, action: Action
+    session: AssociationSession,
+    identifier: Dataset | None,
+    action: Action,
+    refused: int,
+    destination: str | None = None,
 ) -> list[InstanceRecord] | int:
+    """The matches (their retrieve audited), or the status to refuse with."""
     if identifier is None:
-        return IDENTIFIER_MISMATCH
+        return refused
+    service = session.env.service
     try:
         level, keys = retrieve_keys(identifier)
         return await session.env.call(
-            session.env.service.instances_to_retrieve, session.principal, action, level, keys
+            lambda: service.instances_to_retrieve(
+                session.principal, action, level, keys, destination=destination
+            )
         )
-    except BadIdentifier:
-        return IDENTIFIER_MISMATCH
-    except Denied as exc:
-        return exc.status
+    except (BadIdentifier, Denied):
+        return refused
+    except AuditLogError:
+        return OUT_OF_RESOURCES_SUB_OPERATIONS
 
 
 def _decode_spooled(stream: BinaryIO) -> Dataset:
@@ -210,34 +225,56 @@ async def _run_sub_operations(
     send_one: Callable[[InstanceRecord], Awaitable[int | None]],
     destination: str | None,
 ) -> None:
+    """Send each record, then audit every sub-operation (also when the operation is cut off,
+    with the one in flight), then send the final response: a failure if the audit failed."""
     counts = Counts(remaining=len(records))
-    sent = 0
+    tally = RetrieveTally(not_started=len(records))
+    final: tuple[int, Dataset | None] = (CANCELLED, None)
     try:
         for record in records:
             if operation.cancelled.is_set():
-                await _respond(session, make_rsp(), context, message_id, CANCELLED, counts)
-                return
+                break
+            tally.not_started -= 1
+            tally.in_flight = 1
             status = await send_one(record)
+            tally.in_flight = 0
+            if status is None:
+                tally.failed += 1
+            else:
+                tally.sent += 1
             counts.record(record.sop_instance_uid, status)
-            sent += status is not None
             if counts.remaining:
                 await _respond(
                     session, make_rsp(), context, message_id, PENDING, counts, final=False
                 )
-        status, failed = _final_status(counts, len(records))
-        await _respond(session, make_rsp(), context, message_id, status, counts, failed)
+        else:
+            final = _final_status(counts, len(records))
     finally:
-        env = session.env
-        with contextlib.suppress(Exception):
-            await env.call(
-                lambda: env.service.audit_retrieve(
-                    session.principal,
-                    records,
-                    destination=destination,
-                    sent=sent,
-                    failed=len(records) - sent,
-                )
+        audited = await _audit_retrieve(session, records, destination, tally)
+    if not audited:
+        final = (OUT_OF_RESOURCES_SUB_OPERATIONS, None)
+    await _respond(session, make_rsp(), context, message_id, final[0], counts, final[1])
+
+
+async def _audit_retrieve(
+    session: AssociationSession,
+    records: list[InstanceRecord],
+    destination: str | None,
+    tally: RetrieveTally,
+) -> bool:
+    env = session.env
+    try:
+        await env.call(
+            lambda: env.service.audit_retrieve(
+                session.principal, records, destination=destination, tally=tally
             )
+        )
+    except AuditLogError:
+        return False  # the log said why, once
+    except Exception:
+        log.exception("retrieve audit failed")
+        return False
+    return True
 
 
 async def serve_get(
@@ -248,9 +285,9 @@ async def serve_get(
     operation: Operation,
 ) -> None:
     """C-GET: C-STORE sub-operations back over this association (SCP/SCU role reversal)."""
-    found = await _records(session, identifier, Action.GET)
+    found = await _records(session, identifier, Action.GET, GET_REFUSED)
     if isinstance(found, int):
-        await _respond(session, C_GET(), context, message_id, GET_REFUSED, None)
+        await _respond(session, C_GET(), context, message_id, found, None)
         return
     if len(found) > 0xFFFF:
         await _respond(session, C_GET(), context, message_id, GET_TOO_MANY, None)
@@ -310,9 +347,9 @@ async def serve_move(
     if destination is None:
         await _respond(session, C_MOVE(), context, message_id, MOVE_DESTINATION_UNKNOWN, None)
         return
-    found = await _records(session, identifier, Action.MOVE)
+    found = await _records(session, identifier, Action.MOVE, MOVE_REFUSED, destination_ae)
     if isinstance(found, int):
-        await _respond(session, C_MOVE(), context, message_id, MOVE_REFUSED, None)
+        await _respond(session, C_MOVE(), context, message_id, found, None)
         return
     if len(found) > 0xFFFF:
         await _respond(session, C_MOVE(), context, message_id, MOVE_TOO_MANY, None)

@@ -38,7 +38,7 @@ from pacsguard.archive.dimse.identifiers import (
     root_of,
 )
 from pacsguard.archive.security.principal import Action, Principal
-from pacsguard.archive.service import ArchiveService, Denied
+from pacsguard.archive.service import OUT_OF_RESOURCES, ArchiveService, Denied
 from pacsguard.dicom.command import CommandField
 from pacsguard.dicom.dimse import (
     DimseMessage,
@@ -55,7 +55,7 @@ from pacsguard.dicom.ul import (
     encode_abort,
     read_pdu,
 )
-from pacsguard.errors import MalformedPdu
+from pacsguard.errors import AuditLogError, MalformedPdu
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +328,8 @@ class AssociationSession:
                 put("status", 0x0000)
             except Denied as exc:
                 put("status", exc.status)
+            except AuditLogError:  # nothing was released; the log said why, once
+                put("status", OUT_OF_RESOURCES)
             except ValueError:
                 put("status", IDENTIFIER_MISMATCH)
             except Exception:
