@@ -88,6 +88,9 @@ def test_open_orthanc_rest_and_qido_counted_exactly(
         counts.series,
         counts.instances,
     )
+    exposure = report.observations.exposure
+    assert exposure is not None and exposure.method == "orthanc-rest"
+    assert (exposure.studies, exposure.lower_bound) == (counts.studies, False)
     assert orthanc.patients_listable is True
     assert orthanc.patients_listed == counts.patients
     qido = {q.path: q for q in http.dicomweb}

@@ -26,7 +26,7 @@ from pacsguard.scan.http_model import (
     QidoEndpoint,
     ViewerSeen,
 )
-from pacsguard.scan.http_probe import parse_challenge
+from pacsguard.scan.http_probe import parse_challenge, web_exposure
 from pacsguard.scan.http_qido import QidoTally, categorize_json
 from pacsguard.scan.model import Observations, Severity, Target
 from pacsguard.scan.targets import build_scope, parse_target, transport_for
@@ -34,7 +34,11 @@ from pacsguard.scan.targets import build_scope, parse_target, transport_for
 
 def web(http: HttpObservations, *, port: int = 8042) -> Observations:
     return Observations(
-        target=Target("127.0.0.1", port, http.scheme), reachable=True, dicom=False, http=http
+        target=Target("127.0.0.1", port, http.scheme),
+        reachable=True,
+        dicom=False,
+        exposure=web_exposure(http),
+        http=http,
     )
 
 
@@ -213,7 +217,7 @@ def test_open_orthanc_findings_scores_and_product() -> None:
         "PG-HTTP-NO-TLS",
         "PG-HTTP-VIEWER",
     }
-    assert "PG-DIMSE-NO-TLS" not in found
+    assert not any(i.startswith("PG-DIMSE-") for i in found)
     assert found["PG-HTTP-ORTHANC-OPEN-API"].severity is Severity.CRITICAL
     assert found["PG-HTTP-QIDO-ANON"].cvss_score == 7.5
     assert found["PG-HTTP-QIDO-ANON"].evidence["phi_categories"] == ["patient_id", "patient_name"]
@@ -291,11 +295,32 @@ def test_records_validate_and_reports_count_web_exposure() -> None:
     assert plain["http"] is None
     jsonschema.validate(plain, schema)
     records.append(plain)
+    assert records[0]["exposure"]["method"] == "orthanc-rest"
+    assert records[0]["exposure"]["phi_categories"] == ["patient_id", "patient_name"]
+    assert records[1]["exposure"] is None
+    assert records[2]["exposure"]["method"] == "qido-rs"
     result = digest(records)
     assert result.exposed == 2
-    assert result.studies == 9 + 100
+    assert (result.patients, result.studies, result.instances) == (6, 9 + 100, 50)
     assert result.lower_bound is True
     assert "PG-HTTP-QIDO-ANON" in result.finding_hosts
+
+
+def test_terminal_summary_and_table_count_web_targets() -> None:
+    from rich.console import Console
+
+    from pacsguard.report.table import ScanSummary, render_table
+
+    summary = ScanSummary()
+    reports = [assess(web(OPEN_ORTHANC)), assess(web(LOCKED_ORTHANC, port=8043))]
+    for report in reports:
+        summary.add(report)
+    assert "1 expose data (6 patients, 9 studies, 50 instances)" in summary.render()
+    console = Console(record=True, width=120)
+    render_table(reports, console)
+    text = console.export_text()
+    assert "6/9/50" in text
+    assert "PG-HTTP-ORTHANC-OPEN-API" in text
 
 
 def test_scan_help_stays_free_of_httpx() -> None:

@@ -153,31 +153,10 @@ def _generic_title(finding: FindingRow) -> str:
     return finding.title
 
 
-def _web_exposure(record: dict[str, Any]) -> dict[str, Any]:
-    """Counts a web target gave away (record member ``http``), shaped like ``exposure``:
-    Orthanc's /statistics when its REST API is open, else the largest open QIDO-RS count."""
-    http = record.get("http") or {}
-    orthanc = http.get("orthanc") or {}
-    if orthanc.get("open") and orthanc.get("studies") is not None:
-        return {
-            key: int(orthanc.get(key) or 0)
-            for key in ("patients", "studies", "series", "instances")
-        }
-    qido = [q for q in http.get("dicomweb") or () if q.get("open")]
-    if not qido:
-        return {}
-    best = max(qido, key=lambda q: int(q["studies"]))
-    return {
-        "studies": int(best["studies"]),
-        "lower_bound": bool(best["lower_bound"]),
-        "phi_categories": sorted({c for q in qido for c in q.get("phi_categories", ())}),
-    }
-
-
 def row_from_record(record: dict[str, Any]) -> HostRow:
     """A HostRow from one scan record; KeyError/TypeError/ValueError on a malformed one."""
     association = record["association"]
-    exposure = record.get("exposure") or _web_exposure(record)
+    exposure = record.get("exposure") or {}
     product = record.get("product")
     honeypot = record.get("honeypot") or {}
     reasons = tuple(str(r) for r in honeypot.get("reasons", ())) if honeypot.get("flagged") else ()

@@ -169,8 +169,8 @@ def check_open_echo(obs: Observations) -> Finding | None:
 def check_anonymous_find(obs: Observations) -> Finding | None:
     """Anonymous C-FIND exposes the archive's contents (PS3.4 C; HIPAA access control)."""
     exposure = obs.exposure
-    if exposure is None or exposure.method == "none":
-        return None
+    if exposure is None or exposure.method == "none" or obs.http is not None:
+        return None  # a web target's exposure has its own findings (PG-HTTP-*)
     if exposure.studies == 0 and exposure.patients == 0:
         return None
     qualifier = "at least " if exposure.lower_bound else ""
@@ -196,7 +196,7 @@ def check_anonymous_find(obs: Observations) -> Finding | None:
 def check_phi_exposed(obs: Observations) -> Finding | None:
     """Direct identifiers in query responses (PS3.15 E.1 lists them; GDPR Art. 9 health data)."""
     exposure = obs.exposure
-    if exposure is None or not exposure.phi_categories:
+    if exposure is None or not exposure.phi_categories or obs.http is not None:
         return None
     ssn = PhiCategory.PATIENT_ID_SSN_SHAPED in exposure.phi_categories
     vector = (

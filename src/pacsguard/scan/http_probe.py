@@ -47,7 +47,7 @@ from pacsguard.scan.http_model import (
     ViewerSeen,
 )
 from pacsguard.scan.http_qido import QidoTally
-from pacsguard.scan.model import Observations, Target
+from pacsguard.scan.model import Exposure, Observations, Target
 
 if TYPE_CHECKING:
     import httpx
@@ -176,12 +176,43 @@ class _State:
             target=self.target,
             reachable=self.reachable,
             dicom=False,
+            exposure=web_exposure(http),
             tls=self.tls,
             http=http,
             anomalies=tuple(dict.fromkeys(self.anomalies)),
             error=self.error,
             duration_s=round(time.monotonic() - self.started, 4),
         )
+
+
+def web_exposure(http: HttpObservations) -> Exposure | None:
+    """What a web target gives away, in the scanner's one exposure shape: Orthanc's /statistics
+    when its REST API is open (exact), else the largest open QIDO-RS count (studies only);
+    identifying categories from QIDO-RS entries either way."""
+    qido = [q for q in http.dicomweb if q.open]
+    phi = frozenset(c for q in qido for c in q.phi_categories)
+    orthanc = http.orthanc
+    if orthanc is not None and orthanc.open and orthanc.studies is not None:
+        return Exposure(
+            patients=orthanc.patients or 0,
+            studies=orthanc.studies,
+            series=orthanc.series or 0,
+            instances=orthanc.instances or 0,
+            phi_categories=phi,
+            method="orthanc-rest",
+            queries=1,
+        )
+    if not qido:
+        return None
+    best = max(qido, key=lambda q: q.studies)
+    return Exposure(
+        studies=best.studies,
+        lower_bound=best.lower_bound,
+        phi_categories=phi,
+        method="qido-rs",
+        queries=sum(q.pages for q in qido),
+        notes=tuple(f"{q.path}: {q.note}" for q in qido if q.note),
+    )
 
 
 def _origin(target: Target) -> str:
