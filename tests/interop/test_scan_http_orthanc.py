@@ -12,10 +12,12 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import jsonschema
 import pytest
 
+from pacsguard.lab.certificates import CertSpec
 from pacsguard.report.jsonl import load_schema, to_record
 from pacsguard.scan.checks import assess
 from pacsguard.scan.fingerprints import SERVER_SURFACES, default_data
@@ -23,6 +25,7 @@ from pacsguard.scan.http_probe import HttpOptions, probe_http
 from pacsguard.scan.model import HostReport, Target
 
 from ._orthanc import dicomweb_plugin, orthanc_rest_get
+from ._tls_peers import StunnelService, running_stunnel
 from .conftest import require_tools
 from .peers import LabData, OrthancPeer, locked_profile, open_profile, running_orthanc
 
@@ -209,3 +212,32 @@ def test_records_validate_and_hold_no_patient_value(
         text = json.dumps(record)
         for value in sensitive:
             assert value not in text
+
+
+def test_orthanc_behind_tls_gets_tls_facts_instead_of_the_transport_finding(
+    open_web_orthanc: OrthancPeer, lab_data: LabData, tmp_path: Path
+) -> None:
+    """HTTPS as deployed in front of Orthanc: Debian's stunnel4 terminating TLS (a self-signed
+    certificate, TLS 1.2+) before the open REST API. (Orthanc's own "SslEnabled" in Debian's
+    1.10.1 build ends with a segmentation fault on the first TLS connection, so it is not the
+    front here.) The https target is named, counted, and judged by its TLS facts."""
+    require_tools("stunnel4")
+    service = StunnelService("https", CertSpec("orthanc-https.interop.lab", self_signed=True))
+    with running_stunnel(tmp_path / "stunnel", open_web_orthanc.http_port, [service]) as front:
+        target = Target(front.host, front.ports["https"], "https")
+        report = assess(asyncio.run(probe_http(target, OPTIONS)))
+        plain = assess(asyncio.run(probe_http(replace(target, transport="http"), OPTIONS)))
+    obs = report.observations
+    assert obs.tls is True
+    assert obs.tls_facts is not None
+    assert "1.2" in obs.tls_facts.versions_accepted
+    assert obs.tls_facts.certificate is not None and obs.tls_facts.certificate.self_signed
+    assert obs.http is not None and obs.http.orthanc is not None and obs.http.orthanc.open
+    assert obs.exposure is not None and obs.exposure.studies == lab_data.counts.studies
+    ids = {f.id for f in report.findings}
+    assert {"PG-HTTP-ORTHANC-OPEN-API", "PG-HTTP-QIDO-ANON", "PG-TLS-CERT-SELF-SIGNED"} <= ids
+    assert "PG-HTTP-NO-TLS" not in ids
+    jsonschema.validate(to_record(report), load_schema())
+    # Plain HTTP to the TLS port: not HTTP, nothing claimed.
+    assert plain.observations.http is not None and plain.observations.http.orthanc is None
+    assert not any(f.id.startswith("PG-HTTP-") for f in plain.findings)

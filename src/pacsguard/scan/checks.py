@@ -252,12 +252,14 @@ def check_plaintext_dimse(obs: Observations) -> Finding | None:
 
 
 def _tls_service(obs: Observations) -> TlsFacts | None:
-    """TLS facts of a DICOM service: DIMSE answered inside TLS, or the TLS layer demands a client
-    certificate before any DICOM can be spoken (on a DICOM port; nothing more can be told)."""
+    """TLS facts of a DICOM service: DIMSE answered inside TLS, a PACS web service (REST API,
+    DICOMweb, viewer) answered over https, or the TLS layer demands a client certificate before
+    anything can be spoken (nothing more can be told)."""
     facts = obs.tls_facts
     if facts is None:
         return None
-    if obs.dicom or facts.client_certificate is ClientCertificate.REQUIRED:
+    web = obs.http is not None and obs.http.pacs  # a PACS web service behind TLS (https)
+    if obs.dicom or web or facts.client_certificate is ClientCertificate.REQUIRED:
         return facts
     return None
 

@@ -2,6 +2,8 @@
 
 Conversation, in order, all GET, all to the target's own origin (a redirect elsewhere is noted,
 never followed):
+0. On https targets, the TLS observation DICOM over TLS uses (`scan.tls`): versions accepted,
+   the certificate's facts, whether a client certificate is asked for.
 1. `/` (same-origin redirects followed up to a bound): is it HTTP, does it ask for a login
    (scheme and realm), which server says it is.
 2. Orthanc's REST API: `/system` (product, version; or a 401 in Orthanc's realm), and when it is
@@ -47,7 +49,7 @@ from pacsguard.scan.http_model import (
     ViewerSeen,
 )
 from pacsguard.scan.http_qido import QidoTally
-from pacsguard.scan.model import Exposure, Observations, Target
+from pacsguard.scan.model import Exposure, Observations, Target, TlsFacts
 
 if TYPE_CHECKING:
     import httpx
@@ -144,6 +146,7 @@ class _State:
         self.reachable = False
         self.answered = False
         self.tls = False
+        self.tls_facts: TlsFacts | None = None
         self.root_status: int | None = None
         self.server: str | None = None
         self.auth_scheme: str | None = None
@@ -178,6 +181,7 @@ class _State:
             dicom=False,
             exposure=web_exposure(http),
             tls=self.tls,
+            tls_facts=self.tls_facts,
             http=http,
             anomalies=tuple(dict.fromkeys(self.anomalies)),
             error=self.error,
@@ -535,6 +539,15 @@ async def _converse(state: _State, options: HttpOptions) -> None:
 
     target = state.target
     https = target.transport == "https"
+    if https:
+        # The same TLS observation as DICOM over TLS: versions, certificate, client certificate.
+        from pacsguard.dicom.client import Timeouts
+        from pacsguard.scan.tls import observe_tls
+
+        timeouts = Timeouts(connect=options.connect_timeout, read=options.read_timeout)
+        state.tls_facts = await observe_tls(target.host, target.port, timeouts)
+        if state.tls_facts is not None:
+            state.reachable = True
     timeout = httpx.Timeout(
         connect=options.connect_timeout,
         read=options.read_timeout,
