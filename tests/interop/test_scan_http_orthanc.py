@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,6 +18,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from pacsguard.cli import main
 from pacsguard.lab.certificates import CertSpec
 from pacsguard.report.jsonl import load_schema, to_record
 from pacsguard.scan.checks import assess
@@ -241,3 +243,45 @@ def test_orthanc_behind_tls_gets_tls_facts_instead_of_the_transport_finding(
     # Plain HTTP to the TLS port: not HTTP, nothing claimed.
     assert plain.observations.http is not None and plain.observations.http.orthanc is None
     assert not any(f.id.startswith("PG-HTTP-") for f in plain.findings)
+
+
+def test_cli_scans_web_targets_and_reports_them_without_patient_values(
+    open_web_orthanc: OrthancPeer,
+    locked_web_orthanc: OrthancPeer,
+    lab_data: LabData,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`pacsguard scan http://...` (with --default-credentials, which finds nothing here: the
+    locked Orthanc's login is random) then `pacsguard report`: web findings and counts reach
+    the JSON Lines, the terminal and the HTML, and no synthetic patient value reaches any."""
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "scan.jsonl"
+    targets = [
+        f"http://{peer.host}:{peer.http_port}" for peer in (open_web_orthanc, locked_web_orthanc)
+    ]
+    code = main(["scan", *targets, "-o", str(out), "--format", "table", "--default-credentials"])
+    assert code == 1
+    records = {r["port"]: r for r in map(json.loads, out.read_text().splitlines())}
+    opened, locked = records[open_web_orthanc.http_port], records[locked_web_orthanc.http_port]
+    assert opened["transport"] == "http" and opened["exposure"]["method"] == "orthanc-rest"
+    assert opened["exposure"]["studies"] == lab_data.counts.studies
+    assert locked["http"]["auth"] == {"scheme": "basic", "realm": "Orthanc Secure Area"}
+    assert locked["http"]["default_credentials"] == {"tried": True, "working": []}
+    html = tmp_path / "report.html"
+    assert main(["report", str(out), "--html", str(html)]) == 0
+    captured = capfd.readouterr()
+    assert "PG-HTTP-ORTHANC-OPEN-API" in captured.out
+    texts = {
+        "jsonl": out.read_text(),
+        "html": html.read_text(),
+        "stdout": captured.out,
+        "stderr": captured.err,
+        "log": caplog.text,
+    }
+    assert "PG-HTTP-ORTHANC-OPEN-API" in texts["html"]
+    sensitive = lab_data.archive.sensitive_values()
+    for where, text in texts.items():
+        for value in sensitive:
+            assert value not in text, f"{where} leaks a synthetic patient value"
