@@ -10,6 +10,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+import pytest
+
 from pacsguard.scan.checks import assess
 from pacsguard.scan.http_probe import HttpOptions, probe_http
 from pacsguard.scan.model import Observations, Target
@@ -275,3 +277,78 @@ def test_refused_port_is_unreachable() -> None:
     assert obs.http is not None and obs.http.answered is False
     assert obs.error is not None
     assert assess(obs).findings == ()
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["http://[::1", "http://127.0.0.1:99999/x", "/a\x01b", "/caf\u00e9", "//", "http:///x"],
+)
+def test_locations_that_are_not_urls_are_not_followed(location: str) -> None:
+    """Broken or hostile Location values (bad IPv6 literal, port out of range, control bytes,
+    raw UTF-8, empty authority) end the redirect chain without an exception, and nothing but
+    printable ASCII paths is ever requested."""
+    header = location.encode("utf-8")
+    sent: list[str] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await _read_request(reader):
+            sent.append(_path(line))
+            writer.write(b"HTTP/1.1 302 Found\r\nContent-Length: 0\r\nLocation: " + header)
+            writer.write(b"\r\n\r\n")
+            await writer.drain()
+
+    obs, _ = probe(handler)
+    assert obs.http is not None
+    # Refused as a URL, or (for "//" and "http:///x", which resolve to this origin) followed
+    # here until the loop is seen: either way recorded, bounded, and no exception.
+    seen = {"http-redirect-off-target", "not-http", "http-redirect-loop"} & set(obs.anomalies)
+    assert seen
+    assert all(path.isascii() and path.isprintable() for path in sent)
+    assert len(sent) <= OPTIONS.max_redirects + 1 + 20  # the redirect chain, then the rest
+
+
+def test_hostile_json_becomes_no_evidence() -> None:
+    """/system nested 100,000 deep (past the JSON parser's recursion limit), /statistics with
+    wrong types: no exception, no Orthanc claimed from the first, no count from the second."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+
+    def answer(path: str) -> bytes:
+        if path == "/system":
+            return _response("200 OK", {"Content-Type": "application/json"}, deep)
+        return _response("404 Not Found", {})
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _each_request(reader, writer, answer)
+
+    obs, _ = probe(handler)
+    assert "http-bad-json" in obs.anomalies
+    assert obs.http is not None and obs.http.orthanc is None
+
+    system = b'{"Version": "1.12.0", "ApiVersion": 20, "DicomAet": 7, "DicomPort": -1}'
+    stats = b'{"CountPatients": "12", "CountStudies": true, "CountSeries": -3, "CountInstances": 5}'
+
+    def answer_types(path: str) -> bytes:
+        if path == "/system":
+            return _response("200 OK", {}, system)
+        if path == "/statistics":
+            return _response("200 OK", {}, stats)
+        if path.startswith("/patients"):
+            return _response("200 OK", {}, b'{"not": "a list"}')
+        return _response("404 Not Found", {})
+
+    async def handler_types(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _each_request(reader, writer, answer_types)
+
+    obs, _ = probe(handler_types)
+    assert obs.http is not None and obs.http.orthanc is not None
+    orthanc = obs.http.orthanc
+    assert (orthanc.version, orthanc.dicom_aet, orthanc.dicom_port) == ("1.12.0", None, None)
+    assert (orthanc.patients, orthanc.studies, orthanc.series, orthanc.instances) == (
+        None,
+        None,
+        None,
+        5,
+    )
+    assert orthanc.patients_listable is False
+    assert obs.exposure is None  # no study count, no exposure claimed
+    assert "PG-HTTP-ORTHANC-OPEN-API" in {f.id for f in assess(obs).findings}

@@ -317,11 +317,16 @@ class _Conversation:
             return None
         except httpx.RemoteProtocolError as exc:
             state.reachable = True
-            too_long = "too long" in str(exc).lower() or "too large" in str(exc).lower()
-            state.anomalies.append(ANOMALY_HEADERS_TOO_LARGE if too_long else ANOMALY_NOT_HTTP)
+            message = str(exc).lower()
+            if "location" in message:  # httpx refuses a Location that is not a URL
+                state.anomalies.append(ANOMALY_REDIRECT_OFF_TARGET)
+            elif "too long" in message or "too large" in message:
+                state.anomalies.append(ANOMALY_HEADERS_TOO_LARGE)
+            else:
+                state.anomalies.append(ANOMALY_NOT_HTTP)
             state.endpoints.append(HttpEndpoint(path, None))
             return None
-        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError, ssl.SSLError) as exc:
             if not state.reachable:
                 state.error = f"connection error: {exc.__class__.__name__}"
                 raise _Unreachable from None
@@ -338,13 +343,22 @@ class _Conversation:
         return answer
 
     def same_origin_path(self, location: str, base_path: str) -> str | None:
-        """The path a redirect points to when it stays on the target, else None."""
-        absolute = urljoin(self.origin + base_path, location.strip())
-        parts = urlsplit(absolute)
-        here = urlsplit(self.origin)
-        if (parts.scheme, parts.hostname, parts.port) != (here.scheme, here.hostname, here.port):
+        """The path a redirect points to when it stays on the target, else None (also for a
+        Location that is not a URL at all)."""
+        try:
+            parts = urlsplit(urljoin(self.origin + base_path, location.strip()))
+            here = urlsplit(self.origin)
+            same = (parts.scheme, parts.hostname, parts.port) == (
+                here.scheme,
+                here.hostname,
+                here.port,
+            )
+        except ValueError:  # e.g. "http://[::1" or a port past 65535
             return None
-        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if not same or not path.isascii() or not path.isprintable():
+            return None
+        return path
 
     async def get_following(self, path: str) -> _Answer | None:
         """GET with same-origin redirects followed, loops and excess ended."""
@@ -374,7 +388,7 @@ class _Conversation:
             return None
         try:
             return answer.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             self.state.anomalies.append(ANOMALY_BAD_JSON)
             return None
 
