@@ -72,8 +72,10 @@ class HttpOptions:
     #: Deadline for one request, headers and body together: a slow body ends here.
     request_timeout: float = 10.0
     total_timeout: float = 60.0
-    #: Largest body read; a longer one is cut there (and counts as a lower bound).
-    max_body: int = 4 * 1024 * 1024
+    #: Largest body read; a longer one is cut there (and counts as a lower bound). A QIDO-RS
+    #: page of 100 studies is about 200 KiB; at most one body per target is held at a time
+    #: (plus small cached pages), so a scan holds at most concurrency x max_body of bodies.
+    max_body: int = 1024 * 1024
     max_redirects: int = 5
     qido_page_size: int = 100
     qido_max_pages: int = 10
@@ -238,8 +240,8 @@ class _Conversation:
         self.client = client
         self.options = options
         self.origin = _origin(state.target)
-        #: Anonymous answers by path, so a page is asked for once (e.g. the root's redirect
-        #: target and a viewer page). Dropped with the conversation.
+        #: Small anonymous answers by path, so a page is asked for once (e.g. the root's
+        #: redirect target and a viewer page). Dropped with the conversation.
         self.cache: dict[str, _Answer] = {}
 
     async def get(
@@ -338,7 +340,7 @@ class _Conversation:
             state.auth_scheme, state.auth_realm = scheme, realm
         if answer.server and state.server is None:
             state.server = _clean(answer.server)
-        if auth is None and read_body:
+        if auth is None and read_body and len(answer.body) <= VIEWER_WINDOW:
             self.cache[path] = answer
         return answer
 
