@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -124,26 +125,44 @@ def test_huge_headers_are_refused_with_bounded_memory() -> None:
             writer.write(chunk)
             await writer.drain()
 
-    obs, elapsed = probe(handler)
+    tracemalloc.start()
+    try:
+        obs, elapsed = probe(handler)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert "http-headers-too-large" in obs.anomalies
     assert elapsed < OPTIONS.total_timeout + 5
     assert obs.http is not None and obs.http.answered is False
+    # Everything Python allocated meanwhile (client and this server), against 100 MB offered.
+    assert peak < 16 * 1024 * 1024, peak
 
 
 def test_huge_body_is_cut_at_max_body() -> None:
-    """A JSON /system of 50 MB: read up to max_body, then dropped as incomplete."""
-    big = b'{"Version": "1.10.1", "ApiVersion": 1, "Pad": "' + b"a" * 50_000_000 + b'"}'
-
-    def answer(path: str) -> bytes:
-        if path == "/system":
-            return _response("200 OK", {"Content-Type": "application/json"}, big)
-        return _response("404 Not Found", {})
+    """A JSON /system of 50 MB, streamed: read up to max_body, then dropped as incomplete."""
+    head = b'{"Version": "1.10.1", "ApiVersion": 1, "Pad": "'
+    size = len(head) + 50_000_000 + 2
+    block = b"a" * 65536
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _each_request(reader, writer, answer)
+        while line := await _read_request(reader):
+            if _path(line) != "/system":
+                writer.write(_response("404 Not Found", {}))
+                await writer.drain()
+                continue
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode() + head)
+            for _ in range(50_000_000 // len(block) + 1):
+                writer.write(block)
+                await writer.drain()
 
     options = replace(OPTIONS, max_body=256 * 1024)
-    obs, elapsed = probe(handler, options)
+    tracemalloc.start()
+    try:
+        obs, elapsed = probe(handler, options)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024, peak
     assert "http-body-too-large" in obs.anomalies
     assert obs.http is not None and obs.http.orthanc is None  # a cut body is not evidence
     assert elapsed < options.total_timeout + 5
