@@ -15,8 +15,10 @@ import pytest
 
 from pacsguard.dicom.phi import PhiCategory
 from pacsguard.errors import TargetError
-from pacsguard.report.digest import digest
+from pacsguard.report.digest import digest, web_summary
+from pacsguard.report.html import render_html
 from pacsguard.report.jsonl import load_schema, to_record
+from pacsguard.report.markdown import render_markdown
 from pacsguard.scan.checks import assess
 from pacsguard.scan.http_catalog import HttpCatalogError, default_catalog, parse_catalog
 from pacsguard.scan.http_model import (
@@ -304,6 +306,25 @@ def test_records_validate_and_reports_count_web_exposure() -> None:
     assert (result.patients, result.studies, result.instances) == (6, 9 + 100, 50)
     assert result.lower_bound is True
     assert "PG-HTTP-QIDO-ANON" in result.finding_hosts
+    opened, locked, qido, dimse_row = (h.web for h in result.hosts)
+    assert opened is not None and opened.startswith("Orthanc 1.10.1 REST API open")
+    assert "QIDO-RS open at /dicom-web (9 studies)" in opened
+    assert locked is not None and locked.startswith("Orthanc REST API behind a login")
+    assert qido == "QIDO-RS open at /dicomweb (at least 100 studies)"
+    assert dimse_row is None
+    html = render_html(result)
+    markdown = render_markdown(result)
+    assert "Web: Orthanc 1.10.1 REST API open" in html
+    assert "- web: Orthanc 1.10.1 REST API open" in markdown
+
+
+def test_web_summary_of_a_locked_server_and_a_silent_one() -> None:
+    locked = to_record(assess(web(LOCKED_ORTHANC)))
+    assert web_summary(locked["http"]) == (
+        'Orthanc REST API behind a login; login asked: basic (realm "Orthanc Secure Area")'
+    )
+    silent = HttpObservations(scheme="http")
+    assert web_summary(to_record(assess(web(silent)))["http"]) == "no HTTP answer"
 
 
 def test_terminal_summary_and_table_count_web_targets() -> None:
