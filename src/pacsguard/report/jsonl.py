@@ -15,6 +15,7 @@ from typing import Any, Final, Protocol
 from pacsguard.scan.http_model import HttpObservations
 from pacsguard.scan.model import (
     CertificateFacts,
+    ClientCertificate,
     Finding,
     HostReport,
     Observations,
@@ -26,8 +27,16 @@ SCHEMA_ID: Final = "pacsguard.scan-record/1"
 
 
 def _association(obs: Observations) -> dict[str, Any]:
+    facts = obs.tls_facts
     if obs.accepted_called_aets:
         status, reason = Outcome.ACCEPTED.value, None
+    elif (
+        facts is not None
+        and facts.client_certificate is ClientCertificate.REQUIRED
+        and not obs.dicom
+    ):
+        # Inside TLS no request was possible; the plaintext attempt's outcome would mislead.
+        status, reason = "not-attempted", "tls-client-certificate-required"
     elif obs.attempts:
         last = obs.attempts[-1]
         status, reason = last.outcome.value, last.reason
