@@ -341,6 +341,8 @@ def test_terminal_summary_and_table_count_web_targets() -> None:
     render_table(reports, console)
     text = console.export_text()
     assert "6/9/50" in text
+    assert "Orthanc 1.10.1 REST API open" in text
+    assert "Orthanc REST API behind a login" in text
     assert "PG-HTTP-ORTHANC-OPEN-API" in text
 
 

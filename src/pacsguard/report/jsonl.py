@@ -64,7 +64,7 @@ def _association(obs: Observations) -> dict[str, Any]:
     }
 
 
-def _http(http: HttpObservations | None) -> dict[str, Any] | None:
+def http_record(http: HttpObservations | None) -> dict[str, Any] | None:
     """The HTTP tier's facts: counts, versions, paths and realms; never an answer's body."""
     if http is None:
         return None
@@ -215,7 +215,7 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
             "reasons": list(report.honeypot_reasons),
         },
         "config_signature": report.config_signature,
-        "http": _http(obs.http),
+        "http": http_record(obs.http),
         "findings": [_finding(f) for f in report.findings],
         "worst_severity": report.worst.value if report.worst else None,
         "anomalies": list(obs.anomalies),

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
+from pacsguard.report.digest import web_summary
+from pacsguard.report.jsonl import http_record
 from pacsguard.scan.honeypots import ClusterTally
 from pacsguard.scan.model import Finding, HostReport, Severity
 
@@ -101,6 +103,9 @@ _REASONS = {
 
 def _status(report: HostReport) -> str:
     obs = report.observations
+    if obs.http is not None:  # a web target: what it showed, in words
+        summary = web_summary(http_record(obs.http)) or "-"
+        return summary if len(summary) <= 60 else summary[:59] + "…"
     tls = "TLS " if obs.tls else ""
     if obs.accepted_called_aets:
         return f"{tls}accepted: " + ",".join(obs.accepted_called_aets)
