@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from pacsguard.dicom.phi import PhiCategory
 from pacsguard.scan.fingerprints import Product
+from pacsguard.scan.http_model import HttpObservations
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -178,6 +179,8 @@ class Observations:
     echo_status: int | None = None
     exposure: Exposure | None = None
     tls: bool = False
+    #: What the HTTP tier saw (REST API, DICOMweb, viewers); None for DIMSE targets.
+    http: HttpObservations | None = None
     #: Set whenever a TLS handshake succeeded on the target (`tls` says DIMSE ran inside it).
     tls_facts: TlsFacts | None = None
     anomalies: tuple[str, ...] = ()
