@@ -28,7 +28,7 @@ import pytest
 from distributed import Client, LocalCluster, get_task_stream
 
 from pacsguard.cli import main
-from pacsguard.dicom.client import Timeouts
+from pacsguard.dicom.connect import Timeouts
 from pacsguard.lab.profiles import Profile, plan_farm
 from pacsguard.lab.truth import farm_truth
 from pacsguard.scan.distributed import ClusterAddress, ShardedRun, scan_on_cluster, shards

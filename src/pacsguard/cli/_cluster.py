@@ -5,16 +5,17 @@ Kept apart from `cli/scan.py` so that Dask is imported only when a cluster is as
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+import typer
 
 from pacsguard.errors import UsageError
 from pacsguard.report.jsonl import TextSink
 from pacsguard.report.table import ScanSummary
 from pacsguard.scan.distributed import ShardedRun, parse_cluster, scan_on_cluster
+from pacsguard.scan.http_session import HttpOptions
 from pacsguard.scan.journal import default_state_dir
 from pacsguard.scan.model import HostReport, Target
 from pacsguard.scan.probe import ProbeOptions
@@ -34,7 +35,7 @@ def scan_sharded(
     *,
     stdout: TextSink | None,
     keep: list[HostReport] | None,
-    err: Console,
+    http: HttpOptions,
 ) -> ScanSummary:
     """Run or resume the sharded scan; announce its run id on standard error first."""
     if cluster is None:
@@ -46,18 +47,9 @@ def scan_sharded(
         shard_size=shard_size,
         resume=resume,
     )
-    progress = (
-        Progress(
-            TextColumn("[bold]scan"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        )
-        if err.is_terminal
-        else None
-    )
+    from pacsguard.cli.scan import _progress_bar
+
+    progress = _progress_bar() if sys.stderr.isatty() else None
     total = scope.target_count if isinstance(scope, Scope) else len(scope)
     task = progress.add_task("scanning", total=total) if progress else None
 
@@ -66,23 +58,22 @@ def scan_sharded(
             progress.advance(task, count)
 
     def announce(text: str) -> None:
-        err.print(text, highlight=False, soft_wrap=True)
+        typer.echo(text, err=True)
 
     if progress is not None:
         with progress:
             outcome = scan_on_cluster(
-                run, scope, options, limits, stdout=stdout, keep=keep,
+                run, scope, options, limits, stdout=stdout, keep=keep, http=http,
                 on_progress=advance, announce=announce,
             )  # fmt: skip
     else:
         outcome = scan_on_cluster(
-            run, scope, options, limits, stdout=stdout, keep=keep, announce=announce
+            run, scope, options, limits, stdout=stdout, keep=keep, http=http, announce=announce
         )
     if outcome.earlier_records:
-        err.print(
+        typer.echo(
             f"run {outcome.run_id}: {outcome.earlier_records} records written before the "
             f"resume, {outcome.summary.targets - outcome.earlier_records} now",
-            highlight=False,
-            soft_wrap=True,
+            err=True,
         )
     return outcome.summary

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -38,9 +39,10 @@ from typing import TYPE_CHECKING, Any, Final
 from pacsguard.errors import ClusterError, UsageError
 from pacsguard.report.jsonl import TextSink, to_record
 from pacsguard.report.table import ScanSummary
+from pacsguard.scan.http_session import HttpOptions
 from pacsguard.scan.journal import RunJournal, new_run_id, scan_fingerprint
 from pacsguard.scan.model import HostReport, Observations, Severity, Target
-from pacsguard.scan.probe import ProbeOptions, probe_dimse
+from pacsguard.scan.probe import ProbeOptions
 from pacsguard.scan.scheduler import Limits, run_scan
 from pacsguard.scan.targets import Scope
 
@@ -126,11 +128,19 @@ def shards(targets: Iterable[Target], size: int) -> Iterator[tuple[int, list[Tar
         yield index, batch
 
 
-def probe_shard(targets: Sequence[Target], options: ProbeOptions, limits: Limits) -> ShardResult:
-    """The Dask task: probe one shard on a worker with the one-machine scheduler."""
+def probe_shard(
+    targets: Sequence[Target], options: ProbeOptions, http: HttpOptions, limits: Limits
+) -> ShardResult:
+    """The Dask task: probe one shard on a worker with the one-machine scheduler and the
+    one-machine prober (`pacsguard.cli.scan.probe_target`: DIMSE, or the web tier)."""
+    from pacsguard.cli.scan import probe_target
+
+    if len(targets) > 1:
+        # Load the DICOM stack before the probes share the loop (see `cli.scan.scan_scope`).
+        import pacsguard.dicom.client  # noqa: F401
 
     async def prober(target: Target) -> Observations:
-        return await probe_dimse(target, options)
+        return await probe_target(target, options, http)
 
     async def scan() -> ShardResult:
         out: ShardResult = []
@@ -150,6 +160,7 @@ def scan_on_cluster(
     *,
     stdout: TextSink | None = None,
     keep: list[HostReport] | None = None,
+    http: HttpOptions | None = None,
     on_progress: Callable[[int], None] | None = None,
     announce: Callable[[str], None] | None = None,
     client: Client | None = None,
@@ -159,7 +170,8 @@ def scan_on_cluster(
     `client`: an already connected Dask client (tests, embedding); otherwise one is made from
     `run.cluster` and closed at the end.
     """
-    fingerprint = scan_fingerprint(scope, options, run.shard_size)
+    http = http or HttpOptions()
+    fingerprint = scan_fingerprint(scope, (options, _http_settings(http)), run.shard_size)
     summary = ScanSummary()
     earlier = 0
     if run.resume is None:
@@ -202,7 +214,7 @@ def scan_on_cluster(
             journal,
             shards(scope, run.shard_size),
             done,
-            options,
+            (options, http),
             limits,
             sinks=_Sinks(summary, stdout, keep, on_progress),
         )
@@ -239,7 +251,7 @@ def _run_shards(
     journal: RunJournal,
     pending: Iterator[tuple[int, list[Target]]],
     done: frozenset[int],
-    options: ProbeOptions,
+    options: tuple[ProbeOptions, HttpOptions],
     limits: Limits,
     *,
     sinks: _Sinks,
@@ -251,7 +263,8 @@ def _run_shards(
     threads = max(1, sum(nthreads.values()))
     # A worker runs one shard per thread; its shards share out --concurrency.
     per_worker = max(nthreads.values(), default=1)
-    shard_limits = Limits(
+    shard_limits = dataclasses.replace(
+        limits,
         concurrency=max(1, min(-(-limits.concurrency // per_worker), run.shard_size)),
         rate=limits.rate / threads if limits.rate > 0 else 0.0,
     )
@@ -271,7 +284,7 @@ def _run_shards(
             future = client.submit(
                 probe_shard,
                 targets,
-                options,
+                *options,
                 shard_limits,
                 key=f"pacsguard-shard-{run_id}-{attempt}-{index}",
                 retries=run.retries,
@@ -340,6 +353,11 @@ def _connect(address: ClusterAddress, timeout: float) -> Iterator[Client]:
                 f"{timeout:g} s; start workers with `dask worker SCHEDULER_ADDRESS`"
             ) from None
         yield client
+
+
+def _http_settings(http: HttpOptions) -> dict[str, object]:
+    """HttpOptions for the fingerprint: its settings, not the catalog loaded from the package."""
+    return {f.name: getattr(http, f.name) for f in dataclasses.fields(http) if f.name != "catalog"}
 
 
 def summarise_record(summary: ScanSummary, record: dict[str, Any]) -> None:
