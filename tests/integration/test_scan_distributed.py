@@ -6,11 +6,13 @@
 - a scheduler and workers started as separate `dask scheduler` / `dask worker` processes,
   driven through `pacsguard scan --cluster tcp://...`;
 - the coordinator (`pacsguard scan --cluster local:2`) killed with SIGKILL mid-run, then
-  `--resume RUN_ID`: every target exactly once, and no host of a finished shard probed again.
+  `--resume RUN_ID`: every target exactly once, and no host of a finished shard probed again;
+- a web target and DIMSE targets: the records a shard writes are those of a one-process scan.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -18,9 +20,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ import pytest
 from distributed import Client, LocalCluster, get_task_stream
 
 from pacsguard.cli import main
+from pacsguard.cli.scan import scan_scope
 from pacsguard.dicom.connect import Timeouts
 from pacsguard.lab.profiles import Profile, plan_farm
 from pacsguard.lab.truth import farm_truth
@@ -337,3 +342,63 @@ def test_killed_coordinator_resumes_without_probing_finished_shards_again(
             assert probed_again is (index not in done), (index, t)
     earlier = sum(len(cut[i]) for i in done)
     assert f"{earlier} records written before the resume" in second.stderr
+
+
+class _OrthancLike(BaseHTTPRequestHandler):
+    """A web target: Orthanc's `/system` answer, 404 for everything else."""
+
+    def do_GET(self) -> None:
+        if self.path == "/system":
+            body = json.dumps({"Name": "ORTHANC", "Version": "1.12.1", "ApiVersion": 22})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        else:
+            body = "not found"
+            self.send_response(404)
+        data = body.encode()
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_shard_probes_web_and_dimse_targets_as_one_process_does(
+    running_farm: type[RunningFarm], local_cluster: Client, tmp_path: Path
+) -> None:
+    lab = running_farm(plan_farm(3, base_address="127.83.5.1", port=0, seed=4))
+    web = ThreadingHTTPServer(("127.0.0.1", 0), _OrthancLike)
+    thread = threading.Thread(target=web.serve_forever, daemon=True)
+    thread.start()
+    try:
+        targets = [Target("127.0.0.1", web.server_address[1], "http")]
+        targets += [Target(h.address, h.port) for h in lab.plan.hosts]
+        run = ShardedRun(
+            cluster=ClusterAddress(local_workers=2),
+            output=tmp_path / "scan.jsonl",
+            state_dir=tmp_path / "state",
+            shard_size=2,
+        )
+        scan_on_cluster(run, targets, PATIENT, Limits(), client=local_cluster)
+        alone = io.StringIO()
+        asyncio.run(scan_scope(targets, PATIENT, Limits(), jsonl=alone))
+    finally:
+        web.shutdown()
+        web.server_close()
+        thread.join(timeout=10)
+
+    def comparable(text: str) -> dict[tuple[str, int], dict[str, Any]]:
+        out = {}
+        for line in text.splitlines():
+            record = json.loads(line)
+            for volatile in ("duration_s", "scanned_at"):
+                record.pop(volatile)
+            out[(record["host"], record["port"])] = record
+        return out
+
+    sharded = comparable(run.output.read_text())  # type: ignore[union-attr]
+    assert sharded == comparable(alone.getvalue())
+    web_record = sharded[("127.0.0.1", web.server_address[1])]
+    assert web_record["transport"] == "http"
+    assert web_record["reachable"] is True
