@@ -31,7 +31,7 @@ def _register() -> None:
     """Attach the subcommands once; imported late so `import pacsguard.cli` stays cheap."""
     if app.registered_commands:
         return
-    from pacsguard.cli import audit, demo, init, lab, products, report, scan, serve
+    from pacsguard.cli import audit, demo, init, lab, products, report, scan, serve, survey
 
     app.command(name="scan")(scan.scan)
     app.command(name="report")(report.report)
@@ -43,6 +43,7 @@ def _register() -> None:
     app.command(name="unlock")(serve.unlock)
     app.add_typer(audit.app, name="audit")
     app.add_typer(products.app, name="products")
+    app.add_typer(survey.app, name="survey")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

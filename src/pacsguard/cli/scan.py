@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -112,11 +112,34 @@ def scan(
     fail_on: Annotated[
         Severity, typer.Option(help="Exit 1 when a finding is at least this severe.")
     ] = Severity.LOW,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="PACSGUARD_HISTORY",
+            help="Also record the run in this history store (sqlite:///PATH, postgresql+psycopg://..).",
+        ),
+    ] = None,
+    recheck: Annotated[
+        int | None, typer.Option("--recheck", help="Re-scan endpoints of this stored run (--org).")
+    ] = None,
+    org: Annotated[
+        str | None, typer.Option("--org", help="With --recheck: only this organisation's hosts.")
+    ] = None,
+    contacts: Annotated[
+        Path | None, typer.Option("--contacts", help="With --org: CSV cidr,organisation[,email].")
+    ] = None,
 ) -> None:
     """Probe DICOM endpoints; one JSON Lines record per target.
 
     Exit codes: 0 no finding at --fail-on or above, 1 such findings, 2 usage error.
     """
+    if recheck is not None:
+        from pacsguard.survey.hook import recheck_targets
+
+        if org is None:
+            raise UsageError("--recheck needs --org NAME (as `pacsguard survey disclose` names it)")
+        targets = [*(targets or []), *recheck_targets(store, recheck, org, contacts)]
     scope = build_scope(
         targets or [],
         ports=parse_ports(ports),
@@ -140,8 +163,16 @@ def scan(
     keep: list[HostReport] | None = [] if output_format is OutputFormat.TABLE else None
     stdout_jsonl = sys.stdout if output_format is OutputFormat.JSONL else None
 
-    with output.open("w", encoding="utf-8") if output else contextlib.nullcontext() as file_sink:
-        sinks = [s for s in (stdout_jsonl, file_sink) if s is not None]
+    from pacsguard.survey.hook import history_sink
+
+    run_facts = {"targets": targets or [], "ports": ports, "excludes": exclude or []}
+    with (
+        output.open("w", encoding="utf-8") if output else contextlib.nullcontext() as file_sink,
+        history_sink(
+            store, scope=run_facts, options={"count": count, "rate": rate}, parent_run=recheck
+        ) as store_sink,
+    ):
+        sinks = [s for s in (stdout_jsonl, file_sink, store_sink) if s is not None]
         tee = _Tee(sinks) if sinks else None
         progress = (
             Progress(
@@ -180,7 +211,7 @@ def _valid_aet(title: str) -> str:
 class _Tee:
     """Write the same text to several streams (stdout and the -o file)."""
 
-    def __init__(self, streams: list[IO[str]]) -> None:
+    def __init__(self, streams: Sequence[TextSink]) -> None:
         self._streams = streams
 
     def write(self, text: str) -> int:
