@@ -163,14 +163,29 @@ def scan(
     keep: list[HostReport] | None = [] if output_format is OutputFormat.TABLE else None
     stdout_jsonl = sys.stdout if output_format is OutputFormat.JSONL else None
 
-    from pacsguard.survey.hook import history_sink
+    history: contextlib.AbstractContextManager[TextSink | None] = contextlib.nullcontext()
+    if store is not None or recheck is not None:
+        from pacsguard.survey.hook import history_sink  # SQLAlchemy only when asked for
 
-    run_facts = {"targets": targets or [], "ports": ports, "excludes": exclude or []}
+        run_scope = {
+            "targets": targets or [],
+            "input_lists": [str(p) for p in input_list or []],
+            "excludes": exclude or [],
+            "exclude_files": [str(p) for p in exclude_file or []],
+            "ports": ports,
+            "target_count": scope.target_count,
+        }
+        run_options = {
+            **{k: getattr(options, k) for k in ("echo", "count", "guess_aets", "total_timeout")},
+            "called_aets": list(options.called_aets),
+            "timeouts": [connect_timeout, read_timeout],
+            "concurrency": concurrency,
+            "rate": rate,
+        }
+        history = history_sink(store, scope=run_scope, options=run_options, parent_run=recheck)
     with (
         output.open("w", encoding="utf-8") if output else contextlib.nullcontext() as file_sink,
-        history_sink(
-            store, scope=run_facts, options={"count": count, "rate": rate}, parent_run=recheck
-        ) as store_sink,
+        history as store_sink,
     ):
         sinks = [s for s in (stdout_jsonl, file_sink, store_sink) if s is not None]
         tee = _Tee(sinks) if sinks else None

@@ -1,0 +1,112 @@
+"""The history store on SQLite and a real PostgreSQL: runs, records, migrations, interruption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect
+
+from pacsguard import __version__
+from pacsguard.archive.index.sql import SqlIndex
+from pacsguard.cli import main
+from pacsguard.errors import UsageError
+from pacsguard.survey.schema import VERSION_TABLE, metadata
+from pacsguard.survey.store import HistoryStore
+from tests.unit.test_survey import host
+
+
+def write_jsonl(path: Path, records: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_import_records_a_run_with_counts_and_every_record(
+    history_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = [
+        host("127.0.0.1", 3, country="DE", as_org="Klinik"),
+        host("127.0.0.2", 0),
+        host("127.0.0.3", 0, reachable=False),
+    ]
+    scan_file = write_jsonl(tmp_path / "scan.jsonl", records)
+    assert main(["survey", "import", str(scan_file), "--store", history_url]) == 0
+    run_id = int(capsys.readouterr().out.strip())
+    with HistoryStore(history_url) as store:
+        run = store.run(run_id)
+        assert (run.kind, run.records, run.reachable, run.dicom) == ("import", 3, 2, 2)
+        assert (run.exposed, run.studies, run.instances) == (1, 3, 30)
+        assert run.tool_version == __version__
+        assert run.started_at == records[0]["scanned_at"]
+        assert run.finished_at == records[-1]["scanned_at"]
+        assert list(store.records(run_id)) == records
+        assert [r["host"] for r in store.records(run_id, exposed_only=True)] == ["127.0.0.1"]
+    # a second import is a second run; the first is untouched
+    assert main(["survey", "import", str(scan_file), "--store", history_url]) == 0
+    assert int(capsys.readouterr().out.strip()) == run_id + 1
+
+
+def test_migrations_create_exactly_the_schema_in_their_own_version_table(
+    history_url: str,
+) -> None:
+    HistoryStore(history_url).close()
+    engine = create_engine(history_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            assert context.get_current_revision() == "h0001"
+            assert compare_metadata(context, metadata) == []
+            assert "alembic_version" not in inspect(conn).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_history_and_archive_index_share_a_database_without_mixing(history_url: str) -> None:
+    """Both schemas in one database: each keeps its own revision and tables."""
+    SqlIndex(history_url).close()
+    HistoryStore(history_url).close()
+    engine = create_engine(history_url)
+    try:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            assert {"alembic_version", VERSION_TABLE, "survey_runs", "instances"} <= tables
+            index_rev = MigrationContext.configure(conn).get_current_revision()
+            history = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+            assert index_rev != history.get_current_revision() == "h0001"
+    finally:
+        engine.dispose()
+
+
+def test_an_interrupted_run_keeps_what_was_committed_and_has_no_end(history_url: str) -> None:
+    with HistoryStore(history_url) as store:
+        writer = store.start_run("scan", scope={"targets": ["127.0.0.0/30"]})
+        with pytest.raises(KeyboardInterrupt), writer:
+            writer.write(json.dumps(host("127.0.0.1", 2)) + "\n")
+            writer.write(json.dumps(host("127.0.0.2", 0)))  # a line in two writes
+            writer.write("\n")
+            raise KeyboardInterrupt
+        run = store.run(writer.run_id)
+        assert run.finished_at is None
+        assert run.scope == {"targets": ["127.0.0.0/30"]}
+        assert store.host_count(writer.run_id) == 2
+
+
+def test_bad_store_urls_and_unknown_runs_are_usage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PACSGUARD_HISTORY", raising=False)
+    with pytest.raises(UsageError, match="not a database URL"):
+        HistoryStore("history.sqlite")
+    with pytest.raises(UsageError, match="unsupported"):
+        HistoryStore("mysql://x@127.0.0.1/db")
+    with pytest.raises(UsageError, match="does not exist"):
+        HistoryStore(f"sqlite:///{tmp_path / 'missing' / 'h.sqlite'}")
+    with (
+        HistoryStore(f"sqlite:///{tmp_path / 'h.sqlite'}") as store,
+        pytest.raises(UsageError, match="no run 7"),
+    ):
+        store.run(7)
+    assert main(["survey", "runs"]) == 2  # no --store and no $PACSGUARD_HISTORY
