@@ -110,3 +110,28 @@ def test_bad_store_urls_and_unknown_runs_are_usage_errors(
     ):
         store.run(7)
     assert main(["survey", "runs"]) == 2  # no --store and no $PACSGUARD_HISTORY
+
+
+def test_records_are_committed_while_the_run_streams(
+    history_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second reader sees records before the run ends: by batch size, and by time."""
+    import pacsguard.survey.store as store_module
+
+    monkeypatch.setattr(store_module, "BATCH", 3)
+    with HistoryStore(history_url) as store, HistoryStore(history_url) as reader:
+        writer = store.start_run("scan")
+        for n in range(1, 4):
+            writer.write(json.dumps(host(f"127.0.0.{n}", n)) + "\n")
+            writer.flush()  # less than BATCH_SECONDS since the last commit: no commit yet
+        assert reader.host_count(writer.run_id) == 3  # the third record filled a batch
+        writer.write(json.dumps(host("127.0.0.4", 0)) + "\n")
+        writer.flush()
+        assert reader.host_count(writer.run_id) == 3
+        monkeypatch.setattr(store_module, "BATCH_SECONDS", 0.0)
+        writer.flush()
+        assert reader.host_count(writer.run_id) == 4
+        assert reader.run(writer.run_id).finished_at is None
+        writer.close()
+        done = reader.run(writer.run_id)
+        assert done.finished_at is not None and done.records == 4 and done.studies == 6
