@@ -111,6 +111,9 @@ class Digest:
     tally: ClusterTally = field(default_factory=ClusterTally)
     #: Filled by `finish`: identical-configuration clusters, left out of the exposure totals.
     clusters: list[Cluster] = field(default_factory=list)
+    #: A survey of a million addresses keeps rows of reachable hosts only (nothing it prints
+    #: or compares needs the others); the per-host reports keep every row.
+    keep_unreachable: bool = True
     _ssn_by_signature: Counter[str] = field(default_factory=Counter)
     _finished: bool = False
 
@@ -119,7 +122,8 @@ class Digest:
         self.reachable += row.reachable
         self.dicom += row.dicom
         self.with_tls += row.tls and row.dicom
-        self.hosts.append(row)
+        if row.reachable or self.keep_unreachable:
+            self.hosts.append(row)
         if row.honeypot:
             self.honeypots += 1
             return

@@ -109,7 +109,7 @@ def build_survey(
     records: Iterable[dict[str, Any]], *, source: str = "run", include_flagged: bool = False
 ) -> SurveyTable:
     """The survey table of one run's records (streamed once)."""
-    total = SurveyLine(TOTAL, Digest())
+    total = SurveyLine(TOTAL, Digest(keep_unreachable=False))
     countries: dict[str, SurveyLine] = {}
     for number, record in enumerate(records, start=1):
         row = _row(record, number, source)
@@ -118,7 +118,7 @@ def build_survey(
         line = countries.get(row.country)
         if line is None:
             line = countries[row.country] = SurveyLine(
-                row.country, Digest(tally=ClusterTally(min_hosts=1))
+                row.country, Digest(tally=ClusterTally(min_hosts=1), keep_unreachable=False)
             )
         for part in (total, line):
             part.digest.add(row)
