@@ -134,6 +134,8 @@ def scan(
 
     Exit codes: 0 no finding at --fail-on or above, 1 such findings, 2 usage error.
     """
+    if (org is not None or contacts is not None) and recheck is None:
+        raise UsageError("--org and --contacts go with --recheck RUN")
     if recheck is not None:
         from pacsguard.survey.hook import recheck_targets
 

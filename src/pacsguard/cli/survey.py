@@ -55,7 +55,9 @@ def import_(
     scan_file: Annotated[Path, typer.Argument(help="A scan's JSON Lines (pacsguard scan -o).")],
     store: StoreOption = None,
 ) -> None:
-    """Load a JSON Lines scan file into the history store as one run; prints the run id."""
+    """Load a JSON Lines scan file into the history store as one run; prints the run id.
+
+    All or nothing: a malformed line is named and the run removed."""
     from pacsguard.report.digest import read_records
     from pacsguard.survey.store import open_store
 
@@ -70,13 +72,22 @@ def import_(
             scope={"file": str(scan_file)},
             started_at=str(first.get("scanned_at") or "") or None,
         )
-        last = first
-        with writer:
+        last, number = first, 1
+        try:
             writer.add(first)
             for record in records:
+                number += 1
                 writer.add(record)
                 last = record
-            writer.close(finished_at=str(last.get("scanned_at") or "") or None)
+        except (KeyError, TypeError, ValueError) as exc:
+            history.delete_run(writer.run_id)
+            raise UsageError(
+                f"{scan_file} record {number}: malformed ({exc!r}); nothing imported"
+            ) from None
+        except BaseException:
+            history.delete_run(writer.run_id)  # an import is all or nothing
+            raise
+        writer.close(finished_at=str(last.get("scanned_at") or "") or None)
     typer.echo(f"history run {writer.run_id}: {writer.counts['records']} records", err=True)
     typer.echo(str(writer.run_id))
 

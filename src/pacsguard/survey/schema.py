@@ -66,7 +66,7 @@ hosts = Table(
     Column("run_id", ID, ForeignKey("survey_runs.id"), nullable=False),
     Column("host", String(255), nullable=False),
     Column("port", Integer, nullable=False),
-    Column("country", String(8), nullable=False, server_default="unknown"),
+    Column("country", String(64), nullable=False, server_default="unknown"),
     Column("asn", BigInteger, nullable=True),
     Column("as_org", Text, nullable=True),
     Column("exposed", Boolean, nullable=False),

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from sqlalchemy import create_engine, event, func, insert, select, update
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -72,7 +72,7 @@ def location_of(record: dict[str, Any]) -> Location:
     loc = record.get("location")
     if not isinstance(loc, dict):
         return Location(UNKNOWN_COUNTRY, None, None)
-    country = str(loc.get("country") or UNKNOWN_COUNTRY)[:8]
+    country = str(loc.get("country") or UNKNOWN_COUNTRY)[:64]
     asn = loc.get("asn")
     org = loc.get("as_org")
     return Location(
@@ -175,6 +175,12 @@ class HistoryStore:
     def _insert_hosts(self, rows: list[dict[str, Any]]) -> None:
         with self._engine.begin() as conn:
             conn.execute(insert(hosts), rows)
+
+    def delete_run(self, run_id: int) -> None:
+        """Remove a run and its records (an import that failed half-way)."""
+        with self._engine.begin() as conn:
+            conn.execute(delete(hosts).where(hosts.c.run_id == run_id))
+            conn.execute(delete(runs).where(runs.c.id == run_id))
 
     def _finish(self, run_id: int, values: dict[str, Any]) -> None:
         with self._engine.begin() as conn:

@@ -110,6 +110,8 @@ def test_bad_store_urls_and_unknown_runs_are_usage_errors(
     ):
         store.run(7)
     assert main(["survey", "runs"]) == 2  # no --store and no $PACSGUARD_HISTORY
+    assert main(["scan", "127.0.0.1", "--org", "X"]) == 2  # --org without --recheck
+    assert main(["scan", "--recheck", "1", "--org", "X"]) == 2  # --recheck without a store
 
 
 def test_records_are_committed_while_the_run_streams(
@@ -135,3 +137,17 @@ def test_records_are_committed_while_the_run_streams(
         writer.close()
         done = reader.run(writer.run_id)
         assert done.finished_at is not None and done.records == 4 and done.studies == 6
+
+
+def test_an_import_is_all_or_nothing(history_url: str, tmp_path: Path) -> None:
+    good = [host("127.0.0.1", 3), host("127.0.0.2", 0)]
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text(json.dumps(good[0]) + "\n{not json\n")
+    no_host = {**good[1]}
+    del no_host["host"]
+    missing = write_jsonl(tmp_path / "missing.jsonl", [good[0], no_host])
+    assert main(["survey", "import", str(bad_json), "--store", history_url]) == 2
+    assert main(["survey", "import", str(missing), "--store", history_url]) == 2
+    with HistoryStore(history_url) as store:
+        assert store.runs() == []
+    assert bad_json.read_text().startswith(json.dumps(good[0]))  # the input is untouched

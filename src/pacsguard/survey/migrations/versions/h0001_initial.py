@@ -48,7 +48,7 @@ def upgrade() -> None:
         sa.Column("run_id", ID, nullable=False),
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("port", sa.Integer, nullable=False),
-        sa.Column("country", sa.String(8), nullable=False, server_default="unknown"),
+        sa.Column("country", sa.String(64), nullable=False, server_default="unknown"),
         sa.Column("asn", sa.BigInteger, nullable=True),
         sa.Column("as_org", sa.Text, nullable=True),
         sa.Column("exposed", sa.Boolean, nullable=False),
