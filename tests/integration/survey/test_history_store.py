@@ -151,3 +151,28 @@ def test_an_import_is_all_or_nothing(history_url: str, tmp_path: Path) -> None:
     with HistoryStore(history_url) as store:
         assert store.runs() == []
     assert bad_json.read_text().startswith(json.dumps(good[0]))  # the input is untouched
+
+
+def test_two_scanners_write_to_one_store_at_once(history_url: str) -> None:
+    """Shared use: two runs stream into the store interleaved; each gets its own records."""
+    import threading
+
+    with HistoryStore(history_url) as first, HistoryStore(history_url) as second:
+        writers = [first.start_run("scan"), second.start_run("scan")]
+        assert writers[0].run_id != writers[1].run_id
+
+        def stream(n: int) -> None:
+            for k in range(1, 41):
+                writers[n].add(host(f"127.{n}.0.{k}", k % 3))
+                writers[n].commit()
+            writers[n].close()
+
+        threads = [threading.Thread(target=stream, args=(n,)) for n in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        for n, writer in enumerate(writers):
+            hosts = {r["host"] for r in first.records(writer.run_id)}
+            assert hosts == {f"127.{n}.0.{k}" for k in range(1, 41)}
+            assert first.run(writer.run_id).records == 40
