@@ -38,6 +38,7 @@ def host(
     called_ae_check: bool = False,
     reachable: bool = True,
     patients: int | None = None,
+    tls: bool = False,
 ) -> dict[str, Any]:
     """A record from real checks; `location` as the MaxMind enrichment adds it."""
     if not reachable:
@@ -59,6 +60,7 @@ def host(
             implementation_class_uid="1.2.826.0.1.3680043.9.3811.3.0.1",
             implementation_version_name="PYNETDICOM_301",
             echo_status=0,
+            tls=tls,
             exposure=Exposure(
                 patients=studies if patients is None else patients,
                 studies=studies,
@@ -80,14 +82,14 @@ def test_survey_table_per_country_leaves_clusters_and_honeypots_out() -> None:
     records = [
         host("127.0.0.1", 3, country="DE", as_org="Klinik Nord", ssn=True, store=True),
         host("127.0.0.2", 5, country="DE", called_ae_check=True),
-        host("127.0.0.3", 0, country="FR"),
+        host("127.0.0.3", 0, country="FR", tls=True),
         host("127.0.0.4", 0, reachable=False),  # no location: country "unknown"
         # one fleet of three identical hosts over two countries: a cluster in both
         host("127.0.1.1", 7, country="FR"),
         host("127.0.1.2", 7, country="FR"),
         host("127.0.1.3", 7, country="DE"),
     ]
-    flagged = host("127.0.2.1", 40, country="FR")
+    flagged = host("127.0.2.1", 40, country="FR", tls=True)
     flagged["honeypot"] = {"flagged": True, "signatures": ["x"], "reasons": ["canned archive"]}
     table = build_survey([*records, flagged])
     lines = {line.key: line.values() for line in table.lines}
@@ -104,6 +106,7 @@ def test_survey_table_per_country_leaves_clusters_and_honeypots_out() -> None:
     # shares are of DICOM speakers, honeypots apart: 1 of 6 checks AE titles, 1 of 6 stores
     assert total["ae_check_share_pct"] == pytest.approx(16.7)
     assert total["open_store_share_pct"] == pytest.approx(16.7)
+    assert total["tls_share_pct"] == pytest.approx(16.7)  # the flagged TLS host is not counted
     assert [h.endpoint for h in table.flagged_hosts()] == ["127.0.2.1:104"]
 
     out = io.StringIO()

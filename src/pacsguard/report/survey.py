@@ -37,6 +37,8 @@ class SurveyLine:
     key: str
     digest: Digest
     addresses: set[str] = field(default_factory=set)
+    #: DICOM-over-TLS services among the flagged hosts (the digest counts TLS over all hosts).
+    flagged_tls: int = 0
 
     def share(self, part: int, of: int) -> float:
         return 0.0 if of <= 0 else round(100.0 * part / of, 1)
@@ -54,7 +56,7 @@ class SurveyLine:
             "study_records": d.studies,
             "instances": d.instances,
             "ssn_shaped_ids": d.ssn_shaped,
-            "tls_share_pct": self.share(d.with_tls, d.dicom),
+            "tls_share_pct": self.share(d.with_tls - self.flagged_tls, counted),
             "ae_check_share_pct": self.share(d.ae_checked, counted),
             "open_store_share_pct": self.share(d.open_store, counted),
             "honeypots": d.honeypots,
@@ -123,6 +125,7 @@ def build_survey(
         for part in (total, line):
             part.digest.add(row)
             part.addresses.add(row.host)
+            part.flagged_tls += row.honeypot and row.tls and row.dicom
     if include_flagged:
         total.digest.tally = ClusterTally()  # empty: no cluster is left out
     total.digest.finish()
@@ -249,7 +252,7 @@ def render_survey_html(table: SurveyTable, *, title: str, source: str = "") -> s
 <p class="meta">Generated {escape(generated)}{" from " + escape(source) if source else ""} by
 pacsguard. Counts, categories and redacted evidence only: no patient value was kept. Hosts
 flagged as honeypots and identical-configuration clusters are shown but not counted in the
-exposure columns; shares are of the systems speaking DICOM.</p>
+exposure columns; shares are of the systems speaking DICOM that are not flagged.</p>
 <h2 id="survey">Survey table</h2>
 {survey_html_table(table)}
 <div class="charts">
