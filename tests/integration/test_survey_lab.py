@@ -140,6 +140,9 @@ def test_survey_of_a_lab_scan_end_to_end(
     assert main(["survey", "disclose", "2", "--out", str(kit), "--contacts", str(contacts),
                  "--store", url]) == 0  # fmt: skip
     cert = read_csv(kit / "cert-report.csv")
+    index = {r["organisation"]: r for r in read_csv(kit / "organisations.csv")}
+    assert index["Clinic One"]["email"] == "c@example.org"
+    assert all((kit / r["folder"] / "letter.pdf").is_file() for r in index.values())
     notified = {(r["organisation"], f"{r['ip']}:{r['port']}") for r in cert}
     with HistoryStore(url) as store:
         records = list(store.records(2))

@@ -11,6 +11,7 @@ import pytest
 
 from pacsguard.dicom.phi import PhiCategory
 from pacsguard.errors import UsageError
+from pacsguard.report.charts import paired_bar_chart
 from pacsguard.report.digest import row_from_record
 from pacsguard.report.jsonl import to_record
 from pacsguard.report.survey import build_survey, render_survey_html, write_survey_csv
@@ -126,6 +127,15 @@ def test_survey_html_is_self_contained_with_both_charts() -> None:
     assert page.count('<svg class="chart"') == 2
     assert "<b>X" not in page and "&lt;b&gt;X" in page
     assert "src=" not in page and "<link" not in page
+
+
+def test_paired_bar_chart_draws_two_bars_per_label_and_escapes() -> None:
+    svg = paired_bar_chart(
+        "t", [("<DE>", 3, 7), ("FR", 0, 2)], chart_id="c", legend=("run 1", "run 2")
+    )
+    assert svg.count('class="bar"') == 4
+    assert "<DE>" not in svg and "&lt;DE&gt;" in svg
+    assert 'width="360"' in svg  # the largest value spans the whole bar width
 
 
 def test_trend_sorts_endpoints_into_new_fixed_still_and_gone() -> None:

@@ -140,13 +140,16 @@ def _fmt(value: Any) -> str:
 
 
 def write_survey_csv(table: SurveyTable, stream: TextIO) -> int:
-    """One row per country and a last `total` row; machine-readable column names."""
+    """One row per country and a last `total` row; machine-readable column names, plus
+    `targets_probed` (address and port pairs) and `lower_bound`."""
+    keys = [key for key, _ in COLUMNS]
+    keys.insert(2, "targets_probed")
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow([key for key, _ in COLUMNS] + ["lower_bound"])
+    writer.writerow([*keys, "lower_bound"])
     for line in table.lines:
         values = line.values()
         writer.writerow(
-            [_cell(_fmt(values[key])) for key, _ in COLUMNS] + [str(values["lower_bound"]).lower()]
+            [_cell(_fmt(values[key])) for key in keys] + [str(values["lower_bound"]).lower()]
         )
     return len(table.lines)
 

@@ -315,7 +315,8 @@ def write_kit(
     pdf: bool = True,
     sender: str = "pacsguard survey",
 ) -> KitResult:
-    """Write `out/<organisation>/letter.md|.html|.pdf|findings.csv` and `out/cert-report.csv`."""
+    """Write `out/<organisation>/letter.md|.html|.pdf|findings.csv`, `out/cert-report.csv` and
+    `out/organisations.csv` (one line per letter: who, contact, endpoints, severity, folder)."""
     orgs = group_by_organisation(records, contacts)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -323,6 +324,7 @@ def write_kit(
         raise UsageError(f"{out}: cannot create the kit folder ({exc.strerror})") from None
     used: set[str] = set()
     pdfs = 0
+    index: list[tuple[str, ...]] = []
     for org in orgs:
         slug, n = org.slug, 1
         while slug in used:
@@ -340,6 +342,11 @@ def write_kit(
         if pdf:
             print_pdf(html_path, folder / "letter.pdf")
             pdfs += 1
+        index.append((org.name, org.email, str(len(org.hosts)), _worst(org), slug))
+    with (out / "organisations.csv").open("w", encoding="utf-8", newline="") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(("organisation", "email", "endpoints", "worst_severity", "folder"))
+        writer.writerows([_cell(v) for v in row] for row in index)
     with (out / "cert-report.csv").open("w", encoding="utf-8", newline="") as stream:
         rows = write_cert_csv(orgs, stream)
     return KitResult(len(orgs), len(orgs), pdfs, rows)

@@ -44,6 +44,10 @@ def test_import_records_a_run_with_counts_and_every_record(
         assert run.finished_at == records[-1]["scanned_at"]
         assert list(store.records(run_id)) == records
         assert [r["host"] for r in store.records(run_id, exposed_only=True)] == ["127.0.0.1"]
+    table = tmp_path / "survey.csv"
+    assert main(["survey", "report", str(run_id), "--store", history_url, "--csv", str(table)]) == 0
+    lines = table.read_text().splitlines()
+    assert lines[-1].startswith("total,3,3,2,2,1,3,30,")  # addresses, targets, DICOM, accepting
     # a second import is a second run; the first is untouched
     assert main(["survey", "import", str(scan_file), "--store", history_url]) == 0
     assert int(capsys.readouterr().out.strip()) == run_id + 1
