@@ -154,6 +154,8 @@ def test_survey_of_a_lab_scan_end_to_end(
             f["severity"] != "info" for f in record["findings"]
         )
         assert any(e == endpoint for _, e in notified) == worth, endpoint
+    letter_artifact = ARTIFACTS / "disclosure-letter.pdf"
+    shutil.copyfile(kit / index["Clinic One"]["folder"] / "letter.pdf", letter_artifact)
     for folder in kit.iterdir():
         if not folder.is_dir():
             continue
