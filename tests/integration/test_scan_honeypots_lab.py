@@ -3,14 +3,18 @@ each honeypot is flagged with its signature, and none reaches the exposure total
 
 from __future__ import annotations
 
+from pacsguard.dicom.client import Timeouts
 from pacsguard.lab.profiles import Profile, plan_farm
 from pacsguard.lab.truth import farm_truth
 from pacsguard.report.table import ScanSummary
 from pacsguard.scan.model import Target
+from pacsguard.scan.probe import ProbeOptions
 
 from .conftest import RunningFarm
 from .test_scan_lab import scan
 
+#: Generous: the farm shares this process with the scanner, and CI machines are loaded.
+PATIENT = ProbeOptions(timeouts=Timeouts(connect=5.0, read=10.0), total_timeout=60.0)
 EXPECTED = {"dicompot": "dicompot-association", "dicomhawk": "dicomhawk-dcmtk-362"}
 
 
@@ -20,7 +24,7 @@ def test_lab_honeypots_are_flagged_and_left_out_of_totals(
     mix = {Profile.OPEN: 1.0, Profile.HONEYPOT_DICOMPOT: 1.0, Profile.HONEYPOT_DICOMHAWK: 1.0}
     lab = running_farm(plan_farm(9, base_address="127.78.7.1", port=0, seed=3, mix=mix))
     truth = {h["address"]: h for h in farm_truth(lab.plan)["hosts"]}
-    reports = scan([Target(h.address, h.port) for h in lab.plan.hosts])
+    reports = scan([Target(h.address, h.port) for h in lab.plan.hosts], PATIENT)
     summary = ScanSummary()
     honest_studies = 0
     for host, expected in truth.items():

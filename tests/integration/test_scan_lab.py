@@ -23,7 +23,9 @@ from pacsguard.scan.scheduler import Limits, run_scan
 
 from .conftest import RunningFarm
 
-FAST = ProbeOptions(timeouts=Timeouts(connect=2.0, read=1.0), total_timeout=10.0)
+# A farm host builds its synthetic archive on its first C-FIND, on the farm's one loop: on a
+# loaded two-core machine other hosts can then wait more than a second for an answer.
+FAST = ProbeOptions(timeouts=Timeouts(connect=2.0, read=3.0), total_timeout=30.0)
 
 
 def scan(targets: list[Target], options: ProbeOptions = FAST) -> dict[str, HostReport]:
@@ -86,7 +88,9 @@ def test_scan_matches_ground_truth_for_every_profile(running_farm: type[RunningF
         if expected["profile"].startswith("hostile"):
             assert obs.anomalies, context
             assert report.findings == (), context
-            assert obs.duration_s < 5, context
+            # Bounded by our timeouts, not by the host (which holds on for 30 s): a plaintext
+            # attempt, then a TLS handshake attempt (no DICOM answer may hide TLS).
+            assert obs.duration_s < 2 * (FAST.timeouts.connect + FAST.timeouts.read) + 2, context
 
 
 def test_query_budget_marks_counts_as_lower_bounds(running_farm: type[RunningFarm]) -> None:

@@ -73,6 +73,11 @@ def test_tls_profiles_match_their_ground_truth(running_farm: type[RunningFarm]) 
         if profile is Profile.TLS_MUTUAL:
             assert obs.tls_facts.client_certificate.value == "required"
             assert obs.dicom is False and obs.exposure is None
+            association = to_record(report)["association"]
+            assert (association["status"], association["reason"]) == (
+                "not-attempted",
+                "tls-client-certificate-required",
+            )
         else:
             # The same DICOM probe ran inside TLS: echo and exact counts.
             assert obs.echo_status == 0, profile

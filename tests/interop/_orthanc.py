@@ -6,7 +6,7 @@ import base64
 import json
 import secrets
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,8 +147,10 @@ def orthanc_config(
     storage_dir: Path,
     http_user: tuple[str, str] | None,
     modality_port: int,
+    extra: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
-    """Orthanc's JSON configuration for `profile` (options checked against Orthanc 1.10.1).
+    """Orthanc's JSON configuration for `profile` (options checked against Orthanc 1.10.1),
+    with `extra` options on top (e.g. "LimitFindResults").
 
     "Plugins": [] keeps Debian's plugins (/usr/share/orthanc/plugins) out; storage and index
     live in `storage_dir` with "SyncStorageArea" (fsync per file); HTTP is needed for readiness
@@ -187,6 +189,7 @@ def orthanc_config(
         "DicomModalities": {m.name: m.to_config(modality_port) for m in profile.modalities},
         "DicomScpTimeout": 10,
     }
+    config.update(extra or {})
     return config
 
 
@@ -237,9 +240,15 @@ def orthanc_counts(peer: OrthancPeer) -> Counts:
 
 @contextmanager
 def running_orthanc(
-    profile: OrthancProfile, workdir: Path, lab: LabData, *, timeout: float = 30.0
+    profile: OrthancProfile,
+    workdir: Path,
+    lab: LabData,
+    *,
+    timeout: float = 30.0,
+    extra: Mapping[str, object] | None = None,
 ) -> Iterator[OrthancPeer]:
-    """Start Orthanc with `profile`, C-STORE the lab data as `profile.loader_aet`, verify counts."""
+    """Start Orthanc with `profile` (and `extra` options), C-STORE the lab data as
+    `profile.loader_aet`, verify counts."""
     orthanc = executable("Orthanc")
     workdir.mkdir(parents=True, exist_ok=True)
     http_auth = ("pgharness", secrets.token_urlsafe(18)) if profile.http_authentication else None
@@ -253,6 +262,7 @@ def running_orthanc(
             storage_dir=workdir / "storage",
             http_user=http_auth,
             modality_port=free_port(),
+            extra=extra,
         )
         config_path = workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))

@@ -14,8 +14,9 @@ from pacsguard.lab.certificates import CertSpec, LabCA
 from pacsguard.scan.checks import assess
 from pacsguard.scan.model import HostReport, Outcome, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
-from pacsguard.scan.tls import observing_context
+from pacsguard.scan.tls import observe_tls, observing_context
 
+from ._nmap import nmap_tls
 from ._tls_peers import StunnelPeer, StunnelService, running_stunnel, running_tls_orthanc
 from .conftest import require_tools
 from .peers import DcmqrscpPeer, LabData, OrthancPeer
@@ -195,3 +196,23 @@ def test_orthanc_requiring_a_client_certificate(tmp_path: Path, lab_data: LabDat
     facts = report.observations.tls_facts
     assert facts is not None and facts.client_certificate.value == "required"
     assert report.observations.dicom is False and report.observations.exposure is None
+
+
+def test_tls_facts_agree_with_nmap_ssl_enum_ciphers_and_ssl_cert(
+    stunnel: StunnelPeer, tls_orthanc: tuple[OrthancPeer, LabCA]
+) -> None:
+    """nmap's scripts are an independent oracle: same versions, key, signature, dates, names."""
+    require_tools("nmap")
+    ports = {**stunnel.ports, "orthanc": tls_orthanc[0].port}
+    nmap = nmap_tls("127.0.0.1", list(ports.values()))
+    for name, port in ports.items():
+        facts = asyncio.run(observe_tls("127.0.0.1", port, OPTIONS.timeouts))
+        seen = nmap[port]
+        assert facts is not None and facts.certificate is not None, name
+        cert = facts.certificate
+        assert list(facts.versions_accepted) == seen["versions"], name
+        assert (cert.key_type, cert.key_bits) == (seen["key_type"], seen["key_bits"]), name
+        assert cert.signature_hash and cert.signature_hash in (seen["sig_algo"] or "").lower()
+        assert cert.not_after[:19] == seen["not_after"], name
+        assert f"CN={seen['subject']['commonName']}" in cert.subject, name
+        assert cert.self_signed == (seen["subject"] == seen["issuer"]), name

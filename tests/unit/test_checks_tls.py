@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -140,6 +141,27 @@ def test_unreadable_certificate_is_a_clear_error() -> None:
         certificate_facts(b"\x30\x03\x02\x01\x00")
 
 
+def test_corrupted_certificates_give_facts_or_a_clear_error_and_no_warning() -> None:
+    # A server's certificate is untrusted input: flipped bytes (bad versions, duplicate
+    # extensions, unsupported names, negative serials) must not escape as other exceptions or
+    # as warnings (pytest turns warnings into errors).
+    originals = [
+        der(CertSpec("a.lab", key="rsa", key_bits=1024, hash="sha1", self_signed=True)),
+        der(CertSpec("b.lab", addresses=("127.0.0.1", "b.lab"))),
+    ]
+    rng = random.Random(20261205)
+    unreadable = 0
+    for _ in range(3000):
+        data = bytearray(rng.choice(originals))
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            certificate_facts(bytes(data))
+        except CertificateUnreadable:
+            unreadable += 1
+    assert 0 < unreadable < 3000
+
+
 def test_tls_facts_in_the_record_match_the_schema() -> None:
     import jsonschema
 
@@ -182,3 +204,13 @@ def test_certificate_message_parsing() -> None:
     tls13 = b"\x0b\x00\x00\x00" + b"\x00" + len(entry13).to_bytes(3, "big") + entry13
     assert first_certificate(tls13, tls13=True) == cert
     assert first_certificate(tls12[:20], tls13=False) is None
+
+
+def test_handshake_parsers_never_raise_on_garbage() -> None:
+    # They run inside OpenSSL's message hook, where an exception would break the handshake.
+    rng = random.Random(7)
+    for _ in range(5000):
+        message = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 80)))
+        assert isinstance(server_hello_version(message), int)
+        result = first_certificate(message, tls13=rng.random() < 0.5)
+        assert result is None or isinstance(result, bytes)

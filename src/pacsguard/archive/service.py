@@ -59,6 +59,7 @@ from pacsguard.archive.model import (
     is_valid_uid,
 )
 from pacsguard.archive.security.principal import Action, Principal
+from pacsguard.archive.staging import ObjectSource, StagingArea
 from pacsguard.dicom.header import ESCAPE, PLAIN_CHARSETS, read_header
 from pacsguard.dicom.levels import Level
 from pacsguard.errors import AuditLogError
@@ -142,8 +143,20 @@ def _charset(ds: Dataset) -> str | None:
     return PLAIN_CHARSETS.get(text.strip(" \x00"))
 
 
-def _reader(source: Path | bytes) -> BinaryIO:
-    return BytesIO(source) if isinstance(source, bytes) else source.open("rb")
+#: An object to store: Part 10 bytes, a Part 10 file, or one staged by a front end.
+Source = Path | bytes | ObjectSource
+
+
+def _reader(source: Source) -> BinaryIO:
+    if isinstance(source, bytes):
+        return BytesIO(source)
+    return source.open("rb") if isinstance(source, Path) else source.open()
+
+
+def _size(source: Source) -> int:
+    if isinstance(source, bytes):
+        return len(source)
+    return source.stat().st_size if isinstance(source, Path) else source.size
 
 
 #: The attributes ingest reads from each object: the hierarchy's UIDs and what C-FIND matches on.
@@ -233,12 +246,16 @@ class ArchiveService:
         audit: AuditSink,
         authorize: Authorizer,
         limits: ServiceLimits | None = None,
+        *,
+        staging: StagingArea | None = None,
     ) -> None:
         self._index = index
         self._blobs = blobs
         self._audit = audit
         self._authorize = authorize
         self.limits = limits or ServiceLimits()
+        #: Where front ends stage objects too large for memory (encrypted, in the data folder).
+        self.staging = staging
         self._locks = tuple(threading.Lock() for _ in range(64))
         self._blob_writes = _Episodes("blob store write")
         self._index_writes = _Episodes("index commit")
@@ -302,13 +319,14 @@ class ArchiveService:
     def store_instance(
         self,
         principal: Principal,
-        source: Path | bytes,
+        source: Source,
         *,
         affected_sop_class_uid: str | None = None,
         affected_sop_instance_uid: str | None = None,
     ) -> StoreResult:
-        """Validate and durably store one DICOM Part 10 object, given as a file or as bytes;
-        never raises for bad input. 0xA700 when its audit line cannot be made durable."""
+        """Validate and durably store one DICOM Part 10 object, given as bytes, a file, or a
+        staged object; never raises for bad input. 0xA700 when its audit line cannot be made
+        durable."""
         self.require(principal, Action.STORE)
         try:
             return self._store(principal, source, affected_sop_class_uid, affected_sop_instance_uid)
@@ -318,12 +336,12 @@ class ArchiveService:
     def _store(
         self,
         principal: Principal,
-        source: Path | bytes,
+        source: Source,
         affected_sop_class_uid: str | None,
         affected_sop_instance_uid: str | None,
     ) -> StoreResult:
         try:
-            size = len(source) if isinstance(source, bytes) else source.stat().st_size
+            size = _size(source)
         except OSError:
             return self._refuse(principal, OUT_OF_RESOURCES, "received data missing")
         if size > self.limits.max_object_bytes:
@@ -350,7 +368,7 @@ class ArchiveService:
             return self._store_new(principal, source, record)
 
     def _store_new(
-        self, principal: Principal, source: Path | bytes, record: InstanceRecord
+        self, principal: Principal, source: Source, record: InstanceRecord
     ) -> StoreResult:
         # The blob store never replaces a blob: identical bytes return the stored copy, other
         # bytes raise BlobConflictError. So the common case (a new instance) costs no lookup.
@@ -420,7 +438,7 @@ class ArchiveService:
         except Exception:
             log.exception("could not remove an unacknowledged blob; fsck will list it as an orphan")
 
-    def _put_blob(self, key: str, source: Path | bytes) -> BlobInfo:
+    def _put_blob(self, key: str, source: Source) -> BlobInfo:
         """Durably write the blob. A blob with other bytes that no index row points to can only
         be left by a crash between blob and index (never acknowledged): replace it. One that is
         indexed is a real duplicate: BlobConflictError."""

@@ -1,4 +1,9 @@
-"""`pacsguard scan`: probe DICOM endpoints and report what they expose."""
+"""`pacsguard scan`: probe DICOM endpoints and report what they expose.
+
+Start-up matters (a scan of one closed port should take a fraction of a second): rich is
+imported only for a progress bar on a terminal or `--format table`, and the probe imports
+pydicom and pynetdicom only once a port answers.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,11 @@ import sys
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pacsguard.dicom.client import Timeouts
+from pacsguard.dicom.connect import Timeouts
 from pacsguard.errors import UsageError
 from pacsguard.report.jsonl import TextSink, write_record
 from pacsguard.report.table import ScanSummary, render_table
@@ -22,6 +25,9 @@ from pacsguard.scan.model import HostReport, Observations, Severity, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
 from pacsguard.scan.scheduler import Limits, run_scan
 from pacsguard.scan.targets import DEFAULT_PORTS, Scope, build_scope, parse_ports
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 class OutputFormat(StrEnum):
@@ -42,6 +48,11 @@ async def scan_scope(
     summary = ScanSummary()
     total = scope.target_count if isinstance(scope, Scope) else len(scope)
     task = progress.add_task("scanning", total=total) if progress else None
+    if total > 1 and limits.concurrency > 1:
+        # Probes in flight share one event loop: left to the first port that answers, loading
+        # pydicom and pynetdicom (0.3 s, more on a loaded machine) would stall every other
+        # probe's timers meanwhile. One target alone loads them only if it answers.
+        import pacsguard.dicom.client  # noqa: F401
 
     async def prober(target: Target) -> Observations:
         return await probe_dimse(target, options)
@@ -159,9 +170,8 @@ def scan(
         guess_interval=guess_interval,
         called_aets=tuple(_valid_aet(a) for a in called_aet or ()),
     )
-    limits = Limits(concurrency=concurrency, rate=rate)
-    err = Console(stderr=True)
-    out = Console()
+    # The probe ends itself at --total-timeout; the scheduler's backstop follows just after.
+    limits = Limits(concurrency=concurrency, rate=rate, target_timeout=total_timeout + 1.0)
     keep: list[HostReport] | None = [] if output_format is OutputFormat.TABLE else None
     stdout_jsonl = sys.stdout if output_format is OutputFormat.JSONL else None
 
@@ -191,18 +201,7 @@ def scan(
     ):
         sinks = [s for s in (stdout_jsonl, file_sink, store_sink) if s is not None]
         tee = _Tee(sinks) if sinks else None
-        progress = (
-            Progress(
-                TextColumn("[bold]scan"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                transient=True,
-            )
-            if err.is_terminal
-            else None
-        )
+        progress = _progress_bar() if sys.stderr.isatty() else None
         if progress is not None:
             with progress:
                 summary = asyncio.run(
@@ -211,10 +210,27 @@ def scan(
         else:
             summary = asyncio.run(scan_scope(scope, options, limits, jsonl=tee, on_report=keep))
     if keep is not None:
-        render_table(keep, out)
-    err.print(summary.render(), highlight=False)
+        from rich.console import Console
+
+        render_table(keep, Console())
+    typer.echo(summary.render(), err=True)
     if any(s.rank >= fail_on.rank for s in summary.severities):
         raise typer.Exit(1)
+
+
+def _progress_bar() -> Progress:
+    """A transient progress bar on standard error (only when it is a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]scan"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
 def _valid_aet(title: str) -> str:

@@ -20,7 +20,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
@@ -123,7 +123,8 @@ class TlsOffer:
 
     versions: tuple[str, ...]  # "1.0" ... "1.3", contiguous
     certificate: CertSpec
-    client_certificate: str = "not-requested"  # or "required" (issued by the farm's lab CA)
+    #: "required": only clients with a certificate from the farm's lab CA get in.
+    client_certificate: Literal["not-requested", "required"] = "not-requested"
 
 
 #: The certificate each TLS profile presents. Lifetimes are relative to the farm's start.

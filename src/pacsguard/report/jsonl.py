@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any, Final, Protocol
 
 from pacsguard.scan.model import (
     CertificateFacts,
+    ClientCertificate,
     Finding,
     HostReport,
     Observations,
@@ -25,8 +25,16 @@ SCHEMA_ID: Final = "pacsguard.scan-record/1"
 
 
 def _association(obs: Observations) -> dict[str, Any]:
+    facts = obs.tls_facts
     if obs.accepted_called_aets:
         status, reason = Outcome.ACCEPTED.value, None
+    elif (
+        facts is not None
+        and facts.client_certificate is ClientCertificate.REQUIRED
+        and not obs.dicom
+    ):
+        # Inside TLS no request was possible; the plaintext attempt's outcome would mislead.
+        status, reason = "not-attempted", "tls-client-certificate-required"
     elif obs.attempts:
         last = obs.attempts[-1]
         status, reason = last.outcome.value, last.reason
@@ -128,6 +136,8 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
             "series": exposure.series,
             "instances": exposure.instances,
             "lower_bound": exposure.lower_bound,
+            "lower_bound_reasons": [r.value for r in exposure.lower_bound_reasons],
+            "responses": exposure.responses,
             "phi_categories": sorted(c.value for c in exposure.phi_categories),
             "method": exposure.method,
             "queries": exposure.queries,
@@ -169,6 +179,8 @@ def write_record(stream: TextSink, report: HostReport) -> None:
 
 def load_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of one record."""
+    from importlib import resources  # only here: scanning never needs it
+
     text = resources.files("pacsguard.report").joinpath("schema/scan-record.schema.json")
     loaded: dict[str, Any] = json.loads(text.read_text(encoding="utf-8"))
     return loaded

@@ -9,6 +9,7 @@ primitive directly). Names and counts are bounded: a certificate is remote, untr
 from __future__ import annotations
 
 import hashlib
+import warnings
 from datetime import UTC, datetime
 from typing import Final
 
@@ -35,6 +36,17 @@ class CertificateUnreadable(ValueError):
     """The peer's certificate bytes do not decode as an X.509 certificate."""
 
 
+#: What `cryptography` raises, eagerly or from lazily parsed fields, for malformed certificates.
+_MALFORMED: Final = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
 def _bounded(text: str) -> str:
     return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 3] + "..."
 
@@ -42,17 +54,17 @@ def _bounded(text: str) -> str:
 def _names(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
+        dns = tuple(_bounded(n) for n in san.get_values_for_type(x509.DNSName))[:MAX_NAMES]
+        ips = tuple(str(a) for a in san.get_values_for_type(x509.IPAddress))[:MAX_NAMES]
+    except (x509.ExtensionNotFound, *_MALFORMED):
         return (), ()
-    dns = tuple(_bounded(n) for n in san.get_values_for_type(x509.DNSName))[:MAX_NAMES]
-    ips = tuple(str(a) for a in san.get_values_for_type(x509.IPAddress))[:MAX_NAMES]
     return dns, ips
 
 
 def _key(cert: x509.Certificate) -> tuple[str, int | None]:
     try:
         key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
+    except _MALFORMED:
         return "unknown", None
     if isinstance(key, rsa.RSAPublicKey):
         return "rsa", key.key_size
@@ -81,7 +93,7 @@ def _signed_by_own_key(cert: x509.Certificate) -> bool:
         return True
     except InvalidSignature:
         return False
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+    except _MALFORMED:
         pass  # an algorithm cryptography refuses for certificates (SHA-1, MD5): check by hand
     algorithm = _signature_hash(cert)
     try:
@@ -95,28 +107,32 @@ def _signed_by_own_key(cert: x509.Certificate) -> bool:
         if isinstance(key, dsa.DSAPublicKey) and algorithm is not None:
             key.verify(cert.signature, cert.tbs_certificate_bytes, algorithm)
             return True
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+    except (InvalidSignature, *_MALFORMED):
         return False
     return False
 
 
 def certificate_facts(der: bytes, *, now: datetime | None = None) -> CertificateFacts:
-    """Read the facts a check needs from a DER certificate; CertificateUnreadable if it is not."""
-    try:
-        cert = x509.load_der_x509_certificate(der)
-        subject = cert.subject.rfc4514_string()
-        issuer = cert.issuer.rfc4514_string()
-    except ValueError as exc:
-        raise CertificateUnreadable(f"not an X.509 certificate: {exc}") from None
-    moment = now or datetime.now(UTC)
+    """Read the facts a check needs from a DER certificate; CertificateUnreadable if it is not
+    one. A remote's malformed certificate is its problem, not ours: `cryptography`'s warnings
+    about it (negative serial numbers, odd attribute lengths) are not passed on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return _facts(x509.load_der_x509_certificate(der), der, now or datetime.now(UTC))
+        except _MALFORMED as exc:
+            raise CertificateUnreadable(f"not a readable X.509 certificate: {exc}") from None
+
+
+def _facts(cert: x509.Certificate, der: bytes, moment: datetime) -> CertificateFacts:
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
     dns, ips = _names(cert)
     key_type, key_bits = _key(cert)
     algorithm = _signature_hash(cert)
     oid = cert.signature_algorithm_oid
     return CertificateFacts(
-        subject=_bounded(subject),
-        issuer=_bounded(issuer),
+        subject=_bounded(cert.subject.rfc4514_string()),
+        issuer=_bounded(cert.issuer.rfc4514_string()),
         dns_names=dns,
         ip_addresses=ips,
         not_before=not_before.isoformat(),

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any, Final
 
-from cvss import CVSS3
-
 from pacsguard.dicom.phi import PhiCategory
 from pacsguard.scan.fingerprints import (
     SERVER_SURFACES,
@@ -56,6 +54,8 @@ LEGACY_TLS_VERSIONS: Final = ("1.0", "1.1")
 
 @cache
 def _score(vector: str) -> float:
+    from cvss import CVSS3  # only when there is a finding to score: keeps `scan` quick to start
+
     return float(CVSS3(vector).scores()[0])
 
 
@@ -185,6 +185,7 @@ def check_anonymous_find(obs: Observations) -> Finding | None:
             "series": exposure.series,
             "instances": exposure.instances,
             "lower_bound": exposure.lower_bound,
+            "lower_bound_reasons": [r.value for r in exposure.lower_bound_reasons],
             "method": exposure.method,
         },
         "Disable query/retrieve for unauthenticated peers; allow C-FIND only to registered AEs "
@@ -398,6 +399,8 @@ def identify_product(obs: Observations, data: ProductData | None = None) -> Prod
         "implementation_class_uid": obs.implementation_class_uid,
         "implementation_version_name": obs.implementation_version_name,
     }
+    if not any(evidence.values()):
+        return None  # nothing to match (e.g. a closed port): do not load the product data
     return (data or default_data()).identify(evidence)
 
 

@@ -4,6 +4,7 @@ audit trail of each, and a failed index commit after the audit line was written.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -18,6 +19,7 @@ from pacsguard.archive.index.sql import SqlIndex
 from pacsguard.archive.model import AddOutcome, InstanceRecord
 from pacsguard.archive.security.principal import Action, AuthMethod, Principal
 from pacsguard.archive.service import ArchiveService
+from pacsguard.archive.staging import StagedWriter, StagingArea
 from pacsguard.lab.synth import build_dataset, generate_archive
 
 PRINCIPAL = Principal("MODALITY", "127.0.0.1", AuthMethod.ADDRESS, None, frozenset(Action))
@@ -72,12 +74,45 @@ def test_new_duplicate_and_conflicting_instances(parts: Parts, tmp_path: Path) -
     assert refused.status == 0x0111
     with parts.blobs.open(first.SOPInstanceUID) as stream:
         assert stream.read() == data  # the first copy stays
-    path = tmp_path / "large.dcm"  # a spilled object arrives as a file: pydicom reads it
+    path = tmp_path / "large.dcm"  # an object may arrive as a file: pydicom reads it
     path.write_bytes(_part10(second))
     assert parts.service.store_instance(PRINCIPAL, path).ok
     assert parts.index.get(second.SOPInstanceUID) is not None
     results = [e["detail"]["result"] for e in parts.events()]
     assert results == ["inserted", "duplicate-identical", "duplicate-conflict", "inserted"]
+
+
+def test_a_staged_object_is_read_through_its_encryption(parts: Parts, tmp_path: Path) -> None:
+    *_, third = _datasets()
+    data = _part10(third)
+    writer = StagingArea(tmp_path / "tmp").create()
+    for n in range(0, len(data), 100):  # as fragments arrive
+        writer.write(data[n : n + 100])
+    staged = writer.finish()
+    try:
+        assert parts.service.store_instance(PRINCIPAL, staged).ok
+        assert parts.service.store_instance(PRINCIPAL, staged).outcome == "duplicate-identical"
+    finally:
+        staged.discard()
+    with parts.blobs.open(third.SOPInstanceUID) as stream:
+        assert stream.read() == data
+
+
+def test_an_object_that_could_not_be_staged_is_refused_out_of_resources(parts: Parts) -> None:
+    writer = StagedWriter(os.open("/dev/full", os.O_RDWR))  # every write: ENOSPC
+    data = _part10(_datasets()[0])
+    writer.write(data)
+    writer.write(b"\x00" * (2 << 20))  # past the write buffer: the disk is full
+    staged = writer.finish()
+    try:
+        with pytest.raises(OSError, match="could not be staged"):
+            staged.size  # noqa: B018
+        refused = parts.service.store_instance(PRINCIPAL, staged)
+    finally:
+        staged.discard()
+    assert (refused.status, refused.outcome) == (0xA700, "received data missing")
+    assert [e["outcome"] for e in parts.events()] == [4]  # audited as a minor failure
+    assert list(parts.index.all_blob_keys()) == []
 
 
 def test_undecodable_and_mismatched_objects_are_refused_and_audited(parts: Parts) -> None:

@@ -132,6 +132,7 @@ class AssociationSession:
             contexts,
             max_identifier_bytes=MAX_IDENTIFIER_BYTES,
             max_store_bytes=env.service.limits.max_object_bytes,
+            staging=env.service.staging,
         )
 
     async def run(self) -> None:
