@@ -180,3 +180,33 @@ def test_two_scanners_write_to_one_store_at_once(history_url: str) -> None:
             hosts = {r["host"] for r in first.records(writer.run_id)}
             assert hosts == {f"127.{n}.0.{k}" for k in range(1, 41)}
             assert first.run(writer.run_id).records == 40
+
+
+def test_recheck_targets_are_the_organisations_endpoints(history_url: str, tmp_path: Path) -> None:
+    from pacsguard.survey.hook import recheck_targets
+
+    records = [
+        host("127.0.0.1", 3, country="DE", as_org="Provider"),
+        host("127.0.0.9", 0, country="DE", as_org="Provider"),  # nothing exposed: rechecked too
+        host("::1", 2, country="DE", as_org="Provider"),
+        host("10.0.0.1", 2, country="FR", as_org="Other"),
+    ]
+    records[2]["port"] = 11112
+    with HistoryStore(history_url) as store, store.start_run("import") as writer:
+        for record in records:
+            writer.add(record)
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("cidr,organisation\n127.0.0.0/29,Clinic North\n")
+    run = writer.run_id
+    assert recheck_targets(history_url, run, "Clinic North", contacts) == ["127.0.0.1:104"]
+    assert recheck_targets(history_url, run, "Provider", contacts) == [
+        "127.0.0.9:104",
+        "[::1]:11112",
+    ]
+    assert recheck_targets(history_url, run, "Provider", None) == [
+        "127.0.0.1:104",
+        "127.0.0.9:104",
+        "[::1]:11112",
+    ]
+    with pytest.raises(UsageError, match="no endpoint of organisation 'Nobody'"):
+        recheck_targets(history_url, run, "Nobody", None)
