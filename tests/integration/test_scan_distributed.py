@@ -4,7 +4,8 @@
   ground truth says, shards spread over both workers;
 - a worker process killed (SIGKILL) mid-shard: the shard runs again, every target once;
 - a scheduler and workers started as separate `dask scheduler` / `dask worker` processes,
-  driven through `pacsguard scan --cluster tcp://...`;
+  driven through `pacsguard scan --cluster tcp://... --store`: the run lands in the history
+  store once;
 - the coordinator (`pacsguard scan --cluster local:2`) killed with SIGKILL mid-run, then
   `--resume RUN_ID`: every target exactly once, and no host of a finished shard probed again;
 - a web target and DIMSE targets: the records a shard writes are those of a one-process scan.
@@ -211,7 +212,7 @@ def _wait_for(predicate: Any, what: str, timeout: float = 90.0) -> None:
 
 
 def test_scan_on_separate_scheduler_and_worker_processes(
-    running_farm: type[RunningFarm], tmp_path: Path
+    running_farm: type[RunningFarm], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lab = running_farm(plan_farm(12, base_address="127.83.3.1", port=0, seed=9))
     scheduler_file = tmp_path / "scheduler.json"
@@ -256,6 +257,7 @@ def test_scan_on_separate_scheduler_and_worker_processes(
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=90)
         out = tmp_path / "scan.jsonl"
+        history = f"sqlite:///{tmp_path / 'history.sqlite'}"
         targets = [f"{h.address}:{h.port}" for h in lab.plan.hosts]
         code = main(
             [
@@ -271,12 +273,21 @@ def test_scan_on_separate_scheduler_and_worker_processes(
                 str(tmp_path / "state"),
                 "--format",
                 "table",
+                "--store",
+                history,
                 *TIMEOUT_ARGS,
             ]
         )
         assert code == 1  # the mixed lab has findings
         records = _records(out)
         assert _endpoints(records) == Counter((h.address, h.port) for h in lab.plan.hosts)
+        # The finished run went into the history store once, whole.
+        capsys.readouterr()
+        assert main(["survey", "runs", "--store", history]) == 0
+        runs = capsys.readouterr().out.splitlines()
+        assert len(runs) == 1
+        assert "\tscan\t" in runs[0]
+        assert "12 records" in runs[0]
     finally:
         if workers is not None:
             _end_group(workers)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import typer
@@ -36,8 +37,13 @@ def scan_sharded(
     stdout: TextSink | None,
     keep: list[HostReport] | None,
     http: HttpOptions,
+    history: AbstractContextManager[TextSink | None] | None = None,
 ) -> ScanSummary:
-    """Run or resume the sharded scan; announce its run id on standard error first."""
+    """Run or resume the sharded scan; announce its run id on standard error first.
+
+    `history` (the `--store` run, not yet started) gets the complete output once the last
+    shard is written: never a partial run, never a record twice, however many resumes it
+    took."""
     if cluster is None:
         raise UsageError("--resume needs --cluster: say where the remaining shards run")
     run = ShardedRun(
@@ -76,4 +82,9 @@ def scan_sharded(
             f"resume, {outcome.summary.targets - outcome.earlier_records} now",
             err=True,
         )
+    if history is not None:
+        with history as sink, outcome.output.open(encoding="utf-8") as written:
+            if sink is not None:
+                for line in written:
+                    sink.write(line)
     return outcome.summary

@@ -113,6 +113,8 @@ class RunOutcome:
     summary: ScanSummary
     shards_run: int
     earlier_records: int
+    #: The complete JSON Lines output of the run.
+    output: Path
 
 
 def shards(targets: Iterable[Target], size: int) -> Iterator[tuple[int, list[Target]]]:
@@ -219,7 +221,7 @@ def scan_on_cluster(
             sinks=_Sinks(summary, stdout, keep, on_progress),
         )
         journal.finish(len(done) + written)
-    return RunOutcome(run_id, summary, written, earlier)
+    return RunOutcome(run_id, summary, written, earlier, journal.output)
 
 
 @dataclass

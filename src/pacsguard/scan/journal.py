@@ -105,6 +105,8 @@ class RunJournal:
         self._db = db
         self._lock = lock
         self._out = out
+        #: The JSON Lines file the run writes.
+        self.output = Path(out.name)
         self._end = out.seek(0, os.SEEK_END)
 
     # -- opening ---------------------------------------------------------------------------
