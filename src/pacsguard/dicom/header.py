@@ -131,6 +131,15 @@ def _meta(view: memoryview) -> tuple[str, int]:
     return transfer_syntax, end
 
 
+def file_meta_end(data: bytes) -> int | None:
+    """Offset of the data set in `data` (a preamble, "DICM" and the File Meta Information
+    group), or None when the group's elements do not exactly fill its stated length."""
+    try:
+        return _meta(memoryview(data))[1]
+    except (_Unreadable, struct.error):
+        return None
+
+
 @functools.lru_cache(maxsize=8)
 def _tags(keywords: tuple[str, ...]) -> tuple[dict[int, str], frozenset[int]]:
     """Tag -> keyword for `keywords`, and the tags to keep (those plus the character set)."""

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from pacsguard.archive.model import QueryRequest
 from pacsguard.dicom.levels import Level, QueryRoot
@@ -81,6 +84,7 @@ def query_from_identifier(identifier: Dataset, root: QueryRoot) -> QueryRequest:
         keyword = elem.keyword
         if not keyword or keyword in _NOT_MATCH_KEYS or elem.VR == "SQ":
             continue
+        _require_dictionary_vr(elem)
         value = elem.value
         if value is None:
             keys[keyword] = ""
@@ -91,15 +95,26 @@ def query_from_identifier(identifier: Dataset, root: QueryRoot) -> QueryRequest:
     return QueryRequest(root=root, level=level, keys=keys)
 
 
+def _require_dictionary_vr(elem: DataElement) -> None:
+    """A key sent with another VR than its dictionary's (bytes for a UID, say) would become the
+    text of a Python repr (found by fuzzing): refuse it."""
+    expected = dictionary_VR(elem.tag)
+    if elem.VR not in expected.split(" or "):
+        raise BadIdentifier(f"{elem.keyword} has VR {elem.VR}, not {expected}")
+
+
 def retrieve_keys(identifier: Dataset) -> tuple[Level, list[str]]:
     """(level, unique key values) of a C-GET / C-MOVE identifier."""
     level = _LEVELS.get(str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper())
     if level is None:
         raise BadIdentifier("missing or unknown QueryRetrieveLevel")
-    raw = identifier.get(_UNIQUE_KEY[level])
-    if raw is None:
-        raise BadIdentifier(f"{_UNIQUE_KEY[level]} is required at {level.name} level")
-    values = [str(v).strip() for v in (raw if isinstance(raw, list | tuple) else [raw])]
+    keyword = _UNIQUE_KEY[level]
+    if keyword not in identifier:
+        raise BadIdentifier(f"{keyword} is required at {level.name} level")
+    elem = identifier[keyword]
+    _require_dictionary_vr(elem)
+    raw = elem.value
+    values = [str(v).strip() for v in (raw if isinstance(raw, MultiValue | list) else [raw])]
     values = [v for p in values for v in p.split("\\") if v]
     if not values:
         raise BadIdentifier(f"{_UNIQUE_KEY[level]} is empty")
