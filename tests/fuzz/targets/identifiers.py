@@ -36,7 +36,8 @@ def check(data: bytes) -> None:
     identifier = decode_dataset(BytesIO(data[1:]), syntax)
     if identifier is None:
         return
-    level_text = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    level_value = identifier.get("QueryRetrieveLevel")
+    level_text = level_value.strip().upper() if isinstance(level_value, str) else None
     try:
         request = query_from_identifier(identifier, root)
     except BadIdentifier:

@@ -48,3 +48,16 @@ def test_a_unique_key_with_another_vr_is_refused() -> None:
         retrieve_keys(ds)
     with pytest.raises(BadIdentifier, match="StudyInstanceUID has VR OB"):
         query_from_identifier(ds, QueryRoot.STUDY)
+
+
+def test_a_level_sent_as_a_sequence_is_refused() -> None:
+    """str() of a sequence parses its items, which raised pydicom's NotImplementedError for an
+    unknown VR inside (and C-GET/C-MOVE ended the association)."""
+    item = b"\xfe\xff\x00\xe0\x0a\x00\x00\x00" + b"\x43\x53\x06\x00CT\x02\x00AB"
+    level = b"\x08\x00\x52\x00SQ\x00\x00" + len(item).to_bytes(4, "little") + item
+    ds = decode_dataset(BytesIO(level), ExplicitVRLittleEndian)
+    assert ds is not None
+    with pytest.raises(BadIdentifier, match="QueryRetrieveLevel has VR SQ"):
+        retrieve_keys(ds)
+    with pytest.raises(BadIdentifier, match="QueryRetrieveLevel has VR SQ"):
+        query_from_identifier(ds, QueryRoot.STUDY)

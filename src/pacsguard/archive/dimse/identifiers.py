@@ -73,10 +73,7 @@ def root_of(sop_class_uid: str) -> QueryRoot:
 
 def query_from_identifier(identifier: Dataset, root: QueryRoot) -> QueryRequest:
     """A QueryRequest from a C-FIND identifier; BadIdentifier when unusable."""
-    level_text = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-    level = _LEVELS.get(level_text)
-    if level is None:
-        raise BadIdentifier("missing or unknown QueryRetrieveLevel")
+    level = _level_of(identifier)
     if root is QueryRoot.STUDY and level is Level.PATIENT:
         raise BadIdentifier("Study Root has no PATIENT level")
     keys: dict[str, str] = {}
@@ -95,6 +92,17 @@ def query_from_identifier(identifier: Dataset, root: QueryRoot) -> QueryRequest:
     return QueryRequest(root=root, level=level, keys=keys)
 
 
+def _level_of(identifier: Dataset) -> Level:
+    if "QueryRetrieveLevel" not in identifier:
+        raise BadIdentifier("missing QueryRetrieveLevel")
+    elem = identifier["QueryRetrieveLevel"]
+    _require_dictionary_vr(elem)  # as a sequence, str() would parse its items (found by fuzzing)
+    level = _LEVELS.get(str(elem.value or "").strip().upper())
+    if level is None:
+        raise BadIdentifier("unknown QueryRetrieveLevel")
+    return level
+
+
 def _require_dictionary_vr(elem: DataElement) -> None:
     """A key sent with another VR than its dictionary's (bytes for a UID, say) would become the
     text of a Python repr (found by fuzzing): refuse it."""
@@ -105,9 +113,7 @@ def _require_dictionary_vr(elem: DataElement) -> None:
 
 def retrieve_keys(identifier: Dataset) -> tuple[Level, list[str]]:
     """(level, unique key values) of a C-GET / C-MOVE identifier."""
-    level = _LEVELS.get(str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper())
-    if level is None:
-        raise BadIdentifier("missing or unknown QueryRetrieveLevel")
+    level = _level_of(identifier)
     keyword = _UNIQUE_KEY[level]
     if keyword not in identifier:
         raise BadIdentifier(f"{keyword} is required at {level.name} level")
