@@ -46,8 +46,10 @@ def _extra_seeds(name: str, out: Path) -> list[str]:
 
     folder = out / "pydicom-seeds"
     folder.mkdir(parents=True, exist_ok=True)
-    for path in get_testdata_files():
-        data = Path(path).read_bytes()
+    for path in map(Path, get_testdata_files()):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
         if len(data) <= _PYDICOM_SEEDS_MAX and data[128:132] == b"DICM":
             (folder / corpus_name(data)).write_bytes(data)
     return [str(folder)]

@@ -142,3 +142,16 @@ def test_an_unknown_vr_goes_to_pydicom() -> None:
     patient_id = b"\x10\x00\x20\x00LO"
     assert patient_id in data
     assert read_header(data.replace(patient_id, b"\x10\x00\x20\x00XX"), INDEXED_KEYWORDS) is None
+
+
+def test_file_meta_that_pydicom_reads_otherwise_goes_to_pydicom() -> None:
+    """Found by fuzzing (tests/fuzz/targets/header.py): pydicom ends the File Meta at the first
+    element outside group 0002 and reads a Transfer Syntax UID with other bytes its own way;
+    the fast path gave other values than pydicom for both."""
+    data = _part10(_dataset(), ExplicitVRLittleEndian)
+    syntax = ExplicitVRLittleEndian.encode()
+    assert read_header(data, INDEXED_KEYWORDS) is not None
+    assert read_header(data.replace(syntax, b"\xb1" + syntax[1:]), INDEXED_KEYWORDS) is None
+    version = b"\x02\x00\x01\x00OB"
+    assert version in data
+    assert read_header(data.replace(version, b"\xff\xff\x01\x00OB"), INDEXED_KEYWORDS) is None

@@ -13,6 +13,7 @@ compared with pydicom's in the unit tests.
 from __future__ import annotations
 
 import functools
+import re
 import struct
 from collections.abc import Collection
 from typing import Final
@@ -44,6 +45,7 @@ _TRANSFER_SYNTAX: Final = 0x00020010
 #: Character sets whose bytes decode directly (PS3.5 6.1.2.5.3); others go through pydicom.
 PLAIN_CHARSETS: Final = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1",
                          "ISO_IR 192": "utf-8"}  # fmt: skip
+_UID: Final = re.compile(r"[0-9.]{1,64}")
 #: Nesting deeper than this is refused (a hostile object cannot recurse us out of stack).
 _MAX_DEPTH: Final = 32
 
@@ -167,6 +169,8 @@ def _meta(view: memoryview) -> tuple[str, int]:
     transfer_syntax = ""
     while offset < end:
         tag, _vr, value, length = walker.element(offset)
+        if tag >> 16 != 0x0002:  # pydicom ends the File Meta there, whatever its length says
+            raise _Unreadable("File Meta Information with an element outside group 0002")
         offset = walker.end_of(value, length)
         if tag == _TRANSFER_SYNTAX:
             transfer_syntax = _text(bytes(view[value:offset]), "ascii")
@@ -201,7 +205,9 @@ def read_header(data: bytes, keywords: Collection[str]) -> dict[str, str] | None
     view = memoryview(data)
     try:
         transfer_syntax, offset = _meta(view)
-        if transfer_syntax == _BIG_ENDIAN or transfer_syntax in _DEFLATE or not transfer_syntax:
+        if transfer_syntax == _BIG_ENDIAN or transfer_syntax in _DEFLATE:
+            return None
+        if not _UID.fullmatch(transfer_syntax):  # pydicom reads such bytes its own way
             return None
         walker = _Walker(view, explicit=transfer_syntax != _IMPLICIT_LE)
         raw: dict[int, bytes] = {}
