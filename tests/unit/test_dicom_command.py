@@ -271,7 +271,7 @@ _TS = b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00"
     [
         pytest.param(_stored(_TS)[:138] + b"\x06\x00" + _stored(_TS)[140:], "Group Length",
                      id="group length element not 4 bytes"),
-        pytest.param(_stored(_TS + b"\x08\x00\x05\x00CS\x00\x00"), "outside group 0002",
+        pytest.param(_stored(_TS + b"\x08\x00\x05\x00CS\x00\x00"), "do not fill",
                      id="element outside group 0002"),
         pytest.param(_stored(_TS + b"\x02"), "do not fill", id="trailing byte in the group"),
         pytest.param(_stored(_TS.replace(b"UI", b"\x55\xba")), "do not fill", id="not a VR"),
