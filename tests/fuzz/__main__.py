@@ -5,6 +5,8 @@
     python -m tests.fuzz worker NAME SECONDS OUT                one harness (what `run` starts)
     python -m tests.fuzz replay NAME FILE...                    judge inputs, e.g. a crash
     python -m tests.fuzz seed                                   rewrite the committed seeds
+    python -m tests.fuzz keep [--each N] [--out DIR]            commit-sized sample of what a
+                                                                run found (each input judged)
 
 Each worker is one libFuzzer process with an address-space limit (RLIMIT_AS), a per-input time
 limit (-timeout) and an RSS limit; a crash, a hang or an allocation past the limits leaves an
@@ -194,6 +196,23 @@ def seed() -> None:
             (folder / corpus_name(data)).write_bytes(data)
 
 
+def keep(each: int, out: Path, budget: int = 24 * 1024) -> None:
+    """Copy up to `each` inputs (at most `budget` bytes) per harness from a run's corpus into
+    the committed one: libFuzzer kept each for new coverage; a spread over sizes, small first.
+    An input that does not pass its harness (it should not exist: it would be a crash) stops."""
+    for name in TARGETS:
+        found = sorted((out / "corpus" / name).glob("*"), key=lambda p: (p.stat().st_size, p.name))
+        step = max(len(found) // each, 1)
+        harness, used = load(name), 0
+        for path in found[::step][:each]:
+            data = path.read_bytes()
+            if used + len(data) > budget:
+                break
+            judge(harness, data)
+            (CORPUS / name / corpus_name(data)).write_bytes(data)
+            used += len(data)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fuzz")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,6 +228,9 @@ def main(argv: list[str]) -> int:
     replay_p.add_argument("name", choices=list(TARGETS))
     replay_p.add_argument("files", nargs="+", type=Path)
     sub.add_parser("seed")
+    keep_p = sub.add_parser("keep")
+    keep_p.add_argument("--each", type=int, default=40)
+    keep_p.add_argument("--out", type=Path, default=Path("fuzz-out"))
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args.seconds, args.jobs, args.out.resolve())
@@ -217,6 +239,9 @@ def main(argv: list[str]) -> int:
         return 0
     if args.command == "replay":
         return replay(args.name, args.files)
+    if args.command == "keep":
+        keep(args.each, args.out)
+        return 0
     seed()
     return 0
 
