@@ -155,3 +155,10 @@ def test_file_meta_that_pydicom_reads_otherwise_goes_to_pydicom() -> None:
     version = b"\x02\x00\x01\x00OB"
     assert version in data
     assert read_header(data.replace(version, b"\xff\xff\x01\x00OB"), INDEXED_KEYWORDS) is None
+
+
+def test_a_transfer_syntax_with_leading_padding_goes_to_pydicom() -> None:
+    """Found by fuzzing: pydicom keeps leading NULs in a UID, we stripped them."""
+    data = _part10(_dataset(), ExplicitVRLittleEndian)
+    syntax = ExplicitVRLittleEndian.encode()
+    assert read_header(data.replace(syntax, b"\x00" + syntax[1:]), INDEXED_KEYWORDS) is None

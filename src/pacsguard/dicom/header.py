@@ -173,7 +173,8 @@ def _meta(view: memoryview) -> tuple[str, int]:
             raise _Unreadable("File Meta Information with an element outside group 0002")
         offset = walker.end_of(value, length)
         if tag == _TRANSFER_SYNTAX:
-            transfer_syntax = _text(bytes(view[value:offset]), "ascii")
+            # only trailing padding: pydicom keeps a leading NUL, and the UID check then fails
+            transfer_syntax = bytes(view[value:offset]).rstrip(b" \x00").decode("ascii", "replace")
     if offset != end:
         raise _Unreadable("File Meta Information length disagrees with its elements")
     return transfer_syntax, end
