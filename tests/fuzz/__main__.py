@@ -36,7 +36,9 @@ from tests.fuzz.harness import CORPUS, INSTRUMENT, TARGETS, corpus_name, judge, 
 ADDRESS_SPACE: Final = 1024**3
 RSS_LIMIT_MB: Final = 512
 INPUT_TIMEOUT_S: Final = 10
-_ARTIFACT = re.compile(r"^(crash|timeout|oom|leak|slow-unit)-")
+#: libFuzzer's artifacts, named by -artifact_prefix "<harness>-": what a crash, hang or
+#: out-of-memory input leaves behind.
+_ARTIFACT = re.compile(r"^(?P<harness>[a-z_]+)-(crash|timeout|oom|leak)-")
 _EXECUTED = re.compile(r"stat::number_of_executed_units:\s*(\d+)")
 _STATUS = re.compile(r"^#(\d+)\s", re.MULTILINE)
 _PYDICOM_SEEDS_MAX: Final = 8192
@@ -136,7 +138,7 @@ def run(total_seconds: int, jobs: int, out: Path) -> int:
     pending = [Job(name, per_harness) for name in names]
     running: list[Job] = []
     finished: list[Job] = []
-    begin = time.monotonic()
+    begin, started_at = time.monotonic(), time.time()
     print(f"fuzzing {len(names)} harnesses, {per_harness} s each, {jobs} at a time -> {out}")
     while pending or running:
         while pending and len(running) < jobs:
@@ -159,12 +161,16 @@ def run(total_seconds: int, jobs: int, out: Path) -> int:
                 finished.append(job)
                 print(f"  {job.name:12} {job.inputs:>10,} inputs in {job.spent:6.0f} s")
     elapsed = time.monotonic() - begin
-    artifacts = sorted(p for p in (out / "crashes").glob("*") if _ARTIFACT.match(p.name))
+    artifacts = sorted(
+        p
+        for p in (out / "crashes").glob("*")
+        if _ARTIFACT.match(p.name) and p.stat().st_mtime >= started_at  # this run's only
+    )
     total = sum(j.inputs for j in finished)
     print()
     print(f"{'harness':12} {'inputs':>12} {'seconds':>8} {'inputs/s':>9} {'crashes':>8}")
     for job in sorted(finished, key=lambda j: names.index(j.name)):
-        crashes = sum(1 for p in artifacts if p.name.split("-", 1)[1].startswith(job.name + "-"))
+        crashes = sum(1 for p in artifacts if _ARTIFACT.match(p.name)["harness"] == job.name)  # type: ignore[index]
         rate = job.inputs / job.spent if job.spent else 0.0
         print(f"{job.name:12} {job.inputs:>12,} {job.spent:>8.0f} {rate:>9.0f} {crashes:>8}")
     print(f"{'total':12} {total:>12,} {elapsed:>8.0f} {'':>9} {len(artifacts):>8}")
