@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 SUCCESS: Final = 0x0000
 DUPLICATE_SOP_INSTANCE: Final = 0x0111
 NOT_AUTHORIZED: Final = 0x0124
+#: General "processing failure" (PS3.7 C.4.2): the index could not record the instance.
+PROCESSING_FAILURE: Final = 0x0110
 OUT_OF_RESOURCES: Final = 0xA700
 DATASET_MISMATCH: Final = 0xA900
 CANNOT_UNDERSTAND: Final = 0xC000
@@ -321,14 +323,17 @@ class ArchiveService:
             # and take back the blob no index row points to.
             self._blobs.delete(info.key)
             return self._refuse(principal, CANNOT_UNDERSTAND, "UIDs contradict stored hierarchy")
-        except Exception:
-            if audit_synced:  # the success line is written: say that the commit failed
-                audit_synced[0]()
-                self._store_event(
-                    principal, EventOutcome.SERIOUS_FAILURE, "index commit failed", stored
-                )
+        except Exception as exc:
+            # The index is down, full or refused the write: nothing is acknowledged, no blob
+            # stays behind, and the failure is audited (after the success line, if written).
+            log.error("index write failed: %s", exc.__class__.__name__)
             self._drop_unindexed_blob(info.key)
-            raise
+            if audit_synced:
+                audit_synced[0]()
+            self._store_event(
+                principal, EventOutcome.SERIOUS_FAILURE, "index commit failed", stored
+            )
+            return StoreResult(PROCESSING_FAILURE, "index unavailable; not stored, retry later")
         if outcome is AddOutcome.DUPLICATE_CONFLICT:  # indexed under other bytes
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", stored)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
@@ -364,21 +369,29 @@ class ArchiveService:
     # -- query ---------------------------------------------------------------------------------
     def query(
         self, principal: Principal, request: QueryRequest
-    ) -> Generator[dict[str, str], None, None]:
-        """Matches for a C-FIND / QIDO-RS query, capped by configuration; audited with count."""
+    ) -> Generator[dict[str, str], None, bool]:
+        """Matches for a C-FIND / QIDO-RS query, capped by configuration; audited with count.
+        Returns (as the generator's value) True when more matches exist than were yielded: the
+        answer is incomplete, and the front end must say so."""
         self.require(principal, Action.FIND)
+        limit = min(request.limit, self.limits.max_query_results)
         capped = QueryRequest(
             root=request.root,
             level=request.level,
             keys=request.keys,
-            limit=min(request.limit, self.limits.max_query_results),
+            limit=limit + 1,  # one more than we return: tells a complete answer from a cut one
         )
         count = 0
+        truncated = False
         outcome = EventOutcome.SUCCESS
         try:
             for result in self._index.find(capped):
+                if count == limit:
+                    truncated = True
+                    break
                 count += 1
                 yield result
+            return truncated
         except GeneratorExit:
             outcome = EventOutcome.MINOR_FAILURE  # cancelled or connection lost mid-answer
             raise
@@ -393,7 +406,7 @@ class ArchiveService:
                     outcome,
                     (_participant(principal),),
                     (("query", f"{request.root.value}/{request.level.name}"),),
-                    {"results": count, "capped": count >= capped.limit},
+                    {"results": count, "capped": truncated},
                 )
             )
 
@@ -420,16 +433,23 @@ class ArchiveService:
         destination: str | None,
         sent: int,
         failed: int,
+        not_sent: int = 0,
+        cancelled: bool = False,
     ) -> None:
+        """A C-GET / C-MOVE: instances sent, failed, and not sent (cancelled before them)."""
         studies = sorted({r.study_instance_uid for r in records})
+        detail: dict[str, str | int | bool] = {"sent": sent, "failed": failed}
+        if not_sent or cancelled:
+            detail.update(not_sent=not_sent, cancelled=cancelled)
+        complete = failed == 0 and not_sent == 0 and not cancelled
         self._audit.emit(
             AuditEvent(
                 EventType.RETRIEVE,
                 EventAction.READ,
-                EventOutcome.SUCCESS if failed == 0 else EventOutcome.MINOR_FAILURE,
+                EventOutcome.SUCCESS if complete else EventOutcome.MINOR_FAILURE,
                 (_participant(principal),)
                 + ((Participant(ae_title=destination, requestor=False),) if destination else ()),
                 tuple(("study", s) for s in studies),
-                {"sent": sent, "failed": failed},
+                detail,
             )
         )
