@@ -291,6 +291,7 @@ class ArchiveService:
         # The blob store never replaces a blob: identical bytes return the stored copy, other
         # bytes raise BlobConflictError. So the common case (a new instance) costs no lookup.
         key = record.sop_instance_uid
+        fresh = not self._blobs.exists(key)  # one stat: tells our blob from an earlier one
         try:
             info = self._put_blob(key, source)
         except BlobConflictError:
@@ -327,7 +328,7 @@ class ArchiveService:
             # The index is down, full or refused the write: nothing is acknowledged, no blob
             # stays behind, and the failure is audited (after the success line, if written).
             log.error("index write failed: %s", exc.__class__.__name__)
-            self._drop_unindexed_blob(info.key)
+            self._drop_unindexed_blob(info.key, fresh=fresh)
             if audit_synced:
                 audit_synced[0]()
             self._store_event(
@@ -343,14 +344,24 @@ class ArchiveService:
             self._store_event(principal, EventOutcome.SUCCESS, outcome.value, stored)
         return StoreResult(SUCCESS, outcome.value, record.sop_instance_uid)
 
-    def _drop_unindexed_blob(self, key: str) -> None:
+    def _drop_unindexed_blob(self, key: str, *, fresh: bool) -> None:
         """Remove a blob just written whose index row did not commit (never acknowledged), so
-        that it is not left as an orphan; a blob the index does point to stays."""
+        that it is not left as an orphan; a blob the index does point to stays. When the index
+        cannot say (it is down), a blob this store call created (`fresh`) goes, one that was
+        there before stays."""
         try:
-            if self._index.stored_copy(key) is None:
-                self._blobs.delete(key)
+            indexed = self._index.stored_copy(key) is not None
         except Exception:
-            log.exception("could not remove an unacknowledged blob; fsck will list it as an orphan")
+            indexed = not fresh
+        if indexed:
+            return
+        try:
+            self._blobs.delete(key)
+        except Exception as exc:
+            log.error(
+                "could not remove an unacknowledged blob (%s); fsck will list it as an orphan",
+                exc.__class__.__name__,
+            )
 
     def _put_blob(self, key: str, source: Path | bytes) -> BlobInfo:
         """Durably write the blob. A blob with other bytes that no index row points to can only
