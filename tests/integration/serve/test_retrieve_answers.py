@@ -83,6 +83,7 @@ def test_move_to_a_destination_that_answers_failure(
         assert int(status.Status) == 0xB000
         assert counts(status) == (None, 3, 1, 0)
         assert failed_uids(identifier) == [UIDS[1]]
+        assert str(status.ErrorComment) == "1 of 4 sub-operations failed"
         pending = [counts(s) for s, _ in responses[:-1]]
         assert [p[0] for p in pending] == [3, 2, 1]  # Remaining in every Pending response
         dest.status = {n: 0xA700 for n in range(1, 9)}  # every one refused: failure

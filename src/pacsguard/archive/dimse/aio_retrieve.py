@@ -287,6 +287,8 @@ async def _run_sub_operations(
             if counts.remaining:
                 await _respond(session, make_rsp(), context, message_id, PENDING, counts)
         status = _final_status(counts, len(records))
+        if counts.failed and comment is None:  # refused, unreadable, or no usable context
+            comment = f"{counts.failed} of {len(records)} sub-operations failed"
         await _respond(
             session, make_rsp(), context, message_id, status, counts,
             comment=comment if status != 0x0000 else None, operation=operation,
