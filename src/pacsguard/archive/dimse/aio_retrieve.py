@@ -244,9 +244,9 @@ async def _respond(
                 rsp.Identifier = encode_dataset(identifier, context.transfer_syntax)
     if comment:
         set_error_comment(rsp, comment)
+    await session.channel.respond(rsp, context.context_id)
     if operation is not None and status != PENDING:
         operation.answered = True
-    await session.channel.respond(rsp, context.context_id)
 
 
 async def _run_sub_operations(

@@ -304,8 +304,8 @@ class AssociationSession:
         rsp.AffectedSOPClassUID = context.abstract_syntax
         rsp.Status = UNABLE_TO_PROCESS
         set_error_comment(rsp, "internal error; see the archive log")
-        operation.answered = True
         await self.channel.respond(rsp, context.context_id)
+        operation.answered = True
 
     async def _echo(self, context: AcceptedContext, message_id: int) -> None:
         status = 0x0000
@@ -371,9 +371,8 @@ class AssociationSession:
                 rsp.Identifier = encode_dataset(ds, context.transfer_syntax)
             if comment:
                 set_error_comment(rsp, comment)
-            if status != PENDING:
-                operation.answered = True
             await self.channel.respond(rsp, context.context_id)
+            operation.answered = status != PENDING
 
     async def _find_results(
         self, context: AcceptedContext, identifier: Dataset | None, operation: Operation
@@ -446,8 +445,10 @@ class AssociationSession:
 
 
 def set_error_comment(rsp: C_FIND | C_GET | C_MOVE | C_STORE, comment: str) -> None:
-    """(0000,0902) Error Comment: LO, at most 64 characters; never patient data."""
-    rsp.ErrorComment = comment[:64]  # type: ignore[assignment]
+    """(0000,0902) Error Comment: LO, so at most 64 printable ASCII characters without a
+    backslash (others become "?"); our own wording, never patient data."""
+    text = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in comment[:64])
+    rsp.ErrorComment = text  # type: ignore[assignment]
 
 
 def _read_bound(max_pdu: int) -> int:
