@@ -16,9 +16,13 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
+from pacsguard.archive.app import RunningArchive
+from tests.interop.peers import executable, run_tool
+
 from ._retrieve_peers import (
     GET,
     MOVE,
+    STUDY,
     UIDS,
     Destination,
     assert_still_up,
@@ -308,3 +312,36 @@ def test_retrieve_audit_records_cancel_and_failures(
     assert len(retrieves) == 1
     assert retrieves[0]["detail"] == {"sent": 2, "failed": 2}
     assert retrieves[0]["outcome"] == 4  # minor failure
+
+
+# -- dcmtk clients see the same answers ------------------------------------------------------------
+
+
+def dcmtk(archive: RunningArchive, tool: str, *args: str) -> str:
+    """Run a dcmtk tool (-d: every response is dumped, Error Comment included) as TESTER."""
+    endpoint = next(e for e in archive.endpoints if not e.tls)
+    done = run_tool(
+        [str(executable(tool)), "-d", "-aet", "TESTER", "-aec", "PACSGUARD", *args,
+         endpoint.host, str(endpoint.port)],
+        timeout=120,
+    )  # fmt: skip
+    return done.stdout + done.stderr
+
+
+def test_dcmtk_movescu_sees_the_warning_and_findscu_the_capped_answer(
+    start: StartArchive, tmp_path: Path, destination: DestinationFactory
+) -> None:
+    dest = destination("VANISH")
+    dest.abort_at = 2
+    archive = start_loaded(start, tmp_path / "a", dest.config(), **{"server.find_result_cap": 2})
+    study = f"StudyInstanceUID={STUDY.study_instance_uid}"
+    log = dcmtk(archive, "movescu", "-S", "-aem", "VANISH", "-k", "QueryRetrieveLevel=STUDY",
+                "-k", study)  # fmt: skip
+    assert "DIMSE Status                  : 0xb000" in log, log[-3000:]
+    assert "Failed Suboperations          : 3" in log
+    assert "LO [move destination aborted the association]" in log  # the Error Comment
+    log = dcmtk(archive, "findscu", "-S", "-k", "QueryRetrieveLevel=IMAGE", "-k", study,
+                "-k", "SOPInstanceUID")  # fmt: skip
+    assert log.count("0xff00: Pending: Matches are continuing") == 2, log[-3000:]
+    assert "0xfe00: Cancel: Matching terminated due to Cancel Request" in log
+    assert "LO [more than 2 matches: refine the query" in log
