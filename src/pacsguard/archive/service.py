@@ -425,12 +425,25 @@ class ArchiveService:
     def instances_to_retrieve(
         self, principal: Principal, action: Action, level: Level, uids: list[str]
     ) -> list[InstanceRecord]:
-        """The instances a C-GET / C-MOVE asks for (unique keys at `level`), authorized."""
+        """The instances a C-GET / C-MOVE asks for (unique keys at `level`), authorized. An
+        index failure is audited (nothing was retrieved) and raised."""
         self.require(principal, action)
         found: dict[str, InstanceRecord] = {}
-        for uid in uids:
-            for record in self._index.instances(level, uid):
-                found[record.sop_instance_uid] = record
+        try:
+            for uid in uids:
+                for record in self._index.instances(level, uid):
+                    found[record.sop_instance_uid] = record
+        except Exception:
+            self._audit.emit(
+                AuditEvent(
+                    EventType.RETRIEVE,
+                    EventAction.READ,
+                    EventOutcome.SERIOUS_FAILURE,
+                    (_participant(principal),),
+                    detail={"action": action.value, "result": "index unavailable"},
+                )
+            )
+            raise
         return list(found.values())
 
     def open_instance(self, record: InstanceRecord) -> BinaryIO:

@@ -175,6 +175,12 @@ def test_index_outage_answers_every_request_and_stores_nothing_half(
         if e["event"] == "store"
     ]
     assert results[-2:] == [("index commit failed", 8), ("inserted", 0)]
+    retrieves = [e for e in audit_events(archive) if e["event"] == "retrieve"]
+    assert [(e["outcome"], e["detail"]) for e in retrieves] == [
+        (8, {"action": action, "result": "index unavailable"}) for action in ("move", "get")
+    ]
+    queries = [e for e in audit_events(archive) if e["event"] == "query"]
+    assert [e["outcome"] for e in queries] == [8]
 
 
 def test_blob_store_failure_is_out_of_resources_and_stores_nothing(
