@@ -22,6 +22,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 
 from pacsguard.archive.app import RunningArchive
 from pacsguard.archive.fsck import run_fsck
@@ -135,8 +136,8 @@ def image_query(**keys: str) -> Dataset:
     return query
 
 
-def find(assoc: object, query: Dataset) -> list[Response]:
-    responses = list(assoc.send_c_find(query, FIND))  # type: ignore[attr-defined]
+def find(assoc: Association, query: Dataset) -> list[Response]:
+    responses = list(assoc.send_c_find(query, FIND))
     assert responses and all(status is not None for status, _ in responses)
     return responses
 
