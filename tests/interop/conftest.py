@@ -39,7 +39,7 @@ def require_tools(*names: str) -> None:
     (where `./dev test` installs them), so that a missing peer can never pass silently."""
     missing = [name for name in names if find_executable(name) is None]
     if missing:
-        message = f"not installed: {', '.join(missing)} (Debian: dcmtk, orthanc, nmap)"
+        message = f"not installed: {', '.join(missing)} (Debian: dcmtk, orthanc, nmap, stunnel4)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

@@ -55,6 +55,12 @@ def test_open_orthanc_exposes_exactly_what_it_holds(
         "PG-DIMSE-OPEN-STORE",
     } <= ids
     assert obs.implementation_version_name is not None
+    # Orthanc speaks DIMSE through DCMTK and names DCMTK's version there (its own is on REST).
+    assert report.product is not None and report.product.id == "dcmtk"
+    assert obs.implementation_class_uid is not None
+    assert obs.implementation_class_uid.endswith("." + str(report.product.version))
+    cves = [f for f in report.findings if f.id.startswith("PG-CVE-")]
+    assert all(f.evidence["match"] == "version-only" for f in cves)
 
 
 def test_locked_orthanc_gives_nothing_away(locked_orthanc: OrthancPeer) -> None:

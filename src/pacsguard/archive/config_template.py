@@ -73,9 +73,12 @@ min_version = "1.2"
 data_dir = "."
 # SQLAlchemy URL of the index; SQLite in data_dir unless set, e.g. for PostgreSQL:
 # index_url = "postgresql+psycopg://pacsguard@db.example.org/pacsguard"
+# A PostgreSQL index is not encrypted by pacsguard: see the README ("PostgreSQL") for what the
+# database server must do (TLS to it, encrypted storage).
 blob_dir = "blobs"
-# AES-256-GCM encryption of stored objects with the key in key_file (32 raw bytes, mode 0600).
-# Back the key up separately: without it the blobs cannot be read.
+# Encryption at rest with keys derived from key_file (32 raw bytes, mode 0600): stored objects
+# (AES-256-GCM) and the SQLite index and its WAL (SQLCipher). Back the key up separately:
+# without it neither the blobs nor the index can be read.
 encrypt_at_rest = true
 key_file = "keys/at-rest.key"
 

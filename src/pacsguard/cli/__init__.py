@@ -31,9 +31,10 @@ def _register() -> None:
     """Attach the subcommands once; imported late so `import pacsguard.cli` stays cheap."""
     if app.registered_commands:
         return
-    from pacsguard.cli import audit, demo, init, lab, scan, serve
+    from pacsguard.cli import audit, demo, init, lab, products, report, scan, serve
 
     app.command(name="scan")(scan.scan)
+    app.command(name="report")(report.report)
     app.command(name="demo")(demo.demo)
     app.add_typer(lab.app, name="lab")
     app.command(name="init")(init.init)
@@ -41,6 +42,7 @@ def _register() -> None:
     app.command(name="fsck")(serve.fsck)
     app.command(name="unlock")(serve.unlock)
     app.add_typer(audit.app, name="audit")
+    app.add_typer(products.app, name="products")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

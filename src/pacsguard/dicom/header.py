@@ -5,9 +5,15 @@
 element structure of the common transfer syntaxes itself (Implicit and Explicit VR Little
 Endian, and the encapsulated ones, whose data sets are Explicit VR Little Endian), checks that
 every element fits in the object, and keeps only the wanted values. Anything else -- Big Endian,
-Deflate, character sets with code extensions, a structure it cannot follow -- returns None and
-the caller uses pydicom, which then decides whether the object is readable. The result is
-compared with pydicom's in the unit tests.
+Deflate, character sets other than `PLAIN_CHARSETS` (ISO 2022 code extensions, Japanese,
+Korean, Chinese...), a wanted value holding an escape sequence, a structure it cannot follow --
+returns None and the caller uses pydicom (whose `pydicom.charset` decodes those), which then
+decides whether the object is readable. The result is compared with pydicom's in the unit tests.
+
+Text without a declared Specific Character Set is read the way pydicom reads it: the default
+repertoire (ISO_IR 6) as ISO 8859-1, so a stray byte above 0x7F from a sender that forgot to
+declare Latin-1 keeps its letter instead of becoming U+FFFD (PS3.5 6.1.2.1 allows only ASCII
+there; pydicom's tolerance is the one the index follows, so both paths store the same text).
 """
 
 from __future__ import annotations
@@ -38,9 +44,13 @@ _EXPLICIT: Final = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
 _U32: Final = struct.Struct("<I")
 _CHARSET: Final = 0x00080005
 _TRANSFER_SYNTAX: Final = 0x00020010
-#: Character sets whose bytes decode directly (PS3.5 6.1.2.5.3); others go through pydicom.
-PLAIN_CHARSETS: Final = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1",
+#: Character sets whose bytes decode directly with one Python codec, as pydicom decodes them
+#: (`pydicom.charset.python_encoding`: no value and ISO_IR 6 are read as ISO 8859-1); any
+#: other Specific Character Set goes through pydicom (PS3.5 6.1.2.5.3, PS3.3 C.12.1.1.2).
+PLAIN_CHARSETS: Final = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1",
                          "ISO_IR 192": "utf-8"}  # fmt: skip
+#: ESC starts an ISO 2022 escape sequence (PS3.5 6.1.2.5.3): pydicom splits the value there.
+ESCAPE: Final = b"\x1b"
 #: Nesting deeper than this is refused (a hostile object cannot recurse us out of stack).
 _MAX_DEPTH: Final = 32
 
@@ -163,7 +173,7 @@ def read_header(data: bytes, keywords: Collection[str]) -> dict[str, str] | None
     except (_Unreadable, struct.error):
         return None
     encoding = PLAIN_CHARSETS.get(_text(raw.get(_CHARSET, b""), "ascii"))
-    if encoding is None:
+    if encoding is None or any(ESCAPE in value for value in raw.values()):
         return None
     values = {k: _text(raw[t], encoding) if t in raw else "" for t, k in wanted.items()}
     values["TransferSyntaxUID"] = transfer_syntax

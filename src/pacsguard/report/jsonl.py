@@ -12,14 +12,30 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Final, Protocol
 
-from pacsguard.scan.model import Finding, HostReport, Observations, Outcome
+from pacsguard.scan.model import (
+    CertificateFacts,
+    ClientCertificate,
+    Finding,
+    HostReport,
+    Observations,
+    Outcome,
+    TlsFacts,
+)
 
 SCHEMA_ID: Final = "pacsguard.scan-record/1"
 
 
 def _association(obs: Observations) -> dict[str, Any]:
+    facts = obs.tls_facts
     if obs.accepted_called_aets:
         status, reason = Outcome.ACCEPTED.value, None
+    elif (
+        facts is not None
+        and facts.client_certificate is ClientCertificate.REQUIRED
+        and not obs.dicom
+    ):
+        # Inside TLS no request was possible; the plaintext attempt's outcome would mislead.
+        status, reason = "not-attempted", "tls-client-certificate-required"
     elif obs.attempts:
         last = obs.attempts[-1]
         status, reason = last.outcome.value, last.reason
@@ -40,9 +56,44 @@ def _association(obs: Observations) -> dict[str, Any]:
                 "called_ae": a.called_ae,
                 "outcome": a.outcome.value,
                 "reason": a.reason,
+                "tls": a.tls,
             }
             for a in obs.attempts
         ],
+    }
+
+
+def _certificate(cert: CertificateFacts) -> dict[str, Any]:
+    return {
+        "subject": cert.subject,
+        "issuer": cert.issuer,
+        "dns_names": list(cert.dns_names),
+        "ip_addresses": list(cert.ip_addresses),
+        "not_before": cert.not_before,
+        "not_after": cert.not_after,
+        "expired": cert.expired,
+        "not_yet_valid": cert.not_yet_valid,
+        "self_signed": cert.self_signed,
+        "key_type": cert.key_type,
+        "key_bits": cert.key_bits,
+        "signature_algorithm": cert.signature_algorithm,
+        "signature_hash": cert.signature_hash,
+        "sha256_fingerprint": cert.sha256_fingerprint,
+    }
+
+
+def _tls_facts(facts: TlsFacts | None) -> dict[str, Any] | None:
+    if facts is None:
+        return None
+    return {
+        "versions_accepted": list(facts.versions_accepted),
+        "versions_refused": list(facts.versions_refused),
+        "versions_untested": list(facts.versions_untested),
+        "negotiated_version": facts.negotiated_version,
+        "cipher": facts.cipher,
+        "client_certificate": facts.client_certificate.value,
+        "certificate": _certificate(facts.certificate) if facts.certificate else None,
+        "certificate_error": facts.certificate_error,
     }
 
 
@@ -68,6 +119,7 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
         "port": obs.target.port,
         "transport": obs.target.transport,
         "tls": obs.tls,
+        "tls_facts": _tls_facts(obs.tls_facts),
         "reachable": obs.reachable,
         "dicom": obs.dicom,
         "association": _association(obs),
@@ -90,6 +142,20 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
             "queries": exposure.queries,
             "notes": list(exposure.notes),
         },
+        "product": None
+        if report.product is None
+        else {
+            "id": report.product.id,
+            "name": report.product.name,
+            "version": report.product.version,
+            "identified_by": report.product.basis,
+        },
+        "honeypot": {
+            "flagged": report.honeypot_flagged,
+            "signatures": list(report.honeypot_signatures),
+            "reasons": list(report.honeypot_reasons),
+        },
+        "config_signature": report.config_signature,
         "findings": [_finding(f) for f in report.findings],
         "worst_severity": report.worst.value if report.worst else None,
         "anomalies": list(obs.anomalies),

@@ -5,6 +5,10 @@ Conversation, in order (each step only if the previous one allows it):
    Root FIND and one storage SOP class (never used: an accepted storage context is the evidence).
 2. On "called AE not recognised" (RJ reason 7): the curated vendor-default titles.
 3. On an accepted association: C-ECHO, then exposure counting over C-FIND, then A-RELEASE.
+
+TLS (`pacsguard.scan.tls`): when the plaintext request gets no DICOM answer (closed, silent, or
+not DICOM), the target is observed for TLS and, if it speaks TLS, the same conversation runs
+again inside it. On the DICOM-TLS port 2762 TLS is tried first and plaintext only without it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import errno
 import ssl
 import time
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from pacsguard.dicom import uids
 from pacsguard.dicom.client import Association, ConnectTimeout, Timeouts, request_association
@@ -26,7 +31,18 @@ from pacsguard.dicom.ul import (
 from pacsguard.errors import MalformedPdu, PduTooLarge, PeerClosed, ProtocolError
 from pacsguard.scan.aets import ANY_SCP, SCANNER_CALLING_AE, called_aets_to_try
 from pacsguard.scan.counting import CountBudget, count_exposure
-from pacsguard.scan.model import AssociationAttempt, Exposure, Observations, Outcome, Target
+from pacsguard.scan.model import (
+    ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID,
+    ANOMALY_RJ_PROTOCOL_VERSION,
+    AssociationAttempt,
+    ClientCertificate,
+    Exposure,
+    Observations,
+    Outcome,
+    Target,
+    TlsFacts,
+)
+from pacsguard.scan.tls import DICOM_TLS_PORT, observe_tls, observing_context
 
 PROPOSED: tuple[ProposedContext, ...] = propose(
     [
@@ -54,7 +70,10 @@ class ProbeOptions:
     guess_interval: float = 0.5
     calling_ae: str = SCANNER_CALLING_AE
     budget: CountBudget = field(default_factory=CountBudget)
+    #: Speak DIMSE inside TLS with this context (and observe nothing about the TLS layer).
     tls: ssl.SSLContext | None = None
+    #: Without `tls`: look for TLS where plaintext gets no DICOM answer, and on port 2762.
+    detect_tls: bool = True
 
 
 def accepted_services(accepted: AssociationAccepted) -> tuple[str, ...]:
@@ -98,6 +117,7 @@ class _State:
     def __init__(self, target: Target, tls: bool) -> None:
         self.target = target
         self.tls = tls
+        self.tls_facts: TlsFacts | None = None
         self.started = time.monotonic()
         self.attempts: list[AssociationAttempt] = []
         self.accepted: AssociationAccepted | None = None
@@ -111,13 +131,16 @@ class _State:
 
     def observations(self) -> Observations:
         answered = any(a.outcome in (Outcome.ACCEPTED, Outcome.REJECTED) for a in self.attempts)
-        reachable = any(
+        reachable = self.tls_facts is not None or any(
             a.outcome not in (Outcome.REFUSED, Outcome.TIMEOUT, Outcome.UNREACHABLE)
             for a in self.attempts
         )
         acc = self.accepted
+        target = self.target
+        if self.tls and target.transport == "dimse":
+            target = replace(target, transport="dimse-tls")
         return Observations(
-            target=self.target,
+            target=target,
             reachable=reachable,
             dicom=answered,
             attempts=tuple(self.attempts),
@@ -131,6 +154,7 @@ class _State:
             echo_status=self.echo_status,
             exposure=self.exposure,
             tls=self.tls,
+            tls_facts=self.tls_facts,
             anomalies=tuple(dict.fromkeys(self.anomalies)),
             error=self.error,
             duration_s=round(time.monotonic() - self.started, 4),
@@ -141,6 +165,7 @@ async def _attempt(
     state: _State, called_ae: str, options: ProbeOptions
 ) -> tuple[AssociationAttempt, Association | None]:
     target = state.target
+    tls = options.tls is not None
     try:
         answer, assoc = await request_association(
             target.host,
@@ -155,17 +180,21 @@ async def _attempt(
         outcome, reason = _failure_outcome(exc)
         if outcome in (Outcome.PROTOCOL_ERROR, Outcome.CLOSED, Outcome.SILENT):
             state.anomalies.append(reason)
-        attempt = AssociationAttempt(options.calling_ae, called_ae, outcome, reason)
+        attempt = AssociationAttempt(options.calling_ae, called_ae, outcome, reason, tls=tls)
         state.attempts.append(attempt)
         return attempt, None
     if isinstance(answer, AssociationRejected):
+        if (answer.source, answer.reason) == (2, 2):  # we speak protocol version 1, the only one
+            state.anomalies.append(ANOMALY_RJ_PROTOCOL_VERSION)
         attempt = AssociationAttempt(
-            options.calling_ae, called_ae, Outcome.REJECTED, answer.reason_name
+            options.calling_ae, called_ae, Outcome.REJECTED, answer.reason_name, tls=tls
         )
         state.attempts.append(attempt)
         return attempt, None
+    if answer.implementation_class_uid is None:  # mandatory in an A-ASSOCIATE-AC (PS3.7 D.3.3.2)
+        state.anomalies.append(ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID)
     attempt = AssociationAttempt(
-        options.calling_ae, called_ae, Outcome.ACCEPTED, None, accepted_services(answer)
+        options.calling_ae, called_ae, Outcome.ACCEPTED, None, accepted_services(answer), tls=tls
     )
     state.attempts.append(attempt)
     state.accepted = answer
@@ -237,12 +266,45 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
             await assoc.abort()
 
 
+#: Plaintext outcomes that may hide a TLS server: it closes, waits, or answers with an alert.
+_NO_DICOM_ANSWER: Final = frozenset({Outcome.CLOSED, Outcome.SILENT, Outcome.PROTOCOL_ERROR})
+
+
+def _maybe_tls(state: _State) -> bool:
+    return bool(state.attempts) and all(
+        a.outcome in _NO_DICOM_ANSWER and a.reason != "pdu-too-large" for a in state.attempts
+    )
+
+
+async def _converse_detecting_tls(state: _State, options: ProbeOptions) -> None:
+    """The conversation in plaintext or inside TLS, whichever the target speaks."""
+    tls_first = state.target.port == DICOM_TLS_PORT
+    if not tls_first:
+        await _converse(state, options)
+        if not _maybe_tls(state):
+            return
+    target = state.target
+    facts = await observe_tls(target.host, target.port, options.timeouts)
+    if facts is None:
+        if tls_first:
+            await _converse(state, options)
+        return
+    state.tls, state.tls_facts = True, facts
+    state.anomalies.clear()  # a TLS server's answer to plaintext is not an anomaly
+    if facts.client_certificate is ClientCertificate.REQUIRED:
+        return  # without a certificate it will not let us speak DICOM at all
+    await _converse(state, replace(options, tls=observing_context()))
+
+
 async def probe_dimse(target: Target, options: ProbeOptions) -> Observations:
     """Probe one DICOM endpoint. Bounded by `options.total_timeout`; never raises."""
     state = _State(target, tls=options.tls is not None)
     try:
         async with asyncio.timeout(options.total_timeout):
-            await _converse(state, options)
+            if options.tls is None and options.detect_tls:
+                await _converse_detecting_tls(state, options)
+            else:
+                await _converse(state, options)
     except TimeoutError:
         state.error = f"total time budget of {options.total_timeout:g}s exhausted"
         if state.exposure is None and state.accepted is not None and options.count:

@@ -20,7 +20,8 @@ from pacsguard.scan.model import Target
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-DEFAULT_PORTS: Final = (104, 11112, 4242)
+#: DICOM (104), its registered alternative (11112), Orthanc's default (4242), DICOM over TLS (2762).
+DEFAULT_PORTS: Final = (104, 11112, 4242, 2762)
 #: Largest number of addresses accepted without explicit confirmation (one /16).
 MAX_ADDRESSES_UNCONFIRMED: Final = 65536
 

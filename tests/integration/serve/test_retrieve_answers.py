@@ -38,6 +38,7 @@ from ._retrieve_peers import (
     wait_for_log,
 )
 from .conftest import StartArchive, free_port
+from .test_serve import audit_events
 
 DestinationFactory = Callable[..., Destination]
 
@@ -73,6 +74,9 @@ def test_move_to_a_destination_that_rejects_or_is_unreachable_fails_every_sub_op
             assert why in str(status.ErrorComment)
             assert_still_up(assoc)
     assert picky.received == []
+    retrieves = [e["detail"] for e in audit_events(archive) if e["event"] == "retrieve"]
+    never_reached = {"sent": 0, "failed": 4, "in_flight": 0, "not_started": 0}
+    assert retrieves == [never_reached, never_reached]
 
 
 def test_move_to_a_destination_that_answers_failure(
@@ -223,6 +227,8 @@ def test_move_cancel_stops_before_the_next_sub_operation(
         assert not identifier  # nothing failed: no Failed SOP Instance UID List
         assert dest.received == UIDS[:1]
         assert_still_up(assoc)
+    retrieves = [e["detail"] for e in audit_events(archive) if e["event"] == "retrieve"]
+    assert retrieves == [{"sent": 1, "failed": 0, "in_flight": 0, "not_started": 3}]
 
 
 def test_get_cancel_stops_before_the_next_sub_operation(
@@ -294,7 +300,7 @@ def test_slow_get_outlasts_the_idle_network_timeout(start: StartArchive, tmp_pat
         assert counts(status) == (None, 4, 0, 0)  # the association outlived 4 silent gaps
 
 
-def test_retrieve_audit_records_cancel_and_failures(
+def test_retrieve_audit_counts_a_destination_lost_mid_transfer(
     start: StartArchive, tmp_path: Path, destination: DestinationFactory
 ) -> None:
     dest = destination("VANISH")
@@ -302,11 +308,11 @@ def test_retrieve_audit_records_cancel_and_failures(
     archive = start_loaded(start, tmp_path / "a", dest.config())
     with requester(archive) as assoc:
         move(assoc, "VANISH")
-    from .test_serve import audit_events
-
     retrieves = [e for e in audit_events(archive) if e["event"] == "retrieve"]
     assert len(retrieves) == 1
-    assert retrieves[0]["detail"] == {"sent": 2, "failed": 2}
+    # Two answered, the third in flight when the destination aborted (it may have arrived),
+    # the fourth never started.
+    assert retrieves[0]["detail"] == {"sent": 2, "failed": 0, "in_flight": 1, "not_started": 1}
     assert retrieves[0]["outcome"] == 4  # minor failure
 
 

@@ -12,8 +12,10 @@ never on the loop.
 Rules: TLS handshake after the connection cap, non-blocking, with a timeout, failures audited;
 connection cap (refused and audited); association cap (A-ASSOCIATE-RJ 2/3/2); the gate's
 decision before any context is negotiated; contexts per `contexts.context_allowed`; audit of
-every decision; statuses per `identifiers`. A peer that breaks the protocol gets an A-ABORT and
-its connection closes; the server keeps serving.
+every decision, and an association accepted only once its audit line is durable (else
+A-ASSOCIATE-RJ 2/3/1, transient: the audit log cannot be written); statuses per `identifiers`.
+A peer that breaks the protocol gets an A-ABORT and its connection closes; the server keeps
+serving.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from pacsguard.archive.security.principal import PeerFacts, Principal, Rejection
 from pacsguard.archive.service import ArchiveService
 from pacsguard.dicom.client import close_writer, set_nodelay
 from pacsguard.dicom.ul import ASSOCIATE_RQ, MAX_ASSOCIATION_PDU, encode_abort, read_pdu
-from pacsguard.errors import MalformedPdu, PeerClosed, ProtocolError
+from pacsguard.errors import AuditLogError, MalformedPdu, PeerClosed, ProtocolError
 
 
 class AssociationGate(Protocol):
@@ -68,6 +70,9 @@ log = logging.getLogger(__name__)
 #: A-ABORT reasons from the service provider (PS3.8 Table 9-26).
 _ABORT_UNEXPECTED_PDU: Final = 2
 _ABORT_INVALID_PARAMETER: Final = 6
+#: A-ASSOCIATE-RJ rejected-transient, service-provider (presentation), temporary-congestion
+#: (PS3.8 Table 9-21): the audit log cannot be written, so nothing audited can happen now.
+AUDIT_UNAVAILABLE: Final = (2, 3, 1)
 _STOP_TIMEOUT: Final = 15.0
 
 
@@ -149,9 +154,15 @@ class AsyncDimseFrontEnd:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _emit(self, event: AuditEvent) -> None:
-        """Audit sinks write files (and fsync): off the loop."""
+        """Audit sinks write files (and fsync): off the loop. AuditLogError when the line
+        cannot be made durable."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._audit.emit, event)
+
+    async def _emit_refusal(self, event: AuditEvent) -> None:
+        """Audit a refusal: it stands even when the log cannot take it (the log says so)."""
+        with contextlib.suppress(AuditLogError):
+            await self._emit(event)
 
     async def _serve_connection(
         self, tls: ssl.SSLContext | None, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -163,7 +174,7 @@ class AsyncDimseFrontEnd:
         if self._connections >= self._settings.max_connections:
             # Past the connection cap: refused outright, so idle sockets cannot exhaust us.
             writer.transport.abort()
-            await self._emit(_refused(address, "connection limit reached"))
+            await self._emit_refusal(_refused(address, "connection limit reached"))
             return
         self._connections += 1
         self._tasks.add(task)
@@ -200,7 +211,7 @@ class AsyncDimseFrontEnd:
             timed_out = isinstance(exc, TimeoutError) or "taking longer" in str(exc)
             reason = "handshake timed out" if timed_out else "TLS handshake failed"
             writer.transport.abort()
-            await self._emit(
+            await self._emit_refusal(
                 AuditEvent(
                     EventType.AUTHENTICATION,
                     EventAction.EXECUTE,
@@ -231,30 +242,44 @@ class AsyncDimseFrontEnd:
         participant = Participant(ae_title=facts.calling_ae, address=facts.address)
         if self._associations >= settings.max_associations:
             await self._send(writer, encode_reject(*ASSOCIATION_LIMIT))
-            await self._emit(_rejected(participant, "association limit reached", facts.tls))
+            await self._emit_refusal(_rejected(participant, "association limit reached", facts.tls))
             return
         loop = asyncio.get_running_loop()
-        decision = await loop.run_in_executor(self._executor, self._gate.decide, facts)
+        try:
+            decision = await loop.run_in_executor(self._executor, self._gate.decide, facts)
+        except AuditLogError:  # the gate could not audit a lockout: refuse, transiently
+            await self._send(writer, encode_reject(*AUDIT_UNAVAILABLE))
+            return
         if isinstance(decision, Rejection):
-            await self._emit(_rejected(participant, decision.why, facts.tls))
+            await self._emit_refusal(_rejected(participant, decision.why, facts.tls))
             await self._send(
                 writer, encode_reject(decision.result, decision.source, decision.reason)
             )
             return
         accepted = accept(rq, decision, settings.max_pdu)
-        await self._emit(
-            AuditEvent(
-                EventType.ASSOCIATION,
-                EventAction.EXECUTE,
-                EventOutcome.SUCCESS,
-                (
-                    Participant(
-                        ae_title=decision.ae_title, address=facts.address, user=decision.username
+        try:
+            await self._emit(
+                AuditEvent(
+                    EventType.ASSOCIATION,
+                    EventAction.EXECUTE,
+                    EventOutcome.SUCCESS,
+                    (
+                        Participant(
+                            ae_title=decision.ae_title,
+                            address=facts.address,
+                            user=decision.username,
+                        ),
                     ),
-                ),
-                detail={"result": "accepted", "method": decision.method.value, "tls": facts.tls},
+                    detail={
+                        "result": "accepted",
+                        "method": decision.method.value,
+                        "tls": facts.tls,
+                    },
+                )
             )
-        )
+        except AuditLogError:  # not accepted without its audit line
+            await self._send(writer, encode_reject(*AUDIT_UNAVAILABLE))
+            return
         channel = Channel(writer, accepted.peer_max_pdu, settings.network_timeout)
         await channel.send(accepted.pdu)
         key = id(channel)

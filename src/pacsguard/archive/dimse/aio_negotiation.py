@@ -30,7 +30,11 @@ from pynetdicom.presentation import (
     negotiate_as_acceptor,
 )
 
-from pacsguard.archive.dimse.contexts import TRANSFER_SYNTAXES, context_allowed
+from pacsguard.archive.dimse.contexts import (
+    QUERY_RETRIEVE_TRANSFER_SYNTAXES,
+    TRANSFER_SYNTAXES,
+    context_allowed,
+)
 from pacsguard.archive.security.principal import PeerFacts, Principal, UserIdentity
 from pacsguard.archive.security.tls import peer_cert_facts
 from pacsguard.dicom import uids
@@ -40,6 +44,7 @@ from pacsguard.errors import MalformedPdu
 ASSOCIATION_LIMIT: Final = (2, 3, 2)
 
 _SYNTAXES: Final[list[str | UID]] = list(TRANSFER_SYNTAXES)
+_QUERY_RETRIEVE_SYNTAXES: Final[list[str | UID]] = list(QUERY_RETRIEVE_TRANSFER_SYNTAXES)
 _QUERY_RETRIEVE: Final = (
     uids.PATIENT_ROOT_FIND,
     uids.STUDY_ROOT_FIND,
@@ -131,7 +136,7 @@ def _supported(principal: Principal) -> list[PresentationContext]:
         storage.scp_role = True
         contexts.append(storage)
     for abstract in sorted(_QUERY_RETRIEVE):
-        contexts.append(build_context(abstract, _SYNTAXES[:4]))
+        contexts.append(build_context(abstract, _QUERY_RETRIEVE_SYNTAXES))
     return [cx for cx in contexts if context_allowed(principal, str(cx.abstract_syntax))]
 
 

@@ -12,6 +12,12 @@ stops answering mid-transfer fails the sub-operations it did not complete (0xA70
 with an Error Comment saying why); the requesting association stays up. Instances are streamed
 from the blob store in their stored transfer syntax; only Explicit <-> Implicit VR Little Endian
 conversion decodes an instance in memory.
+
+The audit log fails closed: when the line that opens a retrieve (`move-request`) cannot be made
+durable, nothing is sent and the answer is 0xA702 ("Refused: Out of Resources - Unable to perform
+sub-operations"); when the closing `retrieve` line cannot, the final response is 0xA702 with the
+counts. The closing line is written however the operation ends (done, cancelled, cut off, the
+destination lost) and accounts for every sub-operation, the one in flight included.
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ from pacsguard.archive.dimse.aio_negotiation import AcceptedContext
 from pacsguard.archive.dimse.aio_session import set_error_comment
 from pacsguard.archive.dimse.identifiers import (
     CANCELLED,
-    IDENTIFIER_MISMATCH,
     MOVE_DESTINATION_UNKNOWN,
     PENDING,
     BadIdentifier,
@@ -43,13 +48,13 @@ from pacsguard.archive.dimse.identifiers import (
 )
 from pacsguard.archive.model import InstanceRecord
 from pacsguard.archive.security.principal import Action
-from pacsguard.archive.service import Denied
+from pacsguard.archive.service import Denied, RetrieveTally
 from pacsguard.dicom import uids
 from pacsguard.dicom.client import Association, Timeouts, request_association
 from pacsguard.dicom.dimse import encode_dataset
 from pacsguard.dicom.stream import ReadChunk, encode_store_command, send_data_set, skip_file_meta
 from pacsguard.dicom.ul import AssociationRejected, ProposedContext
-from pacsguard.errors import MalformedPdu, PeerClosed, ProtocolError
+from pacsguard.errors import AuditLogError, MalformedPdu, PeerClosed, ProtocolError
 
 if TYPE_CHECKING:
     from pacsguard.archive.dimse.aio_session import AssociationSession, Operation
@@ -61,6 +66,8 @@ MATCHES_UNAVAILABLE: Final = 0xA701
 GET_TOO_MANY: Final = 0xC416
 MOVE_TOO_MANY: Final = 0xC516
 SUB_OPERATIONS_FAILED: Final = 0xA702
+#: PS3.4 C.4.2.1.5 / C.4.3.1.4: Refused: Out of Resources - Unable to perform sub-operations.
+OUT_OF_RESOURCES_SUB_OPERATIONS: Final = 0xA702
 SUB_OPERATIONS_WARNING: Final = 0xB000
 _WARNINGS: Final = frozenset({0xB000, 0xB006, 0xB007})
 _UNCOMPRESSED: Final = frozenset(
@@ -132,19 +139,31 @@ class Refusal:
 
 
 async def _records(
-    session: AssociationSession, identifier: Dataset | None, action: Action
+    session: AssociationSession,
+    identifier: Dataset | None,
+    action: Action,
+    refused: int,
+    destination: str | None = None,
 ) -> list[InstanceRecord] | Refusal:
+    """The matches (their retrieve audited), or why not: `refused` for an unusable identifier
+    or a denial, 0xA701 when the index cannot list them, 0xA702 when the audit log cannot
+    record the request."""
     if identifier is None:
-        return Refusal(IDENTIFIER_MISMATCH, "no identifier")
+        return Refusal(refused, "no identifier")
+    service = session.env.service
     try:
         level, keys = retrieve_keys(identifier)
         return await session.env.call(
-            session.env.service.instances_to_retrieve, session.principal, action, level, keys
+            lambda: service.instances_to_retrieve(
+                session.principal, action, level, keys, destination=destination
+            )
         )
     except BadIdentifier as exc:
-        return Refusal(IDENTIFIER_MISMATCH, str(exc))
-    except Denied as exc:
-        return Refusal(exc.status, "not authorized")
+        return Refusal(refused, str(exc))
+    except Denied:
+        return Refusal(refused, "not authorized")
+    except AuditLogError:  # the log said why, once
+        return Refusal(OUT_OF_RESOURCES_SUB_OPERATIONS, "audit log unavailable")
     except Exception as exc:  # the index failed: say so, keep the association
         log.error("retrieve: the index could not list the matches: %s", exc.__class__.__name__)
         return Refusal(MATCHES_UNAVAILABLE, "index unavailable: matches not counted")
@@ -261,52 +280,73 @@ async def _run_sub_operations(
     *,
     lost: str | None = None,
 ) -> None:
-    """Send each record, Pending after each, then the final status; a C-CANCEL stops before
-    the next one (0xFE00). `lost` (no sub-association at all) fails every one at once."""
+    """Send each record, Pending after each; a C-CANCEL stops before the next one (0xFE00),
+    and `lost` (no sub-association at all) fails every one at once. Then audit every
+    sub-operation (also when the operation is cut off, with the one in flight), then send the
+    final response: 0xA702 if the audit failed."""
     counts = Counts(remaining=len(records))
+    tally = RetrieveTally(not_started=len(records))
     comment = lost
     cancelled = False
     try:
-        if lost is not None:
+        if lost is not None:  # none could be sent
             counts.fail_all(records)
+            tally.failed, tally.not_started = len(records), 0
         for position, record in enumerate(records if lost is None else ()):
             if operation.cancelled.is_set():
                 cancelled = True
-                await _respond(
-                    session, make_rsp(), context, message_id, CANCELLED, counts,
-                    comment="cancelled by the requester", operation=operation,
-                )  # fmt: skip
-                return
+                break
+            tally.not_started -= 1
+            tally.in_flight = 1
             try:
                 status = await send_one(record)
-            except DestinationLost as exc:
+            except DestinationLost as exc:  # it may have arrived: it stays in flight
                 counts.fail_all(records[position:])
                 comment = exc.comment
                 break
+            tally.in_flight = 0
+            if status is None:
+                tally.failed += 1
+            else:
+                tally.sent += 1
             counts.record(record.sop_instance_uid, status)
             if counts.remaining:
                 await _respond(session, make_rsp(), context, message_id, PENDING, counts)
-        status = _final_status(counts, len(records))
+    finally:
+        audited = await _audit_retrieve(session, records, destination, tally)
+    if cancelled:
+        final, comment = CANCELLED, "cancelled by the requester"
+    else:
+        final = _final_status(counts, len(records))
         if counts.failed and comment is None:  # refused, unreadable, or no usable context
             comment = f"{counts.failed} of {len(records)} sub-operations failed"
-        await _respond(
-            session, make_rsp(), context, message_id, status, counts,
-            comment=comment if status != 0x0000 else None, operation=operation,
-        )  # fmt: skip
-    finally:
-        env = session.env
-        with contextlib.suppress(Exception):
-            await env.call(
-                lambda: env.service.audit_retrieve(
-                    session.principal,
-                    records,
-                    destination=destination,
-                    sent=counts.completed + counts.warning,
-                    failed=counts.failed,
-                    not_sent=counts.remaining,
-                    cancelled=cancelled,
-                )
+    if not audited:
+        final, comment = OUT_OF_RESOURCES_SUB_OPERATIONS, "audit log unavailable"
+    await _respond(
+        session, make_rsp(), context, message_id, final, counts,
+        comment=comment if final != 0x0000 else None, operation=operation,
+    )  # fmt: skip
+
+
+async def _audit_retrieve(
+    session: AssociationSession,
+    records: list[InstanceRecord],
+    destination: str | None,
+    tally: RetrieveTally,
+) -> bool:
+    env = session.env
+    try:
+        await env.call(
+            lambda: env.service.audit_retrieve(
+                session.principal, records, destination=destination, tally=tally
             )
+        )
+    except AuditLogError:
+        return False  # the log said why, once
+    except Exception:
+        log.exception("retrieve audit failed")
+        return False
+    return True
 
 
 async def _refuse(
@@ -331,10 +371,9 @@ async def serve_get(
     operation: Operation,
 ) -> None:
     """C-GET: C-STORE sub-operations back over this association (SCP/SCU role reversal)."""
-    found = await _records(session, identifier, Action.GET)
+    found = await _records(session, identifier, Action.GET, GET_REFUSED)
     if isinstance(found, Refusal):
-        status = found.status if found.status == MATCHES_UNAVAILABLE else GET_REFUSED
-        await _refuse(session, C_GET(), context, message_id, operation, status, found.comment)
+        await _refuse(session, C_GET(), context, message_id, operation, found.status, found.comment)
         return
     if len(found) > 0xFFFF:
         await _refuse(
@@ -425,10 +464,11 @@ async def serve_move(
             MOVE_DESTINATION_UNKNOWN, "move destination not registered",
         )  # fmt: skip
         return
-    found = await _records(session, identifier, Action.MOVE)
+    found = await _records(session, identifier, Action.MOVE, MOVE_REFUSED, destination_ae)
     if isinstance(found, Refusal):
-        status = found.status if found.status == MATCHES_UNAVAILABLE else MOVE_REFUSED
-        await _refuse(session, C_MOVE(), context, message_id, operation, status, found.comment)
+        await _refuse(
+            session, C_MOVE(), context, message_id, operation, found.status, found.comment
+        )
         return
     if len(found) > 0xFFFF:
         await _refuse(

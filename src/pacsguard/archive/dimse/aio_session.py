@@ -8,10 +8,11 @@ asynchronous operations window is negotiated, PS3.7 D.3.3.3).
 
 Every failure on our side gets a DICOM answer with an Error Comment, never a bare abort: a store
 that the blob store or index cannot take (0xA700 / 0x0110), a query or retrieve the index cannot
-answer, an unexpected error in an operation (0xC000). Only a peer that breaks the protocol, or a
-connection that fails mid-message, ends the association. The network timeout is an idle timeout:
-it runs only while no operation is in progress, so a C-MOVE to a slow destination or a long
-C-GET completes (each sub-operation is bounded by the DIMSE timeout instead).
+answer, an operation the audit log cannot record (0xA700; retrieves 0xA702), an unexpected error
+in an operation (0xC000). Only a peer that breaks the protocol, or a connection that fails
+mid-message, ends the association. The network timeout is an idle timeout: it runs only while no
+operation is in progress, so a C-MOVE to a slow destination or a long C-GET completes (each
+sub-operation is bounded by the DIMSE timeout instead).
 """
 
 from __future__ import annotations
@@ -39,12 +40,19 @@ from pacsguard.archive.dimse.identifiers import (
     UNABLE_TO_PROCESS,
     BadIdentifier,
     DestinationLookup,
+    declared_character_set,
     query_from_identifier,
     response_identifier,
     root_of,
 )
 from pacsguard.archive.security.principal import Action, Principal
-from pacsguard.archive.service import PROCESSING_FAILURE, SUCCESS, ArchiveService, Denied
+from pacsguard.archive.service import (
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    ArchiveService,
+    Denied,
+)
 from pacsguard.dicom.command import CommandField
 from pacsguard.dicom.dimse import (
     DimseMessage,
@@ -62,7 +70,7 @@ from pacsguard.dicom.ul import (
     encode_abort,
     read_pdu,
 )
-from pacsguard.errors import MalformedPdu, ProtocolError
+from pacsguard.errors import AuditLogError, MalformedPdu, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +83,6 @@ _MIN_SEND_PDU: Final = 1024
 _MAX_SEND_PDU: Final = 4 * 1024 * 1024
 #: C-FIND matches queued between the query thread and the loop.
 _FIND_WINDOW: Final = 64
-#: C-FIND: Refused: Out of Resources (PS3.4 C.4.1.1.4), when the index cannot answer.
-FIND_OUT_OF_RESOURCES: Final = 0xA700
 #: C-STORE statuses that are not failures: no Error Comment.
 _STORE_OK: Final = frozenset({SUCCESS, 0xB000, 0xB006, 0xB007})
 
@@ -154,6 +160,7 @@ class AssociationSession:
             contexts,
             max_identifier_bytes=MAX_IDENTIFIER_BYTES,
             max_store_bytes=env.service.limits.max_object_bytes,
+            staging=env.service.staging,
         )
 
     async def run(self) -> None:
@@ -385,6 +392,7 @@ class AssociationSession:
             return
         try:
             request = query_from_identifier(identifier, root_of(context.abstract_syntax))
+            charset = declared_character_set(identifier)
         except BadIdentifier as exc:
             yield IDENTIFIER_MISMATCH, None, str(exc)
             return
@@ -423,11 +431,13 @@ class AssociationSession:
                     put("status", (SUCCESS, None))
             except Denied as exc:
                 put("status", (exc.status, "not authorized"))
+            except AuditLogError:  # nothing was released; the log said why, once
+                put("status", (OUT_OF_RESOURCES, "audit log unavailable"))
             except ValueError as exc:
                 put("status", (IDENTIFIER_MISMATCH, str(exc)))
             except Exception as exc:
                 log.error("C-FIND failed: %s", exc.__class__.__name__)
-                put("status", (FIND_OUT_OF_RESOURCES, "index unavailable"))
+                put("status", (OUT_OF_RESOURCES, "index unavailable"))
 
         producer = loop.run_in_executor(self.env.executor, produce)
         try:
@@ -437,7 +447,7 @@ class AssociationSession:
                     yield value[0], None, value[1]
                     return
                 window.release()
-                yield PENDING, response_identifier(request, value), None
+                yield PENDING, response_identifier(request, value, charset), None
         finally:
             operation.cancelled.set()  # stops the query thread if we leave early
             with contextlib.suppress(Exception):

@@ -3,18 +3,32 @@
 Domain outcomes become DICOM statuses in the DIMSE front end only (PS3.4 / PS3.7 Annex C):
 0x0124 refused: not authorized; 0xA900 identifier does not match SOP class; 0xC000 unable to
 process; 0xA801 move destination unknown; 0xFE00 cancelled.
+
+Character sets (see `charsets`): a query identifier is decoded with its Specific Character Set
+and one pydicom does not know is a bad identifier; each response identifier declares the
+character set its text is encoded in.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from pydicom import config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from pacsguard.archive.dimse.charsets import (
+    CHARSET_VRS,
+    UnsupportedCharacterSet,
+    query_character_set,
+    response_character_set,
+)
 from pacsguard.archive.model import QueryRequest
 from pacsguard.dicom.levels import Level, QueryRoot
 
@@ -69,7 +83,9 @@ def root_of(sop_class_uid: str) -> QueryRoot:
 
 
 def query_from_identifier(identifier: Dataset, root: QueryRoot) -> QueryRequest:
-    """A QueryRequest from a C-FIND identifier; BadIdentifier when unusable."""
+    """A QueryRequest from a C-FIND identifier (its text decoded with its Specific Character
+    Set, into Unicode); BadIdentifier when unusable, an unknown character set included."""
+    declared_character_set(identifier)
     level_text = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     level = _LEVELS.get(level_text)
     if level is None:
@@ -106,12 +122,54 @@ def retrieve_keys(identifier: Dataset) -> tuple[Level, list[str]]:
     return level, values
 
 
-def response_identifier(request: QueryRequest, result: dict[str, str]) -> Dataset:
+def declared_character_set(identifier: Dataset) -> tuple[str, ...]:
+    """The Specific Character Set terms a query identifier declares; BadIdentifier when
+    pydicom cannot decode them faithfully."""
+    try:
+        return query_character_set(identifier)
+    except UnsupportedCharacterSet as exc:
+        raise BadIdentifier(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=512)
+def _element_of(keyword: str) -> tuple[int, str] | None:
+    """(tag, VR) of a dictionary keyword; None for anything else."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return None
+    try:
+        return int(tag), str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
+def response_identifier(
+    request: QueryRequest, result: dict[str, str], query_charset: Sequence[str] = ()
+) -> Dataset:
+    """A C-FIND response identifier for one match, its text encoded in a declared character
+    set (`charsets.response_character_set`; `query_charset` is what the query declared).
+
+    Values are sent as the index holds them, without pydicom's validation (its warnings
+    would quote patient names into the application log). A value outside the default repertoire
+    in an attribute whose VR cannot carry one (CS, DA, UI...: an object stored with such bytes)
+    is returned empty rather than mis-encoded."""
+    elements = [
+        (element, value)
+        for keyword, value in result.items()
+        if keyword != "QueryRetrieveLevel" and (element := _element_of(keyword)) is not None
+    ]
     ds = Dataset()
     ds.QueryRetrieveLevel = request.level.name
-    for keyword, value in result.items():
+    charset = response_character_set(
+        query_charset, (value for (_, vr), value in elements if vr in CHARSET_VRS)
+    )
+    if charset:
+        ds.SpecificCharacterSet = charset[0] if len(charset) == 1 else list(charset)
+    for (tag, vr), value in elements:
+        if vr not in CHARSET_VRS and not value.isascii():
+            value = ""
         try:
-            setattr(ds, keyword, value)
-        except (ValueError, TypeError, KeyError):
+            ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
+        except (ValueError, TypeError):
             continue
     return ds

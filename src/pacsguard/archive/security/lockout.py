@@ -61,6 +61,15 @@ class Lockout:
         with self._lock:
             self._failures.pop(source, None)
 
+    def locked_among(self, sources: Collection[str] | None = None) -> list[str]:
+        """The sources among `sources` (all when None) locked out now, sorted; changes nothing."""
+        now = self._clock()
+        with self._lock:
+            wanted = set(self._locked_until) if sources is None else set(sources)
+            return sorted(
+                s for s in wanted if s in self._locked_until and now < self._locked_until[s]
+            )
+
     def lift(self, sources: Collection[str] | None = None) -> list[str]:
         """Lift the lockouts of `sources` (every lockout when None) and forget their failures;
         returns the sources that were locked out, sorted."""

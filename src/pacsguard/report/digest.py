@@ -1,0 +1,241 @@
+"""A digest of scan records for people: totals, severity counts, top findings, host rows.
+
+Reads JSON Lines records (the canonical scan output) one at a time and keeps only what the
+reports print: counts, finding ids and each host's redacted evidence. Hosts flagged as
+honeypots (record member ``honeypot.flagged``) are listed with their reason but kept out of the
+exposure totals and the severity distribution, and hosts in identical-configuration clusters
+(same ``config_signature`` on several hosts) out of the exposure totals, as surveys do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from pacsguard.errors import UsageError
+from pacsguard.scan.honeypots import Cluster, ClusterTally
+
+SEVERITIES: Final = ("critical", "high", "medium", "low", "info")
+_RANK: Final = {s: n for n, s in enumerate(reversed(SEVERITIES))}
+
+
+@dataclass(frozen=True, slots=True)
+class FindingRow:
+    id: str
+    title: str
+    severity: str
+    score: float
+    vector: str
+    evidence: dict[str, Any]
+    remediation: str
+    references: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HostRow:
+    """One record, reduced to what a report shows."""
+
+    endpoint: str
+    host: str
+    port: int
+    transport: str
+    tls: bool
+    reachable: bool
+    dicom: bool
+    status: str
+    product: str | None
+    worst: str | None
+    patients: int
+    studies: int
+    series: int
+    instances: int
+    lower_bound: bool
+    phi_categories: tuple[str, ...]
+    findings: tuple[FindingRow, ...]
+    honeypot_reasons: tuple[str, ...]
+    config_signature: str | None
+    error: str | None
+    scanned_at: str
+
+    @property
+    def honeypot(self) -> bool:
+        return bool(self.honeypot_reasons)
+
+    @property
+    def exposed(self) -> bool:
+        return self.studies > 0 or self.patients > 0
+
+
+@dataclass
+class Digest:
+    """Totals over every record; honeypot-flagged hosts are counted apart."""
+
+    targets: int = 0
+    reachable: int = 0
+    dicom: int = 0
+    accepting: int = 0
+    exposed: int = 0
+    patients: int = 0
+    studies: int = 0
+    instances: int = 0
+    lower_bound: bool = False
+    with_tls: int = 0
+    honeypots: int = 0
+    severities: Counter[str] = field(default_factory=Counter)
+    #: finding id -> (title of its first occurrence, severity, hosts)
+    finding_hosts: Counter[str] = field(default_factory=Counter)
+    finding_titles: dict[str, tuple[str, str]] = field(default_factory=dict)
+    hosts: list[HostRow] = field(default_factory=list)
+    tally: ClusterTally = field(default_factory=ClusterTally)
+    #: Filled by `finish`: identical-configuration clusters, left out of the exposure totals.
+    clusters: list[Cluster] = field(default_factory=list)
+
+    def add(self, row: HostRow) -> None:
+        self.targets += 1
+        self.reachable += row.reachable
+        self.dicom += row.dicom
+        self.with_tls += row.tls and row.dicom
+        self.hosts.append(row)
+        if row.honeypot:
+            self.honeypots += 1
+            return
+        self.accepting += row.status == "accepted"
+        if row.exposed:
+            self.exposed += 1
+            self.patients += row.patients
+            self.studies += row.studies
+            self.instances += row.instances
+            self.lower_bound |= row.lower_bound
+            self.tally.add(row.config_signature, row.patients, row.studies, row.instances)
+        if row.worst is not None:
+            self.severities[row.worst] += 1
+        for finding in row.findings:
+            self.finding_hosts[finding.id] += 1
+            self.finding_titles.setdefault(finding.id, (_generic_title(finding), finding.severity))
+
+    def finish(self) -> None:
+        """Take identical-configuration clusters out of the exposure totals (once)."""
+        if self.clusters:
+            return
+        self.clusters = self.tally.clusters()
+        for cluster in self.clusters:
+            self.exposed -= cluster.hosts
+            self.patients -= cluster.patients
+            self.studies -= cluster.studies
+            self.instances -= cluster.instances
+
+    def clustered(self, row: HostRow) -> bool:
+        return not row.honeypot and self.tally.in_cluster(row.config_signature)
+
+    def top_findings(self, n: int = 10) -> list[tuple[str, str, str, int]]:
+        """(id, title, severity, hosts), most severe then most frequent first."""
+        ranked = sorted(
+            self.finding_hosts.items(),
+            key=lambda item: (-_RANK[self.finding_titles[item[0]][1]], -item[1], item[0]),
+        )
+        return [(fid, *self.finding_titles[fid], hosts) for fid, hosts in ranked[:n]]
+
+    def hosts_by_severity(self) -> list[HostRow]:
+        return sorted(
+            self.hosts,
+            key=lambda h: (h.honeypot, -_RANK.get(h.worst or "", -1), -h.studies, h.host, h.port),
+        )
+
+
+def _generic_title(finding: FindingRow) -> str:
+    """A title without host-specific counts, for the summary ("exposes 3 studies" varies)."""
+    if finding.id == "PG-DIMSE-ANON-FIND":
+        return "Anonymous C-FIND exposes studies and instances"
+    return finding.title
+
+
+def row_from_record(record: dict[str, Any]) -> HostRow:
+    """A HostRow from one scan record; KeyError/TypeError/ValueError on a malformed one."""
+    association = record["association"]
+    exposure = record.get("exposure") or {}
+    product = record.get("product")
+    honeypot = record.get("honeypot") or {}
+    reasons = tuple(str(r) for r in honeypot.get("reasons", ())) if honeypot.get("flagged") else ()
+    if honeypot.get("flagged") and not reasons:
+        reasons = ("flagged",)
+    host, port = str(record["host"]), int(record["port"])
+    return HostRow(
+        endpoint=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        host=host,
+        port=port,
+        transport=str(record["transport"]),
+        tls=bool(record["tls"]),
+        reachable=bool(record["reachable"]),
+        dicom=bool(record["dicom"]),
+        status=str(association["status"]),
+        product=(
+            None
+            if not product
+            else f"{product['name']} {product['version']}"
+            if product.get("version")
+            else str(product["name"])
+        ),
+        worst=record.get("worst_severity"),
+        patients=int(exposure.get("patients", 0)),
+        studies=int(exposure.get("studies", 0)),
+        series=int(exposure.get("series", 0)),
+        instances=int(exposure.get("instances", 0)),
+        lower_bound=bool(exposure.get("lower_bound", False)),
+        phi_categories=tuple(exposure.get("phi_categories", ())),
+        findings=tuple(
+            FindingRow(
+                id=str(f["id"]),
+                title=str(f["title"]),
+                severity=str(f["severity"]),
+                score=float(f["cvss"]["score"]),
+                vector=str(f["cvss"]["vector"]),
+                evidence=dict(f["evidence"]),
+                remediation=str(f["remediation"]),
+                references=tuple(f.get("references", ())),
+            )
+            for f in record["findings"]
+        ),
+        honeypot_reasons=reasons,
+        config_signature=record.get("config_signature"),
+        error=record.get("error"),
+        scanned_at=str(record.get("scanned_at", "")),
+    )
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSON Lines scan file, streamed; UsageError naming the line if one is bad."""
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the scan file ({exc.strerror})") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise UsageError(
+                    f"{path} line {number}: not JSON (is this a scan .jsonl?)"
+                ) from None
+            if not isinstance(record, dict) or not str(record.get("schema", "")).startswith(
+                "pacsguard.scan-record/"
+            ):
+                raise UsageError(f"{path} line {number}: not a pacsguard scan record")
+            yield record
+
+
+def digest(records: Iterable[dict[str, Any]], source: str = "records") -> Digest:
+    result = Digest()
+    for number, record in enumerate(records, start=1):
+        try:
+            row = row_from_record(record)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"{source} record {number}: malformed ({exc!r})") from None
+        result.add(row)
+    result.finish()
+    return result
