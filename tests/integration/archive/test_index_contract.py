@@ -144,8 +144,8 @@ def test_a_failed_statement_names_no_parameter_value(index_target: IndexTarget) 
 def test_sqlite_runs_durable_wal_with_foreign_keys(tmp_path: Path) -> None:
     SqlIndex(f"sqlite:///{tmp_path / 'i.db'}").close()
     assert (tmp_path / "i.db").stat().st_mode & 0o077 == 0  # patient data: owner only
-    # Closed at once: the stdlib's SQLite is another library than sqlcipher3's, and closing its
-    # file later (when collected) drops the POSIX locks sqlcipher3 holds on the same file.
+    # Closed before the index opens: the stdlib's SQLite and SQLCipher's are two libraries in
+    # one process, and closing one's file drops the other's POSIX locks on it (disk I/O error).
     with contextlib.closing(sqlite3.connect(tmp_path / "i.db")) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     index = SqlIndex(f"sqlite:///{tmp_path / 'i.db'}")
