@@ -7,15 +7,18 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from pynetdicom import AE, Association
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.sop_class import Verification
 
 from pacsguard.archive.audit.events import EventOutcome, EventType
 from pacsguard.archive.audit.log import read_events, verify
-from pacsguard.archive.config import DataLayout
+from pacsguard.archive.config import DataLayout, Settings, load_settings
+from pacsguard.archive.reload import reload_archive
+from pacsguard.errors import ConfigError
 
-from .conftest import PACSGUARD, free_port, make_data_dir, start_serve
+from .conftest import PACSGUARD, StartArchive, free_port, make_data_dir, start_serve
 
 PASSWORD = "a long synthetic test passcode"
 
@@ -146,3 +149,50 @@ def test_reload_takes_over_cli_edits_and_keeps_open_associations(tmp_path: Path)
     assert reloads[4].detail["users_removed"] == 1
     assert all(PASSWORD not in str(e.detail) and "$argon2" not in str(e.detail) for e in reloads)
     assert not list(data_dir.glob("reload.*"))
+
+
+def test_reload_swaps_move_destinations_and_refuses_an_unreadable_jwt_key(
+    start: StartArchive, tmp_path: Path
+) -> None:
+    """In-process: a reload that cannot build what the new config needs changes nothing."""
+    data_dir = make_data_dir(tmp_path / "d")
+    archive = start(data_dir)
+    config = data_dir / "pacsguard.toml"
+    ports = {  # the archive's own listeners, as start() chose them
+        "server.dimse_port": archive.settings.server.dimse_port,
+        "server.plaintext_port": archive.settings.server.plaintext_port,
+    }
+
+    def load() -> Settings:
+        return load_settings(config, env={}, overrides=ports)
+
+    assert archive.move_destination("VIEWER") is None
+    config.write_text(
+        config.read_text()
+        + '\n[[ae]]\nae_title = "VIEWER"\nauth = "address"\naddress = "127.0.0.1"\n'
+        "port = 11112\nmove_destination = true\npermissions = []\n"
+    )
+    result = reload_archive(archive, load, archive.audit, "test")
+    assert result.added == ("VIEWER",) and result.restart_needed == ()
+    destination = archive.move_destination("VIEWER")
+    assert destination is not None and (destination.host, destination.port) == ("127.0.0.1", 11112)
+
+    before = archive.settings
+    (tmp_path / "absent.secret").unlink(missing_ok=True)
+    config.write_text(
+        config.read_text() + f'\n[jwt]\nissuer = "https://idp.test"\naudience = "pacsguard"\n'
+        f'secret_file = "{tmp_path / "absent.secret"}"\n'
+        '\n[[ae]]\nae_title = "APP"\nauth = "jwt"\nusername = "svc"\npermissions = ["echo"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"jwt\.secret_file"):
+        reload_archive(archive, load, archive.audit, "test")
+    assert archive.settings is before  # nothing swapped
+    assert archive.settings.ae("APP") is None
+
+    config.write_text(config.read_text().replace("dimse_timeout_s = 60", "dimse_timeout_s = 61"))
+    (tmp_path / "absent.secret").write_bytes(b"0123456789abcdef0123456789abcdef")
+    result = reload_archive(archive, load, archive.audit, "test")
+    assert result.added == ("APP",)
+    assert result.restart_needed == ("server",)  # reported, not applied
+    assert archive.settings.server.dimse_timeout_s == 60
+    assert archive.settings.ae("APP") is not None
