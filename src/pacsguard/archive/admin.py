@@ -80,7 +80,7 @@ def save_document(path: Path, document: TOMLDocument) -> Settings:
             os.close(fd)
         # The loader resolves relative paths against the file's folder: the temp file is in
         # the same folder, so it sees exactly what the renamed file will say.
-        settings = load_settings(temp, env={})
+        settings = load_settings(temp)  # with the environment, as `serve` will see it
         validate_listen(settings)
         os.replace(temp, path)
     except BaseException:

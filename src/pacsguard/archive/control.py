@@ -124,7 +124,7 @@ def ask_reload(data_dir: Path, *, timeout: float = 30.0) -> tuple[bool, str]:
 
 def answer_reload(data_dir: Path, reload: Callable[[str], str]) -> tuple[bool, str] | None:
     """In the archive: carry out a pending reload request and answer it; None when there is
-    none. `reload(requested_by)` returns a summary or raises UsageError (config refused)."""
+    none. `reload(requested_by)` returns a summary or raises (config refused, audit down)."""
     request = data_dir / RELOAD_REQUEST
     try:
         who = json.loads(request.read_text(encoding="utf-8"))
@@ -136,7 +136,7 @@ def answer_reload(data_dir: Path, reload: Callable[[str], str]) -> tuple[bool, s
     requested_by = f"pacsguard reload (uid {uid})" if isinstance(uid, int) else "pacsguard reload"
     try:
         outcome = (True, reload(requested_by))
-    except UsageError as exc:
-        outcome = (False, str(exc))
+    except Exception as exc:  # the asker must hear why, not wait for a timeout
+        outcome = (False, str(exc) or type(exc).__name__)
     _write_private(data_dir / RELOAD_ANSWER, json.dumps({"ok": outcome[0], "message": outcome[1]}))
     return outcome

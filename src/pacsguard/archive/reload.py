@@ -126,7 +126,10 @@ def reload_archive(
     current = archive.settings
     me = Participant(ae_title=current.server.ae_title, requestor=False)
     try:
-        fresh = load()
+        try:
+            fresh = load()
+        except OSError as exc:  # e.g. a file the archive's user may not read
+            raise ConfigError(f"the config file cannot be read: {exc}") from None
         validate_listen(fresh)
         result = compare(current, fresh)
         swap = archive.prepare_settings(merge(current, fresh))

@@ -105,7 +105,7 @@ def remove(
 @app.command("list")
 def list_(data_dir: DataDir = Path("pacsguard-data"), config: Config = None) -> None:
     """List registered peers, as the archive reads them."""
-    settings = load_settings(config_path(data_dir, config), env={})
+    settings = load_settings(config_path(data_dir, config))
     for ae in settings.aes:
         parts = [ae.ae_title, f"auth={ae.auth.value}"]
         if ae.username:
