@@ -239,3 +239,20 @@ def test_cert_issue_signs_with_the_archive_ca_and_prints_the_fingerprint(data_di
     assert again.returncode == 2 and "exists" in again.stderr
     both = run("cert", "issue", "--client", "A", "--server", "B", "--data-dir", str(data_dir))
     assert both.returncode == 2 and "exactly one" in both.stderr
+
+
+def test_token_issue_list_revoke(data_dir: Path) -> None:
+    issued = run("token", "issue", "--user", "admin", "--days", "7", "--data-dir", str(data_dir))
+    assert issued.returncode == 0, issued.stderr
+    assert "no front end accepts API tokens yet" in issued.stdout
+    token = issued.stdout.split("never again:")[1].split()[0]
+    token_id = token.split("_")[1]
+    stored = (data_dir / "api-tokens.json").read_text()
+    assert token not in stored
+    listed = run("token", "list", "--data-dir", str(data_dir))
+    assert f"{token_id}\tadmin\texpires " in listed.stdout and "\tactive" in listed.stdout
+    assert token not in listed.stdout
+    assert run("token", "revoke", token_id, "--data-dir", str(data_dir)).returncode == 0
+    assert "\trevoked" in run("token", "list", "--data-dir", str(data_dir)).stdout
+    unknown = run("token", "issue", "--user", "nobody", "--data-dir", str(data_dir))
+    assert unknown.returncode == 2 and "users.nobody" in unknown.stderr

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
@@ -27,6 +27,8 @@ from pacsguard.archive.config import Settings, load_settings, validate_listen
 from pacsguard.archive.security.bootstrap import hash_secret
 from pacsguard.archive.security.principal import Action, AuthMethod
 from pacsguard.errors import ConfigError
+
+T = TypeVar("T")
 
 USERNAME: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MIN_PASSWORD: Final = 12
@@ -66,22 +68,33 @@ def save_document(path: Path, document: TOMLDocument) -> Settings:
     """Validate `document` with the real loader, then replace `path` with it atomically.
 
     Returns the settings the new file gives. On ConfigError the file is unchanged."""
-    text = tomlkit.dumps(document)
+
+    def check(candidate: Path) -> Settings:
+        # The loader resolves relative paths against the file's folder: the candidate is in
+        # the same folder, so it sees exactly what the renamed file will say.
+        settings = load_settings(candidate)  # with the environment, as `serve` will see it
+        validate_listen(settings)
+        return settings
+
+    return replace_file(path, tomlkit.dumps(document).encode("utf-8"), check)
+
+
+def replace_file(path: Path, data: bytes, check: Callable[[Path], T]) -> T:
+    """Write `data` to a 0600 temp file next to `path`, fsync it, run `check` on it, and
+    only if that returns rename it over `path` (and fsync the folder). Returns what `check`
+    returned; when it raises, the temp file is removed and `path` is untouched."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         try:
             os.fchmod(fd, 0o600)
-            view = memoryview(text.encode("utf-8"))
+            view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
-        # The loader resolves relative paths against the file's folder: the temp file is in
-        # the same folder, so it sees exactly what the renamed file will say.
-        settings = load_settings(temp)  # with the environment, as `serve` will see it
-        validate_listen(settings)
+        result = check(temp)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -91,7 +104,7 @@ def save_document(path: Path, document: TOMLDocument) -> Settings:
         os.fsync(directory)  # the rename itself is durable
     finally:
         os.close(directory)
-    return settings
+    return result
 
 
 # -- users -----------------------------------------------------------------------------------

@@ -95,6 +95,11 @@ SUBCOMMANDS: Final[dict[str, Subcommand]] = {
         "app",
         "Certificates for peers from the archive's CA; prints the SHA-256 to register.",
     ),
+    "token": Subcommand(
+        "pacsguard.cli.admin_token",
+        "app",
+        "API tokens (hash stored) for the DICOMweb front end, which does not exist yet.",
+    ),
     "audit": Subcommand(
         "pacsguard.cli.audit",
         "app",
