@@ -256,3 +256,23 @@ def test_token_issue_list_revoke(data_dir: Path) -> None:
     assert "\trevoked" in run("token", "list", "--data-dir", str(data_dir)).stdout
     unknown = run("token", "issue", "--user", "nobody", "--data-dir", str(data_dir))
     assert unknown.returncode == 2 and "users.nobody" in unknown.stderr
+
+
+def test_concurrent_edits_lose_nothing(data_dir: Path) -> None:
+    """Operators (or scripts) editing at once: each edit is made under the folder lock."""
+
+    def add(i: int) -> subprocess.Popen[bytes]:
+        args = f"ae add PEER{i} --auth address --address 127.0.0.{i + 2} --permission echo"
+        return subprocess.Popen(
+            [PACSGUARD, *args.split(), "--data-dir", str(data_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    procs = [add(i) for i in range(4)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    settings = load_settings(data_dir / "pacsguard.toml", env={})
+    assert sorted(ae.ae_title for ae in settings.aes) == [
+        "ADMIN", "PEER0", "PEER1", "PEER2", "PEER3",
+    ]  # fmt: skip

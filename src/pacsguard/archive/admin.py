@@ -11,9 +11,11 @@ secret (Argon2id); the secret itself is never stored or returned.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -62,6 +64,28 @@ def read_document(path: Path) -> TOMLDocument:
         return tomlkit.parse(text)
     except TOMLKitError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `folder` (its inode survives the renames that
+    replace files inside it), so that two operators' edits never lose one another."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextmanager
+def editing(path: Path) -> Iterator[TOMLDocument]:
+    """Read, change (in the `with` body) and save the config file under the folder lock.
+    Nothing is written when the body or the validation raises."""
+    with folder_lock(path.absolute().parent):
+        document = read_document(path)
+        yield document
+        save_document(path, document)
 
 
 def save_document(path: Path, document: TOMLDocument) -> Settings:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
-from pacsguard.archive.admin import replace_file
+from pacsguard.archive.admin import folder_lock, replace_file
 from pacsguard.errors import ConfigError
 
 TOKENS_FILE: Final = "api-tokens.json"
@@ -81,6 +81,11 @@ def issue(
     if not 1 <= days <= MAX_DAYS:
         raise ConfigError(f"token lifetime {days} days: expected 1 to {MAX_DAYS}")
     moment = now or datetime.now(UTC)
+    with folder_lock(path.absolute().parent):
+        return _issue(path, username, days, moment)
+
+
+def _issue(path: Path, username: str, days: int, moment: datetime) -> tuple[TokenRecord, str]:
     records = load(path)
     token_id = secrets.token_hex(6)
     while any(r.id == token_id for r in records):  # pragma: no cover - 48 random bits
@@ -101,6 +106,11 @@ def revoke(path: Path, token_id: str, *, now: datetime | None = None) -> TokenRe
     """Mark a token revoked (kept in the list, so that its history stays visible)."""
     if not _ID.match(token_id):
         raise ConfigError(f"token id {token_id!r}: expected 12 hex digits (see `token list`)")
+    with folder_lock(path.absolute().parent):
+        return _revoke(path, token_id, now)
+
+
+def _revoke(path: Path, token_id: str, now: datetime | None) -> TokenRecord:
     records = load(path)
     for i, record in enumerate(records):
         if record.id == token_id:

@@ -84,9 +84,8 @@ def add(
         move_ca_file=move_ca_file,
     )
     path = config_path(data_dir, config)
-    document = admin.read_document(path)
-    admin.add_ae(document, spec)
-    admin.save_document(path, document)
+    with admin.editing(path) as document:
+        admin.add_ae(document, spec)
     typer.echo(f"ae {spec.ae_title!r} registered in {path}; run `pacsguard reload` to apply")
 
 
@@ -96,9 +95,8 @@ def remove(
 ) -> None:
     """Remove a registered peer AE."""
     path = config_path(data_dir, config)
-    document = admin.read_document(path)
-    admin.remove_ae(document, ae_title)
-    admin.save_document(path, document)
+    with admin.editing(path) as document:
+        admin.remove_ae(document, ae_title)
     typer.echo(f"ae {ae_title.strip()!r} removed from {path}; run `pacsguard reload` to apply")
 
 

@@ -58,6 +58,10 @@ def _password(from_stdin: bool, generate: bool) -> tuple[str, bool]:
     return (new_secret(), True) if generate else (read_password(from_stdin), False)
 
 
+def _exists(path: Path, username: str) -> bool:
+    return any(name == username for name, _, _ in admin.list_users(admin.read_document(path)))
+
+
 def _shown_once(username: str, secret: str) -> None:
     typer.echo(f"password of {username!r}, shown now and never again:\n\n    {secret}\n")
 
@@ -75,10 +79,11 @@ def add(
 ) -> None:
     """Add a user with a password (Argon2id hash stored) and roles."""
     path = config_path(data_dir, config)
-    document = admin.read_document(path)
+    if _exists(path, username):  # say so before asking for a password
+        raise UsageError(f"users.{username} exists; use `pacsguard user passwd` to change it")
     password, generated = _password(password_stdin, generate)
-    admin.add_user(document, username, password, role or [])
-    admin.save_document(path, document)
+    with admin.editing(path) as document:
+        admin.add_user(document, username, password, role or [])
     typer.echo(f"user {username!r} added to {path}; run `pacsguard reload` to apply")
     if generated:
         _shown_once(username, password)
@@ -94,10 +99,11 @@ def passwd(
 ) -> None:
     """Change a user's password."""
     path = config_path(data_dir, config)
-    document = admin.read_document(path)
+    if not _exists(path, username):
+        raise UsageError(f"users.{username} does not exist (see `pacsguard user list`)")
     password, generated = _password(password_stdin, generate)
-    admin.set_password(document, username, password)
-    admin.save_document(path, document)
+    with admin.editing(path) as document:
+        admin.set_password(document, username, password)
     typer.echo(f"password of {username!r} changed in {path}; run `pacsguard reload` to apply")
     if generated:
         _shown_once(username, password)
@@ -109,9 +115,8 @@ def remove(
 ) -> None:
     """Remove a user (refused while a registered AE names it)."""
     path = config_path(data_dir, config)
-    document = admin.read_document(path)
-    admin.remove_user(document, username)
-    admin.save_document(path, document)
+    with admin.editing(path) as document:
+        admin.remove_user(document, username)
     typer.echo(f"user {username!r} removed from {path}; run `pacsguard reload` to apply")
 
 
