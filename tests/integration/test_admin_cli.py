@@ -239,6 +239,8 @@ def test_cert_issue_signs_with_the_archive_ca_and_prints_the_fingerprint(data_di
     assert again.returncode == 2 and "exists" in again.stderr
     both = run("cert", "issue", "--client", "A", "--server", "B", "--data-dir", str(data_dir))
     assert both.returncode == 2 and "exactly one" in both.stderr
+    nowhere = run("cert", "issue", "--server", "B", "--data-dir", str(data_dir))
+    assert nowhere.returncode == 2 and "--address" in nowhere.stderr
 
 
 def test_token_issue_list_revoke(data_dir: Path) -> None:

@@ -56,8 +56,9 @@ def issue(
         cert, key, digest = issue_client_certificate(ca, client, folder)
     else:
         assert server is not None
-        names = address or [server]
-        cert, key, digest = issue_server_certificate(ca, server, folder, names)
+        if not address:
+            raise UsageError("--server needs --address: the IP address or DNS name we reach it by")
+        cert, key, digest = issue_server_certificate(ca, server, folder, address)
     typer.echo(f"certificate: {cert}\nprivate key: {key} (mode 0600; give it to the peer only)")
     typer.echo(f"sha256: {digest}")
     typer.echo(
