@@ -17,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # "[users.NAME]" and "[[ae]]" are text, not markup
     help="Registered peers ([[ae]] in pacsguard.toml); `pacsguard reload` applies changes.",
 )
 
