@@ -8,15 +8,23 @@ import time
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE, Association
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, Association, evt
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
 from pacsguard.archive.audit.events import EventOutcome, EventType
 from pacsguard.archive.audit.log import read_events, verify
 from pacsguard.archive.config import DataLayout, Settings, load_settings
 from pacsguard.archive.reload import reload_archive
 from pacsguard.errors import ConfigError
+from pacsguard.lab.synth import build_dataset, generate_archive
 
 from .conftest import PACSGUARD, StartArchive, free_port, make_data_dir, start_serve
 
@@ -196,3 +204,69 @@ def test_reload_swaps_move_destinations_and_refuses_an_unreadable_jwt_key(
     assert result.restart_needed == ("server",)  # reported, not applied
     assert archive.settings.server.dimse_timeout_s == 60
     assert archive.settings.ae("APP") is not None
+
+
+def test_a_move_destination_added_by_the_cli_receives_after_reload(
+    start: StartArchive, tmp_path: Path
+) -> None:
+    """C-MOVE to an AE that is not registered fails; `ae add` + reload, and it is sent."""
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    scp = AE(ae_title="DEST")
+    for storage in (CTImageStorage, MRImageStorage):
+        scp.add_supported_context(storage, ExplicitVRLittleEndian)
+    server = scp.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        data_dir = make_data_dir(tmp_path / "d")
+        archive = start(data_dir)
+        lab = generate_archive(41, 1, studies_per_patient=(1, 1), series_per_study=(1, 1),
+                               instances_per_series=(1, 1))  # fmt: skip
+        dataset = next(build_dataset(*path) for path in lab.walk())
+        endpoint = next(e for e in archive.endpoints if not e.tls)
+        client = AE(ae_title="TESTER")
+        client.add_requested_context(dataset.SOPClassUID, ExplicitVRLittleEndian)
+        client.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        client.acse_timeout = client.dimse_timeout = client.network_timeout = 30
+        assoc = client.associate(endpoint.host, endpoint.port, ae_title="PACSGUARD")
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_store(dataset).Status == 0x0000
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = dataset.StudyInstanceUID
+
+            def move() -> list[int]:
+                return [
+                    int(status.Status)
+                    for status, _ in assoc.send_c_move(
+                        query, "DEST", StudyRootQueryRetrieveInformationModelMove
+                    )
+                    if status
+                ]
+
+            assert move()[-1] == 0xA801  # move destination unknown
+            assert received == []
+            added = _cli("ae", "add", "DEST", "--auth", "address", "--address", "127.0.0.1",
+                         "--port", str(server.server_address[1]), "--move-destination",
+                         "--data-dir", str(data_dir))  # fmt: skip
+            assert added.returncode == 0, added.stderr
+            ports = {
+                "server.dimse_port": archive.settings.server.dimse_port,
+                "server.plaintext_port": archive.settings.server.plaintext_port,
+            }
+            config = data_dir / "pacsguard.toml"
+            reload_archive(
+                archive, lambda: load_settings(config, env={}, overrides=ports), archive.audit, "t"
+            )
+            assert move()[-1] == 0x0000  # the open association sees the new destination
+            assert received == [str(dataset.SOPInstanceUID)]
+        finally:
+            assoc.release()
+    finally:
+        server.shutdown()
