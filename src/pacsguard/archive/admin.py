@@ -188,16 +188,6 @@ def remove_user(document: TOMLDocument, username: str) -> None:
     del users[username]
 
 
-def list_users(document: TOMLDocument) -> list[tuple[str, tuple[str, ...], bool]]:
-    """(username, roles, has a password hash) for each user; never the hash."""
-    users = document.get("users") or {}
-    out: list[tuple[str, tuple[str, ...], bool]] = []
-    for name, body in users.items():
-        roles = tuple(str(r) for r in body.get("roles", []))
-        out.append((str(name), roles, body.get("password_hash") is not None))
-    return out
-
-
 # -- registered AEs --------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from pacsguard.archive import admin
-from pacsguard.archive.config import DataLayout
+from pacsguard.archive.config import DataLayout, load_settings
 from pacsguard.archive.security.bootstrap import new_secret
 from pacsguard.errors import UsageError
 
@@ -60,7 +60,7 @@ def _password(from_stdin: bool, generate: bool) -> tuple[str, bool]:
 
 
 def _exists(path: Path, username: str) -> bool:
-    return any(name == username for name, _, _ in admin.list_users(admin.read_document(path)))
+    return username in load_settings(path).users
 
 
 def _shown_once(username: str, secret: str) -> None:
@@ -124,8 +124,6 @@ def remove(
 @app.command("list")
 def list_(data_dir: DataDir = Path("pacsguard-data"), config: Config = None) -> None:
     """List users and their roles (never their hashes)."""
-    for name, roles, has_hash in admin.list_users(
-        admin.read_document(config_path(data_dir, config))
-    ):
-        state = "" if has_hash else "  (no password: cannot log in)"
-        typer.echo(f"{name}\troles: {', '.join(roles) or '-'}{state}")
+    for user in load_settings(config_path(data_dir, config)).users.values():
+        state = "" if user.password_hash else "  (no password: cannot log in)"
+        typer.echo(f"{user.username}\troles: {', '.join(user.roles) or '-'}{state}")
