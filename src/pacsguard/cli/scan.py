@@ -18,6 +18,7 @@ from pacsguard.dicom.client import Timeouts
 from pacsguard.errors import UsageError
 from pacsguard.report.jsonl import TextSink, write_record
 from pacsguard.report.table import ScanSummary, render_table
+from pacsguard.scan.candidates import InputFormat
 from pacsguard.scan.model import HostReport, Observations, Severity, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
 from pacsguard.scan.scheduler import Limits, run_scan
@@ -72,8 +73,14 @@ def scan(
         OutputFormat, typer.Option("--format", help="What to print on standard output.")
     ] = OutputFormat.JSONL,
     input_list: Annotated[
-        list[Path] | None, typer.Option("-iL", "--input-list", help="File of targets.")
+        list[Path] | None,
+        typer.Option(
+            "-iL", "--input-list", help="File of targets, or masscan, ZMap or nmap output."
+        ),
     ] = None,
+    input_format: Annotated[
+        InputFormat, typer.Option(help="Format of the -iL files (auto: recognised by content).")
+    ] = InputFormat.AUTO,
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Addresses or CIDRs never to touch.")
     ] = None,
@@ -121,6 +128,7 @@ def scan(
         targets or [],
         ports=parse_ports(ports),
         target_files=input_list or [],
+        input_format=input_format,
         excludes=exclude or [],
         exclude_files=exclude_file or [],
         allow_large=allow_large_scope,
