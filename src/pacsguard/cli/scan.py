@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated
@@ -19,6 +20,7 @@ from pacsguard.errors import UsageError
 from pacsguard.report.jsonl import TextSink, write_record
 from pacsguard.report.table import ScanSummary, render_table
 from pacsguard.scan.candidates import InputFormat
+from pacsguard.scan.geo import GeoLookup
 from pacsguard.scan.model import HostReport, Observations, Severity, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
 from pacsguard.scan.scheduler import Limits, run_scan
@@ -38,8 +40,10 @@ async def scan_scope(
     jsonl: TextSink | None,
     on_report: list[HostReport] | None = None,
     progress: Progress | None = None,
+    geo: GeoLookup | None = None,
 ) -> ScanSummary:
-    """Run the scan, streaming JSON Lines; keep reports only when `on_report` asks for them."""
+    """Run the scan, streaming JSON Lines; keep reports only when `on_report` asks for them.
+    With `geo`, each report gets the host's country and AS."""
     summary = ScanSummary()
     total = scope.target_count if isinstance(scope, Scope) else len(scope)
     task = progress.add_task("scanning", total=total) if progress else None
@@ -48,6 +52,8 @@ async def scan_scope(
         return await probe_dimse(target, options)
 
     async for report in run_scan(scope, prober, limits):
+        if geo is not None:
+            report = replace(report, location=geo.locate(report.observations.target.host))
         summary.add(report)
         if jsonl is not None:
             write_record(jsonl, report)
@@ -116,6 +122,14 @@ def scan(
     guess_interval: Annotated[
         float, typer.Option(min=0.0, help="Seconds between guessed AE titles on one host.")
     ] = 0.5,
+    geoip_country: Annotated[
+        Path | None,
+        typer.Option(help="GeoLite2-Country/City or DB-IP Country Lite .mmdb: adds location."),
+    ] = None,
+    geoip_asn: Annotated[
+        Path | None,
+        typer.Option(help="GeoLite2-ASN or DB-IP ASN Lite .mmdb: adds the AS to location."),
+    ] = None,
     fail_on: Annotated[
         Severity, typer.Option(help="Exit 1 when a finding is at least this severe.")
     ] = Severity.LOW,
@@ -143,12 +157,20 @@ def scan(
         called_aets=tuple(_valid_aet(a) for a in called_aet or ()),
     )
     limits = Limits(concurrency=concurrency, rate=rate)
+    geo = (
+        GeoLookup(country_db=geoip_country, asn_db=geoip_asn)
+        if geoip_country or geoip_asn
+        else None
+    )
     err = Console(stderr=True)
     out = Console()
     keep: list[HostReport] | None = [] if output_format is OutputFormat.TABLE else None
     stdout_jsonl = sys.stdout if output_format is OutputFormat.JSONL else None
 
-    with output.open("w", encoding="utf-8") if output else contextlib.nullcontext() as file_sink:
+    with (
+        geo or contextlib.nullcontext(),
+        output.open("w", encoding="utf-8") if output else contextlib.nullcontext() as file_sink,
+    ):
         sinks = [s for s in (stdout_jsonl, file_sink) if s is not None]
         tee = _Tee(sinks) if sinks else None
         progress = (
@@ -166,10 +188,20 @@ def scan(
         if progress is not None:
             with progress:
                 summary = asyncio.run(
-                    scan_scope(scope, options, limits, jsonl=tee, on_report=keep, progress=progress)
+                    scan_scope(
+                        scope,
+                        options,
+                        limits,
+                        jsonl=tee,
+                        on_report=keep,
+                        progress=progress,
+                        geo=geo,
+                    )
                 )
         else:
-            summary = asyncio.run(scan_scope(scope, options, limits, jsonl=tee, on_report=keep))
+            summary = asyncio.run(
+                scan_scope(scope, options, limits, jsonl=tee, on_report=keep, geo=geo)
+            )
     if keep is not None:
         render_table(keep, out)
     err.print(summary.render(), highlight=False)

@@ -156,6 +156,13 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
             "reasons": list(report.honeypot_reasons),
         },
         "config_signature": report.config_signature,
+        "location": None
+        if report.location is None
+        else {
+            "country": report.location.country,
+            "asn": report.location.asn,
+            "as_org": report.location.as_org,
+        },
         "findings": [_finding(f) for f in report.findings],
         "worst_severity": report.worst.value if report.worst else None,
         "anomalies": list(obs.anomalies),
