@@ -1,11 +1,12 @@
-"""Real masscan and nmap find lab hosts; `pacsguard scan -iL` probes what they found.
+"""Real masscan, ZMap and nmap find lab hosts; `pacsguard scan -iL` probes what they found.
 
 Everything happens inside two network namespaces the test creates and deletes: a scanner
 namespace and a lab namespace joined by one veth pair, with addresses from TEST-NET-1
 (192.0.2.0/24, RFC 5737) that exist only inside them. The lab listens on the lab namespace's own
 loopback (it binds nothing else); iptables DNAT in that namespace forwards its veth addresses
-there. masscan runs in the scanner namespace with `--adapter` and `--router-mac` naming the veth
-pair, so its raw packets have nowhere else to go; nmap and pacsguard run there too.
+there. masscan and ZMap run in the scanner namespace with the veth as their interface and the
+lab side's MAC as their gateway, so their raw packets have nowhere else to go; nmap and pacsguard
+run there too.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ pytestmark = pytest.mark.interop
 
 SCANNER_ADDRESS = "192.0.2.1"
 LAB_ADDRESSES = ("192.0.2.2", "192.0.2.3")
+#: On the lab's veth but forwarded nowhere: its kernel answers SYNs with RST.
+NOTHING_ADDRESS = "192.0.2.4"
 #: Not a default DICOM port: a probe on it can only come from the scanner's output.
 LAB_PORT = 4243
 CLOSED_PORT = 104
@@ -64,7 +67,7 @@ class LabNamespaces:
 @pytest.fixture
 def namespaces() -> Iterator[LabNamespaces]:
     """Two fresh namespaces and a veth pair; skipped (with the reason) where netns is denied."""
-    require_tools("ip", "iptables", "masscan", "nmap")
+    require_tools("ip", "iptables", "masscan", "zmap", "nmap")
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (ip netns add)")
     token = secrets.token_hex(3)
@@ -82,7 +85,7 @@ def namespaces() -> Iterator[LabNamespaces]:
             f"ip link add {scanner_link} netns {scanner} type veth peer name {lab_link} netns {lab}"
         )
         _check(f"ip -n {scanner} addr add {SCANNER_ADDRESS}/24 dev {scanner_link}")
-        for address in LAB_ADDRESSES:
+        for address in (*LAB_ADDRESSES, NOTHING_ADDRESS):
             _check(f"ip -n {lab} addr add {address}/24 dev {lab_link}")
         for namespace, link in ((scanner, scanner_link), (lab, lab_link)):
             _check(f"ip -n {namespace} link set lo up")
@@ -215,4 +218,25 @@ def test_nmap_xml_from_a_real_nmap_run(lab_in_namespace: LabNamespaces, tmp_path
     done = _run(ns.exec(ns.scanner, [*argv, *LAB_ADDRESSES]), timeout=120)
     assert done.returncode == 0, done.stderr
     records = pacsguard_scan(ns, tmp_path, "-iL", str(out), "--input-format", "nmap-xml")
+    assert_lab_hosts_probed(records, LAB_ADDRESSES)
+
+
+def test_zmap_csv_from_a_real_zmap_run(lab_in_namespace: LabNamespaces, tmp_path: Path) -> None:
+    ns = lab_in_namespace
+    out = tmp_path / "zmap.csv"
+    blocklist = tmp_path / "blocklist.conf"  # the default one holds TEST-NET-1: scan it here
+    blocklist.write_text("")
+    argv = ["zmap", "-p", str(LAB_PORT), "-i", ns.scanner_link, "-S", SCANNER_ADDRESS]
+    argv += ["-G", ns.lab_mac, "-b", str(blocklist), "-r", "100", "-c", "2", "-O", "csv"]
+    argv += ["-f", "saddr,sport,classification,success", "-o", str(out)]
+    argv += [f"{LAB_ADDRESSES[0]}/31", f"{NOTHING_ADDRESS}/32"]
+    done = _run(ns.exec(ns.scanner, argv), timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = sorted(out.read_text().splitlines()[1:])
+    assert rows == [
+        f"{LAB_ADDRESSES[0]},{LAB_PORT},synack,1",
+        f"{LAB_ADDRESSES[1]},{LAB_PORT},synack,1",
+        f"{NOTHING_ADDRESS},{LAB_PORT},rst,0",
+    ]
+    records = pacsguard_scan(ns, tmp_path, "-iL", str(out))  # the RST row is no candidate
     assert_lab_hosts_probed(records, LAB_ADDRESSES)
