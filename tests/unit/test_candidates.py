@@ -271,3 +271,15 @@ def test_a_file_changed_after_counting_is_refused(tmp_path: Path) -> None:
     path.write_text(MASSCAN_LIST + "open tcp 104 127.0.0.9 1700000003\n")
     with pytest.raises(TargetError, match="changed after it was counted"):
         list(scope)
+
+
+def test_ipv6_hits(tmp_path: Path) -> None:
+    path = tmp_path / "masscan6.txt"
+    path.write_text("#masscan\nopen tcp 11112 ::1 1700000000\nopen tcp 104 ::ffff:7f00:1 1\n")
+    scope = build_scope([], target_files=[path], excludes=["::ffff:0:0/96"])
+    assert list(scope) == [Target("::1", 11112)]
+    xml = NMAP_XML.replace('addr="127.0.0.8" addrtype="ipv4"', 'addr="::1" addrtype="ipv6"')
+    assert entries(xml, InputFormat.NMAP_XML) == [("127.0.0.7", 4242), ("::1", 104)]
+    path.write_text("#masscan\nopen tcp 104 ff02::1 1700000000\n")
+    with pytest.raises(TargetError, match="multicast"):
+        build_scope([], target_files=[path])
