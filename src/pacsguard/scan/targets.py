@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 from pacsguard.errors import ScopeError, TargetError
 from pacsguard.scan.candidates import SNIFF_BYTES, Entry, InputFormat, read_entries, sniff_format
 from pacsguard.scan.model import Target
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: A file's candidate: one address (scanner output, a single-address list entry) or a network,
+#: with its own port or None (the scope's ports).
+Candidate = tuple[Address | IPNetwork, int | None]
 
 #: DICOM (104), its registered alternative (11112), Orthanc's default (4242), DICOM over TLS (2762).
 DEFAULT_PORTS: Final = (104, 11112, 4242, 2762)
@@ -131,12 +136,6 @@ def read_target_file(path: Path) -> list[str]:
         raise TargetError(f"cannot read target file {path}: {exc.strerror}") from None
 
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-#: A file's candidate: one address (scanner output, a single-address list entry) or a network,
-#: with its own port or None (the scope's ports).
-Candidate = tuple[Address | IPNetwork, int | None]
-
-
 def _scanner_address(text: str, where: str) -> Address:
     """An IP address literal, parsed fast (inet_pton): scanner files hold millions of them."""
     try:
@@ -207,7 +206,7 @@ class CandidateFile:
         name = str(self.path)
         try:
             with self.path.open("rb") as stream:
-                if _signature(self.path) != self.signature:
+                if _signature(stream) != self.signature:
                     raise TargetError(
                         f"{name} changed after it was counted; scan a finished copy of the file"
                     )
@@ -217,12 +216,12 @@ class CandidateFile:
             raise TargetError(f"cannot read target file {name}: {exc.strerror}") from None
 
 
-def _signature(path: Path) -> tuple[int, int]:
-    stat = path.stat()
+def _signature(stream: IO[bytes]) -> tuple[int, int]:
+    stat = os.fstat(stream.fileno())
     return stat.st_size, stat.st_mtime_ns
 
 
-def read_candidate_file(
+def _read_candidate_file(
     path: Path, fmt: InputFormat, ports: int, tally: _AddressTally
 ) -> CandidateFile:
     """First pass over a file: detect its format, validate every entry, count."""
@@ -230,7 +229,7 @@ def read_candidate_file(
     entries = targets = 0
     try:
         with path.open("rb") as stream:
-            signature = _signature(path)
+            signature = _signature(stream)
             if fmt is InputFormat.AUTO:
                 fmt = sniff_format(stream.read(SNIFF_BYTES))
                 stream.seek(0)
@@ -339,7 +338,7 @@ def build_scope(
     specs = tuple(parse_target(t) for t in targets)
     tally = _AddressTally(MAX_ADDRESSES_UNCONFIRMED)
     files = tuple(
-        read_candidate_file(path, input_format, len(ports), tally) for path in target_files
+        _read_candidate_file(path, input_format, len(ports), tally) for path in target_files
     )
     if not specs and not any(f.entries for f in files):
         if files:
