@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -97,15 +95,3 @@ def test_the_record_carries_location_and_matches_the_schema() -> None:
     jsonschema.validate(located, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**located, "location": {"country": "Germany"}}, schema)
-
-
-def test_cli_start_imports_no_reader_or_xml_library() -> None:
-    """`pacsguard --help` stays fast: maxminddb and defusedxml load only when used."""
-    code = (
-        "import sys\n"
-        "from pacsguard.cli import _register\n"
-        "_register()\n"
-        "print(sorted(m for m in ('maxminddb', 'defusedxml') if m in sys.modules))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"

@@ -1,4 +1,9 @@
-"""`pacsguard scan`: probe DICOM endpoints and report what they expose."""
+"""`pacsguard scan`: probe DICOM endpoints (DIMSE and web) and report what they expose.
+
+Start-up matters (a scan of one closed port should take a fraction of a second): rich is
+imported only for a progress bar on a terminal or `--format table`, the probe imports pydicom
+and pynetdicom only once a port answers, and httpx only for web targets.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,30 @@ from collections.abc import Sequence
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pacsguard.dicom.client import Timeouts
+from pacsguard.dicom.connect import Timeouts
 from pacsguard.errors import UsageError
 from pacsguard.report.jsonl import TextSink, write_record
 from pacsguard.report.table import ScanSummary, render_table
 from pacsguard.scan.candidates import InputFormat
 from pacsguard.scan.geo import GeoLookup
+from pacsguard.scan.http_probe import HTTP_TRANSPORTS, HttpOptions, probe_http
 from pacsguard.scan.model import HostReport, Observations, Severity, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
 from pacsguard.scan.scheduler import Limits, run_scan
-from pacsguard.scan.targets import DEFAULT_PORTS, Scope, build_scope, parse_ports
+from pacsguard.scan.targets import (
+    DEFAULT_PORTS,
+    DEFAULT_WEB_PORTS,
+    Scope,
+    build_scope,
+    parse_ports,
+)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 class OutputFormat(StrEnum):
@@ -40,6 +53,7 @@ async def scan_scope(
     jsonl: TextSink | None,
     on_report: list[HostReport] | None = None,
     progress: Progress | None = None,
+    http: HttpOptions | None = None,
     geo: GeoLookup | None = None,
 ) -> ScanSummary:
     """Run the scan, streaming JSON Lines; keep reports only when `on_report` asks for them.
@@ -47,8 +61,17 @@ async def scan_scope(
     summary = ScanSummary()
     total = scope.target_count if isinstance(scope, Scope) else len(scope)
     task = progress.add_task("scanning", total=total) if progress else None
+    if total > 1 and limits.concurrency > 1:
+        # Probes in flight share one event loop: left to the first port that answers, loading
+        # pydicom and pynetdicom (0.3 s, more on a loaded machine) would stall every other
+        # probe's timers meanwhile. One target alone loads them only if it answers.
+        import pacsguard.dicom.client  # noqa: F401
+
+    http_options = http or HttpOptions()
 
     async def prober(target: Target) -> Observations:
+        if target.transport in HTTP_TRANSPORTS:
+            return await probe_http(target, http_options)
         return await probe_dimse(target, options)
 
     async for report in run_scan(scope, prober, limits):
@@ -67,11 +90,19 @@ async def scan_scope(
 def scan(
     targets: Annotated[
         list[str] | None,
-        typer.Argument(help="IP addresses, CIDRs, host names, host:port or \\[v6]:port."),
+        typer.Argument(
+            help="IP addresses, CIDRs, host names, host:port or \\[v6]:port; "
+            "http://host:port or https://host:port for web targets."
+        ),
     ] = None,
     ports: Annotated[
-        str, typer.Option("-p", "--ports", help="Ports for targets without their own.")
-    ] = ",".join(map(str, DEFAULT_PORTS)),
+        str,
+        typer.Option(
+            "-p",
+            "--ports",
+            help="Ports for targets without their own; 80, 443, 8042, 8080 and 8443 are web.",
+        ),
+    ] = ",".join(map(str, DEFAULT_PORTS + DEFAULT_WEB_PORTS)),
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write JSON Lines records here.")
     ] = None,
@@ -130,6 +161,14 @@ def scan(
         Path | None,
         typer.Option(help="GeoLite2-ASN or DB-IP ASN Lite .mmdb: adds the AS to location."),
     ] = None,
+    default_credentials: Annotated[
+        bool,
+        typer.Option(
+            "--default-credentials",
+            help="On web targets, try a short cited list of default logins; only report a "
+            "working one (no data is read with it).",
+        ),
+    ] = False,
     fail_on: Annotated[
         Severity, typer.Option(help="Exit 1 when a finding is at least this severe.")
     ] = Severity.LOW,
@@ -156,14 +195,20 @@ def scan(
         guess_interval=guess_interval,
         called_aets=tuple(_valid_aet(a) for a in called_aet or ()),
     )
-    limits = Limits(concurrency=concurrency, rate=rate)
+    http_options = HttpOptions(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        request_timeout=max(2 * read_timeout, read_timeout + connect_timeout),
+        total_timeout=total_timeout,
+        default_credentials=default_credentials,
+    )
+    # The probe ends itself at --total-timeout; the scheduler's backstop follows just after.
+    limits = Limits(concurrency=concurrency, rate=rate, target_timeout=total_timeout + 1.0)
     geo = (
         GeoLookup(country_db=geoip_country, asn_db=geoip_asn)
         if geoip_country or geoip_asn
         else None
     )
-    err = Console(stderr=True)
-    out = Console()
     keep: list[HostReport] | None = [] if output_format is OutputFormat.TABLE else None
     stdout_jsonl = sys.stdout if output_format is OutputFormat.JSONL else None
 
@@ -173,18 +218,7 @@ def scan(
     ):
         sinks = [s for s in (stdout_jsonl, file_sink) if s is not None]
         tee = _Tee(sinks) if sinks else None
-        progress = (
-            Progress(
-                TextColumn("[bold]scan"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                transient=True,
-            )
-            if err.is_terminal
-            else None
-        )
+        progress = _progress_bar() if sys.stderr.isatty() else None
         if progress is not None:
             with progress:
                 summary = asyncio.run(
@@ -195,18 +229,38 @@ def scan(
                         jsonl=tee,
                         on_report=keep,
                         progress=progress,
+                        http=http_options,
                         geo=geo,
                     )
                 )
         else:
             summary = asyncio.run(
-                scan_scope(scope, options, limits, jsonl=tee, on_report=keep, geo=geo)
+                scan_scope(
+                    scope, options, limits, jsonl=tee, on_report=keep, http=http_options, geo=geo
+                )
             )
     if keep is not None:
-        render_table(keep, out)
-    err.print(summary.render(), highlight=False)
+        from rich.console import Console
+
+        render_table(keep, Console())
+    typer.echo(summary.render(), err=True)
     if any(s.rank >= fail_on.rank for s in summary.severities):
         raise typer.Exit(1)
+
+
+def _progress_bar() -> Progress:
+    """A transient progress bar on standard error (only when it is a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]scan"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
 def _valid_aet(title: str) -> str:

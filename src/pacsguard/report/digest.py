@@ -60,6 +60,8 @@ class HostRow:
     config_signature: str | None
     error: str | None
     scanned_at: str
+    #: What a web target showed (record member ``http``), in words; None for DIMSE targets.
+    web: str | None = None
 
     @property
     def honeypot(self) -> bool:
@@ -153,6 +155,39 @@ def _generic_title(finding: FindingRow) -> str:
     return finding.title
 
 
+def web_summary(http: dict[str, Any] | None) -> str | None:
+    """One line on what a web target showed: Orthanc's API, the login asked, open QIDO-RS
+    roots, viewers, a default login that worked."""
+    if not http:
+        return None
+    if not http.get("answered"):
+        return "no HTTP answer"
+    parts: list[str] = []
+    orthanc = http.get("orthanc")
+    if orthanc:
+        version = f" {orthanc['version']}" if orthanc.get("version") else ""
+        parts.append(
+            f"Orthanc{version} REST API open"
+            if orthanc.get("open")
+            else "Orthanc REST API behind a login"
+        )
+    auth = http.get("auth") or {}
+    if auth.get("scheme"):
+        realm = f' (realm "{auth["realm"]}")' if auth.get("realm") else ""
+        parts.append(f"login asked: {auth['scheme']}{realm}")
+    for qido in http.get("dicomweb") or ():
+        if qido.get("open"):
+            more = "at least " if qido.get("lower_bound") else ""
+            parts.append(f"QIDO-RS open at {qido['path']} ({more}{qido['studies']} studies)")
+    viewers = [str(v["name"]) for v in http.get("viewers") or ()]
+    if viewers:
+        parts.append("viewers: " + ", ".join(viewers))
+    working = (http.get("default_credentials") or {}).get("working") or ()
+    if working:
+        parts.append("default login works: " + ", ".join(str(c["id"]) for c in working))
+    return "; ".join(parts) or "HTTP, nothing PACS-specific seen"
+
+
 def row_from_record(record: dict[str, Any]) -> HostRow:
     """A HostRow from one scan record; KeyError/TypeError/ValueError on a malformed one."""
     association = record["association"]
@@ -203,6 +238,7 @@ def row_from_record(record: dict[str, Any]) -> HostRow:
         config_signature=record.get("config_signature"),
         error=record.get("error"),
         scanned_at=str(record.get("scanned_at", "")),
+        web=web_summary(record.get("http")),
     )
 
 

@@ -88,6 +88,7 @@ def _host_detail(host: HostRow) -> str:
         f"{' (TLS)' if host.tls else ''}, association {escape(host.status)}"
         f"{', ' + escape(host.product) if host.product else ''}: {escape(exposure)}</summary>"
         f"{flag}"
+        f"{'<p>Web: ' + escape(host.web) + '</p>' if host.web else ''}"
         f"<p>Identifier categories seen: {escape(', '.join(host.phi_categories) or 'none')}"
         f"{'. Probe cut short: ' + escape(host.error) if host.error else ''}</p>{table}</details>"
     )

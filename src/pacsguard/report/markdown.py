@@ -26,6 +26,8 @@ def _host(host: HostRow) -> list[str]:
         f"{host.studies} studies, {host.instances} instances; identifier categories: "
         f"{_md(', '.join(host.phi_categories) or 'none')}",
     ]
+    if host.web:
+        lines.append(f"- web: {_md(host.web)}")
     if host.honeypot:
         lines.append(
             f"- **flagged as a likely honeypot** ({_md('; '.join(host.honeypot_reasons))}): "

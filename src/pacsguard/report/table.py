@@ -1,4 +1,8 @@
-"""Human-readable terminal output: a table of targets and a one-paragraph summary."""
+"""Human-readable terminal output: a table of targets and a one-paragraph summary.
+
+rich is imported only to draw the table: the summary is plain text, and `pacsguard scan`
+without `--format table` never loads rich.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,15 @@ import ipaddress
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
+from pacsguard.report.digest import web_summary
+from pacsguard.report.jsonl import http_record
 from pacsguard.scan.honeypots import ClusterTally
 from pacsguard.scan.model import Finding, HostReport, Severity
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _STYLE = {
     Severity.CRITICAL: "bold red",
@@ -101,6 +108,9 @@ _REASONS = {
 
 def _status(report: HostReport) -> str:
     obs = report.observations
+    if obs.http is not None:  # a web target: what it showed, in words
+        summary = web_summary(http_record(obs.http)) or "-"
+        return summary if len(summary) <= 60 else summary[:59] + "…"
     tls = "TLS " if obs.tls else ""
     if obs.accepted_called_aets:
         return f"{tls}accepted: " + ",".join(obs.accepted_called_aets)
@@ -128,6 +138,8 @@ def _sort_key(report: HostReport) -> tuple[int, object, int]:
 def render_table(reports: Sequence[HostReport], console: Console) -> None:
     """One row per target that answered at all (closed ports are only counted), then a table
     of the distinct findings with how many hosts have each."""
+    from rich.table import Table
+
     table = Table(title="Targets that answered", title_justify="left")
     table.add_column("target", no_wrap=True)
     table.add_column("association")

@@ -25,8 +25,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from cvss import CVSS3
-
 FORMAT: Final = "pacsguard.products/1"
 #: Evidence fields a rule may read; probes fill them (see `evidence_of`).
 FIELDS: Final = frozenset(
@@ -185,6 +183,8 @@ class ProductData:
 
 def validate(data: Any) -> list[str]:
     """Every problem in a product data document (empty when it is sound)."""
+    from cvss import CVSS3  # here, not at module level: a scan's start-up never needs it
+
     problems: list[str] = []
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return [f"not a product data file: 'format' must be {FORMAT!r}"]

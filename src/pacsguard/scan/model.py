@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from pacsguard.dicom.phi import PhiCategory
 from pacsguard.scan.fingerprints import Product
+from pacsguard.scan.http_model import HttpObservations
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -42,6 +43,7 @@ class Outcome(StrEnum):
 #: Anomalies a probe records about an acceptor's answers (honeypot signatures use them).
 ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID: Final = "ac-without-implementation-uid"
 ANOMALY_RJ_PROTOCOL_VERSION: Final = "rj-protocol-version-for-current-version"
+ANOMALY_FIND_PIXEL_DATA: Final = "find-response-with-pixel-data"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +107,41 @@ class TlsFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class CountBudget:
+    """Bounds on the work one target's counting may do (and so on the memory it holds)."""
+
+    max_queries: int = 64
+    max_responses: int = 20000
+
+
+class LowerBoundReason(StrEnum):
+    """Why counts are only a lower bound: the answer they come from was not complete."""
+
+    #: A C-FIND ended with a failure status (0xA700 out of resources, e.g. a result limit
+    #: reached; 0xA900; 0xCxxx unable to process; any other non-success status).
+    FAILURE_STATUS = "failure-status"
+    #: A C-FIND ended with status 0xFE00 (cancelled).
+    CANCELLED = "cancelled"
+    #: The connection failed, timed out or broke the protocol in the middle of an answer.
+    INTERRUPTED = "interrupted"
+    #: The per-target response budget was reached; the rest of the answer was not read.
+    RESPONSE_BUDGET = "response-budget"
+    #: The per-target query budget did not cover every study or series lacking counts.
+    QUERY_BUDGET = "query-budget"
+    #: The per-target time budget (`--total-timeout`) ran out while counting.
+    TIME_BUDGET = "time-budget"
+    #: A response lacked the unique key needed to tell it apart or to count below it.
+    UNIDENTIFIED = "unidentified"
+
+
+@dataclass(frozen=True, slots=True)
 class Exposure:
-    """How much a query service gives away, counted without keeping values."""
+    """How much a query service gives away, counted without keeping values.
+
+    Counts are of distinct UIDs (patients: of distinct Patient IDs). They are exact only when
+    every answer they come from ended in success; otherwise `lower_bound` is true and
+    `lower_bound_reasons` says why.
+    """
 
     patients: int = 0
     studies: int = 0
@@ -114,9 +149,15 @@ class Exposure:
     instances: int = 0
     lower_bound: bool = False
     phi_categories: frozenset[PhiCategory] = frozenset()
-    method: str = "none"  # e.g. "study-root/study-counts", "study-root/series-fallback"
+    method: str = "none"  # "none", "study-root" or "patient-root"
     queries: int = 0
     notes: tuple[str, ...] = ()
+    lower_bound_reasons: tuple[LowerBoundReason, ...] = ()
+    #: Query responses received (duplicates included: some servers answer once per instance).
+    responses: int = 0
+    #: Responses carried Pixel Data, which no query asks for (PS3.4 C.4.1.1.3: a response holds
+    #: the requested keys): stored objects handed out wholesale, as canned decoys do.
+    pixel_data_in_answers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +179,8 @@ class Observations:
     echo_status: int | None = None
     exposure: Exposure | None = None
     tls: bool = False
+    #: What the HTTP tier saw (REST API, DICOMweb, viewers); None for DIMSE targets.
+    http: HttpObservations | None = None
     #: Set whenever a TLS handshake succeeded on the target (`tls` says DIMSE ran inside it).
     tls_facts: TlsFacts | None = None
     anomalies: tuple[str, ...] = ()

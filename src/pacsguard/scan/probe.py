@@ -9,6 +9,11 @@ Conversation, in order (each step only if the previous one allows it):
 TLS (`pacsguard.scan.tls`): when the plaintext request gets no DICOM answer (closed, silent, or
 not DICOM), the target is observed for TLS and, if it speaks TLS, the same conversation runs
 again inside it. On the DICOM-TLS port 2762 TLS is tried first and plaintext only without it.
+
+`ProbeOptions.total_timeout` bounds the whole conversation, release or abort included: when it
+runs out, the connection is dropped at once and what was counted so far is reported as a lower
+bound. pydicom and pynetdicom are imported once a port answers, not before (a scan of closed
+ports starts and ends without them).
 """
 
 from __future__ import annotations
@@ -18,25 +23,21 @@ import errno
 import ssl
 import time
 from dataclasses import dataclass, field, replace
-from typing import Final
+from functools import cache
+from typing import TYPE_CHECKING, Final
 
-from pacsguard.dicom import uids
-from pacsguard.dicom.client import Association, ConnectTimeout, Timeouts, request_association
-from pacsguard.dicom.ul import (
-    AssociationAccepted,
-    AssociationRejected,
-    ProposedContext,
-    propose,
-)
+from pacsguard.dicom.connect import ConnectTimeout, Timeouts, open_connection
 from pacsguard.errors import MalformedPdu, PduTooLarge, PeerClosed, ProtocolError
 from pacsguard.scan.aets import ANY_SCP, SCANNER_CALLING_AE, called_aets_to_try
-from pacsguard.scan.counting import CountBudget, count_exposure
 from pacsguard.scan.model import (
     ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID,
+    ANOMALY_FIND_PIXEL_DATA,
     ANOMALY_RJ_PROTOCOL_VERSION,
     AssociationAttempt,
     ClientCertificate,
+    CountBudget,
     Exposure,
+    LowerBoundReason,
     Observations,
     Outcome,
     Target,
@@ -44,14 +45,33 @@ from pacsguard.scan.model import (
 )
 from pacsguard.scan.tls import DICOM_TLS_PORT, observe_tls, observing_context
 
-PROPOSED: tuple[ProposedContext, ...] = propose(
-    [
-        uids.VERIFICATION,
-        uids.STUDY_ROOT_FIND,
-        uids.PATIENT_ROOT_FIND,
-        uids.SECONDARY_CAPTURE_STORAGE,
-    ]
-)
+if TYPE_CHECKING:
+    from pacsguard.dicom.client import Association
+    from pacsguard.dicom.ul import AssociationAccepted, ProposedContext
+    from pacsguard.scan.counting import ExposureCounter
+
+
+@cache
+def proposed_contexts() -> tuple[ProposedContext, ...]:
+    """Verification, both FIND roots, and one storage SOP class (accepted = evidence, unused)."""
+    from pacsguard.dicom import uids
+    from pacsguard.dicom.ul import propose
+
+    return propose(
+        [
+            uids.VERIFICATION,
+            uids.STUDY_ROOT_FIND,
+            uids.PATIENT_ROOT_FIND,
+            uids.SECONDARY_CAPTURE_STORAGE,
+        ]
+    )
+
+
+def __getattr__(name: str) -> tuple[ProposedContext, ...]:
+    """`PROPOSED`, the former module constant, built on first use (it needs pynetdicom)."""
+    if name == "PROPOSED":
+        return proposed_contexts()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +97,8 @@ class ProbeOptions:
 
 
 def accepted_services(accepted: AssociationAccepted) -> tuple[str, ...]:
+    from pacsguard.dicom import uids
+
     return tuple(
         uids.SOP_CLASS_NAMES[c.abstract_syntax]
         for c in accepted.contexts
@@ -126,6 +148,10 @@ class _State:
         self.calling_checked: bool | None = None
         self.echo_status: int | None = None
         self.exposure: Exposure | None = None
+        self.counter: ExposureCounter | None = None
+        #: The association attempt in progress (called AE, connected, inside TLS), for a total
+        #: timeout that ends the probe in the middle of it.
+        self.in_flight: tuple[str, bool, bool] | None = None
         self.anomalies: list[str] = []
         self.error: str | None = None
 
@@ -155,7 +181,13 @@ class _State:
             exposure=self.exposure,
             tls=self.tls,
             tls_facts=self.tls_facts,
-            anomalies=tuple(dict.fromkeys(self.anomalies)),
+            anomalies=tuple(
+                dict.fromkeys(
+                    [*self.anomalies, ANOMALY_FIND_PIXEL_DATA]
+                    if self.exposure is not None and self.exposure.pixel_data_in_answers
+                    else self.anomalies
+                )
+            ),
             error=self.error,
             duration_s=round(time.monotonic() - self.started, 4),
         )
@@ -166,23 +198,33 @@ async def _attempt(
 ) -> tuple[AssociationAttempt, Association | None]:
     target = state.target
     tls = options.tls is not None
+    state.in_flight = (called_ae, False, tls)
     try:
-        answer, assoc = await request_association(
-            target.host,
-            target.port,
+        reader, writer = await open_connection(
+            target.host, target.port, timeouts=options.timeouts, tls=options.tls
+        )
+        state.in_flight = (called_ae, True, tls)
+        # Something answered: now (once per process) load pydicom and pynetdicom.
+        from pacsguard.dicom.client import associate
+        from pacsguard.dicom.ul import AssociationRejected
+
+        answer, assoc = await associate(
+            reader,
+            writer,
             calling_ae=options.calling_ae,
             called_ae=called_ae,
-            contexts=PROPOSED,
+            contexts=proposed_contexts(),
             timeouts=options.timeouts,
-            tls=options.tls,
         )
     except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
+        state.in_flight = None
         outcome, reason = _failure_outcome(exc)
         if outcome in (Outcome.PROTOCOL_ERROR, Outcome.CLOSED, Outcome.SILENT):
             state.anomalies.append(reason)
         attempt = AssociationAttempt(options.calling_ae, called_ae, outcome, reason, tls=tls)
         state.attempts.append(attempt)
         return attempt, None
+    state.in_flight = None
     if isinstance(answer, AssociationRejected):
         if (answer.source, answer.reason) == (2, 2):  # we speak protocol version 1, the only one
             state.anomalies.append(ANOMALY_RJ_PROTOCOL_VERSION)
@@ -245,7 +287,10 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
     assoc = await _negotiate(state, options)
     if assoc is None:
         return
-    clean = True
+    from pacsguard.dicom import uids
+    from pacsguard.scan.counting import ExposureCounter
+
+    clean = False  # stays False when cancelled (time budget): abort, do not wait for a release
     try:
         echo_ctx = assoc.accepted.accepted_context(uids.VERIFICATION)
         if options.echo and echo_ctx is not None:
@@ -255,9 +300,11 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
             for uid in (uids.STUDY_ROOT_FIND, uids.PATIENT_ROOT_FIND)
         )
         if options.count and can_query:
-            state.exposure, clean = await count_exposure(assoc, assoc.accepted, options.budget)
+            state.counter = ExposureCounter(options.budget)
+            clean = await state.counter.count(assoc, assoc.accepted)
+        else:
+            clean = True
     except (TimeoutError, ProtocolError, OSError) as exc:
-        clean = False
         state.error = f"conversation cut short: {_failure_outcome(exc)[1]}"
     finally:
         if clean:
@@ -297,8 +344,13 @@ async def _converse_detecting_tls(state: _State, options: ProbeOptions) -> None:
 
 
 async def probe_dimse(target: Target, options: ProbeOptions) -> Observations:
-    """Probe one DICOM endpoint. Bounded by `options.total_timeout`; never raises."""
+    """Probe one DICOM endpoint; never raises.
+
+    `options.total_timeout` is a hard bound on the whole probe, release included: on expiry the
+    connection is dropped without waiting for the peer (see `connect.close_within_deadline`).
+    """
     state = _State(target, tls=options.tls is not None)
+    timed_out = False
     try:
         async with asyncio.timeout(options.total_timeout):
             if options.tls is None and options.detect_tls:
@@ -306,9 +358,28 @@ async def probe_dimse(target: Target, options: ProbeOptions) -> Observations:
             else:
                 await _converse(state, options)
     except TimeoutError:
+        timed_out = True
         state.error = f"total time budget of {options.total_timeout:g}s exhausted"
-        if state.exposure is None and state.accepted is not None and options.count:
-            state.exposure = Exposure(lower_bound=True, notes=("time budget exhausted",))
-        elif state.exposure is not None:
-            state.exposure = replace(state.exposure, lower_bound=True)
+        if state.in_flight is not None:  # cut short while connecting or negotiating
+            called_ae, connected, tls = state.in_flight
+            if connected:
+                outcome, reason = Outcome.SILENT, "silent-after-connect"
+                state.anomalies.append(reason)
+            elif tls:  # TCP and the TLS handshake are one step here
+                outcome, reason = Outcome.TIMEOUT, "no TLS connection within the total time budget"
+            else:
+                outcome, reason = Outcome.TIMEOUT, "no TCP answer within the total time budget"
+            state.attempts.append(
+                AssociationAttempt(options.calling_ae, called_ae, outcome, reason, tls=tls)
+            )
+    counter = state.counter
+    if counter is not None:
+        cut = LowerBoundReason.TIME_BUDGET if timed_out and not counter.finished else None
+        state.exposure = counter.exposure(cut_short=cut)
+    elif timed_out and state.accepted is not None and options.count:
+        state.exposure = Exposure(
+            lower_bound=True,
+            lower_bound_reasons=(LowerBoundReason.TIME_BUDGET,),
+            notes=("time budget exhausted before counting",),
+        )
     return state.observations()

@@ -3,6 +3,8 @@
 Accepted forms: `127.0.0.5`, `127.0.0.0/24`, `::1`, `localhost`, `host:port`, `[::1]:port`, and
 files (`-iL`): plain lists of such targets or port scanners' output (masscan, ZMap, nmap; see
 `pacsguard.scan.candidates`), where each candidate keeps the port the scanner found open.
+`http://` or `https://` before a target makes it a web target (the HTTP tier); otherwise a
+port's transport comes from `WEB_PORTS` (e.g. 8042 is HTTP), and every other port is DIMSE.
 
 A file is read twice and never held in memory: once when the scope is built, to validate every
 entry and count addresses, and again, streaming, while the scan runs. So a bad line is reported
@@ -17,6 +19,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,12 +32,19 @@ from pacsguard.scan.model import Target
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-#: A file's candidate: one address (scanner output, a single-address list entry) or a network,
-#: with its own port or None (the scope's ports).
-Candidate = tuple[Address | IPNetwork, int | None]
+#: A candidate: one address (scanner output, a single-address list entry) or a network, with
+#: its own port or None (the scope's ports), and its URL scheme or None (transport by port).
+Candidate = tuple[Address | IPNetwork, int | None, str | None]
 
 #: DICOM (104), its registered alternative (11112), Orthanc's default (4242), DICOM over TLS (2762).
 DEFAULT_PORTS: Final = (104, 11112, 4242, 2762)
+#: Web ports scanned by default: Orthanc's REST API and DICOMweb (8042, Orthanc's default
+#: "HttpPort") and dcm4chee-arc's web tier (8080, its WildFly HTTP listener). 80/443 answer on
+#: every web server, so they are scanned only when named (`-p 80,443` or `https://host`).
+DEFAULT_WEB_PORTS: Final = (8042, 8080)
+#: Ports whose transport is HTTP(S) when no scheme is given; any other port is DIMSE.
+WEB_PORTS: Final = {80: "http", 8042: "http", 8080: "http", 443: "https", 8443: "https"}
+WEB_SCHEMES: Final = ("http", "https")
 #: Largest number of addresses accepted without explicit confirmation (one /16).
 MAX_ADDRESSES_UNCONFIRMED: Final = 65536
 #: Recent single-address targets remembered to skip repeats (scanner retries) while streaming.
@@ -48,6 +58,8 @@ class TargetSpec:
     network: IPNetwork
     port: int | None
     label: str
+    #: "http" or "https" when the target was written as a URL; None: by port.
+    scheme: str | None = None
 
 
 def parse_ports(text: str) -> tuple[int, ...]:
@@ -115,7 +127,19 @@ def parse_target(text: str) -> TargetSpec:
     text = text.strip()
     if not text:
         raise TargetError("empty target")
+    label = text
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme not in WEB_SCHEMES:
+            raise TargetError(f"bad target {label!r}: only http:// and https:// URLs are targets")
+        text = rest.rstrip("/")
+        _, slash, tail = text.partition("/")
+        if slash and not re.fullmatch(r"\d{1,3}(:\d+)?", tail):  # only a prefix length
+            raise TargetError(f"bad target {label!r}: give scheme, host and port, no path")
     host, port = _split_port(text)
+    if sep and port is None:
+        port = 443 if scheme == "https" else 80
     try:
         network: IPNetwork = ipaddress.ip_network(host, strict=False)
     except ValueError:
@@ -124,7 +148,12 @@ def parse_target(text: str) -> TargetSpec:
         network = _resolve(host, text)
     if network.is_multicast or network.is_unspecified:
         raise TargetError(f"target {text!r} is a multicast or unspecified address")
-    return TargetSpec(network, port, text)
+    return TargetSpec(network, port, label, scheme if sep else None)
+
+
+def transport_for(port: int, scheme: str | None = None) -> str:
+    """The transport of a target: its URL scheme if it had one, else by port."""
+    return scheme or WEB_PORTS.get(port, "dimse")
 
 
 def read_target_file(path: Path) -> list[str]:
@@ -157,13 +186,18 @@ def _scanner_address(text: str, where: str) -> Address:
 
 def _entry_candidate(entry: Entry, fmt: InputFormat, name: str) -> Candidate:
     if fmt.from_scanner:
-        return _scanner_address(entry.host, f"{name}:{entry.position}"), entry.port
+        return _scanner_address(entry.host, f"{name}:{entry.position}"), entry.port, None
     try:
         spec = parse_target(entry.host)
     except TargetError as exc:
         raise TargetError(f"{name}:{entry.position}: {exc}") from None
+    return _spec_candidate(spec)
+
+
+def _spec_candidate(spec: TargetSpec) -> Candidate:
     network = spec.network
-    return (network.network_address if network.num_addresses == 1 else network), spec.port
+    single = network.num_addresses == 1
+    return (network.network_address if single else network), spec.port, spec.scheme
 
 
 class _AddressTally:
@@ -234,7 +268,7 @@ def _read_candidate_file(
                 fmt = sniff_format(stream.read(SNIFF_BYTES))
                 stream.seek(0)
             for entry in read_entries(stream, fmt, name):
-                target, port = _entry_candidate(entry, fmt, name)
+                target, port, _ = _entry_candidate(entry, fmt, name)
                 tally.add(target)
                 entries += 1
                 size = 1 if isinstance(target, Address) else target.num_addresses
@@ -303,7 +337,7 @@ class Scope:
 
     def __iter__(self) -> Iterator[Target]:
         seen_single = _RecentSet(DEDUPLICATION_WINDOW)
-        for target, own_port in self._candidates():
+        for target, own_port, scheme in self._candidates():
             ports = (own_port,) if own_port is not None else self.ports
             single = isinstance(target, Address)
             addresses = (target,) if isinstance(target, Address) else _hosts(target)
@@ -313,12 +347,11 @@ class Scope:
                 for port in ports:
                     if single and not seen_single.add(address, port):
                         continue
-                    yield Target(str(address), port)
+                    yield Target(str(address), port, transport_for(port, scheme))
 
     def _candidates(self) -> Iterator[Candidate]:
         for spec in self.specs:
-            network = spec.network
-            yield (network.network_address if network.num_addresses == 1 else network), spec.port
+            yield _spec_candidate(spec)
         for source in self.files:
             yield from source.candidates()
 
@@ -326,7 +359,7 @@ class Scope:
 def build_scope(
     targets: Sequence[str],
     *,
-    ports: Sequence[int] = DEFAULT_PORTS,
+    ports: Sequence[int] = DEFAULT_PORTS + DEFAULT_WEB_PORTS,
     target_files: Iterable[Path] = (),
     input_format: InputFormat = InputFormat.AUTO,
     excludes: Sequence[str] = (),

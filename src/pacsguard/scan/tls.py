@@ -34,7 +34,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pacsguard.dicom.client import Timeouts
+from pacsguard.dicom.connect import Timeouts  # not client: keeps pydicom out of start-up
 from pacsguard.scan.model import CertificateFacts, ClientCertificate, TlsFacts
 
 #: The IANA port for DICOM over TLS (PS3.15 B.1): probed inside TLS first.

@@ -3,6 +3,7 @@ with SQLCipher), a real PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import sqlite3
@@ -129,7 +130,9 @@ def test_migrations_create_the_schema_from_empty_and_match_the_code(
 def test_sqlite_runs_durable_wal_with_foreign_keys(tmp_path: Path) -> None:
     SqlIndex(f"sqlite:///{tmp_path / 'i.db'}").close()
     assert (tmp_path / "i.db").stat().st_mode & 0o077 == 0  # patient data: owner only
-    with sqlite3.connect(tmp_path / "i.db") as conn:
+    # Closed before the index opens: the stdlib's SQLite and SQLCipher's are two libraries in
+    # one process, and closing one's file drops the other's POSIX locks on it (disk I/O error).
+    with contextlib.closing(sqlite3.connect(tmp_path / "i.db")) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     index = SqlIndex(f"sqlite:///{tmp_path / 'i.db'}")
     try:
