@@ -283,3 +283,19 @@ def test_ipv6_hits(tmp_path: Path) -> None:
     path.write_text("#masscan\nopen tcp 104 ff02::1 1700000000\n")
     with pytest.raises(TargetError, match="multicast"):
         build_scope([], target_files=[path])
+
+
+def test_transport_follows_the_port_or_the_url_scheme(tmp_path: Path) -> None:
+    """A masscan hit on Orthanc's web port goes to the HTTP tier; a URL in a list keeps its
+    scheme, as on the command line."""
+    hits = tmp_path / "masscan.txt"
+    hits.write_text("#masscan\nopen tcp 8042 127.0.0.7 1\nopen tcp 4242 127.0.0.7 1\n")
+    listing = tmp_path / "targets.txt"
+    listing.write_text("https://127.0.0.9:9443\n127.0.0.10:8080\n")
+    scope = build_scope([], target_files=[hits, listing])
+    assert list(scope) == [
+        Target("127.0.0.7", 8042, "http"),
+        Target("127.0.0.7", 4242, "dimse"),
+        Target("127.0.0.9", 9443, "https"),
+        Target("127.0.0.10", 8080, "http"),
+    ]
