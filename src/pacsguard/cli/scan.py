@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -172,11 +172,36 @@ def scan(
     fail_on: Annotated[
         Severity, typer.Option(help="Exit 1 when a finding is at least this severe.")
     ] = Severity.LOW,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="PACSGUARD_HISTORY",
+            help="Also record the run in this history store (sqlite:///PATH, postgresql+psycopg://..).",
+        ),
+    ] = None,
+    recheck: Annotated[
+        int | None, typer.Option("--recheck", help="Re-scan endpoints of this stored run (--org).")
+    ] = None,
+    org: Annotated[
+        str | None, typer.Option("--org", help="With --recheck: only this organisation's hosts.")
+    ] = None,
+    contacts: Annotated[
+        Path | None, typer.Option("--contacts", help="With --org: CSV cidr,organisation[,email].")
+    ] = None,
 ) -> None:
     """Probe DICOM endpoints; one JSON Lines record per target.
 
     Exit codes: 0 no finding at --fail-on or above, 1 such findings, 2 usage error.
     """
+    if (org is not None or contacts is not None) and recheck is None:
+        raise UsageError("--org and --contacts go with --recheck RUN")
+    if recheck is not None:
+        from pacsguard.survey.hook import recheck_targets
+
+        if org is None:
+            raise UsageError("--recheck needs --org NAME (as `pacsguard survey disclose` names it)")
+        targets = [*(targets or []), *recheck_targets(store, recheck, org, contacts)]
     scope = build_scope(
         targets or [],
         ports=parse_ports(ports),
@@ -212,11 +237,33 @@ def scan(
     keep: list[HostReport] | None = [] if output_format is OutputFormat.TABLE else None
     stdout_jsonl = sys.stdout if output_format is OutputFormat.JSONL else None
 
+    history: contextlib.AbstractContextManager[TextSink | None] = contextlib.nullcontext()
+    if store is not None or recheck is not None:
+        from pacsguard.survey.hook import history_sink  # SQLAlchemy only when asked for
+
+        run_scope = {
+            "targets": targets or [],
+            "input_lists": [str(p) for p in input_list or []],
+            "input_format": input_format.value,
+            "excludes": exclude or [],
+            "exclude_files": [str(p) for p in exclude_file or []],
+            "ports": ports,
+            "target_count": scope.target_count,
+        }
+        run_options = {
+            **{k: getattr(options, k) for k in ("echo", "count", "guess_aets", "total_timeout")},
+            "called_aets": list(options.called_aets),
+            "timeouts": [connect_timeout, read_timeout],
+            "concurrency": concurrency,
+            "rate": rate,
+        }
+        history = history_sink(store, scope=run_scope, options=run_options, parent_run=recheck)
     with (
         geo or contextlib.nullcontext(),
         output.open("w", encoding="utf-8") if output else contextlib.nullcontext() as file_sink,
+        history as store_sink,
     ):
-        sinks = [s for s in (stdout_jsonl, file_sink) if s is not None]
+        sinks = [s for s in (stdout_jsonl, file_sink, store_sink) if s is not None]
         tee = _Tee(sinks) if sinks else None
         progress = _progress_bar() if sys.stderr.isatty() else None
         if progress is not None:
@@ -274,7 +321,7 @@ def _valid_aet(title: str) -> str:
 class _Tee:
     """Write the same text to several streams (stdout and the -o file)."""
 
-    def __init__(self, streams: list[IO[str]]) -> None:
+    def __init__(self, streams: Sequence[TextSink]) -> None:
         self._streams = streams
 
     def write(self, text: str) -> int:

@@ -94,7 +94,7 @@ def _host_detail(host: HostRow) -> str:
     )
 
 
-def _clusters(digest: Digest) -> str:
+def clusters_section(digest: Digest) -> str:
     if not digest.clusters:
         return ""
     rows = "".join(
@@ -157,7 +157,7 @@ stranger: {qualifier}{digest.patients} patients, {digest.studies} studies and
 {bar_chart("Hosts by worst finding", severity_bars, chart_id="chart-severity", unit=" hosts")}
 {bar_chart("Top findings (hosts)", finding_bars, chart_id="chart-findings", unit=" hosts")}
 </div>
-{_clusters(digest)}
+{clusters_section(digest)}
 <h2 id="top-findings">Top findings</h2>
 <table><tr><th>severity</th><th>id</th><th>finding</th><th>hosts</th></tr>{top_rows}</table>
 <h2 id="hosts">Hosts ({len(exposed_hosts)} with findings)</h2>

@@ -41,7 +41,7 @@ def _host(host: HostRow) -> list[str]:
     return [*lines, ""]
 
 
-def _clusters(digest: Digest) -> list[str]:
+def clusters_lines(digest: Digest) -> list[str]:
     if not digest.clusters:
         return []
     return [
@@ -86,7 +86,7 @@ def render_markdown(digest: Digest, *, title: str = "pacsguard scan report") -> 
         "|---|---|",
         *[f"| {s} | {digest.severities[s]} |" for s in SEVERITIES],
         "",
-        *_clusters(digest),
+        *clusters_lines(digest),
         "## Top findings",
         "",
         "| severity | id | finding | hosts |",
