@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,10 @@ def test_masscan_and_zmap_hits_are_probed_on_their_ports_with_location(
     )
     out = tmp_path / "scan.jsonl"
     excluded = hosts[3][0]
+    history = f"sqlite:///{tmp_path / 'history.sqlite'}"
     argv = ["scan", "-iL", str(masscan), "--exclude", excluded, "-o", str(out), "--no-count"]
     argv += ["--geoip-country", str(country), "--geoip-asn", str(asn), "--read-timeout", "3"]
-    assert main(argv) == 1  # open hosts have findings
+    assert main([*argv, "--store", history]) == 1  # open hosts have findings
     capsys.readouterr()
     records = read_records(out)
     assert [(r["host"], r["port"]) for r in records] == hosts[:3]
@@ -59,6 +61,14 @@ def test_masscan_and_zmap_hits_are_probed_on_their_ports_with_location(
         assert record["association"]["status"] == "accepted"
         country_code = "SE" if record["host"] == "127.79.3.1" else "PT"
         assert record["location"] == {"country": country_code, "asn": 64600, "as_org": "Lab Net"}
+
+    # The stored run's survey table is per country straight from the enrichment.
+    table = tmp_path / "survey.csv"
+    assert main(["survey", "report", "1", "--store", history, "--csv", str(table)]) == 0
+    with table.open(encoding="utf-8", newline="") as stream:
+        rows = {row["country"]: row for row in csv.DictReader(stream)}
+    assert set(rows) == {"SE", "PT", "total"}
+    assert (rows["SE"]["addresses_probed"], rows["PT"]["addresses_probed"]) == ("1", "2")
 
     # The same hosts from ZMap, without GeoIP: location is null.
     zmap = tmp_path / "zmap.csv"
