@@ -44,13 +44,15 @@ dimse_port = 2762
 max_associations = 16
 # Largest PDU we accept, in bytes.
 max_pdu = 1048576
-# Seconds to wait for an association request / a DIMSE message / any network read, and for the
-# TLS handshake.
+# Seconds to wait for an association request; for each DIMSE answer (a C-MOVE destination's or
+# a C-GET requester's C-STORE-RSP included); for a silent peer while no operation of its runs
+# (an idle timeout: a long C-MOVE or C-GET is not cut by it); and for the TLS handshake.
 acse_timeout_s = 30
 dimse_timeout_s = 60
 network_timeout_s = 60
 handshake_timeout_s = 10
-# Most matches one C-FIND or QIDO-RS query returns.
+# Most matches one C-FIND or QIDO-RS query returns; a C-FIND with more matches ends after this
+# many with status 0xFE00 and an Error Comment (never 0x0000), and is audited as capped.
 find_result_cap = 1000
 
 [tls]

@@ -79,9 +79,17 @@ def decode_request(data: bytes) -> A_ASSOCIATE:
     pdu = A_ASSOCIATE_RQ()
     try:
         pdu.decode(data)
-        return pdu.to_primitive()
+        primitive = pdu.to_primitive()
     except Exception as exc:  # pynetdicom raises assorted errors on bad bytes
         raise MalformedPdu(f"undecodable A-ASSOCIATE-RQ: {exc.__class__.__name__}") from None
+    for context in primitive.presentation_context_definition_list:
+        # PS3.8 9.3.2.2: one abstract syntax, at least one transfer syntax. pynetdicom decodes
+        # an item without them, and its negotiation then raises TypeError (found by fuzzing).
+        if context.context_id is None or not context.abstract_syntax:
+            raise MalformedPdu("A-ASSOCIATE-RQ presentation context without abstract syntax")
+        if not context.transfer_syntax:
+            raise MalformedPdu("A-ASSOCIATE-RQ presentation context without transfer syntax")
+    return primitive
 
 
 def _user_identity(rq: A_ASSOCIATE) -> UserIdentityNegotiation | None:
