@@ -29,7 +29,7 @@ def main() -> int:
     )
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--pairs", type=int, default=7, help="scan-clean: interleaved pairs")
+    parser.add_argument("--pairs", type=int, default=7, help="scan, scan-clean: interleaved pairs")
     parser.add_argument("--repeats", type=int, default=3, help="archive: ingest runs per target")
     parser.add_argument("--find-studies", type=int, default=100_000, help="archive: index size")
     parser.add_argument("--find-queries", type=int, default=200, help="archive: C-FIND queries")
@@ -40,7 +40,7 @@ def main() -> int:
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
         if args.which == "scan":
-            result = scan_vs_nmap.run(Path(tmp), args.hosts, args.seed)
+            result = scan_vs_nmap.run(Path(tmp), args.hosts, args.seed, args.pairs)
             text = scan_vs_nmap.markdown(result)
         elif args.which == "scan-clean":
             result = scan_clean_lab.run(Path(tmp), pairs=args.pairs)

@@ -1,6 +1,6 @@
 """A lab without hostile responders: real pynetdicom Verification SCPs on loopback addresses.
 
-`python -m benchmarks.pynetdicom_lab --hosts 60 --base-address 127.82.0.1 --truth truth.json`
+`python -m benchmarks.pynetdicom_lab --hosts 60 --base-address 127.96.0.1 --truth truth.json`
 starts one pynetdicom AE per address (all in this process, as a user trying the scanner on a
 handful of test servers would), every third one with `require_called_aet` (it answers
 A-ASSOCIATE-RJ "called AE title not recognised" unless asked for its own title, `PYNETDICOM`,
@@ -60,7 +60,7 @@ def truth(hosts: list[str], port: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pynetdicom_lab")
     parser.add_argument("--hosts", type=int, default=60)
-    parser.add_argument("--base-address", default="127.82.0.1")
+    parser.add_argument("--base-address", default="127.96.0.1")
     parser.add_argument("--port", type=int, default=11112)
     parser.add_argument("--truth", type=Path, required=True)
     args = parser.parse_args()

@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._measure import Measured, measure
-from benchmarks.scan_vs_nmap import agreement, parse_nmap, parse_pacsguard
+from benchmarks.scan_vs_nmap import agreement, parse_nmap, parse_pacsguard, require_free
 
 PORT = 11112
-NET = "127.82.0.0/20"
-BASE = "127.82.0.1"
+NET = "127.96.0.0/20"
+BASE = "127.96.0.1"
 ADDRESSES = 4096
-NOTHING = "127.83.0.1"  # nothing listens there: start-up alone
+NOTHING = "127.97.0.1"  # nothing listens there: start-up alone
 VERIFY = ["--no-echo", "--no-count", "--fail-on", "critical"]
 
 
@@ -164,6 +164,7 @@ def per_host_cost(
 
 def run(work: Path, *, pairs: int = 7, hosts: int = 60, cost_runs: int = 5) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
+    require_free([BASE, NOTHING, "127.98.0.1", "127.98.1.1", "127.98.2.1"], PORT)
     pg_argv = [_pacsguard(), "scan", NET, "-p", str(PORT), *VERIFY]
     nmap_argv = ["nmap", "-n", "-Pn", "--script", "+dicom-ping", "-p", str(PORT), "-oX", "-", NET]
     pair_rows: list[dict[str, Any]] = []
@@ -219,10 +220,10 @@ def run(work: Path, *, pairs: int = 7, hosts: int = 60, cost_runs: int = 5) -> d
 
     costs = []
     kinds = (
-        ("plain DIMSE (lab open)", "open", "127.84.0"),
-        ("DIMSE-TLS (lab open-tls)", "open-tls", "127.84.1"),
+        ("plain DIMSE (lab open)", "open", "127.98.0"),
+        ("DIMSE-TLS (lab open-tls)", "open-tls", "127.98.1"),
         ("closes without a DICOM answer, then a TLS attempt (lab hostile-close-mid-pdu)",
-         "hostile-close-mid-pdu", "127.84.2"),
+         "hostile-close-mid-pdu", "127.98.2"),
     )  # fmt: skip
     ctx, dicom_port, http_port = orthanc(work)
     with contextlib.ExitStack() as stack:
@@ -238,7 +239,7 @@ def run(work: Path, *, pairs: int = 7, hosts: int = 60, cost_runs: int = 5) -> d
         orthanc_dicom = f"127.0.0.1:{dicom_port}"
         costs.append(
             per_host_cost(
-                work, "orthanc-dicom", "127.84.0.1", [orthanc_dicom], str(PORT), cost_runs
+                work, "orthanc-dicom", "127.98.0.1", [orthanc_dicom], str(PORT), cost_runs
             )
         )
         costs[-1]["probe"] = "Orthanc DICOM port (plain DIMSE)"
