@@ -175,3 +175,13 @@ def test_dask_is_imported_only_for_cluster_scans() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_an_edited_target_file_changes_the_fingerprint(tmp_path: Path) -> None:
+    listed = tmp_path / "targets.txt"
+    listed.write_text("127.0.0.1:104\n127.0.0.2:104\n")
+    options = ProbeOptions()
+    before = scan_fingerprint(build_scope([], target_files=[listed]), options, 5)
+    assert before == scan_fingerprint(build_scope([], target_files=[listed]), options, 5)
+    listed.write_text("127.0.0.3:104\n127.0.0.2:104\n127.0.0.9:104\n")
+    assert before != scan_fingerprint(build_scope([], target_files=[listed]), options, 5)

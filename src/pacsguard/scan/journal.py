@@ -72,6 +72,12 @@ def scan_fingerprint(scope: Scope | Sequence[Target], options: object, shard_siz
             "specs": [[str(s.network), s.port] for s in scope.specs],
             "ports": list(scope.ports),
             "excludes": [str(n) for n in scope.excludes],
+            # -iL files are read again when iterated: a file edited since (size, mtime)
+            # would shift every later shard, so it changes the fingerprint.
+            "files": [
+                [str(f.path.resolve()), str(f.format), f.entries, f.targets, list(f.signature)]
+                for f in scope.files
+            ],
         }
     else:
         targets = [[t.host, t.port, t.transport] for t in scope]
