@@ -1,0 +1,268 @@
+"""Abuse does not take the archive down (issue 9, deliverable 4), and Nagle costs a client
+nothing. Loopback only: "another source" is 127.0.0.2, which reaches the archive's 127.0.0.1
+listener; every loop is bounded in count and time."""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import ssl
+import statistics
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import UserIdentityNegotiation
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from pacsguard.archive.app import Endpoint, RunningArchive
+from pacsguard.archive.selfcheck import stranger_tls_context
+
+from .conftest import TESTER, StartArchive, make_data_dir
+from .test_serve import good_dataset
+
+OTHER_SOURCE = "127.0.0.2"
+#: A second peer, registered at the other loopback address.
+TESTER2 = """
+[[ae]]
+ae_title = "TESTER2"
+auth = "address"
+address = "127.0.0.2"
+permissions = ["echo", "store", "find"]
+"""
+
+
+def plain(archive: RunningArchive) -> Endpoint:
+    return next(e for e in archive.endpoints if not e.tls)
+
+
+def audit_events(archive: RunningArchive) -> list[dict[str, Any]]:
+    path = Path(archive.settings.audit.log_path)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def associate(
+    archive: RunningArchive,
+    calling: str = "TESTER",
+    *,
+    source: str = "127.0.0.1",
+    called: str = "PACSGUARD",
+    identity: UserIdentityNegotiation | None = None,
+) -> Association:
+    endpoint = plain(archive)
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    return ae.associate(
+        endpoint.host,
+        endpoint.port,
+        ae_title=called,
+        bind_address=(source, 0),
+        ext_neg=[identity] if identity is not None else None,
+    )
+
+
+@contextmanager
+def held(associations: list[Association]) -> Iterator[list[Association]]:
+    try:
+        yield associations
+    finally:
+        for assoc in associations:
+            if assoc.is_established:
+                assoc.release()
+
+
+def rejection(assoc: Association) -> tuple[int, int, int]:
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    assert rj is not None
+    return int(rj.result or 0), int(rj.result_source or 0), int(rj.diagnostic or 0)
+
+
+def idle_connections(endpoint: Endpoint, count: int) -> list[socket.socket]:
+    """`count` connections from 127.0.0.1 that never send a whole association request: half
+    say nothing, half send the first bytes of a PDU header and stop."""
+    opened: list[socket.socket] = []
+    try:
+        for i in range(count):
+            sock = socket.create_connection(
+                (endpoint.host, endpoint.port), timeout=5, source_address=("127.0.0.1", 0)
+            )
+            opened.append(sock)
+            if i % 2:
+                with suppress(OSError):  # refused already: the server closed it
+                    sock.sendall(struct.pack(">BB", 0x01, 0x00))
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_from_one_source_do_not_keep_a_peer_out(
+    start: StartArchive, tmp_path: Path
+) -> None:
+    archive = start(
+        make_data_dir(tmp_path / "d", TESTER + TESTER2),
+        **{"server.pre_association_timeout_s": 2.0},
+    )
+    pending_cap = archive.settings.server.max_pending_per_source
+    idle = idle_connections(plain(archive), 300)
+    try:
+        started = time.monotonic()
+        with held([associate(archive, "TESTER2", source=OTHER_SOURCE)]) as (assoc,):
+            elapsed = time.monotonic() - started
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == 0
+        assert elapsed < 1.0, f"association took {elapsed:.2f}s"
+        # The connections that were let in (pending_cap of them) are dropped at the deadline.
+        assert sum(closed_by_server(sock, 8.0) for sock in idle[-50:]) == 50
+        assert all(closed_by_server(sock, 8.0) for sock in idle[:pending_cap])
+    finally:
+        for sock in idle:
+            sock.close()
+    archive.stop()  # closes the last audit windows
+    refused = [
+        e
+        for e in audit_events(archive)
+        if e["detail"].get("reason") == "too many pending connections"
+    ]
+    # one line at once, one summing up the rest: not one fsync'd line per attempt
+    assert len(refused) == 2
+    assert sum(e["detail"].get("repeated", 1) for e in refused) == 300 - pending_cap
+    timed_out = [
+        e
+        for e in audit_events(archive)
+        if e["detail"].get("reason") == "no association request in time"
+    ]
+    assert 1 <= len(timed_out) <= 2
+    assert sum(e["detail"].get("repeated", 1) for e in timed_out) >= pending_cap
+
+
+def test_one_ae_cannot_hold_every_association_slot(start: StartArchive, tmp_path: Path) -> None:
+    archive = start(
+        make_data_dir(tmp_path / "d", TESTER + TESTER2), **{"server.max_associations": 4}
+    )
+    assert archive.settings.per_ae_cap == 2
+    with held([associate(archive) for _ in range(3)]) as mine:
+        assert [a.is_established for a in mine] == [True, True, False]
+        assert rejection(mine[2]) == (2, 3, 2)  # transient, local limit exceeded
+        with held([associate(archive, "TESTER2", source=OTHER_SOURCE)]) as (other,):
+            assert other.is_established
+    reasons = [e["detail"].get("reason", "") for e in audit_events(archive)]
+    assert "per-AE association limit (2) reached" in reasons
+
+
+def test_the_association_cap_holds_under_concurrent_requests(start: StartArchive) -> None:
+    archive = start(
+        **{
+            "server.max_associations": 3,
+            "server.max_associations_per_ae": 3,
+            "server.max_pending_per_source": 64,
+        }
+    )
+    results: list[Association] = []
+    # 10 at once: under the archive's pending-connection cap (4 x max_associations), so every
+    # request reaches the association cap rather than being closed at connect.
+    barrier = threading.Barrier(10, timeout=30)
+
+    def one() -> None:
+        barrier.wait()
+        results.append(associate(archive))
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    with held(results):
+        assert len(results) == 10
+        assert sum(a.is_established for a in results) == 3
+        assert all(rejection(a) == (2, 3, 2) for a in results if not a.is_established)
+
+
+def test_rejections_do_not_tell_registered_ae_titles(start: StartArchive, tmp_path: Path) -> None:
+    archive = start()
+    unknown = associate(archive, "STRANGER")
+    wrong_called = associate(archive, called="ANY-SCP")
+    no_identity = associate(archive, "ADMIN")  # registered, but sends no credentials
+    assert rejection(unknown) == rejection(wrong_called) == rejection(no_identity) == (1, 1, 1)
+    reasons = [e["detail"].get("reason", "") for e in audit_events(archive)]
+    assert any("not registered" in r for r in reasons)  # the audit log keeps the real reason
+    assert any("called AE 'ANY-SCP'" in r for r in reasons)
+    detailed = start(make_data_dir(tmp_path / "detailed"), **{"security.detailed_rejections": True})
+    assert rejection(associate(detailed, "STRANGER")) == (1, 1, 3)
+    assert rejection(associate(detailed, called="ANY-SCP")) == (1, 1, 7)
+
+
+def test_peer_supplied_text_is_clipped_in_the_audit_log(start: StartArchive) -> None:
+    archive = start()
+    identity = UserIdentityNegotiation()
+    identity.user_identity_type = 2
+    identity.primary_field = b"u" * 60_000 + b"\n{forged}"
+    identity.secondary_field = b"wrong"
+    assert associate(archive, "ADMIN", identity=identity).is_rejected
+    lines = Path(archive.settings.audit.log_path).read_text().splitlines()
+    assert max(len(line) for line in lines) < 2000
+    assert not any("{forged}" in line for line in lines)
+    assert any("+" in json.loads(line)["detail"].get("reason", "") for line in lines)
+
+
+def per_store_ms(assoc: Association, count: int) -> list[float]:
+    base = good_dataset()
+    times = []
+    for _ in range(count):
+        ds = copy.deepcopy(base)
+        ds.SOPInstanceUID = generate_uid()
+        started = time.perf_counter()
+        status = assoc.send_c_store(ds)
+        times.append((time.perf_counter() - started) * 1000)
+        assert status.Status == 0
+    return times
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_a_client_with_nagle_on_pays_no_delayed_ack(start: StartArchive, tls: bool) -> None:
+    """pynetdicom leaves Nagle on: its data set PDU waits for our ACK of the command PDU.
+    With delayed ACKs that was ~40 ms per C-STORE; now it costs what a TCP_NODELAY client pays."""
+    archive = start()
+    endpoint = next(e for e in archive.endpoints if e.tls is tls)
+    medians = {}
+    for nodelay in (False, True):
+        ae = AE(ae_title="TESTER")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+        tls_args: tuple[ssl.SSLContext, str] | None = (
+            (stranger_tls_context(), endpoint.host) if tls else None
+        )
+        assoc = ae.associate(endpoint.host, endpoint.port, ae_title="PACSGUARD", tls_args=tls_args)
+        assert assoc.is_established
+        try:
+            sock = assoc.dul.socket.socket  # type: ignore[union-attr]
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # the default
+            if nodelay:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            medians[nodelay] = statistics.median(per_store_ms(assoc, 50))
+        finally:
+            assoc.release()
+    print(f"median per C-STORE: Nagle on {medians[False]:.1f} ms, off {medians[True]:.1f} ms")
+    assert medians[False] < medians[True] + 20
