@@ -68,7 +68,6 @@ from pacsguard.archive.dimse.aio_session import (
 from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup
 from pacsguard.archive.security.gate import normalize_address
-from pacsguard.archive.security.peer_text import shown
 from pacsguard.archive.security.principal import PeerFacts, Principal, Rejection
 from pacsguard.archive.service import ArchiveService
 from pacsguard.dicom.client import close_writer
@@ -351,7 +350,7 @@ class AsyncDimseFrontEnd:
         settings = self._settings
         tls = writer.get_extra_info("ssl_object")
         facts = peer_facts(rq, address, port, tls if isinstance(tls, ssl.SSLObject) else None)
-        participant = Participant(ae_title=shown(facts.calling_ae, 16), address=facts.address)
+        participant = Participant(ae_title=facts.calling_ae[:16], address=facts.address)
         if self._associations >= settings.max_associations:
             await self._emit_repeated(_rejected(participant, "association limit reached", facts))
             await self._send(writer, encode_reject(*ASSOCIATION_LIMIT))

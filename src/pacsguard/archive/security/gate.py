@@ -262,7 +262,7 @@ class Gate:
                 EventType.AUTHENTICATION,
                 EventAction.EXECUTE,
                 EventOutcome.SERIOUS_FAILURE,
-                (Participant(ae_title=shown(facts.calling_ae, 16), address=source),),
+                (Participant(ae_title=facts.calling_ae[:16], address=source),),
                 detail={
                     "result": "locked-out",
                     "locked": locked,
