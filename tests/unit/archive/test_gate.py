@@ -553,13 +553,33 @@ def test_concurrent_logins_with_the_same_passcode_hash_once(settings: Settings) 
     assert hasher.verifications == 1
 
 
-def test_a_passcode_for_an_unknown_ae_costs_a_verification(
+def test_every_rejected_passcode_costs_one_verification(
     settings: Settings, detailed: Settings
 ) -> None:
+    """Whichever check refuses a request with a passcode, it costs what a wrong passcode
+    costs: the answer's timing does not tell which AE titles are registered."""
     gate, hasher = counting_gate(settings, Clock())
-    gate.decide(facts("STRANGER", identity=password()))
-    gate.decide(facts(called="OTHER", identity=password()))
-    assert hasher.verifications == 2  # as for a registered AE with a wrong passcode
+    refused = [  # each from its own address: no source lockout gets in the way
+        facts("STRANGER", address="198.18.9.1", identity=password()),  # unknown AE
+        facts(called="OTHER", address="198.18.9.2", identity=password()),  # not our title
+        facts("BOUND", address="198.19.0.1", identity=password()),  # wrong address
+        facts("APP", address="198.18.9.3", identity=password(user="svc")),  # takes a JWT
+        facts("CT1", address="198.18.9.4", identity=password()),  # takes a certificate
+        facts(address="198.18.9.5", identity=password(secret="guess")),  # wrong passcode
+        facts(address="198.18.9.6", identity=password(user="bob")),  # not the AE's user
+    ]
+    for i, request in enumerate(refused, start=1):
+        assert isinstance(gate.decide(request), Rejection)
+        assert hasher.verifications == i, request
+    # a locked account as well (three failures against alice from three addresses)
+    for i in range(3):
+        gate.decide(facts(address=f"198.18.90.{i}", identity=password(secret="guess")))
+    before = hasher.verifications
+    assert isinstance(gate.decide(facts(address="198.18.91.1", identity=password())), Rejection)
+    assert hasher.verifications == before + 1
+    # no passcode, nothing to verify; detailed rejections (commissioning) do not pretend
+    assert isinstance(gate.decide(facts("STRANGER", address="198.18.92.1")), Rejection)
+    assert hasher.verifications == before + 1
     open_gate, open_hasher = counting_gate(detailed, Clock())
     open_gate.decide(facts("STRANGER", identity=password()))
     assert open_hasher.verifications == 0

@@ -43,6 +43,7 @@ verified is remembered for `[security] credential_cache_s` (`credentials.Verifie
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import threading
@@ -53,7 +54,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import jwt
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from pacsguard.archive.audit.events import (
@@ -143,6 +144,8 @@ class Gate:
         # logins cannot take gigabytes.
         self._hashing = threading.BoundedSemaphore(_CONCURRENT_ARGON2)
         self._verified = VerifiedCredentials(settings.security.credential_cache_s, clock)
+        #: Whether the decision running on this thread has verified a passcode yet.
+        self._this_thread = threading.local()
         self._jwt_key = (
             _jwt_key(settings) if any(ae.auth is AuthMethod.JWT for ae in settings.aes) else None
         )
@@ -151,8 +154,11 @@ class Gate:
 
     def decide(self, facts: PeerFacts) -> Principal | Rejection:
         """A Principal for a peer that proved who it is, or the rejection to send."""
+        self._this_thread.verified = False
         decision = self._decide(facts)
         if isinstance(decision, Rejection) and not self._settings.security.detailed_rejections:
+            if not decision.repeated and not self._this_thread.verified:
+                self._as_costly_as_a_password(facts)
             return Rejection(*RJ_UNIFORM, why=decision.why, repeated=decision.repeated)
         return decision
 
@@ -170,11 +176,9 @@ class Gate:
             )
         server_ae = self._settings.server.ae_title
         if facts.called_ae.strip() != server_ae:
-            self._as_costly_as_a_password(facts)
             return self._fail(facts, source, RJ_CALLED_AE, f"called AE {shown(facts.called_ae)}")
         ae = self._settings.ae(facts.calling_ae)
         if ae is None:
-            self._as_costly_as_a_password(facts)
             return self._fail(
                 facts,
                 source,
@@ -187,6 +191,8 @@ class Gate:
             )
         account = _account(ae)
         if self._lockout.locked(account):
+            if not self._settings.security.detailed_rejections:
+                self._as_costly_as_a_password(facts)  # a stranger's unknown AE costs as much
             return Rejection(
                 *RJ_LOCKED_OUT, why=f"{ae.ae_title}: {account} is locked out", repeated=True
             )
@@ -323,6 +329,7 @@ class Gate:
 
     def _argon2(self, stored: str, passcode: bytes) -> bool:
         """One Argon2id verification, at most `_CONCURRENT_ARGON2` at once."""
+        self._this_thread.verified = True
         with self._hashing:
             try:
                 return bool(self._hasher.verify(stored, passcode))
@@ -330,18 +337,26 @@ class Gate:
                 return False
 
     def _as_costly_as_a_password(self, facts: PeerFacts) -> None:
-        """A request with a passcode for an AE we do not know costs what a wrong passcode
-        costs, so that its answer's timing does not tell which AE titles are registered."""
+        """A rejected request that carried a passcode costs one verification, whichever check
+        refused it (unknown AE, wrong called AE or address, an AE that takes no passcode, a
+        locked account), so that its answer's timing does not tell which AE titles exist."""
         identity = facts.user_identity
-        if self._settings.security.detailed_rejections or identity is None:
+        if identity is None:
             return
         if identity.identity_type == USERNAME_AND_PASSCODE and identity.secondary:
             self._argon2(self._dummy_hash, identity.secondary)
 
     @cached_property
     def _dummy_hash(self) -> str:
-        """Verified against when the username is wrong, so timing does not reveal it."""
-        return self._hasher.hash("pacsguard-no-such-user")
+        """Verified against when no real hash applies (wrong username, unknown AE...), with
+        the parameters of the registered users' hashes, so that timing does not tell."""
+        users = self._settings.users.values()
+        stored = next((u.password_hash for u in users if u.password_hash), None)
+        hasher = self._hasher
+        if stored is not None:
+            with contextlib.suppress(InvalidHashError):
+                hasher = PasswordHasher.from_parameters(extract_parameters(stored))
+        return hasher.hash("pacsguard-no-such-user")
 
     def _check_jwt(self, ae: RegisteredAE, facts: PeerFacts) -> str:
         identity = facts.user_identity
