@@ -87,8 +87,10 @@ log = logging.getLogger(__name__)
 _ABORT_UNEXPECTED_PDU: Final = 2
 _ABORT_INVALID_PARAMETER: Final = 6
 _STOP_TIMEOUT: Final = 15.0
-#: Threads that run gate decisions (Argon2id verifications are bounded inside the gate).
-_GATE_THREADS: Final = 8
+#: Threads that run gate decisions. Argon2id verifications are bounded inside the gate (a
+#: semaphore), so most of these threads wait there cheaply during a burst of logins, and a
+#: peer with a remembered passcode, a certificate or a token still gets a thread at once.
+_GATE_THREADS: Final = 32
 _TCP_QUICKACK: Final[int | None] = getattr(socket, "TCP_QUICKACK", None)
 
 
