@@ -371,6 +371,18 @@ def test_permission_is_checked_before_the_identifier_is_decoded(
     ]
 
 
+def test_an_identifier_over_1_mib_ends_only_its_own_association(
+    start: StartArchive, tmp_path: Path
+) -> None:
+    archive = start(make_data_dir(tmp_path / "d", TESTER + TESTER2))
+    # An A-ABORT instead of a response, or a reset if we were still sending when it closed.
+    with pytest.raises((AssertionError, ConnectionError)) as ended:
+        send_find(plain(archive).port, large_identifier(1_100_000), [])
+    assert isinstance(ended.value, ConnectionError) or "PDU type 0x7" in str(ended.value)
+    with held([associate(archive, "TESTER2", source=OTHER_SOURCE)]) as (other,):
+        assert other.send_c_echo().Status == 0
+
+
 def test_a_large_identifier_does_not_delay_another_peers_echo(tmp_path: Path) -> None:
     """The identifier is decoded off the event loop (pydicom took 3.4 s for this one on the
     loop), so another peer's C-ECHO is answered as before. The archive runs as its own process
