@@ -139,28 +139,23 @@ def test_idle_connections_from_one_source_do_not_keep_a_peer_out(
             assert assoc.is_established
             assert assoc.send_c_echo().Status == 0
         assert elapsed < 1.0, f"association took {elapsed:.2f}s"
-        # The connections that were let in (pending_cap of them) are dropped at the deadline.
-        assert sum(closed_by_server(sock, 8.0) for sock in idle[-50:]) == 50
-        assert all(closed_by_server(sock, 8.0) for sock in idle[:pending_cap])
+        # The connections that were let in (pending_cap of them, more if some timed out
+        # while the 300 were still being opened) are dropped at the deadline; all the others
+        # were closed at once.
+        assert all(closed_by_server(sock, 8.0) for sock in idle)
     finally:
         for sock in idle:
             sock.close()
     archive.stop()  # closes the last audit windows
-    refused = [
-        e
-        for e in audit_events(archive)
-        if e["detail"].get("reason") == "too many pending connections"
-    ]
+    events = audit_events(archive)
+    refused = [e for e in events if e["detail"].get("reason") == "too many pending connections"]
+    timed_out = [e for e in events if e["detail"].get("reason") == "no association request in time"]
     # one line at once, one summing up the rest: not one fsync'd line per attempt
-    assert len(refused) == 2
-    assert sum(e["detail"].get("repeated", 1) for e in refused) == 300 - pending_cap
-    timed_out = [
-        e
-        for e in audit_events(archive)
-        if e["detail"].get("reason") == "no association request in time"
-    ]
-    assert 1 <= len(timed_out) <= 2
-    assert sum(e["detail"].get("repeated", 1) for e in timed_out) >= pending_cap
+    assert len(refused) == 2 and 1 <= len(timed_out) <= 2
+    refused_count = sum(e["detail"].get("repeated", 1) for e in refused)
+    timed_out_count = sum(e["detail"].get("repeated", 1) for e in timed_out)
+    assert refused_count + timed_out_count == 300  # every attempt is accounted for
+    assert timed_out_count >= pending_cap and refused_count >= 200
 
 
 def test_one_ae_cannot_hold_every_association_slot(start: StartArchive, tmp_path: Path) -> None:
