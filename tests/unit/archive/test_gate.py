@@ -389,6 +389,16 @@ def test_failures_against_an_account_from_many_sources_lock_the_account(
     assert isinstance(gate.decide(facts(address="198.18.60.1", identity=password())), Principal)
 
 
+def test_an_operator_lifting_every_lockout_lifts_account_lockouts_too(settings: Settings) -> None:
+    gate = Gate(settings, Clock())
+    for i in range(3):
+        gate.decide(facts(address=f"198.18.51.{i}", identity=password(secret="guess")))
+    assert isinstance(gate.decide(facts(address="198.18.61.1", identity=password())), Rejection)
+    assert gate.lift_lockouts(["198.18.51.0"]) == []  # by address: that source was not locked
+    assert gate.lift_lockouts() == ["account:alice"]
+    assert isinstance(gate.decide(facts(address="198.18.61.1", identity=password())), Principal)
+
+
 def test_a_success_as_one_account_does_not_clear_failures_against_another(
     settings: Settings,
 ) -> None:
