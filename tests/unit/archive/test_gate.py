@@ -587,9 +587,16 @@ def test_every_rejected_passcode_costs_one_verification(
     before = hasher.verifications
     assert isinstance(gate.decide(facts(address="198.18.91.1", identity=password())), Rejection)
     assert hasher.verifications == before + 1
+    # knocking on the locked account locks the knocking source too: no endless verifications
+    for _ in range(2):
+        gate.decide(facts(address="198.18.91.1", identity=password()))
+    assert gate.locked_out("198.18.91.1")
+    before = hasher.verifications
+    gate.decide(facts(address="198.18.91.1", identity=password()))
+    assert hasher.verifications == before
     # no passcode, nothing to verify; detailed rejections (commissioning) do not pretend
     assert isinstance(gate.decide(facts("STRANGER", address="198.18.92.1")), Rejection)
-    assert hasher.verifications == before + 1
+    assert hasher.verifications == before
     open_gate, open_hasher = counting_gate(detailed, Clock())
     open_gate.decide(facts("STRANGER", identity=password()))
     assert open_hasher.verifications == 0

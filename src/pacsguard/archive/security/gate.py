@@ -193,6 +193,10 @@ class Gate:
         if self._lockout.locked(account):
             if not self._settings.security.detailed_rejections:
                 self._as_costly_as_a_password(facts)  # a stranger's unknown AE costs as much
+            # Counts for the source, so that knocking on a locked account (each knock costing
+            # a verification) soon locks the source out as well.
+            if self._lockout.record_failure(source, tag=account):
+                self._alert(facts, source, source)
             return Rejection(
                 *RJ_LOCKED_OUT, why=f"{ae.ae_title}: {account} is locked out", repeated=True
             )
