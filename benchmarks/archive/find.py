@@ -15,7 +15,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import create_engine, func, insert, select
+from sqlalchemy import func, insert, select
 from tests.interop.peers import (
     LOOPBACK,
 )
@@ -37,9 +37,11 @@ from benchmarks.archive.peers import (
     run_parallel,
     run_timed,
 )
+from pacsguard.archive.app import index_key
 from pacsguard.archive.config import load_settings
 from pacsguard.archive.index.matching import normalize_name
 from pacsguard.archive.index.schema import instances, patients, series, studies
+from pacsguard.archive.index.sql import open_engine
 from pacsguard.dicom import uids
 from pacsguard.dicom.client import Association, Timeouts, request_association
 from pacsguard.dicom.ul import AssociationAccepted, ContextResult, propose
@@ -47,12 +49,12 @@ from pacsguard.dicom.ul import AssociationAccepted, ContextResult, propose
 # --- 2. C-FIND ----------------------------------------------------------------------------------
 
 
-def bulk_insert(index_url: str, found: Sequence[FindStudy]) -> int:
+def bulk_insert(index_url: str, key: bytes | None, found: Sequence[FindStudy]) -> int:
     """Add `found` to a pacsguard index in one transaction, row for row what `SqlIndex.add`
     writes for such an instance (entity attributes from the instance, person names also
     case-folded); the blobs are not written (C-FIND reads the index only). Returns the number
     of studies the index then holds."""
-    engine = create_engine(index_url)
+    engine = open_engine(index_url, key=key)  # the archive's own settings: SQLCipher key, WAL
     try:
         with engine.begin() as conn:
             first = {
@@ -287,9 +289,9 @@ def run_find(
     pacsguard.start(root / "pacsguard")
     load_pacsguard = run_timed(pacsguard.store_plain([data["dirs"][0]]))
     pacsguard.stop()
-    index_url = load_settings(pacsguard.data_dir / "pacsguard.toml").storage.index_url
+    settings = load_settings(pacsguard.data_dir / "pacsguard.toml")
     bulk_started = time.perf_counter()
-    indexed = bulk_insert(index_url, data["bulk"])
+    indexed = bulk_insert(settings.storage.index_url, index_key(settings), data["bulk"])
     bulk_seconds = time.perf_counter() - bulk_started
     if indexed != count:
         raise RuntimeError(f"pacsguard's index holds {indexed} studies, expected {count}")

@@ -45,3 +45,6 @@ def running_farm() -> Iterator[type[RunningFarm]]:
     yield _Factory
     for farm in started:
         farm.close()
+
+
+from .full_disk import small_tmpfs  # noqa: E402, F401  (a fixture for archive/ and serve/)

@@ -23,7 +23,9 @@ from pacsguard.scan.scheduler import Limits, run_scan
 
 from .conftest import RunningFarm
 
-FAST = ProbeOptions(timeouts=Timeouts(connect=2.0, read=1.0), total_timeout=10.0)
+# A farm host builds its synthetic archive on its first C-FIND, on the farm's one loop: on a
+# loaded two-core machine other hosts can then wait more than a second for an answer.
+FAST = ProbeOptions(timeouts=Timeouts(connect=2.0, read=3.0), total_timeout=30.0)
 
 
 def scan(targets: list[Target], options: ProbeOptions = FAST) -> dict[str, HostReport]:
@@ -45,7 +47,9 @@ def truth_by_host(plan: Any) -> dict[str, dict[str, Any]]:
 def test_scan_matches_ground_truth_for_every_profile(running_farm: type[RunningFarm]) -> None:
     lab = running_farm(plan_farm(36, base_address="127.78.1.1", port=0, seed=7))
     truth = truth_by_host(lab.plan)
-    assert {h["profile"] for h in truth.values()} == {p.value for p in Profile}
+    assert {h["profile"] for h in truth.values()} == {
+        p.value for p in Profile if p.tls is None and not p.honeypot
+    }
     reports = scan([Target(h.address, h.port) for h in lab.plan.hosts])
     schema = load_schema()
     for host, expected in truth.items():
@@ -84,7 +88,9 @@ def test_scan_matches_ground_truth_for_every_profile(running_farm: type[RunningF
         if expected["profile"].startswith("hostile"):
             assert obs.anomalies, context
             assert report.findings == (), context
-            assert obs.duration_s < 5, context
+            # Bounded by our timeouts, not by the host (which holds on for 30 s): a plaintext
+            # attempt, then a TLS handshake attempt (no DICOM answer may hide TLS).
+            assert obs.duration_s < 2 * (FAST.timeouts.connect + FAST.timeouts.read) + 2, context
 
 
 def test_query_budget_marks_counts_as_lower_bounds(running_farm: type[RunningFarm]) -> None:

@@ -72,3 +72,65 @@ def nmap_dicom_ping(
                 raise PeerError(f"nmap reported nothing for {host}:{port}")
             results[(host, port)] = parsed[port]
     return results
+
+
+# --- TLS: ssl-enum-ciphers and ssl-cert -------------------------------------------------------
+
+
+class NmapTls(TypedDict):
+    """One TLS port as nmap's ssl-enum-ciphers (versions) and ssl-cert (certificate) saw it."""
+
+    versions: list[str]  # "1.0" ... "1.3", as pacsguard names them
+    key_type: str | None
+    key_bits: int | None
+    sig_algo: str | None  # e.g. sha1WithRSAEncryption, ecdsa-with-SHA256
+    not_after: str | None  # ISO 8601 without zone (UTC)
+    subject: dict[str, str]
+    issuer: dict[str, str]
+
+
+_NMAP_TLS_VERSIONS = {"TLSv1.0": "1.0", "TLSv1.1": "1.1", "TLSv1.2": "1.2", "TLSv1.3": "1.3"}
+
+
+def _elems(table: ET.Element | None) -> dict[str, str]:
+    if table is None:
+        return {}
+    return {e.get("key", ""): e.text or "" for e in table.findall("elem")}
+
+
+def _parse_tls(xml_text: str) -> dict[int, NmapTls]:
+    results: dict[int, NmapTls] = {}
+    for port in ET.fromstring(xml_text).iter("port"):
+        ciphers = port.find("script[@id='ssl-enum-ciphers']")
+        cert = port.find("script[@id='ssl-cert']")
+        versions = [] if ciphers is None else [t.get("key", "") for t in ciphers.findall("table")]
+        pubkey = _elems(None if cert is None else cert.find("table[@key='pubkey']"))
+        validity = _elems(None if cert is None else cert.find("table[@key='validity']"))
+        top = _elems(cert)
+        bits = pubkey.get("bits")
+        results[int(port.get("portid", "0"))] = NmapTls(
+            versions=[_NMAP_TLS_VERSIONS.get(v, v) for v in versions],
+            key_type=pubkey.get("type"),
+            key_bits=int(bits) if bits else None,
+            sig_algo=top.get("sig_algo"),
+            not_after=validity.get("notAfter"),
+            subject=_elems(None if cert is None else cert.find("table[@key='subject']")),
+            issuer=_elems(None if cert is None else cert.find("table[@key='issuer']")),
+        )
+    return results
+
+
+def nmap_tls(host: str, ports: Sequence[int], *, timeout: float = 300.0) -> dict[int, NmapTls]:
+    """nmap's ssl-enum-ciphers and ssl-cert on loopback ports ("+" forces them on ports nmap
+    would not think of as TLS). TCP connect scan, no ping, no DNS."""
+    nmap = executable("nmap")
+    argv = [str(nmap), "-n", "-Pn", "-sT", "-p", ",".join(str(p) for p in sorted(ports))]
+    argv += ["--script", "+ssl-enum-ciphers,+ssl-cert", "-oX", "-", require_loopback(host)]
+    completed = run_tool(argv, timeout=timeout)
+    if completed.returncode != 0:
+        raise PeerError(f"nmap exited {completed.returncode}: {completed.stderr[-2000:]}")
+    parsed = _parse_tls(completed.stdout)
+    missing = [p for p in ports if p not in parsed]
+    if missing:
+        raise PeerError(f"nmap reported nothing for {host}:{missing}")
+    return parsed

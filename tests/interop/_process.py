@@ -95,7 +95,9 @@ def executable(name: str) -> Path:
     """Like `find_executable`, but raises ToolMissingError naming the Debian package."""
     found = find_executable(name)
     if found is None:
-        raise ToolMissingError(f"{name} not found; install Debian's dcmtk, orthanc or nmap")
+        raise ToolMissingError(
+            f"{name} not found; install Debian's dcmtk, orthanc, nmap or stunnel4"
+        )
     return found
 
 

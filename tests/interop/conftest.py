@@ -20,12 +20,14 @@ from .peers import (
     DcmqrscpPeer,
     LabData,
     OrthancPeer,
+    QrscpPeer,
     StorescpPeer,
     find_executable,
     locked_profile,
     open_profile,
     running_dcmqrscp,
     running_orthanc,
+    running_qrscp,
     running_storescp,
     write_lab_data,
 )
@@ -39,7 +41,7 @@ def require_tools(*names: str) -> None:
     (where `./dev test` installs them), so that a missing peer can never pass silently."""
     missing = [name for name in names if find_executable(name) is None]
     if missing:
-        message = f"not installed: {', '.join(missing)} (Debian: dcmtk, orthanc, nmap)"
+        message = f"not installed: {', '.join(missing)} (Debian: dcmtk, orthanc, nmap, stunnel4)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -79,6 +81,14 @@ def dcmqrscp_peer(
     """dcmqrscp with OPENQR (any peer) and LOCKEDQR (PGTRUSTED@127.0.0.1 only), both loaded."""
     require_tools("dcmqrscp", "storescu", "findscu")
     with running_dcmqrscp(tmp_path_factory.mktemp("dcmqrscp"), lab_data) as peer:
+        yield peer
+
+
+@pytest.fixture(scope="session")
+def qrscp_peer(tmp_path_factory: pytest.TempPathFactory, lab_data: LabData) -> Iterator[QrscpPeer]:
+    """pynetdicom's qrscp application (AE QRSCP, any peer), loaded with the lab data."""
+    require_tools("storescu")
+    with running_qrscp(tmp_path_factory.mktemp("qrscp"), lab_data) as peer:
         yield peer
 
 

@@ -1,4 +1,5 @@
-"""Real DICOM peers on loopback for interoperability tests: Orthanc, dcmqrscp, storescp, nmap.
+"""Real DICOM peers on loopback for interoperability tests: Orthanc, dcmqrscp, storescp,
+pynetdicom's qrscp, nmap.
 
 Every peer runs as its own process (own session, logs in files under its work directory) on a
 fresh ephemeral port of 127.0.0.1, is loaded with the project's synthetic lab archive through
@@ -69,6 +70,7 @@ from ._process import (
     run_tool,
     wait_for_port,
 )
+from ._qrscp import QrscpPeer, qrscp_config, running_qrscp
 
 __all__ = [
     "LOOPBACK",
@@ -83,6 +85,7 @@ __all__ = [
     "OrthancProfile",
     "PeerError",
     "PeerStartError",
+    "QrscpPeer",
     "RegisteredModality",
     "Rejection",
     "StorescpPeer",
@@ -101,11 +104,13 @@ __all__ = [
     "orthanc_counts",
     "orthanc_rest_get",
     "peer_env",
+    "qrscp_config",
     "raw_associate",
     "require_loopback",
     "run_tool",
     "running_dcmqrscp",
     "running_orthanc",
+    "running_qrscp",
     "running_storescp",
     "storescu",
     "wait_for_port",

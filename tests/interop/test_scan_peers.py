@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
 from pacsguard.dicom.client import Timeouts
 from pacsguard.scan.checks import assess
-from pacsguard.scan.model import HostReport, Target
+from pacsguard.scan.model import HostReport, LowerBoundReason, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
 
-from .peers import DcmqrscpPeer, LabData, OrthancPeer, StorescpPeer, nmap_dicom_ping
+from .conftest import require_tools
+from .peers import (
+    DcmqrscpPeer,
+    LabData,
+    OrthancPeer,
+    QrscpPeer,
+    StorescpPeer,
+    nmap_dicom_ping,
+    open_profile,
+    running_orthanc,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -55,6 +66,29 @@ def test_open_orthanc_exposes_exactly_what_it_holds(
         "PG-DIMSE-OPEN-STORE",
     } <= ids
     assert obs.implementation_version_name is not None
+    # Orthanc speaks DIMSE through DCMTK and names DCMTK's version there (its own is on REST).
+    assert report.product is not None and report.product.id == "dcmtk"
+    assert obs.implementation_class_uid is not None
+    assert obs.implementation_class_uid.endswith("." + str(report.product.version))
+    cves = [f for f in report.findings if f.id.startswith("PG-CVE-")]
+    assert all(f.evidence["match"] == "version-only" for f in cves)
+
+
+def test_orthanc_result_limit_makes_counts_lower_bounds(tmp_path: Path, lab_data: LabData) -> None:
+    # With LimitFindResults, Orthanc stops after N matches and ends the answer with status
+    # 0xFE00 (cancel): what came back is a lower bound, not the archive's size.
+    require_tools("Orthanc", "storescu")
+    limit = 4
+    assert lab_data.counts.studies > limit
+    with running_orthanc(
+        open_profile(), tmp_path, lab_data, extra={"LimitFindResults": limit}
+    ) as peer:
+        exposure = scan(peer.host, peer.port).observations.exposure
+    assert exposure is not None
+    assert exposure.studies == limit
+    assert exposure.lower_bound is True
+    assert exposure.lower_bound_reasons == (LowerBoundReason.CANCELLED,)
+    assert "C-FIND STUDY ended with status 0xFE00" in exposure.notes
 
 
 def test_locked_orthanc_gives_nothing_away(locked_orthanc: OrthancPeer) -> None:
@@ -93,6 +127,22 @@ def test_dcmqrscp_without_count_attributes_is_counted_exactly(
     assert exposure is not None
     assert any("count attributes missing" in n for n in exposure.notes)
     assert "PG-DIMSE-DEFAULT-AE" in {f.id for f in report.findings}
+
+
+def test_pynetdicom_qrscp_answering_once_per_instance_is_counted_exactly(
+    qrscp_peer: QrscpPeer, lab_data: LabData
+) -> None:
+    report = scan(qrscp_peer.host, qrscp_peer.port)
+    obs = report.observations
+    assert obs.any_called_ae_accepted is True
+    assert counts(report) == asdict(lab_data.counts)
+    exposure = obs.exposure
+    assert exposure is not None
+    # qrscp drops the count attributes and answers every level once per instance: studies and
+    # series came back many times over, and were counted once each.
+    assert any("count attributes missing" in n for n in exposure.notes)
+    assert exposure.responses > lab_data.counts.instances
+    assert {"PG-DIMSE-ANON-FIND", "PG-DIMSE-PHI-EXPOSED"} <= {f.id for f in report.findings}
 
 
 def test_dcmqrscp_restricted_ae_refuses_the_scanner(dcmqrscp_peer: DcmqrscpPeer) -> None:

@@ -142,3 +142,68 @@ def test_an_unknown_vr_goes_to_pydicom() -> None:
     patient_id = b"\x10\x00\x20\x00LO"
     assert patient_id in data
     assert read_header(data.replace(patient_id, b"\x10\x00\x20\x00XX"), INDEXED_KEYWORDS) is None
+
+
+#: Synthetic names: Latin-1 and the PS3.5 H.3.1 / I.2 examples' shape (Japanese, Korean).
+NAMES = {
+    "latin1": "M\u00fcller^J\u00fcrgen",
+    "japanese": "Yamada^Tarou=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046",
+    "korean": "Hong^Gildong=\u6d2a^\u5409\u6d1e=\ud64d^\uae38\ub3d9",
+}
+
+
+@pytest.mark.parametrize(
+    ("charset", "name", "fast"),
+    [
+        pytest.param(None, NAMES["latin1"], True, id="undeclared, Latin-1 bytes"),
+        pytest.param("ISO_IR 100", NAMES["latin1"], True, id="ISO_IR 100"),
+        pytest.param("ISO_IR 192", NAMES["japanese"], True, id="ISO_IR 192"),
+        pytest.param(["", "ISO 2022 IR 87"], NAMES["japanese"], False, id="ISO 2022 IR 87"),
+        pytest.param(["", "ISO 2022 IR 149"], NAMES["korean"], False, id="ISO 2022 IR 149"),
+    ],
+)
+def test_names_read_as_pydicom_reads_them(
+    charset: str | list[str] | None, name: str, fast: bool
+) -> None:
+    """The fast path decodes what it can exactly as pydicom does (undeclared text as pydicom's
+    default, ISO 8859-1); code extensions are left to pydicom, which decodes them to Unicode."""
+    ds = _dataset()
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    data = _part10(ds, ExplicitVRLittleEndian)
+    assert _by_pydicom(data)["PatientName"] == name
+    values = read_header(data, INDEXED_KEYWORDS)
+    if fast:
+        assert values == _by_pydicom(data)
+    else:
+        assert values is None
+
+
+def test_an_escape_sequence_under_a_plain_charset_goes_to_pydicom() -> None:
+    """ISO_IR 100 allows no code extensions, but an ESC in a value is pydicom's to interpret."""
+    ds = _dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Doe^Jane"
+    data = _part10(ds, ExplicitVRLittleEndian)
+    assert read_header(data.replace(b"Doe^Jane", b"Doe^\x1b(BJn"), INDEXED_KEYWORDS) is None
+
+
+def test_file_meta_that_pydicom_reads_otherwise_goes_to_pydicom() -> None:
+    """Found by fuzzing (tests/fuzz/targets/header.py): pydicom ends the File Meta at the first
+    element outside group 0002 and reads a Transfer Syntax UID with other bytes its own way;
+    the fast path gave other values than pydicom for both."""
+    data = _part10(_dataset(), ExplicitVRLittleEndian)
+    syntax = ExplicitVRLittleEndian.encode()
+    assert read_header(data, INDEXED_KEYWORDS) is not None
+    assert read_header(data.replace(syntax, b"\xb1" + syntax[1:]), INDEXED_KEYWORDS) is None
+    version = b"\x02\x00\x01\x00OB"
+    assert version in data
+    assert read_header(data.replace(version, b"\xff\xff\x01\x00OB"), INDEXED_KEYWORDS) is None
+
+
+def test_a_transfer_syntax_with_leading_padding_goes_to_pydicom() -> None:
+    """Found by fuzzing: pydicom keeps leading NULs in a UID, we stripped them."""
+    data = _part10(_dataset(), ExplicitVRLittleEndian)
+    syntax = ExplicitVRLittleEndian.encode()
+    assert read_header(data.replace(syntax, b"\x00" + syntax[1:]), INDEXED_KEYWORDS) is None

@@ -50,11 +50,13 @@ def test_plan_is_deterministic_and_seed_dependent() -> None:
 def test_plan_mix_shares_and_every_profile_present() -> None:
     plan = plan_farm(1000, seed=2)
     shares = Counter(h.profile for h in plan.hosts)
-    assert set(shares) == set(Profile)
+    # TLS and honeypot profiles are asked for by name or mix, never by default (lab.profiles).
+    plain = {p for p in Profile if p.tls is None and not p.honeypot}
+    assert set(shares) == plain == set(DEFAULT_MIX)
     for profile, weight in DEFAULT_MIX.items():
         assert abs(shares[profile] - 1000 * weight) <= 2, profile
-    small = plan_farm(len(Profile), seed=2)
-    assert {h.profile for h in small.hosts} == set(Profile)
+    small = plan_farm(len(plain), seed=2)
+    assert {h.profile for h in small.hosts} == plain
 
 
 def test_plan_single_profile_and_archive_seeds() -> None:
@@ -357,6 +359,40 @@ def test_truth_exposes_only_what_the_profile_lets_through() -> None:
         if profile.hostile:
             assert by_profile[profile].expected_dicom is False
             assert by_profile[profile].services == []
+        assert (by_profile[profile].tls is None) == (profile.tls is None)
+
+
+def test_tls_truth_says_what_each_tls_profile_serves() -> None:
+    truth = {p: host_truth(_spec(p)) for p in Profile if p.tls is not None}
+    assert set(truth) == {
+        Profile.OPEN_TLS,
+        Profile.TLS_LEGACY,
+        Profile.TLS_EXPIRED,
+        Profile.TLS_WEAK_CERT,
+        Profile.TLS_MUTUAL,
+    }
+    assert truth[Profile.OPEN_TLS].tls == {
+        "versions": ["1.2", "1.3"],
+        "client_certificate": "not-requested",
+        "self_signed": False,
+        "expired": False,
+        "key_type": "ec",
+        "key_bits": 256,
+        "signature_hash": "sha256",
+    }
+    assert truth[Profile.OPEN_TLS].query_exposed is True
+    legacy = truth[Profile.TLS_LEGACY].tls
+    assert legacy is not None and legacy["versions"] == ["1.0", "1.1"]
+    expired = truth[Profile.TLS_EXPIRED].tls
+    assert expired is not None and expired["expired"] and expired["self_signed"]
+    weak = truth[Profile.TLS_WEAK_CERT].tls
+    assert weak is not None and (weak["key_bits"], weak["signature_hash"]) == (1024, "sha1")
+    mutual = truth[Profile.TLS_MUTUAL]
+    assert mutual.tls is not None and mutual.tls["client_certificate"] == "required"
+    # Without a client certificate nobody speaks DICOM to it, so nothing is exposed.
+    assert mutual.expected_dicom is False
+    assert mutual.query_exposed is False and mutual.exposed_counts["studies"] == 0
+    assert mutual.counts["studies"] > 0
 
 
 def test_truth_categories_use_the_scanner_vocabulary() -> None:

@@ -12,6 +12,9 @@ import ssl
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
+
+from sqlalchemy.engine import make_url
 
 from pacsguard.archive.audit.events import (
     AuditEvent,
@@ -25,17 +28,18 @@ from pacsguard.archive.audit.log import AuditLog
 from pacsguard.archive.audit.notify import AuditFanout
 from pacsguard.archive.audit.syslog import SyslogSink
 from pacsguard.archive.blobs.folder import FolderBlobStore
-from pacsguard.archive.config import Settings, require_files, validate_listen
+from pacsguard.archive.config import Settings, is_loopback, require_files, validate_listen
 from pacsguard.archive.control import MARKER, write_marker
 from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd
 from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup, MoveDestination
 from pacsguard.archive.index.sql import SqlIndex
 from pacsguard.archive.recovery import recover
-from pacsguard.archive.security.bootstrap import load_at_rest_key
+from pacsguard.archive.security.bootstrap import derive_index_key, load_at_rest_key
 from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.security.tls import client_capable, client_context, server_context
 from pacsguard.archive.service import ArchiveService, ServiceLimits
+from pacsguard.archive.staging import STAGING_FOLDER, StagingArea
 from pacsguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -83,11 +87,16 @@ class RunningArchive:
         self.index.close()
         if self._marker is not None:  # a clean stop: the next start skips crash recovery
             self._marker.unlink(missing_ok=True)
-        for closer in self._closers:
-            close = getattr(closer, "close", None)
-            if callable(close):
-                with suppress(Exception):
-                    close()
+        close_all(self._closers)
+
+
+def close_all(closers: list[object]) -> None:
+    """Close each of `closers` that has a `close`; one failing does not stop the others."""
+    for closer in closers:
+        close = getattr(closer, "close", None)
+        if callable(close):
+            with suppress(Exception):
+                close()
 
 
 def move_destinations(settings: Settings) -> DestinationLookup:
@@ -127,22 +136,57 @@ def move_destinations(settings: Settings) -> DestinationLookup:
 
 
 def open_storage(settings: Settings) -> tuple[SqlIndex, FolderBlobStore]:
-    """The index and blob store the settings name (also used by `fsck`)."""
+    """The index and blob store the settings name (also used by `fsck`). With encryption at
+    rest, blobs and an SQLite index are encrypted under keys derived from storage.key_file."""
     key = load_at_rest_key(settings.storage.key_file) if settings.storage.encrypt_at_rest else None
     settings.storage.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     blobs = FolderBlobStore(settings.storage.blob_dir, encryption_key=key)
-    index = SqlIndex(settings.storage.index_url)
+    index = SqlIndex(settings.storage.index_url, key=None if key is None else derive_index_key(key))
+    warning = index_transport_warning(settings.storage.index_url)
+    if warning is not None:
+        log.warning("%s", warning)
     return index, blobs
+
+
+#: libpq sslmodes that verify the server's certificate; anything less can be intercepted.
+_VERIFIED_SSLMODES: Final = frozenset({"verify-ca", "verify-full"})
+
+
+def index_transport_warning(index_url: str) -> str | None:
+    """Why the connection to the index may carry patient data unprotected, or None: a
+    PostgreSQL server off this machine reached without verified TLS (README: PostgreSQL).
+    Names the host only, never the URL (it may hold a password)."""
+    url = make_url(index_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    query = {k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}
+    host = url.host or query.get("host")
+    if host is None or host.startswith("/") or is_loopback(host):
+        return None  # a Unix socket or this machine
+    if query.get("sslmode") in _VERIFIED_SSLMODES:
+        return None
+    return (
+        f"storage.index_url: the PostgreSQL server {host} is reached without verified TLS, so "
+        "patient data in the index crosses the network unprotected or to an unverified peer; "
+        "add ?sslmode=verify-full&sslrootcert=/path/to/ca.crt to index_url (README: PostgreSQL)"
+    )
+
+
+def index_key(settings: Settings) -> bytes | None:
+    """The SQLCipher key of the settings' SQLite index; None without encryption at rest."""
+    if not settings.storage.encrypt_at_rest:
+        return None
+    return derive_index_key(load_at_rest_key(settings.storage.key_file))
 
 
 def open_audit(settings: Settings) -> tuple[AuditSink, list[object]]:
     Path(settings.audit.log_path).parent.mkdir(parents=True, exist_ok=True)
     audit_log = AuditLog(settings.audit.log_path, fsync=settings.audit.fsync)
-    sinks: list[AuditSink] = [audit_log]
+    copies: list[AuditSink] = []
     if settings.audit.syslog.enabled:
-        sinks.append(SyslogSink(settings.audit.syslog, source_id=settings.server.ae_title))
-    closers: list[object] = list(sinks)
-    return AuditFanout(sinks), closers
+        copies.append(SyslogSink(settings.audit.syslog, source_id=settings.server.ae_title))
+    closers: list[object] = [audit_log, *copies]
+    return AuditFanout(audit_log, copies), closers
 
 
 def start_archive(settings: Settings) -> RunningArchive:
@@ -151,7 +195,11 @@ def start_archive(settings: Settings) -> RunningArchive:
     require_files(settings)
     destinations = move_destinations(settings)
     audit, closers = open_audit(settings)
-    index, blobs = open_storage(settings)
+    try:
+        index, blobs = open_storage(settings)
+    except BaseException:  # e.g. an index that the key does not open: close the audit log
+        close_all(closers)
+        raise
     # A marker present at start means the last run did not stop cleanly: only then is the
     # index-against-blobs scan worth its cost (it reads every row and lists every blob).
     running_marker = settings.storage.data_dir / MARKER
@@ -159,6 +207,8 @@ def start_archive(settings: Settings) -> RunningArchive:
         if running_marker.exists():
             recover(index, blobs, max_in_flight=settings.server.max_associations * 2)
         write_marker(running_marker)
+        # Large received objects are staged here, encrypted; leftovers are swept now.
+        staging = StagingArea(settings.storage.data_dir / STAGING_FOLDER)
     except BaseException:
         index.close()
         raise
@@ -170,6 +220,7 @@ def start_archive(settings: Settings) -> RunningArchive:
         audit,
         gate.authorize,
         ServiceLimits(max_query_results=server.find_result_cap),
+        staging=staging,
     )
     running = RunningArchive(
         settings, service, index, blobs, audit, gate, _closers=closers, _marker=running_marker
@@ -207,16 +258,16 @@ def start_archive(settings: Settings) -> RunningArchive:
             )
             host, port = frontend.listen(plain_host, plain_port, tls=None)
             running.endpoints.append(Endpoint(host, port, False))
+        audit.emit(  # AuditLogError: an archive that cannot audit does not start
+            AuditEvent(
+                EventType.APPLICATION_START,
+                EventAction.EXECUTE,
+                EventOutcome.SUCCESS,
+                (Participant(ae_title=server.ae_title, requestor=False),),
+                detail={"endpoints": ", ".join(str(e) for e in running.endpoints)},
+            )
+        )
     except BaseException:
         running.stop()
         raise
-    audit.emit(
-        AuditEvent(
-            EventType.APPLICATION_START,
-            EventAction.EXECUTE,
-            EventOutcome.SUCCESS,
-            (Participant(ae_title=server.ae_title, requestor=False),),
-            detail={"endpoints": ", ".join(str(e) for e in running.endpoints)},
-        )
-    )
     return running

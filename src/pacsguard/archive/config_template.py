@@ -54,13 +54,15 @@ max_pending_per_source = 8
 pre_association_timeout_s = 5
 # Largest PDU we accept, in bytes.
 max_pdu = 1048576
-# Seconds to wait for an association request / a DIMSE message / any network read, and for the
-# TLS handshake.
+# Seconds to wait for an association request; for each DIMSE answer (a C-MOVE destination's or
+# a C-GET requester's C-STORE-RSP included); for a silent peer while no operation of its runs
+# (an idle timeout: a long C-MOVE or C-GET is not cut by it); and for the TLS handshake.
 acse_timeout_s = 30
 dimse_timeout_s = 60
 network_timeout_s = 60
 handshake_timeout_s = 10
-# Most matches one C-FIND or QIDO-RS query returns.
+# Most matches one C-FIND or QIDO-RS query returns; a C-FIND with more matches ends after this
+# many with status 0xFE00 and an Error Comment (never 0x0000), and is audited as capped.
 find_result_cap = 1000
 
 [tls]
@@ -81,9 +83,12 @@ min_version = "1.2"
 data_dir = "."
 # SQLAlchemy URL of the index; SQLite in data_dir unless set, e.g. for PostgreSQL:
 # index_url = "postgresql+psycopg://pacsguard@db.example.org/pacsguard"
+# A PostgreSQL index is not encrypted by pacsguard: see the README ("PostgreSQL") for what the
+# database server must do (TLS to it, encrypted storage).
 blob_dir = "blobs"
-# AES-256-GCM encryption of stored objects with the key in key_file (32 raw bytes, mode 0600).
-# Back the key up separately: without it the blobs cannot be read.
+# Encryption at rest with keys derived from key_file (32 raw bytes, mode 0600): stored objects
+# (AES-256-GCM) and the SQLite index and its WAL (SQLCipher). Back the key up separately:
+# without it neither the blobs nor the index can be read.
 encrypt_at_rest = true
 key_file = "keys/at-rest.key"
 

@@ -5,7 +5,19 @@ results back into protocol answers; they hold no archive logic. Every call names
 is authorized here, and becomes an audit event whatever its outcome.
 
 Ingest is durable before it answers: the blob is fsync'd and renamed, then the index row is
-committed, and only then does `store_instance` return success (and the front end acknowledge).
+committed and the audit line synced, and only then does `store_instance` return success (and the
+front end acknowledge). When the blob or the index row cannot be written for lack of room (a
+full disk) the answer is 0xA700, when the index is unavailable otherwise (a lost database) 0x0110,
+and nothing is kept either way; the archive logs one error when that starts and one warning when
+it ends.
+
+Audit fails closed: the primary audit log's `AuditLogError` never becomes a success. A store
+whose audit line cannot be made durable answers 0xA700 (out of resources). If the line could
+not even be written, the index transaction rolls back and the blob goes; if it was written but
+its sync failed, the instance stays stored (the log rewrites the line once the disk recovers,
+see `AuditLog`) and a retry is an identical duplicate. A query is audited before its first match
+is released, a retrieve before its first sub-operation (a `move-request` line, for C-GET too)
+and after its last; the front ends turn `AuditLogError` into failure statuses.
 
 Duplicate SOP Instance UIDs: the same UID with byte-identical content is accepted again as a
 success without change (a client retrying after a lost response must not see a failure); the
@@ -15,6 +27,7 @@ first copy. Corrections go through a new SOP Instance UID, as PS3.4 expects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -26,6 +39,7 @@ from typing import BinaryIO, Final
 from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from pacsguard.archive.audit.events import (
     AuditEvent,
@@ -37,7 +51,7 @@ from pacsguard.archive.audit.events import (
 )
 from pacsguard.archive.audit.notify import Waiter, emit_deferred
 from pacsguard.archive.blobs import BlobConflictError, BlobInfo, BlobStore
-from pacsguard.archive.index import IndexStore
+from pacsguard.archive.index import IndexStore, out_of_space
 from pacsguard.archive.model import (
     AddOutcome,
     HierarchyError,
@@ -46,8 +60,10 @@ from pacsguard.archive.model import (
     is_valid_uid,
 )
 from pacsguard.archive.security.principal import Action, Principal
-from pacsguard.dicom.header import PLAIN_CHARSETS, read_header
+from pacsguard.archive.staging import ObjectSource, StagingArea
+from pacsguard.dicom.header import ESCAPE, PLAIN_CHARSETS, read_header
 from pacsguard.dicom.levels import Level
+from pacsguard.errors import AuditLogError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +71,8 @@ log = logging.getLogger(__name__)
 SUCCESS: Final = 0x0000
 DUPLICATE_SOP_INSTANCE: Final = 0x0111
 NOT_AUTHORIZED: Final = 0x0124
+#: General "processing failure" (PS3.7 C.4.2): the index could not record the instance.
+PROCESSING_FAILURE: Final = 0x0110
 OUT_OF_RESOURCES: Final = 0xA700
 DATASET_MISMATCH: Final = 0xA900
 CANNOT_UNDERSTAND: Final = 0xC000
@@ -91,37 +109,57 @@ def _text(ds: Dataset, keyword: str) -> str:
     """A text value as stored, stripped; "" when absent or undecodable.
 
     Ingest reads ~20 attributes per instance: decoding the raw bytes directly is ten times
-    cheaper than pydicom's per-element conversion and validation, for the common charsets."""
+    cheaper than pydicom's per-element conversion and validation, for the common charsets
+    (`PLAIN_CHARSETS`). Any other Specific Character Set (ISO 2022 code extensions such as
+    ISO 2022 IR 87, other single-byte sets, GB18030...) and any value holding an escape
+    sequence are decoded by pydicom (`pydicom.charset`), into the same Unicode text."""
     try:
         raw = ds.get_item(tag_for_keyword(keyword) or 0)
         if raw is None:
             return ""
         value = raw.value
-        if isinstance(value, bytes | bytearray):
+        if isinstance(value, bytes | bytearray) and ESCAPE not in value:
             charset = _charset(ds)
             if charset is not None:
                 return bytes(value).decode(charset, "replace").strip(" \x00")
         converted = ds.get(keyword)
     except Exception:
         return ""
-    return "" if converted is None else str(converted).strip()
+    if converted is None:
+        return ""
+    if isinstance(converted, MultiValue | list | tuple):  # as stored: values joined by "\\"
+        return "\\".join(str(v) for v in converted).strip()
+    return str(converted).strip()
 
 
 def _charset(ds: Dataset) -> str | None:
+    """The Python codec for `ds`'s text when it is one of `PLAIN_CHARSETS`, else None."""
     raw = ds.get_item(0x00080005)
     if raw is None:
-        return "ascii"
+        return PLAIN_CHARSETS[""]
     value = raw.value
     text = (
         bytes(value).decode("ascii", "replace")
         if isinstance(value, bytes | bytearray)
-        else ("\\".join(value) if isinstance(value, list) else str(value or ""))
+        else ("\\".join(value) if isinstance(value, list | MultiValue) else str(value or ""))
     )
     return PLAIN_CHARSETS.get(text.strip(" \x00"))
 
 
-def _reader(source: Path | bytes) -> BinaryIO:
-    return BytesIO(source) if isinstance(source, bytes) else source.open("rb")
+#: An object to store: Part 10 bytes, a Part 10 file, or one staged by a front end.
+Source = Path | bytes | ObjectSource
+
+
+def _reader(source: Source) -> BinaryIO:
+    if isinstance(source, bytes):
+        return BytesIO(source)
+    return source.open("rb") if isinstance(source, Path) else source.open()
+
+
+def _size(source: Source) -> int:
+    if isinstance(source, bytes):
+        return len(source)
+    return source.stat().st_size if isinstance(source, Path) else source.size
 
 
 #: The attributes ingest reads from each object: the hierarchy's UIDs and what C-FIND matches on.
@@ -167,6 +205,32 @@ def _record_from(values: dict[str, str]) -> InstanceRecord | None:
     )
 
 
+class _Episodes:
+    """One error when writes start failing (a full disk refuses every store after it), and one
+    warning when they work again: not a traceback per refused store."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._failing = False
+        self._lock = threading.Lock()
+
+    def failed(self, error: Exception) -> None:
+        with self._lock:
+            if self._failing:
+                return
+            self._failing = True
+        log.error("%s failed: stores are refused until it works again", self._what, exc_info=error)
+
+    def worked(self) -> None:
+        if not self._failing:
+            return
+        with self._lock:
+            if not self._failing:
+                return
+            self._failing = False
+        log.warning("%s works again: stores resume", self._what)
+
+
 def _participant(principal: Principal) -> Participant:
     return Participant(
         ae_title=principal.ae_title, address=principal.address, user=principal.username
@@ -183,13 +247,19 @@ class ArchiveService:
         audit: AuditSink,
         authorize: Authorizer,
         limits: ServiceLimits | None = None,
+        *,
+        staging: StagingArea | None = None,
     ) -> None:
         self._index = index
         self._blobs = blobs
         self._audit = audit
         self._authorize = authorize
         self.limits = limits or ServiceLimits()
+        #: Where front ends stage objects too large for memory (encrypted, in the data folder).
+        self.staging = staging
         self._locks = tuple(threading.Lock() for _ in range(64))
+        self._blob_writes = _Episodes("blob store write")
+        self._index_writes = _Episodes("index commit")
 
     # -- policy ------------------------------------------------------------------------------
     def require(self, principal: Principal, action: Action) -> None:
@@ -197,15 +267,17 @@ class ArchiveService:
         try:
             self._authorize(principal, action)
         except Exception:
-            self._audit.emit(
-                AuditEvent(
-                    EventType.POLICY_DENIAL,
-                    EventAction.EXECUTE,
-                    EventOutcome.SERIOUS_FAILURE,
-                    (_participant(principal),),
-                    detail={"action": action.value},
+            # The denial stands even when it cannot be audited (the log reports that itself).
+            with contextlib.suppress(AuditLogError):
+                self._audit.emit(
+                    AuditEvent(
+                        EventType.POLICY_DENIAL,
+                        EventAction.EXECUTE,
+                        EventOutcome.SERIOUS_FAILURE,
+                        (_participant(principal),),
+                        detail={"action": action.value},
+                    )
                 )
-            )
             raise Denied(action, principal) from None
 
     # -- ingest --------------------------------------------------------------------------------
@@ -248,16 +320,29 @@ class ArchiveService:
     def store_instance(
         self,
         principal: Principal,
-        source: Path | bytes,
+        source: Source,
         *,
         affected_sop_class_uid: str | None = None,
         affected_sop_instance_uid: str | None = None,
     ) -> StoreResult:
-        """Validate and durably store one DICOM Part 10 object, given as a file or as bytes;
-        never raises for bad input."""
+        """Validate and durably store one DICOM Part 10 object, given as bytes, a file, or a
+        staged object; never raises for bad input. 0xA700 when its audit line cannot be made
+        durable."""
         self.require(principal, Action.STORE)
         try:
-            size = len(source) if isinstance(source, bytes) else source.stat().st_size
+            return self._store(principal, source, affected_sop_class_uid, affected_sop_instance_uid)
+        except AuditLogError:
+            return StoreResult(OUT_OF_RESOURCES, "audit log unavailable")
+
+    def _store(
+        self,
+        principal: Principal,
+        source: Source,
+        affected_sop_class_uid: str | None,
+        affected_sop_instance_uid: str | None,
+    ) -> StoreResult:
+        try:
+            size = _size(source)
         except OSError:
             return self._refuse(principal, OUT_OF_RESOURCES, "received data missing")
         if size > self.limits.max_object_bytes:
@@ -284,19 +369,21 @@ class ArchiveService:
             return self._store_new(principal, source, record)
 
     def _store_new(
-        self, principal: Principal, source: Path | bytes, record: InstanceRecord
+        self, principal: Principal, source: Source, record: InstanceRecord
     ) -> StoreResult:
         # The blob store never replaces a blob: identical bytes return the stored copy, other
         # bytes raise BlobConflictError. So the common case (a new instance) costs no lookup.
         key = record.sop_instance_uid
+        fresh = not self._blobs.exists(key)  # one stat: tells our blob from an earlier one
         try:
             info = self._put_blob(key, source)
         except BlobConflictError:
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", record)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
-        except OSError:
-            log.exception("blob store write failed")
+        except OSError as error:
+            self._blob_writes.failed(error)
             return self._refuse(principal, OUT_OF_RESOURCES, "storage write failed")
+        self._blob_writes.worked()
         stored = InstanceRecord(
             **{
                 **{f: getattr(record, f) for f in record.__dataclass_fields__},
@@ -321,14 +408,24 @@ class ArchiveService:
             # and take back the blob no index row points to.
             self._blobs.delete(info.key)
             return self._refuse(principal, CANNOT_UNDERSTAND, "UIDs contradict stored hierarchy")
-        except Exception:
-            if audit_synced:  # the success line is written: say that the commit failed
-                audit_synced[0]()
+        except AuditLogError:  # the line could not be written: the row rolled back
+            self._drop_unindexed_blob(info.key, fresh=fresh)
+            raise
+        except Exception as error:  # a full disk, a lost database: never acknowledged
+            # No blob stays behind, and the failure is audited (after the success line, if that
+            # was written); the index's failure is the answer even when the log fails too.
+            self._drop_unindexed_blob(info.key, fresh=fresh)
+            with contextlib.suppress(AuditLogError):
+                if audit_synced:
+                    audit_synced[0]()
                 self._store_event(
                     principal, EventOutcome.SERIOUS_FAILURE, "index commit failed", stored
                 )
-            self._drop_unindexed_blob(info.key)
-            raise
+            self._index_writes.failed(error)
+            if out_of_space(error):
+                return StoreResult(OUT_OF_RESOURCES, "index commit failed")
+            return StoreResult(PROCESSING_FAILURE, "index unavailable; not stored, retry later")
+        self._index_writes.worked()
         if outcome is AddOutcome.DUPLICATE_CONFLICT:  # indexed under other bytes
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", stored)
             return StoreResult(DUPLICATE_SOP_INSTANCE, "duplicate-conflict")
@@ -338,16 +435,26 @@ class ArchiveService:
             self._store_event(principal, EventOutcome.SUCCESS, outcome.value, stored)
         return StoreResult(SUCCESS, outcome.value, record.sop_instance_uid)
 
-    def _drop_unindexed_blob(self, key: str) -> None:
+    def _drop_unindexed_blob(self, key: str, *, fresh: bool) -> None:
         """Remove a blob just written whose index row did not commit (never acknowledged), so
-        that it is not left as an orphan; a blob the index does point to stays."""
+        that it is not left as an orphan; a blob the index does point to stays. When the index
+        cannot say (it is down), a blob this store call created (`fresh`) goes, one that was
+        there before stays."""
         try:
-            if self._index.stored_copy(key) is None:
-                self._blobs.delete(key)
+            indexed = self._index.stored_copy(key) is not None
         except Exception:
-            log.exception("could not remove an unacknowledged blob; fsck will list it as an orphan")
+            indexed = not fresh
+        if indexed:
+            return
+        try:
+            self._blobs.delete(key)
+        except Exception as exc:
+            log.error(
+                "could not remove an unacknowledged blob (%s); fsck will list it as an orphan",
+                exc.__class__.__name__,
+            )
 
-    def _put_blob(self, key: str, source: Path | bytes) -> BlobInfo:
+    def _put_blob(self, key: str, source: Source) -> BlobInfo:
         """Durably write the blob. A blob with other bytes that no index row points to can only
         be left by a crash between blob and index (never acknowledged): replace it. One that is
         indexed is a real duplicate: BlobConflictError."""
@@ -364,50 +471,96 @@ class ArchiveService:
     # -- query ---------------------------------------------------------------------------------
     def query(
         self, principal: Principal, request: QueryRequest
-    ) -> Generator[dict[str, str], None, None]:
-        """Matches for a C-FIND / QIDO-RS query, capped by configuration; audited with count."""
+    ) -> Generator[dict[str, str], None, bool]:
+        """Matches for a C-FIND / QIDO-RS query, capped by configuration. The audit line (with
+        the count) is durable before the first match is released: AuditLogError otherwise.
+        Returns (as the generator's value) True when more matches exist than were yielded: the
+        answer is incomplete, and the front end must say so."""
         self.require(principal, Action.FIND)
+        limit = min(request.limit, self.limits.max_query_results)
         capped = QueryRequest(
             root=request.root,
             level=request.level,
             keys=request.keys,
-            limit=min(request.limit, self.limits.max_query_results),
+            limit=limit + 1,  # one more than we return: tells a complete answer from a cut one
         )
-        count = 0
-        outcome = EventOutcome.SUCCESS
         try:
-            for result in self._index.find(capped):
-                count += 1
-                yield result
-        except GeneratorExit:
-            outcome = EventOutcome.MINOR_FAILURE  # cancelled or connection lost mid-answer
-            raise
+            results = list(self._index.find(capped))  # bounded by the cap (plus one)
         except Exception:
-            outcome = EventOutcome.SERIOUS_FAILURE
+            with contextlib.suppress(AuditLogError):  # the query's own error is the answer
+                self._audit_query(principal, request, EventOutcome.SERIOUS_FAILURE, 0, False)
             raise
-        finally:
-            self._audit.emit(
-                AuditEvent(
-                    EventType.QUERY,
-                    EventAction.EXECUTE,
-                    outcome,
-                    (_participant(principal),),
-                    (("query", f"{request.root.value}/{request.level.name}"),),
-                    {"results": count, "capped": count >= capped.limit},
-                )
+        truncated = len(results) > limit
+        del results[limit:]
+        count = len(results)
+        self._audit_query(principal, request, EventOutcome.SUCCESS, count, truncated)
+        yield from results
+        return truncated
+
+    def _audit_query(
+        self,
+        principal: Principal,
+        request: QueryRequest,
+        outcome: EventOutcome,
+        count: int,
+        capped: bool,
+    ) -> None:
+        self._audit.emit(
+            AuditEvent(
+                EventType.QUERY,
+                EventAction.EXECUTE,
+                outcome,
+                (_participant(principal),),
+                (("query", f"{request.root.value}/{request.level.name}"),),
+                {"results": count, "capped": capped},
             )
+        )
 
     # -- retrieve ------------------------------------------------------------------------------
     def instances_to_retrieve(
-        self, principal: Principal, action: Action, level: Level, uids: list[str]
+        self,
+        principal: Principal,
+        action: Action,
+        level: Level,
+        uids: list[str],
+        *,
+        destination: str | None = None,
     ) -> list[InstanceRecord]:
-        """The instances a C-GET / C-MOVE asks for (unique keys at `level`), authorized."""
+        """The instances a C-GET / C-MOVE asks for (unique keys at `level`), authorized. When
+        there are any, a `move-request` line (instances about to be accessed, by whom, for which
+        destination) is durable before this returns: AuditLogError otherwise, and nothing may
+        be sent. An index failure is audited (nothing was retrieved) and raised."""
         self.require(principal, action)
         found: dict[str, InstanceRecord] = {}
-        for uid in uids:
-            for record in self._index.instances(level, uid):
-                found[record.sop_instance_uid] = record
-        return list(found.values())
+        try:
+            for uid in uids:
+                for record in self._index.instances(level, uid):
+                    found[record.sop_instance_uid] = record
+        except Exception:
+            with contextlib.suppress(AuditLogError):  # the index's failure is the answer
+                self._audit.emit(
+                    AuditEvent(
+                        EventType.RETRIEVE,
+                        EventAction.READ,
+                        EventOutcome.SERIOUS_FAILURE,
+                        _retrieve_participants(principal, destination),
+                        detail={"action": action.value, "result": "index unavailable"},
+                    )
+                )
+            raise
+        records = list(found.values())
+        if records:
+            self._audit.emit(
+                AuditEvent(
+                    EventType.MOVE_REQUEST,
+                    EventAction.READ,
+                    EventOutcome.SUCCESS,
+                    _retrieve_participants(principal, destination),
+                    _studies(records),
+                    {"operation": action.value, "instances": len(records)},
+                )
+            )
+        return records
 
     def open_instance(self, record: InstanceRecord) -> BinaryIO:
         return self._blobs.open(record.blob_key)
@@ -418,18 +571,49 @@ class ArchiveService:
         records: list[InstanceRecord],
         *,
         destination: str | None,
-        sent: int,
-        failed: int,
+        tally: RetrieveTally,
     ) -> None:
-        studies = sorted({r.study_instance_uid for r in records})
+        """The line that ends a retrieve, counting every sub-operation (`RetrieveTally`);
+        AuditLogError when it cannot be made durable."""
         self._audit.emit(
             AuditEvent(
                 EventType.RETRIEVE,
                 EventAction.READ,
-                EventOutcome.SUCCESS if failed == 0 else EventOutcome.MINOR_FAILURE,
-                (_participant(principal),)
-                + ((Participant(ae_title=destination, requestor=False),) if destination else ()),
-                tuple(("study", s) for s in studies),
-                {"sent": sent, "failed": failed},
+                EventOutcome.SUCCESS if tally.sent == len(records) else EventOutcome.MINOR_FAILURE,
+                _retrieve_participants(principal, destination),
+                _studies(records),
+                tally.detail(),
             )
         )
+
+
+@dataclass(slots=True)
+class RetrieveTally:
+    """Where each sub-operation of a retrieve ended: `sent` (the peer answered its C-STORE),
+    `failed` (could not be sent: unreadable, or no presentation context for it), `in_flight`
+    (being sent when the operation ended: it may have reached the peer) and `not_started`
+    (cancelled or cut off before it began). They add up to the instances matched."""
+
+    sent: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    not_started: int = 0
+
+    def detail(self) -> dict[str, str | int | bool]:
+        return {
+            "sent": self.sent,
+            "failed": self.failed,
+            "in_flight": self.in_flight,
+            "not_started": self.not_started,
+        }
+
+
+def _retrieve_participants(
+    principal: Principal, destination: str | None
+) -> tuple[Participant, ...]:
+    own = (_participant(principal),)
+    return own + ((Participant(ae_title=destination, requestor=False),) if destination else ())
+
+
+def _studies(records: list[InstanceRecord]) -> tuple[tuple[str, str], ...]:
+    return tuple(("study", s) for s in sorted({r.study_instance_uid for r in records}))

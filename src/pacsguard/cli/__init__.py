@@ -1,51 +1,148 @@
 """The `pacsguard` command line. One module per subcommand; `main(argv)` is the entry point.
 
+Subcommands are imported when they run (or show their own help), never at start-up: `serve`
+pulls in SQLAlchemy, Alembic and cryptography, which `pacsguard --help` and `pacsguard scan`
+never use. `pacsguard --help` lists them from `SUBCOMMANDS` without importing any (a unit test
+keeps each summary equal to the subcommand's own help).
+
 Exit codes: 0 clean (no finding at or above the failing severity), 1 findings, 2 usage error,
 3 internal error.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 import typer
+from typer.core import TyperGroup
 
 from pacsguard.errors import UsageError
+
+if TYPE_CHECKING:  # typer's own (vendored) click, as TyperGroup's signatures name it
+    from typer._click import Command, Context, HelpFormatter
 
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 
+
+@dataclass(frozen=True, slots=True)
+class Subcommand:
+    """Where a subcommand lives: a command function or a `typer.Typer` group, by attribute."""
+
+    module: str
+    attribute: str
+    summary: str
+
+
+SUBCOMMANDS: Final[dict[str, Subcommand]] = {
+    "scan": Subcommand(
+        "pacsguard.cli.scan", "scan", "Probe DICOM endpoints; one JSON Lines record per target."
+    ),
+    "report": Subcommand(
+        "pacsguard.cli.report",
+        "report",
+        "Executive summary, top findings and per-host evidence and remediation.",
+    ),
+    "demo": Subcommand(
+        "pacsguard.cli.demo",
+        "demo",
+        "Scan a lab of simulated exposed PACS, then run a secure archive and scan that too.",
+    ),
+    "lab": Subcommand(
+        "pacsguard.cli.lab",
+        "app",
+        "Synthetic patients and simulated exposed PACS, on loopback addresses only.",
+    ),
+    "init": Subcommand(
+        "pacsguard.cli.init",
+        "init",
+        "Create what is missing in DATA_DIR; never overwrite a key, certificate or config.",
+    ),
+    "serve": Subcommand("pacsguard.cli.serve", "serve", "Run the archive until SIGTERM or Ctrl-C."),
+    "fsck": Subcommand(
+        "pacsguard.cli.serve",
+        "fsck",
+        "Check that index and blob store agree (exit 1 when they do not).",
+    ),
+    "unlock": Subcommand(
+        "pacsguard.cli.serve",
+        "unlock",
+        "Lift lockouts in the running archive now, instead of waiting for them to expire.",
+    ),
+    "audit": Subcommand(
+        "pacsguard.cli.audit",
+        "app",
+        "Check the archive's hash-chained audit log and export it (DICOM PS3.15 A.5 XML).",
+    ),
+    "products": Subcommand(
+        "pacsguard.cli.products",
+        "app",
+        "The data that maps server fingerprints to products and versions to CVEs.",
+    ),
+    "survey": Subcommand(
+        "pacsguard.cli.survey",
+        "app",
+        "Surveys over stored runs: import, report, diff, disclose.",
+    ),
+}
+
+
+def load_subcommand(name: str) -> Command:
+    """Import one subcommand and build its click command, as `app.command`/`add_typer` would."""
+    entry = SUBCOMMANDS[name]
+    target = getattr(importlib.import_module(entry.module), entry.attribute)
+    if isinstance(target, typer.Typer):
+        group = typer.main.get_group(target)
+        group.name = name
+        return group
+    holder = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    holder.command(name=name)(target)
+    return typer.main.get_command(holder)
+
+
+class _LazyGroup(TyperGroup):
+    """The top-level group: knows its subcommands by name, builds one when it is used."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return list(SUBCOMMANDS)
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        if cmd_name not in SUBCOMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            self.commands[cmd_name] = load_subcommand(cmd_name)
+        return self.commands[cmd_name]
+
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, entry.summary) for name, entry in SUBCOMMANDS.items()])
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     name="pacsguard",
     help="Find exposed PACS without keeping patient data; run one that is secure by default.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich's help formatter would import rich and every subcommand up front.
+    rich_markup_mode=None,
 )
 
 
-def _register() -> None:
-    """Attach the subcommands once; imported late so `import pacsguard.cli` stays cheap."""
-    if app.registered_commands:
-        return
-    from pacsguard.cli import audit, demo, init, lab, scan, serve
-
-    app.command(name="scan")(scan.scan)
-    app.command(name="demo")(demo.demo)
-    app.add_typer(lab.app, name="lab")
-    app.command(name="init")(init.init)
-    app.command(name="serve")(serve.serve)
-    app.command(name="fsck")(serve.fsck)
-    app.command(name="unlock")(serve.unlock)
-    app.add_typer(audit.app, name="audit")
+@app.callback()
+def _root() -> None:
+    """Find exposed PACS without keeping patient data; run one that is secure by default."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (usage errors are 2, as in click and POSIX tools)."""
-    _register()
     try:
         app(args=list(argv) if argv is not None else sys.argv[1:], prog_name="pacsguard")
     except UsageError as exc:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from io import BytesIO
 from typing import Final
 
@@ -21,6 +19,15 @@ from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 
 from pacsguard.dicom import uids
 from pacsguard.dicom.command import CommandField
+from pacsguard.dicom.connect import (
+    MAX_INCOMING_PDU,
+    ConnectTimeout,
+    Timeouts,
+    close_within_deadline,
+    close_writer,
+    open_connection,
+    set_nodelay,
+)
 from pacsguard.dicom.dimse import (
     DimseMessage,
     MessageAssembler,
@@ -47,29 +54,21 @@ from pacsguard.dicom.ul import (
 )
 from pacsguard.errors import MalformedPdu, PeerClosed
 
-#: The maximum PDU we tell peers we accept, and the bound we hold them to (with slack for
-#: peers that ignore it, as several do).
+__all__ = [  # the connection helpers live in `connect` (no pydicom there); named here too
+    "MAX_INCOMING_PDU",
+    "OUR_MAX_PDU",
+    "Association",
+    "ConnectTimeout",
+    "Timeouts",
+    "associate",
+    "close_writer",
+    "request_association",
+    "set_nodelay",
+]
+
+#: The maximum PDU we tell peers we accept; we hold them to MAX_INCOMING_PDU (slack for peers
+#: that ignore it, as several do).
 OUR_MAX_PDU: Final = 64 * 1024
-MAX_INCOMING_PDU: Final = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Per-conversation timeouts in seconds."""
-
-    connect: float = 3.0
-    read: float = 5.0
-
-
-class ConnectTimeout(TimeoutError):
-    """The TCP connection itself was not established in time (nothing answered SYN)."""
-
-
-def set_nodelay(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Association:
@@ -203,20 +202,12 @@ class Association:
         except (TimeoutError, OSError, PeerClosed, MalformedPdu):
             pass
         finally:
-            await close_writer(self._writer)
+            await close_within_deadline(self._writer)
 
     async def abort(self) -> None:
         with contextlib.suppress(OSError, RuntimeError):
             self._writer.write(encode_abort())
-        await close_writer(self._writer)
-
-
-async def close_writer(writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(Exception):
-        writer.close()
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(1.0):
-            await writer.wait_closed()
+        await close_within_deadline(self._writer)
 
 
 async def request_association(
@@ -233,17 +224,31 @@ async def request_association(
 
     Raises OSError/TimeoutError for connection failures and ProtocolError for bad answers.
     """
+    reader, writer = await open_connection(host, port, timeouts=timeouts, tls=tls)
+    return await associate(
+        reader,
+        writer,
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        contexts=contexts,
+        timeouts=timeouts,
+    )
+
+
+async def associate(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    calling_ae: str,
+    called_ae: str,
+    contexts: Sequence[ProposedContext],
+    timeouts: Timeouts,
+) -> tuple[AssociationAccepted | AssociationRejected, Association | None]:
+    """Negotiate on a connection `open_connection` made; it is closed unless accepted.
+
+    Raises TimeoutError when no answer comes in time and ProtocolError for bad answers.
+    """
     contexts = tuple(contexts)
-    try:
-        async with asyncio.timeout(timeouts.connect):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=tls, limit=MAX_INCOMING_PDU + 16
-            )
-    except TimeoutError:
-        raise ConnectTimeout(
-            f"no TCP connection to {host}:{port} within {timeouts.connect}s"
-        ) from None
-    set_nodelay(writer)
     try:
         writer.write(encode_associate_rq(calling_ae, called_ae, contexts, OUR_MAX_PDU))
         async with asyncio.timeout(timeouts.read):
@@ -251,10 +256,10 @@ async def request_association(
             pdu = await read_pdu(reader, MAX_ASSOCIATION_PDU)
         answer = decode_associate_answer(pdu, contexts)
     except BaseException:
-        await close_writer(writer)
+        await close_within_deadline(writer)
         raise
     if isinstance(answer, AssociationRejected):
-        await close_writer(writer)
+        await close_within_deadline(writer)
         return answer, None
     return answer, Association(reader, writer, answer, timeouts)
 

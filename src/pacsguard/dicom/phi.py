@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from pydicom.dataset import Dataset
+if TYPE_CHECKING:  # only annotations: importing this module must not load pydicom
+    from pydicom.dataset import Dataset
 
 
 class PhiCategory(StrEnum):

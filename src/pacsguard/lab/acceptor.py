@@ -126,11 +126,20 @@ def encode_accept(
     primitive.result = 0
     max_length = MaximumLengthNotification()
     max_length.maximum_length_received = stack.max_pdu
-    impl_uid = ImplementationClassUIDNotification()
-    impl_uid.implementation_class_uid = stack.implementation_class_uid
-    impl_name = ImplementationVersionNameNotification()
-    impl_name.implementation_version_name = stack.implementation_version_name
-    primitive.user_information = [max_length, impl_uid, impl_name]
+    items: list[
+        MaximumLengthNotification
+        | ImplementationClassUIDNotification
+        | ImplementationVersionNameNotification
+    ] = [max_length]
+    if stack.implementation_class_uid:  # a dicompot-like stack sends neither (non-conformant)
+        impl_uid = ImplementationClassUIDNotification()
+        impl_uid.implementation_class_uid = stack.implementation_class_uid
+        items.append(impl_uid)
+    if stack.implementation_version_name:
+        impl_name = ImplementationVersionNameNotification()
+        impl_name.implementation_version_name = stack.implementation_version_name
+        items.append(impl_name)
+    primitive.user_information = list(items)
     contexts = []
     for context_id, result, transfer_syntax in results:
         pc = PresentationContext()

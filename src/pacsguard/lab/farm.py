@@ -17,11 +17,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import ssl
 from types import TracebackType
 from typing import Final
 
 from pacsguard.dicom.client import close_writer, set_nodelay
 from pacsguard.errors import LabError, ProtocolError
+from pacsguard.lab.certificates import LabCA
 from pacsguard.lab.hostile import BEHAVIOURS
 from pacsguard.lab.profiles import (
     DEFAULT_MIX,
@@ -32,6 +34,7 @@ from pacsguard.lab.profiles import (
     require_loopback,
 )
 from pacsguard.lab.session import FarmStats, HostState, Limits, serve_association
+from pacsguard.lab.tls import profile_contexts
 
 __all__ = [
     "DEFAULT_MIX",
@@ -62,6 +65,8 @@ class Farm:
         self._servers: list[asyncio.Server] = []
         self._ports: dict[int, int] = {}
         self._active: set[asyncio.Task[None]] = set()
+        self._tls: dict[Profile, ssl.SSLContext] = {}
+        self._ca: LabCA | None = None
         self.stats = FarmStats()
 
     @property
@@ -73,6 +78,12 @@ class Farm:
     def running(self) -> bool:
         return bool(self._servers)
 
+    @property
+    def ca(self) -> LabCA | None:
+        """The lab CA behind the TLS hosts' certificates (None until a TLS host starts): it
+        also issues client certificates for the `tls-mutual` profile."""
+        return self._ca
+
     def state(self, index: int) -> HostState:
         """A host's live state (e.g. how many instances it has been sent)."""
         return self._states[index]
@@ -83,6 +94,10 @@ class Farm:
             raise LabError("the farm is already running")
         hosts = len(self._plan.hosts)
         ensure_descriptors(hosts + _SPARE_DESCRIPTORS, hosts + self._limits.max_connections + 64)
+        tls_profiles = {spec.profile for spec in self._plan.hosts if spec.profile.tls is not None}
+        if tls_profiles:
+            self._ca = self._ca or LabCA()
+            self._tls = dict(profile_contexts(sorted(tls_profiles), self._ca))
         try:
             for spec in self._plan.hosts:
                 await self._bind(spec)
@@ -92,6 +107,7 @@ class Farm:
 
     async def _bind(self, spec: HostSpec) -> None:
         callback = functools.partial(self._on_connect, self._states[spec.index])
+        tls = self._tls.get(spec.profile)
         try:
             server = await asyncio.start_server(
                 callback,
@@ -99,6 +115,8 @@ class Farm:
                 port=spec.port,
                 reuse_address=True,
                 backlog=_BACKLOG,
+                ssl=tls,
+                ssl_handshake_timeout=self._limits.association_timeout if tls else None,
             )
         except OSError as exc:
             raise LabError(

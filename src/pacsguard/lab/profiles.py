@@ -2,8 +2,15 @@
 
 A profile says how a host treats an association (which AE titles it checks, which services it
 offers, whether it answers with count attributes) or, for the hostile ones, how it breaks the
-protocol. Everything here is pure and deterministic: the same plan arguments give the same farm,
-so a benchmark can regenerate the ground truth it scanned.
+protocol. The TLS profiles put the open profile's DICOM behind TLS (`TlsOffer`): well set up,
+legacy versions only, an expired self-signed certificate, a weak (1024-bit RSA, SHA-1)
+certificate, or a required client certificate. They are not in `DEFAULT_MIX` (whose farms are
+also scanned by nmap's plaintext `dicom-ping` in the benchmarks); ask for them by name or mix.
+The honeypot profiles (also by name or mix only) answer as dicompot and DICOMHawk do (their
+public source, cited at their `Stack`s) and serve one canned archive on every host.
+Everything here is pure and deterministic: the same plan arguments give the same farm, so a
+benchmark can regenerate the ground truth it scanned (certificates are made when a farm starts,
+but what the truth says of them is fixed by the profile).
 """
 
 from __future__ import annotations
@@ -13,12 +20,13 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from pacsguard.dicom import uids
 from pacsguard.errors import LabError
+from pacsguard.lab.certificates import CertSpec
 
 LOOPBACK: Final = ipaddress.IPv4Network("127.0.0.0/8")
 
@@ -35,10 +43,27 @@ class Profile(StrEnum):
     HOSTILE_HUGE_PDU = "hostile-huge-pdu"
     HOSTILE_SILENT = "hostile-silent"
     HOSTILE_CLOSE_MID_PDU = "hostile-close-mid-pdu"
+    OPEN_TLS = "open-tls"
+    TLS_LEGACY = "tls-legacy"
+    TLS_EXPIRED = "tls-expired"
+    TLS_WEAK_CERT = "tls-weak-cert"
+    TLS_MUTUAL = "tls-mutual"
+    HONEYPOT_DICOMPOT = "honeypot-dicompot"
+    HONEYPOT_DICOMHAWK = "honeypot-dicomhawk"
 
     @property
     def hostile(self) -> bool:
         return self.value.startswith("hostile-")
+
+    @property
+    def honeypot(self) -> bool:
+        """Answers as a DICOM honeypot does, with the same canned archive on every host."""
+        return self.value.startswith("honeypot-")
+
+    @property
+    def tls(self) -> TlsOffer | None:
+        """The TLS layer in front of the host's DICOM, or None for plain TCP."""
+        return TLS_OFFERS.get(self)
 
     @property
     def checks_called_ae(self) -> bool:
@@ -65,13 +90,68 @@ class Profile(StrEnum):
 
     @property
     def exposed_without_inside_knowledge(self) -> bool:
-        """Reachable by a scanner that knows only vendor-default called AE titles."""
-        return not self.hostile and not self.checks_calling_ae
+        """Reachable by a scanner that knows only vendor-default called AE titles (and has no
+        client certificate)."""
+        tls = self.tls
+        return (
+            not self.hostile
+            and not self.checks_calling_ae
+            and (tls is None or tls.client_certificate != "required")
+        )
 
 
 _FIND_PROFILES: Final = frozenset(
-    {Profile.OPEN, Profile.OPEN_NOCOUNTS, Profile.CALLED_AE_CHECK, Profile.CALLING_AE_ALLOWLIST}
+    {
+        Profile.OPEN,
+        Profile.OPEN_NOCOUNTS,
+        Profile.CALLED_AE_CHECK,
+        Profile.CALLING_AE_ALLOWLIST,
+        Profile.OPEN_TLS,
+        Profile.TLS_LEGACY,
+        Profile.TLS_EXPIRED,
+        Profile.TLS_WEAK_CERT,
+        Profile.TLS_MUTUAL,
+        Profile.HONEYPOT_DICOMPOT,
+        Profile.HONEYPOT_DICOMHAWK,
+    }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOffer:
+    """The TLS layer of a TLS profile: versions served, certificate, client certificate."""
+
+    versions: tuple[str, ...]  # "1.0" ... "1.3", contiguous
+    certificate: CertSpec
+    #: "required": only clients with a certificate from the farm's lab CA get in.
+    client_certificate: Literal["not-requested", "required"] = "not-requested"
+
+
+#: The certificate each TLS profile presents. Lifetimes are relative to the farm's start.
+TLS_OFFERS: Final[Mapping[Profile, TlsOffer]] = {
+    Profile.OPEN_TLS: TlsOffer(("1.2", "1.3"), CertSpec("open-tls.pacsguard.lab")),
+    Profile.TLS_LEGACY: TlsOffer(("1.0", "1.1"), CertSpec("tls-legacy.pacsguard.lab")),
+    Profile.TLS_EXPIRED: TlsOffer(
+        ("1.2", "1.3"),
+        CertSpec(
+            "tls-expired.pacsguard.lab",
+            key="rsa",
+            key_bits=2048,
+            valid_from_days=-730,
+            valid_until_days=-30,
+            self_signed=True,
+        ),
+    ),
+    Profile.TLS_WEAK_CERT: TlsOffer(
+        ("1.2",),
+        CertSpec(
+            "tls-weak-cert.pacsguard.lab", key="rsa", key_bits=1024, hash="sha1", self_signed=True
+        ),
+    ),
+    Profile.TLS_MUTUAL: TlsOffer(
+        ("1.2", "1.3"), CertSpec("tls-mutual.pacsguard.lab"), client_certificate="required"
+    ),
+}
 
 #: Service names, as `pacsguard.dicom.uids.SOP_CLASS_NAMES` spells them.
 VERIFICATION: Final = "verification"
@@ -118,6 +198,18 @@ PYNETDICOM: Final = Stack(
     str(PYNETDICOM_IMPLEMENTATION_VERSION),
     16382,
 )
+#: dicompot (nsmfoo/dicompot, on go-netdicom): its A-ASSOCIATE-AC user information carries only
+#: the maximum length, 4 MiB (contextmanager.go, serviceprovider.go DefaultMaxPDUSize); its
+#: default AE title is "radiant" (server/dicompot.go). Empty UID and name: none sent.
+DICOMPOT: Final = Stack("dicompot", "radiant", "", "", 4 * 1024 * 1024)
+#: DICOMHawk (honeynet/DICOMHawk, on pynetdicom): names itself DCMTK 3.6.2 but keeps pynetdicom's
+#: default maximum PDU (dicom_server/core/dicom_application.py).
+DICOMHAWK: Final = Stack(
+    "dicomhawk", "ANY-SCP", "1.2.276.0.7230010.3.0.3.6.2", "OFFIS_DCMTK_362", 16382
+)
+#: Every host of a honeypot profile serves the same canned archive (seed and size).
+HONEYPOT_ARCHIVE_SEED: Final = 4_242_424
+HONEYPOT_ARCHIVE_PATIENTS: Final = 4
 #: What hostile hosts put in the part of an A-ASSOCIATE-AC they do send.
 LAB: Final = Stack(
     "pacsguard-lab", "LABPACS", str(uids.IMPLEMENTATION_CLASS_UID) + ".9", "PG_LAB_FARM", 32768
@@ -131,6 +223,14 @@ _STACKS: Final[Mapping[Profile, tuple[Stack, ...]]] = {
     Profile.CALLED_AE_CHECK: (ORTHANC, DCM4CHEE, DCMQRSCP),
     Profile.CALLING_AE_ALLOWLIST: (ORTHANC, DCM4CHEE),
     Profile.STORE_ONLY: (STORESCP,),
+    # DICOM-TLS as Orthanc serves it, or dcmqrscp behind a TLS terminator.
+    Profile.OPEN_TLS: (ORTHANC, DCMQRSCP),
+    Profile.TLS_LEGACY: (DCMQRSCP,),
+    Profile.TLS_EXPIRED: (ORTHANC, DCMQRSCP),
+    Profile.TLS_WEAK_CERT: (DCMQRSCP,),
+    Profile.TLS_MUTUAL: (ORTHANC, DCMQRSCP),
+    Profile.HONEYPOT_DICOMPOT: (DICOMPOT,),
+    Profile.HONEYPOT_DICOMHAWK: (DICOMHAWK,),
 }
 
 
@@ -270,6 +370,9 @@ def plan_farm(
     for index, (address, host_profile) in enumerate(zip(addresses, profiles, strict=True)):
         stack = rng.choice(_STACKS.get(host_profile, (LAB,)))
         patients = rng.randint(1, max_patients) if host_profile.holds_data else 0
+        archive_seed = seed + index
+        if host_profile.honeypot:  # canned: the same archive everywhere, a fleet of decoys
+            patients, archive_seed = HONEYPOT_ARCHIVE_PATIENTS, HONEYPOT_ARCHIVE_SEED
         allowlist: tuple[str, ...] = ()
         if host_profile.checks_calling_ae:
             allowlist = tuple(f"RADWS{rng.randrange(10**6):06d}" for _ in range(rng.randint(1, 3)))
@@ -280,7 +383,7 @@ def plan_farm(
                 port=port,
                 profile=host_profile,
                 stack=stack,
-                seed=seed + index,
+                seed=archive_seed,
                 patients=patients,
                 calling_allowlist=allowlist,
             )

@@ -16,11 +16,19 @@ Schema (`pacsguard-lab-truth/1`)::
                 "query_exposed": bool, "count_attributes": bool,
                 "counts": {"patients": int, "studies": int, "series": int, "instances": int},
                 "exposed_counts": {... same keys ...},
-                "phi_categories": [str]}]}
+                "phi_categories": [str],
+                "tls": null | {"versions": [str], "client_certificate": str,
+                               "self_signed": bool, "expired": bool, "key_type": str,
+                               "key_bits": int, "signature_hash": str},
+                "honeypot": null | "dicompot" | "dicomhawk"}]}
 
 `counts` is what the host holds; `exposed_counts` and `phi_categories` are what an outsider
 (calling AE unknown to the host, called AE from vendor defaults) can read with C-FIND. The
-association facts are null for hosts that never complete an association.
+association facts are null for hosts that never complete an association (including a
+`tls-mutual` host, which wants a client certificate the scanner does not have). `tls` is what a
+TLS observer should see on a TLS host: versions accepted ("1.0" ... "1.3") and the
+certificate's facts. `honeypot` names the honeypot a `honeypot-*` host imitates: a scanner should
+flag it and keep it out of its totals (all such hosts serve the same canned archive).
 """
 
 from __future__ import annotations
@@ -87,6 +95,26 @@ class HostTruth:
     counts: dict[str, int]
     exposed_counts: dict[str, int]
     phi_categories: list[str]
+    tls: dict[str, Any] | None = None
+    #: The honeypot this host imitates ("dicompot", "dicomhawk"), or None.
+    honeypot: str | None = None
+
+
+def tls_truth(profile: Profile) -> dict[str, Any] | None:
+    """What a TLS observer should see on a host with `profile` (None: plain TCP)."""
+    offer = profile.tls
+    if offer is None:
+        return None
+    cert = offer.certificate
+    return {
+        "versions": list(offer.versions),
+        "client_certificate": offer.client_certificate,
+        "self_signed": cert.self_signed,
+        "expired": cert.valid_until_days < 0,
+        "key_type": cert.key,
+        "key_bits": cert.key_bits,
+        "signature_hash": cert.hash,
+    }
 
 
 def host_truth(spec: HostSpec) -> HostTruth:
@@ -95,8 +123,11 @@ def host_truth(spec: HostSpec) -> HostTruth:
     archive = generate_archive(spec.seed, spec.patients) if spec.patients > 0 else None
     counts = archive.counts if archive is not None else _NO_COUNTS
     exposed = profile.offers_find and profile.exposed_without_inside_knowledge
-    # An allow-listing host rejects before AE checks can be told apart; hostile ones never tell.
-    speaks = not profile.hostile
+    # An allow-listing host rejects before AE checks can be told apart; hostile ones never tell;
+    # a host requiring a client certificate lets nobody without one speak DICOM.
+    offer = profile.tls
+    mutual = offer is not None and offer.client_certificate == "required"
+    speaks = not profile.hostile and not mutual
     completes = speaks and not profile.checks_calling_ae
     return HostTruth(
         address=spec.address,
@@ -104,8 +135,12 @@ def host_truth(spec: HostSpec) -> HostTruth:
         profile=str(profile),
         stack=spec.stack.name,
         ae_title=spec.ae_title,
-        implementation_class_uid=spec.stack.implementation_class_uid if completes else None,
-        implementation_version_name=spec.stack.implementation_version_name if completes else None,
+        implementation_class_uid=(spec.stack.implementation_class_uid or None)
+        if completes
+        else None,
+        implementation_version_name=(spec.stack.implementation_version_name or None)
+        if completes
+        else None,
         max_pdu=spec.stack.max_pdu if completes else None,
         expected_dicom=speaks,
         accepts_any_called_ae=(not profile.checks_called_ae) if completes else None,
@@ -116,6 +151,8 @@ def host_truth(spec: HostSpec) -> HostTruth:
         counts=asdict(counts),
         exposed_counts=asdict(counts if exposed else _NO_COUNTS),
         phi_categories=phi_categories(archive) if exposed and archive is not None else [],
+        tls=tls_truth(profile),
+        honeypot=spec.stack.name if profile.honeypot else None,
     )
 
 

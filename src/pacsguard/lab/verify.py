@@ -16,9 +16,39 @@ class Agreement:
     mismatches: tuple[str, ...]
 
 
+def _tls_disagreements(report: HostReport, truth: Mapping[str, Any] | None) -> list[str]:
+    facts = report.observations.tls_facts
+    if truth is None:
+        return [] if facts is None else ["TLS seen on a plain TCP host"]
+    if facts is None:
+        return ["TLS not seen"]
+    out = []
+    if list(facts.versions_accepted) != truth["versions"]:
+        out.append(f"TLS versions {list(facts.versions_accepted)} != {truth['versions']}")
+    if facts.client_certificate.value != truth["client_certificate"]:
+        out.append(f"client certificate {facts.client_certificate.value}")
+    cert = facts.certificate
+    seen = (
+        None
+        if cert is None
+        else {
+            "self_signed": cert.self_signed,
+            "expired": cert.expired,
+            "key_type": cert.key_type,
+            "key_bits": cert.key_bits,
+            "signature_hash": cert.signature_hash,
+        }
+    )
+    wanted = {k: truth[k] for k in ("self_signed", "expired", "key_type", "key_bits")}
+    wanted["signature_hash"] = truth["signature_hash"]
+    if seen != wanted:
+        out.append(f"certificate facts {seen} != {wanted}")
+    return out
+
+
 def _disagreements(report: HostReport, truth: Mapping[str, Any]) -> list[str]:
     obs = report.observations
-    out = []
+    out = _tls_disagreements(report, truth.get("tls"))
     if obs.dicom != truth["expected_dicom"]:
         out.append(f"dicom {obs.dicom} != {truth['expected_dicom']}")
     if truth["accepts_any_called_ae"] is not None and (

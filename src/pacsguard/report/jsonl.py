@@ -9,17 +9,33 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any, Final, Protocol
 
-from pacsguard.scan.model import Finding, HostReport, Observations, Outcome
+from pacsguard.scan.http_model import HttpObservations
+from pacsguard.scan.model import (
+    CertificateFacts,
+    ClientCertificate,
+    Finding,
+    HostReport,
+    Observations,
+    Outcome,
+    TlsFacts,
+)
 
 SCHEMA_ID: Final = "pacsguard.scan-record/1"
 
 
 def _association(obs: Observations) -> dict[str, Any]:
+    facts = obs.tls_facts
     if obs.accepted_called_aets:
         status, reason = Outcome.ACCEPTED.value, None
+    elif (
+        facts is not None
+        and facts.client_certificate is ClientCertificate.REQUIRED
+        and not obs.dicom
+    ):
+        # Inside TLS no request was possible; the plaintext attempt's outcome would mislead.
+        status, reason = "not-attempted", "tls-client-certificate-required"
     elif obs.attempts:
         last = obs.attempts[-1]
         status, reason = last.outcome.value, last.reason
@@ -40,9 +56,102 @@ def _association(obs: Observations) -> dict[str, Any]:
                 "called_ae": a.called_ae,
                 "outcome": a.outcome.value,
                 "reason": a.reason,
+                "tls": a.tls,
             }
             for a in obs.attempts
         ],
+    }
+
+
+def http_record(http: HttpObservations | None) -> dict[str, Any] | None:
+    """The HTTP tier's facts: counts, versions, paths and realms; never an answer's body."""
+    if http is None:
+        return None
+    orthanc = http.orthanc
+    return {
+        "scheme": http.scheme,
+        "answered": http.answered,
+        "root_status": http.root_status,
+        "server": http.server,
+        "auth": {"scheme": http.auth_scheme, "realm": http.auth_realm},
+        "orthanc": None
+        if orthanc is None
+        else {
+            "open": orthanc.open,
+            "version": orthanc.version,
+            "api_version": orthanc.api_version,
+            "dicom_aet": orthanc.dicom_aet,
+            "dicom_port": orthanc.dicom_port,
+            "plugins_enabled": orthanc.plugins_enabled,
+            "patients": orthanc.patients,
+            "studies": orthanc.studies,
+            "series": orthanc.series,
+            "instances": orthanc.instances,
+            "patients_listable": orthanc.patients_listable,
+            "patients_listed": orthanc.patients_listed,
+            "patients_listed_lower_bound": orthanc.patients_listed_lower_bound,
+        },
+        "dicomweb": [
+            {
+                "path": q.path,
+                "status": q.status,
+                "open": q.open,
+                "studies": q.studies,
+                "lower_bound": q.lower_bound,
+                "pages": q.pages,
+                "phi_categories": sorted(c.value for c in q.phi_categories),
+                "note": q.note,
+            }
+            for q in http.dicomweb
+        ],
+        "viewers": [
+            {"id": v.id, "name": v.name, "path": v.path, "source": v.source} for v in http.viewers
+        ],
+        "default_credentials": {
+            "tried": http.default_credentials_tried,
+            "working": [
+                {"id": c.id, "username": c.username, "path": c.path}
+                for c in http.default_credentials
+            ],
+        },
+        "endpoints": [
+            {"path": e.path, "status": e.status, "auth_scheme": e.auth_scheme}
+            for e in http.endpoints
+        ],
+    }
+
+
+def _certificate(cert: CertificateFacts) -> dict[str, Any]:
+    return {
+        "subject": cert.subject,
+        "issuer": cert.issuer,
+        "dns_names": list(cert.dns_names),
+        "ip_addresses": list(cert.ip_addresses),
+        "not_before": cert.not_before,
+        "not_after": cert.not_after,
+        "expired": cert.expired,
+        "not_yet_valid": cert.not_yet_valid,
+        "self_signed": cert.self_signed,
+        "key_type": cert.key_type,
+        "key_bits": cert.key_bits,
+        "signature_algorithm": cert.signature_algorithm,
+        "signature_hash": cert.signature_hash,
+        "sha256_fingerprint": cert.sha256_fingerprint,
+    }
+
+
+def _tls_facts(facts: TlsFacts | None) -> dict[str, Any] | None:
+    if facts is None:
+        return None
+    return {
+        "versions_accepted": list(facts.versions_accepted),
+        "versions_refused": list(facts.versions_refused),
+        "versions_untested": list(facts.versions_untested),
+        "negotiated_version": facts.negotiated_version,
+        "cipher": facts.cipher,
+        "client_certificate": facts.client_certificate.value,
+        "certificate": _certificate(facts.certificate) if facts.certificate else None,
+        "certificate_error": facts.certificate_error,
     }
 
 
@@ -68,6 +177,7 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
         "port": obs.target.port,
         "transport": obs.target.transport,
         "tls": obs.tls,
+        "tls_facts": _tls_facts(obs.tls_facts),
         "reachable": obs.reachable,
         "dicom": obs.dicom,
         "association": _association(obs),
@@ -85,11 +195,28 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
             "series": exposure.series,
             "instances": exposure.instances,
             "lower_bound": exposure.lower_bound,
+            "lower_bound_reasons": [r.value for r in exposure.lower_bound_reasons],
+            "responses": exposure.responses,
             "phi_categories": sorted(c.value for c in exposure.phi_categories),
             "method": exposure.method,
             "queries": exposure.queries,
             "notes": list(exposure.notes),
         },
+        "product": None
+        if report.product is None
+        else {
+            "id": report.product.id,
+            "name": report.product.name,
+            "version": report.product.version,
+            "identified_by": report.product.basis,
+        },
+        "honeypot": {
+            "flagged": report.honeypot_flagged,
+            "signatures": list(report.honeypot_signatures),
+            "reasons": list(report.honeypot_reasons),
+        },
+        "config_signature": report.config_signature,
+        "http": http_record(obs.http),
         "findings": [_finding(f) for f in report.findings],
         "worst_severity": report.worst.value if report.worst else None,
         "anomalies": list(obs.anomalies),
@@ -112,6 +239,8 @@ def write_record(stream: TextSink, report: HostReport) -> None:
 
 def load_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of one record."""
+    from importlib import resources  # only here: scanning never needs it
+
     text = resources.files("pacsguard.report").joinpath("schema/scan-record.schema.json")
     loaded: dict[str, Any] = json.loads(text.read_text(encoding="utf-8"))
     return loaded

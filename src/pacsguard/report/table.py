@@ -1,4 +1,8 @@
-"""Human-readable terminal output: a table of targets and a one-paragraph summary."""
+"""Human-readable terminal output: a table of targets and a one-paragraph summary.
+
+rich is imported only to draw the table: the summary is plain text, and `pacsguard scan`
+without `--format table` never loads rich.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,15 @@ import ipaddress
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
+from pacsguard.report.digest import web_summary
+from pacsguard.report.jsonl import http_record
+from pacsguard.scan.honeypots import ClusterTally
 from pacsguard.scan.model import Finding, HostReport, Severity
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _STYLE = {
     Severity.CRITICAL: "bold red",
@@ -23,7 +31,11 @@ _STYLE = {
 
 @dataclass
 class ScanSummary:
-    """Running totals over a scan; fed one report at a time so nothing else is kept."""
+    """Running totals over a scan; fed one report at a time so nothing else is kept.
+
+    Hosts flagged as honeypots are counted apart and left out of the exposure totals and the
+    severity counts (so of the exit code); hosts in identical-configuration clusters are shown
+    apart and left out of the exposure totals (`pacsguard.scan.honeypots`)."""
 
     targets: int = 0
     reachable: int = 0
@@ -33,19 +45,30 @@ class ScanSummary:
     studies: int = 0
     instances: int = 0
     patients: int = 0
+    honeypots: int = 0
     severities: Counter[Severity] = field(default_factory=Counter)
+    tally: ClusterTally = field(default_factory=ClusterTally)
 
     def add(self, report: HostReport) -> None:
         obs = report.observations
         self.targets += 1
         self.reachable += obs.reachable
         self.dicom += obs.dicom
+        if not report.counted:
+            self.honeypots += 1
+            return
         self.accepted += bool(obs.accepted_called_aets)
         if obs.exposure is not None and obs.exposure.studies:
             self.exposing += 1
             self.studies += obs.exposure.studies
             self.instances += obs.exposure.instances
             self.patients += obs.exposure.patients
+            self.tally.add(
+                report.config_signature,
+                obs.exposure.patients,
+                obs.exposure.studies,
+                obs.exposure.instances,
+            )
         if report.worst is not None:
             self.severities[report.worst] += 1
 
@@ -54,12 +77,27 @@ class ScanSummary:
             f"{self.severities[s]} {s.value}"
             for s in sorted(self.severities, key=lambda s: -s.rank)
         )
-        return (
+        clusters = self.tally.clusters()
+        clustered = sum(c.hosts for c in clusters)
+        exposing = self.exposing - clustered
+        patients = self.patients - sum(c.patients for c in clusters)
+        studies = self.studies - sum(c.studies for c in clusters)
+        instances = self.instances - sum(c.instances for c in clusters)
+        text = (
             f"{self.targets} targets, {self.reachable} reachable, {self.dicom} speak DICOM, "
-            f"{self.accepted} accept a stranger, {self.exposing} expose data "
-            f"({self.patients} patients, {self.studies} studies, {self.instances} instances)."
+            f"{self.accepted} accept a stranger, {exposing} expose data "
+            f"({patients} patients, {studies} studies, {instances} instances)."
             + (f" Hosts by worst finding: {worst}." if worst else "")
         )
+        if clusters:
+            text += (
+                f" Not in those totals: {clustered} hosts in {len(clusters)} "
+                f"identical-configuration cluster(s) ({sum(c.studies for c in clusters)} "
+                "studies)."
+            )
+        if self.honeypots:
+            text += f" Not counted at all: {self.honeypots} likely honeypot(s)."
+        return text
 
 
 _REASONS = {
@@ -70,13 +108,20 @@ _REASONS = {
 
 def _status(report: HostReport) -> str:
     obs = report.observations
+    if obs.http is not None:  # a web target: what it showed, in words
+        summary = web_summary(http_record(obs.http)) or "-"
+        return summary if len(summary) <= 60 else summary[:59] + "…"
+    tls = "TLS " if obs.tls else ""
     if obs.accepted_called_aets:
-        return "accepted: " + ",".join(obs.accepted_called_aets)
+        return f"{tls}accepted: " + ",".join(obs.accepted_called_aets)
+    facts = obs.tls_facts
+    if facts is not None and facts.client_certificate.value == "required" and not obs.dicom:
+        return "TLS: client certificate required"
     if obs.attempts:
         last = obs.attempts[-1]
         if last.reason in _REASONS:
-            return f"rejected: {_REASONS[last.reason]}"
-        return f"{last.outcome.value}" + (f": {last.reason}" if last.reason else "")
+            return f"{tls}rejected: {_REASONS[last.reason]}"
+        return f"{tls}{last.outcome.value}" + (f": {last.reason}" if last.reason else "")
     return "-"
 
 
@@ -93,6 +138,8 @@ def _sort_key(report: HostReport) -> tuple[int, object, int]:
 def render_table(reports: Sequence[HostReport], console: Console) -> None:
     """One row per target that answered at all (closed ports are only counted), then a table
     of the distinct findings with how many hosts have each."""
+    from rich.table import Table
+
     table = Table(title="Targets that answered", title_justify="left")
     table.add_column("target", no_wrap=True)
     table.add_column("association")

@@ -1,24 +1,35 @@
 """Count what a C-FIND service exposes: patients, studies, series, instances, PHI categories.
 
-Strategy (never retrieves pixel data, never keeps values):
+Strategy (never retrieves pixel data, never keeps a data set):
 1. One Study Root query at STUDY level asking for NumberOfStudyRelatedSeries/Instances (PS3.4
    C.3.4 optional keys) plus minimal keys to tell patients apart and detect PHI categories.
-2. Studies whose counts did not come back are expanded at SERIES level (and series at IMAGE
-   level), while the query budget lasts; what the budget cannot cover makes the counts lower
-   bounds.
+2. Studies whose counts did not come back (or came back impossible: no instances) are expanded
+   at SERIES level, and series likewise at IMAGE level, while the query budget lasts.
 3. Without Study Root, Patient Root is used the same way starting at PATIENT level.
 
-Patients are told apart by a keyed hash of PatientID (or name when ID is empty) with a key that
-lives only in this process; study and series UIDs are held only while the probe runs, to address
-the fallback queries.
+Every count is of *distinct* unique keys: pynetdicom's `qrscp`, for one, answers a STUDY-level
+query with one response per instance. Count attributes are the server's claims; where answers
+at the level below were received, the answers win (and a disagreement is noted).
+
+Counts are exact only if every C-FIND they come from ended with Success. A failure or cancel
+status (e.g. 0xA700 when a result limit is reached, 0xFE00), an interrupted answer, a budget
+reached or a response without its unique key makes them lower bounds, with the reason
+(`LowerBoundReason`).
+
+Memory: each response is reduced as it arrives (PHI categories, then keyed 8-byte digests of its
+UIDs) and dropped. What stays per target is a set of digests per level and the count claims of
+distinct studies or patients, all bounded by the response budget, plus the UIDs still to expand,
+bounded by the query budget; never a data set. Digests use a key that lives only in this
+process, so they cannot be matched against anything outside it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Final, Protocol
 
 from pydicom.dataset import Dataset
@@ -27,9 +38,14 @@ from pacsguard.dicom import uids
 from pacsguard.dicom.phi import PHI_RETURN_KEYS, PhiCategory, categorize
 from pacsguard.dicom.ul import AssociationAccepted, ContextResult
 from pacsguard.errors import ProtocolError
-from pacsguard.scan.model import Exposure
+from pacsguard.scan.model import CountBudget, Exposure, LowerBoundReason
+
+__all__ = ["CountBudget", "ExposureCounter", "FindSession", "count_exposure"]
 
 _HASH_KEY: Final = os.urandom(16)
+_PENDING: Final = (0xFF00, 0xFF01)
+_SUCCESS: Final = 0x0000
+_CANCEL: Final = 0xFE00
 
 
 class FindSession(Protocol):
@@ -40,36 +56,32 @@ class FindSession(Protocol):
     ) -> AsyncIterator[tuple[int, Dataset | None]]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class CountBudget:
-    """Bounds on the work one target's counting may do."""
-
-    max_queries: int = 64
-    max_responses: int = 20000
-
-
 class BudgetExhausted(Exception):
     """Internal: stop querying, what was counted is a lower bound."""
 
+    def __init__(self, reason: LowerBoundReason) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
 
-@dataclass
-class _Tally:
-    patients: set[bytes] = field(default_factory=set)
-    studies: int = 0
-    series: int = 0
-    instances: int = 0
-    categories: set[PhiCategory] = field(default_factory=set)
-    queries: int = 0
-    responses: int = 0
-    lower_bound: bool = False
-    notes: list[str] = field(default_factory=list)
+
+#: (7FE0,0010) Pixel Data: never a query key.
+_PIXEL_DATA: Final = 0x7FE00010
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.blake2b(value.encode("utf-8", "replace"), key=_HASH_KEY, digest_size=8).digest()
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        return str(ds.get(keyword, "") or "").strip()
+    except Exception:  # a malformed element from a remote: treat as absent
+        return ""
 
 
 def _patient_key(ds: Dataset) -> bytes | None:
-    value = str(ds.get("PatientID", "") or "").strip() or str(ds.get("PatientName", "") or "")
-    if not value.strip():
-        return None
-    return hashlib.blake2b(value.encode("utf-8", "replace"), key=_HASH_KEY, digest_size=8).digest()
+    value = _text(ds, "PatientID") or _text(ds, "PatientName")
+    return _digest(value) if value else None
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
@@ -84,7 +96,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def _uid(ds: Dataset, keyword: str) -> str | None:
-    value = str(ds.get(keyword, "") or "").strip()
+    value = _text(ds, keyword)
     return value if value and len(value) <= 64 else None
 
 
@@ -96,62 +108,229 @@ def _query(level: str, **keys: str) -> Dataset:
     return ds
 
 
-class _Counter:
-    def __init__(self, session: FindSession, budget: CountBudget) -> None:
-        self._session = session
-        self._budget = budget
-        self.tally = _Tally()
+def _plausible(*counts: int) -> bool:
+    """Counts down the hierarchy (e.g. studies, series, instances) that can all be true: at
+    least one of each, and never fewer at a level than at the level above."""
+    return counts[0] >= 1 and all(a <= b for a, b in pairwise(counts))
 
-    async def run(self, context: ContextResult, query: Dataset) -> list[Dataset]:
-        """One C-FIND; returns the pending identifiers. Failure statuses are noted, not raised."""
-        if self.tally.queries >= self._budget.max_queries:
-            raise BudgetExhausted
-        self.tally.queries += 1
-        results: list[Dataset] = []
-        async for status, ds in self._session.find(context, query):
-            if status in (0xFF00, 0xFF01):
-                self.tally.responses += 1
-                if ds is not None:
-                    self.tally.categories |= categorize(ds)
-                    results.append(ds)
-                if self.tally.responses >= self._budget.max_responses:
-                    self.tally.lower_bound = True
-                    self.tally.notes.append("response budget reached")
-                    raise BudgetExhausted
-            elif status != 0x0000:
-                self.tally.notes.append(
-                    f"C-FIND {query.QueryRetrieveLevel} answered status 0x{status:04X}"
-                )
-        return results
 
-    async def count_series_instances(
-        self, context: ContextResult, study_uid: str, patient_id: str | None
+@dataclass
+class _Tally:
+    """What one target's counting has established so far; a snapshot is valid at any moment."""
+
+    patients: set[bytes] = field(default_factory=set)
+    studies: set[bytes] = field(default_factory=set)
+    series: set[bytes] = field(default_factory=set)
+    instances: set[bytes] = field(default_factory=set)
+    #: Counts that count attributes claim below a distinct patient (studies, series,
+    #: instances), study (series, instances) or series (instances), for the levels that were
+    #: not queried because the claim was there.
+    patient_claims: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)
+    study_claims: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    series_claims: dict[bytes, int] = field(default_factory=dict)
+    categories: set[PhiCategory] = field(default_factory=set)
+    pixel_data: bool = False
+    queries: int = 0
+    responses: int = 0
+    reasons: list[LowerBoundReason] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def lower_bound(self, reason: LowerBoundReason, note: str | None = None) -> None:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        if note is not None:
+            self.note(note)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes and len(self.notes) < 16:
+            self.notes.append(text)
+
+
+class ExposureCounter:
+    """Counts one target's exposure over an association; `exposure()` may be read at any time
+    (also after the probe's time budget cut `count` short)."""
+
+    def __init__(self, budget: CountBudget | None = None) -> None:
+        self._budget = budget or CountBudget()
+        self._tally = _Tally()
+        self.method = "none"
+        #: `count` returned: whatever stopped it is already among the reasons (a cancellation
+        #: from outside, e.g. the probe's time budget, leaves this False).
+        self.finished = False
+
+    def exposure(self, *, cut_short: LowerBoundReason | None = None) -> Exposure:
+        """The counts so far; `cut_short` adds the reason the counting was stopped from outside."""
+        t = self._tally
+        reasons = list(t.reasons)
+        if cut_short is not None and cut_short not in reasons:
+            reasons.append(cut_short)
+        return Exposure(
+            patients=len(t.patients),
+            studies=len(t.studies) + sum(c[0] for c in t.patient_claims.values()),
+            series=len(t.series)
+            + sum(c[1] for c in t.patient_claims.values())
+            + sum(c[0] for c in t.study_claims.values()),
+            instances=len(t.instances)
+            + sum(c[2] for c in t.patient_claims.values())
+            + sum(c[1] for c in t.study_claims.values())
+            + sum(t.series_claims.values()),
+            lower_bound=bool(reasons),
+            phi_categories=frozenset(t.categories),
+            method=self.method,
+            queries=t.queries,
+            notes=tuple(t.notes),
+            lower_bound_reasons=tuple(reasons),
+            responses=t.responses,
+            pixel_data_in_answers=t.pixel_data,
+        )
+
+    async def count(self, session: FindSession, accepted: AssociationAccepted) -> bool:
+        """Count what the negotiated query contexts expose; never raises for the remote's
+        answers. Returns whether the association is still in a clean state (False when an
+        answer was cut short: the caller must abort rather than release it)."""
+        study_root = accepted.accepted_context(uids.STUDY_ROOT_FIND)
+        patient_root = accepted.accepted_context(uids.PATIENT_ROOT_FIND)
+        clean = True
+        try:
+            if study_root is not None:
+                self.method = "study-root"
+                await self._count_studies(session, study_root)
+            elif patient_root is not None:
+                self.method = "patient-root"
+                await self._count_by_patient(session, patient_root)
+        except BudgetExhausted as exc:
+            self._tally.lower_bound(exc.reason)
+            # Out of queries between two C-FINDs, the association is idle; out of responses,
+            # an answer is still streaming in.
+            clean = exc.reason is LowerBoundReason.QUERY_BUDGET
+        except (TimeoutError, ProtocolError, OSError) as exc:
+            self._tally.lower_bound(
+                LowerBoundReason.INTERRUPTED, f"counting interrupted: {exc.__class__.__name__}"
+            )
+            clean = False
+        self.finished = True
+        return clean
+
+    # --- one C-FIND -----------------------------------------------------------------------
+
+    async def _find(
+        self, session: FindSession, context: ContextResult, query: Dataset
+    ) -> AsyncIterator[Dataset]:
+        """One C-FIND: yield each pending identifier (its PHI categories already taken), then
+        turn the final status into a lower-bound reason unless it is Success."""
+        tally = self._tally
+        if tally.queries >= self._budget.max_queries:
+            raise BudgetExhausted(LowerBoundReason.QUERY_BUDGET)
+        tally.queries += 1
+        level = str(query.QueryRetrieveLevel)
+        answers = session.find(context, query)
+        try:
+            async for status, ds in answers:
+                if status in _PENDING:
+                    tally.responses += 1
+                    if tally.responses > self._budget.max_responses:
+                        tally.responses -= 1
+                        raise BudgetExhausted(LowerBoundReason.RESPONSE_BUDGET)
+                    if status == 0xFF01:
+                        tally.note("optional keys not supported (status 0xFF01)")
+                    if ds is None:
+                        tally.lower_bound(
+                            LowerBoundReason.UNIDENTIFIED, f"undecodable {level} response"
+                        )
+                        continue
+                    tally.categories |= categorize(ds)
+                    tally.pixel_data |= _PIXEL_DATA in ds
+                    yield ds
+                elif status == _CANCEL:
+                    tally.lower_bound(
+                        LowerBoundReason.CANCELLED, f"C-FIND {level} ended with status 0xFE00"
+                    )
+                elif status != _SUCCESS:
+                    tally.lower_bound(
+                        LowerBoundReason.FAILURE_STATUS,
+                        f"C-FIND {level} ended with status 0x{status:04X}",
+                    )
+        finally:
+            if isinstance(answers, AsyncGenerator):
+                await answers.aclose()  # the answer was cut short: stop its generator now
+
+    def _room_to_expand(self, queued: int) -> bool:
+        """Whether one more query can be queued; otherwise the counts become lower bounds."""
+        if self._tally.queries + queued < self._budget.max_queries:
+            return True
+        self._tally.lower_bound(LowerBoundReason.QUERY_BUDGET)
+        return False
+
+    # --- levels ---------------------------------------------------------------------------
+
+    async def _count_instances(
+        self,
+        session: FindSession,
+        context: ContextResult,
+        keys: dict[str, str],
+    ) -> int:
+        """IMAGE level under one series: distinct SOP Instance UIDs; returns how many were new."""
+        tally = self._tally
+        new = 0
+        async for ds in self._find(session, context, _query("IMAGE", SOPInstanceUID="", **keys)):
+            sop_uid = _uid(ds, "SOPInstanceUID")
+            if sop_uid is None:
+                tally.lower_bound(LowerBoundReason.UNIDENTIFIED, "IMAGE response without a UID")
+                continue
+            digest = _digest(sop_uid)
+            if digest not in tally.instances:
+                tally.instances.add(digest)
+                new += 1
+        return new
+
+    async def _count_series(
+        self,
+        session: FindSession,
+        context: ContextResult,
+        study_uid: str,
+        patient_id: str | None,
+        claimed: tuple[int | None, int | None],
     ) -> None:
-        keys: dict[str, str] = {
-            "StudyInstanceUID": study_uid,
-            "SeriesInstanceUID": "",
-            "NumberOfSeriesRelatedInstances": "",
-        }
+        """SERIES level under one study, then IMAGE level for series without a count."""
+        tally = self._tally
+        keys = {"StudyInstanceUID": study_uid}
         if patient_id is not None:
             keys["PatientID"] = patient_id
-        series = await self.run(context, _query("SERIES", **keys))
-        self.tally.series += len(series)
-        for ds in series:
-            count = _int(ds, "NumberOfSeriesRelatedInstances")
-            if count is not None:
-                self.tally.instances += count
-                continue
+        series_seen = 0
+        instances_claimed = 0
+        expand: list[str] = []
+        query = _query("SERIES", SeriesInstanceUID="", NumberOfSeriesRelatedInstances="", **keys)
+        async for ds in self._find(session, context, query):
             series_uid = _uid(ds, "SeriesInstanceUID")
             if series_uid is None:
-                self.tally.lower_bound = True
+                tally.lower_bound(LowerBoundReason.UNIDENTIFIED, "SERIES response without a UID")
                 continue
-            image_keys = {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}
-            if patient_id is not None:
-                image_keys["PatientID"] = patient_id
-            images = await self.run(context, _query("IMAGE", SOPInstanceUID="", **image_keys))
-            self.tally.instances += len(images)
+            digest = _digest(series_uid)
+            if digest in tally.series:
+                continue
+            tally.series.add(digest)
+            series_seen += 1
+            count = _int(ds, "NumberOfSeriesRelatedInstances")
+            if count is not None and _plausible(count):
+                tally.series_claims[digest] = count
+                instances_claimed += count
+            elif self._room_to_expand(len(expand)):
+                expand.append(series_uid)
+        instances_seen = 0
+        for series_uid in expand:
+            instances_seen += await self._count_instances(
+                session, context, {**keys, "SeriesInstanceUID": series_uid}
+            )
+        n_series, n_instances = claimed
+        if (n_series is not None and n_series != series_seen) or (
+            n_instances is not None and n_instances != instances_claimed + instances_seen
+        ):
+            tally.note("count attributes disagree with the answers below them: answers counted")
 
-    async def count_studies(self, context: ContextResult, patient_id: str | None = None) -> None:
+    async def _count_studies(
+        self, session: FindSession, context: ContextResult, patient_id: str | None = None
+    ) -> None:
+        tally = self._tally
         keys = {
             "StudyInstanceUID": "",
             "NumberOfStudyRelatedSeries": "",
@@ -160,30 +339,54 @@ class _Counter:
         keys.update(dict.fromkeys(PHI_RETURN_KEYS, ""))
         if patient_id is not None:
             keys["PatientID"] = patient_id
-        studies = await self.run(context, _query("STUDY", **keys))
-        self.tally.studies += len(studies)
-        pending: list[tuple[str, int | None]] = []  # studies lacking some count
-        for ds in studies:
-            key = _patient_key(ds)
-            if key is not None:
-                self.tally.patients.add(key)
-            n_series = _int(ds, "NumberOfStudyRelatedSeries")
-            n_instances = _int(ds, "NumberOfStudyRelatedInstances")
-            if n_series is not None and n_instances is not None:
-                self.tally.series += n_series
-                self.tally.instances += n_instances
-                continue
+        expand: dict[bytes, tuple[str, int | None, int | None]] = {}
+        async for ds in self._find(session, context, _query("STUDY", **keys)):
+            patient = _patient_key(ds)
+            if patient is not None:
+                tally.patients.add(patient)
             study_uid = _uid(ds, "StudyInstanceUID")
             if study_uid is None:
-                self.tally.lower_bound = True
+                tally.lower_bound(LowerBoundReason.UNIDENTIFIED, "STUDY response without a UID")
                 continue
-            pending.append((study_uid, n_instances))
-        if pending:
-            self.tally.notes.append("count attributes missing: counted series/images")
-        for study_uid, _ in pending:
-            await self.count_series_instances(context, study_uid, patient_id)
+            digest = _digest(study_uid)
+            n_series = _int(ds, "NumberOfStudyRelatedSeries")
+            n_instances = _int(ds, "NumberOfStudyRelatedInstances")
+            if digest in tally.studies:
+                self._reconcile_repeat(digest, n_series, n_instances)
+                continue
+            tally.studies.add(digest)
+            if (
+                n_series is not None
+                and n_instances is not None
+                and _plausible(n_series, n_instances)
+            ):
+                tally.study_claims[digest] = (n_series, n_instances)
+            elif self._room_to_expand(len(expand)):
+                expand[digest] = (study_uid, n_series, n_instances)
+        if expand:
+            tally.note("count attributes missing: counted series/images")
+        for study_uid, n_series, n_instances in expand.values():
+            await self._count_series(
+                session, context, study_uid, patient_id, (n_series, n_instances)
+            )
 
-    async def count_by_patient(self, context: ContextResult) -> None:
+    def _reconcile_repeat(
+        self, digest: bytes, n_series: int | None, n_instances: int | None
+    ) -> None:
+        """A study answered again (some servers answer once per instance): counted once; if
+        its count attributes differ, the larger claim is kept and the difference noted."""
+        claim = self._tally.study_claims.get(digest)
+        if claim is None or n_series is None or n_instances is None:
+            return
+        if (n_series, n_instances) != claim:
+            self._tally.note("one study answered with different count attributes: larger kept")
+            self._tally.study_claims[digest] = (
+                max(claim[0], n_series),
+                max(claim[1], n_instances),
+            )
+
+    async def _count_by_patient(self, session: FindSession, context: ContextResult) -> None:
+        tally = self._tally
         keys = {
             "PatientID": "",
             "PatientName": "",
@@ -193,28 +396,30 @@ class _Counter:
             "NumberOfPatientRelatedSeries": "",
             "NumberOfPatientRelatedInstances": "",
         }
-        patients = await self.run(context, _query("PATIENT", **keys))
-        for ds in patients:
-            key = _patient_key(ds)
-            if key is not None:
-                self.tally.patients.add(key)
-        expand: list[str] = []
-        for ds in patients:
-            studies = _int(ds, "NumberOfPatientRelatedStudies")
-            series = _int(ds, "NumberOfPatientRelatedSeries")
-            instances = _int(ds, "NumberOfPatientRelatedInstances")
-            if studies is not None and series is not None and instances is not None:
-                self.tally.studies += studies
-                self.tally.series += series
-                self.tally.instances += instances
+        expand: dict[bytes, str] = {}
+        async for ds in self._find(session, context, _query("PATIENT", **keys)):
+            patient = _patient_key(ds)
+            patient_id = _text(ds, "PatientID")
+            if patient is None or not patient_id:
+                tally.lower_bound(LowerBoundReason.UNIDENTIFIED, "PATIENT response without an ID")
                 continue
-            patient_id = str(ds.get("PatientID", "") or "").strip()
-            if not patient_id:
-                self.tally.lower_bound = True
+            if patient in tally.patients:
                 continue
-            expand.append(patient_id)
-        for patient_id in expand:
-            await self.count_studies(context, patient_id)
+            tally.patients.add(patient)
+            n_studies = _int(ds, "NumberOfPatientRelatedStudies")
+            n_series = _int(ds, "NumberOfPatientRelatedSeries")
+            n_instances = _int(ds, "NumberOfPatientRelatedInstances")
+            if (
+                n_studies is not None
+                and n_series is not None
+                and n_instances is not None
+                and _plausible(n_studies, n_series, n_instances)
+            ):
+                tally.patient_claims[patient] = (n_studies, n_series, n_instances)
+            elif self._room_to_expand(len(expand)):
+                expand[patient] = patient_id
+        for patient_id in expand.values():
+            await self._count_studies(session, context, patient_id)
 
 
 async def count_exposure(
@@ -225,37 +430,6 @@ async def count_exposure(
     Returns the exposure and whether the association is still in a clean state (False when a
     query was cut short: the caller must abort rather than release it).
     """
-    counter = _Counter(session, budget)
-    study_root = accepted.accepted_context(uids.STUDY_ROOT_FIND)
-    patient_root = accepted.accepted_context(uids.PATIENT_ROOT_FIND)
-    method = "none"
-    clean = True
-    try:
-        if study_root is not None:
-            method = "study-root"
-            await counter.count_studies(study_root)
-        elif patient_root is not None:
-            method = "patient-root"
-            await counter.count_by_patient(patient_root)
-    except BudgetExhausted:
-        counter.tally.lower_bound = True
-        if "response budget reached" not in counter.tally.notes:
-            counter.tally.notes.append("query budget reached")
-        clean = False
-    except (TimeoutError, ProtocolError) as exc:
-        counter.tally.lower_bound = True
-        counter.tally.notes.append(f"counting interrupted: {exc.__class__.__name__}")
-        clean = False
-    tally = counter.tally
-    exposure = Exposure(
-        patients=len(tally.patients),
-        studies=tally.studies,
-        series=tally.series,
-        instances=tally.instances,
-        lower_bound=tally.lower_bound,
-        phi_categories=frozenset(tally.categories),
-        method=method,
-        queries=tally.queries,
-        notes=tuple(tally.notes),
-    )
-    return exposure, clean
+    counter = ExposureCounter(budget)
+    clean = await counter.count(session, accepted)
+    return counter.exposure(), clean

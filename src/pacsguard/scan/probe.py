@@ -5,6 +5,15 @@ Conversation, in order (each step only if the previous one allows it):
    Root FIND and one storage SOP class (never used: an accepted storage context is the evidence).
 2. On "called AE not recognised" (RJ reason 7): the curated vendor-default titles.
 3. On an accepted association: C-ECHO, then exposure counting over C-FIND, then A-RELEASE.
+
+TLS (`pacsguard.scan.tls`): when the plaintext request gets no DICOM answer (closed, silent, or
+not DICOM), the target is observed for TLS and, if it speaks TLS, the same conversation runs
+again inside it. On the DICOM-TLS port 2762 TLS is tried first and plaintext only without it.
+
+`ProbeOptions.total_timeout` bounds the whole conversation, release or abort included: when it
+runs out, the connection is dropped at once and what was counted so far is reported as a lower
+bound. pydicom and pynetdicom are imported once a port answers, not before (a scan of closed
+ports starts and ends without them).
 """
 
 from __future__ import annotations
@@ -14,28 +23,55 @@ import errno
 import ssl
 import time
 from dataclasses import dataclass, field, replace
+from functools import cache
+from typing import TYPE_CHECKING, Final
 
-from pacsguard.dicom import uids
-from pacsguard.dicom.client import Association, ConnectTimeout, Timeouts, request_association
-from pacsguard.dicom.ul import (
-    AssociationAccepted,
-    AssociationRejected,
-    ProposedContext,
-    propose,
-)
+from pacsguard.dicom.connect import ConnectTimeout, Timeouts, open_connection
 from pacsguard.errors import MalformedPdu, PduTooLarge, PeerClosed, ProtocolError
 from pacsguard.scan.aets import ANY_SCP, SCANNER_CALLING_AE, called_aets_to_try
-from pacsguard.scan.counting import CountBudget, count_exposure
-from pacsguard.scan.model import AssociationAttempt, Exposure, Observations, Outcome, Target
-
-PROPOSED: tuple[ProposedContext, ...] = propose(
-    [
-        uids.VERIFICATION,
-        uids.STUDY_ROOT_FIND,
-        uids.PATIENT_ROOT_FIND,
-        uids.SECONDARY_CAPTURE_STORAGE,
-    ]
+from pacsguard.scan.model import (
+    ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID,
+    ANOMALY_FIND_PIXEL_DATA,
+    ANOMALY_RJ_PROTOCOL_VERSION,
+    AssociationAttempt,
+    ClientCertificate,
+    CountBudget,
+    Exposure,
+    LowerBoundReason,
+    Observations,
+    Outcome,
+    Target,
+    TlsFacts,
 )
+from pacsguard.scan.tls import DICOM_TLS_PORT, observe_tls, observing_context
+
+if TYPE_CHECKING:
+    from pacsguard.dicom.client import Association
+    from pacsguard.dicom.ul import AssociationAccepted, ProposedContext
+    from pacsguard.scan.counting import ExposureCounter
+
+
+@cache
+def proposed_contexts() -> tuple[ProposedContext, ...]:
+    """Verification, both FIND roots, and one storage SOP class (accepted = evidence, unused)."""
+    from pacsguard.dicom import uids
+    from pacsguard.dicom.ul import propose
+
+    return propose(
+        [
+            uids.VERIFICATION,
+            uids.STUDY_ROOT_FIND,
+            uids.PATIENT_ROOT_FIND,
+            uids.SECONDARY_CAPTURE_STORAGE,
+        ]
+    )
+
+
+def __getattr__(name: str) -> tuple[ProposedContext, ...]:
+    """`PROPOSED`, the former module constant, built on first use (it needs pynetdicom)."""
+    if name == "PROPOSED":
+        return proposed_contexts()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +90,15 @@ class ProbeOptions:
     guess_interval: float = 0.5
     calling_ae: str = SCANNER_CALLING_AE
     budget: CountBudget = field(default_factory=CountBudget)
+    #: Speak DIMSE inside TLS with this context (and observe nothing about the TLS layer).
     tls: ssl.SSLContext | None = None
+    #: Without `tls`: look for TLS where plaintext gets no DICOM answer, and on port 2762.
+    detect_tls: bool = True
 
 
 def accepted_services(accepted: AssociationAccepted) -> tuple[str, ...]:
+    from pacsguard.dicom import uids
+
     return tuple(
         uids.SOP_CLASS_NAMES[c.abstract_syntax]
         for c in accepted.contexts
@@ -98,6 +139,7 @@ class _State:
     def __init__(self, target: Target, tls: bool) -> None:
         self.target = target
         self.tls = tls
+        self.tls_facts: TlsFacts | None = None
         self.started = time.monotonic()
         self.attempts: list[AssociationAttempt] = []
         self.accepted: AssociationAccepted | None = None
@@ -106,18 +148,25 @@ class _State:
         self.calling_checked: bool | None = None
         self.echo_status: int | None = None
         self.exposure: Exposure | None = None
+        self.counter: ExposureCounter | None = None
+        #: The association attempt in progress (called AE, connected, inside TLS), for a total
+        #: timeout that ends the probe in the middle of it.
+        self.in_flight: tuple[str, bool, bool] | None = None
         self.anomalies: list[str] = []
         self.error: str | None = None
 
     def observations(self) -> Observations:
         answered = any(a.outcome in (Outcome.ACCEPTED, Outcome.REJECTED) for a in self.attempts)
-        reachable = any(
+        reachable = self.tls_facts is not None or any(
             a.outcome not in (Outcome.REFUSED, Outcome.TIMEOUT, Outcome.UNREACHABLE)
             for a in self.attempts
         )
         acc = self.accepted
+        target = self.target
+        if self.tls and target.transport == "dimse":
+            target = replace(target, transport="dimse-tls")
         return Observations(
-            target=self.target,
+            target=target,
             reachable=reachable,
             dicom=answered,
             attempts=tuple(self.attempts),
@@ -131,7 +180,14 @@ class _State:
             echo_status=self.echo_status,
             exposure=self.exposure,
             tls=self.tls,
-            anomalies=tuple(dict.fromkeys(self.anomalies)),
+            tls_facts=self.tls_facts,
+            anomalies=tuple(
+                dict.fromkeys(
+                    [*self.anomalies, ANOMALY_FIND_PIXEL_DATA]
+                    if self.exposure is not None and self.exposure.pixel_data_in_answers
+                    else self.anomalies
+                )
+            ),
             error=self.error,
             duration_s=round(time.monotonic() - self.started, 4),
         )
@@ -141,31 +197,46 @@ async def _attempt(
     state: _State, called_ae: str, options: ProbeOptions
 ) -> tuple[AssociationAttempt, Association | None]:
     target = state.target
+    tls = options.tls is not None
+    state.in_flight = (called_ae, False, tls)
     try:
-        answer, assoc = await request_association(
-            target.host,
-            target.port,
+        reader, writer = await open_connection(
+            target.host, target.port, timeouts=options.timeouts, tls=options.tls
+        )
+        state.in_flight = (called_ae, True, tls)
+        # Something answered: now (once per process) load pydicom and pynetdicom.
+        from pacsguard.dicom.client import associate
+        from pacsguard.dicom.ul import AssociationRejected
+
+        answer, assoc = await associate(
+            reader,
+            writer,
             calling_ae=options.calling_ae,
             called_ae=called_ae,
-            contexts=PROPOSED,
+            contexts=proposed_contexts(),
             timeouts=options.timeouts,
-            tls=options.tls,
         )
     except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
+        state.in_flight = None
         outcome, reason = _failure_outcome(exc)
         if outcome in (Outcome.PROTOCOL_ERROR, Outcome.CLOSED, Outcome.SILENT):
             state.anomalies.append(reason)
-        attempt = AssociationAttempt(options.calling_ae, called_ae, outcome, reason)
+        attempt = AssociationAttempt(options.calling_ae, called_ae, outcome, reason, tls=tls)
         state.attempts.append(attempt)
         return attempt, None
+    state.in_flight = None
     if isinstance(answer, AssociationRejected):
+        if (answer.source, answer.reason) == (2, 2):  # we speak protocol version 1, the only one
+            state.anomalies.append(ANOMALY_RJ_PROTOCOL_VERSION)
         attempt = AssociationAttempt(
-            options.calling_ae, called_ae, Outcome.REJECTED, answer.reason_name
+            options.calling_ae, called_ae, Outcome.REJECTED, answer.reason_name, tls=tls
         )
         state.attempts.append(attempt)
         return attempt, None
+    if answer.implementation_class_uid is None:  # mandatory in an A-ASSOCIATE-AC (PS3.7 D.3.3.2)
+        state.anomalies.append(ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID)
     attempt = AssociationAttempt(
-        options.calling_ae, called_ae, Outcome.ACCEPTED, None, accepted_services(answer)
+        options.calling_ae, called_ae, Outcome.ACCEPTED, None, accepted_services(answer), tls=tls
     )
     state.attempts.append(attempt)
     state.accepted = answer
@@ -216,7 +287,10 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
     assoc = await _negotiate(state, options)
     if assoc is None:
         return
-    clean = True
+    from pacsguard.dicom import uids
+    from pacsguard.scan.counting import ExposureCounter
+
+    clean = False  # stays False when cancelled (time budget): abort, do not wait for a release
     try:
         echo_ctx = assoc.accepted.accepted_context(uids.VERIFICATION)
         if options.echo and echo_ctx is not None:
@@ -226,9 +300,11 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
             for uid in (uids.STUDY_ROOT_FIND, uids.PATIENT_ROOT_FIND)
         )
         if options.count and can_query:
-            state.exposure, clean = await count_exposure(assoc, assoc.accepted, options.budget)
+            state.counter = ExposureCounter(options.budget)
+            clean = await state.counter.count(assoc, assoc.accepted)
+        else:
+            clean = True
     except (TimeoutError, ProtocolError, OSError) as exc:
-        clean = False
         state.error = f"conversation cut short: {_failure_outcome(exc)[1]}"
     finally:
         if clean:
@@ -237,16 +313,73 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
             await assoc.abort()
 
 
+#: Plaintext outcomes that may hide a TLS server: it closes, waits, or answers with an alert.
+_NO_DICOM_ANSWER: Final = frozenset({Outcome.CLOSED, Outcome.SILENT, Outcome.PROTOCOL_ERROR})
+
+
+def _maybe_tls(state: _State) -> bool:
+    return bool(state.attempts) and all(
+        a.outcome in _NO_DICOM_ANSWER and a.reason != "pdu-too-large" for a in state.attempts
+    )
+
+
+async def _converse_detecting_tls(state: _State, options: ProbeOptions) -> None:
+    """The conversation in plaintext or inside TLS, whichever the target speaks."""
+    tls_first = state.target.port == DICOM_TLS_PORT
+    if not tls_first:
+        await _converse(state, options)
+        if not _maybe_tls(state):
+            return
+    target = state.target
+    facts = await observe_tls(target.host, target.port, options.timeouts)
+    if facts is None:
+        if tls_first:
+            await _converse(state, options)
+        return
+    state.tls, state.tls_facts = True, facts
+    state.anomalies.clear()  # a TLS server's answer to plaintext is not an anomaly
+    if facts.client_certificate is ClientCertificate.REQUIRED:
+        return  # without a certificate it will not let us speak DICOM at all
+    await _converse(state, replace(options, tls=observing_context()))
+
+
 async def probe_dimse(target: Target, options: ProbeOptions) -> Observations:
-    """Probe one DICOM endpoint. Bounded by `options.total_timeout`; never raises."""
+    """Probe one DICOM endpoint; never raises.
+
+    `options.total_timeout` is a hard bound on the whole probe, release included: on expiry the
+    connection is dropped without waiting for the peer (see `connect.close_within_deadline`).
+    """
     state = _State(target, tls=options.tls is not None)
+    timed_out = False
     try:
         async with asyncio.timeout(options.total_timeout):
-            await _converse(state, options)
+            if options.tls is None and options.detect_tls:
+                await _converse_detecting_tls(state, options)
+            else:
+                await _converse(state, options)
     except TimeoutError:
+        timed_out = True
         state.error = f"total time budget of {options.total_timeout:g}s exhausted"
-        if state.exposure is None and state.accepted is not None and options.count:
-            state.exposure = Exposure(lower_bound=True, notes=("time budget exhausted",))
-        elif state.exposure is not None:
-            state.exposure = replace(state.exposure, lower_bound=True)
+        if state.in_flight is not None:  # cut short while connecting or negotiating
+            called_ae, connected, tls = state.in_flight
+            if connected:
+                outcome, reason = Outcome.SILENT, "silent-after-connect"
+                state.anomalies.append(reason)
+            elif tls:  # TCP and the TLS handshake are one step here
+                outcome, reason = Outcome.TIMEOUT, "no TLS connection within the total time budget"
+            else:
+                outcome, reason = Outcome.TIMEOUT, "no TCP answer within the total time budget"
+            state.attempts.append(
+                AssociationAttempt(options.calling_ae, called_ae, outcome, reason, tls=tls)
+            )
+    counter = state.counter
+    if counter is not None:
+        cut = LowerBoundReason.TIME_BUDGET if timed_out and not counter.finished else None
+        state.exposure = counter.exposure(cut_short=cut)
+    elif timed_out and state.accepted is not None and options.count:
+        state.exposure = Exposure(
+            lower_bound=True,
+            lower_bound_reasons=(LowerBoundReason.TIME_BUDGET,),
+            notes=("time budget exhausted before counting",),
+        )
     return state.observations()

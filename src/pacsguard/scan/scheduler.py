@@ -2,7 +2,8 @@
 
 A fixed pool of workers pulls targets from one lazy iterator, so memory depends on the
 concurrency, not on the number of targets: scanning a /16 holds no more state than a /24.
-Reports stream out as each target finishes.
+Reports stream out as each target finishes. Probers bound their own time (and report what they
+saw when it runs out); `Limits.target_timeout` is the scheduler's backstop on top of that.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ class Limits:
     concurrency: int = 256
     #: New targets started per second across the whole scan; 0 means unlimited.
     rate: float = 0.0
+    #: Seconds after which a prober that has not returned is cancelled and the target reported
+    #: with only that fact; None leaves the bound to the prober.
+    target_timeout: float | None = None
 
 
 class RateLimiter:
@@ -44,6 +48,25 @@ class RateLimiter:
             await asyncio.sleep(delay)
 
 
+async def probe_within(prober: Prober, target: Target, timeout: float | None) -> Observations:
+    """`prober(target)`, cancelled after `timeout` seconds if it has not returned by then."""
+    if timeout is None:
+        return await prober(target)
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await prober(target)
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the prober's own error, not our deadline
+    return Observations(
+        target=target,
+        reachable=False,
+        dicom=False,
+        error=f"probe cancelled after {timeout:g}s: it overran its own time budget",
+    )
+
+
 async def run_scan(
     targets: Iterable[Target], prober: Prober, limits: Limits
 ) -> AsyncIterator[HostReport]:
@@ -58,7 +81,7 @@ async def run_scan(
         try:
             for target in iterator:
                 await limiter.wait()
-                observations = await prober(target)
+                observations = await probe_within(prober, target, limits.target_timeout)
                 await results.put(assess(observations))
         except Exception as exc:  # a bug, not a remote's behaviour: surface it after draining
             errors.append(exc)

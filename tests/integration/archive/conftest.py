@@ -157,11 +157,31 @@ def postgres_database(postgres_server: PostgresServer) -> PostgresDatabase:
     return PostgresDatabase(postgres_server, name)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty index database on each back end."""
+#: The SQLCipher key of the encrypted SQLite back end.
+INDEX_KEY = bytes(range(32))
+
+
+@dataclass(frozen=True)
+class IndexTarget:
+    """An empty index database: its URL and, for the encrypted SQLite back end, its key."""
+
+    url: str
+    key: bytes | None = None
+
+
+@pytest.fixture(params=["sqlite", "sqlite-encrypted", "postgresql"])
+def index_target(request: pytest.FixtureRequest, tmp_path: Path) -> IndexTarget:
+    """An empty index database on each back end: SQLite, SQLite encrypted with SQLCipher (as
+    the archive opens it by default), PostgreSQL."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'index.db'}"
+        return IndexTarget(f"sqlite:///{tmp_path / 'index.db'}")
+    if request.param == "sqlite-encrypted":
+        return IndexTarget(f"sqlite:///{tmp_path / 'index.db'}", INDEX_KEY)
     database: PostgresDatabase = request.getfixturevalue("postgres_database")
     database.reset()
-    return database.url
+    return IndexTarget(database.url)
+
+
+@pytest.fixture
+def index_url(index_target: IndexTarget) -> str:
+    return index_target.url

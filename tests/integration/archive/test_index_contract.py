@@ -1,7 +1,9 @@
-"""The IndexStore contract, run on every back end: SQLite in a temp dir, a real PostgreSQL."""
+"""The IndexStore contract, run on every back end: SQLite in a temp dir (plain and encrypted
+with SQLCipher), a real PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import sqlite3
@@ -12,13 +14,14 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import DBAPIError
 
 from pacsguard.archive.index import IndexStore
 from pacsguard.archive.index import sql as sql_module
 from pacsguard.archive.index.migrate import current_revision, head_revision
 from pacsguard.archive.index.schema import metadata
-from pacsguard.archive.index.sql import SqlIndex
+from pacsguard.archive.index.sql import SqlIndex, open_engine
 from pacsguard.archive.model import (
     AddOutcome,
     HierarchyError,
@@ -27,6 +30,8 @@ from pacsguard.archive.model import (
     QueryRequest,
 )
 from pacsguard.dicom.levels import Level, QueryRoot
+
+from .conftest import IndexTarget
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 P, S = QueryRoot.PATIENT, QueryRoot.STUDY
@@ -75,8 +80,8 @@ CORPUS = [
 
 
 @pytest.fixture
-def index(index_url: str) -> Iterator[SqlIndex]:
-    store = SqlIndex(index_url)
+def index(index_target: IndexTarget) -> Iterator[SqlIndex]:
+    store = SqlIndex(index_target.url, key=index_target.key)
     yield store
     store.close()
 
@@ -104,12 +109,15 @@ def test_sql_index_is_an_index_store(index: SqlIndex) -> None:
 # -- schema and migrations -------------------------------------------------------------------
 
 
-def test_migrations_create_the_schema_from_empty_and_match_the_code(index_url: str) -> None:
-    engine = create_engine(index_url)
+def test_migrations_create_the_schema_from_empty_and_match_the_code(
+    index_target: IndexTarget,
+) -> None:
+    engine = open_engine(index_target.url, key=index_target.key)
     try:
         assert not inspect(engine).get_table_names()
-        SqlIndex(index_url).close()
-        SqlIndex(index_url).close()  # reopening an up-to-date index is a no-op
+        SqlIndex(index_target.url, key=index_target.key).close()
+        # reopening an up-to-date index is a no-op
+        SqlIndex(index_target.url, key=index_target.key).close()
         with engine.connect() as conn:
             assert current_revision(conn) == head_revision() is not None
             tables = set(inspect(conn).get_table_names())
@@ -120,10 +128,25 @@ def test_migrations_create_the_schema_from_empty_and_match_the_code(index_url: s
         engine.dispose()
 
 
+def test_a_failed_statement_names_no_parameter_value(index_target: IndexTarget) -> None:
+    """The archive logs index errors (a full disk, a lost server): their text must not carry
+    the statement's values, which are patient names and IDs."""
+    engine = open_engine(index_target.url, key=index_target.key)
+    try:
+        with pytest.raises(DBAPIError) as raised, engine.connect() as conn:
+            conn.execute(text("INSERT INTO no_such_table VALUES (:name)"), {"name": "Doe^Secret"})
+    finally:
+        engine.dispose()
+    assert "Secret" not in str(raised.value)
+    assert "no_such_table" in str(raised.value)  # the statement itself is still named
+
+
 def test_sqlite_runs_durable_wal_with_foreign_keys(tmp_path: Path) -> None:
     SqlIndex(f"sqlite:///{tmp_path / 'i.db'}").close()
     assert (tmp_path / "i.db").stat().st_mode & 0o077 == 0  # patient data: owner only
-    with sqlite3.connect(tmp_path / "i.db") as conn:
+    # Closed before the index opens: the stdlib's SQLite and SQLCipher's are two libraries in
+    # one process, and closing one's file drops the other's POSIX locks on it (disk I/O error).
+    with contextlib.closing(sqlite3.connect(tmp_path / "i.db")) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     index = SqlIndex(f"sqlite:///{tmp_path / 'i.db'}")
     try:
@@ -135,12 +158,18 @@ def test_sqlite_runs_durable_wal_with_foreign_keys(tmp_path: Path) -> None:
         index.add(rec("2", "11", "1", "P1"))  # through a driver connection of its own
         (driver,) = index._driver_insert._idle
         pragmas = [driver.execute(f"PRAGMA {p}").fetchone()[0] for p in _DURABILITY_PRAGMAS]
-        assert pragmas == [2, 1, 30000, "wal"]
+        assert pragmas == [2, 1, 30000, "wal", 2]  # temp_store 2: MEMORY
     finally:
         index.close()
 
 
-_DURABILITY_PRAGMAS = ("synchronous", "foreign_keys", "busy_timeout", "journal_mode")
+_DURABILITY_PRAGMAS = (
+    "synchronous",
+    "foreign_keys",
+    "busy_timeout",
+    "journal_mode",
+    "temp_store",
+)
 
 
 def test_in_memory_and_unknown_databases_are_refused() -> None:
@@ -391,6 +420,37 @@ def test_keys_combine_with_and(loaded: SqlIndex) -> None:
     assert uids(results) == ["1.2.1.2"]
 
 
+#: Names in several scripts (synthetic; the Japanese one is PS3.5 H.3.1's example).
+WIDE = {
+    "5": "Yamada^Tarou=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046",
+    "6": "Wang^XiaoDong=\u738b^\u5c0f\u6771",
+    "7": "\u00c9mile^Zo\u00eb",
+}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("*\u5c71\u7530*", ["5"]),
+        ("yamada^tarou=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046", ["5"]),
+        ("Wang^XiaoDong=?^??", ["6"]),  # ? is one character, not one byte
+        ("Wang^XiaoDong=?^?", []),
+        ("*=\u3084\u307e?\u3060*", []),
+        ("*=\u3084\u307e\u3060^*", ["5"]),
+        ("\u00e9mile^zo\u00cb", ["7"]),  # case folding beyond ASCII
+        ("?mile*", ["7"]),
+    ],
+)
+def test_names_in_any_script_match_as_unicode(
+    index: SqlIndex, value: str, expected: list[str]
+) -> None:
+    for n, name in WIDE.items():
+        index.add(rec(n, n, n, f"W{n}", patient_name=name))
+    results = find(index, S, Level.STUDY, PatientName=value)
+    assert uids(results) == [f"1.2.1.{n}" for n in expected]
+    assert {r["PatientName"] for r in results} == {WIDE[n] for n in expected}
+
+
 @pytest.mark.parametrize(
     ("keyword", "value", "expected"),
     [
@@ -537,7 +597,7 @@ def test_known_series_fast_path_keeps_the_hierarchy_honest(loaded: SqlIndex) -> 
 
 
 def test_known_series_inserts_run_on_driver_connections_and_commit(
-    index: SqlIndex, index_url: str
+    index: SqlIndex, index_target: IndexTarget
 ) -> None:
     assert index.add(rec("1", "11", "1", "P1")) is AddOutcome.INSERTED  # the series is new
     seen: list[AddOutcome] = []
@@ -547,7 +607,8 @@ def test_known_series_inserts_run_on_driver_connections_and_commit(
         )
     assert seen == [AddOutcome.INSERTED] * 3  # once per instance, before its commit
     assert index._driver_insert._open == 1  # one connection, reused
-    other = SqlIndex(index_url)  # another index object sees the rows: they are committed
+    # another index object sees the rows: they are committed
+    other = SqlIndex(index_target.url, key=index_target.key)
     try:
         found = other.instances(Level.SERIES, "1.2.2.11")
         assert sorted(r.sop_instance_uid for r in found) == [f"1.2.3.{n}" for n in "1234"]

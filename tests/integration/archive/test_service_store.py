@@ -3,7 +3,9 @@ audit trail of each, and a failed index commit after the audit line was written.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -18,6 +20,7 @@ from pacsguard.archive.index.sql import SqlIndex
 from pacsguard.archive.model import AddOutcome, InstanceRecord
 from pacsguard.archive.security.principal import Action, AuthMethod, Principal
 from pacsguard.archive.service import ArchiveService
+from pacsguard.archive.staging import StagedWriter, StagingArea
 from pacsguard.lab.synth import build_dataset, generate_archive
 
 PRINCIPAL = Principal("MODALITY", "127.0.0.1", AuthMethod.ADDRESS, None, frozenset(Action))
@@ -72,12 +75,45 @@ def test_new_duplicate_and_conflicting_instances(parts: Parts, tmp_path: Path) -
     assert refused.status == 0x0111
     with parts.blobs.open(first.SOPInstanceUID) as stream:
         assert stream.read() == data  # the first copy stays
-    path = tmp_path / "large.dcm"  # a spilled object arrives as a file: pydicom reads it
+    path = tmp_path / "large.dcm"  # an object may arrive as a file: pydicom reads it
     path.write_bytes(_part10(second))
     assert parts.service.store_instance(PRINCIPAL, path).ok
     assert parts.index.get(second.SOPInstanceUID) is not None
     results = [e["detail"]["result"] for e in parts.events()]
     assert results == ["inserted", "duplicate-identical", "duplicate-conflict", "inserted"]
+
+
+def test_a_staged_object_is_read_through_its_encryption(parts: Parts, tmp_path: Path) -> None:
+    *_, third = _datasets()
+    data = _part10(third)
+    writer = StagingArea(tmp_path / "tmp").create()
+    for n in range(0, len(data), 100):  # as fragments arrive
+        writer.write(data[n : n + 100])
+    staged = writer.finish()
+    try:
+        assert parts.service.store_instance(PRINCIPAL, staged).ok
+        assert parts.service.store_instance(PRINCIPAL, staged).outcome == "duplicate-identical"
+    finally:
+        staged.discard()
+    with parts.blobs.open(third.SOPInstanceUID) as stream:
+        assert stream.read() == data
+
+
+def test_an_object_that_could_not_be_staged_is_refused_out_of_resources(parts: Parts) -> None:
+    writer = StagedWriter(os.open("/dev/full", os.O_RDWR))  # every write: ENOSPC
+    data = _part10(_datasets()[0])
+    writer.write(data)
+    writer.write(b"\x00" * (2 << 20))  # past the write buffer: the disk is full
+    staged = writer.finish()
+    try:
+        with pytest.raises(OSError, match="could not be staged"):
+            staged.size  # noqa: B018
+        refused = parts.service.store_instance(PRINCIPAL, staged)
+    finally:
+        staged.discard()
+    assert (refused.status, refused.outcome) == (0xA700, "received data missing")
+    assert [e["outcome"] for e in parts.events()] == [4]  # audited as a minor failure
+    assert list(parts.index.all_blob_keys()) == []
 
 
 def test_undecodable_and_mismatched_objects_are_refused_and_audited(parts: Parts) -> None:
@@ -91,9 +127,26 @@ def test_undecodable_and_mismatched_objects_are_refused_and_audited(parts: Parts
     assert list(parts.blobs.keys()) == []
 
 
+@pytest.mark.parametrize(
+    ("error", "answer"),
+    [
+        pytest.param(
+            OSError(errno.ENOSPC, "No space left on device"),
+            (0xA700, "index commit failed"),
+            id="full-disk",
+        ),
+        pytest.param(
+            ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+            (0x0110, "index unavailable; not stored, retry later"),
+            id="index-lost",
+        ),
+    ],
+)
 def test_a_failed_index_commit_is_audited_after_the_success_line(
-    parts: Parts, monkeypatch: pytest.MonkeyPatch
+    parts: Parts, monkeypatch: pytest.MonkeyPatch, error: OSError, answer: tuple[int, str]
 ) -> None:
+    """Out of room is "out of resources" (0xA700); an index that went away is a processing
+    failure (0x0110). Either way nothing is kept and the store can be retried."""
     real_add = parts.index.add
 
     def add_then_fail(
@@ -101,12 +154,12 @@ def test_a_failed_index_commit_is_audited_after_the_success_line(
     ) -> AddOutcome:
         assert before_commit is not None
         before_commit(AddOutcome.INSERTED)  # the row is written, the audit line too ...
-        raise OSError(28, "No space left on device")  # ... and then the commit fails
+        raise error  # ... and then the commit fails
 
     monkeypatch.setattr(parts.index, "add", add_then_fail)
     ds = _datasets()[0]
-    with pytest.raises(OSError, match="No space"):
-        parts.service.store_instance(PRINCIPAL, _part10(ds))
+    failed = parts.service.store_instance(PRINCIPAL, _part10(ds))
+    assert (failed.status, failed.outcome) == answer
     monkeypatch.setattr(parts.index, "add", real_add)
     assert list(parts.blobs.keys()) == []  # no orphan left behind
     assert parts.service.store_instance(PRINCIPAL, _part10(ds)).ok  # a retry stores it
@@ -115,3 +168,45 @@ def test_a_failed_index_commit_is_audited_after_the_success_line(
         ("index commit failed", 8),
         ("inserted", 0),
     ]
+
+
+@pytest.mark.parametrize("as_file", [False, True], ids=["bytes", "file"])
+@pytest.mark.parametrize(
+    ("charset", "name", "referring"),
+    [
+        pytest.param(None, "M\u00fcller^J\u00fcrgen", "Doe^A\\Roe^B", id="undeclared"),
+        pytest.param("ISO_IR 100", "M\u00fcller^J\u00fcrgen", "Sch\u00f6n^A\\Roe^B", id="latin1"),
+        pytest.param("ISO_IR 192", "Wang^XiaoDong=\u738b^\u5c0f\u6771", "", id="utf8"),
+        pytest.param(
+            ["", "ISO 2022 IR 87"],
+            "Yamada^Tarou=\u5c71\u7530^\u592a\u90ce=\u3084\u307e\u3060^\u305f\u308d\u3046",
+            "Suzuki^Ichiro=\u9234\u6728^\u4e00\u90ce\\Sato^Jiro",
+            id="iso2022-ir87",
+        ),
+    ],
+)
+def test_text_in_any_character_set_is_indexed_as_unicode(
+    parts: Parts,
+    tmp_path: Path,
+    as_file: bool,
+    charset: str | list[str] | None,
+    name: str,
+    referring: str,
+) -> None:
+    """Whichever path reads the object (fast reader for bytes in a plain charset, pydicom for
+    files and for code extensions such as ISO 2022 IR 87), the index holds the same Unicode
+    text; a multi-valued name is kept with its "\\" separator, as the fast reader keeps it."""
+    ds = _datasets()[0]
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    ds.ReferringPhysicianName = referring.split("\\") if "\\" in referring else referring
+    data = _part10(ds)
+    source: Path | bytes = data
+    if as_file:
+        source = tmp_path / "object.dcm"
+        source.write_bytes(data)
+    assert parts.service.store_instance(PRINCIPAL, source).ok
+    record = parts.index.get(ds.SOPInstanceUID)
+    assert record is not None
+    assert (record.patient_name, record.referring_physician_name) == (name, referring)

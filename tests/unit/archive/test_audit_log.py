@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import threading
 import time
@@ -210,10 +211,110 @@ def test_opening_a_truncated_log_is_refused(log_path: Path) -> None:
         AuditLog(log_path)
 
 
-def test_opening_a_log_with_a_partial_line_is_refused(log_path: Path) -> None:
-    log_path.write_bytes(log_path.read_bytes()[:-5])
+def test_a_durable_line_that_lost_its_end_is_never_cut(log_path: Path) -> None:
+    log_path.write_bytes(log_path.read_bytes()[:-5])  # the head says line 5 was synced
     with pytest.raises(AuditLogError, match="incomplete line"):
         AuditLog(log_path)
+
+
+def _torn_sixth_line(log_path: Path, keep: int) -> bytes:
+    """The first `keep` bytes of the line a sixth append would write (a full disk mid-write)."""
+    copy = log_path.with_name("copy.jsonl")
+    copy.write_bytes(log_path.read_bytes())
+    head_path(copy).write_bytes(head_path(log_path).read_bytes())
+    with AuditLog(copy, clock=Ticks()) as log:
+        log.append(event(6))
+    sixth = lines_of(copy)[5]
+    with log_path.open("ab") as f:
+        f.write(sixth[:keep])
+    return sixth
+
+
+def test_a_torn_last_line_is_cut_at_open_when_every_line_before_it_verifies(
+    log_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = log_path.read_bytes()
+    _torn_sixth_line(log_path, 40)
+    with caplog.at_level(logging.WARNING, logger="pacsguard.archive.audit.log"):
+        log = AuditLog(log_path)
+    assert log_path.read_bytes() == before
+    assert any("cut off an incomplete last line" in r.getMessage() for r in caplog.records)
+    with log:
+        assert log.append(event(7)).seq == 6
+    assert verify(log_path).ok
+
+
+def test_a_whole_record_missing_only_its_newline_is_kept(log_path: Path) -> None:
+    sixth = _torn_sixth_line(log_path, -1)
+    with AuditLog(log_path) as log:
+        assert log.append(event(7)).seq == 7
+    assert lines_of(log_path)[5] == sixth
+    assert verify(log_path).ok
+
+
+def test_a_torn_line_in_the_middle_is_never_dropped(log_path: Path) -> None:
+    lines = lines_of(log_path)
+    lines[2] = lines[2][:30] + b"\n"
+    _rewrite(log_path, lines)
+    with log_path.open("ab") as f:
+        f.write(b'{"seq":6')
+    with pytest.raises(AuditLogError, match="line 3"):
+        AuditLog(log_path)
+    assert log_path.read_bytes().endswith(b'{"seq":6')  # nothing cut
+
+
+class FlakyDisk:
+    """os.fsync that fails with EIO while `broken` is set: fault injection for what a real
+    disk does rarely and on no filesystem a test can mount (ENOSPC on write is tested on a
+    real full tmpfs in tests/integration/archive/test_audit_full_disk.py)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.broken = threading.Event()
+        self.failures = 0
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            if self.broken.is_set():
+                self.failures += 1
+                raise OSError(5, "Input/output error")
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_the_syncer_survives_a_failed_fsync_and_rewrites_the_unsynced_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    log_path = tmp_path / "audit.jsonl"
+    disk = FlakyDisk(monkeypatch)
+    with (
+        caplog.at_level(logging.WARNING, logger="pacsguard.archive.audit.log"),
+        AuditLog(log_path, retry_interval=0.05) as log,
+    ):
+        log.append(event(1))
+        disk.broken.set()
+        with pytest.raises(AuditLogError, match="fsync failed"):
+            log.append(event(2))
+        assert not log.writable
+        for n in range(3, 6):  # refused at once while the disk fails: no line, no wait
+            with pytest.raises(AuditLogError, match="refused"):
+                log.append(event(n))
+        deadline = time.monotonic() + 30
+        while disk.failures < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert disk.failures >= 3  # the syncer kept retrying
+        disk.broken.clear()
+        deadline = time.monotonic() + 30
+        while not log.writable and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert log.writable  # recovered without reopening
+        assert log.append(event(6)).seq == 3
+    assert [e.event.detail["n"] for e in read_events(log_path)] == [1, 2, 6]
+    assert verify(log_path).ok
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    recovered = [r for r in caplog.records if "synced again" in r.getMessage()]
+    assert len(errors) == 1 and "cannot be written" in errors[0].getMessage()
+    assert len(recovered) == 1
 
 
 def test_second_writer_is_refused(log_path: Path) -> None:

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from pacsguard.archive.config import load_settings, require_files, validate_listen
 from pacsguard.archive.security.bootstrap import (
     LocalCA,
+    derive_index_key,
     initialize,
     issue_client_certificate,
     issue_server_certificate,
@@ -184,3 +186,17 @@ def test_at_rest_key(tmp_path: Path) -> None:
         load_at_rest_key(layout.at_rest_key)
     with pytest.raises(ConfigError, match="pacsguard init"):
         load_at_rest_key(tmp_path / "missing.key")
+
+
+def test_the_index_key_is_derived_apart_from_the_blob_keys() -> None:
+    at_rest = bytes(range(32))
+    index_key = derive_index_key(at_rest)
+    assert len(index_key) == 32 and index_key == derive_index_key(at_rest)  # stable
+    assert index_key != at_rest and index_key != derive_index_key(bytes(32))
+    # RFC 5869 HKDF-SHA256, no salt, its own label: checked against an independent derivation.
+    expected = HKDF(hashes.SHA256(), 32, None, b"pacsguard-index-sqlcipher-v1").derive(at_rest)
+    assert index_key == expected
+    blob_style = HKDF(hashes.SHA256(), 32, None, b"pacsguard-blob-v1\x00").derive(at_rest)
+    assert index_key != blob_style
+    with pytest.raises(ValueError, match="32 bytes"):
+        derive_index_key(b"short")

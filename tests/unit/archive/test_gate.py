@@ -22,7 +22,7 @@ from pacsguard.archive.security.principal import (
     Rejection,
     UserIdentity,
 )
-from pacsguard.errors import PolicyDenied
+from pacsguard.errors import AuditLogError, PolicyDenied
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 PASSWORD = "correct horse battery staple"
@@ -450,6 +450,28 @@ def test_an_operator_lifts_lockouts_by_address_or_all(settings: Settings) -> Non
         {"result": "lockout-lifted", "asked": "198.18.6.6,198.18.9.9", "lifted": "198.18.6.6"},
         {"result": "lockout-lifted", "asked": "all", "lifted": ""},
     ]
+
+
+class Unwritable:
+    """An audit log on a disk that fills up once `full` is set."""
+
+    full = False
+
+    def emit(self, event: AuditEvent) -> None:
+        if self.full:
+            raise AuditLogError("audit.jsonl: audit line not written (No space left on device)")
+
+
+def test_a_lockout_is_not_lifted_when_the_lift_cannot_be_audited(settings: Settings) -> None:
+    audit = Unwritable()
+    gate = Gate(settings, Clock(), audit=audit)
+    for _ in range(3):
+        gate.decide(facts("STRANGER", address="198.18.6.6"))
+    assert gate.locked_out("198.18.6.6")
+    audit.full = True
+    with pytest.raises(AuditLogError):
+        gate.lift_lockouts(["198.18.6.6"])
+    assert gate.locked_out("198.18.6.6")
 
 
 # -- lab profile ---------------------------------------------------------------------------------

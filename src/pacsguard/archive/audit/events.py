@@ -39,7 +39,7 @@ class EventType(StrEnum):
     QUERY = "query"
     STORE = "store"  # instances received
     RETRIEVE = "retrieve"  # instances sent by C-GET / C-MOVE
-    MOVE_REQUEST = "move-request"
+    MOVE_REQUEST = "move-request"  # a C-MOVE / C-GET about to send: before any sub-operation
     POLICY_DENIAL = "policy-denial"
     AUDIT_LOG_USED = "audit-log-used"
     SECURITY_ALERT = "security-alert"  # an operator changed security state (lockout lifted)
@@ -89,6 +89,8 @@ class AuditEvent:
 
 
 class AuditSink(Protocol):
-    """A notification subscriber: a failing sink is logged and never stops the work."""
+    """Where audit events go. `emit` returns once the event is taken (for the primary log:
+    durable) and raises when it cannot be: the archive's `AuditFanout` lets the primary log's
+    errors fail the operation and logs and swallows those of notification sinks (syslog)."""
 
     def emit(self, event: AuditEvent) -> None: ...

@@ -73,38 +73,30 @@ def emit_deferred(sink: AuditSink, event: AuditEvent) -> Waiter:
 
 
 class AuditFanout:
-    """An `AuditSink` that hands each event to every configured sink (log, syslog, ...).
+    """The archive's `AuditSink`: one primary log that is part of every operation, and copies.
 
-    `emit_deferred` writes to every sink at once and returns a function that waits until the
-    durable ones have synced, so that a caller can overlap that sync with its own (the archive
-    overlaps the audit log's fsync with the index commit of a store)."""
+    The primary (the hash-chained `AuditLog`) fails closed: its errors propagate, so that the
+    operation being audited fails too (docs: ARCHITECTURE, "Audit"). Notification sinks (syslog
+    ...) get the event once the primary has taken it; a failing one is logged and swallowed.
+    `emit_deferred` returns a function that waits until the primary has synced the event, so
+    that a caller can overlap that sync with its own (a store overlaps it with the index commit).
+    """
 
-    def __init__(self, sinks: Iterable[AuditSink] = ()) -> None:
-        self._notifications: Notifications[tuple[AuditEvent, list[Waiter]]] = Notifications("audit")
-        for sink in sinks:
+    def __init__(self, primary: AuditSink, notifications: Iterable[AuditSink] = ()) -> None:
+        self._primary = primary
+        self._notifications: Notifications[AuditEvent] = Notifications("audit")
+        for sink in notifications:
             self.add(sink)
 
     def add(self, sink: AuditSink) -> Callable[[], None]:
-        """Subscribe a sink; returns a function that removes it."""
-
-        def deliver(item: tuple[AuditEvent, list[Waiter]]) -> None:
-            event, waiters = item
-            waiters.append(emit_deferred(sink, event))
-
-        return self._notifications.subscribe(deliver)
+        """Subscribe a notification sink; returns a function that removes it."""
+        return self._notifications.subscribe(sink.emit)
 
     def emit_deferred(self, event: AuditEvent) -> Waiter:
-        waiters: list[Waiter] = []
-        self._notifications.publish((event, waiters))
-
-        def wait() -> None:
-            for waiter in waiters:
-                try:
-                    waiter()
-                except Exception:
-                    log.exception("audit: a sink failed to make an event durable")
-
-        return wait
+        """Write `event` to the primary (its errors propagate), then notify the copies."""
+        waiter = emit_deferred(self._primary, event)
+        self._notifications.publish(event)
+        return waiter
 
     def emit(self, event: AuditEvent) -> None:
         self.emit_deferred(event)()

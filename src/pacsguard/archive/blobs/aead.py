@@ -93,8 +93,46 @@ def encrypt_stream(
         index += 1
 
 
+class ChunkEncryptor:
+    """`encrypt_stream` for data that arrives piece by piece: `write` as it comes, `close` at
+    the end. Holds at most one chunk plus one piece in memory; writes the same format."""
+
+    def __init__(self, out: BinaryIO, store_key: bytes, blob_key: str, *, chunk: int = CHUNK):
+        self._header = HEADER.pack(MAGIC, chunk, os.urandom(SALT))
+        self._cipher = _file_cipher(store_key, self._header[-SALT:], blob_key)
+        self._out = out
+        self._chunk = chunk
+        self._index = 0
+        self._pending = bytearray()
+        out.write(self._header)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Add `data`; every full chunk but the newest is sealed and written now (the newest
+        may turn out to be the last, whose nonce differs)."""
+        self._pending += data
+        full = (len(self._pending) - 1) // self._chunk
+        if full <= 0:
+            return
+        with memoryview(self._pending) as view:
+            for n in range(full):
+                piece = view[n * self._chunk : (n + 1) * self._chunk]
+                self._out.write(
+                    self._cipher.encrypt(_nonce(self._index, False), piece, self._header)
+                )
+                self._index += 1
+            rest = bytearray(view[full * self._chunk :])
+        self._pending = rest
+
+    def close(self) -> None:
+        """Seal the last chunk (possibly empty, for an empty object)."""
+        last = self._cipher.encrypt(_nonce(self._index, True), bytes(self._pending), self._header)
+        self._out.write(last)
+        self._pending = bytearray()
+
+
 class DecryptingReader(io.RawIOBase):
-    """The plaintext of one encrypted file, one chunk in memory at a time."""
+    """The plaintext of one encrypted file, one chunk in memory at a time. Seekable when the
+    file is (a seek decrypts the chunk it lands in): parsers such as pydicom seek back."""
 
     def __init__(self, file: BinaryIO, store_key: bytes, blob_key: str) -> None:
         super().__init__()
@@ -102,7 +140,8 @@ class DecryptingReader(io.RawIOBase):
         header = read_full(file, HEADER.size)
         if len(header) != HEADER.size:
             raise BlobCorruptError(f"blob {blob_key}: too short to be an encrypted blob")
-        magic, chunk, salt = HEADER.unpack(header)
+        magic, announced, salt = HEADER.unpack(header)
+        chunk = int(announced)
         if magic != MAGIC or not 0 < chunk <= MAX_CHUNK:
             raise BlobCorruptError(f"blob {blob_key}: not an encrypted blob (bad header)")
         body = os.fstat(file.fileno()).st_size - HEADER.size
@@ -111,33 +150,66 @@ class DecryptingReader(io.RawIOBase):
         if body < TAG or body - (self._records - 1) * record < TAG:
             raise BlobCorruptError(f"blob {blob_key}: truncated")
         self._header = header
+        self._chunk = chunk
         self._record = record
+        self._size = body - self._records * TAG  # plaintext bytes
         self._cipher = _file_cipher(store_key, salt, blob_key)
         self._blob_key = blob_key
-        self._index = 0
+        self._index = 0  # the next chunk to decrypt
+        self._position = 0  # in the plaintext
         self._buffer = memoryview(b"")
+
+    @property
+    def name(self) -> str:
+        """What a parser may show for this stream (pydicom reads `name` of a BufferedReader)."""
+        return f"<encrypted {self._blob_key}>"
 
     def readable(self) -> bool:
         return True
+
+    def seekable(self) -> bool:
+        return self._file.seekable()
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        target = base + offset
+        if target < 0:
+            raise ValueError(f"negative seek position {target}")
+        index, within = divmod(target, self._chunk)
+        self._index = min(index, self._records)
+        self._buffer = memoryview(b"")
+        if self._index < self._records:
+            self._file.seek(HEADER.size + self._index * self._record)
+            if within:
+                self._buffer = self._decrypt_next()[within:]
+        self._position = target
+        return target
+
+    def _decrypt_next(self) -> memoryview:
+        last = self._index == self._records - 1
+        sealed = read_full(self._file, self._record)
+        try:
+            plain = self._cipher.decrypt(_nonce(self._index, last), sealed, self._header)
+        except InvalidTag:
+            raise BlobCorruptError(
+                f"blob {self._blob_key}: chunk {self._index} failed authentication "
+                "(tampered, truncated, or encrypted with another key)"
+            ) from None
+        self._index += 1
+        return memoryview(plain)
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         if not self._buffer:
             if self._index >= self._records:
                 return 0
-            last = self._index == self._records - 1
-            sealed = read_full(self._file, self._record)
-            try:
-                plain = self._cipher.decrypt(_nonce(self._index, last), sealed, self._header)
-            except InvalidTag:
-                raise BlobCorruptError(
-                    f"blob {self._blob_key}: chunk {self._index} failed authentication "
-                    "(tampered, truncated, or encrypted with another key)"
-                ) from None
-            self._index += 1
-            self._buffer = memoryview(plain)
+            self._buffer = self._decrypt_next()
         count = min(len(buffer), len(self._buffer))
         buffer[:count] = self._buffer[:count]
         self._buffer = self._buffer[count:]
+        self._position += count
         return count
 
     def close(self) -> None:

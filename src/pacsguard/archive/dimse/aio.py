@@ -18,8 +18,11 @@ A-ASSOCIATE-RQ; the association cap is taken before the gate is asked (a slot is
 concurrent requests cannot overshoot it) and then the per-AE and per-user caps (A-ASSOCIATE-RJ
 2/3/2); the gate's decision before any context is negotiated; contexts per
 `contexts.context_allowed`; audit of every decision, with repeated refusals summed up per
-window (`aio_refusals`) rather than one fsync'd line each; statuses per `identifiers`. A peer
+window (`aio_refusals`) rather than one fsync'd line each; an association accepted only once
+its audit line is durable (else A-ASSOCIATE-RJ 2/3/1, transient: the audit log cannot be
+written; distinct from the uniform refusal a peer provokes); statuses per `identifiers`. A peer
 that breaks the protocol gets an A-ABORT and its connection closes; the server keeps serving.
+A refusal stands even when the audit log cannot take its line.
 
 Every accepted socket has Nagle's algorithm off and re-arms TCP_QUICKACK after each read: a
 client that leaves Nagle on (pynetdicom's default) holds its second small write until our ACK,
@@ -72,7 +75,7 @@ from pacsguard.archive.security.principal import PeerFacts, Principal, Rejection
 from pacsguard.archive.service import ArchiveService
 from pacsguard.dicom.client import close_writer
 from pacsguard.dicom.ul import ASSOCIATE_RQ, MAX_ASSOCIATION_PDU, encode_abort, read_pdu
-from pacsguard.errors import MalformedPdu, PeerClosed, ProtocolError
+from pacsguard.errors import AuditLogError, MalformedPdu, PeerClosed, ProtocolError
 
 
 class AssociationGate(Protocol):
@@ -86,6 +89,9 @@ log = logging.getLogger(__name__)
 #: A-ABORT reasons from the service provider (PS3.8 Table 9-26).
 _ABORT_UNEXPECTED_PDU: Final = 2
 _ABORT_INVALID_PARAMETER: Final = 6
+#: A-ASSOCIATE-RJ rejected-transient, service-provider (presentation), temporary-congestion
+#: (PS3.8 Table 9-21): the audit log cannot be written, so nothing audited can happen now.
+AUDIT_UNAVAILABLE: Final = (2, 3, 1)
 _STOP_TIMEOUT: Final = 15.0
 #: Threads that run gate decisions. Argon2id verifications are bounded inside the gate (a
 #: semaphore), so most of these threads wait there cheaply during a burst of logins, and a
@@ -226,18 +232,24 @@ class AsyncDimseFrontEnd:
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         for line in self._refusals.due(everything=True):
-            await self._emit(line)
+            await self._emit_refusal(line)
 
     async def _emit(self, event: AuditEvent) -> None:
-        """Audit sinks write files (and fsync): off the loop."""
+        """Audit sinks write files (and fsync): off the loop. AuditLogError when the line
+        cannot be made durable."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._audit.emit, event)
+
+    async def _emit_refusal(self, event: AuditEvent) -> None:
+        """Audit a refusal: it stands even when the log cannot take it (the log says so)."""
+        with contextlib.suppress(AuditLogError):
+            await self._emit(event)
 
     async def _emit_repeated(self, event: AuditEvent) -> None:
         """A refusal that a peer may provoke in a loop: summed up per window (aio_refusals)."""
         first = self._refusals.note(event)
         if first is not None:
-            await self._emit(first)
+            await self._emit_refusal(first)
 
     async def _flush_refusals(self) -> None:
         while True:
@@ -362,13 +374,17 @@ class AsyncDimseFrontEnd:
         self._associations += 1
         try:
             loop = asyncio.get_running_loop()
-            decision = await loop.run_in_executor(self._gate_executor, self._gate.decide, facts)
+            try:
+                decision = await loop.run_in_executor(self._gate_executor, self._gate.decide, facts)
+            except AuditLogError:  # the gate could not audit a lockout: refuse, transiently
+                await self._send(writer, encode_reject(*AUDIT_UNAVAILABLE))
+                return
             if isinstance(decision, Rejection):
                 rejected = _rejected(participant, decision.why, facts)
                 if decision.repeated:
                     await self._emit_repeated(rejected)
                 else:
-                    await self._emit(rejected)
+                    await self._emit_refusal(rejected)
                 await self._send(
                     writer, encode_reject(decision.result, decision.source, decision.reason)
                 )
@@ -411,19 +427,29 @@ class AsyncDimseFrontEnd:
     ) -> None:
         settings = self._settings
         accepted = accept(rq, decision, settings.max_pdu)
-        await self._emit(
-            AuditEvent(
-                EventType.ASSOCIATION,
-                EventAction.EXECUTE,
-                EventOutcome.SUCCESS,
-                (
-                    Participant(
-                        ae_title=decision.ae_title, address=facts.address, user=decision.username
+        try:
+            await self._emit(
+                AuditEvent(
+                    EventType.ASSOCIATION,
+                    EventAction.EXECUTE,
+                    EventOutcome.SUCCESS,
+                    (
+                        Participant(
+                            ae_title=decision.ae_title,
+                            address=facts.address,
+                            user=decision.username,
+                        ),
                     ),
-                ),
-                detail={"result": "accepted", "method": decision.method.value, "tls": facts.tls},
+                    detail={
+                        "result": "accepted",
+                        "method": decision.method.value,
+                        "tls": facts.tls,
+                    },
+                )
             )
-        )
+        except AuditLogError:  # not accepted without its audit line
+            await self._send(writer, encode_reject(*AUDIT_UNAVAILABLE))
+            return
         channel = Channel(writer, accepted.peer_max_pdu, settings.network_timeout)
         await channel.send(accepted.pdu)
         key = id(channel)

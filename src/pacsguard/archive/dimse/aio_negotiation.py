@@ -30,7 +30,11 @@ from pynetdicom.presentation import (
     negotiate_as_acceptor,
 )
 
-from pacsguard.archive.dimse.contexts import TRANSFER_SYNTAXES, context_allowed
+from pacsguard.archive.dimse.contexts import (
+    QUERY_RETRIEVE_TRANSFER_SYNTAXES,
+    TRANSFER_SYNTAXES,
+    context_allowed,
+)
 from pacsguard.archive.security.principal import (
     Action,
     AuthMethod,
@@ -46,6 +50,7 @@ from pacsguard.errors import MalformedPdu
 ASSOCIATION_LIMIT: Final = (2, 3, 2)
 
 _SYNTAXES: Final[list[str | UID]] = list(TRANSFER_SYNTAXES)
+_QUERY_RETRIEVE_SYNTAXES: Final[list[str | UID]] = list(QUERY_RETRIEVE_TRANSFER_SYNTAXES)
 _QUERY_RETRIEVE: Final = (
     uids.PATIENT_ROOT_FIND,
     uids.STUDY_ROOT_FIND,
@@ -80,9 +85,17 @@ def decode_request(data: bytes) -> A_ASSOCIATE:
     pdu = A_ASSOCIATE_RQ()
     try:
         pdu.decode(data)
-        return pdu.to_primitive()
+        primitive = pdu.to_primitive()
     except Exception as exc:  # pynetdicom raises assorted errors on bad bytes
         raise MalformedPdu(f"undecodable A-ASSOCIATE-RQ: {exc.__class__.__name__}") from None
+    for context in primitive.presentation_context_definition_list:
+        # PS3.8 9.3.2.2: one abstract syntax, at least one transfer syntax. pynetdicom decodes
+        # an item without them, and its negotiation then raises TypeError (found by fuzzing).
+        if context.context_id is None or not context.abstract_syntax:
+            raise MalformedPdu("A-ASSOCIATE-RQ presentation context without abstract syntax")
+        if not context.transfer_syntax:
+            raise MalformedPdu("A-ASSOCIATE-RQ presentation context without transfer syntax")
+    return primitive
 
 
 def _user_identity(rq: A_ASSOCIATE) -> UserIdentityNegotiation | None:
@@ -151,7 +164,7 @@ def _all_contexts() -> tuple[PresentationContext, ...]:
         storage.scp_role = True
         contexts.append(storage)
     for abstract in sorted(_QUERY_RETRIEVE):
-        contexts.append(build_context(abstract, _SYNTAXES[:4]))
+        contexts.append(build_context(abstract, _QUERY_RETRIEVE_SYNTAXES))
     return tuple(contexts)
 
 

@@ -41,6 +41,11 @@ TRANSFER_SYNTAXES = [
     JPEG2000,
     RLELossless,
 ]
+#: Query/retrieve identifiers are decoded and encoded by `pacsguard.dicom.dimse`, which handles
+#: Implicit and Explicit VR Little Endian only: a C-FIND/C-MOVE/C-GET context proposed with
+#: nothing else (Big Endian, Deflate...) is rejected in negotiation with result 4, "transfer
+#: syntaxes not supported" (PS3.8 9.3.3.2), rather than accepted and decoded as garbage.
+QUERY_RETRIEVE_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 _FIND = {str(uids.PATIENT_ROOT_FIND), str(uids.STUDY_ROOT_FIND)}
 _MOVE = {str(uids.PATIENT_ROOT_MOVE), str(uids.STUDY_ROOT_MOVE)}

@@ -3,6 +3,11 @@
 Durability: every write is one transaction committed before the method returns; SQLite runs
 with `journal_mode=WAL` and `synchronous=FULL`, so a commit survives a power cut.
 
+Encryption at rest: given a key, the SQLite index is a SQLCipher database (see `sqlcipher`,
+whose driver opens every SQLite index, keyed or not): its file and its WAL hold no clear
+patient data, and an older unencrypted index is encrypted on open. A PostgreSQL index is the
+database server's to protect (README: PostgreSQL).
+
 Threads: one SqlIndex serves every association thread; each call takes its own pooled
 connection. On SQLite a write transaction starts with `BEGIN IMMEDIATE`, so writers queue on
 the busy timeout instead of failing to upgrade a read lock; readers run beside them (WAL).
@@ -28,10 +33,10 @@ from typing import Any, Final, TypeVar
 
 from sqlalchemy import Table, bindparam, create_engine, delete, event, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError
 
-from pacsguard.archive.index import query
+from pacsguard.archive.index import query, sqlcipher
 from pacsguard.archive.index.driver_insert import DriverInsert, instance_values
 from pacsguard.archive.index.matching import normalize_name
 from pacsguard.archive.index.migrate import upgrade_to_head
@@ -45,6 +50,7 @@ from pacsguard.archive.model import (
     is_valid_uid,
 )
 from pacsguard.dicom.levels import Level
+from pacsguard.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -76,34 +82,23 @@ class _Duplicate(Exception):
 
 class SqlIndex:
     """The index on a SQLAlchemy URL: `sqlite:///path/index.db` or
-    `postgresql+psycopg://user:password@127.0.0.1:5432/db`. Migrates the schema on open."""
+    `postgresql+psycopg://user:password@127.0.0.1:5432/db`. Migrates the schema on open.
 
-    def __init__(self, url: str) -> None:
+    `key` (32 bytes) encrypts an SQLite index with SQLCipher; it is not used on PostgreSQL.
+    Raises ConfigError when the SQLite file cannot be read with the key given (another key,
+    an encrypted index opened without one, or not an index at all)."""
+
+    def __init__(self, url: str, *, key: bytes | None = None) -> None:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
-        if self.dialect == "sqlite":
-            if parsed.database in (None, "", ":memory:"):
-                raise ValueError(
-                    "an in-memory SQLite index cannot be shared between threads; "
-                    "give a file path: sqlite:///path/to/index.db"
-                )
-            _create_private(Path(parsed.database))
-            self._engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S})
-            event.listen(self._engine, "connect", _sqlite_on_connect)
-            event.listen(self._engine, "begin", _sqlite_on_begin)
-        elif self.dialect == "postgresql":
-            self._engine = create_engine(parsed, pool_pre_ping=True)
-        else:
-            raise ValueError(
-                f"unsupported index database {parsed.drivername!r}: "
-                "use sqlite:///path or postgresql+psycopg://..."
-            )
+        self.encrypted = self.dialect == "sqlite" and key is not None
+        self._engine, self._on_connect = _open_engine(parsed, key)
         self._writer: Engine = self._engine.execution_options(**{_WRITE: True})
         self._statements = _write_statements(self.dialect)
         self._driver_insert = DriverInsert(
             self._engine,
             self._statements[instances.name].insert,
-            _sqlite_on_connect if self.dialect == "sqlite" else None,
+            self._on_connect,
         )
         # series UID -> (series row id, study UID, patient ID) of series this process wrote to:
         # the next instance of a known series is one INSERT instead of six statements.
@@ -112,6 +107,21 @@ class SqlIndex:
         try:
             with self._writer.begin() as conn:
                 upgrade_to_head(conn)
+        except DatabaseError as exc:
+            self._engine.dispose()
+            if self.dialect != "sqlite" or "file is not a database" not in str(exc.orig):
+                raise
+            raise ConfigError(
+                f"the index {parsed.database} cannot be read "
+                + (
+                    "with the key derived from storage.key_file: it was encrypted with another "
+                    "key (restore that key file)"
+                    if key is not None
+                    else "without a key: it is encrypted (set storage.encrypt_at_rest = true "
+                    "and storage.key_file to the key it was written with)"
+                )
+                + ", or it is not a pacsguard index"
+            ) from None
         except BaseException:
             self._engine.dispose()
             raise
@@ -399,11 +409,64 @@ def _transient(error: DBAPIError) -> bool:
     return sqlstate in _TRANSIENT_SQLSTATES or "database is locked" in str(error.orig)
 
 
+def open_engine(url: str | URL, *, key: bytes | None = None) -> Engine:
+    """An engine on the index database with the connection settings `SqlIndex` uses (WAL,
+    durability, the SQLCipher key): for tools that write the index directly (benchmarks)."""
+    return _open_engine(make_url(url), key)[0]
+
+
+def _open_engine(url: URL, key: bytes | None) -> tuple[Engine, Callable[[Any, Any], None] | None]:
+    """(engine, the setup each new driver connection gets) for an index URL. Statement
+    parameters (patient names, IDs) never appear in an error's text, which the archive logs."""
+    dialect = url.get_backend_name()
+    if dialect == "postgresql":
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True), None
+    if dialect != "sqlite":
+        raise ValueError(
+            f"unsupported index database {url.drivername!r}: "
+            "use sqlite:///path or postgresql+psycopg://..."
+        )
+    if url.database in (None, "", ":memory:"):
+        raise ValueError(
+            "an in-memory SQLite index cannot be shared between threads; "
+            "give a file path: sqlite:///path/to/index.db"
+        )
+    path = Path(url.database)
+    if key is not None:
+        sqlcipher.check_key(key)
+        if sqlcipher.is_plaintext(path):
+            sqlcipher.encrypt_plaintext_index(path, key)
+    _create_private(path)
+    on_connect = _sqlite_setup(key)
+    # One driver whether encrypted or not: sqlcipher3 (the dialect then maps its errors too).
+    engine = create_engine(
+        url,
+        module=sqlcipher.dbapi(),
+        connect_args={"timeout": BUSY_TIMEOUT_S},
+        hide_parameters=True,
+    )
+    # First among the connect listeners: the key must precede the dialect's own first queries.
+    event.listen(engine, "connect", on_connect, insert=True)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine, on_connect
+
+
 def _create_private(path: Path) -> None:
     """Create the SQLite file readable by its owner only (its -wal and -shm files inherit
     the mode): the index holds patient names and IDs."""
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def _sqlite_setup(key: bytes | None) -> Callable[[Any, Any], None]:
+    """What every new SQLite connection runs first: the key (if any), then the settings."""
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if key is not None:
+            sqlcipher.apply_key(dbapi_connection, key)
+        _sqlite_on_connect(dbapi_connection, _record)
+
+    return on_connect
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -415,6 +478,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA temp_store=MEMORY")  # sorts and temp tables: never a temp file
     finally:
         cursor.close()
 

@@ -22,6 +22,7 @@ from argon2 import PasswordHasher
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pacsguard.archive.config import DataLayout
@@ -32,6 +33,9 @@ from pacsguard.errors import ConfigError
 CA_DAYS: Final = 3650
 LEAF_DAYS: Final = 825
 AT_REST_KEY_BYTES: Final = 32  # AES-256-GCM
+#: HKDF info of the embedded index's SQLCipher key: distinct from the blobs' per-file labels
+#: ("pacsguard-blob-v1\0" + blob key, see blobs.aead), so no two uses share a key.
+INDEX_KEY_INFO: Final = b"pacsguard-index-sqlcipher-v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,3 +355,12 @@ def load_at_rest_key(path: Path) -> bytes:
     if len(key) != AT_REST_KEY_BYTES:
         raise ConfigError(f"storage.key_file {path}: expected {AT_REST_KEY_BYTES} raw bytes")
     return key
+
+
+def derive_index_key(at_rest_key: bytes) -> bytes:
+    """The embedded index's 256-bit SQLCipher key: HKDF-SHA256 of the at-rest key with its own
+    label, so that the index key and the blob keys differ while one key file backs both."""
+    if len(at_rest_key) != AT_REST_KEY_BYTES:
+        raise ValueError(f"the at-rest key must be {AT_REST_KEY_BYTES} bytes")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=INDEX_KEY_INFO)
+    return hkdf.derive(at_rest_key)

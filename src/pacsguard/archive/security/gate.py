@@ -222,10 +222,11 @@ class Gate:
 
     def lift_lockouts(self, addresses: Sequence[str] | None = None) -> list[str]:
         """An operator lifts the lockout of `addresses` (of every source when None); audited
-        as a security alert naming the sources that were locked out."""
+        as a security alert naming the sources that were locked out. The line is durable
+        before anything is lifted: AuditLogError, and nothing lifted, when it cannot be."""
         wanted = None if addresses is None else [normalize_address(a) for a in addresses]
-        lifted = self._lockout.lift(wanted)
         if self._audit is not None:
+            lifted = self._lockout.locked_among(wanted)
             self._audit.emit(
                 AuditEvent(
                     EventType.SECURITY_ALERT,
@@ -239,7 +240,7 @@ class Gate:
                     },
                 )
             )
-        return lifted
+        return self._lockout.lift(wanted)
 
     def locked_out(self, address: str) -> bool:
         """For other front ends (HTTP): is this source refused right now?"""

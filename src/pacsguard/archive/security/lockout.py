@@ -78,6 +78,15 @@ class Lockout:
                 else:
                     del self._failures[key]
 
+    def locked_among(self, keys: Collection[str] | None = None) -> list[str]:
+        """The keys among `keys` (all when None) locked out now, sorted; changes nothing."""
+        now = self._clock()
+        with self._lock:
+            wanted = set(self._locked_until) if keys is None else set(keys)
+            return sorted(
+                s for s in wanted if s in self._locked_until and now < self._locked_until[s]
+            )
+
     def lift(self, keys: Collection[str] | None = None) -> list[str]:
         """Lift the lockouts of `keys` (every lockout when None) and forget their failures;
         returns the keys that were locked out, sorted."""

@@ -1,0 +1,82 @@
+"""Opening and closing a connection to a DICOM peer: TCP (and TLS), bounded in time.
+
+Nothing here speaks DICOM, so nothing here imports pydicom or pynetdicom: a scan whose targets
+never answer (closed ports, filtered hosts) connects, fails and reports without loading them.
+`pacsguard.dicom.client` re-exports these names and does the rest of the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Final
+
+#: The largest PDU we accept from a peer, whatever it announces (a stream reader's buffer is
+#: sized from it).
+MAX_INCOMING_PDU: Final = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-conversation timeouts in seconds."""
+
+    connect: float = 3.0
+    read: float = 5.0
+
+
+class ConnectTimeout(TimeoutError):
+    """The TCP connection itself was not established in time (nothing answered SYN)."""
+
+
+def set_nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def open_connection(
+    host: str, port: int, *, timeouts: Timeouts, tls: ssl.SSLContext | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect (and complete the TLS handshake) within `timeouts.connect`; TCP_NODELAY on.
+
+    Raises ConnectTimeout when that takes too long, OSError when the connection fails.
+    """
+    try:
+        async with asyncio.timeout(timeouts.connect):
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=tls, limit=MAX_INCOMING_PDU + 16
+            )
+    except TimeoutError:
+        raise ConnectTimeout(
+            f"no TCP connection to {host}:{port} within {timeouts.connect}s"
+        ) from None
+    set_nodelay(writer)
+    return reader, writer
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close gracefully, waiting at most a second for the transport to finish."""
+    with contextlib.suppress(Exception):
+        writer.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()
+
+
+async def close_within_deadline(writer: asyncio.StreamWriter) -> None:
+    """Close like `close_writer`, except in a task being cancelled (its deadline has passed):
+    then drop the connection at once, without waiting for the peer or a TLS close_notify.
+
+    A requestor that waited here would let a peer that never reads stretch a caller's hard
+    time budget by another second per connection.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        with contextlib.suppress(Exception):
+            writer.transport.abort()
+        return
+    await close_writer(writer)

@@ -1,0 +1,115 @@
+"""`pacsguard --help` and `pacsguard scan` start without the archive's stack.
+
+Start-up time is what users feel, but timing is not deterministic on a loaded machine; what
+makes it slow is. Each check runs in a fresh interpreter and looks at `sys.modules`: the
+database stack (SQLAlchemy, Alembic, psycopg), cryptography, and pydicom/pynetdicom (loaded
+once a port answers) must not be there, nor rich when no table or progress bar is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from pacsguard.cli import SUBCOMMANDS, load_subcommand
+
+HEAVY = frozenset(
+    {
+        "sqlalchemy",
+        "alembic",
+        "psycopg",
+        "cryptography",
+        "argon2",
+        "jwt",
+        "pydicom",
+        "pynetdicom",
+        "numpy",
+        "rich",
+        "cvss",
+    }
+)
+
+
+def modules_after(code: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    """Run `code` in a fresh interpreter; the top-level packages it had imported at the end."""
+    script = (
+        "import json, sys\n"
+        f"{code}\n"
+        "print('MODULES=' + json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("MODULES="))
+    return set(json.loads(line.removeprefix("MODULES="))), done
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound (so nothing else takes it), not listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+def test_importing_the_cli_and_the_scanner_loads_nothing_heavy() -> None:
+    loaded, _ = modules_after(
+        "import pacsguard.cli, pacsguard.cli.scan, pacsguard.scan.probe, "
+        "pacsguard.scan.scheduler, pacsguard.scan.checks, pacsguard.report.jsonl, "
+        "pacsguard.report.table"
+    )
+    assert loaded & HEAVY == set()
+
+
+def test_help_imports_no_subcommand() -> None:
+    loaded, done = modules_after(
+        "from pacsguard.cli import main\n"
+        "code = main(['--help'])\n"
+        "assert code == 0, code\n"
+        "assert not [m for m in sys.modules if m.startswith('pacsguard.cli.')], sys.modules"
+    )
+    assert loaded & HEAVY == set()
+    for name in SUBCOMMANDS:
+        assert name in done.stdout
+
+
+def test_scanning_a_closed_port_loads_nothing_heavy(closed_port: int) -> None:
+    loaded, done = modules_after(
+        "from pacsguard.cli import main\n"
+        f"code = main(['scan', '127.0.0.1', '-p', '{closed_port}'])\n"
+        "assert code == 0, code"
+    )
+    assert loaded & HEAVY == set()
+    record = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("{")))
+    assert (record["port"], record["association"]["status"]) == (closed_port, "refused")
+
+
+def test_a_scan_of_several_targets_loads_the_dicom_stack_before_probing() -> None:
+    """So that the first answering port does not stall the probes in flight with imports."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as a,
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as b,
+    ):
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        ports = f"{a.getsockname()[1]},{b.getsockname()[1]}"
+        loaded, _ = modules_after(
+            "from pacsguard.cli import main\n"
+            f"code = main(['scan', '127.0.0.1', '-p', '{ports}'])\n"
+            "assert code == 0, code"
+        )
+    assert {"pydicom", "pynetdicom"} <= loaded
+    assert loaded & {"sqlalchemy", "alembic", "psycopg", "cryptography", "rich"} == set()
+
+
+@pytest.mark.parametrize("name", list(SUBCOMMANDS))
+def test_help_summaries_match_the_subcommands(name: str) -> None:
+    command = load_subcommand(name)
+    assert command.name == name
+    assert command.get_short_help_str(limit=500) == SUBCOMMANDS[name].summary
