@@ -474,6 +474,22 @@ def test_a_lockout_is_not_lifted_when_the_lift_cannot_be_audited(settings: Setti
     assert gate.locked_out("198.18.6.6")
 
 
+def test_an_account_lockout_is_not_lifted_when_the_lift_cannot_be_audited(
+    settings: Settings,
+) -> None:
+    audit = Unwritable()
+    gate = Gate(settings, Clock(), audit=audit)
+    for i in range(3):
+        gate.decide(facts(address=f"198.18.52.{i}", identity=password(secret="guess")))
+    audit.full = True
+    with pytest.raises(AuditLogError):
+        gate.lift_lockouts()
+    audit.full = False
+    assert isinstance(gate.decide(facts(address="198.18.62.1", identity=password())), Rejection)
+    assert gate.lift_lockouts() == ["account:alice"]
+    assert isinstance(gate.decide(facts(address="198.18.62.1", identity=password())), Principal)
+
+
 # -- lab profile ---------------------------------------------------------------------------------
 
 
