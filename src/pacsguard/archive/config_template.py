@@ -147,7 +147,8 @@ modality = ["echo", "store"]
 viewer = ["echo", "find", "move", "get"]
 
 # Users: an Argon2id hash, never a password. The admin secret was printed once by
-# `pacsguard init`; if it is lost, replace this hash (argon2.PasswordHasher().hash(...)).
+# `pacsguard init`; if it is lost, set a new one with `pacsguard user passwd admin`. Add users
+# with `pacsguard user add`, peers with `pacsguard ae add`; `pacsguard reload` applies them.
 [users.{admin_username}]
 password_hash = {_q(admin_hash)}
 roles = ["admin"]
@@ -164,7 +165,7 @@ permissions = ["echo", "store", "find", "move", "get"]
 # address = "192.0.2.10"
 
 # A modality that proves itself with a client certificate (issue one with
-# pacsguard.archive.security.bootstrap.issue_client_certificate):
+# `pacsguard cert issue --client NAME`, which prints the SHA-256):
 # [[ae]]
 # ae_title = "CT_SCANNER_1"
 # auth = "mtls"
@@ -175,7 +176,7 @@ permissions = ["echo", "store", "find", "move", "get"]
 # A viewer that C-MOVE may send to (port and a single address are required). Off this
 # machine the images go over TLS only (move_tls = true): its certificate must chain to
 # tls.ca_file (or move_ca_file) and name its address; ours is presented as the client's.
-# Issue one with pacsguard.archive.security.bootstrap.issue_server_certificate.
+# Issue one with `pacsguard cert issue --server NAME --address ADDRESS`.
 # [[ae]]
 # ae_title = "VIEWER_1"
 # auth = "mtls"

@@ -150,6 +150,21 @@ class Gate:
             _jwt_key(settings) if any(ae.auth is AuthMethod.JWT for ae in settings.aes) else None
         )
 
+    def prepare_settings(self, settings: Settings) -> Callable[[], None]:
+        """For `pacsguard reload`: check what deciding by `settings` needs (the JWT key), and
+        return the swap, which cannot fail. After it, new associations are decided by the new
+        registered AEs, users, roles and JWT settings; lockout counts carry over, and
+        associations already accepted keep the Principal they were given. ConfigError, and
+        nothing changed, when the new JWT key cannot be read."""
+        jwt_key = (
+            _jwt_key(settings) if any(ae.auth is AuthMethod.JWT for ae in settings.aes) else None
+        )
+
+        def swap() -> None:
+            self._jwt_key, self._settings = jwt_key, settings
+
+        return swap
+
     # -- association ---------------------------------------------------------------------------
 
     def decide(self, facts: PeerFacts) -> Principal | Rejection:
