@@ -42,6 +42,16 @@ dimse_port = 2762
 # plaintext_host = "127.0.0.1"
 # Associations served at once; more are rejected with A-ASSOCIATE-RJ 2/3/2.
 max_associations = 16
+# Associations one calling AE title, and one user over all its AEs, may hold at once (also
+# 2/3/2 past that); unset: half of max_associations, so that no single peer takes every slot.
+# max_associations_per_ae = 8
+# max_associations_per_user = 8
+# Connections from one source address that are not associated yet (TLS handshake, association
+# request, authentication); more from that address are closed at once, so that idle or
+# half-open connections from one host cannot keep registered peers out.
+max_pending_per_source = 8
+# Seconds from connect to a complete association request, TLS handshake included.
+pre_association_timeout_s = 5
 # Largest PDU we accept, in bytes.
 max_pdu = 1048576
 # Seconds to wait for an association request; for each DIMSE answer (a C-MOVE destination's or
@@ -101,10 +111,20 @@ tls = true
 # Accept peers registered with auth = "address" (source IP only, spoofable on a LAN).
 # false: such peers are rejected, and a non-loopback listener refuses to start while any exist.
 allow_address_auth = false
+# false: every rejected association gets the same A-ASSOCIATE-RJ (1/1/1), so a stranger cannot
+# tell registered AE titles from unknown ones (the audit log keeps the real reason). true, while
+# commissioning a device: wrong called AE 1/1/7, unknown calling AE 1/1/3, lockout 2/1/1.
+detailed_rejections = false
+# Seconds a passcode that verified is remembered in memory (as a keyed HMAC, never the
+# passcode), so that a busy peer pays the Argon2id verification once; 0: verify every time.
+credential_cache_s = 120
 
 [security.lockout]
 # After max_failures rejected associations from one source address within window_s seconds,
-# that address is refused for lockout_s seconds, even with correct credentials.
+# that address is refused for lockout_s seconds, even with correct credentials. Failed logins
+# also count against the account they tried (the [[ae]]'s user, or its AE title): max_failures
+# of them from any addresses lock that account for lockout_s. A successful login clears the
+# failures against its own account only.
 max_failures = 5
 window_s = 300
 lockout_s = 900
