@@ -179,6 +179,8 @@ def _meta(view: memoryview) -> tuple[str, int]:
             transfer_syntax = bytes(view[value:offset]).rstrip(b" \x00").decode("ascii", "replace")
     if offset != end:
         raise _Unreadable("File Meta Information length disagrees with its elements")
+    if bytes(view[end : end + 2]) == b"\x02\x00":  # pydicom reads on while in group 0002
+        raise _Unreadable("group 0002 elements past the File Meta group length")
     return transfer_syntax, end
 
 
