@@ -207,3 +207,22 @@ def test_a_transfer_syntax_with_leading_padding_goes_to_pydicom() -> None:
     data = _part10(_dataset(), ExplicitVRLittleEndian)
     syntax = ExplicitVRLittleEndian.encode()
     assert read_header(data.replace(syntax, b"\x00" + syntax[1:]), INDEXED_KEYWORDS) is None
+
+
+@pytest.mark.parametrize(
+    ("original", "spoiled"),
+    [
+        (b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00US"),  # Transfer Syntax UID as US
+        (b"\x08\x00\x05\x00CS", b"\x08\x00\x05\x00SS"),  # Specific Character Set as SS
+    ],
+)
+def test_elements_pydicom_reads_by_another_vr_go_to_pydicom(
+    original: bytes, spoiled: bytes
+) -> None:
+    """Found by fuzzing: pydicom reads these values as the VR says (a list of numbers for the
+    transfer syntax; a TypeError inside dcmread for the character set)."""
+    ds = _dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    data = _part10(ds, ExplicitVRLittleEndian)
+    assert original in data and read_header(data, INDEXED_KEYWORDS) is not None
+    assert read_header(data.replace(original, spoiled), INDEXED_KEYWORDS) is None

@@ -178,15 +178,19 @@ def _meta(view: memoryview) -> tuple[str, int]:
     offset = value + 4
     transfer_syntax = ""
     while offset < end:
-        tag, _vr, value, length = walker.element(offset)
+        tag, vr, value, length = walker.element(offset)
         if tag >> 16 != 0x0002:  # pydicom ends the File Meta there, whatever its length says
             raise _Unreadable("File Meta Information with an element outside group 0002")
         offset = walker.end_of(value, length)
         if tag == _TRANSFER_SYNTAX:
+            if vr != b"UI":  # pydicom reads the value as its VR says (found by fuzzing)
+                raise _Unreadable("Transfer Syntax UID with another VR")
             # only trailing padding: pydicom keeps a leading NUL, and the UID check then fails
             transfer_syntax = bytes(view[value:offset]).rstrip(b" \x00").decode("ascii", "replace")
     if offset != end:
         raise _Unreadable("File Meta Information length disagrees with its elements")
+    if bytes(view[end : end + 2]) == b"\x02\x00":  # pydicom reads on while in group 0002
+        raise _Unreadable("group 0002 elements past the File Meta group length")
     return transfer_syntax, end
 
 
@@ -233,6 +237,8 @@ def read_header(data: bytes, keywords: Collection[str]) -> dict[str, str] | None
             offset = walker.skip_value(tag, vr, value, length, 0)
             if tag in keep and length != _UNDEFINED and not past_pixels:
                 raw[tag] = bytes(view[value:offset])
+                if tag == _CHARSET and walker.explicit and vr not in (b"CS", b"UN"):
+                    raise _Unreadable("Specific Character Set with another VR")  # pydicom fails
     except (_Unreadable, struct.error):
         return None
     encoding = PLAIN_CHARSETS.get(_text(raw.get(_CHARSET, b""), "ascii"))

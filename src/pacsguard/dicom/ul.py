@@ -209,18 +209,22 @@ def decode_associate_answer(
             raise MalformedPdu(f"undecodable A-ASSOCIATE-AC: {exc.__class__.__name__}") from None
         by_id = {p.context_id: p.abstract_syntax for p in proposed}
         contexts = []
-        for item in ac.presentation_context:
-            cid = item.context_id
-            if cid is None or cid not in by_id:
-                continue
-            contexts.append(
-                ContextResult(
-                    context_id=cid,
-                    abstract_syntax=by_id[cid],
-                    result=int(item.result_reason or 0),
-                    transfer_syntax=str(item.transfer_syntax) if item.transfer_syntax else None,
+        try:
+            for item in ac.presentation_context:
+                cid = item.context_id
+                if cid is None or cid not in by_id:
+                    continue
+                syntax = item.transfer_syntax
+                contexts.append(
+                    ContextResult(
+                        context_id=cid,
+                        abstract_syntax=by_id[cid],
+                        result=int(item.result_reason or 0),
+                        transfer_syntax=str(syntax) if syntax else None,
+                    )
                 )
-            )
+        except Exception as exc:  # a sub-item of another type where the syntax belongs (fuzzing)
+            raise MalformedPdu(f"undecodable A-ASSOCIATE-AC: {exc.__class__.__name__}") from None
         max_pdu = impl_uid = impl_name = None
         if ac.user_information is not None:
             info = ac.user_information
