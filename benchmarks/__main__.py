@@ -3,6 +3,8 @@
 - scan: pacsguard's scanner against nmap's dicom-ping (`--hosts`, `--seed`).
 - archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
   (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
+- survey: the end-to-end survey on the internet lab (a /16), 1 and 2 processes, against nmap
+  (`--seed`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import archive, scan_vs_nmap
+from benchmarks import archive, scan_vs_nmap, survey_internet
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("which", nargs="?", default="scan", choices=["scan", "archive"])
+    parser.add_argument("which", nargs="?", default="scan", choices=["scan", "archive", "survey"])
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--repeats", type=int, default=3, help="archive: ingest runs per target")
@@ -36,6 +38,9 @@ def main() -> int:
         if args.which == "scan":
             result = scan_vs_nmap.run(Path(tmp), args.hosts, args.seed)
             text = scan_vs_nmap.markdown(result)
+        elif args.which == "survey":
+            result = survey_internet.run(Path(tmp), args.seed)
+            text = survey_internet.markdown(result)
         else:
             result = archive.run(
                 Path(tmp),
