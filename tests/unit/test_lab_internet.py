@@ -10,7 +10,7 @@ import maxminddb
 import pytest
 
 from pacsguard.errors import LabError
-from pacsguard.lab.banners import http_response
+from pacsguard.lab.banners import http_response, request_complete
 from pacsguard.lab.geoip import write_mmdb
 from pacsguard.lab.internet import (
     INTERNET_SHARES,
@@ -144,6 +144,15 @@ def test_http_responder_answers_like_nginx() -> None:
     # An A-ASSOCIATE-RQ (PDU type 0x01) or silence: a 400, as nginx answers.
     assert http_response(b"\x01\x00\x00\x00\x00\xcd").startswith(b"HTTP/1.1 400 Bad Request")
     assert http_response(b"").startswith(b"HTTP/1.1 400 Bad Request")
+
+
+def test_http_responder_waits_for_a_request_head_but_not_for_dicom_bytes() -> None:
+    assert not request_complete(b"")
+    assert not request_complete(b"GE")
+    assert not request_complete(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert request_complete(b"GET / HTTP/1.1\r\n\r\n")
+    assert request_complete(b"\x01\x00\x00\x00")  # an A-ASSOCIATE-RQ: answered at once
+    assert request_complete(b"SSH-2.0-x\r\n")
 
 
 def test_mmdb_files_answer_every_block_as_the_truth_says(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Final
 
 from pacsguard.lab.session import HostState, Limits
@@ -51,17 +52,29 @@ def http_response(request: bytes) -> bytes:
     return head + (b"" if request.startswith(b"HEAD ") else body)
 
 
-async def _read_some(reader: asyncio.StreamReader, seconds: float, until: bytes) -> bytes:
-    """Read until `until` appears, the peer stops, `seconds` pass or the bound is reached."""
+async def _read_some(
+    reader: asyncio.StreamReader, seconds: float, done: Callable[[bytes], bool]
+) -> bytes:
+    """Read until `done(received)`, the peer stops, `seconds` pass or the bound is reached."""
     received = b""
     with contextlib.suppress(TimeoutError, OSError):
         async with asyncio.timeout(seconds):
-            while len(received) < _MAX_REQUEST and until not in received:
+            while len(received) < _MAX_REQUEST and not done(received):
                 chunk = await reader.read(_READ_CHUNK)
                 if not chunk:
                     break
                 received += chunk
     return received
+
+
+def request_complete(received: bytes) -> bool:
+    """A whole request head, or bytes that cannot start one (nginx answers those at once)."""
+    if b"\r\n\r\n" in received:
+        return True
+    could_be_http = any(
+        received.startswith(method) or method.startswith(received) for method in _HTTP_METHODS
+    )
+    return not could_be_http
 
 
 async def _finish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: float) -> None:
@@ -72,16 +85,16 @@ async def _finish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ho
         if not writer.can_write_eof():  # TLS: the close_notify on closing ends the answer
             return
         writer.write_eof()
-    await _read_some(reader, hold, until=b"\x00never\x00")
+    await _read_some(reader, hold, lambda _: False)
 
 
 async def serve_http(
     state: HostState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: Limits
 ) -> None:
-    """Answer the first request (or, after the association timeout, silence) like nginx."""
+    """Answer the first request like nginx: a 404 for HTTP, a 400 at once for anything else
+    (an A-ASSOCIATE-RQ), and a 400 when the peer stays silent for the association timeout."""
     del state
-    # A scanner's A-ASSOCIATE-RQ has no blank line: an HTTP server answers when its read stalls.
-    request = await _read_some(reader, min(limits.association_timeout, 2.0), until=b"\r\n\r\n")
+    request = await _read_some(reader, limits.association_timeout, request_complete)
     writer.write(http_response(request))
     await _finish(reader, writer, min(limits.hostile_hold, 5.0))
 
