@@ -311,3 +311,23 @@ def test_endless_answers_stop_at_the_response_budget_in_bounded_memory(distinct:
     # Keeping each data set would cost about 2 KB per response; a digest and a claim per
     # distinct study cost under 300 bytes, a repeated study nothing.
     assert per_response < (400 if distinct else 50), peaks
+
+
+def test_answers_carrying_pixel_data_are_an_anomaly_and_a_honeypot_hint() -> None:
+    plain = per_instance(ROWS, counts=True)
+
+    def with_pixels(query: Dataset) -> list[tuple[int, Dataset | None]]:
+        answers = plain(query)
+        for _status, ds in answers:
+            if ds is not None:
+                ds.add_new(0x7FE00010, "OW", b"\x00" * 64)  # a whole object handed out
+        return answers
+
+    obs = probe(answering(with_pixels))
+    assert counts(obs) == (2, 4, 7, 17)  # still counted: the exposure is real either way
+    assert "find-response-with-pixel-data" in obs.anomalies
+    report = assess(obs)
+    assert "find-pixel-data" in report.honeypot_signatures
+    assert not report.honeypot_flagged  # one medium signature: a hint, not a flag
+    assert any(f.id == "PG-HONEYPOT-HINT" for f in report.findings)
+    assert "find-response-with-pixel-data" not in probe(answering(plain)).anomalies

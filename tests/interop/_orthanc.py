@@ -75,6 +75,16 @@ class OrthancProfile:
     modalities: tuple[RegisteredModality, ...]
     loader_aet: str
     query_aet: str
+    #: Load Debian's orthanc-dicomweb plugin (QIDO-RS at /dicom-web) and serve Orthanc Explorer.
+    web: bool = False
+
+
+def dicomweb_plugin() -> Path | None:
+    """Debian's orthanc-dicomweb plugin library, or None when the package is not installed."""
+    for folder in (Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc")):
+        for candidate in sorted(folder.glob("libOrthancDicomWeb.so*")):
+            return candidate
+    return None
 
 
 def open_profile() -> OrthancProfile:
@@ -152,7 +162,8 @@ def orthanc_config(
     """Orthanc's JSON configuration for `profile` (options checked against Orthanc 1.10.1),
     with `extra` options on top (e.g. "LimitFindResults").
 
-    "Plugins": [] keeps Debian's plugins (/usr/share/orthanc/plugins) out; storage and index
+    "Plugins": [] keeps Debian's plugins (/usr/share/orthanc/plugins) out, except the DICOMweb
+    plugin for a `web` profile; storage and index
     live in `storage_dir` with "SyncStorageArea" (fsync per file); HTTP is needed for readiness
     and /statistics and refuses non-loopback clients ("RemoteAccessAllowed": false).
     """
@@ -161,7 +172,7 @@ def orthanc_config(
         "StorageDirectory": str(storage_dir),
         "IndexDirectory": str(storage_dir),
         "SyncStorageArea": True,
-        "Plugins": [],
+        "Plugins": [str(dicomweb_plugin())] if profile.web and dicomweb_plugin() else [],
         "ConcurrentJobs": 1,
         "HttpServerEnabled": True,
         "HttpPort": http_port,
@@ -169,7 +180,7 @@ def orthanc_config(
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": profile.http_authentication,
         "RegisteredUsers": dict([http_user]) if http_user else {},
-        "OrthancExplorerEnabled": False,
+        "OrthancExplorerEnabled": profile.web,
         "WebDavEnabled": False,
         "DicomServerEnabled": True,
         "DicomAet": profile.aet,
@@ -189,6 +200,8 @@ def orthanc_config(
         "DicomModalities": {m.name: m.to_config(modality_port) for m in profile.modalities},
         "DicomScpTimeout": 10,
     }
+    if profile.web:
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
     config.update(extra or {})
     return config
 
@@ -246,12 +259,17 @@ def running_orthanc(
     *,
     timeout: float = 30.0,
     extra: Mapping[str, object] | None = None,
+    http_user: tuple[str, str] | None = None,
 ) -> Iterator[OrthancPeer]:
     """Start Orthanc with `profile` (and `extra` options), C-STORE the lab data as
-    `profile.loader_aet`, verify counts."""
+    `profile.loader_aet`, verify counts.
+
+    With authentication, the one REST user is random unless `http_user` names it."""
     orthanc = executable("Orthanc")
     workdir.mkdir(parents=True, exist_ok=True)
-    http_auth = ("pgharness", secrets.token_urlsafe(18)) if profile.http_authentication else None
+    http_auth = None
+    if profile.http_authentication:
+        http_auth = http_user or ("pgharness", secrets.token_urlsafe(18))
 
     def start() -> tuple[ManagedProcess, int, int]:
         dicom_port, http_port = free_port(), free_port()

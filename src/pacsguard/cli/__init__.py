@@ -85,6 +85,11 @@ SUBCOMMANDS: Final[dict[str, Subcommand]] = {
         "app",
         "The data that maps server fingerprints to products and versions to CVEs.",
     ),
+    "survey": Subcommand(
+        "pacsguard.cli.survey",
+        "app",
+        "Surveys over stored runs: import, report, diff, disclose.",
+    ),
 }
 
 

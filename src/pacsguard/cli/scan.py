@@ -1,8 +1,8 @@
-"""`pacsguard scan`: probe DICOM endpoints and report what they expose.
+"""`pacsguard scan`: probe DICOM endpoints (DIMSE and web) and report what they expose.
 
 Start-up matters (a scan of one closed port should take a fraction of a second): rich is
-imported only for a progress bar on a terminal or `--format table`, and the probe imports
-pydicom and pynetdicom only once a port answers.
+imported only for a progress bar on a terminal or `--format table`, the probe imports pydicom
+and pynetdicom only once a port answers, and httpx only for web targets.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,10 +21,17 @@ from pacsguard.dicom.connect import Timeouts
 from pacsguard.errors import UsageError
 from pacsguard.report.jsonl import TextSink, write_record
 from pacsguard.report.table import ScanSummary, render_table
+from pacsguard.scan.http_probe import HTTP_TRANSPORTS, HttpOptions, probe_http
 from pacsguard.scan.model import HostReport, Observations, Severity, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
 from pacsguard.scan.scheduler import Limits, run_scan
-from pacsguard.scan.targets import DEFAULT_PORTS, Scope, build_scope, parse_ports
+from pacsguard.scan.targets import (
+    DEFAULT_PORTS,
+    DEFAULT_WEB_PORTS,
+    Scope,
+    build_scope,
+    parse_ports,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -43,6 +50,7 @@ async def scan_scope(
     jsonl: TextSink | None,
     on_report: list[HostReport] | None = None,
     progress: Progress | None = None,
+    http: HttpOptions | None = None,
 ) -> ScanSummary:
     """Run the scan, streaming JSON Lines; keep reports only when `on_report` asks for them."""
     summary = ScanSummary()
@@ -54,7 +62,11 @@ async def scan_scope(
         # probe's timers meanwhile. One target alone loads them only if it answers.
         import pacsguard.dicom.client  # noqa: F401
 
+    http_options = http or HttpOptions()
+
     async def prober(target: Target) -> Observations:
+        if target.transport in HTTP_TRANSPORTS:
+            return await probe_http(target, http_options)
         return await probe_dimse(target, options)
 
     async for report in run_scan(scope, prober, limits):
@@ -71,11 +83,19 @@ async def scan_scope(
 def scan(
     targets: Annotated[
         list[str] | None,
-        typer.Argument(help="IP addresses, CIDRs, host names, host:port or \\[v6]:port."),
+        typer.Argument(
+            help="IP addresses, CIDRs, host names, host:port or \\[v6]:port; "
+            "http://host:port or https://host:port for web targets."
+        ),
     ] = None,
     ports: Annotated[
-        str, typer.Option("-p", "--ports", help="Ports for targets without their own.")
-    ] = ",".join(map(str, DEFAULT_PORTS)),
+        str,
+        typer.Option(
+            "-p",
+            "--ports",
+            help="Ports for targets without their own; 80, 443, 8042, 8080 and 8443 are web.",
+        ),
+    ] = ",".join(map(str, DEFAULT_PORTS + DEFAULT_WEB_PORTS)),
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write JSON Lines records here.")
     ] = None,
@@ -120,14 +140,47 @@ def scan(
     guess_interval: Annotated[
         float, typer.Option(min=0.0, help="Seconds between guessed AE titles on one host.")
     ] = 0.5,
+    default_credentials: Annotated[
+        bool,
+        typer.Option(
+            "--default-credentials",
+            help="On web targets, try a short cited list of default logins; only report a "
+            "working one (no data is read with it).",
+        ),
+    ] = False,
     fail_on: Annotated[
         Severity, typer.Option(help="Exit 1 when a finding is at least this severe.")
     ] = Severity.LOW,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="PACSGUARD_HISTORY",
+            help="Also record the run in this history store (sqlite:///PATH, postgresql+psycopg://..).",
+        ),
+    ] = None,
+    recheck: Annotated[
+        int | None, typer.Option("--recheck", help="Re-scan endpoints of this stored run (--org).")
+    ] = None,
+    org: Annotated[
+        str | None, typer.Option("--org", help="With --recheck: only this organisation's hosts.")
+    ] = None,
+    contacts: Annotated[
+        Path | None, typer.Option("--contacts", help="With --org: CSV cidr,organisation[,email].")
+    ] = None,
 ) -> None:
     """Probe DICOM endpoints; one JSON Lines record per target.
 
     Exit codes: 0 no finding at --fail-on or above, 1 such findings, 2 usage error.
     """
+    if (org is not None or contacts is not None) and recheck is None:
+        raise UsageError("--org and --contacts go with --recheck RUN")
+    if recheck is not None:
+        from pacsguard.survey.hook import recheck_targets
+
+        if org is None:
+            raise UsageError("--recheck needs --org NAME (as `pacsguard survey disclose` names it)")
+        targets = [*(targets or []), *recheck_targets(store, recheck, org, contacts)]
     scope = build_scope(
         targets or [],
         ports=parse_ports(ports),
@@ -145,22 +198,62 @@ def scan(
         guess_interval=guess_interval,
         called_aets=tuple(_valid_aet(a) for a in called_aet or ()),
     )
+    http_options = HttpOptions(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        request_timeout=max(2 * read_timeout, read_timeout + connect_timeout),
+        total_timeout=total_timeout,
+        default_credentials=default_credentials,
+    )
     # The probe ends itself at --total-timeout; the scheduler's backstop follows just after.
     limits = Limits(concurrency=concurrency, rate=rate, target_timeout=total_timeout + 1.0)
     keep: list[HostReport] | None = [] if output_format is OutputFormat.TABLE else None
     stdout_jsonl = sys.stdout if output_format is OutputFormat.JSONL else None
 
-    with output.open("w", encoding="utf-8") if output else contextlib.nullcontext() as file_sink:
-        sinks = [s for s in (stdout_jsonl, file_sink) if s is not None]
+    history: contextlib.AbstractContextManager[TextSink | None] = contextlib.nullcontext()
+    if store is not None or recheck is not None:
+        from pacsguard.survey.hook import history_sink  # SQLAlchemy only when asked for
+
+        run_scope = {
+            "targets": targets or [],
+            "input_lists": [str(p) for p in input_list or []],
+            "excludes": exclude or [],
+            "exclude_files": [str(p) for p in exclude_file or []],
+            "ports": ports,
+            "target_count": scope.target_count,
+        }
+        run_options = {
+            **{k: getattr(options, k) for k in ("echo", "count", "guess_aets", "total_timeout")},
+            "called_aets": list(options.called_aets),
+            "timeouts": [connect_timeout, read_timeout],
+            "concurrency": concurrency,
+            "rate": rate,
+        }
+        history = history_sink(store, scope=run_scope, options=run_options, parent_run=recheck)
+    with (
+        output.open("w", encoding="utf-8") if output else contextlib.nullcontext() as file_sink,
+        history as store_sink,
+    ):
+        sinks = [s for s in (stdout_jsonl, file_sink, store_sink) if s is not None]
         tee = _Tee(sinks) if sinks else None
         progress = _progress_bar() if sys.stderr.isatty() else None
         if progress is not None:
             with progress:
                 summary = asyncio.run(
-                    scan_scope(scope, options, limits, jsonl=tee, on_report=keep, progress=progress)
+                    scan_scope(
+                        scope,
+                        options,
+                        limits,
+                        jsonl=tee,
+                        on_report=keep,
+                        progress=progress,
+                        http=http_options,
+                    )
                 )
         else:
-            summary = asyncio.run(scan_scope(scope, options, limits, jsonl=tee, on_report=keep))
+            summary = asyncio.run(
+                scan_scope(scope, options, limits, jsonl=tee, on_report=keep, http=http_options)
+            )
     if keep is not None:
         from rich.console import Console
 
@@ -196,7 +289,7 @@ def _valid_aet(title: str) -> str:
 class _Tee:
     """Write the same text to several streams (stdout and the -o file)."""
 
-    def __init__(self, streams: list[IO[str]]) -> None:
+    def __init__(self, streams: Sequence[TextSink]) -> None:
         self._streams = streams
 
     def write(self, text: str) -> int:

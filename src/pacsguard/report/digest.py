@@ -60,6 +60,17 @@ class HostRow:
     config_signature: str | None
     error: str | None
     scanned_at: str
+    #: What a web target showed (record member ``http``), in words; None for DIMSE targets.
+    web: str | None = None
+    #: From the record's optional `location` (MaxMind enrichment): "unknown" without it.
+    country: str = "unknown"
+    asn: int | None = None
+    as_org: str | None = None
+    #: The DICOM service refused a stranger's calling or called AE title (an allow-list or a
+    #: called-AE check): the "checks AE titles" column of published surveys.
+    ae_checked: bool = False
+    #: A storage context was accepted from a stranger (C-STORE would be possible).
+    open_store: bool = False
 
     @property
     def honeypot(self) -> bool:
@@ -68,6 +79,10 @@ class HostRow:
     @property
     def exposed(self) -> bool:
         return self.studies > 0 or self.patients > 0
+
+    @property
+    def ssn_shaped(self) -> bool:
+        return "patient_id_ssn_shaped" in self.phi_categories
 
 
 @dataclass
@@ -84,6 +99,11 @@ class Digest:
     instances: int = 0
     lower_bound: bool = False
     with_tls: int = 0
+    #: DICOM services that check AE titles / accept C-STORE from a stranger (honeypots apart).
+    ae_checked: int = 0
+    open_store: int = 0
+    #: Exposing hosts whose patient IDs look like SSNs (clusters left out, as for `exposed`).
+    ssn_shaped: int = 0
     honeypots: int = 0
     severities: Counter[str] = field(default_factory=Counter)
     #: finding id -> (title of its first occurrence, severity, hosts)
@@ -93,19 +113,31 @@ class Digest:
     tally: ClusterTally = field(default_factory=ClusterTally)
     #: Filled by `finish`: identical-configuration clusters, left out of the exposure totals.
     clusters: list[Cluster] = field(default_factory=list)
+    #: A survey of a million addresses keeps rows of reachable hosts only (nothing it prints
+    #: or compares needs the others); the per-host reports keep every row.
+    keep_unreachable: bool = True
+    _ssn_by_signature: Counter[str] = field(default_factory=Counter)
+    _finished: bool = False
 
     def add(self, row: HostRow) -> None:
         self.targets += 1
         self.reachable += row.reachable
         self.dicom += row.dicom
         self.with_tls += row.tls and row.dicom
-        self.hosts.append(row)
+        if row.reachable or self.keep_unreachable:
+            self.hosts.append(row)
         if row.honeypot:
             self.honeypots += 1
             return
         self.accepting += row.status == "accepted"
+        self.ae_checked += row.dicom and row.ae_checked
+        self.open_store += row.open_store
         if row.exposed:
             self.exposed += 1
+            if row.ssn_shaped:
+                self.ssn_shaped += 1
+                if row.config_signature is not None:
+                    self._ssn_by_signature[row.config_signature] += 1
             self.patients += row.patients
             self.studies += row.studies
             self.instances += row.instances
@@ -117,19 +149,26 @@ class Digest:
             self.finding_hosts[finding.id] += 1
             self.finding_titles.setdefault(finding.id, (_generic_title(finding), finding.severity))
 
-    def finish(self) -> None:
-        """Take identical-configuration clusters out of the exposure totals (once)."""
-        if self.clusters:
+    def finish(self, within: ClusterTally | None = None) -> None:
+        """Take identical-configuration clusters out of the exposure totals (once).
+
+        `within` decides what a cluster is when this digest is one part of a larger one (a
+        country of a survey): a fleet spread over several countries is a cluster in each.
+        Give such a part a `ClusterTally(min_hosts=1)` so it keeps every signature's sums."""
+        if self._finished:
             return
-        self.clusters = self.tally.clusters()
+        self._finished = True
+        reference = within or self.tally
+        self.clusters = [c for c in self.tally.clusters() if reference.in_cluster(c.signature)]
         for cluster in self.clusters:
             self.exposed -= cluster.hosts
             self.patients -= cluster.patients
             self.studies -= cluster.studies
             self.instances -= cluster.instances
+            self.ssn_shaped -= self._ssn_by_signature[cluster.signature]
 
     def clustered(self, row: HostRow) -> bool:
-        return not row.honeypot and self.tally.in_cluster(row.config_signature)
+        return not row.honeypot and any(c.signature == row.config_signature for c in self.clusters)
 
     def top_findings(self, n: int = 10) -> list[tuple[str, str, str, int]]:
         """(id, title, severity, hosts), most severe then most frequent first."""
@@ -153,6 +192,39 @@ def _generic_title(finding: FindingRow) -> str:
     return finding.title
 
 
+def web_summary(http: dict[str, Any] | None) -> str | None:
+    """One line on what a web target showed: Orthanc's API, the login asked, open QIDO-RS
+    roots, viewers, a default login that worked."""
+    if not http:
+        return None
+    if not http.get("answered"):
+        return "no HTTP answer"
+    parts: list[str] = []
+    orthanc = http.get("orthanc")
+    if orthanc:
+        version = f" {orthanc['version']}" if orthanc.get("version") else ""
+        parts.append(
+            f"Orthanc{version} REST API open"
+            if orthanc.get("open")
+            else "Orthanc REST API behind a login"
+        )
+    auth = http.get("auth") or {}
+    if auth.get("scheme"):
+        realm = f' (realm "{auth["realm"]}")' if auth.get("realm") else ""
+        parts.append(f"login asked: {auth['scheme']}{realm}")
+    for qido in http.get("dicomweb") or ():
+        if qido.get("open"):
+            more = "at least " if qido.get("lower_bound") else ""
+            parts.append(f"QIDO-RS open at {qido['path']} ({more}{qido['studies']} studies)")
+    viewers = [str(v["name"]) for v in http.get("viewers") or ()]
+    if viewers:
+        parts.append("viewers: " + ", ".join(viewers))
+    working = (http.get("default_credentials") or {}).get("working") or ()
+    if working:
+        parts.append("default login works: " + ", ".join(str(c["id"]) for c in working))
+    return "; ".join(parts) or "HTTP, nothing PACS-specific seen"
+
+
 def row_from_record(record: dict[str, Any]) -> HostRow:
     """A HostRow from one scan record; KeyError/TypeError/ValueError on a malformed one."""
     association = record["association"]
@@ -163,6 +235,9 @@ def row_from_record(record: dict[str, Any]) -> HostRow:
     if honeypot.get("flagged") and not reasons:
         reasons = ("flagged",)
     host, port = str(record["host"]), int(record["port"])
+    location = record.get("location") or {}
+    asn = location.get("asn")
+    dicom = bool(record["dicom"])
     return HostRow(
         endpoint=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         host=host,
@@ -170,7 +245,7 @@ def row_from_record(record: dict[str, Any]) -> HostRow:
         transport=str(record["transport"]),
         tls=bool(record["tls"]),
         reachable=bool(record["reachable"]),
-        dicom=bool(record["dicom"]),
+        dicom=dicom,
         status=str(association["status"]),
         product=(
             None
@@ -203,6 +278,17 @@ def row_from_record(record: dict[str, Any]) -> HostRow:
         config_signature=record.get("config_signature"),
         error=record.get("error"),
         scanned_at=str(record.get("scanned_at", "")),
+        web=web_summary(record.get("http")),
+        country=str(location.get("country") or "unknown"),
+        asn=int(asn) if isinstance(asn, int) else None,
+        as_org=str(location["as_org"]) if location.get("as_org") else None,
+        ae_checked=dicom
+        and (
+            association.get("calling_ae_checked") is True
+            or association.get("any_called_ae_accepted") is False
+        ),
+        open_store=association["status"] == "accepted"
+        and "storage" in association.get("accepted_services", ()),
     )
 
 

@@ -88,12 +88,13 @@ def _host_detail(host: HostRow) -> str:
         f"{' (TLS)' if host.tls else ''}, association {escape(host.status)}"
         f"{', ' + escape(host.product) if host.product else ''}: {escape(exposure)}</summary>"
         f"{flag}"
+        f"{'<p>Web: ' + escape(host.web) + '</p>' if host.web else ''}"
         f"<p>Identifier categories seen: {escape(', '.join(host.phi_categories) or 'none')}"
         f"{'. Probe cut short: ' + escape(host.error) if host.error else ''}</p>{table}</details>"
     )
 
 
-def _clusters(digest: Digest) -> str:
+def clusters_section(digest: Digest) -> str:
     if not digest.clusters:
         return ""
     rows = "".join(
@@ -156,7 +157,7 @@ stranger: {qualifier}{digest.patients} patients, {digest.studies} studies and
 {bar_chart("Hosts by worst finding", severity_bars, chart_id="chart-severity", unit=" hosts")}
 {bar_chart("Top findings (hosts)", finding_bars, chart_id="chart-findings", unit=" hosts")}
 </div>
-{_clusters(digest)}
+{clusters_section(digest)}
 <h2 id="top-findings">Top findings</h2>
 <table><tr><th>severity</th><th>id</th><th>finding</th><th>hosts</th></tr>{top_rows}</table>
 <h2 id="hosts">Hosts ({len(exposed_hosts)} with findings)</h2>

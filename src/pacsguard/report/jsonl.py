@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
+from pacsguard.scan.http_model import HttpObservations
 from pacsguard.scan.model import (
     CertificateFacts,
     ClientCertificate,
@@ -58,6 +59,64 @@ def _association(obs: Observations) -> dict[str, Any]:
                 "tls": a.tls,
             }
             for a in obs.attempts
+        ],
+    }
+
+
+def http_record(http: HttpObservations | None) -> dict[str, Any] | None:
+    """The HTTP tier's facts: counts, versions, paths and realms; never an answer's body."""
+    if http is None:
+        return None
+    orthanc = http.orthanc
+    return {
+        "scheme": http.scheme,
+        "answered": http.answered,
+        "root_status": http.root_status,
+        "server": http.server,
+        "auth": {"scheme": http.auth_scheme, "realm": http.auth_realm},
+        "orthanc": None
+        if orthanc is None
+        else {
+            "open": orthanc.open,
+            "version": orthanc.version,
+            "api_version": orthanc.api_version,
+            "dicom_aet": orthanc.dicom_aet,
+            "dicom_port": orthanc.dicom_port,
+            "plugins_enabled": orthanc.plugins_enabled,
+            "patients": orthanc.patients,
+            "studies": orthanc.studies,
+            "series": orthanc.series,
+            "instances": orthanc.instances,
+            "patients_listable": orthanc.patients_listable,
+            "patients_listed": orthanc.patients_listed,
+            "patients_listed_lower_bound": orthanc.patients_listed_lower_bound,
+        },
+        "dicomweb": [
+            {
+                "path": q.path,
+                "status": q.status,
+                "open": q.open,
+                "studies": q.studies,
+                "lower_bound": q.lower_bound,
+                "pages": q.pages,
+                "phi_categories": sorted(c.value for c in q.phi_categories),
+                "note": q.note,
+            }
+            for q in http.dicomweb
+        ],
+        "viewers": [
+            {"id": v.id, "name": v.name, "path": v.path, "source": v.source} for v in http.viewers
+        ],
+        "default_credentials": {
+            "tried": http.default_credentials_tried,
+            "working": [
+                {"id": c.id, "username": c.username, "path": c.path}
+                for c in http.default_credentials
+            ],
+        },
+        "endpoints": [
+            {"path": e.path, "status": e.status, "auth_scheme": e.auth_scheme}
+            for e in http.endpoints
         ],
     }
 
@@ -157,6 +216,7 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
             "reasons": list(report.honeypot_reasons),
         },
         "config_signature": report.config_signature,
+        "http": http_record(obs.http),
         "findings": [_finding(f) for f in report.findings],
         "worst_severity": report.worst.value if report.worst else None,
         "anomalies": list(obs.anomalies),

@@ -26,6 +26,8 @@ def _host(host: HostRow) -> list[str]:
         f"{host.studies} studies, {host.instances} instances; identifier categories: "
         f"{_md(', '.join(host.phi_categories) or 'none')}",
     ]
+    if host.web:
+        lines.append(f"- web: {_md(host.web)}")
     if host.honeypot:
         lines.append(
             f"- **flagged as a likely honeypot** ({_md('; '.join(host.honeypot_reasons))}): "
@@ -39,7 +41,7 @@ def _host(host: HostRow) -> list[str]:
     return [*lines, ""]
 
 
-def _clusters(digest: Digest) -> list[str]:
+def clusters_lines(digest: Digest) -> list[str]:
     if not digest.clusters:
         return []
     return [
@@ -84,7 +86,7 @@ def render_markdown(digest: Digest, *, title: str = "pacsguard scan report") -> 
         "|---|---|",
         *[f"| {s} | {digest.severities[s]} |" for s in SEVERITIES],
         "",
-        *_clusters(digest),
+        *clusters_lines(digest),
         "## Top findings",
         "",
         "| severity | id | finding | hosts |",

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pacsguard.report.digest import web_summary
+from pacsguard.report.jsonl import http_record
 from pacsguard.scan.honeypots import ClusterTally
 from pacsguard.scan.model import Finding, HostReport, Severity
 
@@ -106,6 +108,9 @@ _REASONS = {
 
 def _status(report: HostReport) -> str:
     obs = report.observations
+    if obs.http is not None:  # a web target: what it showed, in words
+        summary = web_summary(http_record(obs.http)) or "-"
+        return summary if len(summary) <= 60 else summary[:59] + "…"
     tls = "TLS " if obs.tls else ""
     if obs.accepted_called_aets:
         return f"{tls}accepted: " + ",".join(obs.accepted_called_aets)

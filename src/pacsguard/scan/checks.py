@@ -169,8 +169,8 @@ def check_open_echo(obs: Observations) -> Finding | None:
 def check_anonymous_find(obs: Observations) -> Finding | None:
     """Anonymous C-FIND exposes the archive's contents (PS3.4 C; HIPAA access control)."""
     exposure = obs.exposure
-    if exposure is None or exposure.method == "none":
-        return None
+    if exposure is None or exposure.method == "none" or obs.http is not None:
+        return None  # a web target's exposure has its own findings (PG-HTTP-*)
     if exposure.studies == 0 and exposure.patients == 0:
         return None
     qualifier = "at least " if exposure.lower_bound else ""
@@ -197,7 +197,7 @@ def check_anonymous_find(obs: Observations) -> Finding | None:
 def check_phi_exposed(obs: Observations) -> Finding | None:
     """Direct identifiers in query responses (PS3.15 E.1 lists them; GDPR Art. 9 health data)."""
     exposure = obs.exposure
-    if exposure is None or not exposure.phi_categories:
+    if exposure is None or not exposure.phi_categories or obs.http is not None:
         return None
     ssn = PhiCategory.PATIENT_ID_SSN_SHAPED in exposure.phi_categories
     vector = (
@@ -253,12 +253,14 @@ def check_plaintext_dimse(obs: Observations) -> Finding | None:
 
 
 def _tls_service(obs: Observations) -> TlsFacts | None:
-    """TLS facts of a DICOM service: DIMSE answered inside TLS, or the TLS layer demands a client
-    certificate before any DICOM can be spoken (on a DICOM port; nothing more can be told)."""
+    """TLS facts of a DICOM service: DIMSE answered inside TLS, a PACS web service (REST API,
+    DICOMweb, viewer) answered over https, or the TLS layer demands a client certificate before
+    anything can be spoken (nothing more can be told)."""
     facts = obs.tls_facts
     if facts is None:
         return None
-    if obs.dicom or facts.client_certificate is ClientCertificate.REQUIRED:
+    web = obs.http is not None and obs.http.pacs  # a PACS web service behind TLS (https)
+    if obs.dicom or web or facts.client_certificate is ClientCertificate.REQUIRED:
         return facts
     return None
 
@@ -394,10 +396,13 @@ CHECKS: Final[tuple[Check, ...]] = (
 
 
 def identify_product(obs: Observations, data: ProductData | None = None) -> Product | None:
-    """The product and version the host's own answers name (implementation UID and name)."""
+    """The product and version the host's own answers name (implementation UID and name,
+    Orthanc's `/system` version)."""
+    orthanc = obs.http.orthanc if obs.http is not None else None
     evidence = {
         "implementation_class_uid": obs.implementation_class_uid,
         "implementation_version_name": obs.implementation_version_name,
+        "http_orthanc_version": orthanc.version if orthanc is not None else None,
     }
     if not any(evidence.values()):
         return None  # nothing to match (e.g. a closed port): do not load the product data
@@ -470,6 +475,10 @@ def assess(obs: Observations, checks: tuple[Check, ...] = CHECKS) -> HostReport:
     """Run every check, name the product and its known CVEs, judge honeypot signatures;
     findings most severe first."""
     findings = [f for f in (check(obs) for check in checks) if f is not None]
+    if obs.http is not None:
+        from pacsguard.scan.http_checks import HTTP_CHECKS  # it builds on this module
+
+        findings.extend(f for f in (check(obs) for check in HTTP_CHECKS) if f is not None)
     product = identify_product(obs)
     findings.extend(check_known_vulnerabilities(obs, product))
     verdict = judge(obs)

@@ -64,6 +64,10 @@ class BudgetExhausted(Exception):
         self.reason = reason
 
 
+#: (7FE0,0010) Pixel Data: never a query key.
+_PIXEL_DATA: Final = 0x7FE00010
+
+
 def _digest(value: str) -> bytes:
     return hashlib.blake2b(value.encode("utf-8", "replace"), key=_HASH_KEY, digest_size=8).digest()
 
@@ -125,6 +129,7 @@ class _Tally:
     study_claims: dict[bytes, tuple[int, int]] = field(default_factory=dict)
     series_claims: dict[bytes, int] = field(default_factory=dict)
     categories: set[PhiCategory] = field(default_factory=set)
+    pixel_data: bool = False
     queries: int = 0
     responses: int = 0
     reasons: list[LowerBoundReason] = field(default_factory=list)
@@ -176,6 +181,7 @@ class ExposureCounter:
             notes=tuple(t.notes),
             lower_bound_reasons=tuple(reasons),
             responses=t.responses,
+            pixel_data_in_answers=t.pixel_data,
         )
 
     async def count(self, session: FindSession, accepted: AssociationAccepted) -> bool:
@@ -233,6 +239,7 @@ class ExposureCounter:
                         )
                         continue
                     tally.categories |= categorize(ds)
+                    tally.pixel_data |= _PIXEL_DATA in ds
                     yield ds
                 elif status == _CANCEL:
                     tally.lower_bound(

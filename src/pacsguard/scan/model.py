@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from pacsguard.dicom.phi import PhiCategory
 from pacsguard.scan.fingerprints import Product
+from pacsguard.scan.http_model import HttpObservations
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -42,6 +43,7 @@ class Outcome(StrEnum):
 #: Anomalies a probe records about an acceptor's answers (honeypot signatures use them).
 ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID: Final = "ac-without-implementation-uid"
 ANOMALY_RJ_PROTOCOL_VERSION: Final = "rj-protocol-version-for-current-version"
+ANOMALY_FIND_PIXEL_DATA: Final = "find-response-with-pixel-data"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,9 @@ class Exposure:
     lower_bound_reasons: tuple[LowerBoundReason, ...] = ()
     #: Query responses received (duplicates included: some servers answer once per instance).
     responses: int = 0
+    #: Responses carried Pixel Data, which no query asks for (PS3.4 C.4.1.1.3: a response holds
+    #: the requested keys): stored objects handed out wholesale, as canned decoys do.
+    pixel_data_in_answers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +179,8 @@ class Observations:
     echo_status: int | None = None
     exposure: Exposure | None = None
     tls: bool = False
+    #: What the HTTP tier saw (REST API, DICOMweb, viewers); None for DIMSE targets.
+    http: HttpObservations | None = None
     #: Set whenever a TLS handshake succeeded on the target (`tls` says DIMSE ran inside it).
     tls_facts: TlsFacts | None = None
     anomalies: tuple[str, ...] = ()

@@ -31,6 +31,7 @@ from pacsguard.errors import MalformedPdu, PduTooLarge, PeerClosed, ProtocolErro
 from pacsguard.scan.aets import ANY_SCP, SCANNER_CALLING_AE, called_aets_to_try
 from pacsguard.scan.model import (
     ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID,
+    ANOMALY_FIND_PIXEL_DATA,
     ANOMALY_RJ_PROTOCOL_VERSION,
     AssociationAttempt,
     ClientCertificate,
@@ -180,7 +181,13 @@ class _State:
             exposure=self.exposure,
             tls=self.tls,
             tls_facts=self.tls_facts,
-            anomalies=tuple(dict.fromkeys(self.anomalies)),
+            anomalies=tuple(
+                dict.fromkeys(
+                    [*self.anomalies, ANOMALY_FIND_PIXEL_DATA]
+                    if self.exposure is not None and self.exposure.pixel_data_in_answers
+                    else self.anomalies
+                )
+            ),
             error=self.error,
             duration_s=round(time.monotonic() - self.started, 4),
         )

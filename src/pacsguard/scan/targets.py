@@ -1,7 +1,9 @@
 """Targets and scope: what the user allowed, expanded lazily, exclusions always applied.
 
 Accepted forms: `127.0.0.5`, `127.0.0.0/24`, `::1`, `localhost`, `host:port`, `[::1]:port`, and
-files of such lines (`-iL`, `#` comments). A scope larger than /16 worth of addresses is refused
+files of such lines (`-iL`, `#` comments). `http://` or `https://` before any of them makes the
+targets web targets (the HTTP tier); otherwise a port's transport comes from `WEB_PORTS` (e.g.
+8042 is HTTP), and every other port is DIMSE. A scope larger than /16 worth of addresses is refused
 unless the user confirms it (`allow_large`), so a typo such as `/8` for `/28` cannot launch a scan
 of sixteen million hosts. Multicast, unspecified and broadcast addresses are never targets.
 """
@@ -9,6 +11,7 @@ of sixteen million hosts. Multicast, unspecified and broadcast addresses are nev
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +25,13 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: DICOM (104), its registered alternative (11112), Orthanc's default (4242), DICOM over TLS (2762).
 DEFAULT_PORTS: Final = (104, 11112, 4242, 2762)
+#: Web ports scanned by default: Orthanc's REST API and DICOMweb (8042, Orthanc's default
+#: "HttpPort") and dcm4chee-arc's web tier (8080, its WildFly HTTP listener). 80/443 answer on
+#: every web server, so they are scanned only when named (`-p 80,443` or `https://host`).
+DEFAULT_WEB_PORTS: Final = (8042, 8080)
+#: Ports whose transport is HTTP(S) when no scheme is given; any other port is DIMSE.
+WEB_PORTS: Final = {80: "http", 8042: "http", 8080: "http", 443: "https", 8443: "https"}
+WEB_SCHEMES: Final = ("http", "https")
 #: Largest number of addresses accepted without explicit confirmation (one /16).
 MAX_ADDRESSES_UNCONFIRMED: Final = 65536
 
@@ -33,6 +43,8 @@ class TargetSpec:
     network: IPNetwork
     port: int | None
     label: str
+    #: "http" or "https" when the target was written as a URL; None: by port.
+    scheme: str | None = None
 
 
 def parse_ports(text: str) -> tuple[int, ...]:
@@ -100,7 +112,19 @@ def parse_target(text: str) -> TargetSpec:
     text = text.strip()
     if not text:
         raise TargetError("empty target")
+    label = text
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme not in WEB_SCHEMES:
+            raise TargetError(f"bad target {label!r}: only http:// and https:// URLs are targets")
+        text = rest.rstrip("/")
+        _, slash, tail = text.partition("/")
+        if slash and not re.fullmatch(r"\d{1,3}(:\d+)?", tail):  # only a prefix length
+            raise TargetError(f"bad target {label!r}: give scheme, host and port, no path")
     host, port = _split_port(text)
+    if sep and port is None:
+        port = 443 if scheme == "https" else 80
     try:
         network: IPNetwork = ipaddress.ip_network(host, strict=False)
     except ValueError:
@@ -109,7 +133,12 @@ def parse_target(text: str) -> TargetSpec:
         network = _resolve(host, text)
     if network.is_multicast or network.is_unspecified:
         raise TargetError(f"target {text!r} is a multicast or unspecified address")
-    return TargetSpec(network, port, text)
+    return TargetSpec(network, port, label, scheme if sep else None)
+
+
+def transport_for(port: int, scheme: str | None = None) -> str:
+    """The transport of a target: its URL scheme if it had one, else by port."""
+    return scheme or WEB_PORTS.get(port, "dimse")
 
 
 def read_target_file(path: Path) -> list[str]:
@@ -171,13 +200,13 @@ class Scope:
                         if key in seen_single:
                             continue
                         seen_single.add(key)
-                    yield Target(str(address), port)
+                    yield Target(str(address), port, transport_for(port, spec.scheme))
 
 
 def build_scope(
     targets: Sequence[str],
     *,
-    ports: Sequence[int] = DEFAULT_PORTS,
+    ports: Sequence[int] = DEFAULT_PORTS + DEFAULT_WEB_PORTS,
     target_files: Iterable[Path] = (),
     excludes: Sequence[str] = (),
     exclude_files: Iterable[Path] = (),
