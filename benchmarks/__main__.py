@@ -4,7 +4,7 @@
 - archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
   (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
 - survey: the end-to-end survey on the internet lab (a /16), 1 and 2 processes, against nmap
-  (`--seed`).
+  (`--seed`, `--network`, `--no-nmap`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ def main() -> int:
     parser.add_argument(
         "--big-study-mib", type=int, default=2048, help="archive: study for the peak RSS test"
     )
+    parser.add_argument(
+        "--network", default=survey_internet.NETWORK, help="survey: the lab's loopback /16"
+    )
+    parser.add_argument("--no-nmap", action="store_true", help="survey: leave nmap out")
     args = parser.parse_args()
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
@@ -39,7 +43,9 @@ def main() -> int:
             result = scan_vs_nmap.run(Path(tmp), args.hosts, args.seed)
             text = scan_vs_nmap.markdown(result)
         elif args.which == "survey":
-            result = survey_internet.run(Path(tmp), args.seed)
+            result = survey_internet.run(
+                Path(tmp), args.seed, network=args.network, nmap=not args.no_nmap
+            )
             text = survey_internet.markdown(result)
         else:
             result = archive.run(

@@ -19,6 +19,8 @@ Not measured because not on main yet: the history store (survey results into SQL
 
 from __future__ import annotations
 
+import csv
+import ipaddress
 import json
 import math
 import os
@@ -35,7 +37,6 @@ from benchmarks._measure import Measured, measure
 from benchmarks.scan_vs_nmap import parse_nmap
 
 NETWORK = "127.80.0.0/16"
-SHARDS = ("127.80.0.0/17", "127.80.128.0/17")
 PORTS = (104, 11112, 4242, 2762)
 PORT_TEXT = ",".join(map(str, PORTS))
 CONCURRENCY = 1024
@@ -49,10 +50,10 @@ def _pacsguard() -> str:
     return str(Path(sys.executable).with_name("pacsguard"))
 
 
-def start_lab(work: Path, seed: int) -> tuple[subprocess.Popen[bytes], Path]:
+def start_lab(work: Path, seed: int, network: str) -> tuple[subprocess.Popen[bytes], Path]:
     truth = work / "internet-truth.json"
     log = (work / "lab.log").open("wb")
-    command = [_pacsguard(), "lab", "serve", "--internet", "--base", NETWORK]
+    command = [_pacsguard(), "lab", "serve", "--internet", "--base", network]
     command += ["--internet-ports", PORT_TEXT, "--seed", str(seed), "--truth", str(truth)]
     proc = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1"}
@@ -191,16 +192,44 @@ def row(name: str, m: Measured, targets: int, processes: int = 1) -> dict[str, A
     }
 
 
-def run(work: Path, seed: int) -> dict[str, Any]:
+def shard_networks(network: str) -> tuple[str, str]:
+    """The two halves of the lab network, one per process."""
+    low, high = ipaddress.IPv4Network(network).subnets(prefixlen_diff=1)
+    return str(low), str(high)
+
+
+def survey_totals(csv_path: Path) -> dict[str, str]:
+    """The total row of `pacsguard survey report --csv` (counts only, no patient value)."""
+    with csv_path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    totals = [r for r in rows if "total" in " ".join(str(v).lower() for v in r.values())]
+    return dict(totals[-1] if totals else rows[-1]) if rows else {}
+
+
+def run(work: Path, seed: int, *, network: str = NETWORK, nmap: bool = True) -> dict[str, Any]:
+    """One survey of the internet lab over `network`; `nmap=False` leaves the nmap stage out."""
     work.mkdir(parents=True, exist_ok=True)
-    lab, truth_path = start_lab(work, seed)
+    store = f"sqlite:///{work / 'history.sqlite'}"
+    lab, truth_path = start_lab(work, seed, network)
+    nmap_run: Measured | None = None
     try:
         truth = json.loads(truth_path.read_text())
         candidates = work / "candidates.txt"
         candidates.write_text("".join(f"{h['address']}:{h['port']}\n" for h in truth["hosts"]))
         listening_addresses = work / "listening.txt"
         listening_addresses.write_text("".join(f"{h['address']}\n" for h in truth["hosts"]))
-        one = measure([_pacsguard(), "scan", NETWORK, *scan_args()], work / "survey-1.jsonl")
+        one = measure(
+            [_pacsguard(), "scan", network, *scan_args(), "--store", store],
+            work / "survey-1.jsonl",
+        )
+        # A fresh store: the 1-process scan is run 1.
+        survey_report = measure(
+            [
+                *(_pacsguard(), "survey", "report", "1", "--store", store),
+                *("--md", str(work / "survey-table.md"), "--csv", str(work / "survey-table.csv")),
+            ],
+            work / "survey-report.out",
+        )
         report = measure(
             [
                 *(_pacsguard(), "report", str(one.stdout_path)),
@@ -208,28 +237,30 @@ def run(work: Path, seed: int) -> dict[str, Any]:
             ],
             work / "report.out",
         )
+        shards = shard_networks(network)
         started = time.perf_counter()
-        with ThreadPoolExecutor(len(SHARDS)) as pool:
-            shards = list(
+        with ThreadPoolExecutor(len(shards)) as pool:
+            shard_runs = list(
                 pool.map(
                     lambda i: measure(
-                        [_pacsguard(), "scan", SHARDS[i], *scan_args()],
+                        [_pacsguard(), "scan", shards[i], *scan_args(), "--store", store],
                         work / f"survey-2-{i}.jsonl",
                     ),
-                    range(len(SHARDS)),
+                    range(len(shards)),
                 )
             )
         two_seconds = time.perf_counter() - started
         verify = measure(
             [_pacsguard(), "scan", *scan_args(candidates=candidates)], work / "verify.jsonl"
         )
-        nmap = measure(
-            [
-                *("nmap", "-n", "-Pn", "-p", PORT_TEXT, "--script", "+dicom-ping"),
-                *("-iL", str(listening_addresses), "-oX", "-"),
-            ],
-            work / "nmap.xml",
-        )
+        if nmap:
+            nmap_run = measure(
+                [
+                    *("nmap", "-n", "-Pn", "-p", PORT_TEXT, "--script", "+dicom-ping"),
+                    *("-iL", str(listening_addresses), "-oX", "-"),
+                ],
+                work / "nmap.xml",
+            )
         lab_rss = peak_rss_kib(lab.pid)
     finally:
         lab.send_signal(signal.SIGTERM)
@@ -240,45 +271,62 @@ def run(work: Path, seed: int) -> dict[str, Any]:
     targets = truth["addresses"] * len(PORTS)
     listening = truth["listening"]
     ours = read_pacsguard([one.stdout_path])
-    ours_two = read_pacsguard([s.stdout_path for s in shards])
-    nmap_v = parse_nmap(nmap.stdout_path)
+    ours_two = read_pacsguard([s.stdout_path for s in shard_runs])
+    nmap_v = parse_nmap(nmap_run.stdout_path) if nmap_run is not None else {}
     two = Measured(
         argv=[],
-        rc=max(s.rc for s in shards),
+        rc=max(s.rc for s in shard_runs),
         seconds=two_seconds,
-        peak_rss_kib=max(s.peak_rss_kib for s in shards),
-        stdout_path=shards[0].stdout_path,
-        cpu_seconds=sum(s.cpu_seconds for s in shards),
+        peak_rss_kib=max(s.peak_rss_kib for s in shard_runs),
+        stdout_path=shard_runs[0].stdout_path,
+        cpu_seconds=sum(s.cpu_seconds for s in shard_runs),
     )
+    rows = [
+        row("survey: scan (candidates+verification+echo+count) into the store", one, targets),
+        row("survey: 2 shards side by side, one store", two, targets, processes=2),
+        row("survey report (store -> table, Markdown + CSV)", survey_report, listening),
+        row("report (JSON Lines -> Markdown + CSV)", report, listening),
+        row("verification+count of candidates only (-iL)", verify, listening),
+    ]
+    if nmap_run is not None:
+        rows.append(
+            row(
+                "nmap --script +dicom-ping (listening addresses x 4 ports)", nmap_run, listening * 4
+            )
+        )
+    verdict = verdicts(truth, ours, nmap_v)
+    if nmap_run is None:
+        verdict = {k: v for k, v in verdict.items() if not k.startswith("nmap")}
     return {
         "benchmark": "survey-internet",
+        "seed": seed,
         "lab": {
-            "network": NETWORK,
+            "network": network,
             "ports": list(PORTS),
             "addresses": truth["addresses"],
             "targets": targets,
             "listening": listening,
             "kinds": truth["kinds"],
             "clusters": len(truth["clusters"]),
+            "honeypots": truth["kinds"].get("honeypot", 0),
+            "clustered_hosts": sum(len(m) for m in truth["clusters"].values()),
             "lab_peak_rss_mib": round(lab_rss / 1024, 1),
         },
-        "rows": [
-            row("survey: scan (candidates+verification+echo+count)", one, targets),
-            row("survey: scan, 2 shards side by side", two, targets, processes=2),
-            row("report (Markdown + CSV) of the 1-process scan", report, listening),
-            row("verification+count of candidates only (-iL)", verify, listening),
-            row("nmap --script +dicom-ping (listening addresses x 4 ports)", nmap, listening * 4),
-        ],
+        "rows": rows,
         "records_written": {
             "one_process": count_lines([one.stdout_path]),
-            "two_shards": count_lines([s.stdout_path for s in shards]),
+            "two_shards": count_lines([s.stdout_path for s in shard_runs]),
         },
+        "survey_table_total": survey_totals(work / "survey-table.csv"),
         "missing_stages": [
-            "history store (survey results into SQLite/PostgreSQL): not on main",
-            "Dask --cluster local:2: not on main; measured as 2 hand-made /17 shards instead",
-        ],
-        "verdicts": verdicts(truth, ours, nmap_v),
-        "verdicts_two_shards": verdicts(truth, ours_two, nmap_v),
+            "Dask --cluster local:2: not on main; measured as 2 hand-made shards instead",
+            "GeoIP enrichment of records: not on main (the lab's MMDB files are written, unused)",
+        ]
+        + ([] if nmap_run is not None else ["nmap: left out of this run (--no-nmap)"]),
+        "verdicts": verdict,
+        "verdicts_two_shards": {
+            k: v for k, v in verdicts(truth, ours_two, nmap_v).items() if not k.startswith("nmap")
+        },
         "estimate_24h": worker_estimate(one, targets, verify, listening),
         "machine": {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)},
     }
@@ -307,6 +355,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
     v = result["verdicts"]
     e = result["estimate_24h"]
+    t = result["survey_table_total"]
     lines += [
         "",
         "Missing stages: " + "; ".join(result["missing_stages"]) + ".",
@@ -314,10 +363,14 @@ def markdown(result: dict[str, Any]) -> str:
         "## Verdicts against the ground truth (listening hosts)",
         "",
         f"- plaintext DICOM yes/no right: pacsguard {v['pacsguard_dicom_right']} / "
-        f"{v['listening_hosts']}, nmap {v['nmap_dicom_right']} / {v['listening_hosts']} "
-        f"({v['dicom_hosts_truth']} DICOM hosts in truth)",
-        f"- pacsguard wrong by profile: {v['pacsguard_wrong_by_profile'] or 'none'}; "
-        f"nmap wrong by profile: {v['nmap_wrong_by_profile'] or 'none'}",
+        f"{v['listening_hosts']} ({v['dicom_hosts_truth']} DICOM hosts in truth); wrong by "
+        f"profile: {v['pacsguard_wrong_by_profile'] or 'none'}",
+        (
+            f"- nmap right on {v['nmap_dicom_right']} / {v['listening_hosts']}; wrong by profile: "
+            f"{v['nmap_wrong_by_profile'] or 'none'}"
+            if "nmap_dicom_right" in v
+            else "- nmap: not run in this measurement"
+        ),
         f"- closed addresses reported reachable by pacsguard: "
         f"{v['pacsguard_reachable_not_listening']}",
         f"- honeypots flagged: {v['honeypots_flagged_right']} of {v['honeypots_truth']} "
@@ -326,6 +379,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"{v['clusters_one_signature']} of {v['clusters_truth']}",
         f"- 2-shard run: pacsguard right on "
         f"{result['verdicts_two_shards']['pacsguard_dicom_right']} / {v['listening_hosts']}",
+        f"- survey table (`survey report`, total row) against the truth: speak_dicom "
+        f"{t.get('speak_dicom')} (truth: {v['dicom_hosts_truth']} plaintext DICOM), honeypots "
+        f"{t.get('honeypots')} (truth: {lab['honeypots']}), clustered_hosts "
+        f"{t.get('clustered_hosts')} (truth: {lab['clustered_hosts']} in {lab['clusters']} "
+        "clusters)",
         "",
         "## Workers for IPv4 x 4 ports in 24 h",
         "",
