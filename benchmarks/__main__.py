@@ -1,6 +1,10 @@
-"""`python -m benchmarks [scan|archive] [options]`: run a benchmark, write JSON + Markdown results.
+"""`python -m benchmarks [scan|scan-clean|archive|distributed] [options]`: run a benchmark,
+write JSON + Markdown results.
 
-- scan: pacsguard's scanner against nmap's dicom-ping (`--hosts`, `--seed`).
+- scan: pacsguard's scanner against nmap's dicom-ping on the mixed lab (`--hosts`, `--seed`).
+- scan-clean: the same comparison on a lab without hostile responders (60 pynetdicom servers),
+  in interleaved pairs (`--pairs`), plus per-host TLS and HTTP probing costs.
+- distributed: one scan process against `--cluster local:1` and `local:2` (`--hosts`, `--seed`).
 - archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
   (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
 - survey: the end-to-end survey on the internet lab (a /16), 1 and 2 processes, against nmap
@@ -16,16 +20,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import archive, scan_vs_nmap, survey_internet
+from benchmarks import (
+    archive,
+    scan_clean_lab,
+    scan_distributed,
+    scan_vs_nmap,
+    survey_internet,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("which", nargs="?", default="scan", choices=["scan", "archive", "survey"])
+    parser.add_argument(
+        "which",
+        nargs="?",
+        default="scan",
+        choices=["scan", "scan-clean", "archive", "distributed", "survey"],
+    )
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--pairs", type=int, default=7, help="scan, scan-clean: interleaved pairs")
     parser.add_argument("--repeats", type=int, default=3, help="archive: ingest runs per target")
     parser.add_argument("--find-studies", type=int, default=100_000, help="archive: index size")
     parser.add_argument("--find-queries", type=int, default=200, help="archive: C-FIND queries")
@@ -40,8 +56,14 @@ def main() -> int:
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
         if args.which == "scan":
-            result = scan_vs_nmap.run(Path(tmp), args.hosts, args.seed)
+            result = scan_vs_nmap.run(Path(tmp), args.hosts, args.seed, args.pairs)
             text = scan_vs_nmap.markdown(result)
+        elif args.which == "scan-clean":
+            result = scan_clean_lab.run(Path(tmp), pairs=args.pairs)
+            text = scan_clean_lab.markdown(result)
+        elif args.which == "distributed":
+            result = scan_distributed.run(Path(tmp), args.hosts, args.seed)
+            text = scan_distributed.markdown(result)
         elif args.which == "survey":
             result = survey_internet.run(
                 Path(tmp), args.seed, network=args.network, nmap=not args.no_nmap

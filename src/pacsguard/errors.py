@@ -6,8 +6,11 @@ One root type; every error says what the user can do about it::
     ├── UsageError              bad command-line or configuration input
     │   ├── TargetError         a target string that cannot be parsed or resolved
     │   ├── ScopeError          a scope too large or outside what the user confirmed
-    │   └── ConfigError         a setting that is missing, malformed or unsafe: names the key
-    │                           and says what to set
+    │   ├── ConfigError         a setting that is missing, malformed or unsafe: names the key
+    │   │                       and says what to set
+    │   ├── ClusterError        the Dask cluster of `scan --cluster` is unreachable, or a shard
+    │   │                       failed; says how to resume
+    │   └── ResumeError         `scan --resume` cannot continue that run as asked: says why
     ├── ProtocolError           a remote peer broke the DICOM upper-layer protocol
     │   ├── PduTooLarge         announced PDU length above our bound
     │   ├── MalformedPdu        bytes that do not decode as the PDU they claim to be
@@ -44,6 +47,14 @@ class ScopeError(UsageError):
 
 class ConfigError(UsageError):
     """A configuration value is missing, malformed or unsafe; the message names the key."""
+
+
+class ClusterError(UsageError):
+    """A sharded scan's cluster cannot be used, or a shard failed; says how to resume."""
+
+
+class ResumeError(UsageError):
+    """A run cannot be resumed as asked (unknown id, other targets, changed output)."""
 
 
 class ProtocolError(PacsguardError):

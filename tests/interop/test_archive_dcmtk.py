@@ -338,7 +338,9 @@ def test_move_to_a_tls_destination_with_an_untrusted_certificate_sends_nothing(
         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study.study_instance_uid}",
         "127.0.0.1", str(archive.plain_port),
     )  # fmt: skip
-    assert "MoveDestinationUnknown" in outcome.log, outcome.log[-2000:]
+    # A registered destination we cannot associate with securely: every sub-operation failed
+    # (0xA702, PS3.4 C.4.2.1.5); 0xA801 is for destinations that are not registered.
+    assert "Refused: OutOfResourcesSubOperations" in outcome.log, outcome.log[-2000:]
     assert [p for p in dest.output_dir.rglob("*") if p.is_file()] == []
 
 

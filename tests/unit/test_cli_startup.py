@@ -3,7 +3,8 @@
 Start-up time is what users feel, but timing is not deterministic on a loaded machine; what
 makes it slow is. Each check runs in a fresh interpreter and looks at `sys.modules`: the
 database stack (SQLAlchemy, Alembic, psycopg), cryptography, and pydicom/pynetdicom (loaded
-once a port answers) must not be there, nor rich when no table or progress bar is drawn.
+once a port answers) must not be there, nor rich when no table or progress bar is drawn, nor
+the GeoIP reader and the XML parser unless a database or an XML target file is given.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ HEAVY = frozenset(
         "numpy",
         "rich",
         "cvss",
+        "maxminddb",  # only with --geoip-country / --geoip-asn
+        "defusedxml",  # only for an XML -iL file
     }
 )
 

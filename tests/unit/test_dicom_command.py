@@ -256,3 +256,32 @@ def test_pdv_items_read_as_pynetdicom_writes_them() -> None:
 def test_malformed_pdv_items_are_refused(pdu: bytes, message: str) -> None:
     with pytest.raises(MalformedPdu, match=message):
         list(presentation_data_values(pdu))
+
+
+def _stored(meta_body: bytes) -> bytes:
+    head = b"\x02\x00\x00\x00UL\x04\x00" + len(meta_body).to_bytes(4, "little")
+    return b"\x00" * 128 + b"DICM" + head + meta_body + b"\x08\x00\x05\x00CS\x00\x00"
+
+
+_TS = b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00"
+
+
+@pytest.mark.parametrize(
+    ("stored", "message"),
+    [
+        pytest.param(_stored(_TS)[:138] + b"\x06\x00" + _stored(_TS)[140:], "Group Length",
+                     id="group length element not 4 bytes"),
+        pytest.param(_stored(_TS + b"\x08\x00\x05\x00CS\x00\x00"), "do not fill",
+                     id="element outside group 0002"),
+        pytest.param(_stored(_TS + b"\x02"), "do not fill", id="trailing byte in the group"),
+        pytest.param(_stored(_TS.replace(b"UI", b"\x55\xba")), "do not fill", id="not a VR"),
+    ],
+)  # fmt: skip
+def test_skip_file_meta_refuses_what_pydicom_reads_otherwise(stored: bytes, message: str) -> None:
+    """Found by fuzzing (tests/fuzz/targets/file_meta.py): each of these made skip_file_meta
+    start the data set elsewhere than pydicom, or raise pydicom's own errors."""
+    from pacsguard.dicom.stream import skip_file_meta
+
+    assert skip_file_meta(BytesIO(_stored(_TS))) == "1.2.840.10008.1.2.1"
+    with pytest.raises(MalformedPdu, match=message):
+        skip_file_meta(BytesIO(stored))

@@ -187,3 +187,23 @@ def test_an_escape_sequence_under_a_plain_charset_goes_to_pydicom() -> None:
     ds.PatientName = "Doe^Jane"
     data = _part10(ds, ExplicitVRLittleEndian)
     assert read_header(data.replace(b"Doe^Jane", b"Doe^\x1b(BJn"), INDEXED_KEYWORDS) is None
+
+
+def test_file_meta_that_pydicom_reads_otherwise_goes_to_pydicom() -> None:
+    """Found by fuzzing (tests/fuzz/targets/header.py): pydicom ends the File Meta at the first
+    element outside group 0002 and reads a Transfer Syntax UID with other bytes its own way;
+    the fast path gave other values than pydicom for both."""
+    data = _part10(_dataset(), ExplicitVRLittleEndian)
+    syntax = ExplicitVRLittleEndian.encode()
+    assert read_header(data, INDEXED_KEYWORDS) is not None
+    assert read_header(data.replace(syntax, b"\xb1" + syntax[1:]), INDEXED_KEYWORDS) is None
+    version = b"\x02\x00\x01\x00OB"
+    assert version in data
+    assert read_header(data.replace(version, b"\xff\xff\x01\x00OB"), INDEXED_KEYWORDS) is None
+
+
+def test_a_transfer_syntax_with_leading_padding_goes_to_pydicom() -> None:
+    """Found by fuzzing: pydicom keeps leading NULs in a UID, we stripped them."""
+    data = _part10(_dataset(), ExplicitVRLittleEndian)
+    syntax = ExplicitVRLittleEndian.encode()
+    assert read_header(data.replace(syntax, b"\x00" + syntax[1:]), INDEXED_KEYWORDS) is None

@@ -175,7 +175,7 @@ def users_from(raw: object, roles: Mapping[str, frozenset[Action]]) -> dict[str,
         ):
             raise ConfigError(
                 f"{key}.password_hash: expected an Argon2id hash ($argon2id$...), never a "
-                "plain password; create users with `pacsguard init` or argon2.PasswordHasher"
+                "plain password; set it with `pacsguard user passwd` (or `user add`)"
             )
         user_roles = body.get("roles", [])
         if not isinstance(user_roles, list) or not all(isinstance(r, str) for r in user_roles):
@@ -258,7 +258,7 @@ def _one_ae(
     if auth is AuthMethod.MTLS and cert is None:
         raise ConfigError(
             f"{key}.cert_sha256: auth = 'mtls' needs the client certificate's "
-            "SHA-256 (printed by `pacsguard init` / issue_client_certificate)"
+            "SHA-256 (printed by `pacsguard cert issue --client NAME`)"
         )
     address = body.get("address")
     if address is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,24 @@ class RunningArchive:
     _frontend: AsyncDimseFrontEnd | None = None
     _closers: list[object] = field(default_factory=list)
     _marker: Path | None = None
+    _destinations: DestinationLookup | None = None
+
+    def move_destination(self, ae_title: str) -> MoveDestination | None:
+        """Where C-MOVE may send, by the settings in force (they change on reload)."""
+        return None if self._destinations is None else self._destinations(ae_title)
+
+    def prepare_settings(self, settings: Settings) -> Callable[[], None]:
+        """For `pacsguard reload`: build what `settings` needs (move destinations' TLS
+        contexts, the gate's JWT key), raising ConfigError if it cannot; return the swap."""
+        destinations = move_destinations(settings)
+        swap_gate = self.gate.prepare_settings(settings)
+
+        def swap() -> None:
+            swap_gate()
+            self._destinations = destinations
+            self.settings = settings
+
+        return swap
 
     def stop(self) -> None:
         """Stop listening, then close the index and the audit sinks (in that order)."""
@@ -223,17 +242,29 @@ def start_archive(settings: Settings) -> RunningArchive:
         staging=staging,
     )
     running = RunningArchive(
-        settings, service, index, blobs, audit, gate, _closers=closers, _marker=running_marker
+        settings,
+        service,
+        index,
+        blobs,
+        audit,
+        gate,
+        _closers=closers,
+        _marker=running_marker,
+        _destinations=destinations,
     )
     frontend = AsyncDimseFrontEnd(
         service,
         gate,
         audit,
-        destinations,
+        running.move_destination,
         FrontEndSettings(
             ae_title=server.ae_title,
             max_associations=server.max_associations,
             max_connections=server.max_associations * 4,
+            max_pending_per_source=server.max_pending_per_source,
+            max_associations_per_ae=settings.per_ae_cap,
+            max_associations_per_user=settings.per_user_cap,
+            pre_association_timeout=server.pre_association_timeout_s,
             max_pdu=server.max_pdu,
             network_timeout=server.network_timeout_s,
             acse_timeout=server.acse_timeout_s,

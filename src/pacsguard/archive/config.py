@@ -105,6 +105,15 @@ class ServerSettings:
     plaintext_port: int | None = field(default=None, metadata=port_range())
     plaintext_host: str = "127.0.0.1"
     max_associations: int = field(default=16, metadata={"min": 1, "max": 1024})
+    #: Associations one calling AE title / one user may hold at once; unset: half of
+    #: max_associations (at least 1), so that no single peer can take every slot.
+    max_associations_per_ae: int | None = field(default=None, metadata={"min": 1, "max": 1024})
+    max_associations_per_user: int | None = field(default=None, metadata={"min": 1, "max": 1024})
+    #: Connections not yet associated (TLS handshake, A-ASSOCIATE-RQ, gate) from one source
+    #: address; more are closed at once.
+    max_pending_per_source: int = field(default=8, metadata={"min": 1, "max": 1024})
+    #: Seconds from connect to a complete A-ASSOCIATE-RQ, TLS handshake included.
+    pre_association_timeout_s: float = field(default=5.0, metadata={"min": 0.5, "max": 600})
     max_pdu: int = field(default=1_048_576, metadata={"min": 4096, "max": 64 * 1024 * 1024})
     acse_timeout_s: float = field(default=30.0, metadata={"min": 1, "max": 3600})
     dimse_timeout_s: float = field(default=60.0, metadata={"min": 1, "max": 3600})
@@ -172,6 +181,11 @@ class SecuritySettings:
     lockout: LockoutSettings = field(default_factory=LockoutSettings)
     #: Accept AEs registered with auth = "address" (source address only). Off: deny.
     allow_address_auth: bool = False
+    #: A-ASSOCIATE-RJ tells which check failed (called AE, calling AE, lockout): for
+    #: commissioning a device. Off: one uniform rejection; the audit log keeps the reason.
+    detailed_rejections: bool = False
+    #: Seconds a passcode that verified is remembered (keyed HMAC, memory only); 0: never.
+    credential_cache_s: float = field(default=120.0, metadata={"min": 0, "max": 3600})
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +251,18 @@ class Settings:
     aes: tuple[RegisteredAE, ...] = ()
     users: Mapping[str, UserAccount] = field(default_factory=lambda: types.MappingProxyType({}))
     roles: Mapping[str, frozenset[Action]] = field(default_factory=default_roles)
+
+    @property
+    def per_ae_cap(self) -> int:
+        """Associations one calling AE may hold at once."""
+        server = self.server
+        return server.max_associations_per_ae or max(1, server.max_associations // 2)
+
+    @property
+    def per_user_cap(self) -> int:
+        """Associations one user may hold at once, over all its AEs."""
+        server = self.server
+        return server.max_associations_per_user or max(1, server.max_associations // 2)
 
     def ae(self, ae_title: str) -> RegisteredAE | None:
         """The registered AE with this title (exact match after stripping spaces)."""

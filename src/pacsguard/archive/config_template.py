@@ -42,15 +42,27 @@ dimse_port = 2762
 # plaintext_host = "127.0.0.1"
 # Associations served at once; more are rejected with A-ASSOCIATE-RJ 2/3/2.
 max_associations = 16
+# Associations one calling AE title, and one user over all its AEs, may hold at once (also
+# 2/3/2 past that); unset: half of max_associations, so that no single peer takes every slot.
+# max_associations_per_ae = 8
+# max_associations_per_user = 8
+# Connections from one source address that are not associated yet (TLS handshake, association
+# request, authentication); more from that address are closed at once, so that idle or
+# half-open connections from one host cannot keep registered peers out.
+max_pending_per_source = 8
+# Seconds from connect to a complete association request, TLS handshake included.
+pre_association_timeout_s = 5
 # Largest PDU we accept, in bytes.
 max_pdu = 1048576
-# Seconds to wait for an association request / a DIMSE message / any network read, and for the
-# TLS handshake.
+# Seconds to wait for an association request; for each DIMSE answer (a C-MOVE destination's or
+# a C-GET requester's C-STORE-RSP included); for a silent peer while no operation of its runs
+# (an idle timeout: a long C-MOVE or C-GET is not cut by it); and for the TLS handshake.
 acse_timeout_s = 30
 dimse_timeout_s = 60
 network_timeout_s = 60
 handshake_timeout_s = 10
-# Most matches one C-FIND or QIDO-RS query returns.
+# Most matches one C-FIND or QIDO-RS query returns; a C-FIND with more matches ends after this
+# many with status 0xFE00 and an Error Comment (never 0x0000), and is audited as capped.
 find_result_cap = 1000
 
 [tls]
@@ -99,10 +111,20 @@ tls = true
 # Accept peers registered with auth = "address" (source IP only, spoofable on a LAN).
 # false: such peers are rejected, and a non-loopback listener refuses to start while any exist.
 allow_address_auth = false
+# false: every rejected association gets the same A-ASSOCIATE-RJ (1/1/1), so a stranger cannot
+# tell registered AE titles from unknown ones (the audit log keeps the real reason). true, while
+# commissioning a device: wrong called AE 1/1/7, unknown calling AE 1/1/3, lockout 2/1/1.
+detailed_rejections = false
+# Seconds a passcode that verified is remembered in memory (as a keyed HMAC, never the
+# passcode), so that a busy peer pays the Argon2id verification once; 0: verify every time.
+credential_cache_s = 120
 
 [security.lockout]
 # After max_failures rejected associations from one source address within window_s seconds,
-# that address is refused for lockout_s seconds, even with correct credentials.
+# that address is refused for lockout_s seconds, even with correct credentials. Failed logins
+# also count against the account they tried (the [[ae]]'s user, or its AE title): max_failures
+# of them from any addresses lock that account for lockout_s. A successful login clears the
+# failures against its own account only.
 max_failures = 5
 window_s = 300
 lockout_s = 900
@@ -125,7 +147,8 @@ modality = ["echo", "store"]
 viewer = ["echo", "find", "move", "get"]
 
 # Users: an Argon2id hash, never a password. The admin secret was printed once by
-# `pacsguard init`; if it is lost, replace this hash (argon2.PasswordHasher().hash(...)).
+# `pacsguard init`; if it is lost, set a new one with `pacsguard user passwd admin`. Add users
+# with `pacsguard user add`, peers with `pacsguard ae add`; `pacsguard reload` applies them.
 [users.{admin_username}]
 password_hash = {_q(admin_hash)}
 roles = ["admin"]
@@ -142,7 +165,7 @@ permissions = ["echo", "store", "find", "move", "get"]
 # address = "192.0.2.10"
 
 # A modality that proves itself with a client certificate (issue one with
-# pacsguard.archive.security.bootstrap.issue_client_certificate):
+# `pacsguard cert issue --client NAME`, which prints the SHA-256):
 # [[ae]]
 # ae_title = "CT_SCANNER_1"
 # auth = "mtls"
@@ -153,7 +176,7 @@ permissions = ["echo", "store", "find", "move", "get"]
 # A viewer that C-MOVE may send to (port and a single address are required). Off this
 # machine the images go over TLS only (move_tls = true): its certificate must chain to
 # tls.ca_file (or move_ca_file) and name its address; ours is presented as the client's.
-# Issue one with pacsguard.archive.security.bootstrap.issue_server_certificate.
+# Issue one with `pacsguard cert issue --server NAME --address ADDRESS`.
 # [[ae]]
 # ae_title = "VIEWER_1"
 # auth = "mtls"

@@ -5,8 +5,10 @@ recovery whether the last stop was clean). `pacsguard unlock` writes ``unlock.re
 list of source addresses, or null for every source), sends SIGUSR1, and waits for
 ``unlock.answer`` (JSON: the sources whose lockout was lifted). Both files are 0600 in the
 private data folder, so only the archive's own user can ask; the archive audits each lift.
-Why no socket or HTTP endpoint: this is the only operator action a running archive takes today,
-and a file plus a signal needs no listener that could itself be attacked.
+`pacsguard reload` works the same way with ``reload.request`` (JSON: who asks) and
+``reload.answer`` (JSON: ``{"ok": bool, "message": str}``); see archive.reload.
+Why no socket or HTTP endpoint: a file plus a signal needs no listener that could itself be
+attacked.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ CONTROL_SIGNAL: Final = signal.SIGUSR1
 MARKER: Final = "archive.running"
 REQUEST: Final = "unlock.request"
 ANSWER: Final = "unlock.answer"
+RELOAD_REQUEST: Final = "reload.request"
+RELOAD_ANSWER: Final = "reload.answer"
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -94,3 +98,45 @@ def answer_unlock(data_dir: Path, lift: Callable[[Sequence[str] | None], list[st
     lifted = lift(wanted)
     _write_private(data_dir / ANSWER, json.dumps(lifted))
     return lifted
+
+
+def ask_reload(data_dir: Path, *, timeout: float = 30.0) -> tuple[bool, str]:
+    """Ask the archive on `data_dir` to re-read its config: (applied, what it said)."""
+    pid = running_pid(data_dir)
+    answer = data_dir / RELOAD_ANSWER
+    answer.unlink(missing_ok=True)
+    who = {"uid": os.getuid(), "pid": os.getpid()}
+    _write_private(data_dir / RELOAD_REQUEST, json.dumps(who))
+    os.kill(pid, CONTROL_SIGNAL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            said = json.loads(answer.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.05)
+            continue
+        answer.unlink(missing_ok=True)
+        if not isinstance(said, dict):
+            raise UsageError(f"the archive (pid {pid}) gave a malformed answer")
+        return bool(said.get("ok")), str(said.get("message", ""))
+    raise UsageError(f"the archive (pid {pid}) did not answer within {timeout:.0f}s")
+
+
+def answer_reload(data_dir: Path, reload: Callable[[str], str]) -> tuple[bool, str] | None:
+    """In the archive: carry out a pending reload request and answer it; None when there is
+    none. `reload(requested_by)` returns a summary or raises (config refused, audit down)."""
+    request = data_dir / RELOAD_REQUEST
+    try:
+        who = json.loads(request.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    finally:
+        request.unlink(missing_ok=True)
+    uid = who.get("uid") if isinstance(who, dict) else None
+    requested_by = f"pacsguard reload (uid {uid})" if isinstance(uid, int) else "pacsguard reload"
+    try:
+        outcome = (True, reload(requested_by))
+    except Exception as exc:  # the asker must hear why, not wait for a timeout
+        outcome = (False, str(exc) or type(exc).__name__)
+    _write_private(data_dir / RELOAD_ANSWER, json.dumps({"ok": outcome[0], "message": outcome[1]}))
+    return outcome

@@ -6,8 +6,9 @@ is authorized here, and becomes an audit event whatever its outcome.
 
 Ingest is durable before it answers: the blob is fsync'd and renamed, then the index row is
 committed and the audit line synced, and only then does `store_instance` return success (and the
-front end acknowledge). When the blob or the index row cannot be written (a full disk) the answer
-is 0xA700 and nothing is kept; the archive logs one error when that starts and one warning when
+front end acknowledge). When the blob or the index row cannot be written for lack of room (a
+full disk) the answer is 0xA700, when the index is unavailable otherwise (a lost database) 0x0110,
+and nothing is kept either way; the archive logs one error when that starts and one warning when
 it ends.
 
 Audit fails closed: the primary audit log's `AuditLogError` never becomes a success. A store
@@ -50,7 +51,7 @@ from pacsguard.archive.audit.events import (
 )
 from pacsguard.archive.audit.notify import Waiter, emit_deferred
 from pacsguard.archive.blobs import BlobConflictError, BlobInfo, BlobStore
-from pacsguard.archive.index import IndexStore
+from pacsguard.archive.index import IndexStore, out_of_space
 from pacsguard.archive.model import (
     AddOutcome,
     HierarchyError,
@@ -70,6 +71,8 @@ log = logging.getLogger(__name__)
 SUCCESS: Final = 0x0000
 DUPLICATE_SOP_INSTANCE: Final = 0x0111
 NOT_AUTHORIZED: Final = 0x0124
+#: General "processing failure" (PS3.7 C.4.2): the index could not record the instance.
+PROCESSING_FAILURE: Final = 0x0110
 OUT_OF_RESOURCES: Final = 0xA700
 DATASET_MISMATCH: Final = 0xA900
 CANNOT_UNDERSTAND: Final = 0xC000
@@ -216,9 +219,7 @@ class _Episodes:
             if self._failing:
                 return
             self._failing = True
-        log.error(
-            "%s failed: stores answer 0xA700 until it works again", self._what, exc_info=error
-        )
+        log.error("%s failed: stores are refused until it works again", self._what, exc_info=error)
 
     def worked(self) -> None:
         if not self._failing:
@@ -373,6 +374,7 @@ class ArchiveService:
         # The blob store never replaces a blob: identical bytes return the stored copy, other
         # bytes raise BlobConflictError. So the common case (a new instance) costs no lookup.
         key = record.sop_instance_uid
+        fresh = not self._blobs.exists(key)  # one stat: tells our blob from an earlier one
         try:
             info = self._put_blob(key, source)
         except BlobConflictError:
@@ -407,18 +409,22 @@ class ArchiveService:
             self._blobs.delete(info.key)
             return self._refuse(principal, CANNOT_UNDERSTAND, "UIDs contradict stored hierarchy")
         except AuditLogError:  # the line could not be written: the row rolled back
-            self._drop_unindexed_blob(info.key)
+            self._drop_unindexed_blob(info.key, fresh=fresh)
             raise
         except Exception as error:  # a full disk, a lost database: never acknowledged
-            if audit_synced:  # the success line is written: say that the commit failed
-                with contextlib.suppress(AuditLogError):
+            # No blob stays behind, and the failure is audited (after the success line, if that
+            # was written); the index's failure is the answer even when the log fails too.
+            self._drop_unindexed_blob(info.key, fresh=fresh)
+            with contextlib.suppress(AuditLogError):
+                if audit_synced:
                     audit_synced[0]()
-                    self._store_event(
-                        principal, EventOutcome.SERIOUS_FAILURE, "index commit failed", stored
-                    )
-            self._drop_unindexed_blob(info.key)
+                self._store_event(
+                    principal, EventOutcome.SERIOUS_FAILURE, "index commit failed", stored
+                )
             self._index_writes.failed(error)
-            return StoreResult(OUT_OF_RESOURCES, "index commit failed")
+            if out_of_space(error):
+                return StoreResult(OUT_OF_RESOURCES, "index commit failed")
+            return StoreResult(PROCESSING_FAILURE, "index unavailable; not stored, retry later")
         self._index_writes.worked()
         if outcome is AddOutcome.DUPLICATE_CONFLICT:  # indexed under other bytes
             self._store_event(principal, EventOutcome.MINOR_FAILURE, "duplicate-conflict", stored)
@@ -429,14 +435,24 @@ class ArchiveService:
             self._store_event(principal, EventOutcome.SUCCESS, outcome.value, stored)
         return StoreResult(SUCCESS, outcome.value, record.sop_instance_uid)
 
-    def _drop_unindexed_blob(self, key: str) -> None:
+    def _drop_unindexed_blob(self, key: str, *, fresh: bool) -> None:
         """Remove a blob just written whose index row did not commit (never acknowledged), so
-        that it is not left as an orphan; a blob the index does point to stays."""
+        that it is not left as an orphan; a blob the index does point to stays. When the index
+        cannot say (it is down), a blob this store call created (`fresh`) goes, one that was
+        there before stays."""
         try:
-            if self._index.stored_copy(key) is None:
-                self._blobs.delete(key)
+            indexed = self._index.stored_copy(key) is not None
         except Exception:
-            log.exception("could not remove an unacknowledged blob; fsck will list it as an orphan")
+            indexed = not fresh
+        if indexed:
+            return
+        try:
+            self._blobs.delete(key)
+        except Exception as exc:
+            log.error(
+                "could not remove an unacknowledged blob (%s); fsck will list it as an orphan",
+                exc.__class__.__name__,
+            )
 
     def _put_blob(self, key: str, source: Source) -> BlobInfo:
         """Durably write the blob. A blob with other bytes that no index row points to can only
@@ -455,25 +471,31 @@ class ArchiveService:
     # -- query ---------------------------------------------------------------------------------
     def query(
         self, principal: Principal, request: QueryRequest
-    ) -> Generator[dict[str, str], None, None]:
+    ) -> Generator[dict[str, str], None, bool]:
         """Matches for a C-FIND / QIDO-RS query, capped by configuration. The audit line (with
-        the count) is durable before the first match is released: AuditLogError otherwise."""
+        the count) is durable before the first match is released: AuditLogError otherwise.
+        Returns (as the generator's value) True when more matches exist than were yielded: the
+        answer is incomplete, and the front end must say so."""
         self.require(principal, Action.FIND)
+        limit = min(request.limit, self.limits.max_query_results)
         capped = QueryRequest(
             root=request.root,
             level=request.level,
             keys=request.keys,
-            limit=min(request.limit, self.limits.max_query_results),
+            limit=limit + 1,  # one more than we return: tells a complete answer from a cut one
         )
         try:
-            results = list(self._index.find(capped))  # bounded by the cap
+            results = list(self._index.find(capped))  # bounded by the cap (plus one)
         except Exception:
             with contextlib.suppress(AuditLogError):  # the query's own error is the answer
                 self._audit_query(principal, request, EventOutcome.SERIOUS_FAILURE, 0, False)
             raise
+        truncated = len(results) > limit
+        del results[limit:]
         count = len(results)
-        self._audit_query(principal, request, EventOutcome.SUCCESS, count, count >= capped.limit)
+        self._audit_query(principal, request, EventOutcome.SUCCESS, count, truncated)
         yield from results
+        return truncated
 
     def _audit_query(
         self,
@@ -507,12 +529,25 @@ class ArchiveService:
         """The instances a C-GET / C-MOVE asks for (unique keys at `level`), authorized. When
         there are any, a `move-request` line (instances about to be accessed, by whom, for which
         destination) is durable before this returns: AuditLogError otherwise, and nothing may
-        be sent."""
+        be sent. An index failure is audited (nothing was retrieved) and raised."""
         self.require(principal, action)
         found: dict[str, InstanceRecord] = {}
-        for uid in uids:
-            for record in self._index.instances(level, uid):
-                found[record.sop_instance_uid] = record
+        try:
+            for uid in uids:
+                for record in self._index.instances(level, uid):
+                    found[record.sop_instance_uid] = record
+        except Exception:
+            with contextlib.suppress(AuditLogError):  # the index's failure is the answer
+                self._audit.emit(
+                    AuditEvent(
+                        EventType.RETRIEVE,
+                        EventAction.READ,
+                        EventOutcome.SERIOUS_FAILURE,
+                        _retrieve_participants(principal, destination),
+                        detail={"action": action.value, "result": "index unavailable"},
+                    )
+                )
+            raise
         records = list(found.values())
         if records:
             self._audit.emit(

@@ -75,6 +75,31 @@ SUBCOMMANDS: Final[dict[str, Subcommand]] = {
         "unlock",
         "Lift lockouts in the running archive now, instead of waiting for them to expire.",
     ),
+    "reload": Subcommand(
+        "pacsguard.cli.serve",
+        "reload",
+        "Make the running archive re-read its config (users, AEs, roles); audited.",
+    ),
+    "user": Subcommand(
+        "pacsguard.cli.admin_user",
+        "app",
+        "Users (Argon2id hashes in pacsguard.toml); `pacsguard reload` applies changes.",
+    ),
+    "ae": Subcommand(
+        "pacsguard.cli.admin_ae",
+        "app",
+        "Registered peers ([[ae]] in pacsguard.toml); `pacsguard reload` applies changes.",
+    ),
+    "cert": Subcommand(
+        "pacsguard.cli.admin_cert",
+        "app",
+        "Certificates for peers from the archive's CA; prints the SHA-256 to register.",
+    ),
+    "token": Subcommand(
+        "pacsguard.cli.admin_token",
+        "app",
+        "API tokens (hash stored) for the DICOMweb front end, which does not exist yet.",
+    ),
     "audit": Subcommand(
         "pacsguard.cli.audit",
         "app",

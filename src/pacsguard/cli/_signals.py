@@ -12,12 +12,14 @@ import signal
 from typing import Final
 
 STOP_SIGNALS: Final = frozenset({signal.SIGTERM, signal.SIGINT})
-#: Operator requests to a running archive (`pacsguard unlock`); see archive.control.
-REQUEST_SIGNALS: Final = frozenset({signal.SIGUSR1})
+#: Operator requests to a running archive (`pacsguard unlock`, `pacsguard reload`; see
+#: archive.control) and SIGHUP, the conventional "re-read your configuration".
+REQUEST_SIGNALS: Final = frozenset({signal.SIGUSR1, signal.SIGHUP})
+RELOAD_SIGNAL: Final = signal.SIGHUP
 
 
 def hold_stop_signals() -> None:
-    """Block SIGTERM, SIGINT and SIGUSR1 in this thread and every thread started after it."""
+    """Block SIGTERM, SIGINT, SIGUSR1 and SIGHUP in this thread and every later thread."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS | REQUEST_SIGNALS)
 
 

@@ -1,7 +1,8 @@
 """`pacsguard demo`: start a lab of simulated PACS on loopback, scan it, report, check the truth.
 
 Everything runs in one process and one event loop: the farm serves while the scanner probes it.
-Results go to a directory (default `./pacsguard-demo`): `scan.jsonl` and `truth.json`.
+Results go to a directory (default `./pacsguard-demo`): `scan.jsonl`, `truth.json` and the
+self-contained HTML report `report.html`.
 """
 
 from __future__ import annotations
@@ -75,7 +76,18 @@ def demo(
     )
     for line in agreement.mismatches[:10]:
         console.print(f"  [yellow]differs[/]: {line}")
-    console.print(f"Records: {out / 'scan.jsonl'}   truth: {out / 'truth.json'}")
+    from pacsguard.report.digest import digest, read_records
+    from pacsguard.report.html import render_html
+
+    page = out / "report.html"
+    page.write_text(
+        render_html(digest(read_records(out / "scan.jsonl")), source="scan.jsonl"),
+        encoding="utf-8",
+    )
+    console.print(
+        f"Records: {out / 'scan.jsonl'}   truth: {out / 'truth.json'}   report: {page}",
+        highlight=False,
+    )
     console.print()
     console.print("[bold]Now the fix:[/] a pacsguard archive with its secure defaults.")
     archive = run_archive_demo(out / "archive", seed)

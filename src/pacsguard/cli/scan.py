@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,6 +22,8 @@ from pacsguard.dicom.connect import Timeouts
 from pacsguard.errors import UsageError
 from pacsguard.report.jsonl import TextSink, write_record
 from pacsguard.report.table import ScanSummary, render_table
+from pacsguard.scan.candidates import InputFormat
+from pacsguard.scan.geo import GeoLookup
 from pacsguard.scan.http_probe import HTTP_TRANSPORTS, HttpOptions, probe_http
 from pacsguard.scan.model import HostReport, Observations, Severity, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
@@ -51,8 +54,10 @@ async def scan_scope(
     on_report: list[HostReport] | None = None,
     progress: Progress | None = None,
     http: HttpOptions | None = None,
+    geo: GeoLookup | None = None,
 ) -> ScanSummary:
-    """Run the scan, streaming JSON Lines; keep reports only when `on_report` asks for them."""
+    """Run the scan, streaming JSON Lines; keep reports only when `on_report` asks for them.
+    With `geo`, each report gets the host's country and AS."""
     summary = ScanSummary()
     total = scope.target_count if isinstance(scope, Scope) else len(scope)
     task = progress.add_task("scanning", total=total) if progress else None
@@ -65,11 +70,11 @@ async def scan_scope(
     http_options = http or HttpOptions()
 
     async def prober(target: Target) -> Observations:
-        if target.transport in HTTP_TRANSPORTS:
-            return await probe_http(target, http_options)
-        return await probe_dimse(target, options)
+        return await probe_target(target, options, http_options)
 
     async for report in run_scan(scope, prober, limits):
+        if geo is not None:
+            report = replace(report, location=geo.locate(report.observations.target.host))
         summary.add(report)
         if jsonl is not None:
             write_record(jsonl, report)
@@ -78,6 +83,16 @@ async def scan_scope(
         if progress is not None and task is not None:
             progress.advance(task)
     return summary
+
+
+async def probe_target(target: Target, options: ProbeOptions, http: HttpOptions) -> Observations:
+    """Probe one target by its transport: the web tier for http(s), DIMSE otherwise.
+
+    Also what each shard of a `--cluster` scan runs on its worker (`pacsguard.scan.distributed`).
+    """
+    if target.transport in HTTP_TRANSPORTS:
+        return await probe_http(target, http)
+    return await probe_dimse(target, options)
 
 
 def scan(
@@ -103,8 +118,14 @@ def scan(
         OutputFormat, typer.Option("--format", help="What to print on standard output.")
     ] = OutputFormat.JSONL,
     input_list: Annotated[
-        list[Path] | None, typer.Option("-iL", "--input-list", help="File of targets.")
+        list[Path] | None,
+        typer.Option(
+            "-iL", "--input-list", help="File of targets, or masscan, ZMap or nmap output."
+        ),
     ] = None,
+    input_format: Annotated[
+        InputFormat, typer.Option(help="Format of the -iL files (auto: recognised by content).")
+    ] = InputFormat.AUTO,
     exclude: Annotated[
         list[str] | None, typer.Option("--exclude", help="Addresses or CIDRs never to touch.")
     ] = None,
@@ -140,6 +161,14 @@ def scan(
     guess_interval: Annotated[
         float, typer.Option(min=0.0, help="Seconds between guessed AE titles on one host.")
     ] = 0.5,
+    geoip_country: Annotated[
+        Path | None,
+        typer.Option(help="GeoLite2-Country/City or DB-IP Country Lite .mmdb: adds location."),
+    ] = None,
+    geoip_asn: Annotated[
+        Path | None,
+        typer.Option(help="GeoLite2-ASN or DB-IP ASN Lite .mmdb: adds the AS to location."),
+    ] = None,
     default_credentials: Annotated[
         bool,
         typer.Option(
@@ -168,6 +197,20 @@ def scan(
     contacts: Annotated[
         Path | None, typer.Option("--contacts", help="With --org: CSV cidr,organisation[,email].")
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(help="Shard the scan on Dask: local:N worker processes, or tcp://HOST:PORT."),
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue the --cluster run with this id.")
+    ] = None,
+    shard_size: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Targets per --cluster shard.")
+    ] = 256,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="Resume journals (default ~/.local/state/pacsguard/runs)."),
+    ] = None,
 ) -> None:
     """Probe DICOM endpoints; one JSON Lines record per target.
 
@@ -185,6 +228,7 @@ def scan(
         targets or [],
         ports=parse_ports(ports),
         target_files=input_list or [],
+        input_format=input_format,
         excludes=exclude or [],
         exclude_files=exclude_file or [],
         allow_large=allow_large_scope,
@@ -207,9 +251,13 @@ def scan(
     )
     # The probe ends itself at --total-timeout; the scheduler's backstop follows just after.
     limits = Limits(concurrency=concurrency, rate=rate, target_timeout=total_timeout + 1.0)
+    geo = (
+        GeoLookup(country_db=geoip_country, asn_db=geoip_asn)
+        if geoip_country or geoip_asn
+        else None
+    )
     keep: list[HostReport] | None = [] if output_format is OutputFormat.TABLE else None
     stdout_jsonl = sys.stdout if output_format is OutputFormat.JSONL else None
-
     history: contextlib.AbstractContextManager[TextSink | None] = contextlib.nullcontext()
     if store is not None or recheck is not None:
         from pacsguard.survey.hook import history_sink  # SQLAlchemy only when asked for
@@ -217,6 +265,7 @@ def scan(
         run_scope = {
             "targets": targets or [],
             "input_lists": [str(p) for p in input_list or []],
+            "input_format": input_format.value,
             "excludes": exclude or [],
             "exclude_files": [str(p) for p in exclude_file or []],
             "ports": ports,
@@ -230,7 +279,19 @@ def scan(
             "rate": rate,
         }
         history = history_sink(store, scope=run_scope, options=run_options, parent_run=recheck)
+    if cluster is not None or resume is not None:
+        from pacsguard.cli._cluster import scan_sharded  # imports Dask: only when asked for
+
+        if recheck is not None:
+            raise UsageError("--recheck runs in one process: leave out --cluster and --resume")
+        summary = scan_sharded(
+            cluster, resume, shard_size, state_dir, output, scope, options, limits,
+            stdout=stdout_jsonl, keep=keep, http=http_options, history=history,
+        )  # fmt: skip
+        _finish(summary, keep, fail_on)
+        return
     with (
+        geo or contextlib.nullcontext(),
         output.open("w", encoding="utf-8") if output else contextlib.nullcontext() as file_sink,
         history as store_sink,
     ):
@@ -248,12 +309,19 @@ def scan(
                         on_report=keep,
                         progress=progress,
                         http=http_options,
+                        geo=geo,
                     )
                 )
         else:
             summary = asyncio.run(
-                scan_scope(scope, options, limits, jsonl=tee, on_report=keep, http=http_options)
+                scan_scope(
+                    scope, options, limits, jsonl=tee, on_report=keep, http=http_options, geo=geo
+                )
             )
+    _finish(summary, keep, fail_on)
+
+
+def _finish(summary: ScanSummary, keep: list[HostReport] | None, fail_on: Severity) -> None:
     if keep is not None:
         from rich.console import Console
 

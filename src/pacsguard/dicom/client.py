@@ -23,6 +23,7 @@ from pacsguard.dicom.connect import (
     MAX_INCOMING_PDU,
     ConnectTimeout,
     Timeouts,
+    close_after_reject,
     close_within_deadline,
     close_writer,
     open_connection,
@@ -259,7 +260,7 @@ async def associate(
         await close_within_deadline(writer)
         raise
     if isinstance(answer, AssociationRejected):
-        await close_within_deadline(writer)
+        await close_after_reject(writer)
         return answer, None
     return answer, Association(reader, writer, answer, timeouts)
 

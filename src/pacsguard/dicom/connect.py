@@ -80,3 +80,20 @@ async def close_within_deadline(writer: asyncio.StreamWriter) -> None:
             writer.transport.abort()
         return
     await close_writer(writer)
+
+
+async def close_after_reject(writer: asyncio.StreamWriter) -> None:
+    """Close the requestor's side after an A-ASSOCIATE-RJ (PS3.8 9.2, action AE-4: the
+    requestor closes the transport connection).
+
+    Plain TCP has nothing left to say and nothing to wait for: the close is started and the
+    caller goes on, without the loop turns that waiting for the transport to report itself
+    closed costs (a scan trying the vendor-default called AE titles on a checking host does this
+    once per title, in sequence). Inside TLS, the close_notify exchange is still waited for,
+    within `close_within_deadline`'s bounds.
+    """
+    if writer.get_extra_info("sslcontext") is None:
+        with contextlib.suppress(Exception):
+            writer.close()
+        return
+    await close_within_deadline(writer)

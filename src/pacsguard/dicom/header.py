@@ -19,11 +19,12 @@ there; pydicom's tolerance is the one the index follows, so both paths store the
 from __future__ import annotations
 
 import functools
+import re
 import struct
 from collections.abc import Collection
 from typing import Final
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 _IMPLICIT_LE: Final = "1.2.840.10008.1.2"
 _BIG_ENDIAN: Final = "1.2.840.10008.1.2.2"
@@ -40,6 +41,9 @@ _UNDEFINED: Final = 0xFFFFFFFF
 _ITEM: Final = 0xFFFEE000
 _ITEM_END: Final = 0xFFFEE00D
 _SEQUENCE_END: Final = 0xFFFEE0DD
+_ITEM_BYTES: Final = b"\xfe\xff\x00\xe0"
+#: Pixel data tags: where pydicom's dcmread(stop_before_pixels=True) stops.
+_PIXEL_TAGS: Final = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
 _EXPLICIT: Final = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
 _U32: Final = struct.Struct("<I")
 _CHARSET: Final = 0x00080005
@@ -51,6 +55,7 @@ PLAIN_CHARSETS: Final = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "la
                          "ISO_IR 192": "utf-8"}  # fmt: skip
 #: ESC starts an ISO 2022 escape sequence (PS3.5 6.1.2.5.3): pydicom splits the value there.
 ESCAPE: Final = b"\x1b"
+_UID: Final = re.compile(r"[0-9.]{1,64}")
 #: Nesting deeper than this is refused (a hostile object cannot recurse us out of stack).
 _MAX_DEPTH: Final = 32
 
@@ -64,54 +69,95 @@ def _text(raw: bytes, encoding: str) -> str:
 
 
 class _Walker:
+    """Follows the element structure as pydicom's reader does (filereader.data_element_generator):
+    undefined-length sequences are parsed item by item, their defined-length items element by
+    element; other undefined-length values are encapsulated fragments; defined-length values
+    are skipped whole (pydicom reads them lazily)."""
+
     def __init__(self, data: memoryview, explicit: bool) -> None:
         self.data = data
         self.explicit = explicit
 
-    def element(self, offset: int) -> tuple[int, int, int]:
-        """(tag, value offset, value length) of the element at `offset`."""
+    def element(self, offset: int) -> tuple[int, bytes, int, int]:
+        """(tag, VR (b"" when implicit), value offset, value length) of the element at `offset`."""
         data = self.data
         if offset + 8 > len(data):
             raise _Unreadable("element header past the end")
         group, number, vr, short_length = _EXPLICIT.unpack_from(data, offset)
         tag = (group << 16) | number
         if group == 0xFFFE or not self.explicit:  # items and delimiters: always 4-byte lengths
-            return tag, offset + 8, _U32.unpack_from(data, offset + 4)[0]
+            return tag, b"", offset + 8, _U32.unpack_from(data, offset + 4)[0]
         if vr in _SHORT_VRS:
-            return tag, offset + 8, short_length
+            return tag, vr, offset + 8, short_length
         if vr not in _LONG_VRS:
             raise _Unreadable("not a VR")
         if offset + 12 > len(data):
             raise _Unreadable("element header past the end")
-        return tag, offset + 12, _U32.unpack_from(data, offset + 8)[0]
+        return tag, vr, offset + 12, _U32.unpack_from(data, offset + 8)[0]
 
-    def skip_undefined(self, offset: int, depth: int) -> int:
-        """Offset just past an undefined-length sequence (or encapsulated value) at `offset`."""
+    def skip_value(self, tag: int, vr: bytes, value: int, length: int, depth: int) -> int:
+        """Offset just past the value of an element."""
+        if length != _UNDEFINED:
+            return self.end_of(value, length)
         if depth > _MAX_DEPTH:
             raise _Unreadable("nesting too deep")
+        if self._is_sequence(tag, vr, value):
+            return self.skip_sequence(value, depth + 1)
+        return self.skip_fragments(value)
+
+    def _is_sequence(self, tag: int, vr: bytes, value: int) -> bool:
+        if self.explicit:
+            if vr == b"UN":  # pydicom reads it as a sequence of its own making
+                raise _Unreadable("undefined-length UN")
+            return vr == b"SQ"
+        try:
+            return dictionary_VR(tag) == "SQ"
+        except KeyError:  # private or unknown: pydicom looks for an item (as here)
+            return bytes(self.data[value : value + 4]) == _ITEM_BYTES
+
+    def skip_sequence(self, offset: int, depth: int) -> int:
+        """Offset just past the delimiter of an undefined-length sequence at `offset`."""
         while True:
-            tag, value, length = self.element(offset)
+            tag, _vr, value, length = self.element(offset)
             if tag == _SEQUENCE_END:
                 return value
             if tag != _ITEM:
                 raise _Unreadable("expected an item")
             if length == _UNDEFINED:
-                offset = self.skip_items_data_set(value, depth + 1)
+                offset = self.skip_items_data_set(value, depth)
             else:
-                offset = self.end_of(value, length)
+                offset = self.walk_data_set(value, self.end_of(value, length), depth)
 
     def skip_items_data_set(self, offset: int, depth: int) -> int:
         """Offset just past the item delimiter ending an undefined-length item."""
         while True:
-            tag, value, length = self.element(offset)
+            tag, vr, value, length = self.element(offset)
             if tag == _ITEM_END:
                 return value
-            offset = self.skip_value(value, length, depth)
+            if tag in (_ITEM, _SEQUENCE_END):
+                raise _Unreadable("delimiter inside an item")
+            offset = self.skip_value(tag, vr, value, length, depth)
 
-    def skip_value(self, value: int, length: int, depth: int) -> int:
-        if length == _UNDEFINED:
-            return self.skip_undefined(value, depth + 1)
-        return self.end_of(value, length)
+    def walk_data_set(self, offset: int, end: int, depth: int) -> int:
+        """The elements of a defined-length item, which must end exactly at `end`."""
+        while offset < end:
+            tag, vr, value, length = self.element(offset)
+            if tag in (_ITEM, _ITEM_END, _SEQUENCE_END):
+                raise _Unreadable("delimiter inside a defined-length item")
+            offset = self.skip_value(tag, vr, value, length, depth)
+        if offset != end:
+            raise _Unreadable("an element runs past the end of its item")
+        return end
+
+    def skip_fragments(self, offset: int) -> int:
+        """Offset past encapsulated fragments (PS3.5 A.4): defined-length items, a delimiter."""
+        while True:
+            tag, _vr, value, length = self.element(offset)
+            if tag == _SEQUENCE_END:
+                return value
+            if tag != _ITEM or length == _UNDEFINED:
+                raise _Unreadable("expected a fragment")
+            offset = self.end_of(value, length)
 
     def end_of(self, value: int, length: int) -> int:
         end = value + length
@@ -125,20 +171,32 @@ def _meta(view: memoryview) -> tuple[str, int]:
     if len(view) < 144 or bytes(view[128:132]) != b"DICM":
         raise _Unreadable("no Part 10 preamble")
     walker = _Walker(view, explicit=True)
-    tag, value, length = walker.element(132)
+    tag, _vr, value, length = walker.element(132)
     if tag != 0x00020000 or length != 4:
         raise _Unreadable("no group length")
     end = walker.end_of(value, 4) + _U32.unpack_from(view, value)[0]
     offset = value + 4
     transfer_syntax = ""
     while offset < end:
-        tag, value, length = walker.element(offset)
+        tag, _vr, value, length = walker.element(offset)
+        if tag >> 16 != 0x0002:  # pydicom ends the File Meta there, whatever its length says
+            raise _Unreadable("File Meta Information with an element outside group 0002")
         offset = walker.end_of(value, length)
         if tag == _TRANSFER_SYNTAX:
-            transfer_syntax = _text(bytes(view[value:offset]), "ascii")
+            # only trailing padding: pydicom keeps a leading NUL, and the UID check then fails
+            transfer_syntax = bytes(view[value:offset]).rstrip(b" \x00").decode("ascii", "replace")
     if offset != end:
         raise _Unreadable("File Meta Information length disagrees with its elements")
     return transfer_syntax, end
+
+
+def file_meta_end(data: bytes) -> int | None:
+    """Offset of the data set in `data` (a preamble, "DICM" and the File Meta Information
+    group), or None when the group's elements do not exactly fill its stated length."""
+    try:
+        return _meta(memoryview(data))[1]
+    except (_Unreadable, struct.error):
+        return None
 
 
 @functools.lru_cache(maxsize=8)
@@ -158,17 +216,22 @@ def read_header(data: bytes, keywords: Collection[str]) -> dict[str, str] | None
     view = memoryview(data)
     try:
         transfer_syntax, offset = _meta(view)
-        if transfer_syntax == _BIG_ENDIAN or transfer_syntax in _DEFLATE or not transfer_syntax:
+        if transfer_syntax == _BIG_ENDIAN or transfer_syntax in _DEFLATE:
+            return None
+        if not _UID.fullmatch(transfer_syntax):  # pydicom reads such bytes its own way
             return None
         walker = _Walker(view, explicit=transfer_syntax != _IMPLICIT_LE)
         raw: dict[int, bytes] = {}
         end = len(view)
+        past_pixels = False
         while offset < end:
-            tag, value, length = walker.element(offset)
+            tag, vr, value, length = walker.element(offset)
             if tag in (_ITEM, _ITEM_END, _SEQUENCE_END):
                 raise _Unreadable("delimiter at the top level")
-            offset = walker.skip_value(value, length, 0)
-            if tag in keep and length != _UNDEFINED:
+            # pydicom (stop_before_pixels) reads nothing from here on; we check the structure
+            past_pixels = past_pixels or tag in _PIXEL_TAGS
+            offset = walker.skip_value(tag, vr, value, length, 0)
+            if tag in keep and length != _UNDEFINED and not past_pixels:
                 raw[tag] = bytes(view[value:offset])
     except (_Unreadable, struct.error):
         return None

@@ -17,6 +17,7 @@ from pynetdicom.dsutils import decode
 
 from pacsguard.dicom.command import encode_command
 from pacsguard.dicom.dimse import PDV_OVERHEAD, command_values, pdata_pdus, pdv_header
+from pacsguard.dicom.header import file_meta_end
 from pacsguard.errors import MalformedPdu
 
 _DATA: Final = 0x00
@@ -64,7 +65,7 @@ def skip_file_meta(stream: BinaryIO) -> str:
         raise MalformedPdu("stored instance is not a DICOM Part 10 file")
     head = stream.read(12)
     # (0002,0000) UL, explicit VR little endian: tag, 'UL', length 4, value.
-    if len(head) != 12 or head[:6] != b"\x02\x00\x00\x00UL":
+    if len(head) != 12 or head[:8] != b"\x02\x00\x00\x00UL\x04\x00":
         raise MalformedPdu("stored instance has no File Meta Information Group Length")
     (group_length,) = struct.unpack("<I", head[8:12])
     if group_length > _MAX_META:
@@ -72,8 +73,18 @@ def skip_file_meta(stream: BinaryIO) -> str:
     body = stream.read(group_length)
     if len(body) != group_length:
         raise MalformedPdu("stored instance ends inside its File Meta Information")
-    meta = decode(BytesIO(head + body), False, True)
-    return str(meta.get("TransferSyntaxUID", "") or "")
+    # The header walker's reading of the group: elements of group 0002 that fill it exactly (or
+    # pydicom, which dcmread uses, would start the data set elsewhere: found by fuzzing)
+    if file_meta_end(prefix + head + body) != 144 + group_length:
+        raise MalformedPdu("stored instance has File Meta elements that do not fill its group")
+    try:
+        meta = decode(BytesIO(head + body), False, True)
+        transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
+    except Exception as exc:  # pydicom raises assorted errors on bad bytes (found by fuzzing)
+        raise MalformedPdu(
+            f"stored instance has undecodable File Meta Information: {exc.__class__.__name__}"
+        ) from None
+    return transfer_syntax
 
 
 def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:

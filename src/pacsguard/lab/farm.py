@@ -158,6 +158,7 @@ class Farm:
         if task is not None:
             self._active.add(task)
         self.stats.connections += 1
+        state.connections += 1
         try:
             if len(self._active) > self._limits.max_connections:
                 self.stats.refused_over_limit += 1

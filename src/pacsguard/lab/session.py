@@ -109,6 +109,8 @@ class HostState:
 
     spec: HostSpec
     stored: int = 0
+    #: Connections this host accepted (tests check that a resumed scan skips finished hosts).
+    connections: int = 0
     _data: HostData | None = field(default=None, repr=False)
 
     def data(self) -> HostData:

@@ -216,6 +216,13 @@ def to_record(report: HostReport, *, scanned_at: datetime | None = None) -> dict
             "reasons": list(report.honeypot_reasons),
         },
         "config_signature": report.config_signature,
+        "location": None
+        if report.location is None
+        else {
+            "country": report.location.country,
+            "asn": report.location.asn,
+            "as_org": report.location.as_org,
+        },
         "http": http_record(obs.http),
         "findings": [_finding(f) for f in report.findings],
         "worst_severity": report.worst.value if report.worst else None,

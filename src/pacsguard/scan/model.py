@@ -215,6 +215,15 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True)
+class Location:
+    """Where a host is, as the user's GeoIP databases say (`pacsguard.scan.geo`)."""
+
+    country: str | None = None  # ISO 3166-1 alpha-2
+    asn: int | None = None
+    as_org: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HostReport:
     """Observations plus the findings checks drew from them: one JSON Lines record."""
 
@@ -228,6 +237,8 @@ class HostReport:
     honeypot_flagged: bool = False
     #: Hash of the host's configuration and exposure; equal across an identical fleet.
     config_signature: str | None = None
+    #: Country and AS, when the user named GeoIP databases.
+    location: Location | None = None
 
     @property
     def counted(self) -> bool:

@@ -178,3 +178,49 @@ def test_a_store_whose_audit_sync_fails_is_refused_and_its_line_is_rewritten_on_
     results = [(r["objects"][2][1], r["detail"]["result"]) for r in _store_lines(log_path)]  # type: ignore[index]
     # The first line (the row committed while its sync failed) was kept and made durable.
     assert results == [(uid, "inserted"), (uid, "duplicate-identical"), (second_uid, "inserted")]
+
+
+@pytest.mark.parametrize("small_tmpfs", ["4m"], indirect=True)
+def test_an_index_on_a_full_disk_refuses_with_out_of_resources_and_logs_no_patient_data(
+    small_tmpfs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the SQLite index (and its WAL) is on the full filesystem: the blob is written, the
+    index commit fails with SQLITE_FULL. The answer is 0xA700 (out of room, not 0x0110), the
+    blob goes, and the one error logged carries no value of the failed statement."""
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    index = SqlIndex(f"sqlite:///{small_tmpfs / 'index.db'}")
+    blobs = FolderBlobStore(tmp_path / "blobs", encryption_key=b"k" * 32)
+    service = ArchiveService(index, blobs, AuditFanout(audit), lambda p, a: None)
+    lab = generate_archive(41, 1, studies_per_patient=(1, 1), series_per_study=(1, 1),
+                           instances_per_series=(40, 40))  # fmt: skip
+    objects = []
+    for path in lab.walk():
+        ds: Dataset = build_dataset(*path)
+        out = BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        objects.append((ds, out.getvalue()))
+    try:
+        assert service.store_instance(PRINCIPAL, objects[0][1]).ok
+        filler = fill(small_tmpfs)
+        with caplog.at_level(logging.INFO):
+            refused = None
+            for ds, data in objects[1:]:
+                result = service.store_instance(PRINCIPAL, data)
+                if not result.ok:
+                    refused = (ds, data, result)
+                    break
+            assert refused is not None, "the full index disk refused nothing"
+        ds, data, result = refused
+        assert (result.status, result.outcome) == (OUT_OF_RESOURCES, "index commit failed")
+        assert str(ds.SOPInstanceUID) not in set(map(str, blobs.keys()))  # nothing kept
+        logged = caplog.text + "".join(
+            logging.Formatter().formatException(r.exc_info) for r in caplog.records if r.exc_info
+        )
+        assert "SQLITE_FULL" in logged or "disk is full" in logged  # the error was logged
+        for value in (ds.PatientID, str(ds.PatientName), ds.StudyInstanceUID, ds.AccessionNumber):
+            assert str(value) not in logged
+        filler.unlink()
+        assert service.store_instance(PRINCIPAL, data).ok  # space is back, no restart
+    finally:
+        audit.close()
+        index.close()

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import DBAPIError
 
 from pacsguard.archive.index import IndexStore
 from pacsguard.archive.index import sql as sql_module
@@ -125,6 +126,19 @@ def test_migrations_create_the_schema_from_empty_and_match_the_code(
             assert diff == []
     finally:
         engine.dispose()
+
+
+def test_a_failed_statement_names_no_parameter_value(index_target: IndexTarget) -> None:
+    """The archive logs index errors (a full disk, a lost server): their text must not carry
+    the statement's values, which are patient names and IDs."""
+    engine = open_engine(index_target.url, key=index_target.key)
+    try:
+        with pytest.raises(DBAPIError) as raised, engine.connect() as conn:
+            conn.execute(text("INSERT INTO no_such_table VALUES (:name)"), {"name": "Doe^Secret"})
+    finally:
+        engine.dispose()
+    assert "Secret" not in str(raised.value)
+    assert "no_such_table" in str(raised.value)  # the statement itself is still named
 
 
 def test_sqlite_runs_durable_wal_with_foreign_keys(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ audit trail of each, and a failed index commit after the audit line was written.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -126,9 +127,26 @@ def test_undecodable_and_mismatched_objects_are_refused_and_audited(parts: Parts
     assert list(parts.blobs.keys()) == []
 
 
+@pytest.mark.parametrize(
+    ("error", "answer"),
+    [
+        pytest.param(
+            OSError(errno.ENOSPC, "No space left on device"),
+            (0xA700, "index commit failed"),
+            id="full-disk",
+        ),
+        pytest.param(
+            ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+            (0x0110, "index unavailable; not stored, retry later"),
+            id="index-lost",
+        ),
+    ],
+)
 def test_a_failed_index_commit_is_audited_after_the_success_line(
-    parts: Parts, monkeypatch: pytest.MonkeyPatch
+    parts: Parts, monkeypatch: pytest.MonkeyPatch, error: OSError, answer: tuple[int, str]
 ) -> None:
+    """Out of room is "out of resources" (0xA700); an index that went away is a processing
+    failure (0x0110). Either way nothing is kept and the store can be retried."""
     real_add = parts.index.add
 
     def add_then_fail(
@@ -136,12 +154,12 @@ def test_a_failed_index_commit_is_audited_after_the_success_line(
     ) -> AddOutcome:
         assert before_commit is not None
         before_commit(AddOutcome.INSERTED)  # the row is written, the audit line too ...
-        raise OSError(28, "No space left on device")  # ... and then the commit fails
+        raise error  # ... and then the commit fails
 
     monkeypatch.setattr(parts.index, "add", add_then_fail)
     ds = _datasets()[0]
-    refused = parts.service.store_instance(PRINCIPAL, _part10(ds))
-    assert (refused.status, refused.outcome) == (0xA700, "index commit failed")
+    failed = parts.service.store_instance(PRINCIPAL, _part10(ds))
+    assert (failed.status, failed.outcome) == answer
     monkeypatch.setattr(parts.index, "add", real_add)
     assert list(parts.blobs.keys()) == []  # no orphan left behind
     assert parts.service.store_instance(PRINCIPAL, _part10(ds)).ok  # a retry stores it

@@ -190,6 +190,10 @@ def test_over_dimse_a_full_audit_disk_refuses_and_the_archive_heals_without_rest
             assert _find_statuses(assoc) == [OUT_OF_RESOURCES]  # no match released
             other = _associate(archive)  # not accepted without its audit line
             assert other.is_rejected and not other.is_established
+            # Transient 2/3/1, not the uniform refusal (1/1/1) a peer provokes: retry later.
+            rj = other.acceptor.primitive
+            assert rj is not None
+            assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 1)
             study = str(datasets[0].StudyInstanceUID)  # nothing sent: 0xA702 refused
             assert _move_statuses(assoc, study) == [OUT_OF_RESOURCES_SUB_OPERATIONS]
             assert not slow_destination.arrived.is_set()

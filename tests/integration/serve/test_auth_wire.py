@@ -91,7 +91,7 @@ def test_repeated_failures_lock_the_source_out(start: StartArchive, tmp_path: Pa
 
 
 def test_association_limit(start: StartArchive) -> None:
-    archive = start(**{"server.max_associations": 2})
+    archive = start(**{"server.max_associations": 2, "server.max_associations_per_ae": 2})
     endpoint = next(e for e in archive.endpoints if not e.tls)
     held = []
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Sequence
@@ -12,12 +13,15 @@ import pytest
 from pacsguard.archive.control import (
     ANSWER,
     MARKER,
+    RELOAD_ANSWER,
+    RELOAD_REQUEST,
     REQUEST,
+    answer_reload,
     answer_unlock,
     running_pid,
     write_marker,
 )
-from pacsguard.errors import UsageError
+from pacsguard.errors import ConfigError, UsageError
 
 
 def test_a_request_is_carried_out_once_and_answered(tmp_path: Path) -> None:
@@ -50,3 +54,30 @@ def test_running_pid_refuses_a_missing_or_stale_marker(tmp_path: Path) -> None:
     assert (tmp_path / MARKER).read_text() == f"{os.getpid()}\n"
     with pytest.raises(UsageError, match="stale"):
         running_pid(tmp_path)
+
+
+def test_a_reload_request_is_answered_once_with_the_outcome(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    def reload(requested_by: str) -> str:
+        asked.append(requested_by)
+        return "config reloaded"
+
+    assert answer_reload(tmp_path, reload) is None  # SIGUSR1 for an unlock: no reload asked
+    (tmp_path / RELOAD_REQUEST).write_text('{"uid": 1000, "pid": 5}')
+    assert answer_reload(tmp_path, reload) == (True, "config reloaded")
+    assert asked == ["pacsguard reload (uid 1000)"]
+    assert json.loads((tmp_path / RELOAD_ANSWER).read_text()) == {
+        "ok": True,
+        "message": "config reloaded",
+    }
+    assert stat.S_IMODE((tmp_path / RELOAD_ANSWER).stat().st_mode) == 0o600
+    assert not (tmp_path / RELOAD_REQUEST).exists()
+
+    def refuse(requested_by: str) -> str:
+        raise ConfigError("ae[0].auth: expected one of ...")
+
+    (tmp_path / RELOAD_REQUEST).write_text("not json")
+    assert answer_reload(tmp_path, refuse) is None  # malformed: nothing done
+    (tmp_path / RELOAD_REQUEST).write_text("{}")
+    assert answer_reload(tmp_path, refuse) == (False, "ae[0].auth: expected one of ...")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -129,16 +130,46 @@ def rj(decision: Principal | Rejection) -> tuple[int, int, int]:
 # -- AE titles -----------------------------------------------------------------------------------
 
 
-def test_wrong_called_ae_is_rejected_1_1_7(settings: Settings) -> None:
-    gate = Gate(settings, Clock())
+@pytest.fixture
+def detailed(tmp_path: Path) -> Settings:
+    lockout = {"max_failures": 3, "window_s": 60, "lockout_s": 300}
+    return _settings(tmp_path, security={"detailed_rejections": True, "lockout": lockout})
+
+
+def test_wrong_called_ae_is_rejected_1_1_7_when_detailed(detailed: Settings) -> None:
+    gate = Gate(detailed, Clock())
     assert rj(gate.decide(facts(called="ANY-SCP", identity=password()))) == (1, 1, 7)
 
 
-def test_unregistered_calling_ae_is_rejected_1_1_3(settings: Settings) -> None:
-    gate = Gate(settings, Clock())
+def test_unregistered_calling_ae_is_rejected_1_1_3_when_detailed(detailed: Settings) -> None:
+    gate = Gate(detailed, Clock())
     decision = gate.decide(facts("STRANGER", identity=password()))
     assert rj(decision) == (1, 1, 3)
     assert isinstance(decision, Rejection) and "STRANGER" in decision.why
+
+
+def test_rejections_are_uniform_by_default_and_the_reason_is_kept(settings: Settings) -> None:
+    clock = Clock()
+    gate = Gate(settings, clock)
+    called = gate.decide(facts(called="ANY-SCP", identity=password()))
+    calling = gate.decide(facts("STRANGER", identity=password()))
+    wrong = gate.decide(facts(identity=password(secret="guess")))
+    assert rj(called) == rj(calling) == rj(wrong) == (1, 1, 1)
+    assert isinstance(called, Rejection) and "ANY-SCP" in called.why
+    assert isinstance(calling, Rejection) and "not registered" in calling.why
+    assert isinstance(wrong, Rejection) and "wrong passcode" in wrong.why
+    locked = gate.decide(facts(identity=password()))  # three failures from 198.18.2.3 above
+    assert rj(locked) == (1, 1, 1)
+    assert isinstance(locked, Rejection) and "locked out" in locked.why and locked.repeated
+
+
+def test_peer_supplied_text_is_clipped_in_the_reason(settings: Settings) -> None:
+    huge = "x" * 60_000 + "\n forged audit line"
+    decision = Gate(settings, Clock()).decide(facts(identity=password(user=huge)))
+    assert isinstance(decision, Rejection)
+    assert len(decision.why) < 200 and "\n" not in decision.why and "forged" not in decision.why
+    token_rj = Gate(settings, Clock()).decide(facts("APP", identity=token(sub="y" * 10_000)))
+    assert isinstance(token_rj, Rejection) and len(token_rj.why) < 200
 
 
 # -- user-password -------------------------------------------------------------------------------
@@ -288,9 +319,9 @@ def test_address_auth_is_off_unless_allowed(tmp_path: Path, settings: Settings) 
 # -- lockout -------------------------------------------------------------------------------------
 
 
-def test_lockout_after_repeated_failures_then_expiry(settings: Settings) -> None:
+def test_lockout_after_repeated_failures_then_expiry(detailed: Settings) -> None:
     clock, sink = Clock(), Sink()
-    gate = Gate(settings, clock, audit=sink)
+    gate = Gate(detailed, clock, audit=sink)
     attacker = "198.18.6.6"
     for _ in range(3):
         assert rj(gate.decide(facts(address=attacker, identity=password(secret="guess")))) == (
@@ -302,13 +333,13 @@ def test_lockout_after_repeated_failures_then_expiry(settings: Settings) -> None
     locked = gate.decide(facts(address=attacker, identity=password()))
     assert rj(locked) == (2, 1, 1)
     assert gate.locked_out(attacker)
-    # other sources are not affected
-    assert isinstance(gate.decide(facts(address="198.18.7.7", identity=password())), Principal)
-    # one audit alert when the lockout started
+    # other sources are not affected (alice's account is locked as well: other accounts)
+    assert isinstance(gate.decide(facts("APP", address="198.18.7.7", identity=token())), Principal)
+    # one audit alert for each lockout when it started: the source and the account
     alerts = [e for e in sink.events if e.event is EventType.AUTHENTICATION]
-    assert len(alerts) == 1
-    assert alerts[0].outcome is EventOutcome.SERIOUS_FAILURE
-    assert alerts[0].participants[0].address == attacker
+    assert [e.detail["locked"] for e in alerts] == [attacker, "account:alice"]
+    assert all(e.outcome is EventOutcome.SERIOUS_FAILURE for e in alerts)
+    assert all(e.participants[0].address == attacker for e in alerts)
     clock.now += 299
     assert rj(gate.decide(facts(address=attacker, identity=password()))) == (2, 1, 1)
     clock.now += 2
@@ -336,6 +367,58 @@ def test_success_clears_the_failure_count(settings: Settings) -> None:
     for _ in range(2):
         gate.decide(facts(identity=password(secret="typo")))
     assert not gate.locked_out("198.18.2.3")
+
+
+def test_failures_against_an_account_from_many_sources_lock_the_account(
+    settings: Settings,
+) -> None:
+    clock, sink = Clock(), Sink()
+    gate = Gate(settings, clock, audit=sink)
+    for i in range(3):  # one guess each from three addresses: no source reaches its limit
+        gate.decide(facts(address=f"198.18.50.{i}", identity=password(secret="guess")))
+    assert not any(gate.locked_out(f"198.18.50.{i}") for i in range(3))
+    # alice's account is locked, even with her password from a fresh address, on both her AEs
+    refused = gate.decide(facts(address="198.18.60.1", identity=password()))
+    assert isinstance(refused, Rejection) and "account:alice is locked out" in refused.why
+    assert isinstance(gate.decide(facts("BOUND", identity=password())), Rejection)
+    # other accounts are not
+    assert isinstance(gate.decide(facts("APP", address="198.18.60.1", identity=token())), Principal)
+    alerts = [e for e in sink.events if e.event is EventType.AUTHENTICATION]
+    assert [e.detail["locked"] for e in alerts] == ["account:alice"]
+    clock.now += 301
+    assert isinstance(gate.decide(facts(address="198.18.60.1", identity=password())), Principal)
+
+
+def test_an_operator_lifting_every_lockout_lifts_account_lockouts_too(settings: Settings) -> None:
+    gate = Gate(settings, Clock())
+    for i in range(3):
+        gate.decide(facts(address=f"198.18.51.{i}", identity=password(secret="guess")))
+    assert isinstance(gate.decide(facts(address="198.18.61.1", identity=password())), Rejection)
+    assert gate.lift_lockouts(["198.18.51.0"]) == []  # by address: that source was not locked
+    assert gate.lift_lockouts() == ["account:alice"]
+    assert isinstance(gate.decide(facts(address="198.18.61.1", identity=password())), Principal)
+
+
+def test_a_success_as_one_account_does_not_clear_failures_against_another(
+    settings: Settings,
+) -> None:
+    gate = Gate(settings, Clock())
+    source = "198.18.70.7"
+    for _ in range(2):
+        gate.decide(facts(address=source, identity=password(secret="guess")))  # against alice
+    # the same source logs in correctly as another account in between
+    assert isinstance(gate.decide(facts("APP", address=source, identity=token())), Principal)
+    gate.decide(facts(address=source, identity=password(secret="guess")))
+    assert gate.locked_out(source)
+
+
+def test_a_success_does_not_clear_failures_with_unknown_ae_titles(settings: Settings) -> None:
+    gate = Gate(settings, Clock())
+    for _ in range(2):
+        gate.decide(facts("GUESS1"))
+    assert isinstance(gate.decide(facts(identity=password())), Principal)
+    gate.decide(facts("GUESS2"))
+    assert gate.locked_out("198.18.2.3")
 
 
 def test_lockout_counts_ipv4_mapped_and_plain_as_one_source(settings: Settings) -> None:
@@ -391,6 +474,22 @@ def test_a_lockout_is_not_lifted_when_the_lift_cannot_be_audited(settings: Setti
     assert gate.locked_out("198.18.6.6")
 
 
+def test_an_account_lockout_is_not_lifted_when_the_lift_cannot_be_audited(
+    settings: Settings,
+) -> None:
+    audit = Unwritable()
+    gate = Gate(settings, Clock(), audit=audit)
+    for i in range(3):
+        gate.decide(facts(address=f"198.18.52.{i}", identity=password(secret="guess")))
+    audit.full = True
+    with pytest.raises(AuditLogError):
+        gate.lift_lockouts()
+    audit.full = False
+    assert isinstance(gate.decide(facts(address="198.18.62.1", identity=password())), Rejection)
+    assert gate.lift_lockouts() == ["account:alice"]
+    assert isinstance(gate.decide(facts(address="198.18.62.1", identity=password())), Principal)
+
+
 # -- lab profile ---------------------------------------------------------------------------------
 
 
@@ -442,3 +541,100 @@ def test_intervention_exception_means_deny(settings: Settings) -> None:
     with pytest.raises(PolicyDenied):
         gate.authorize(_principal(Action.FIND), Action.GET)
     assert calls == [("WORKSTATION", Action.FIND), ("WORKSTATION", Action.STORE)]
+
+
+# -- passcode verification cost -----------------------------------------------------------------
+
+
+class CountingHasher(PasswordHasher):
+    """The real Argon2id hasher, counting verifications."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.verifications = 0
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        self.verifications += 1
+        return super().verify(hash, password)
+
+
+def counting_gate(settings: Settings, clock: Clock) -> tuple[Gate, CountingHasher]:
+    gate = Gate(settings, clock)
+    hasher = CountingHasher()
+    gate._hasher = hasher  # the same Argon2id, counted
+    return gate, hasher
+
+
+def test_a_verified_passcode_is_remembered_for_a_while(settings: Settings) -> None:
+    clock = Clock()
+    gate, hasher = counting_gate(settings, clock)
+    for _ in range(5):
+        assert isinstance(gate.decide(facts(identity=password())), Principal)
+    assert hasher.verifications == 1
+    # a wrong passcode is never remembered, and never matches the remembered one
+    for _ in range(2):
+        assert isinstance(gate.decide(facts(identity=password(secret="nope"))), Rejection)
+    assert hasher.verifications == 3
+    clock.now += settings.security.credential_cache_s + 1
+    assert isinstance(gate.decide(facts(identity=password())), Principal)
+    assert hasher.verifications == 4
+
+
+def test_a_lockout_of_the_account_forgets_its_remembered_passcode(settings: Settings) -> None:
+    clock = Clock()
+    gate, hasher = counting_gate(settings, clock)
+    assert isinstance(gate.decide(facts(identity=password())), Principal)
+    for i in range(3):
+        gate.decide(facts(address=f"198.18.80.{i}", identity=password(secret="guess")))
+    assert isinstance(gate.decide(facts(identity=password())), Rejection)  # locked
+    clock.now += 301
+    before = hasher.verifications
+    assert isinstance(gate.decide(facts(identity=password())), Principal)
+    assert hasher.verifications == before + 1  # verified afresh
+
+
+def test_concurrent_logins_with_the_same_passcode_hash_once(settings: Settings) -> None:
+    gate, hasher = counting_gate(settings, Clock())
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: gate.decide(facts(identity=password())), range(8)))
+    assert all(isinstance(r, Principal) for r in results)
+    assert hasher.verifications == 1
+
+
+def test_every_rejected_passcode_costs_one_verification(
+    settings: Settings, detailed: Settings
+) -> None:
+    """Whichever check refuses a request with a passcode, it costs what a wrong passcode
+    costs: the answer's timing does not tell which AE titles are registered."""
+    gate, hasher = counting_gate(settings, Clock())
+    refused = [  # each from its own address: no source lockout gets in the way
+        facts("STRANGER", address="198.18.9.1", identity=password()),  # unknown AE
+        facts(called="OTHER", address="198.18.9.2", identity=password()),  # not our title
+        facts("BOUND", address="198.19.0.1", identity=password()),  # wrong address
+        facts("APP", address="198.18.9.3", identity=password(user="svc")),  # takes a JWT
+        facts("CT1", address="198.18.9.4", identity=password()),  # takes a certificate
+        facts(address="198.18.9.5", identity=password(secret="guess")),  # wrong passcode
+        facts(address="198.18.9.6", identity=password(user="bob")),  # not the AE's user
+    ]
+    for i, request in enumerate(refused, start=1):
+        assert isinstance(gate.decide(request), Rejection)
+        assert hasher.verifications == i, request
+    # a locked account as well (three failures against alice from three addresses)
+    for i in range(3):
+        gate.decide(facts(address=f"198.18.90.{i}", identity=password(secret="guess")))
+    before = hasher.verifications
+    assert isinstance(gate.decide(facts(address="198.18.91.1", identity=password())), Rejection)
+    assert hasher.verifications == before + 1
+    # knocking on the locked account locks the knocking source too: no endless verifications
+    for _ in range(2):
+        gate.decide(facts(address="198.18.91.1", identity=password()))
+    assert gate.locked_out("198.18.91.1")
+    before = hasher.verifications
+    gate.decide(facts(address="198.18.91.1", identity=password()))
+    assert hasher.verifications == before
+    # no passcode, nothing to verify; detailed rejections (commissioning) do not pretend
+    assert isinstance(gate.decide(facts("STRANGER", address="198.18.92.1")), Rejection)
+    assert hasher.verifications == before
+    open_gate, open_hasher = counting_gate(detailed, Clock())
+    open_gate.decide(facts("STRANGER", identity=password()))
+    assert open_hasher.verifications == 0

@@ -164,3 +164,31 @@ def test_data_on_an_unaccepted_context_is_refused() -> None:
     receiver = MessageReceiver({3: CONTEXT}, max_identifier_bytes=1024, max_store_bytes=1 << 30)
     with pytest.raises(MalformedPdu, match="not accepted"):
         _receive(receiver, _store_rq(10))
+
+
+def test_a_bad_pdv_after_a_complete_message_leaves_no_temporary_file(
+    staging: StagingArea,
+) -> None:
+    """Found by fuzzing (tests/fuzz/targets/pdata.py): a C-STORE completed by one PDV of a PDU
+    and a bad PDV after it in the same PDU lost the message, and its staged file stayed open
+    (staged files are unnamed: an open descriptor is what would leak)."""
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    command, data = (bytes(p.data[12:]) for p in split_pdus(_store_rq(5000)))
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [
+        [1, b"\x03" + command],
+        [1, b"\x02" + data],
+        [9, b"\x03" + command],  # a context that was never accepted
+    ]
+    pdu = bytes(P_DATA_TF(primitive).encode())
+    open_before = len(os.listdir("/proc/self/fd"))
+    receiver = MessageReceiver(
+        {1: CONTEXT}, max_identifier_bytes=1024, max_store_bytes=2000, staging=staging
+    )
+    with pytest.raises(MalformedPdu, match="not accepted"):
+        receiver.feed(split_pdus(pdu)[0])
+    receiver.close()
+    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert [p for p in staging.root.iterdir()] == []

@@ -6,28 +6,45 @@ TLS in the accept loop, so one silent client blocks every other; and it accepts 
 and any request without a user identity item unless its internals are overridden. Here one
 event loop, in one background thread owned by the front end, serves every listener;
 pynetdicom's PDU and DIMSE message classes remain the codec (pacsguard.dicom.ul / .dimse /
-.stream). Archive calls (gate, service, audit) block, so they run on a bounded thread pool and
-never on the loop.
+.stream). Archive calls (gate, service, audit) block, so they run on bounded thread pools and
+never on the loop; the gate has a pool of its own, so that a burst of logins (Argon2id) cannot
+take the threads that stores and audit lines need.
 
-Rules: TLS handshake after the connection cap, non-blocking, with a timeout, failures audited;
-connection cap (refused and audited); association cap (A-ASSOCIATE-RJ 2/3/2); the gate's
-decision before any context is negotiated; contexts per `contexts.context_allowed`; audit of
-every decision, and an association accepted only once its audit line is durable (else
-A-ASSOCIATE-RJ 2/3/1, transient: the audit log cannot be written); statuses per `identifiers`.
-A peer that breaks the protocol gets an A-ABORT and its connection closes; the server keeps
-serving.
+Rules, in order: a connection not yet associated is "pending": at most `max_pending_per_source`
+per source address and `max_connections` in all, past that it is closed at once, so idle or
+half-open connections from one host cannot keep anyone else out; a pending connection has
+`pre_association_timeout` to finish its TLS handshake (non-blocking) and send a complete
+A-ASSOCIATE-RQ; the association cap is taken before the gate is asked (a slot is reserved, so
+concurrent requests cannot overshoot it) and then the per-AE and per-user caps (A-ASSOCIATE-RJ
+2/3/2); the gate's decision before any context is negotiated; contexts per
+`contexts.context_allowed`; audit of every decision, with repeated refusals summed up per
+window (`aio_refusals`) rather than one fsync'd line each; an association accepted only once
+its audit line is durable (else A-ASSOCIATE-RJ 2/3/1, transient: the audit log cannot be
+written; distinct from the uniform refusal a peer provokes); statuses per `identifiers`. A peer
+that breaks the protocol gets an A-ABORT and its connection closes; the server keeps serving.
+A refusal stands even when the audit log cannot take its line.
+
+Every accepted socket has Nagle's algorithm off and re-arms TCP_QUICKACK after each read: a
+client that leaves Nagle on (pynetdicom's default) holds its second small write until our ACK,
+and Linux delays ACKs by up to 40 ms once a connection looks interactive; without quick ACKs
+such a client paid ~40 ms per C-STORE.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
+import socket
 import ssl
 import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, SupportsIndex
+
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from pacsguard.archive.audit.events import (
     AuditEvent,
@@ -44,6 +61,7 @@ from pacsguard.archive.dimse.aio_negotiation import (
     encode_reject,
     peer_facts,
 )
+from pacsguard.archive.dimse.aio_refusals import WINDOW_S, RefusalTally
 from pacsguard.archive.dimse.aio_session import (
     AssociationSession,
     Channel,
@@ -52,9 +70,10 @@ from pacsguard.archive.dimse.aio_session import (
 )
 from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup
+from pacsguard.archive.security.gate import normalize_address
 from pacsguard.archive.security.principal import PeerFacts, Principal, Rejection
 from pacsguard.archive.service import ArchiveService
-from pacsguard.dicom.client import close_writer, set_nodelay
+from pacsguard.dicom.client import close_writer
 from pacsguard.dicom.ul import ASSOCIATE_RQ, MAX_ASSOCIATION_PDU, encode_abort, read_pdu
 from pacsguard.errors import AuditLogError, MalformedPdu, PeerClosed, ProtocolError
 
@@ -74,6 +93,42 @@ _ABORT_INVALID_PARAMETER: Final = 6
 #: (PS3.8 Table 9-21): the audit log cannot be written, so nothing audited can happen now.
 AUDIT_UNAVAILABLE: Final = (2, 3, 1)
 _STOP_TIMEOUT: Final = 15.0
+#: Threads that run gate decisions. Argon2id verifications are bounded inside the gate (a
+#: semaphore), so most of these threads wait there cheaply during a burst of logins, and a
+#: peer with a remembered passcode, a certificate or a token still gets a thread at once.
+_GATE_THREADS: Final = 32
+_TCP_QUICKACK: Final[int | None] = getattr(socket, "TCP_QUICKACK", None)
+
+
+class _QuickAckReader(asyncio.StreamReader):
+    """A StreamReader that re-arms TCP_QUICKACK on its socket after every read (Linux resets
+    it whenever the connection turns interactive)."""
+
+    sock: Any = None
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        super().feed_data(data)
+        if self.sock is not None and _TCP_QUICKACK is not None:
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                self.sock = None
+
+
+class _LowLatencyProtocol(asyncio.StreamReaderProtocol):
+    """Turns Nagle off and quick ACKs on for every accepted socket (TLS runs on the same one)."""
+
+    def __init__(self, reader: _QuickAckReader, *args: Any, **kwargs: Any) -> None:
+        super().__init__(reader, *args, **kwargs)
+        self._quick_reader = reader
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._quick_reader.sock = sock
+        super().connection_made(transport)
 
 
 class AsyncDimseFrontEnd:
@@ -93,13 +148,23 @@ class AsyncDimseFrontEnd:
         self._executor = ThreadPoolExecutor(
             max_workers=settings.max_associations + 4, thread_name_prefix="dimse-aio"
         )
+        self._gate_executor = ThreadPoolExecutor(
+            max_workers=_GATE_THREADS, thread_name_prefix="dimse-gate"
+        )
         self._env = Environment(service, destinations, settings, self._executor)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._connections = 0
+        #: Connections not associated yet: in all, and per source address.
+        self._pending = 0
+        self._pending_by_source: Counter[str] = Counter()
+        #: Association slots taken (reserved before the gate is asked), per AE, per user.
         self._associations = 0
+        self._by_ae: Counter[str] = Counter()
+        self._by_user: Counter[str] = Counter()
+        self._refusals = RefusalTally(time.monotonic)
+        self._flusher: asyncio.Task[None] | None = None
         #: The principal of each established association, forgotten when it ends.
         self.principals: dict[int, Principal] = {}
 
@@ -126,6 +191,7 @@ class AsyncDimseFrontEnd:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._gate_executor.shutdown(wait=False, cancel_futures=True)
             return
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=_STOP_TIMEOUT)
@@ -136,14 +202,23 @@ class AsyncDimseFrontEnd:
         self._loop = self._thread = None
         self._servers.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._gate_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- on the loop ------------------------------------------------------------------------------
     async def _start_server(
         self, host: str, port: int, tls: ssl.SSLContext | None
     ) -> asyncio.Server:
-        return await asyncio.start_server(
-            functools.partial(self._serve_connection, tls), host, port, reuse_address=True
-        )
+        loop = asyncio.get_running_loop()
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush_refusals())
+
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._serve_connection(tls, reader, writer)
+
+        def protocol() -> asyncio.Protocol:
+            return _LowLatencyProtocol(_QuickAckReader(loop=loop), connected, loop=loop)
+
+        return await loop.create_server(protocol, host, port, reuse_address=True, backlog=256)
 
     async def _shutdown(self) -> None:
         for server in self._servers:
@@ -152,6 +227,12 @@ class AsyncDimseFrontEnd:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        for line in self._refusals.due(everything=True):
+            await self._emit_refusal(line)
 
     async def _emit(self, event: AuditEvent) -> None:
         """Audit sinks write files (and fsync): off the loop. AuditLogError when the line
@@ -164,25 +245,44 @@ class AsyncDimseFrontEnd:
         with contextlib.suppress(AuditLogError):
             await self._emit(event)
 
+    async def _emit_repeated(self, event: AuditEvent) -> None:
+        """A refusal that a peer may provoke in a loop: summed up per window (aio_refusals)."""
+        first = self._refusals.note(event)
+        if first is not None:
+            await self._emit_refusal(first)
+
+    async def _flush_refusals(self) -> None:
+        while True:
+            await asyncio.sleep(WINDOW_S / 3)
+            for line in self._refusals.due():
+                with contextlib.suppress(Exception):
+                    await self._emit(line)
+
     async def _serve_connection(
         self, tls: ssl.SSLContext | None, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername") or ("", 0)
-        address, port = str(peer[0]), int(peer[1])
-        if self._connections >= self._settings.max_connections:
-            # Past the connection cap: refused outright, so idle sockets cannot exhaust us.
+        address, port = normalize_address(str(peer[0])), int(peer[1])
+        settings = self._settings
+        if self._pending >= settings.max_connections:
+            # Refused outright, so idle sockets cannot exhaust us.
             writer.transport.abort()
-            await self._emit_refusal(_refused(address, "connection limit reached"))
+            await self._emit_repeated(_refused(address, "connection limit reached"))
             return
-        self._connections += 1
+        if self._pending_by_source[address] >= settings.max_pending_per_source:
+            writer.transport.abort()
+            await self._emit_repeated(_refused(address, "too many pending connections"))
+            return
+        self._pending += 1
+        self._pending_by_source[address] += 1
         self._tasks.add(task)
+        pending = _PendingSlot(self, address)
         try:
-            set_nodelay(writer)
-            if tls is not None and not await self._handshake(writer, tls, address):
-                return
-            await self._associate(reader, writer, address, port)
+            rq = await self._receive_request(reader, writer, tls, address)
+            if rq is not None:
+                await self._associate(reader, writer, rq, address, port, pending)
         except PeerClosed:
             pass
         except (ProtocolError, TimeoutError, OSError) as exc:
@@ -195,15 +295,44 @@ class AsyncDimseFrontEnd:
             log.exception("DIMSE connection handler failed")
             abort_and_close(writer)
         finally:
-            self._connections -= 1
+            pending.release()
             self._tasks.discard(task)
             await close_writer(writer)
+
+    async def _receive_request(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tls: ssl.SSLContext | None,
+        address: str,
+    ) -> A_ASSOCIATE | None:
+        """TLS handshake and A-ASSOCIATE-RQ within the pre-association deadline; None when the
+        peer did not make it (audited, connection aborted)."""
+        settings = self._settings
+        deadline = min(settings.pre_association_timeout, settings.acse_timeout)
+        try:
+            async with asyncio.timeout(deadline):
+                if tls is not None and not await self._handshake(writer, tls, address):
+                    return None
+                pdu = await read_pdu(reader, MAX_ASSOCIATION_PDU)
+        except TimeoutError:
+            writer.transport.abort()
+            await self._emit_repeated(_refused(address, "no association request in time"))
+            return None
+        if pdu.pdu_type != ASSOCIATE_RQ:
+            writer.write(encode_abort(source=2, reason=_ABORT_UNEXPECTED_PDU))
+            raise PeerClosed(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu.pdu_type:02x}")
+        try:
+            return decode_request(pdu.data)
+        except MalformedPdu:
+            writer.write(encode_abort(source=2, reason=_ABORT_INVALID_PARAMETER))
+            raise PeerClosed("undecodable A-ASSOCIATE-RQ") from None
 
     async def _handshake(
         self, writer: asyncio.StreamWriter, tls: ssl.SSLContext, address: str
     ) -> bool:
         """TLS handshake on the loop, bounded by the handshake timeout; failures are audited."""
-        timeout = self._settings.handshake_timeout
+        timeout = min(self._settings.handshake_timeout, self._settings.pre_association_timeout)
         try:
             async with asyncio.timeout(timeout + 1.0):
                 await writer.start_tls(tls, ssl_handshake_timeout=timeout)
@@ -211,7 +340,7 @@ class AsyncDimseFrontEnd:
             timed_out = isinstance(exc, TimeoutError) or "taking longer" in str(exc)
             reason = "handshake timed out" if timed_out else "TLS handshake failed"
             writer.transport.abort()
-            await self._emit_refusal(
+            await self._emit_repeated(
                 AuditEvent(
                     EventType.AUTHENTICATION,
                     EventAction.EXECUTE,
@@ -224,38 +353,79 @@ class AsyncDimseFrontEnd:
         return True
 
     async def _associate(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, port: int
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        rq: A_ASSOCIATE,
+        address: str,
+        port: int,
+        pending: _PendingSlot,
     ) -> None:
         settings = self._settings
-        async with asyncio.timeout(settings.acse_timeout):
-            pdu = await read_pdu(reader, MAX_ASSOCIATION_PDU)
-        if pdu.pdu_type != ASSOCIATE_RQ:
-            writer.write(encode_abort(source=2, reason=_ABORT_UNEXPECTED_PDU))
-            raise PeerClosed(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu.pdu_type:02x}")
-        try:
-            rq = decode_request(pdu.data)
-        except MalformedPdu:
-            writer.write(encode_abort(source=2, reason=_ABORT_INVALID_PARAMETER))
-            raise PeerClosed("undecodable A-ASSOCIATE-RQ") from None
         tls = writer.get_extra_info("ssl_object")
         facts = peer_facts(rq, address, port, tls if isinstance(tls, ssl.SSLObject) else None)
-        participant = Participant(ae_title=facts.calling_ae, address=facts.address)
+        participant = Participant(ae_title=facts.calling_ae[:16], address=facts.address)
         if self._associations >= settings.max_associations:
+            await self._emit_repeated(_rejected(participant, "association limit reached", facts))
             await self._send(writer, encode_reject(*ASSOCIATION_LIMIT))
-            await self._emit_refusal(_rejected(participant, "association limit reached", facts.tls))
             return
-        loop = asyncio.get_running_loop()
+        # The slot is taken now, on the loop, before the first await: concurrent requests
+        # cannot all pass the check above and overshoot the cap while the gate thinks.
+        self._associations += 1
         try:
-            decision = await loop.run_in_executor(self._executor, self._gate.decide, facts)
-        except AuditLogError:  # the gate could not audit a lockout: refuse, transiently
-            await self._send(writer, encode_reject(*AUDIT_UNAVAILABLE))
-            return
-        if isinstance(decision, Rejection):
-            await self._emit_refusal(_rejected(participant, decision.why, facts.tls))
-            await self._send(
-                writer, encode_reject(decision.result, decision.source, decision.reason)
-            )
-            return
+            loop = asyncio.get_running_loop()
+            try:
+                decision = await loop.run_in_executor(self._gate_executor, self._gate.decide, facts)
+            except AuditLogError:  # the gate could not audit a lockout: refuse, transiently
+                await self._send(writer, encode_reject(*AUDIT_UNAVAILABLE))
+                return
+            if isinstance(decision, Rejection):
+                rejected = _rejected(participant, decision.why, facts)
+                if decision.repeated:
+                    await self._emit_repeated(rejected)
+                else:
+                    await self._emit_refusal(rejected)
+                await self._send(
+                    writer, encode_reject(decision.result, decision.source, decision.reason)
+                )
+                return
+            over = self._over_peer_cap(decision)
+            if over is not None:
+                await self._emit_repeated(_rejected(participant, over, facts))
+                await self._send(writer, encode_reject(*ASSOCIATION_LIMIT))
+                return
+            self._by_ae[decision.ae_title] += 1
+            if decision.username is not None:
+                self._by_user[decision.username] += 1
+            try:
+                pending.release()
+                await self._serve(reader, writer, rq, facts, decision)
+            finally:
+                _decrement(self._by_ae, decision.ae_title)
+                if decision.username is not None:
+                    _decrement(self._by_user, decision.username)
+        finally:
+            self._associations -= 1
+
+    def _over_peer_cap(self, principal: Principal) -> str | None:
+        """Why this principal may not take another association slot, or None."""
+        settings = self._settings
+        if self._by_ae[principal.ae_title] >= settings.max_associations_per_ae:
+            return f"per-AE association limit ({settings.max_associations_per_ae}) reached"
+        username = principal.username
+        if username is not None and self._by_user[username] >= settings.max_associations_per_user:
+            return f"per-user association limit ({settings.max_associations_per_user}) reached"
+        return None
+
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        rq: A_ASSOCIATE,
+        facts: PeerFacts,
+        decision: Principal,
+    ) -> None:
+        settings = self._settings
         accepted = accept(rq, decision, settings.max_pdu)
         try:
             await self._emit(
@@ -283,19 +453,37 @@ class AsyncDimseFrontEnd:
         channel = Channel(writer, accepted.peer_max_pdu, settings.network_timeout)
         await channel.send(accepted.pdu)
         key = id(channel)
-        self._associations += 1
         self.principals[key] = decision
         try:
             session = AssociationSession(self._env, reader, channel, accepted.contexts, decision)
             await session.run()
         finally:
-            self._associations -= 1
             self.principals.pop(key, None)
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(data)
         async with asyncio.timeout(self._settings.network_timeout):
             await writer.drain()
+
+
+class _PendingSlot:
+    """A connection's place among the pending ones, given back once (associated or gone)."""
+
+    def __init__(self, frontend: AsyncDimseFrontEnd, address: str) -> None:
+        self._frontend: AsyncDimseFrontEnd | None = frontend
+        self._address = address
+
+    def release(self) -> None:
+        frontend, self._frontend = self._frontend, None
+        if frontend is not None:
+            frontend._pending -= 1
+            _decrement(frontend._pending_by_source, self._address)
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 def _refused(address: str, reason: str) -> AuditEvent:
@@ -308,11 +496,11 @@ def _refused(address: str, reason: str) -> AuditEvent:
     )
 
 
-def _rejected(participant: Participant, reason: str, tls: bool) -> AuditEvent:
+def _rejected(participant: Participant, reason: str, facts: PeerFacts) -> AuditEvent:
     return AuditEvent(
         EventType.ASSOCIATION,
         EventAction.EXECUTE,
         EventOutcome.MINOR_FAILURE,
         (participant,),
-        detail={"result": "rejected", "reason": reason, "tls": tls},
+        detail={"result": "rejected", "reason": reason, "tls": facts.tls},
     )

@@ -35,7 +35,13 @@ from pacsguard.archive.dimse.contexts import (
     TRANSFER_SYNTAXES,
     context_allowed,
 )
-from pacsguard.archive.security.principal import PeerFacts, Principal, UserIdentity
+from pacsguard.archive.security.principal import (
+    Action,
+    AuthMethod,
+    PeerFacts,
+    Principal,
+    UserIdentity,
+)
 from pacsguard.archive.security.tls import peer_cert_facts
 from pacsguard.dicom import uids
 from pacsguard.errors import MalformedPdu
@@ -79,9 +85,17 @@ def decode_request(data: bytes) -> A_ASSOCIATE:
     pdu = A_ASSOCIATE_RQ()
     try:
         pdu.decode(data)
-        return pdu.to_primitive()
+        primitive = pdu.to_primitive()
     except Exception as exc:  # pynetdicom raises assorted errors on bad bytes
         raise MalformedPdu(f"undecodable A-ASSOCIATE-RQ: {exc.__class__.__name__}") from None
+    for context in primitive.presentation_context_definition_list:
+        # PS3.8 9.3.2.2: one abstract syntax, at least one transfer syntax. pynetdicom decodes
+        # an item without them, and its negotiation then raises TypeError (found by fuzzing).
+        if context.context_id is None or not context.abstract_syntax:
+            raise MalformedPdu("A-ASSOCIATE-RQ presentation context without abstract syntax")
+        if not context.transfer_syntax:
+            raise MalformedPdu("A-ASSOCIATE-RQ presentation context without transfer syntax")
+    return primitive
 
 
 def _user_identity(rq: A_ASSOCIATE) -> UserIdentityNegotiation | None:
@@ -127,8 +141,22 @@ def encode_reject(result: int, source: int, reason: int) -> bytes:
     return bytes(A_ASSOCIATE_RJ(primitive).encode())
 
 
-def _supported(principal: Principal) -> list[PresentationContext]:
+def _supported(principal: Principal) -> tuple[PresentationContext, ...]:
     """The contexts the archive supports, filtered for what this principal may use."""
+    return _supported_with(principal.permissions)
+
+
+@lru_cache(maxsize=64)
+def _supported_with(permissions: frozenset[Action]) -> tuple[PresentationContext, ...]:
+    """Built once per set of permissions (negotiation only reads them): building ~150
+    storage contexts with their transfer syntaxes took 25-40 ms of CPU per association, on
+    the event loop."""
+    holder = Principal("", "", AuthMethod.LAB, None, permissions)
+    return tuple(cx for cx in _all_contexts() if context_allowed(holder, str(cx.abstract_syntax)))
+
+
+@lru_cache(maxsize=1)
+def _all_contexts() -> tuple[PresentationContext, ...]:
     contexts = [build_context(uids.VERIFICATION, _SYNTAXES)]
     for cx in AllStoragePresentationContexts:
         storage = build_context(str(cx.abstract_syntax), _SYNTAXES)
@@ -137,7 +165,7 @@ def _supported(principal: Principal) -> list[PresentationContext]:
         contexts.append(storage)
     for abstract in sorted(_QUERY_RETRIEVE):
         contexts.append(build_context(abstract, _QUERY_RETRIEVE_SYNTAXES))
-    return [cx for cx in contexts if context_allowed(principal, str(cx.abstract_syntax))]
+    return tuple(contexts)
 
 
 def _identity_response(rq: A_ASSOCIATE) -> UserIdentityNegotiation | None:
@@ -161,7 +189,7 @@ def accept(rq: A_ASSOCIATE, principal: Principal, max_pdu: int) -> Accepted:
         if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid
     }
     results, role_items = negotiate_as_acceptor(
-        rq.presentation_context_definition_list, _supported(principal), roles or None
+        rq.presentation_context_definition_list, list(_supported(principal)), roles or None
     )
     primitive = A_ASSOCIATE()
     primitive.application_context_name = uids.APPLICATION_CONTEXT

@@ -94,19 +94,26 @@ class MessageReceiver:
     def feed(self, pdu: RawPdu) -> list[Incoming]:
         """Add one P-DATA-TF; return the messages it completed (usually none or one)."""
         done: list[Incoming] = []
-        for context_id, header, fragment in presentation_data_values(pdu.data):
-            context = self._contexts.get(context_id)
-            if context is None:
-                raise MalformedPdu("P-DATA on a presentation context that was not accepted")
-            if self._context is not None and context.context_id != self._context.context_id:
-                raise MalformedPdu("fragments of one message on two presentation contexts")
-            self._context = context
-            if header & 0x01:
-                finished = self._command_fragment(fragment, header)
-            else:
-                finished = self._data_fragment(fragment, header)
-            if finished is not None:
-                done.append(finished)
+        try:
+            for context_id, header, fragment in presentation_data_values(pdu.data):
+                context = self._contexts.get(context_id)
+                if context is None:
+                    raise MalformedPdu("P-DATA on a presentation context that was not accepted")
+                if self._context is not None and context.context_id != self._context.context_id:
+                    raise MalformedPdu("fragments of one message on two presentation contexts")
+                self._context = context
+                if header & 0x01:
+                    finished = self._command_fragment(fragment, header)
+                else:
+                    finished = self._data_fragment(fragment, header)
+                if finished is not None:
+                    done.append(finished)
+        except BaseException:
+            # A bad PDV after a complete message in the same PDU: nobody gets that message, so
+            # its temporary file goes now, not never (found by fuzzing)
+            for incoming in done:
+                incoming.discard()
+            raise
         return done
 
     def _command_fragment(self, fragment: memoryview, header: int) -> Incoming | None:

@@ -73,7 +73,14 @@ def context_allowed(principal: Principal, abstract_syntax: str) -> bool:
 class FrontEndSettings:
     ae_title: str
     max_associations: int = 32
+    #: Connections not yet associated, over all sources / from one source address.
     max_connections: int = 64
+    max_pending_per_source: int = 8
+    #: Associations one calling AE / one user may hold at once.
+    max_associations_per_ae: int = 16
+    max_associations_per_user: int = 16
+    #: From connect to a complete A-ASSOCIATE-RQ, TLS handshake included.
+    pre_association_timeout: float = 5.0
     max_pdu: int = 262144
     network_timeout: float = 60.0
     acse_timeout: float = 30.0

@@ -22,6 +22,7 @@ from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from pacsguard.archive.dimse.charsets import (
     CHARSET_VRS,
@@ -86,10 +87,7 @@ def query_from_identifier(identifier: Dataset, root: QueryRoot) -> QueryRequest:
     """A QueryRequest from a C-FIND identifier (its text decoded with its Specific Character
     Set, into Unicode); BadIdentifier when unusable, an unknown character set included."""
     declared_character_set(identifier)
-    level_text = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-    level = _LEVELS.get(level_text)
-    if level is None:
-        raise BadIdentifier("missing or unknown QueryRetrieveLevel")
+    level = _level_of(identifier)
     if root is QueryRoot.STUDY and level is Level.PATIENT:
         raise BadIdentifier("Study Root has no PATIENT level")
     keys: dict[str, str] = {}
@@ -97,6 +95,7 @@ def query_from_identifier(identifier: Dataset, root: QueryRoot) -> QueryRequest:
         keyword = elem.keyword
         if not keyword or keyword in _NOT_MATCH_KEYS or elem.VR == "SQ":
             continue
+        _require_dictionary_vr(elem)
         value = elem.value
         if value is None:
             keys[keyword] = ""
@@ -107,15 +106,35 @@ def query_from_identifier(identifier: Dataset, root: QueryRoot) -> QueryRequest:
     return QueryRequest(root=root, level=level, keys=keys)
 
 
+def _level_of(identifier: Dataset) -> Level:
+    if "QueryRetrieveLevel" not in identifier:
+        raise BadIdentifier("missing QueryRetrieveLevel")
+    elem = identifier["QueryRetrieveLevel"]
+    _require_dictionary_vr(elem)  # as a sequence, str() would parse its items (found by fuzzing)
+    level = _LEVELS.get(str(elem.value or "").strip().upper())
+    if level is None:
+        raise BadIdentifier("unknown QueryRetrieveLevel")
+    return level
+
+
+def _require_dictionary_vr(elem: DataElement) -> None:
+    """A key sent with another VR than its dictionary's (bytes for a UID, say) would become the
+    text of a Python repr (found by fuzzing): refuse it."""
+    expected, vr = dictionary_VR(elem.tag), str(elem.VR)
+    if vr != expected and vr not in expected.split(" or "):  # "US or SS" may stay unresolved
+        raise BadIdentifier(f"{elem.keyword} has VR {vr}, not {expected}")
+
+
 def retrieve_keys(identifier: Dataset) -> tuple[Level, list[str]]:
     """(level, unique key values) of a C-GET / C-MOVE identifier."""
-    level = _LEVELS.get(str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper())
-    if level is None:
-        raise BadIdentifier("missing or unknown QueryRetrieveLevel")
-    raw = identifier.get(_UNIQUE_KEY[level])
-    if raw is None:
-        raise BadIdentifier(f"{_UNIQUE_KEY[level]} is required at {level.name} level")
-    values = [str(v).strip() for v in (raw if isinstance(raw, list | tuple) else [raw])]
+    level = _level_of(identifier)
+    keyword = _UNIQUE_KEY[level]
+    if keyword not in identifier:
+        raise BadIdentifier(f"{keyword} is required at {level.name} level")
+    elem = identifier[keyword]
+    _require_dictionary_vr(elem)
+    raw = elem.value
+    values = [str(v).strip() for v in (raw if isinstance(raw, MultiValue | list) else [raw])]
     values = [v for p in values for v in p.split("\\") if v]
     if not values:
         raise BadIdentifier(f"{_UNIQUE_KEY[level]} is empty")

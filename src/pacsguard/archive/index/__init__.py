@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from pacsguard.archive.model import AddOutcome, InstanceRecord, QueryRequest
 from pacsguard.dicom.levels import Level
+
+#: SQLite's result code for "database or disk is full".
+_SQLITE_FULL = 13
 
 
 class IndexStore(Protocol):
@@ -45,3 +49,28 @@ class IndexStore(Protocol):
     def remove(self, sop_instance_uid: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether an index write failed for lack of room (a full disk or quota, SQLite's
+    SQLITE_FULL, PostgreSQL's class 53 "insufficient resources") rather than because the index
+    is unreachable or broken: the first is "out of resources" (0xA700), the second a
+    processing failure (0x0110). Follows SQLAlchemy's `orig` and the exception chain."""
+    current: BaseException | None = error
+    for _ in range(8):  # a chain is short; a cycle must not loop forever
+        if current is None:
+            return False
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith("53"):
+            return True
+        if getattr(current, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return True
+        if "database or disk is full" in str(current):  # drivers without sqlite_errorcode
+            return True
+        orig = getattr(current, "orig", None)
+        current = (
+            orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
+        )
+    return False

@@ -416,10 +416,11 @@ def open_engine(url: str | URL, *, key: bytes | None = None) -> Engine:
 
 
 def _open_engine(url: URL, key: bytes | None) -> tuple[Engine, Callable[[Any, Any], None] | None]:
-    """(engine, the setup each new driver connection gets) for an index URL."""
+    """(engine, the setup each new driver connection gets) for an index URL. Statement
+    parameters (patient names, IDs) never appear in an error's text, which the archive logs."""
     dialect = url.get_backend_name()
     if dialect == "postgresql":
-        return create_engine(url, pool_pre_ping=True), None
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True), None
     if dialect != "sqlite":
         raise ValueError(
             f"unsupported index database {url.drivername!r}: "
@@ -438,7 +439,12 @@ def _open_engine(url: URL, key: bytes | None) -> tuple[Engine, Callable[[Any, An
     _create_private(path)
     on_connect = _sqlite_setup(key)
     # One driver whether encrypted or not: sqlcipher3 (the dialect then maps its errors too).
-    engine = create_engine(url, module=sqlcipher.dbapi(), connect_args={"timeout": BUSY_TIMEOUT_S})
+    engine = create_engine(
+        url,
+        module=sqlcipher.dbapi(),
+        connect_args={"timeout": BUSY_TIMEOUT_S},
+        hide_parameters=True,
+    )
     # First among the connect listeners: the key must precede the dialect's own first queries.
     event.listen(engine, "connect", on_connect, insert=True)
     event.listen(engine, "begin", _sqlite_on_begin)

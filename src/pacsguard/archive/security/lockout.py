@@ -1,4 +1,10 @@
-"""Failed-attempt counting per source address, with a lockout window. Pure but for the clock."""
+"""Failed-attempt counting per key, with a lockout window. Pure but for the clock.
+
+The gate counts under two kinds of key: a source address (``198.51.100.7``) and an account
+(``account:alice``), so that guessing from many addresses locks the account and guessing many
+accounts from one address locks the address. A failure may carry a tag (the account it was
+against), so that a success clears exactly the failures it makes moot.
+"""
 
 from __future__ import annotations
 
@@ -15,71 +21,82 @@ MAX_TRACKED_SOURCES: Final = 100_000
 
 
 class Lockout:
-    """`max_failures` failures within `window_s` from one source lock it out for `lockout_s`."""
+    """`max_failures` failures within `window_s` against one key lock it out for `lockout_s`."""
 
     def __init__(self, settings: LockoutSettings, clock: Callable[[], float]) -> None:
         self._settings = settings
         self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
+        #: Per key: (time, tag) of each failure in the window, oldest first.
+        self._failures: dict[str, deque[tuple[float, str | None]]] = {}
         self._locked_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def locked(self, source: str) -> bool:
-        """True while `source` is locked out."""
+    def locked(self, key: str) -> bool:
+        """True while `key` is locked out."""
         with self._lock:
-            until = self._locked_until.get(source)
+            until = self._locked_until.get(key)
             if until is None:
                 return False
             if self._clock() < until:
                 return True
-            del self._locked_until[source]
+            del self._locked_until[key]
             return False
 
-    def record_failure(self, source: str) -> bool:
-        """Count one failure; True when this failure starts a lockout."""
+    def record_failure(self, key: str, tag: str | None = None) -> bool:
+        """Count one failure (against `tag`, if given); True when it starts a lockout."""
         now = self._clock()
         with self._lock:
-            times = self._failures.pop(source, None) or deque()
-            self._failures[source] = times  # re-insert: dict order is recency order
-            times.append(now)
-            while times and times[0] <= now - self._settings.window_s:
+            times = self._failures.pop(key, None) or deque()
+            self._failures[key] = times  # re-insert: dict order is recency order
+            times.append((now, tag))
+            while times and times[0][0] <= now - self._settings.window_s:
                 times.popleft()
             if len(times) >= self._settings.max_failures:
                 if len(self._locked_until) >= MAX_TRACKED_SOURCES:
                     expired = [s for s, until in self._locked_until.items() if until <= now]
                     for old in expired:
                         del self._locked_until[old]
-                self._locked_until[source] = now + self._settings.lockout_s
-                del self._failures[source]
+                self._locked_until[key] = now + self._settings.lockout_s
+                del self._failures[key]
                 return True
             while len(self._failures) > MAX_TRACKED_SOURCES:
                 del self._failures[next(iter(self._failures))]
             return False
 
-    def reset(self, source: str) -> None:
-        """A successful authentication clears the source's failure count."""
+    def reset(self, key: str, tag: str | None = None) -> None:
+        """Forget the failures counted against `key` (those tagged `tag` only, if given);
+        a lockout already running stays."""
         with self._lock:
-            self._failures.pop(source, None)
+            if tag is None:
+                self._failures.pop(key, None)
+                return
+            times = self._failures.get(key)
+            if times is not None:
+                kept = deque(entry for entry in times if entry[1] != tag)
+                if kept:
+                    self._failures[key] = kept
+                else:
+                    del self._failures[key]
 
-    def locked_among(self, sources: Collection[str] | None = None) -> list[str]:
-        """The sources among `sources` (all when None) locked out now, sorted; changes nothing."""
+    def locked_among(self, keys: Collection[str] | None = None) -> list[str]:
+        """The keys among `keys` (all when None) locked out now, sorted; changes nothing."""
         now = self._clock()
         with self._lock:
-            wanted = set(self._locked_until) if sources is None else set(sources)
+            wanted = set(self._locked_until) if keys is None else set(keys)
             return sorted(
                 s for s in wanted if s in self._locked_until and now < self._locked_until[s]
             )
 
-    def lift(self, sources: Collection[str] | None = None) -> list[str]:
-        """Lift the lockouts of `sources` (every lockout when None) and forget their failures;
-        returns the sources that were locked out, sorted."""
+    def lift(self, keys: Collection[str] | None = None) -> list[str]:
+        """Lift the lockouts of `keys` (every lockout when None) and forget their failures;
+        returns the keys that were locked out, sorted."""
         now = self._clock()
         with self._lock:
-            wanted = set(self._locked_until) if sources is None else set(sources)
+            wanted = set(self._locked_until) if keys is None else set(keys)
             lifted = sorted(
                 s for s in wanted if s in self._locked_until and now < self._locked_until[s]
             )
-            for source in wanted:
-                self._locked_until.pop(source, None)
-                self._failures.pop(source, None)
+            for key in wanted:
+                self._locked_until.pop(key, None)
+                self._failures.pop(key, None)
             return lifted

@@ -75,3 +75,5 @@ class Rejection:
     source: int
     reason: int
     why: str
+    #: Sent again and again to the same peer (a lockout): audited as counts, not line by line.
+    repeated: bool = False

@@ -1,0 +1,336 @@
+"""pacsguard's verification against nmap's dicom-ping on a lab without hostile responders.
+
+Lab: a /20 of loopback addresses (4,096) with 60 live pynetdicom Verification SCPs at its start
+(`benchmarks.pynetdicom_lab`, a third checking the called AE) and nothing else listening, so no
+tool waits for a time-out: what is measured is each tool's own cost. Both run as a user would,
+as subprocesses on the same addresses, in interleaved pairs (the first tool alternates); the
+speed-up is the median of the per-pair ratios nmap seconds / pacsguard seconds, with its range.
+Verdicts ("speaks DICOM", "accepts any called AE") are compared host by host.
+
+Besides, on the same machine and in the same run:
+- pacsguard start-up: a scan of one address where nothing listens;
+- per-host probe cost (the records' `duration_s`, concurrency 1) of plain DIMSE hosts, of
+  DIMSE-TLS hosts (lab `open-tls`), of hosts that close without a DICOM answer (lab
+  `hostile-close-mid-pdu`, which also get a TLS attempt) and of an Orthanc web port (HTTP
+  tier) next to that Orthanc's DICOM port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from benchmarks._measure import Measured, measure
+from benchmarks.scan_vs_nmap import agreement, parse_nmap, parse_pacsguard, require_free
+
+PORT = 11112
+NET = "127.96.0.0/20"
+BASE = "127.96.0.1"
+ADDRESSES = 4096
+NOTHING = "127.97.0.1"  # nothing listens there: start-up alone
+VERIFY = ["--no-echo", "--no-count", "--fail-on", "critical"]
+
+
+def _pacsguard() -> str:
+    return str(Path(sys.executable).with_name("pacsguard"))
+
+
+def _wait_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{host}:{port} did not come up")
+
+
+@contextmanager
+def _process(argv: list[str], log: Path, ready: Path | None, wait: tuple[str, int] | None,
+             env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:  # fmt: skip
+    """Run a server until the block ends; ready once `ready` exists and `wait` accepts."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1",
+                                                             **(env or {})}
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while ready is not None and not ready.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{argv[0]} failed to start; see {log}")
+                time.sleep(0.2)
+            if wait is not None:
+                _wait_port(*wait, 60)
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def pynetdicom_lab(work: Path, hosts: int) -> Any:
+    truth = work / "pynetdicom-truth.json"
+    argv = [sys.executable, "-m", "benchmarks.pynetdicom_lab", "--hosts", str(hosts)]
+    argv += ["--base-address", BASE, "--port", str(PORT), "--truth", str(truth)]
+    return _process(argv, work / "pynetdicom-lab.log", truth, (BASE, PORT))
+
+
+def pacsguard_lab(work: Path, profile: str, base: str, hosts: int) -> Any:
+    truth = work / f"lab-{profile}.json"
+    argv = [_pacsguard(), "lab", "serve", "--hosts", str(hosts), "--port", str(PORT)]
+    argv += ["--base-address", base, "--profile", profile, "--truth", str(truth)]
+    return _process(argv, work / f"lab-{profile}.log", truth, (base, PORT))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def orthanc(work: Path) -> tuple[Any, int, int]:
+    """An empty Orthanc (REST without authentication, loopback clients only)."""
+    folder = work / "orthanc"
+    folder.mkdir(exist_ok=True)
+    dicom_port, http_port = _free_port(), _free_port()
+    config = {
+        "Name": "pacsguard-bench",
+        "StorageDirectory": str(folder),
+        "IndexDirectory": str(folder),
+        "Plugins": [],
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomPort": dicom_port,
+        "DicomAet": "ORTHANC",
+        "DicomCheckCalledAet": False,
+    }
+    path = folder / "orthanc.json"
+    path.write_text(json.dumps(config))
+    argv = ["Orthanc", "--no-jobs", str(path)]
+    ctx = _process(argv, folder / "orthanc.log", None, ("127.0.0.1", http_port))
+    return ctx, dicom_port, http_port
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def per_host_cost(
+    work: Path, name: str, warm_up: str, targets: list[str], ports: str, runs: int
+) -> dict[str, Any]:
+    """Median per-host probe time (`duration_s`, concurrency 1) over `runs` scans of `targets`.
+
+    Each scan starts with `warm_up` (a target of the same tier, its record dropped): the first
+    target that answers loads that tier's libraries, once per scan, not once per host.
+    """
+    durations: list[float] = []
+    last: list[dict[str, Any]] = []
+    for i in range(runs):
+        out = work / f"cost-{name}-{i}.jsonl"
+        argv = [_pacsguard(), "scan", warm_up, *targets, "-p", ports, "--concurrency", "1"]
+        measure([*argv, *VERIFY], out)
+        last = _records(out)[1:]  # concurrency 1: records come in target order
+        durations += [r["duration_s"] for r in last]
+    return {
+        "probe": name,
+        "hosts": len(targets),
+        "median_s_per_host": round(statistics.median(durations), 4),
+        "min_s": round(min(durations), 4),
+        "max_s": round(max(durations), 4),
+        "tls": sum(bool(r["tls"]) for r in last),
+        "dicom": sum(bool(r["dicom"]) for r in last),
+        "http": sum(r["http"] is not None for r in last),
+    }
+
+
+def run(work: Path, *, pairs: int = 7, hosts: int = 60, cost_runs: int = 5) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    require_free([BASE, NOTHING, "127.98.0.1", "127.98.1.1", "127.98.2.1"], PORT)
+    pg_argv = [_pacsguard(), "scan", NET, "-p", str(PORT), *VERIFY]
+    nmap_argv = ["nmap", "-n", "-Pn", "--script", "+dicom-ping", "-p", str(PORT), "-oX", "-", NET]
+    pair_rows: list[dict[str, Any]] = []
+    startup: list[float] = []
+    with pynetdicom_lab(work, hosts):
+        truth = json.loads((work / "pynetdicom-truth.json").read_text())
+        for i in range(pairs):
+            order = ("nmap", "pacsguard") if i % 2 == 0 else ("pacsguard", "nmap")
+            got: dict[str, Measured] = {}
+            for tool in order:
+                if tool == "nmap":
+                    got[tool] = measure(nmap_argv, work / f"nmap-{i}.xml")
+                else:
+                    got[tool] = measure(pg_argv, work / f"pacsguard-{i}.jsonl")
+            startup.append(
+                measure([_pacsguard(), "scan", NOTHING, "-p", str(PORT), *VERIFY],
+                        work / "startup.jsonl").seconds
+            )  # fmt: skip
+            pair_rows.append(
+                {
+                    "pair": i,
+                    "first": order[0],
+                    "nmap_s": round(got["nmap"].seconds, 3),
+                    "pacsguard_s": round(got["pacsguard"].seconds, 3),
+                    "ratio": round(got["nmap"].seconds / got["pacsguard"].seconds, 3),
+                    "nmap_rss_mib": round(got["nmap"].peak_rss_kib / 1024, 1),
+                    "pacsguard_rss_mib": round(got["pacsguard"].peak_rss_kib / 1024, 1),
+                }
+            )
+        # Where pacsguard's time goes on the checking hosts: its records' own durations.
+        records = _records(work / f"pacsguard-{pairs - 1}.jsonl")
+    truth_v = {
+        h["address"]: {"dicom": h["expected_dicom"], "any_ae": h["accepts_any_called_ae"]}
+        for h in truth["hosts"]
+    }
+    profiles = {h["address"]: h["profile"] for h in truth["hosts"]}
+    verdicts = [
+        agreement(
+            parse_pacsguard(work / f"pacsguard-{i}.jsonl"),
+            parse_nmap(work / f"nmap-{i}.xml"),
+            truth_v,
+            profiles,
+        )
+        for i in range(pairs)
+    ]
+    live = [r for r in records if r["reachable"]]
+    checking = [
+        r["duration_s"] for r in live if r["association"]["any_called_ae_accepted"] is False
+    ]
+    open_ = [r["duration_s"] for r in live if r["association"]["any_called_ae_accepted"]]
+    attempts = [len(r["association"]["attempts"]) for r in live]
+    ratios = [p["ratio"] for p in pair_rows]
+
+    costs = []
+    kinds = (
+        ("plain DIMSE (lab open)", "open", "127.98.0"),
+        ("DIMSE-TLS (lab open-tls)", "open-tls", "127.98.1"),
+        ("closes without a DICOM answer, then a TLS attempt (lab hostile-close-mid-pdu)",
+         "hostile-close-mid-pdu", "127.98.2"),
+    )  # fmt: skip
+    ctx, dicom_port, http_port = orthanc(work)
+    with contextlib.ExitStack() as stack:
+        for _, profile, base in kinds:
+            stack.enter_context(pacsguard_lab(work, profile, f"{base}.1", 5))
+        stack.enter_context(ctx)
+        for name, profile, base in kinds:
+            lab_hosts = [f"{base}.{n}" for n in range(1, 6)]
+            costs.append(
+                per_host_cost(work, profile, lab_hosts[0], lab_hosts[1:], str(PORT), cost_runs)
+            )
+            costs[-1]["probe"] = name
+        orthanc_dicom = f"127.0.0.1:{dicom_port}"
+        costs.append(
+            per_host_cost(
+                work, "orthanc-dicom", "127.98.0.1", [orthanc_dicom], str(PORT), cost_runs
+            )
+        )
+        costs[-1]["probe"] = "Orthanc DICOM port (plain DIMSE)"
+        web = [f"http://127.0.0.2:{http_port}", f"http://127.0.0.1:{http_port}"]
+        costs.append(per_host_cost(work, "orthanc-http", web[0], web[1:], "80", cost_runs))
+        costs[-1]["probe"] = "Orthanc web port (HTTP tier: Orthanc REST, QIDO-RS, viewers)"
+
+    return {
+        "benchmark": "scan-vs-nmap-clean-lab",
+        "lab": {
+            "addresses": ADDRESSES,
+            "live_hosts": len(truth["hosts"]),
+            "checking_called_ae": sum(not h["accepts_any_called_ae"] for h in truth["hosts"]),
+            "servers": "pynetdicom AEs (Verification SCP), one process",
+            "port": PORT,
+        },
+        "pairs": pair_rows,
+        "speedup": {
+            "median": round(statistics.median(ratios), 2),
+            "min": round(min(ratios), 2),
+            "max": round(max(ratios), 2),
+            "nmap_median_s": round(statistics.median(p["nmap_s"] for p in pair_rows), 3),
+            "pacsguard_median_s": round(statistics.median(p["pacsguard_s"] for p in pair_rows), 3),
+        },
+        "pacsguard_breakdown": {
+            "startup_median_s": round(statistics.median(startup), 3),
+            "open_host_median_s": round(statistics.median(open_), 3) if open_ else None,
+            "checking_host_median_s": round(statistics.median(checking), 3) if checking else None,
+            "attempts_on_checking_hosts": max(attempts, default=0),
+            "attempts_on_open_hosts": min(attempts, default=0),
+        },
+        "verdicts": {
+            "pairs_identical_on_all_hosts": sum(v["differing"] == 0 for v in verdicts),
+            "pairs": len(verdicts),
+            "hosts_compared": verdicts[-1]["hosts_compared"],
+            "pacsguard_matches_truth": min(v["pacsguard_matches_truth"] for v in verdicts),
+            "nmap_matches_truth": min(v["nmap_matches_truth"] for v in verdicts),
+            "truth_hosts": verdicts[-1]["truth_hosts"],
+        },
+        "per_host_cost": costs,
+        "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lab, s, b, v = (
+        result["lab"],
+        result["speedup"],
+        result["pacsguard_breakdown"],
+        result["verdicts"],
+    )
+    lines = [
+        "# Scan benchmark on a lab without hostile responders: pacsguard vs nmap dicom-ping",
+        "",
+        f"Lab: {lab['addresses']} loopback addresses, {lab['live_hosts']} live {lab['servers']} "
+        f"on port {lab['port']}, {lab['checking_called_ae']} of them checking the called AE; "
+        "nothing else listens (no tool waits for a time-out). Both tools run as subprocesses "
+        "on the same addresses, in interleaved pairs.",
+        "",
+        "| pair | first | nmap s | pacsguard s | nmap s / pacsguard s |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for p in result["pairs"]:
+        lines.append(
+            f"| {p['pair']} | {p['first']} | {p['nmap_s']} | {p['pacsguard_s']} | {p['ratio']} |"
+        )
+    load = ", ".join(f"{x:.1f}" for x in result["machine"]["load_average_at_end"])
+    lines += [
+        "",
+        f"- pacsguard verification speed-up over nmap (median of per-pair ratios): "
+        f"**{s['median']}x**, range {s['min']}x to {s['max']}x (target >= 1.0x); medians "
+        f"nmap {s['nmap_median_s']} s, pacsguard {s['pacsguard_median_s']} s; "
+        f"load average at the end {load} on {result['machine']['cpus']} CPUs",
+        f"- pacsguard's time: start-up {b['startup_median_s']} s (one address, nothing "
+        f"listening); an open host's probe {b['open_host_median_s']} s, a checking host's "
+        f"{b['checking_host_median_s']} s ({b['attempts_on_checking_hosts']} associations: "
+        f"ANY-SCP, then the curated vendor titles; nmap sends one)",
+        f"- verdicts (speaks DICOM, accepts any AE) identical on all "
+        f"{v['hosts_compared']} live hosts in {v['pairs_identical_on_all_hosts']} of "
+        f"{v['pairs']} pairs; against ground truth: pacsguard {v['pacsguard_matches_truth']} / "
+        f"{v['truth_hosts']}, nmap {v['nmap_matches_truth']} / {v['truth_hosts']} (worst pair)",
+        "",
+        "## Per-host probe cost by kind (pacsguard verification, concurrency 1)",
+        "",
+        "| probe | hosts | median s per host | min | max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for c in result["per_host_cost"]:
+        lines.append(
+            f"| {c['probe']} | {c['hosts']} | {c['median_s_per_host']} | {c['min_s']} | "
+            f"{c['max_s']} |"
+        )
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""One fuzz harness per parser; each module defines `HARNESS`."""
