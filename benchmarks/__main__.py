@@ -7,6 +7,8 @@ write JSON + Markdown results.
 - distributed: one scan process against `--cluster local:1` and `local:2` (`--hosts`, `--seed`).
 - archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
   (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
+- survey: the end-to-end survey on the internet lab (a /16), 1 and 2 processes, against nmap
+  (`--seed`, `--network`, `--no-nmap`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import archive, scan_clean_lab, scan_distributed, scan_vs_nmap
+from benchmarks import (
+    archive,
+    scan_clean_lab,
+    scan_distributed,
+    scan_vs_nmap,
+    survey_internet,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -29,7 +37,7 @@ def main() -> int:
         "which",
         nargs="?",
         default="scan",
-        choices=["scan", "scan-clean", "archive", "distributed"],
+        choices=["scan", "scan-clean", "archive", "distributed", "survey"],
     )
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
@@ -40,6 +48,10 @@ def main() -> int:
     parser.add_argument(
         "--big-study-mib", type=int, default=2048, help="archive: study for the peak RSS test"
     )
+    parser.add_argument(
+        "--network", default=survey_internet.NETWORK, help="survey: the lab's loopback /16"
+    )
+    parser.add_argument("--no-nmap", action="store_true", help="survey: leave nmap out")
     args = parser.parse_args()
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
@@ -52,6 +64,11 @@ def main() -> int:
         elif args.which == "distributed":
             result = scan_distributed.run(Path(tmp), args.hosts, args.seed)
             text = scan_distributed.markdown(result)
+        elif args.which == "survey":
+            result = survey_internet.run(
+                Path(tmp), args.seed, network=args.network, nmap=not args.no_nmap
+            )
+            text = survey_internet.markdown(result)
         else:
             result = archive.run(
                 Path(tmp),

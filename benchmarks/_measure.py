@@ -17,8 +17,9 @@ import json, resource, subprocess, sys, time
 start = time.perf_counter()
 proc = subprocess.run(sys.argv[2:], stdout=open(sys.argv[1], "wb"))
 elapsed = time.perf_counter() - start
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"rc": proc.returncode, "seconds": elapsed, "peak_rss_kib": rss}))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": proc.returncode, "seconds": elapsed, "peak_rss_kib": usage.ru_maxrss,
+                  "cpu_seconds": usage.ru_utime + usage.ru_stime}))
 """
 
 
@@ -29,6 +30,9 @@ class Measured:
     seconds: float
     peak_rss_kib: int
     stdout_path: Path
+    #: User + system CPU time of the command's process tree (wall time is inflated on a shared
+    #: machine; CPU time is the cost per target that scales out).
+    cpu_seconds: float = 0.0
 
 
 def measure(argv: list[str], stdout_path: Path, env: dict[str, str] | None = None) -> Measured:
@@ -45,4 +49,6 @@ def measure(argv: list[str], stdout_path: Path, env: dict[str, str] | None = Non
         raise RuntimeError(f"measurement of {argv[0]} failed: {out.stderr[-2000:]}")
     data = json.loads(out.stdout.strip().splitlines()[-1])
     del started
-    return Measured(argv, data["rc"], data["seconds"], data["peak_rss_kib"], stdout_path)
+    return Measured(
+        argv, data["rc"], data["seconds"], data["peak_rss_kib"], stdout_path, data["cpu_seconds"]
+    )

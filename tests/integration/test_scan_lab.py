@@ -48,7 +48,7 @@ def test_scan_matches_ground_truth_for_every_profile(running_farm: type[RunningF
     lab = running_farm(plan_farm(36, base_address="127.78.1.1", port=0, seed=7))
     truth = truth_by_host(lab.plan)
     assert {h["profile"] for h in truth.values()} == {
-        p.value for p in Profile if p.tls is None and not p.honeypot
+        p.value for p in Profile if p.tls is None and not p.honeypot and not p.other_service
     }
     reports = scan([Target(h.address, h.port) for h in lab.plan.hosts])
     schema = load_schema()

@@ -50,8 +50,8 @@ def test_plan_is_deterministic_and_seed_dependent() -> None:
 def test_plan_mix_shares_and_every_profile_present() -> None:
     plan = plan_farm(1000, seed=2)
     shares = Counter(h.profile for h in plan.hosts)
-    # TLS and honeypot profiles are asked for by name or mix, never by default (lab.profiles).
-    plain = {p for p in Profile if p.tls is None and not p.honeypot}
+    # TLS, honeypot and service profiles are asked for by name or mix, never by default.
+    plain = {p for p in Profile if p.tls is None and not p.honeypot and not p.other_service}
     assert set(shares) == plain == set(DEFAULT_MIX)
     for profile, weight in DEFAULT_MIX.items():
         assert abs(shares[profile] - 1000 * weight) <= 2, profile
@@ -363,7 +363,7 @@ def test_truth_exposes_only_what_the_profile_lets_through() -> None:
 
 
 def test_tls_truth_says_what_each_tls_profile_serves() -> None:
-    truth = {p: host_truth(_spec(p)) for p in Profile if p.tls is not None}
+    truth = {p: host_truth(_spec(p)) for p in Profile if p.tls is not None and not p.other_service}
     assert set(truth) == {
         Profile.OPEN_TLS,
         Profile.TLS_LEGACY,

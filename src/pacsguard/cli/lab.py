@@ -15,6 +15,7 @@ from rich.table import Table
 
 from pacsguard.errors import LabError, UsageError
 from pacsguard.lab.farm import Farm, FarmStats
+from pacsguard.lab.internet import InternetPlan
 from pacsguard.lab.profiles import FarmPlan, Profile, plan_farm, require_loopback
 from pacsguard.lab.synth import generate_archive, write_files
 from pacsguard.lab.truth import phi_categories, write_truth
@@ -71,8 +72,26 @@ def serve(
     profile: Annotated[
         Profile | None, typer.Option(help="Give every host this profile instead of a mix.")
     ] = None,
+    internet: Annotated[
+        bool,
+        typer.Option(
+            "--internet",
+            help="Serve a lab that looks like the internet over --base: mostly closed, tarpits, "
+            "other services, honeypots, ~0.5 % real DICOM; MMDB files next to the truth.",
+        ),
+    ] = False,
+    base: Annotated[
+        str, typer.Option(help="--internet: the loopback network to fill (a /16).")
+    ] = "127.80.0.0/16",
+    internet_ports: Annotated[
+        str,
+        typer.Option(help="--internet: ports the listening hosts spread over (0: ephemeral)."),
+    ] = "104,11112,4242,2762",
 ) -> None:
     """Serve simulated PACS on loopback addresses until Ctrl-C or SIGTERM."""
+    if internet:
+        _serve_internet_command(truth, base, internet_ports, seed)
+        return
     try:
         require_loopback(base_address)
         plan = plan_farm(hosts, base_address=base_address, port=port, seed=seed, profile=profile)
@@ -92,18 +111,70 @@ def serve(
     )
 
 
-async def _serve(plan: FarmPlan, truth: Path, console: Console) -> FarmStats:
+def _serve_internet_command(truth: Path, base: str, ports_text: str, seed: int) -> None:
+    from pacsguard.lab.internet import plan_internet
+    from pacsguard.scan.targets import parse_ports
+
+    try:
+        # "0": one ephemeral port per host, as tests ask for.
+        ports = (0,) if ports_text.strip() == "0" else parse_ports(ports_text)
+        plan = plan_internet(base, seed=seed, ports=ports)
+    except (LabError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    truth.unlink(missing_ok=True)
+    console = Console()
+    try:
+        stats = asyncio.run(_serve(plan.farm, truth, console, internet=plan))
+    except LabError as exc:
+        raise UsageError(str(exc)) from None
+    console.print(
+        f"stopped: {stats.connections} connections, {stats.associations_accepted} associations "
+        f"accepted, {stats.peer_errors} peer errors"
+    )
+
+
+async def _serve(
+    plan: FarmPlan, truth: Path, console: Console, *, internet: InternetPlan | None = None
+) -> FarmStats:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     async with Farm(plan) as farm:
-        # Written only once every host listens: its existence tells scripts the lab is up.
-        write_truth(truth, farm.plan)
-        console.print(_summary(farm.plan, truth))
+        if internet is None:
+            # Written only once every host listens: its existence tells scripts the lab is up.
+            write_truth(truth, farm.plan)
+            console.print(_summary(farm.plan, truth))
+        else:
+            _write_internet(internet.with_farm(farm.plan), truth, console)
         await stop.wait()
     return farm.stats
+
+
+def _write_internet(plan: InternetPlan, truth: Path, console: Console) -> None:
+    """MMDB files first, the truth last: its existence tells scripts the lab is up."""
+    from pacsguard.lab.geoip import write_mmdb
+    from pacsguard.lab.internet import internet_truth
+
+    files = write_mmdb(truth.parent, plan)
+    document = internet_truth(plan)
+    partial = truth.with_name(truth.name + ".partial")
+    partial.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    partial.replace(truth)
+    table = Table(
+        title=f"internet lab {plan.network}: {document['listening']} listening, "
+        f"{document['closed']} closed",
+        caption=f"ports {', '.join(map(str, plan.ports))}; truth in {truth}; "
+        f"MMDB: {files.country}, {files.asn}; Ctrl-C to stop",
+    )
+    table.add_column("kind")
+    table.add_column("hosts", justify="right")
+    for kind, count in document["kinds"].items():
+        table.add_row(kind, str(count))
+    table.add_row("clusters", str(len(document["clusters"])))
+    console.print(table)
+    print(f"truth: {truth}\ncountry mmdb: {files.country}\nasn mmdb: {files.asn}", flush=True)
 
 
 def _summary(plan: FarmPlan, truth: Path) -> Table:

@@ -23,6 +23,7 @@ from pacsguard.dicom import uids
 from pacsguard.dicom.ul import ASSOCIATE_AC, MAX_ASSOCIATION_PDU, read_pdu
 from pacsguard.errors import ProtocolError
 from pacsguard.lab.acceptor import Accepted, encode_accept, negotiate
+from pacsguard.lab.banners import serve_http, serve_ssh
 from pacsguard.lab.profiles import Profile
 from pacsguard.lab.session import HostState, Limits
 
@@ -151,4 +152,8 @@ BEHAVIOURS: Final[dict[Profile, HostileBehaviour]] = {
     Profile.HOSTILE_HUGE_PDU: _huge_pdu,
     Profile.HOSTILE_SILENT: _silent,
     Profile.HOSTILE_CLOSE_MID_PDU: _close_mid_pdu,
+    # Other services on DICOM ports (lab.banners); the farm puts TLS in front of service-tls.
+    Profile.SERVICE_HTTP: serve_http,
+    Profile.SERVICE_SSH: serve_ssh,
+    Profile.SERVICE_TLS: serve_http,
 }

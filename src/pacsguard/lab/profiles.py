@@ -8,6 +8,10 @@ certificate, or a required client certificate. They are not in `DEFAULT_MIX` (wh
 also scanned by nmap's plaintext `dicom-ping` in the benchmarks); ask for them by name or mix.
 The honeypot profiles (also by name or mix only) answer as dicompot and DICOMHawk do (their
 public source, cited at their `Stack`s) and serve one canned archive on every host.
+The service profiles are what internet surveys mostly meet on DICOM ports: another protocol
+(an HTTP server's 404 page, an SSH banner, HTTPS with a self-signed certificate); they count as
+hostile (no DICOM) and are asked for by name or mix, like the internet lab does
+(`pacsguard.lab.internet`).
 Everything here is pure and deterministic: the same plan arguments give the same farm, so a
 benchmark can regenerate the ground truth it scanned (certificates are made when a farm starts,
 but what the truth says of them is fixed by the profile).
@@ -50,10 +54,19 @@ class Profile(StrEnum):
     TLS_MUTUAL = "tls-mutual"
     HONEYPOT_DICOMPOT = "honeypot-dicompot"
     HONEYPOT_DICOMHAWK = "honeypot-dicomhawk"
+    SERVICE_HTTP = "service-http"
+    SERVICE_SSH = "service-ssh"
+    SERVICE_TLS = "service-tls"
 
     @property
     def hostile(self) -> bool:
-        return self.value.startswith("hostile-")
+        """Does not speak DICOM: breaks the upper layer on purpose, or is another service."""
+        return self.value.startswith(("hostile-", "service-"))
+
+    @property
+    def other_service(self) -> bool:
+        """Another protocol on a DICOM port (HTTP, SSH, HTTPS), served by `lab.banners`."""
+        return self.value.startswith("service-")
 
     @property
     def honeypot(self) -> bool:
@@ -150,6 +163,11 @@ TLS_OFFERS: Final[Mapping[Profile, TlsOffer]] = {
     ),
     Profile.TLS_MUTUAL: TlsOffer(
         ("1.2", "1.3"), CertSpec("tls-mutual.pacsguard.lab"), client_certificate="required"
+    ),
+    # An HTTPS server on a DICOM port, with the self-signed certificate appliances make at start.
+    Profile.SERVICE_TLS: TlsOffer(
+        ("1.2", "1.3"),
+        CertSpec("service-tls.pacsguard.lab", key="rsa", key_bits=2048, self_signed=True),
     ),
 }
 
