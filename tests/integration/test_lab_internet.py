@@ -218,6 +218,7 @@ def test_cli_refuses_an_internet_lab_outside_loopback(
 ) -> None:
     from pacsguard.cli import main
 
-    code = main(["lab", "serve", "--internet", "--base", "10.80.0.0/16", "--truth", str(tmp_path)])
+    outside = "10.80.0.0/16"  # refused: the lab binds loopback only, nothing is sent
+    code = main(["lab", "serve", "--internet", "--base", outside, "--truth", str(tmp_path)])
     assert code == 2
     assert "127.0.0.0/8" in capsys.readouterr().err

@@ -175,23 +175,23 @@ def test_trend_sorts_endpoints_into_new_fixed_still_and_gone() -> None:
 def test_contacts_take_precedence_by_longest_prefix_then_as_org(tmp_path: Path) -> None:
     contacts = tmp_path / "contacts.csv"
     contacts.write_text(
-        "cidr,organisation,email\n127.0.0.0/8,Loopback Health,a@example.org\n"
+        "cidr,organisation,email\n127.0.0.8/29,Loopback Health,a@example.org\n"
         "127.0.0.0/30,Clinic North,north@example.org\n"
     )
     table = read_contacts(contacts)
     records = [
         host("127.0.0.1", 3, country="DE", as_org="AS Provider"),
         host("127.0.0.9", 2, country="DE", as_org="AS Provider"),
-        host("10.0.0.1", 2, country="DE", as_org="AS Provider"),
-        host("10.0.0.2", 2),
+        host("127.1.0.1", 2, country="DE", as_org="AS Provider"),
+        host("127.1.0.2", 2),
         host("127.0.0.2", 0, reachable=False),  # nothing to notify
     ]
     orgs = {o.name: o for o in group_by_organisation(records, table)}
     assert {n: [h.endpoint for h in o.hosts] for n, o in orgs.items()} == {
-        "AS Provider": ["10.0.0.1:104"],
+        "AS Provider": ["127.1.0.1:104"],
         "Clinic North": ["127.0.0.1:104"],
         "Loopback Health": ["127.0.0.9:104"],
-        "unknown organisation": ["10.0.0.2:104"],
+        "unknown organisation": ["127.1.0.2:104"],
     }
     assert orgs["Clinic North"].email == "north@example.org"
 

@@ -189,7 +189,7 @@ def test_recheck_targets_are_the_organisations_endpoints(history_url: str, tmp_p
         host("127.0.0.1", 3, country="DE", as_org="Provider"),
         host("127.0.0.9", 0, country="DE", as_org="Provider"),  # nothing exposed: rechecked too
         host("::1", 2, country="DE", as_org="Provider"),
-        host("10.0.0.1", 2, country="FR", as_org="Other"),
+        host("127.1.0.1", 2, country="FR", as_org="Other"),
     ]
     records[2]["port"] = 11112
     with HistoryStore(history_url) as store, store.start_run("import") as writer:
