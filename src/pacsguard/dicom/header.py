@@ -86,7 +86,12 @@ class _Walker:
         group, number, vr, short_length = _EXPLICIT.unpack_from(data, offset)
         tag = (group << 16) | number
         if group == 0xFFFE or not self.explicit:  # items and delimiters: always 4-byte lengths
-            return tag, b"", offset + 8, _U32.unpack_from(data, offset + 4)[0]
+            length = _U32.unpack_from(data, offset + 4)[0]
+            if length and tag in (_ITEM_END, _SEQUENCE_END):
+                # PS3.5 7.5: delimiters have length 0; pydicom reads other bytes as a VR and
+                # loses its place (found by fuzzing)
+                raise _Unreadable("a delimiter with a length")
+            return tag, b"", offset + 8, length
         if vr in _SHORT_VRS:
             return tag, vr, offset + 8, short_length
         if vr not in _LONG_VRS:
