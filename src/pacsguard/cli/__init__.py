@@ -47,7 +47,7 @@ SUBCOMMANDS: Final[dict[str, Subcommand]] = {
     "report": Subcommand(
         "pacsguard.cli.report",
         "report",
-        "Executive summary, top findings and per-host evidence and remediation.",
+        "HTML (with charts), CSV and Markdown reports from a scan's JSON Lines.",
     ),
     "demo": Subcommand(
         "pacsguard.cli.demo",

@@ -27,7 +27,9 @@ def report(
     md: Annotated[Path | None, typer.Option("--md", help="Markdown summary and hosts.")] = None,
     title: Annotated[str, typer.Option(help="The reports' title.")] = "pacsguard scan report",
 ) -> None:
-    """Executive summary, top findings and per-host evidence and remediation.
+    """HTML (with charts), CSV and Markdown reports from a scan's JSON Lines.
+
+    An executive summary, top findings, and every host's evidence and remediation.
 
     Without --html/--csv/--md the Markdown report goes to standard output. Hosts flagged as
     honeypots are shown but kept out of the exposure totals.
