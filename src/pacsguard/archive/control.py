@@ -60,25 +60,37 @@ def running_pid(data_dir: Path) -> int:
     return pid
 
 
-def ask_unlock(
-    data_dir: Path, addresses: Sequence[str] | None, *, timeout: float = 10.0
-) -> list[str]:
-    """Ask the archive on `data_dir` to lift lockouts; returns the sources it lifted."""
+def _ask(
+    data_dir: Path, request: str, answer_name: str, payload: object, timeout: float
+) -> tuple[int, object]:
+    """The one request/answer exchange with the running archive: a 0600 request file, the
+    control signal, then poll for the answer file. Returns (the archive's pid, its answer)."""
     pid = running_pid(data_dir)
-    answer = data_dir / ANSWER
+    answer = data_dir / answer_name
     answer.unlink(missing_ok=True)
-    _write_private(data_dir / REQUEST, json.dumps(None if addresses is None else list(addresses)))
+    _write_private(data_dir / request, json.dumps(payload))
     os.kill(pid, CONTROL_SIGNAL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            lifted = json.loads(answer.read_text(encoding="utf-8"))
+            said: object = json.loads(answer.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             time.sleep(0.05)
             continue
         answer.unlink(missing_ok=True)
-        return [str(source) for source in lifted]
+        return pid, said
     raise UsageError(f"the archive (pid {pid}) did not answer within {timeout:.0f}s")
+
+
+def ask_unlock(
+    data_dir: Path, addresses: Sequence[str] | None, *, timeout: float = 10.0
+) -> list[str]:
+    """Ask the archive on `data_dir` to lift lockouts; returns the sources it lifted."""
+    wanted = None if addresses is None else list(addresses)
+    pid, lifted = _ask(data_dir, REQUEST, ANSWER, wanted, timeout)
+    if not isinstance(lifted, list):
+        raise UsageError(f"the archive (pid {pid}) gave a malformed answer")
+    return [str(source) for source in lifted]
 
 
 def answer_unlock(data_dir: Path, lift: Callable[[Sequence[str] | None], list[str]]) -> list[str]:
@@ -102,24 +114,11 @@ def answer_unlock(data_dir: Path, lift: Callable[[Sequence[str] | None], list[st
 
 def ask_reload(data_dir: Path, *, timeout: float = 30.0) -> tuple[bool, str]:
     """Ask the archive on `data_dir` to re-read its config: (applied, what it said)."""
-    pid = running_pid(data_dir)
-    answer = data_dir / RELOAD_ANSWER
-    answer.unlink(missing_ok=True)
     who = {"uid": os.getuid(), "pid": os.getpid()}
-    _write_private(data_dir / RELOAD_REQUEST, json.dumps(who))
-    os.kill(pid, CONTROL_SIGNAL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            said = json.loads(answer.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            time.sleep(0.05)
-            continue
-        answer.unlink(missing_ok=True)
-        if not isinstance(said, dict):
-            raise UsageError(f"the archive (pid {pid}) gave a malformed answer")
-        return bool(said.get("ok")), str(said.get("message", ""))
-    raise UsageError(f"the archive (pid {pid}) did not answer within {timeout:.0f}s")
+    pid, said = _ask(data_dir, RELOAD_REQUEST, RELOAD_ANSWER, who, timeout)
+    if not isinstance(said, dict):
+        raise UsageError(f"the archive (pid {pid}) gave a malformed answer")
+    return bool(said.get("ok")), str(said.get("message", ""))
 
 
 def answer_reload(data_dir: Path, reload: Callable[[str], str]) -> tuple[bool, str] | None:
