@@ -30,6 +30,7 @@ from pacsguard.archive.config import (
     ENV_PREFIX,
     AuditSettings,
     DataLayout,
+    DicomWebSettings,
     JwtSettings,
     Profile,
     SecuritySettings,
@@ -47,6 +48,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "audit": AuditSettings,
     "security": SecuritySettings,
     "jwt": JwtSettings,
+    "dicomweb": DicomWebSettings,
 }
 _TOP_LEVEL: Final = {"profile", "ae", "users", "roles", *_SECTIONS}
 

@@ -23,13 +23,15 @@ from pacsguard.archive.config import (
     default_roles,
     port_range,
 )
-from pacsguard.archive.security.principal import Action, AuthMethod
+from pacsguard.archive.security.principal import AE_AUTH_METHODS, Action, AuthMethod
 from pacsguard.errors import ConfigError
 
 T = TypeVar("T")
 
 _AE_TITLE: Final = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
 _SHA256_HEX: Final = re.compile(r"^[0-9a-f]{64}$")
+#: A browser origin as CORS compares it: scheme, host, optional port; no path, no wildcard.
+_ORIGIN: Final = re.compile(r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
 
 
 def how_to_set(key: str) -> str:
@@ -130,6 +132,20 @@ def coerce(
         if value not in allowed:
             raise fail(" or ".join(repr(a) for a in allowed))
         return value
+    if hint == tuple[str, ...]:
+        # A TOML list of strings, or (environment, command line) one comma-separated string.
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+            raise fail("a list of strings")
+        texts = tuple(v.strip() for v in items if v.strip())
+        if (meta or {}).get("check") == "origins":
+            for text in texts:
+                if not _ORIGIN.match(text):
+                    raise fail(
+                        'origins like "https://viewer.example.org" or "http://127.0.0.1:3000" '
+                        "(scheme, host, optional port; no path, no wildcard)"
+                    )
+        return texts
     if hint is str:
         if not isinstance(value, str):
             raise fail("a string")
@@ -231,12 +247,12 @@ def _one_ae(
         coerce(str, body.get("ae_title"), f"{index}.ae_title", where, {"check": "ae_title"})
     )
     key = f"{index} ({title})"
-    methods = [m.value for m in AuthMethod if m is not AuthMethod.LAB]
+    methods = [m.value for m in AE_AUTH_METHODS]
     try:
         auth = AuthMethod(str(body.get("auth")))
     except ValueError:
         auth = AuthMethod.LAB
-    if auth is AuthMethod.LAB:
+    if auth not in AE_AUTH_METHODS:
         raise ConfigError(f"{key}.auth: expected one of {', '.join(methods)}")
     username = body.get("username")
     if username is not None and not isinstance(username, str):

@@ -41,6 +41,7 @@ from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.security.tls import client_capable, client_context, server_context
 from pacsguard.archive.service import ArchiveService, ServiceLimits
 from pacsguard.archive.staging import STAGING_FOLDER, StagingArea
+from pacsguard.archive.web import WebFrontEnd
 from pacsguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,21 @@ class RunningArchive:
     audit: AuditSink
     gate: Gate
     endpoints: list[Endpoint] = field(default_factory=list)
+    #: Where DICOMweb listens (HTTPS), when [dicomweb] enabled.
+    web_endpoint: tuple[str, int] | None = None
     _frontend: AsyncDimseFrontEnd | None = None
+    _web: WebFrontEnd | None = None
     _closers: list[object] = field(default_factory=list)
     _marker: Path | None = None
     _destinations: DestinationLookup | None = None
+
+    def listening(self) -> list[str]:
+        """Every listener, as URLs: DIMSE ones, then DICOMweb's."""
+        urls = [str(e) for e in self.endpoints]
+        if self.web_endpoint is not None:
+            host, port = self.web_endpoint
+            urls.append(f"https://{f'[{host}]' if ':' in host else host}:{port}")
+        return urls
 
     def move_destination(self, ae_title: str) -> MoveDestination | None:
         """Where C-MOVE may send, by the settings in force (they change on reload)."""
@@ -91,6 +103,10 @@ class RunningArchive:
 
     def stop(self) -> None:
         """Stop listening, then close the index and the audit sinks (in that order)."""
+        if self._web is not None and self._frontend is not None:
+            with suppress(Exception):
+                self._frontend.run(self._web.stop())
+            self._web = None
         if self._frontend is not None:
             self._frontend.stop()
             self._frontend = None
@@ -285,13 +301,17 @@ def start_archive(settings: Settings) -> RunningArchive:
             )
             host, port = frontend.listen(plain_host, plain_port, tls=None)
             running.endpoints.append(Endpoint(host, port, False))
+        if settings.dicomweb.enabled:
+            web = WebFrontEnd(service, gate, audit, lambda: running.settings)
+            running._web = web
+            running.web_endpoint = frontend.run(web.start(server.host, settings.dicomweb.port))
         audit.emit(  # AuditLogError: an archive that cannot audit does not start
             AuditEvent(
                 EventType.APPLICATION_START,
                 EventAction.EXECUTE,
                 EventOutcome.SUCCESS,
                 (Participant(ae_title=server.ae_title, requestor=False),),
-                detail={"endpoints": ", ".join(str(e) for e in running.endpoints)},
+                detail={"endpoints": ", ".join(running.listening())},
             )
         )
     except BaseException:

@@ -40,9 +40,9 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, Protocol, SupportsIndex
+from typing import Any, Final, Protocol, SupportsIndex, TypeVar
 
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
@@ -85,6 +85,7 @@ class AssociationGate(Protocol):
 
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: A-ABORT reasons from the service provider (PS3.8 Table 9-26).
 _ABORT_UNEXPECTED_PDU: Final = 2
@@ -185,6 +186,12 @@ class AsyncDimseFrontEnd:
         self._servers.append(server)
         bound = server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = _STOP_TIMEOUT) -> T:
+        """Run `coroutine` on this front end's loop and wait for its result: how other front
+        ends (DICOMweb) start and stop on the same loop."""
+        loop = self._ensure_loop()
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=timeout)
 
     def stop(self) -> None:
         """Close every listener, abort open associations, stop the loop and the thread pool."""

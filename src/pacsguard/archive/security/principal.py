@@ -22,6 +22,16 @@ class AuthMethod(StrEnum):
     MTLS = "mtls"  # client certificate bound to the AE
     ADDRESS = "address"  # source address only; allowed only where the config says so
     LAB = "lab"  # the deliberately open lab profile (loopback only)
+    API_TOKEN = "api-token"  # noqa: S105 - HTTP only: a token from `pacsguard token issue`
+
+
+#: How a registered AE ([[ae]] auth) may prove itself; the others are not AE methods.
+AE_AUTH_METHODS: tuple[AuthMethod, ...] = (
+    AuthMethod.USER_PASSWORD,
+    AuthMethod.JWT,
+    AuthMethod.MTLS,
+    AuthMethod.ADDRESS,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,169 @@
+"""The DICOMweb listener: uvicorn serving the app over TLS on the archive's event loop.
+
+uvicorn runs as a task on the loop the DIMSE front end owns (one loop, one process), on a socket
+we bind ourselves (so that a port in use is a ConfigError here, not uvicorn's `sys.exit`), with
+the archive's TLS context (BCP 195, the first-run server certificate; `security.tls`).
+
+Slow clients: uvicorn bounds the connections it serves (`limit_concurrency`: 503 past
+`[dicomweb] max_connections`), the size of request headers (h11's incomplete-event limit) and
+idle keep-alive connections, but not the time a client takes to send its headers. `_Deadline`
+adds that: a connection that has not sent a complete request head within
+`header_timeout_s` of connecting (or of its last response) gets 408 and is closed, and the
+refusal is audited. Bodies are timed by the handlers (`body_timeout_s` between chunks). The
+TLS handshake is bounded by asyncio's own handshake timeout. Access logs are off: URLs carry
+query values (patient names, IDs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Final
+
+import uvicorn
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from pacsguard.archive.config import DicomWebSettings
+from pacsguard.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_START_TIMEOUT: Final = 15.0
+_STOP_TIMEOUT: Final = 15.0
+#: Largest request head (request line and headers) accepted, in bytes; larger: 400.
+MAX_HEAD_BYTES: Final = 16 * 1024
+_TIMEOUT_BODY: Final = b"408: request headers not received in time\n"
+
+
+def _deadline_protocol(
+    header_timeout_s: float, on_timeout: Callable[[str], None]
+) -> type[H11Protocol]:
+    class _Deadline(H11Protocol):
+        """uvicorn's h11 protocol, with a deadline for each request head."""
+
+        _head_deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_deadline = self.loop.call_later(header_timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+
+        def _expired(self) -> None:
+            self._head_deadline = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a request is being served: its body has its own timeout
+            if self.transport.is_closing():
+                return
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"connection: close\r\ncontent-length: "
+                + str(len(_TIMEOUT_BODY)).encode()
+                + b"\r\n\r\n"
+                + _TIMEOUT_BODY
+            )
+            self.transport.close()
+            on_timeout(self.client[0] if self.client else "")
+
+    return _Deadline
+
+
+class WebListener:
+    """One uvicorn server on the running loop: `start` binds and serves, `stop` ends it."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: DicomWebSettings,
+        tls: ssl.SSLContext,
+        on_slow_client: Callable[[str], None],
+    ) -> None:
+        self._app = app
+        self._settings = settings
+        self._tls = tls
+        self._on_slow_client = on_slow_client
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Bind host:port and serve; (host, port) bound. ConfigError when it cannot bind."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = socket.create_server((host.strip("[]"), port), family=family, backlog=256)
+        except OSError as exc:
+            raise ConfigError(
+                f"[dicomweb] port = {port} on {host}: cannot listen ({exc.strerror}); choose "
+                "another port or stop what uses it"
+            ) from None
+        settings = self._settings
+        tls = self._tls
+        config = uvicorn.Config(
+            self._app,
+            http=_deadline_protocol(settings.header_timeout_s, self._on_slow_client),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            limit_concurrency=settings.max_connections,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=2,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+            ssl_context_factory=lambda _config, _default: tls,
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        self._task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        async with asyncio.timeout(_START_TIMEOUT):
+            while not server.started:
+                if self._task.done():
+                    self._task.result()
+                    raise ConfigError("the DICOMweb listener stopped while starting")
+                await asyncio.sleep(0.01)
+        bound = sock.getsockname()
+        return str(bound[0]), int(bound[1])
+
+    async def stop(self) -> None:
+        server, task = self._server, self._task
+        if server is None or task is None:
+            return
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), _STOP_TIMEOUT)
+        except (TimeoutError, Exception):
+            server.force_exit = True
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self._server = self._task = None
+
+
+def web_tls_context(context_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """The DIMSE listener's hardened context, for HTTPS: HTTP/1.1 by ALPN, and no client
+    certificate request (HTTP principals prove themselves with tokens; a browser would
+    otherwise prompt its user for a certificate)."""
+    context = context_factory()
+    context.set_alpn_protocols(["http/1.1"])
+    context.verify_mode = ssl.CERT_NONE
+    return context

@@ -1,0 +1,90 @@
+"""A running archive with DICOMweb on an ephemeral loopback port, and HTTPS clients for it.
+
+Clients verify the archive's certificate against its own first-run CA (`tls/ca.crt`) and
+authenticate with API tokens issued as `pacsguard token issue` does (`archive.tokens`).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pacsguard.archive import tokens
+from pacsguard.archive.app import RunningArchive, start_archive
+from pacsguard.archive.config import load_settings
+from tests.integration.serve.conftest import TESTER, free_port, make_data_dir
+
+#: Users with one role each, and an AE for dcmtk tools (trusted by loopback address).
+USERS = """
+[users.reader]
+roles = ["viewer"]
+
+[users.uploader]
+roles = ["modality"]
+"""
+
+
+@dataclass
+class WebArchive:
+    archive: RunningArchive
+    data_dir: Path
+    base_url: str
+    ca_file: Path
+
+    @property
+    def dimse_port(self) -> int:
+        return next(e.port for e in self.archive.endpoints if not e.tls)
+
+    def token(self, username: str = "admin") -> str:
+        return tokens.issue(self.data_dir / tokens.TOKENS_FILE, username, days=1)[1]
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def client(self, username: str | None = "admin", **kwargs: object) -> httpx.Client:
+        headers = {} if username is None else {"Authorization": f"Bearer {self.token(username)}"}
+        return httpx.Client(
+            base_url=self.base_url,
+            verify=self.tls(),
+            headers=headers,
+            timeout=30,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def audit_lines(self) -> list[str]:
+        path = self.archive.settings.audit.log_path
+        return path.read_text(encoding="utf-8").splitlines()
+
+
+def start_web(tmp_path: Path, **overrides: object) -> WebArchive:
+    data_dir = make_data_dir(tmp_path / "data", TESTER + USERS)
+    port = free_port()
+    settings = load_settings(
+        data_dir / "pacsguard.toml",
+        env={},
+        overrides={
+            "server.dimse_port": free_port(),
+            "server.plaintext_port": free_port(),
+            "dicomweb.enabled": True,
+            "dicomweb.port": port,
+            **overrides,
+        },
+    )
+    archive = start_archive(settings)
+    assert archive.web_endpoint is not None
+    host, bound = archive.web_endpoint
+    return WebArchive(archive, data_dir, f"https://{host}:{bound}", data_dir / "tls" / "ca.crt")
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[WebArchive]:
+    running = start_web(tmp_path)
+    try:
+        yield running
+    finally:
+        running.archive.stop()
