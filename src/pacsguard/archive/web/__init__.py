@@ -51,11 +51,14 @@ class WebFrontEnd:
             self._slow_client,
         )
         self._flusher: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
-    def _slow_client(self, address: str) -> None:
-        asyncio.get_running_loop().create_task(
-            self.context.refused(address, EventType.ASSOCIATION, "request head not in time")
+    def _slow_client(self, address: str, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.context.refused(address, EventType.ASSOCIATION, reason)
         )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         bound = await self._listener.start(host, port)

@@ -34,6 +34,7 @@ from pacsguard.archive.web._auth import HttpCredential, authenticate
 from pacsguard.archive.web._context import WebContext
 from pacsguard.archive.web._errors import WebError
 from pacsguard.archive.web._media import parse_accept, wants, wants_multipart
+from pacsguard.archive.web._server import MAX_HEAD_BYTES
 from pacsguard.dicom.levels import Level
 from pacsguard.errors import AuditLogError, AuthenticationError
 
@@ -60,7 +61,8 @@ def _base(request: Request) -> str:
 def _guarded(
     handler: Handler, event: EventType, methods: list[str]
 ) -> Callable[[Request], Awaitable[Response]]:
-    allow = ", ".join([*methods, "OPTIONS"])
+    """The endpoint of a route: OPTIONS answers Allow, unless the handler takes OPTIONS."""
+    allow = None if "OPTIONS" in methods else ", ".join([*methods, "OPTIONS"])
 
     async def endpoint(request: Request) -> Response:
         chosen = EventType.STORE if request.method == "POST" else event
@@ -69,9 +71,15 @@ def _guarded(
     return endpoint
 
 
-async def _answer(request: Request, handler: Handler, event: EventType, allow: str) -> Response:
+async def _answer(
+    request: Request, handler: Handler, event: EventType, allow: str | None
+) -> Response:
     ctx = _context(request)
     address = _address(request)
+    head = sum(len(name) + len(value) + 4 for name, value in request.headers.raw)
+    if head > MAX_HEAD_BYTES:
+        await ctx.refused(address, event, "431 request headers too large")
+        return WebError(431, f"request headers larger than {MAX_HEAD_BYTES} bytes").response()
     credential = HttpCredential(request.headers.get("authorization"), address)
     try:
         principal = await run_in_threadpool(authenticate, ctx.gate, ctx.settings(), credential)
@@ -87,20 +95,22 @@ async def _answer(request: Request, handler: Handler, event: EventType, allow: s
         for name, what in _UID_PARAMS.items():
             if name in request.path_params:
                 _qido.check_uid(request.path_params[name], what)
-        if request.method == "OPTIONS":
+        if request.method == "OPTIONS" and allow is not None:
             return Response(status_code=200, headers={"Allow": allow})
         return await handler(request, principal)
     except WebError as exc:
         if exc.audit:
-            await ctx.refused(address, event, f"{exc.status} {exc.message[:120]}")
+            await ctx.refused(
+                address, event, f"{exc.status} {exc.message[:120]}", principal.username
+            )
         return exc.response()
     except Denied:
         return WebError(403, f"user may not {_ACTION[event].value} here").response()
     except QueryError as exc:
-        await ctx.refused(address, event, f"400 {str(exc)[:120]}")
+        await ctx.refused(address, event, f"400 {str(exc)[:120]}", principal.username)
         return WebError(400, f"query cannot be run: {exc}").response()
     except ClientDisconnect:
-        await ctx.refused(address, event, "client went away mid-request")
+        await ctx.refused(address, event, "client went away mid-request", principal.username)
         return WebError(400, "request body incomplete").response()
     except AuditLogError:
         return WebError(503, "the audit log cannot be written; try again later").response()
@@ -327,7 +337,12 @@ def build_app(ctx: WebContext) -> Starlette:
     instance = series + "/instances/{instance}"
     q, r = EventType.QUERY, EventType.RETRIEVE
     routes = [
-        _route("/", ["GET"], {"GET": _capabilities}, EventType.APPLICATION_START),
+        _route(
+            "/",
+            ["GET", "OPTIONS"],
+            {"GET": _capabilities, "OPTIONS": _capabilities},
+            EventType.APPLICATION_START,
+        ),
         _route("/studies", ["GET", "POST"], {"GET": _search(Level.STUDY), "POST": _store}, q),
         _route("/series", ["GET"], {"GET": _search(Level.SERIES)}, q),
         _route("/instances", ["GET"], {"GET": _search(Level.IMAGE)}, q),

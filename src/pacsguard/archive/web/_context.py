@@ -42,14 +42,16 @@ class WebContext:
     settings: Callable[[], Settings]
     refusals: RefusalTally = field(default_factory=lambda: RefusalTally(time.monotonic))
 
-    async def refused(self, address: str, event: EventType, reason: str) -> None:
+    async def refused(
+        self, address: str, event: EventType, reason: str, user: str | None = None
+    ) -> None:
         """Audit a refused request (summed per window when repeated)."""
         line = self.refusals.note(
             AuditEvent(
                 event,
                 EventAction.EXECUTE,
                 EventOutcome.MINOR_FAILURE,
-                (Participant(address=address),),
+                (Participant(address=address, user=user),),
                 detail={"transport": "dicomweb", "result": "refused", "reason": reason},
             )
         )

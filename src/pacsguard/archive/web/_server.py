@@ -38,15 +38,31 @@ _STOP_TIMEOUT: Final = 15.0
 #: Largest request head (request line and headers) accepted, in bytes; larger: 400.
 MAX_HEAD_BYTES: Final = 16 * 1024
 _TIMEOUT_BODY: Final = b"408: request headers not received in time\n"
+_HEAD_TOO_LARGE: Final = b"431: request headers larger than 16384 bytes\n"
 
 
 def _deadline_protocol(
-    header_timeout_s: float, on_timeout: Callable[[str], None]
+    header_timeout_s: float, on_refusal: Callable[[str, str], None]
 ) -> type[H11Protocol]:
     class _Deadline(H11Protocol):
         """uvicorn's h11 protocol, with a deadline for each request head."""
 
         _head_deadline: asyncio.TimerHandle | None = None
+        _head_bytes = 0
+
+        def data_received(self, data: bytes) -> None:
+            waiting = self.cycle is None or self.cycle.response_complete
+            self._head_bytes = self._head_bytes + len(data) if waiting else 0
+            super().data_received(data)
+            still_waiting = self.cycle is None or self.cycle.response_complete
+            if (
+                still_waiting
+                and self._head_bytes > MAX_HEAD_BYTES
+                and not self.transport.is_closing()
+            ):
+                # h11 checks its limit only between reads; a client sending headers in large
+                # reads would otherwise grow the buffer unbounded.
+                self._refuse(b"431 Request Header Fields Too Large", _HEAD_TOO_LARGE)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -63,6 +79,7 @@ def _deadline_protocol(
 
         def _arm(self) -> None:
             self._disarm()
+            self._head_bytes = 0
             self._head_deadline = self.loop.call_later(header_timeout_s, self._expired)
 
         def _disarm(self) -> None:
@@ -76,15 +93,19 @@ def _deadline_protocol(
                 return  # a request is being served: its body has its own timeout
             if self.transport.is_closing():
                 return
+            self._refuse(b"408 Request Timeout", _TIMEOUT_BODY)
+
+        def _refuse(self, status: bytes, body: bytes) -> None:
+            self._disarm()
             self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
                 b"connection: close\r\ncontent-length: "
-                + str(len(_TIMEOUT_BODY)).encode()
+                + str(len(body)).encode()
                 + b"\r\n\r\n"
-                + _TIMEOUT_BODY
+                + body
             )
             self.transport.close()
-            on_timeout(self.client[0] if self.client else "")
+            on_refusal(self.client[0] if self.client else "", body.decode().strip())
 
     return _Deadline
 
@@ -97,7 +118,7 @@ class WebListener:
         app: ASGIApp,
         settings: DicomWebSettings,
         tls: ssl.SSLContext,
-        on_slow_client: Callable[[str], None],
+        on_slow_client: Callable[[str, str], None],
     ) -> None:
         self._app = app
         self._settings = settings
