@@ -6,6 +6,7 @@ authenticate with API tokens issued as `pacsguard token issue` does (`archive.to
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import pytest
 from pacsguard.archive import tokens
 from pacsguard.archive.app import RunningArchive, start_archive
 from pacsguard.archive.config import load_settings
-from tests.integration.serve.conftest import TESTER, free_port, make_data_dir
+from tests.integration.serve.conftest import TESTER, make_data_dir
 
 #: Users with one role each, and an AE for dcmtk tools (trusted by loopback address).
 USERS = """
@@ -61,17 +62,30 @@ class WebArchive:
         return path.read_text(encoding="utf-8").splitlines()
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` different free loopback ports (held open together while chosen, so that the
+    kernel cannot hand out one twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def start_web(tmp_path: Path, **overrides: object) -> WebArchive:
     data_dir = make_data_dir(tmp_path / "data", TESTER + USERS)
-    port = free_port()
+    dimse, plain, web = free_ports(3)
     settings = load_settings(
         data_dir / "pacsguard.toml",
         env={},
         overrides={
-            "server.dimse_port": free_port(),
-            "server.plaintext_port": free_port(),
+            "server.dimse_port": dimse,
+            "server.plaintext_port": plain,
             "dicomweb.enabled": True,
-            "dicomweb.port": port,
+            "dicomweb.port": web,
             **overrides,
         },
     )

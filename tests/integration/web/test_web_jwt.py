@@ -12,9 +12,9 @@ import jwt
 
 from pacsguard.archive.app import start_archive
 from pacsguard.archive.config import load_settings
-from tests.integration.serve.conftest import TESTER, free_port, make_data_dir
+from tests.integration.serve.conftest import TESTER, make_data_dir
 
-from .conftest import USERS
+from .conftest import USERS, free_ports
 
 SECRET = b"0123456789abcdef0123456789abcdef-test-only"
 
@@ -35,14 +35,15 @@ username = "reader"
 permissions = ["find"]
 """
     data = make_data_dir(tmp_path / "data", TESTER + USERS + config)
+    ports = free_ports(3)
     settings = load_settings(
         data / "pacsguard.toml",
         env={},
         overrides={
-            "server.dimse_port": free_port(),
-            "server.plaintext_port": free_port(),
+            "server.dimse_port": ports[0],
+            "server.plaintext_port": ports[1],
             "dicomweb.enabled": True,
-            "dicomweb.port": free_port(),
+            "dicomweb.port": ports[2],
         },
     )
     archive = start_archive(settings)

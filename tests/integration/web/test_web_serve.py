@@ -13,20 +13,20 @@ from pathlib import Path
 import httpx
 
 from pacsguard.archive import tokens
-from tests.integration.serve.conftest import PACSGUARD, TESTER, free_port, make_data_dir
+from tests.integration.serve.conftest import PACSGUARD, TESTER, make_data_dir
 
-from .conftest import USERS
+from .conftest import USERS, free_ports
 
 
 def test_serve_with_web_port(tmp_path: Path) -> None:
     data = make_data_dir(tmp_path / "data", TESTER + USERS)
-    web_port = free_port()
+    web_port, dimse_port = free_ports(2)
     log = tmp_path / "serve.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [
                 PACSGUARD, "serve", "--data-dir", str(data), "--no-self-check",
-                "--port", str(free_port()), "--web-port", str(web_port),
+                "--port", str(dimse_port), "--web-port", str(web_port),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
