@@ -1,9 +1,7 @@
-"""API tokens for the planned DICOMweb front end: issued, listed and revoked by the CLI.
-
-NOT ACCEPTED ANYWHERE YET: no front end reads them until the DICOMweb (HTTP) front end exists.
-They are kept apart from pacsguard.toml, in ``DATA/api-tokens.json`` (0600, replaced
-atomically), because they change far more often than the configuration and carry their own
-lifecycle (expiry, revocation).
+"""API tokens for the DICOMweb front end: issued, listed and revoked by the CLI, presented as
+``Authorization: Bearer pgt_...`` (`archive.web._auth`). They are kept apart from
+pacsguard.toml, in ``DATA/api-tokens.json`` (0600, replaced atomically), because they change
+far more often than the configuration and carry their own lifecycle (expiry, revocation).
 
 A token is ``pgt_<id>_<secret>``: `id` (12 hex digits) names it in lists and revocations,
 `secret` is 256 random bits. Only the SHA-256 of the whole token is stored: a slow password
@@ -125,7 +123,7 @@ def _revoke(path: Path, token_id: str, now: datetime | None) -> TokenRecord:
 
 def verify(records: list[TokenRecord], presented: str, now: datetime) -> TokenRecord | None:
     """The active record the presented token belongs to, or None (unknown, wrong secret,
-    revoked or expired). For the DICOMweb front end, which does not exist yet."""
+    revoked or expired)."""
     match = _TOKEN.match(presented)
     if match is None:
         return None

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from pacsguard.lab.synth import generate_archive, write_files
+from pacsguard.lab.synth import build_dataset, generate_archive, write_files
 
 from ._multipart import read_parts, related_body
 from .conftest import WebArchive, start_web
@@ -213,3 +214,27 @@ def test_cors_only_for_configured_origins(tmp_path: Path) -> None:
         assert "access-control-allow-origin" not in answer.headers
     finally:
         plain.archive.stop()
+
+
+def test_large_stow_parts_are_staged_and_come_back_intact(web: WebArchive) -> None:
+    patient = generate_archive(seed=6, patients=1).patients[0]
+    study = patient.studies[0]
+    series = study.series[0]
+    template = series.instances[0]
+    blobs = []
+    for n in range(8):  # 8 parts of 1.5 MiB: each over the in-memory part size
+        instance = replace(
+            template, sop_instance_uid=f"{template.sop_instance_uid}.{n + 1}", instance_number=n + 1
+        )
+        buffer = io.BytesIO()
+        build_dataset(patient, study, series, instance, rows=768, columns=1024).save_as(
+            buffer, enforce_file_format=True
+        )
+        blobs.append(buffer.getvalue())
+    body, content_type = related_body(blobs)
+    with web.client() as client:
+        answer = client.post("/studies", content=body, headers={"Content-Type": content_type})
+        assert answer.status_code == 200, answer.text
+        back = client.get(f"/studies/{study.study_instance_uid}")
+    assert sorted(p for _, p in read_parts(back)) == sorted(blobs)
+    assert not any((web.data_dir / "tmp").iterdir())  # staged parts are gone

@@ -9,6 +9,8 @@ Content-Length first, then byte by byte while it streams), stalls longer than
 memory up to `_IN_MEMORY` bytes; larger ones go to the archive's staging area (encrypted,
 unnamed files: `archive.staging`), never to the system temp folder.
 
+A request keeps at most `_MEMORY_BUDGET` in memory whatever its parts' sizes.
+
 Each part then goes to `store_instance`; the answer lists what was stored
 (ReferencedSOPSequence) and what was not (FailedSOPSequence with the DICOM status as
 FailureReason). 200 when every instance was stored, 202 when some were, 409 when none was
@@ -42,8 +44,10 @@ if TYPE_CHECKING:  # a TypedDict the library declares for type checkers only
 
 log = logging.getLogger(__name__)
 
-#: A part larger than this is staged (encrypted) instead of kept in memory.
+#: A part larger than this is staged (encrypted) instead of kept in memory...
 _IN_MEMORY: Final = 1024 * 1024
+#: ...and so is every part once a request holds this much in memory.
+_MEMORY_BUDGET: Final = 16 * 1024 * 1024
 CANNOT_UNDERSTAND: Final = 0xC000
 #: PS3.18 10.5.3: the instance belongs to another study than the request's URL names.
 STUDY_MISMATCH: Final = 0xA900
@@ -99,6 +103,7 @@ class _Collector:
     def __init__(self, service: ArchiveService) -> None:
         self.parts: list[_Part] = []
         self.ended = False
+        self.in_memory = 0
         self._service = service
         self._field = bytearray()
         self._value = bytearray()
@@ -131,10 +136,13 @@ class _Collector:
             part.writer.write(chunk)
             return
         part.memory.extend(chunk)
+        self.in_memory += len(chunk)
         staging = self._service.staging
-        if len(part.memory) > _IN_MEMORY and staging is not None:
+        too_much = len(part.memory) > _IN_MEMORY or self.in_memory > _MEMORY_BUDGET
+        if too_much and staging is not None:
             part.writer = staging.create()
             part.writer.write(part.memory)
+            self.in_memory -= len(part.memory)
             part.memory = bytearray()
 
     def _part_end(self) -> None:
