@@ -49,6 +49,7 @@ class WebFrontEnd:
             current.dicomweb,
             web_tls_context(lambda: server_context(current)),
             self._slow_client,
+            max_pending_per_source=current.server.max_pending_per_source,
         )
         self._flusher: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()

@@ -4,13 +4,16 @@ uvicorn runs as a task on the loop the DIMSE front end owns (one loop, one proce
 we bind ourselves (so that a port in use is a ConfigError here, not uvicorn's `sys.exit`), with
 the archive's TLS context (BCP 195, the first-run server certificate; `security.tls`).
 
-Slow clients: uvicorn bounds the connections it serves (`limit_concurrency`: 503 past
+Slow clients: one source address holds at most `[server] max_pending_per_source` connections
+that have not sent a request head yet (more are closed at once, as on the DIMSE side); uvicorn
+bounds the connections it serves (`limit_concurrency`: 503 past
 `[dicomweb] max_connections`), the size of request headers (h11's incomplete-event limit) and
 idle keep-alive connections, but not the time a client takes to send its headers. `_Deadline`
 adds that: a connection that has not sent a complete request head within
 `header_timeout_s` of connecting (or of its last response) gets 408 and is closed, and the
 refusal is audited. Bodies are timed by the handlers (`body_timeout_s` between chunks). The
-TLS handshake is bounded by asyncio's own handshake timeout. Access logs are off: URLs carry
+TLS handshake is bounded by asyncio's own handshake timeout (60 s: uvicorn does not pass one),
+and such connections do not count as pending yet. Access logs are off: URLs carry
 query values (patient names, IDs).
 """
 
@@ -21,6 +24,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
@@ -42,19 +46,26 @@ _HEAD_TOO_LARGE: Final = b"431: request headers larger than 16384 bytes\n"
 
 
 def _deadline_protocol(
-    header_timeout_s: float, on_refusal: Callable[[str, str], None]
+    header_timeout_s: float, max_pending_per_source: int, on_refusal: Callable[[str, str], None]
 ) -> type[H11Protocol]:
+    #: Connections per source address that have not sent their first request head yet.
+    pending: Counter[str] = Counter()
+
     class _Deadline(H11Protocol):
-        """uvicorn's h11 protocol, with a deadline for each request head."""
+        """uvicorn's h11 protocol, with a deadline for each request head and a bound on the
+        connections one source holds before its first request."""
 
         _head_deadline: asyncio.TimerHandle | None = None
         _head_bytes = 0
+        _pending_source: str | None = None
 
         def data_received(self, data: bytes) -> None:
             waiting = self.cycle is None or self.cycle.response_complete
             self._head_bytes = self._head_bytes + len(data) if waiting else 0
             super().data_received(data)
             still_waiting = self.cycle is None or self.cycle.response_complete
+            if not still_waiting:
+                self._release()
             if (
                 still_waiting
                 and self._head_bytes > MAX_HEAD_BYTES
@@ -66,7 +77,21 @@ def _deadline_protocol(
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            source = self.client[0] if self.client else ""
+            if pending[source] >= max_pending_per_source:
+                transport.abort()  # as the DIMSE side does: idle sockets cannot exhaust us
+                on_refusal(source, "too many connections without a request")
+                return
+            pending[source] += 1
+            self._pending_source = source
             self._arm()
+
+        def _release(self) -> None:
+            source, self._pending_source = self._pending_source, None
+            if source is not None:
+                pending[source] -= 1
+                if pending[source] <= 0:
+                    del pending[source]
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -75,6 +100,7 @@ def _deadline_protocol(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._release()
             super().connection_lost(exc)
 
         def _arm(self) -> None:
@@ -119,7 +145,10 @@ class WebListener:
         settings: DicomWebSettings,
         tls: ssl.SSLContext,
         on_slow_client: Callable[[str, str], None],
+        *,
+        max_pending_per_source: int = 8,
     ) -> None:
+        self._max_pending = max_pending_per_source
         self._app = app
         self._settings = settings
         self._tls = tls
@@ -141,7 +170,9 @@ class WebListener:
         tls = self._tls
         config = uvicorn.Config(
             self._app,
-            http=_deadline_protocol(settings.header_timeout_s, self._on_slow_client),
+            http=_deadline_protocol(
+                settings.header_timeout_s, self._max_pending, self._on_slow_client
+            ),
             lifespan="off",
             log_config=None,
             access_log=False,
