@@ -36,7 +36,14 @@ from pacsguard.archive.service.ingest import (
     _header_by_pydicom,
 )
 from pacsguard.archive.service.query import Queries
-from pacsguard.archive.service.retrieve import Retrieval, RetrieveTally
+from pacsguard.archive.service.retrieve import (
+    UNCOMPRESSED,
+    InstanceData,
+    Retrieval,
+    Retrieves,
+    RetrieveTally,
+    deliverable_syntaxes,
+)
 
 __all__ = [
     "CANNOT_UNDERSTAND",
@@ -47,16 +54,20 @@ __all__ = [
     "OUT_OF_RESOURCES",
     "PROCESSING_FAILURE",
     "SUCCESS",
+    "UNCOMPRESSED",
     "ArchiveService",
     "Authorizer",
     "Denied",
+    "InstanceData",
+    "Retrieval",
     "RetrieveTally",
     "ServiceLimits",
     "Source",
     "StoreResult",
     "_header_by_pydicom",
+    "deliverable_syntaxes",
 ]
 
 
-class ArchiveService(Ingest, Queries, Retrieval):
+class ArchiveService(Ingest, Queries, Retrieves):
     """Store / query / retrieve over an index and a blob store, authorized and audited."""

@@ -87,7 +87,7 @@ class _Episodes:
 
 def _participant(principal: Principal) -> Participant:
     return Participant(
-        ae_title=principal.ae_title, address=principal.address, user=principal.username
+        ae_title=principal.ae_title or None, address=principal.address, user=principal.username
     )
 
 
