@@ -23,7 +23,7 @@ from pacsguard.archive.config import (
     default_roles,
     port_range,
 )
-from pacsguard.archive.security.principal import Action, AuthMethod
+from pacsguard.archive.security.principal import AE_AUTH_METHODS, Action, AuthMethod
 from pacsguard.errors import ConfigError
 
 T = TypeVar("T")
@@ -231,12 +231,12 @@ def _one_ae(
         coerce(str, body.get("ae_title"), f"{index}.ae_title", where, {"check": "ae_title"})
     )
     key = f"{index} ({title})"
-    methods = [m.value for m in AuthMethod if m is not AuthMethod.LAB]
+    methods = [m.value for m in AE_AUTH_METHODS]
     try:
         auth = AuthMethod(str(body.get("auth")))
     except ValueError:
         auth = AuthMethod.LAB
-    if auth is AuthMethod.LAB:
+    if auth not in AE_AUTH_METHODS:
         raise ConfigError(f"{key}.auth: expected one of {', '.join(methods)}")
     username = body.get("username")
     if username is not None and not isinstance(username, str):
