@@ -30,7 +30,7 @@ pytestmark = pytest.mark.interop
 
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[WebArchive]:
-    running = start_web(tmp_path)
+    running = start_web(tmp_path, tester=True)
     try:
         yield running
     finally:
@@ -80,14 +80,18 @@ def test_dicomweb_client_stows_searches_and_retrieves(web: WebArchive, lab_data:
     }
 
 
-def test_dicomweb_client_without_the_token_gets_401(web: WebArchive) -> None:
-    session = requests.Session()
-    session.trust_env = False  # else REQUESTS_CA_BUNDLE would replace our CA (and proxies apply)
-    session.verify = str(web.ca_file)
-    client = DICOMwebClient(url=web.base_url, session=session)
-    with pytest.raises(requests.HTTPError) as refused:
-        client.search_for_studies()
-    assert refused.value.response.status_code == 401
+def test_dicomweb_client_without_the_token_gets_401(tmp_path: Path) -> None:
+    web = start_web(tmp_path)  # no AE trusted by address: a request without a token is anonymous
+    try:
+        with requests.Session() as session:
+            session.trust_env = False
+            session.verify = str(web.ca_file)
+            client = DICOMwebClient(url=web.base_url, session=session)
+            with pytest.raises(requests.HTTPError) as refused:
+                client.search_for_studies()
+        assert refused.value.response.status_code == 401
+    finally:
+        web.archive.stop()
 
 
 def test_storescu_study_is_byte_identical_over_wado(

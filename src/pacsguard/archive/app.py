@@ -12,11 +12,13 @@ import ssl
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 from sqlalchemy.engine import make_url
 
+from pacsguard.archive import tokens
 from pacsguard.archive.audit.events import (
     AuditEvent,
     AuditSink,
@@ -42,7 +44,7 @@ from pacsguard.archive.security.tls import client_capable, client_context, serve
 from pacsguard.archive.service import ArchiveService, ServiceLimits
 from pacsguard.archive.staging import STAGING_FOLDER, StagingArea
 from pacsguard.archive.web import WebFrontEnd
-from pacsguard.errors import ConfigError
+from pacsguard.errors import AuthenticationError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,26 @@ class RunningArchive:
         if self._marker is not None:  # a clean stop: the next start skips crash recovery
             self._marker.unlink(missing_ok=True)
         close_all(self._closers)
+
+
+class _TokenFile:
+    """The gate's API token verifier (`security.verifiers.ApiTokenVerifier`) over
+    ``DATA/api-tokens.json`` (`archive.tokens`), read per request so that a revocation applies
+    at once. Interim: the httpauth branch's `tokens.ApiTokens` (cached, with reasons) replaces
+    it here."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._path = data_dir / tokens.TOKENS_FILE
+
+    def verify(self, token: str) -> str:
+        try:
+            records = tokens.load(self._path)
+        except ConfigError:
+            raise AuthenticationError("API token file unreadable") from None
+        record = tokens.verify(records, token, datetime.now(UTC))
+        if record is None:
+            raise AuthenticationError("API token unknown, revoked or expired")
+        return record.username
 
 
 def close_all(closers: list[object]) -> None:
@@ -247,7 +269,7 @@ def start_archive(settings: Settings) -> RunningArchive:
     except BaseException:
         index.close()
         raise
-    gate = Gate(settings, audit=audit)
+    gate = Gate(settings, audit=audit, api_tokens=_TokenFile(settings.storage.data_dir))
     server = settings.server
     service = ArchiveService(
         index,

@@ -20,7 +20,7 @@ from pacsguard.archive.app import RunningArchive, start_archive
 from pacsguard.archive.config import load_settings
 from tests.integration.serve.conftest import TESTER, make_data_dir
 
-#: Users with one role each, and an AE for dcmtk tools (trusted by loopback address).
+#: Users with one role each.
 USERS = """
 [users.reader]
 roles = ["viewer"]
@@ -75,8 +75,12 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def start_web(tmp_path: Path, **overrides: object) -> WebArchive:
-    data_dir = make_data_dir(tmp_path / "data", TESTER + USERS)
+def start_web(tmp_path: Path, *, tester: bool = False, **overrides: object) -> WebArchive:
+    """An archive with DICOMweb. With `tester`, TESTER is registered by its loopback address
+    for dcmtk tools; the gate then also takes any HTTP request from 127.0.0.1 without a token
+    as TESTER (address authentication is per source, whatever the transport), so tests of
+    refusals run without it."""
+    data_dir = make_data_dir(tmp_path / "data", (TESTER if tester else "") + USERS)
     dimse, plain, web = free_ports(3)
     settings = load_settings(
         data_dir / "pacsguard.toml",

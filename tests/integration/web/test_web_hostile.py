@@ -73,8 +73,28 @@ def test_missing_or_wrong_tokens_are_401_and_audited(small: WebArchive) -> None:
             answer = client.get("/studies", headers=headers)
             assert_refused(answer, 401, "Bearer")
             assert answer.headers["www-authenticate"].startswith("Bearer")
-    reasons = {e["detail"]["reason"] for e in refusals(small) if e["event"] == "authentication"}
-    assert len(reasons) == 3  # no bearer token (twice), unknown API token, unverifiable JWT
+    lines = [json.loads(line) for line in small.audit_lines()]
+    rejected = [
+        e for e in lines if e["event"] == "authentication" and e["detail"]["result"] == "rejected"
+    ]
+    assert len({e["detail"]["reason"] for e in rejected}) == 4  # by the gate, with the reason
+    assert all(e["detail"]["transport"] == "http" for e in rejected)
+
+
+def test_guessing_tokens_locks_the_source_out(small: WebArchive) -> None:
+    """The gate's lockout, shared with DIMSE: 5 failures from a source (the default), then
+    even a valid token from there is refused; another source is not affected."""
+    token = small.token("reader")
+    with small.client(None) as client:
+        for n in range(5):
+            guess = client.get("/studies", headers={"Authorization": f"Bearer pgt_{n:012d}_x"})
+            assert guess.status_code == 401
+        locked = client.get("/studies", headers={"Authorization": f"Bearer {token}"})
+        assert locked.status_code == 401
+    other = httpx.HTTPTransport(local_address="127.0.0.2", verify=small.tls())
+    with small.client(None, transport=other) as client:
+        fine = client.get("/studies", headers={"Authorization": f"Bearer {token}"})
+        assert fine.status_code == 200
 
 
 def test_malformed_and_mistyped_bodies_store_nothing(small: WebArchive, one_file: bytes) -> None:

@@ -12,7 +12,7 @@ import jwt
 
 from pacsguard.archive.app import start_archive
 from pacsguard.archive.config import load_settings
-from tests.integration.serve.conftest import TESTER, make_data_dir
+from tests.integration.serve.conftest import make_data_dir
 
 from .conftest import USERS, free_ports
 
@@ -34,7 +34,7 @@ auth = "jwt"
 username = "reader"
 permissions = ["find"]
 """
-    data = make_data_dir(tmp_path / "data", TESTER + USERS + config)
+    data = make_data_dir(tmp_path / "data", USERS + config)
     ports = free_ports(3)
     settings = load_settings(
         data / "pacsguard.toml",

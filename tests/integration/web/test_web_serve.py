@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 
 from pacsguard.archive import tokens
-from tests.integration.serve.conftest import PACSGUARD, TESTER, make_data_dir
+from tests.integration.serve.conftest import PACSGUARD, make_data_dir
 
 from .conftest import USERS, free_ports
 
 
 def test_serve_with_web_port(tmp_path: Path) -> None:
-    data = make_data_dir(tmp_path / "data", TESTER + USERS)
+    data = make_data_dir(tmp_path / "data", USERS)
     web_port, dimse_port = free_ports(2)
     log = tmp_path / "serve.log"
     with log.open("ab") as out:

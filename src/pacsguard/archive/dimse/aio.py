@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -70,7 +71,8 @@ from pacsguard.archive.dimse.aio_session import (
 )
 from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup
-from pacsguard.archive.security.gate import normalize_address
+from pacsguard.archive.security.attempt import AuthAttempt, dimse_attempt
+from pacsguard.archive.security.gate import authentication_event, normalize_address
 from pacsguard.archive.security.principal import PeerFacts, Principal, Rejection
 from pacsguard.archive.service import ArchiveService
 from pacsguard.dicom.client import close_writer
@@ -79,9 +81,13 @@ from pacsguard.errors import AuditLogError, MalformedPdu, PeerClosed, ProtocolEr
 
 
 class AssociationGate(Protocol):
-    """Decides who a peer is: a Principal, or the rejection to send (deny by default)."""
+    """Decides who a peer is: a Principal, or the rejection to send (deny by default). The
+    front end writes the audit line (`authentication_event`) itself: repeated refusals are
+    summed up (`aio_refusals`), and an accepted peer may still meet an association cap."""
 
-    def decide(self, facts: PeerFacts) -> Principal | Rejection: ...
+    def authenticate(
+        self, attempt: AuthAttempt, *, audit: bool = True
+    ) -> Principal | Rejection: ...
 
 
 log = logging.getLogger(__name__)
@@ -382,12 +388,16 @@ class AsyncDimseFrontEnd:
         try:
             loop = asyncio.get_running_loop()
             try:
-                decision = await loop.run_in_executor(self._gate_executor, self._gate.decide, facts)
+                attempt = dimse_attempt(facts)
+                decision = await loop.run_in_executor(
+                    self._gate_executor,
+                    functools.partial(self._gate.authenticate, attempt, audit=False),
+                )
             except AuditLogError:  # the gate could not audit a lockout: refuse, transiently
                 await self._send(writer, encode_reject(*AUDIT_UNAVAILABLE))
                 return
             if isinstance(decision, Rejection):
-                rejected = _rejected(participant, decision.why, facts)
+                rejected = authentication_event(attempt, decision)
                 if decision.repeated:
                     await self._emit_repeated(rejected)
                 else:
@@ -406,7 +416,7 @@ class AsyncDimseFrontEnd:
                 self._by_user[decision.username] += 1
             try:
                 pending.release()
-                await self._serve(reader, writer, rq, facts, decision)
+                await self._serve(reader, writer, rq, attempt, decision)
             finally:
                 _decrement(self._by_ae, decision.ae_title)
                 if decision.username is not None:
@@ -429,31 +439,13 @@ class AsyncDimseFrontEnd:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         rq: A_ASSOCIATE,
-        facts: PeerFacts,
+        attempt: AuthAttempt,
         decision: Principal,
     ) -> None:
         settings = self._settings
         accepted = accept(rq, decision, settings.max_pdu)
         try:
-            await self._emit(
-                AuditEvent(
-                    EventType.ASSOCIATION,
-                    EventAction.EXECUTE,
-                    EventOutcome.SUCCESS,
-                    (
-                        Participant(
-                            ae_title=decision.ae_title,
-                            address=facts.address,
-                            user=decision.username,
-                        ),
-                    ),
-                    detail={
-                        "result": "accepted",
-                        "method": decision.method.value,
-                        "tls": facts.tls,
-                    },
-                )
-            )
+            await self._emit(authentication_event(attempt, decision))
         except AuditLogError:  # not accepted without its audit line
             await self._send(writer, encode_reject(*AUDIT_UNAVAILABLE))
             return

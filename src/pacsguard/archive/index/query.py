@@ -136,17 +136,23 @@ def levels_of(root: QueryRoot, level: Level) -> range:
 def plan(request: QueryRequest, dialect: str) -> Plan:
     """Compile `request` for `dialect` ("sqlite" or "postgresql"). Raises QueryError.
 
-    Two steps in one statement: an inner page selects the matching entities (at most `limit`,
-    with the ids of their ancestors); the outer query computes counts and ModalitiesInStudy
-    for that page only, never for every match. Which matches fill a capped page is the
-    database's choice (C-FIND defines no order; sorting every match first would cost a full
-    sort on a wide date range); the page itself comes back in insertion order.
+    Two steps in one statement: an inner page selects the matching entities (`limit` of them
+    after skipping `offset`, with the ids of their ancestors); the outer query computes counts
+    and ModalitiesInStudy for that page only, never for every match.
+
+    The order is stable: by the level's row id, which is the order entities were first
+    stored in. Unlike the level's UID, it puts entities stored later after every page
+    already read, so paging with offset/limit while the archive ingests neither skips nor
+    repeats a match; and it is the primary key, which both databases read in order without
+    a sort when nothing else narrows the query.
     """
     level = request.level
     if request.root is QueryRoot.STUDY and level is Level.PATIENT:
         raise QueryError("the Study Root information model has no PATIENT level")
     if request.limit < 1:
         raise QueryError(f"limit must be at least 1, not {request.limit}")
+    if request.offset < 0:
+        raise QueryError(f"offset must not be negative, not {request.offset}")
     base = TABLES[level]
     source: FromClause = base
     for upper in range(level - 1, Level.PATIENT - 1, -1):
@@ -199,7 +205,15 @@ def plan(request: QueryRequest, dialect: str) -> Plan:
         else:
             output(keyword, None)  # QueryRetrieveLevel, an unknown key, a key below the level
 
-    page = select(*columns).select_from(source).where(*where).limit(request.limit).subquery("page")
+    page = (
+        select(*columns)
+        .select_from(source)
+        .where(*where)
+        .order_by(base.c.id)
+        .offset(request.offset or None)
+        .limit(request.limit)
+        .subquery("page")
+    )
     statement = select(page, *(build(page).label(label) for label, build in aggregates)).order_by(
         page.c[f"id{level}"]
     )

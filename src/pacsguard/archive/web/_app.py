@@ -28,7 +28,7 @@ from starlette.routing import Route
 from pacsguard.archive.audit.events import EventType
 from pacsguard.archive.model import InstanceRecord, QueryError
 from pacsguard.archive.security.principal import Action, Principal
-from pacsguard.archive.service import Denied, RetrieveTally
+from pacsguard.archive.service import Denied, Retrieval
 from pacsguard.archive.web import _qido, _stow, _wado
 from pacsguard.archive.web._auth import HttpCredential, authenticate
 from pacsguard.archive.web._context import WebContext
@@ -80,11 +80,13 @@ async def _answer(
     if head > MAX_HEAD_BYTES:
         await ctx.refused(address, event, "431 request headers too large")
         return WebError(431, f"request headers larger than {MAX_HEAD_BYTES} bytes").response()
-    credential = HttpCredential(request.headers.get("authorization"), address)
+    port = request.client.port if request.client is not None else 0
+    credential = HttpCredential(request.headers.get("authorization"), address, port)
     try:
-        principal = await run_in_threadpool(authenticate, ctx.gate, ctx.settings(), credential)
-    except AuthenticationError as exc:
-        await ctx.refused(address, EventType.AUTHENTICATION, exc.reason)
+        principal = await run_in_threadpool(authenticate, ctx.gate, credential)
+    except AuditLogError:
+        return WebError(503, "the audit log cannot be written; try again later").response()
+    except AuthenticationError:  # the gate has audited it and counted it for lockout
         return WebError(
             401,
             "authentication required: send Authorization: Bearer <token> (a JWT of the "
@@ -137,11 +139,10 @@ def _search(level: Level) -> Handler:
         }
         search = _qido.parse_search(level, path, request.query_params)
         ctx = _context(request)
-        matches, truncated = await run_in_threadpool(
-            _qido.run_search, ctx.service, principal, search
-        )
+        matches, more = await run_in_threadpool(_qido.run_search, ctx.service, principal, search)
         warnings = list(search.warnings)
-        if truncated:
+        if more and search.request.limit > ctx.settings().server.find_result_cap:
+            # the page was cut by the archive's cap, not by the client's limit
             warnings.append(
                 "The number of results exceeded the maximum supported by the server. "
                 "Additional results can be requested."
@@ -158,7 +159,7 @@ def _search(level: Level) -> Handler:
 
 
 # -- WADO-RS ---------------------------------------------------------------------------------
-async def _records(request: Request, principal: Principal) -> list[InstanceRecord]:
+async def _retrieval(request: Request, principal: Principal) -> Retrieval:
     params = request.path_params
     return await _wado.locate(
         _context(request), principal, params["study"], params.get("series"), params.get("instance")
@@ -173,20 +174,15 @@ async def _retrieve(request: Request, principal: Principal) -> Response:
             'instances are offered as multipart/related; type="application/dicom" only '
             "(metadata: append /metadata; rendered images are not offered)",
         )
-    records = await _records(request, principal)
-    try:
-        _wado.check_transfer_syntax(accept, records)
-    except WebError:
-        await _wado.end_retrieve(
-            _context(request), principal, records, RetrieveTally(not_started=len(records))
-        )
-        raise
-    return _wado.instances_response(_context(request), principal, records)
+    retrieval = await _retrieval(request, principal)
+    syntaxes = _wado.syntaxes_for(accept)
+    await _wado.check_deliverable(retrieval, syntaxes)
+    return _wado.instances_response(retrieval, syntaxes)
 
 
 async def _metadata(request: Request, principal: Principal) -> Response:
     _wado.json_accepted(parse_accept(request.headers.get("accept")))
-    records = await _records(request, principal)
+    retrieval = await _retrieval(request, principal)
     base = _base(request)
 
     def url(record: InstanceRecord) -> str:
@@ -195,30 +191,32 @@ async def _metadata(request: Request, principal: Principal) -> Response:
             f"/instances/{record.sop_instance_uid}"
         )
 
-    return _wado.metadata_response(_context(request), principal, records, url)
+    return _wado.metadata_response(retrieval, url)
 
 
 async def _pixels(request: Request, principal: Principal) -> Response:
     _wado.octet_parts(parse_accept(request.headers.get("accept")))
     params = request.path_params
+    numbers: list[int] = []
+    tag = 0
     if "frames" in params:
         numbers = _wado.parse_frames(params["frames"])
     else:
         tag_text = params["tag"]
         if len(tag_text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag_text):
             raise WebError(400, "bulk data is addressed by an 8-hex-digit tag")
-    ctx = _context(request)
-    records = await _records(request, principal)
-    tally = RetrieveTally(not_started=len(records))
+        tag = int(tag_text, 16)
+    retrieval = await _retrieval(request, principal)
+    record = retrieval.records[0]  # an instance path names one
+    retrieval.tally.begin()
+    sent = False
     try:
-        if "frames" in params:
-            chunks = await run_in_threadpool(_wado.frames, ctx, records[0], numbers)
-        else:
-            value = await run_in_threadpool(_wado.bulk_value, ctx, records[0], int(tag_text, 16))
-            chunks = [value]
-        tally = RetrieveTally(sent=len(records))
+        ds = await run_in_threadpool(_wado.read_dataset, retrieval, record)
+        chunks = _wado.frames(ds, numbers) if numbers else [_wado.bulk_value(ds, tag)]
+        sent = True
     finally:
-        await _wado.end_retrieve(ctx, principal, records, tally)
+        retrieval.tally.end(sent=sent)
+        await _wado.finish(retrieval)
     return _wado.octet_response(chunks)
 
 

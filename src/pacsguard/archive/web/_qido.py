@@ -9,21 +9,22 @@ literal matching and the ``Warning: 299`` PS3.18 8.3.4.4 prescribes. Matching on
 the index does not hold is answered the same way (PS3.4 C.2.2.1.3 lets C-FIND ignore it; the
 Warning says so). A parameter that is not an attribute or is malformed is a 400.
 
-Results are DICOM JSON (PS3.18 F.2) built from the C-FIND response identifier of each match
-(`identifiers.response_identifier`), so both front ends return the same values.
+The engine pages (`offset`, `limit`, capped by `[server] find_result_cap`) in one stable order
+and returns typed matches; results are DICOM JSON (PS3.18 F.2) from `archive.dicom_json`, the
+same matches C-FIND identifiers are built from.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from starlette.datastructures import QueryParams
 
-from pacsguard.archive.dimse.identifiers import response_identifier
+from pacsguard.archive.dicom_json import dicom_json
 from pacsguard.archive.index.query import FIELDS
 from pacsguard.archive.model import QueryRequest, is_valid_uid
 from pacsguard.archive.security.principal import Principal
@@ -78,8 +79,6 @@ class Search:
     """A parsed QIDO-RS request: what to ask the engine and what to tell the client."""
 
     request: QueryRequest
-    offset: int
-    limit: int | None
     warnings: tuple[str, ...] = field(default=())
 
 
@@ -155,9 +154,10 @@ def parse_search(level: Level, path_uids: Mapping[str, str], params: QueryParams
         root=QueryRoot.STUDY,
         level=level,
         keys=keys,
-        limit=offset + (limit if limit is not None else MAX_LIMIT),
+        limit=limit if limit is not None else MAX_LIMIT,
+        offset=offset,
     )
-    return Search(request, offset, limit, tuple(warnings))
+    return Search(request, tuple(warnings))
 
 
 def _level_fields(level: Level) -> tuple[str, ...]:
@@ -175,31 +175,10 @@ def check_uid(value: str, what: str) -> str:
 def run_search(
     service: ArchiveService, principal: Principal, search: Search
 ) -> tuple[list[dict[str, Any]], bool]:
-    """(DICOM JSON objects of the page asked for, whether matches were left out by the
-    archive's result cap). Blocking; Denied, QueryError and AuditLogError pass through."""
-    results: list[dict[str, str]] = []
-    truncated = _drain(service.query(principal, search.request), results)
-    page = results[search.offset :]
-    if search.limit is not None:
-        page = page[: search.limit]
-    return [to_dicom_json(search.request, r) for r in page], truncated
-
-
-def _drain(matches: Generator[dict[str, str], None, bool], into: list[dict[str, str]]) -> bool:
-    while True:
-        try:
-            into.append(next(matches))
-        except StopIteration as done:
-            return bool(done.value)
-
-
-def to_dicom_json(request: QueryRequest, result: dict[str, str]) -> dict[str, Any]:
-    """One match as a DICOM JSON object (UTF-8 by definition: no Specific Character Set)."""
-    ds = response_identifier(request, result)
-    for keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
-        if keyword in ds:
-            delattr(ds, keyword)
-    return ds.to_json_dict()
+    """(DICOM JSON objects of the page asked for, whether more matches follow it). Blocking;
+    Denied, QueryError and AuditLogError pass through."""
+    answer = service.query(principal, search.request)
+    return [dicom_json(match.attributes) for match in answer], answer.more
 
 
 def warning_header(warnings: Sequence[str]) -> dict[str, str]:

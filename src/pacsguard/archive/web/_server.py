@@ -197,6 +197,8 @@ class WebListener:
         return str(bound[0]), int(bound[1])
 
     async def stop(self) -> None:
+        """Stop accepting, let answers under way finish (uvicorn's graceful shutdown, 2 s),
+        then drop every connection still open, so that none outlives the loop."""
         server, task = self._server, self._task
         if server is None or task is None:
             return
@@ -208,6 +210,11 @@ class WebListener:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+        for connection in list(server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+        await asyncio.sleep(0)  # let the aborted transports run connection_lost
         self._server = self._task = None
 
 

@@ -2,20 +2,28 @@
 metadata as DICOM JSON, frames and bulk data of uncompressed pixel data as
 ``multipart/related; type="application/octet-stream"``.
 
-Every retrieve goes through the service: `instances_to_retrieve` authorizes (the `get`
-permission) and writes the `move-request` line before anything is read, `open_instance` reads
-a stored object, `audit_retrieve` ends it with the tally (sent, failed, cut off). Instances are
-sent as stored, byte for byte, one chunk at a time (`DrivenStream`); each part's Content-Type
-names its transfer syntax. There is no transcoding yet: an Accept that asks for another
-transfer syntax than an instance's gets 406. Metadata and frames read one instance at a time.
+Every retrieve is the service's (`ArchiveService.retrieve`: authorize the `get` permission,
+choose the instances, write the `move-request` line before anything is read); the instances
+are read through its `Retrieval` in a transfer syntax the client accepts, counted on its tally,
+and `Retrieval.finish` writes the closing line however the answer ended (`DrivenStream`).
+
+Transfer syntax of ``application/dicom`` parts (PS3.18 8.7.3.5): with ``transfer-syntax=*``
+each instance goes as stored, byte for byte; with a named one, in that one (the service
+converts between Explicit and Implicit VR Little Endian; 406 before anything is sent when
+some instance cannot be had in it); without the parameter, Explicit VR Little Endian (the
+default PS3.18 names) for uncompressed instances and compressed ones as stored (there is no
+codec to decompress them). Each part's Content-Type names its transfer syntax. One chunk at a
+time is in memory; metadata and frames read one instance at a time.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import secrets
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
+from functools import partial
 from typing import Any, Final
 
 from pydicom import dcmread
@@ -26,11 +34,12 @@ from starlette.concurrency import run_in_threadpool
 
 from pacsguard.archive.model import InstanceRecord
 from pacsguard.archive.security.principal import Action, Principal
-from pacsguard.archive.service import RetrieveTally
+from pacsguard.archive.service import UNCOMPRESSED, Retrieval, deliverable_syntaxes
 from pacsguard.archive.web._context import WebContext
 from pacsguard.archive.web._errors import WebError
 from pacsguard.archive.web._media import MediaRange, wants, wants_multipart
 from pacsguard.archive.web._stream import DrivenStream
+from pacsguard.dicom import uids
 from pacsguard.dicom.levels import Level
 from pacsguard.errors import AuditLogError
 
@@ -42,7 +51,9 @@ OCTETS: Final = "application/octet-stream"
 DICOM_JSON: Final = "application/dicom+json"
 #: Values longer than this become BulkDataURIs in metadata (PS3.18 F.2.6).
 BULK_THRESHOLD: Final = 1024
-_UNCOMPRESSED: Final = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+EXPLICIT_LE: Final = str(uids.EXPLICIT_VR_LITTLE_ENDIAN)
+
+Syntaxes = Callable[[InstanceRecord], Collection[str]]
 
 
 async def locate(
@@ -51,9 +62,10 @@ async def locate(
     study: str,
     series: str | None = None,
     instance: str | None = None,
-) -> list[InstanceRecord]:
-    """The stored instances a WADO-RS path names, authorized and announced in the audit trail
-    (Denied, AuditLogError pass through); WebError(404) when there are none."""
+) -> Retrieval:
+    """The retrieve a WADO-RS path names, authorized and announced in the audit trail
+    (Denied, AuditLogError pass through); WebError(404), its trail closed, when the path
+    names nothing stored (or a series or instance of another study)."""
     level, uid = (
         (Level.IMAGE, instance)
         if instance is not None
@@ -61,102 +73,110 @@ async def locate(
         if series is not None
         else (Level.STUDY, study)
     )
-    records = await run_in_threadpool(
-        ctx.service.instances_to_retrieve, principal, Action.GET, level, [uid]
+    retrieval = await run_in_threadpool(ctx.service.retrieve, principal, Action.GET, level, [uid])
+    # UIDs are hierarchical in the index: a series or instance is in the path's study (and
+    # series) entirely or not at all.
+    inside = all(
+        r.study_instance_uid == study and series in (None, r.series_instance_uid)
+        for r in retrieval.records
     )
-    inside = [
-        r
-        for r in records
-        if r.study_instance_uid == study and series in (None, r.series_instance_uid)
-    ]
-    if records and not inside:  # announced, then nothing sent: the trail still closes
-        await end_retrieve(ctx, principal, records, RetrieveTally(not_started=len(records)))
-    if not inside:
+    if not retrieval.records or not inside:
+        if retrieval.records:  # announced, then nothing sent: the trail still closes
+            await finish(retrieval)
         raise WebError(404, f"no {level.name.lower()} {uid} in this archive", audit=False)
-    return inside
+    return retrieval
 
 
-async def end_retrieve(
-    ctx: WebContext, principal: Principal, records: list[InstanceRecord], tally: RetrieveTally
-) -> None:
+async def finish(retrieval: Retrieval) -> None:
     try:
-        await run_in_threadpool(
-            lambda: ctx.service.audit_retrieve(principal, records, destination=None, tally=tally)
-        )
+        await run_in_threadpool(retrieval.finish)
     except AuditLogError:
         log.error("the end of a DICOMweb retrieve could not be audited (the audit log says why)")
 
 
-def check_transfer_syntax(accept: MediaRange, records: list[InstanceRecord]) -> None:
-    """406 when the client asks for a transfer syntax some instance is not stored in."""
-    wanted = accept.params.get("transfer-syntax", "*").strip()
+def syntaxes_for(accept: MediaRange) -> Syntaxes:
+    """Which transfer syntaxes each instance may be sent in, by the Accept range chosen."""
+    wanted = accept.params.get("transfer-syntax", "").strip()
     if wanted == "*":
-        return
-    other = [r for r in records if r.transfer_syntax_uid != wanted]
-    if other:
-        raise WebError(
-            406,
-            f"{len(other)} of the {len(records)} instances are not stored in transfer syntax "
-            f"{wanted[:64]} and this archive does not transcode; ask for transfer-syntax=* "
-            f"(or {other[0].transfer_syntax_uid})",
-        )
-
-
-def instances_response(
-    ctx: WebContext, principal: Principal, records: list[InstanceRecord]
-) -> DrivenStream:
-    """The instances as stored, one multipart part each, streamed."""
-    boundary = secrets.token_hex(16)
-    tally = RetrieveTally(not_started=len(records))
-
-    async def produce() -> AsyncGenerator[bytes, None]:
-        for record in records:
-            tally.not_started -= 1
-            tally.in_flight += 1
-            stream = await run_in_threadpool(ctx.service.open_instance, record)
-            try:
-                syntax = record.transfer_syntax_uid
-                yield (
-                    f"--{boundary}\r\nContent-Type: {DICOM}"
-                    + (f"; transfer-syntax={syntax}" if syntax else "")
-                    + "\r\n\r\n"
-                ).encode("ascii")
-                while chunk := await run_in_threadpool(stream.read, CHUNK):
-                    yield chunk
-                yield b"\r\n"
-            finally:
-                await run_in_threadpool(stream.close)
-            tally.in_flight -= 1
-            tally.sent += 1
-        yield f"--{boundary}--\r\n".encode("ascii")
-
-    async def finish(complete: bool) -> None:
-        await end_retrieve(ctx, principal, records, tally)
-
-    return DrivenStream(
-        produce,
-        finish,
-        media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
+        return deliverable_syntaxes
+    if wanted:
+        return lambda record: (wanted,)
+    return lambda record: (
+        (EXPLICIT_LE,)
+        if record.transfer_syntax_uid in UNCOMPRESSED
+        else (record.transfer_syntax_uid,)
     )
 
 
-def _read(ctx: WebContext, record: InstanceRecord) -> Dataset:
-    with ctx.service.open_instance(record) as stream:
-        return dcmread(stream)
+async def check_deliverable(retrieval: Retrieval, syntaxes: Syntaxes) -> None:
+    """406 (the trail closed, nothing sent) when some instance cannot be had as asked."""
+    other = [r for r in retrieval.records if not set(syntaxes(r)) & set(deliverable_syntaxes(r))]
+    if other:
+        await finish(retrieval)
+        raise WebError(
+            406,
+            f"{len(other)} of the {len(retrieval.records)} instances cannot be sent in the "
+            f"transfer syntax asked for (this one is stored as {other[0].transfer_syntax_uid}; "
+            "only Explicit and Implicit VR Little Endian convert); ask for transfer-syntax=*",
+        )
+
+
+def instances_response(retrieval: Retrieval, syntaxes: Syntaxes) -> DrivenStream:
+    """The instances, one multipart part each, streamed."""
+    boundary = secrets.token_hex(16)
+    tally = retrieval.tally
+
+    async def produce() -> AsyncGenerator[bytes, None]:
+        for record in retrieval.records:
+            tally.begin()
+            data = await run_in_threadpool(
+                partial(retrieval.open, record, syntaxes(record), part10=True)
+            )
+            if data is None:  # unreadable: counted, and the answer is cut (never a gap)
+                tally.end(sent=False)
+                raise OSError("a stored instance could not be read for WADO-RS")
+            try:
+                yield (
+                    f"--{boundary}\r\nContent-Type: {DICOM}; "
+                    f"transfer-syntax={data.transfer_syntax}\r\n\r\n"
+                ).encode("ascii")
+                while chunk := await run_in_threadpool(data.read, CHUNK):
+                    yield chunk
+                yield b"\r\n"
+            finally:
+                await run_in_threadpool(data.close)
+            tally.end(sent=True)
+        yield f"--{boundary}--\r\n".encode("ascii")
+
+    async def done(complete: bool) -> None:
+        await finish(retrieval)
+
+    return DrivenStream(
+        produce, done, media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}'
+    )
+
+
+def read_dataset(retrieval: Retrieval, record: InstanceRecord) -> Dataset:
+    """One instance as a pydicom Dataset, as stored (OSError when it cannot be read). Blocking;
+    one instance in memory."""
+    data = retrieval.open(record, deliverable_syntaxes(record), part10=True)
+    if data is None:
+        raise OSError("a stored instance could not be read for WADO-RS")
+    try:
+        return dcmread(io.BytesIO(data.read()))
+    finally:
+        data.close()
 
 
 def metadata_response(
-    ctx: WebContext,
-    principal: Principal,
-    records: list[InstanceRecord],
-    instance_url: Callable[[InstanceRecord], str],
+    retrieval: Retrieval, instance_url: Callable[[InstanceRecord], str]
 ) -> DrivenStream:
     """A DICOM JSON array, one object per instance, built and sent one instance at a time;
     values longer than BULK_THRESHOLD bytes become BulkDataURIs."""
-    tally = RetrieveTally(not_started=len(records))
+    tally = retrieval.tally
 
     def one(record: InstanceRecord) -> bytes:
-        ds = _read(ctx, record)
+        ds = read_dataset(retrieval, record)
         base = instance_url(record)
 
         def bulk(element: DataElement) -> str:
@@ -167,19 +187,21 @@ def metadata_response(
 
     async def produce() -> AsyncGenerator[bytes, None]:
         yield b"["
-        for i, record in enumerate(records):
-            tally.not_started -= 1
-            tally.in_flight += 1
-            part = await run_in_threadpool(one, record)
+        for i, record in enumerate(retrieval.records):
+            tally.begin()
+            try:
+                part = await run_in_threadpool(one, record)
+            except Exception:
+                tally.end(sent=False)
+                raise
             yield (b"," if i else b"") + part
-            tally.in_flight -= 1
-            tally.sent += 1
+            tally.end(sent=True)
         yield b"]"
 
-    async def finish(complete: bool) -> None:
-        await end_retrieve(ctx, principal, records, tally)
+    async def done(complete: bool) -> None:
+        await finish(retrieval)
 
-    return DrivenStream(produce, finish, media_type=DICOM_JSON)
+    return DrivenStream(produce, done, media_type=DICOM_JSON)
 
 
 def parse_frames(text: str) -> list[int]:
@@ -199,13 +221,12 @@ def octet_parts(ranges: list[MediaRange]) -> None:
         )
 
 
-def frames(ctx: WebContext, record: InstanceRecord, numbers: list[int]) -> list[bytes]:
-    """The frames asked for, from uncompressed pixel data. Blocking."""
-    ds = _read(ctx, record)
+def frames(ds: Dataset, numbers: list[int]) -> list[bytes]:
+    """The frames asked for, from uncompressed little-endian pixel data."""
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     if "PixelData" not in ds:
         raise WebError(404, "this instance has no pixel data", audit=False)
-    if syntax not in _UNCOMPRESSED or int(ds.BitsAllocated) % 8:
+    if syntax not in UNCOMPRESSED or int(ds.BitsAllocated) % 8:
         raise WebError(
             406,
             f"frames are offered for uncompressed little-endian pixel data only, not "
@@ -214,15 +235,14 @@ def frames(ctx: WebContext, record: InstanceRecord, numbers: list[int]) -> list[
     size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
     size *= int(ds.BitsAllocated) // 8
     count = int(ds.get("NumberOfFrames", 1) or 1)
-    pixels = bytes(ds.PixelData)
     if any(n > count for n in numbers):
         raise WebError(404, f"this instance has {count} frame(s)", audit=False)
+    pixels = bytes(ds.PixelData)
     return [pixels[(n - 1) * size : n * size] for n in numbers]
 
 
-def bulk_value(ctx: WebContext, record: InstanceRecord, tag: int) -> bytes:
-    """The value of a top-level element, as stored (a BulkDataURI of our metadata). Blocking."""
-    ds = _read(ctx, record)
+def bulk_value(ds: Dataset, tag: int) -> bytes:
+    """The value of a top-level element, as stored (a BulkDataURI of our metadata)."""
     if tag not in ds:
         raise WebError(404, f"no element {tag:08X} at the top level of this instance", audit=False)
     value = ds[tag].value
@@ -245,9 +265,7 @@ def octet_response(chunks: list[bytes]) -> DrivenStream:
         return None
 
     return DrivenStream(
-        produce,
-        nothing,
-        media_type=f'multipart/related; type="{OCTETS}"; boundary={boundary}',
+        produce, nothing, media_type=f'multipart/related; type="{OCTETS}"; boundary={boundary}'
     )
 
 

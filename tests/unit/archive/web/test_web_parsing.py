@@ -41,7 +41,7 @@ def test_qido_parameters_become_one_query() -> None:
     assert keys["StudyInstanceUID"] == "1.2.3\\1.2.4"  # UID list matching
     assert keys["StudyDescription"] == "" and keys["PatientSex"] == ""
     assert set(DEFAULT_FIELDS[Level.STUDY]) <= keys.keys()
-    assert (search.offset, search.limit, search.request.limit) == (10, 5, 15)
+    assert (search.request.offset, search.request.limit) == (10, 5)
     assert any("fuzzymatching" in w for w in search.warnings)
 
 
