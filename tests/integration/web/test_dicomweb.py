@@ -117,6 +117,13 @@ def test_wado_returns_the_stored_bytes_and_metadata_and_frames(
                 "transfer-syntax=1.2.840.10008.1.2.4.50"
             },
         )
+        implicit = client.get(
+            instance,
+            headers={
+                "Accept": 'multipart/related; type="application/dicom"; '
+                "transfer-syntax=1.2.840.10008.1.2"
+            },
+        )
         rendered = client.get(instance, headers={"Accept": "image/jpeg"})
         missing = client.get("/studies/1.2.3.4.5")
     assert whole.status_code == 200
@@ -130,6 +137,11 @@ def test_wado_returns_the_stored_bytes_and_metadata_and_frames(
     assert restored.PatientID == one.PatientID
     assert [p for _, p in read_parts(frames)] == [one.PixelData]
     assert other_syntax.status_code == 406
+    ((part_type, converted),) = read_parts(implicit)  # converted by the service
+    assert "transfer-syntax=1.2.840.10008.1.2" in part_type.replace('"', "")
+    again = dcmread(io.BytesIO(converted))
+    assert again.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert again.PixelData == one.PixelData and again.SOPInstanceUID == one.SOPInstanceUID
     assert rendered.status_code == 406
     assert missing.status_code == 404
 
