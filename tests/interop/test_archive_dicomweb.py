@@ -154,3 +154,40 @@ def test_stow_study_is_found_by_findscu_and_fetched_by_getscu(
         assert received[uid].PixelData == original.PixelData
         assert received[uid].PatientID == original.PatientID
     shutil.rmtree(fetched)
+
+
+def test_qido_matches_what_findscu_finds(
+    web: WebArchive, lab_data: LabData, tmp_path: Path
+) -> None:
+    """One query engine: the same keys give the same studies over QIDO-RS and C-FIND."""
+    require_tools("storescu", "findscu")
+    stored = dcmtk(
+        "storescu", "-aet", "TESTER", "-aec", "PACSGUARD", "+sd",
+        "127.0.0.1", str(web.dimse_port), str(lab_data.directory),
+    )  # fmt: skip
+    assert stored.ok, stored.log[-2000:]
+    first = dcmread(lab_data.files[0], stop_before_pixels=True)
+    family = str(first.PatientName).split("^")[0]
+    queries = [
+        {},
+        {"PatientName": f"{family[:2]}*"},
+        {"PatientID": str(first.PatientID)},
+        {"StudyDate": f"-{first.StudyDate}"},
+        {"ModalitiesInStudy": "", "AccessionNumber": f"{str(first.AccessionNumber)[:3]}*"},
+    ]
+    with web.client("reader") as client:
+        for n, keys in enumerate(queries):
+            out = tmp_path / f"find{n}"
+            out.mkdir()
+            arguments = [a for k, v in keys.items() for a in ("-k", f"{k}={v}")]
+            found = dcmtk(
+                "findscu", "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID",
+                *arguments, "-X", "-od", str(out),
+                "-aet", "TESTER", "-aec", "PACSGUARD", "127.0.0.1", str(web.dimse_port),
+            )  # fmt: skip
+            assert found.ok, found.log[-2000:]
+            by_dimse = {str(dcmread(p).StudyInstanceUID) for p in out.iterdir()}
+            answer = client.get("/studies", params={k: v for k, v in keys.items() if v})
+            by_web = {s["0020000D"]["Value"][0] for s in answer.json()}
+            assert by_web == by_dimse, keys
+            assert by_web or not keys  # the lab data makes every query match something

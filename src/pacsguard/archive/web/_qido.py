@@ -9,6 +9,9 @@ literal matching and the ``Warning: 299`` PS3.18 8.3.4.4 prescribes. Matching on
 the index does not hold is answered the same way (PS3.4 C.2.2.1.3 lets C-FIND ignore it; the
 Warning says so). A parameter that is not an attribute or is malformed is a 400.
 
+No match is 200 with an empty array, as DICOM CP-2473 (2025) corrects PS3.18 8.3.4.4.1's 204
+(a 204 must carry no content, RFC 9110 15.3.5; C-FIND calls zero matches a success).
+
 The engine pages (`offset`, `limit`, capped by `[server] find_result_cap`) in one stable order
 and returns typed matches; results are DICOM JSON (PS3.18 F.2) from `archive.dicom_json`, the
 same matches C-FIND identifiers are built from.

@@ -211,8 +211,9 @@ class WebListener:
             with contextlib.suppress(BaseException):
                 await task
         for connection in list(server.server_state.connections):
+            # A TLS connection that uvicorn closed waits for the client's close_notify: abort.
             transport = getattr(connection, "transport", None)
-            if transport is not None and not transport.is_closing():
+            if transport is not None:
                 transport.abort()
         await asyncio.sleep(0)  # let the aborted transports run connection_lost
         self._server = self._task = None
