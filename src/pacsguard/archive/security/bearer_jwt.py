@@ -67,6 +67,8 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"bearer JWT malformed: {shown(exc)}") from None
         alg = header.get("alg")
+        if alg is None:
+            raise AuthenticationError("bearer JWT header has no alg")
         if not isinstance(alg, str) or alg.lower() == "none":
             raise AuthenticationError(f"bearer JWT alg {shown(alg)}: unsigned tokens are refused")
         if alg.upper().startswith("HS"):
