@@ -97,7 +97,7 @@ def _name(cn: str) -> x509.Name:
 
 
 @dataclass
-class TestCA:
+class IssuerCA:
     """A CA and a server certificate for 127.0.0.1, as PEM files in `folder`."""
 
     folder: Path
@@ -172,7 +172,7 @@ class JwksEndpoint:
 
 
 @contextmanager
-def serve_jwks(ca: TestCA, endpoint: JwksEndpoint) -> Iterator[ThreadingHTTPServer]:
+def serve_jwks(ca: IssuerCA, endpoint: JwksEndpoint) -> Iterator[ThreadingHTTPServer]:
     """Serve `endpoint` over HTTPS on 127.0.0.1 (an ephemeral port) until the block ends."""
 
     class Handler(BaseHTTPRequestHandler):
