@@ -10,16 +10,18 @@ from typing import Any
 
 import pytest
 
+from pacsguard.archive import tokens
 from pacsguard.archive.config import JwtSettings, build_settings
 from pacsguard.archive.security.bearer_jwt import JwtVerifier
 from pacsguard.archive.security.jwks import JwksCache
 from pacsguard.archive.security.principal import Action
+from pacsguard.archive.security.verifiers import BearerVerifier
 from pacsguard.errors import AuthenticationError
 from tests.issuer import (
     AUDIENCE,
     ISSUER,
-    JwksEndpoint,
     IssuerCA,
+    JwksEndpoint,
     ec_key,
     jwk,
     rsa_key,
@@ -94,7 +96,7 @@ def test_an_endpoint_whose_certificate_does_not_verify_is_not_trusted(
     other = IssuerCA(tmp_path / "other")
     for ca_file in (None, other.ca_file):  # the system's CAs, another CA
         verifier = JwtVerifier.from_settings(_settings(endpoint.url, ca_file))
-        with pytest.raises(AuthenticationError, match="no issuer keys: JWKS fetch failed.*CERT"):
+        with pytest.raises(AuthenticationError, match=r"no issuer keys: JWKS fetch failed.*CERT"):
             verifier.verify(token(RSA_1, "rsa-1"))
     assert endpoint.requests == 0  # refused in the handshake, before any request
     wrong_name = endpoint.url.replace("127.0.0.1", "localhost")  # the certificate names the IP
@@ -223,3 +225,39 @@ def test_a_key_set_the_endpoint_changes_into_garbage_is_not_taken(
     clock.now += REFRESH_S
     assert verifier.verify(token(RSA_1, "rsa-1")).username == "alice"  # the last good set
     assert endpoint.requests == 2
+
+
+def test_the_bearer_router_takes_api_tokens_and_jwts_from_one_settings_tree(
+    endpoint: JwksEndpoint, ca: IssuerCA, tmp_path: Path
+) -> None:
+    settings = build_settings(
+        {
+            "storage": {"data_dir": str(tmp_path)},
+            "users": {"svc": {"roles": ["modality"]}},
+            "jwt": {
+                "issuer": ISSUER,
+                "audience": AUDIENCE,
+                "jwks_url": endpoint.url,
+                "jwks_ca_file": str(ca.ca_file),
+                "scopes": {"pacs.read": ["find", "get"]},
+            },
+        }
+    )
+    _, api_token = tokens.issue(tokens.store_path(settings), "svc", days=1)
+    bearer = BearerVerifier.from_settings(settings)
+    by_token = bearer.verify(api_token)
+    by_jwt = bearer.verify(token(EC_1, "ec-1"))
+    assert (by_token.kind, by_token.username, by_token.permissions) == (
+        "api-token",
+        "svc",
+        {Action.ECHO, Action.STORE},
+    )
+    assert (by_jwt.kind, by_jwt.username, by_jwt.permissions) == (
+        "jwt",
+        "alice",
+        {Action.FIND, Action.GET},
+    )
+    assert endpoint.requests == 1  # the API token never touched the issuer
+    without_jwks = build_settings({"storage": {"data_dir": str(tmp_path)}, "users": {"svc": {}}})
+    with pytest.raises(AuthenticationError, match="jwt: not accepted here"):
+        BearerVerifier.from_settings(without_jwks).verify(token(EC_1, "ec-1"))

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from pacsguard.archive.security.principal import Action
 from pacsguard.errors import AuthenticationError
+
+if TYPE_CHECKING:
+    from pacsguard.archive.config import Settings
 
 __all__ = [
     "API_TOKEN_PREFIX",
@@ -83,6 +86,19 @@ class BearerVerifier:
             "api-token": api_tokens,
             "jwt": jwt,
         }
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BearerVerifier:
+        """API tokens from the data dir's tokens file (none while it does not exist), and
+        bearer JWTs when ``[jwt] jwks_file`` or ``jwks_url`` is set. ConfigError when the
+        JWKS file or CA file cannot be used. Build a new one on reload: it fetches anew."""
+        from pacsguard.archive.security.bearer_jwt import JwtVerifier
+        from pacsguard.archive.tokens import ApiTokenVerifier
+
+        return cls(
+            api_tokens=ApiTokenVerifier.from_settings(settings),
+            jwt=JwtVerifier.from_settings(settings.jwt) if settings.jwt.jwks_configured else None,
+        )
 
     def verify(self, credential: str) -> VerifiedIdentity:
         credential = credential.strip()
