@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -402,3 +403,31 @@ def test_require_files_points_at_init(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="VIEWER1 move_ca_file"):
         require_files(moving)
+
+
+def test_the_templates_jwt_example_loads_when_uncommented(tmp_path: Path) -> None:
+    """The commented [jwt] block of the file `pacsguard init` writes is a working example."""
+    from pacsguard.archive.config_template import render_config
+
+    text = render_config(
+        ae_title="PACSGUARD", admin_username="admin", admin_ae_title="ADMIN", admin_hash=HASH
+    )
+    lines = text.splitlines()
+    start = lines.index("# [jwt]")
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("# Roles grant"))
+    example = []
+    for line in lines[start:end]:
+        body = line[2:]
+        if line.startswith("# ") and re.match(r'(\[[\w.]+\]$|"?[\w.]+"? = )', body):
+            if not body.startswith(("jwks_file", "secret_file")):  # the alternatives
+                example.append(body)
+    config = tmp_path / "pacsguard.toml"
+    config.write_text("\n".join(example) + "\n")
+    jwt = load_settings(config, env={}).jwt
+    assert jwt.jwks_url is not None and jwt.jwks_url.startswith("https://")
+    assert jwt.jwks_ca_file == tmp_path / "tls" / "idp-ca.crt"
+    assert dict(jwt.scopes) == {
+        "pacs.read": {Action.FIND, Action.GET},
+        "pacs.write": {Action.STORE},
+    }
+    assert (jwt.jwks_refresh_s, jwt.jwks_max_age_s, jwt.jwks_cooldown_s) == (300, 86400, 30)
