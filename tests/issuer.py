@@ -84,6 +84,12 @@ def token(
     return jwt.encode(claims(**claim_overrides), key, algorithm=alg, headers=headers)
 
 
+def signed_payload(key: PrivateKey, kid: str, body: dict[str, Any]) -> str:
+    """`body` signed as it is (jwt.encode checks some claims' types; a forger would not)."""
+    alg = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
+    return jwt.PyJWS().encode(json.dumps(body).encode(), key, algorithm=alg, headers={"kid": kid})
+
+
 def unsigned(**claim_overrides: Any) -> str:
     """A token with alg "none" and no signature (PyJWT refuses to make one on purpose)."""
     return jwt.encode(claims(**claim_overrides), None, algorithm="none", headers={"kid": "rsa-1"})

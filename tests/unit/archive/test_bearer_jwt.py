@@ -15,6 +15,8 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pacsguard.archive.config import Settings, build_settings
 from pacsguard.archive.security.bearer_jwt import JwtVerifier
@@ -168,6 +170,7 @@ REFUSALS: dict[str, tuple[str, str]] = {
     "payload changed": (_with_claims(token(RSA, "rsa-1"), sub="root"), "bad signature"),
     "no kid, two RS256-capable keys": (token(RSA, None), "no kid and 2 RS256 keys"),
     "kid not a string": (_with_header(token(RSA, "rsa-1"), alg="RS256", kid=7), "must be a string"),
+    "exp out of range": (token(RSA, "rsa-1", exp=10**20), "exp '1000000000000.*' is out of range"),
     "garbage": ("not.a.jwt", "malformed"),
     "two parts": ("eyJhbGciOiJSUzI1NiJ9.e30", "malformed"),
 }
@@ -232,3 +235,51 @@ def test_a_bad_jwks_file_stops_the_start(tmp_path: Path) -> None:
     (tmp_path / "jwks.json").unlink()
     with pytest.raises(ConfigError, match=r"jwks.json"):
         JwtVerifier.from_settings(settings.jwt)
+
+
+def test_a_kid_shared_by_an_rsa_and_an_ec_key_picks_by_algorithm(tmp_path: Path) -> None:
+    keys = _jwks(jwk(RSA, "k1"), jwk(EC, "k1"))
+    verifier = JwtVerifier.from_settings(_settings(tmp_path, keys).jwt)
+    assert verifier.verify(token(RSA, "k1")).username == "alice"
+    assert verifier.verify(token(EC, "k1")).username == "alice"
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+)
+CLAIM_NAMES = st.sampled_from(["exp", "nbf", "iat", "iss", "aud", "sub", "scope", "jti"])
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(changes=st.dictionaries(CLAIM_NAMES, JSON, max_size=4))
+def test_any_claim_values_verify_or_are_refused_never_crash(
+    verifier: JwtVerifier, changes: dict[str, Any]
+) -> None:
+    """Signed, well-formed tokens whose claims hold any JSON: an identity or a refusal."""
+    presented = issuer.signed_payload(RSA, "rsa-1", {**issuer.claims(), **changes})
+    try:
+        identity = verifier.verify(presented)
+    except AuthenticationError as exc:
+        assert exc.reason.startswith("bearer JWT")
+    else:
+        assert isinstance(identity.username, str) and identity.expires is not None
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(header=st.dictionaries(st.sampled_from(["alg", "kid", "typ", "crit"]), JSON, max_size=4))
+def test_any_header_is_refused_never_crashes(verifier: JwtVerifier, header: dict[str, Any]) -> None:
+    presented = _with_header(token(RSA, "rsa-1"), **header)
+    with pytest.raises(AuthenticationError):
+        verifier.verify(presented)

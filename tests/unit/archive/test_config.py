@@ -418,9 +418,9 @@ def test_the_templates_jwt_example_loads_when_uncommented(tmp_path: Path) -> Non
     example = []
     for line in lines[start:end]:
         body = line[2:]
-        if line.startswith("# ") and re.match(r'(\[[\w.]+\]$|"?[\w.]+"? = )', body):
-            if not body.startswith(("jwks_file", "secret_file")):  # the alternatives
-                example.append(body)
+        setting = line.startswith("# ") and re.match(r'(\[[\w.]+\]$|"?[\w.]+"? = )', body)
+        if setting and not body.startswith(("jwks_file", "secret_file")):  # the alternatives
+            example.append(body)
     config = tmp_path / "pacsguard.toml"
     config.write_text("\n".join(example) + "\n")
     jwt = load_settings(config, env={}).jwt

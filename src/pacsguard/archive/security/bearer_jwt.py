@@ -111,12 +111,17 @@ class JwtVerifier:
         permissions: set[Action] = set()
         for grant in grants:
             permissions |= settings.scopes.get(grant, frozenset())
-        exp = claims["exp"]
+        try:
+            expires = datetime.fromtimestamp(float(claims["exp"]), UTC)
+        except (OverflowError, OSError, ValueError):
+            raise AuthenticationError(
+                f"bearer JWT exp {shown(claims['exp'])} is out of range"
+            ) from None
         jti = claims.get("jti")
         return VerifiedIdentity(
             username=username,
             permissions=frozenset(permissions),
-            expires=datetime.fromtimestamp(float(exp), UTC),
+            expires=expires,
             kind="jwt",
             credential_id=jti[:64] if isinstance(jti, str) else None,
             grants=grants,

@@ -48,8 +48,9 @@ __all__ = ["ACCEPTED_ALGORITHMS", "JwksCache", "KeySet", "parse_jwks"]
 ACCEPTED_ALGORITHMS: Final = ("RS256", "ES256")
 #: Largest JWKS document accepted, in bytes.
 MAX_JWKS_BYTES: Final = 1_048_576
-#: Seconds a JWKS fetch may take (connect, TLS, each read).
+#: Seconds each step of a JWKS fetch may take (connect, TLS, each read), and all of it.
 FETCH_TIMEOUT_S: Final = 5.0
+FETCH_DEADLINE_S: Final = 10.0
 #: Keys in one set at most.
 MAX_KEYS: Final = 64
 
@@ -71,8 +72,12 @@ class KeySet:
 
     entries: tuple[JwkEntry, ...]
 
-    def named(self, kid: str) -> JwkEntry | None:
-        return next((e for e in self.entries if e.kid == kid), None)
+    def named(self, kid: str, alg: str | None = None) -> JwkEntry | None:
+        """The key `kid`; among several with that kid (one RSA, one EC), the usable one for
+        `alg` first."""
+        named = [e for e in self.entries if e.kid == kid]
+        fitting = [e for e in named if e.key is not None and e.key.algorithm_name == alg]
+        return next(iter(fitting or named), None)
 
     def usable_for(self, alg: str) -> list[JwkEntry]:
         return [e for e in self.entries if e.key is not None and e.key.algorithm_name == alg]
@@ -148,6 +153,7 @@ def fetch_url(url: str, ca_file: Path | None) -> Fetch:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
 
     def fetch() -> bytes:
+        deadline = time.monotonic() + FETCH_DEADLINE_S
         with (
             httpx.Client(
                 verify=context,
@@ -165,6 +171,8 @@ def fetch_url(url: str, ca_file: Path | None) -> Fetch:
                 body += chunk
                 if len(body) > MAX_JWKS_BYTES:
                     break
+                if time.monotonic() > deadline:  # a server that trickles its answer
+                    raise OSError(f"no complete answer within {FETCH_DEADLINE_S:g} s")
             return bytes(body)
 
     return fetch
@@ -290,7 +298,7 @@ def _pick(keys: KeySet, kid: str | None, alg: str, origin: str) -> jwt.PyJWK:
                 "a kid is required unless exactly one key fits"
             )
         return candidates[0].key
-    entry = keys.named(kid)
+    entry = keys.named(kid, alg)
     if entry is None:
         raise AuthenticationError(f"unknown kid {shown(kid)}: not in the JWKS from {origin}")
     if entry.key is None:
