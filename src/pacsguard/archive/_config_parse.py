@@ -325,6 +325,8 @@ def check_jwt(settings: Settings) -> None:
         return
     if not jwt.issuer or not jwt.audience:
         raise ConfigError("jwt.issuer and jwt.audience: required when an AE uses auth = 'jwt'")
+    if jwt.jwks_configured:
+        return  # type 5 tokens are verified against the JWKS too: no static key needed
     if jwt.algorithm == "HS256" and jwt.secret_file is None:
         raise ConfigError("jwt.secret_file: required for algorithm = 'HS256'")
     if jwt.algorithm == "RS256" and jwt.public_key_file is None:

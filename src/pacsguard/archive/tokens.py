@@ -4,19 +4,19 @@ They are kept apart from pacsguard.toml, in ``DATA/api-tokens.json`` (0600, repl
 atomically), because they change far more often than the configuration and carry their own
 lifecycle (expiry, revocation).
 
-A token is ``pgt_<id>_<secret>``: the prefix tells a bearer string that is an API token from a
-JWT without trying both (`security.verifiers.bearer_kind`), `id` (12 hex digits) names it in
-lists, revocations and audit lines, `secret` is 256 random bits. Only the SHA-256 of the whole
-token is stored, and compared in constant time. Not a keyed hash and not a slow one, on
-purpose: a key (pepper) or Argon2 protects guessable secrets from someone who reads the file,
-and nobody can invert SHA-256 for 256 random bits; a plain digest keeps per-request checks
-cheap and needs no key that could be lost. The token is shown once, when issued.
+A token is ``pgt_<id>_<secret>``: the prefix tells an API token from a JWT without trying both
+(the gate's `attempt.http_credentials` routes a bearer string by it), `id` (12 hex digits)
+names it in lists, revocations and audit lines, `secret` is 256 random bits. Only the SHA-256
+of the whole token is stored, and compared in constant time. Not a keyed hash and not a slow
+one, on purpose: a key (pepper) or Argon2 protects guessable secrets from someone who reads
+the file, and nobody can invert SHA-256 for 256 random bits; a plain digest keeps per-request
+checks cheap and needs no key that could be lost. The token is shown once, when issued.
 
-`ApiTokenVerifier` (the `CredentialVerifier` for API tokens) re-reads the file when it changes,
-so a `pacsguard token revoke` applies to the next request, and refuses unknown, wrong,
-revoked and expired tokens, and tokens of users no longer in ``[users]``; the permissions are
-the token user's roles' (as for DIMSE). No front end calls it yet: the DICOMweb front end
-will, through the gate.
+`ApiTokens` (the gate's `ApiTokenVerifier`) re-reads the file when it changes, so a
+`pacsguard token revoke` applies to the next request, and refuses unknown, wrong, revoked and
+expired tokens (`identity` also tokens of users no longer in ``[users]``, whose roles give
+the permissions, as for DIMSE). No front end calls it yet: the DICOMweb front end will,
+through the gate.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ from typing import Final
 from pacsguard.archive.admin import folder_lock, replace_file
 from pacsguard.archive.config import DataLayout, Settings
 from pacsguard.archive.security.peer_text import shown
-from pacsguard.archive.security.verifiers import API_TOKEN_PREFIX, VerifiedIdentity
+from pacsguard.archive.security.verified import VerifiedIdentity
 from pacsguard.errors import AuthenticationError, ConfigError
 
 TOKENS_FILE: Final = "api-tokens.json"
-PREFIX: Final = API_TOKEN_PREFIX
+#: Tells an API token from a JWT (which starts "eyJ", base64url of '{"') without trying both.
+PREFIX: Final = "pgt_"
 _ID: Final = re.compile(r"^[0-9a-f]{12}$")
 _TOKEN: Final = re.compile(r"^pgt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 MAX_DAYS: Final = 3650
@@ -160,9 +161,11 @@ def store_path(settings: Settings) -> Path:
     return DataLayout(settings.storage.data_dir).data_dir / TOKENS_FILE
 
 
-class ApiTokenVerifier:
-    """API tokens of one archive: `verify` maps a token to its user and permissions.
-    Thread-safe; the file is read again whenever its size, time or inode change."""
+class ApiTokens:
+    """The API tokens of one archive. Fits the gate's seam (`security.verifiers`
+    `ApiTokenVerifier`: `verify(token) -> username`); `identity` adds the user's permissions,
+    the expiry and the token id. Thread-safe; the file is read again whenever its size, time
+    or inode change, so a revocation applies to the next request."""
 
     def __init__(
         self,
@@ -178,10 +181,16 @@ class ApiTokenVerifier:
         self._records: list[TokenRecord] = []
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ApiTokenVerifier:
+    def from_settings(cls, settings: Settings) -> ApiTokens:
         return cls(store_path(settings), settings)
 
-    def verify(self, credential: str) -> VerifiedIdentity:
+    def verify(self, credential: str) -> str:
+        """The username an active token was issued to, or AuthenticationError."""
+        return verify(self._current(), credential, self._clock()).username
+
+    def identity(self, credential: str) -> VerifiedIdentity:
+        """Who an active token acts as and what that user's roles allow; AuthenticationError
+        also when the user is no longer in ``[users]``."""
         record = verify(self._current(), credential, self._clock())
         permissions = self._settings.user_permissions(record.username)
         if permissions is None:

@@ -12,10 +12,9 @@ import pytest
 
 from pacsguard.archive import tokens
 from pacsguard.archive.config import JwtSettings, build_settings
-from pacsguard.archive.security.bearer_jwt import JwtVerifier
+from pacsguard.archive.security.bearer_jwt import JwtVerifier, jwks_verifier
 from pacsguard.archive.security.jwks import JwksCache
 from pacsguard.archive.security.principal import Action
-from pacsguard.archive.security.verifiers import BearerVerifier
 from pacsguard.errors import AuthenticationError
 from tests.issuer import (
     AUDIENCE,
@@ -82,9 +81,9 @@ def test_keys_are_fetched_over_verified_tls_once_and_cached(
     settings = _settings(endpoint.url, ca.ca_file)
     verifier = JwtVerifier.from_settings(settings)  # the real clock
     assert endpoint.requests == 0  # nothing fetched before a token needs it
-    identity = verifier.verify(token(RSA_1, "rsa-1"))
+    identity = verifier.identity(token(RSA_1, "rsa-1"))
     assert (identity.username, identity.permissions) == ("alice", {Action.FIND, Action.GET})
-    assert verifier.verify(token(EC_1, "ec-1", sub="bob")).username == "bob"
+    assert verifier.identity(token(EC_1, "ec-1", sub="bob")).username == "bob"
     for _ in range(20):
         verifier.verify(token(RSA_1, "rsa-1"))
     assert endpoint.requests == 1
@@ -110,7 +109,7 @@ def test_a_rotated_key_is_found_by_refetching_and_random_kids_are_rate_limited(
 ) -> None:
     clock = Clock()
     verifier = _verifier(endpoint, ca, clock)
-    assert verifier.verify(token(RSA_1, "rsa-1")).username == "alice"
+    assert verifier.identity(token(RSA_1, "rsa-1")).username == "alice"
     assert endpoint.requests == 1
     # The issuer rotates: rsa-2 appears. Within the cooldown of the first fetch, an unknown
     # kid fetches nothing: no number of random kids makes us hammer the issuer.
@@ -123,7 +122,7 @@ def test_a_rotated_key_is_found_by_refetching_and_random_kids_are_rate_limited(
     assert endpoint.requests == 1
     # Once the cooldown has passed, the unknown kid refetches and the new key verifies.
     clock.now += COOLDOWN_S
-    assert verifier.verify(token(RSA_2, "rsa-2", sub="carol")).username == "carol"
+    assert verifier.identity(token(RSA_2, "rsa-2", sub="carol")).username == "carol"
     assert endpoint.requests == 2
     # Random kids again: one fetch per cooldown at most.
     for step in range(10):
@@ -133,11 +132,11 @@ def test_a_rotated_key_is_found_by_refetching_and_random_kids_are_rate_limited(
     assert endpoint.requests == 2 + 2  # at +30 s and +60 s of 75 s
     # The old key is withdrawn: it keeps verifying until the cached set is refreshed.
     endpoint.keys = [jwk(RSA_2, "rsa-2")]
-    assert verifier.verify(token(RSA_1, "rsa-1")).username == "alice"
+    assert verifier.identity(token(RSA_1, "rsa-1")).username == "alice"
     clock.now += REFRESH_S
     with pytest.raises(AuthenticationError, match="unknown kid 'rsa-1'"):
         verifier.verify(token(RSA_1, "rsa-1"))
-    assert verifier.verify(token(RSA_2, "rsa-2")).username == "alice"
+    assert verifier.identity(token(RSA_2, "rsa-2")).username == "alice"
 
 
 def test_cached_keys_outlive_an_issuer_that_is_down_until_their_max_age(
@@ -150,7 +149,7 @@ def test_cached_keys_outlive_an_issuer_that_is_down_until_their_max_age(
         verifier.verify(token(RSA_1, "rsa-1"))
         served.status = 503
         clock.now += REFRESH_S  # stale: refetched, fails, the cached keys go on
-        assert verifier.verify(token(RSA_1, "rsa-1")).username == "alice"
+        assert verifier.identity(token(RSA_1, "rsa-1")).username == "alice"
         assert served.requests == 2
         for _ in range(50):  # no retry within the cooldown
             verifier.verify(token(RSA_1, "rsa-1"))
@@ -159,7 +158,7 @@ def test_cached_keys_outlive_an_issuer_that_is_down_until_their_max_age(
             verifier.verify(token(RSA_2, "new"))
     # Now nothing listens at all.
     clock.now += MAX_AGE_S - REFRESH_S - 1
-    assert verifier.verify(token(RSA_1, "rsa-1")).username == "alice"
+    assert verifier.identity(token(RSA_1, "rsa-1")).username == "alice"
     clock.now += 1
     with pytest.raises(AuthenticationError) as refused:
         verifier.verify(token(RSA_1, "rsa-1"))
@@ -189,7 +188,7 @@ def test_the_issuer_coming_back_is_used_after_the_cooldown(ca: IssuerCA) -> None
         with pytest.raises(AuthenticationError, match="HTTP 500"):  # within the cooldown
             verifier.verify(token(RSA_1, "rsa-1"))
         clock.now += COOLDOWN_S
-        assert verifier.verify(token(RSA_1, "rsa-1")).username == "alice"
+        assert verifier.identity(token(RSA_1, "rsa-1")).username == "alice"
         assert served.requests == 2
 
 
@@ -204,7 +203,7 @@ def test_concurrent_unknown_kids_cause_one_fetch(endpoint: JwksEndpoint, ca: Iss
 
     def one() -> None:
         barrier.wait()
-        results.append(verifier.verify(token(RSA_2, "rsa-2")).username)
+        results.append(verifier.identity(token(RSA_2, "rsa-2")).username)
 
     threads = [threading.Thread(target=one) for _ in range(8)]
     for thread in threads:
@@ -223,13 +222,14 @@ def test_a_key_set_the_endpoint_changes_into_garbage_is_not_taken(
     verifier.verify(token(RSA_1, "rsa-1"))
     endpoint.keys = [{"kty": "oct", "k": "c2VjcmV0", "kid": "rsa-1"}]  # an HMAC "key"
     clock.now += REFRESH_S
-    assert verifier.verify(token(RSA_1, "rsa-1")).username == "alice"  # the last good set
+    assert verifier.identity(token(RSA_1, "rsa-1")).username == "alice"  # the last good set
     assert endpoint.requests == 2
 
 
-def test_the_bearer_router_takes_api_tokens_and_jwts_from_one_settings_tree(
+def test_api_tokens_and_jwts_from_one_settings_tree(
     endpoint: JwksEndpoint, ca: IssuerCA, tmp_path: Path
 ) -> None:
+    """What the gate is given: `jwks_verifier` (its VerifierFactory) and `ApiTokens`."""
     settings = build_settings(
         {
             "storage": {"data_dir": str(tmp_path)},
@@ -244,20 +244,15 @@ def test_the_bearer_router_takes_api_tokens_and_jwts_from_one_settings_tree(
         }
     )
     _, api_token = tokens.issue(tokens.store_path(settings), "svc", days=1)
-    bearer = BearerVerifier.from_settings(settings)
-    by_token = bearer.verify(api_token)
-    by_jwt = bearer.verify(token(EC_1, "ec-1"))
-    assert (by_token.kind, by_token.username, by_token.permissions) == (
-        "api-token",
-        "svc",
-        {Action.ECHO, Action.STORE},
-    )
-    assert (by_jwt.kind, by_jwt.username, by_jwt.permissions) == (
-        "jwt",
-        "alice",
-        {Action.FIND, Action.GET},
-    )
-    assert endpoint.requests == 1  # the API token never touched the issuer
-    without_jwks = build_settings({"storage": {"data_dir": str(tmp_path)}, "users": {"svc": {}}})
-    with pytest.raises(AuthenticationError, match="jwt: not accepted here"):
-        BearerVerifier.from_settings(without_jwks).verify(token(EC_1, "ec-1"))
+    api_tokens = tokens.ApiTokens.from_settings(settings)
+    jwts = jwks_verifier(settings)
+    assert jwts is not None and endpoint.requests == 0
+    assert api_tokens.verify(api_token) == "svc"
+    assert api_tokens.identity(api_token).permissions == {Action.ECHO, Action.STORE}
+    assert jwts.verify(token(EC_1, "ec-1"))["sub"] == "alice"
+    assert jwts.identity(token(EC_1, "ec-1")).permissions == {Action.FIND, Action.GET}
+    assert endpoint.requests == 1
+    with pytest.raises(AuthenticationError, match="malformed"):
+        api_tokens.verify(token(EC_1, "ec-1"))  # each verifier refuses the other's kind
+    with pytest.raises(AuthenticationError, match="malformed"):
+        jwts.verify(api_token)

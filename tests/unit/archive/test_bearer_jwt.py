@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pacsguard.archive.config import Settings, build_settings
-from pacsguard.archive.security.bearer_jwt import JwtVerifier
+from pacsguard.archive.security.bearer_jwt import JwtVerifier, jwks_verifier
 from pacsguard.archive.security.jwks import parse_jwks
 from pacsguard.archive.security.principal import Action
-from pacsguard.archive.security.verifiers import BearerVerifier, VerifiedIdentity
+from pacsguard.archive.security.verified import VerifiedIdentity
 from pacsguard.errors import AuthenticationError, ConfigError
 from tests import issuer
 from tests.issuer import AUDIENCE, ISSUER, ec_key, jwk, rsa_key, token
@@ -72,7 +72,7 @@ def verifier(tmp_path: Path) -> JwtVerifier:
 
 def test_rs256_and_es256_tokens_become_identities(verifier: JwtVerifier) -> None:
     exp = int(time.time()) + 300
-    identity = verifier.verify(token(RSA, "rsa-1", exp=exp, scope="pacs.read openid pacs.read"))
+    identity = verifier.identity(token(RSA, "rsa-1", exp=exp, scope="pacs.read openid pacs.read"))
     assert identity == VerifiedIdentity(
         username="alice",
         permissions=frozenset({Action.FIND, Action.GET}),
@@ -81,19 +81,20 @@ def test_rs256_and_es256_tokens_become_identities(verifier: JwtVerifier) -> None
         credential_id="token-1",
         grants=("pacs.read", "openid"),
     )
-    es = verifier.verify(token(EC, "ec-1", sub="modality-7", scope="pacs.write"))
+    es = verifier.identity(token(EC, "ec-1", sub="modality-7", scope="pacs.write"))
     assert (es.username, es.permissions) == ("modality-7", {Action.STORE})
     # Authenticated, but nothing granted: the gate's authorize denies (403, not 401).
-    assert verifier.verify(token(RSA, "rsa-1", scope="openid")).permissions == frozenset()
-    assert verifier.verify(token(RSA, "rsa-1", scope=None)).permissions == frozenset()
-    # The same verifier behind the bearer router.
-    assert BearerVerifier(jwt=verifier).verify(token(EC, "ec-1")).username == "alice"
+    assert verifier.identity(token(RSA, "rsa-1", scope="openid")).permissions == frozenset()
+    assert verifier.identity(token(RSA, "rsa-1", scope=None)).permissions == frozenset()
+    # The gate's seam: verify gives the verified claims.
+    claims = verifier.verify(token(EC, "ec-1", sub="bob"))
+    assert (claims["sub"], claims["iss"], claims["aud"]) == ("bob", ISSUER, AUDIENCE)
 
 
 def test_the_username_and_roles_claims_are_configurable(tmp_path: Path) -> None:
     settings = _settings(tmp_path, username_claim="preferred_username", roles_claim="roles")
     verifier = JwtVerifier.from_settings(settings.jwt)
-    identity = verifier.verify(
+    identity = verifier.identity(
         token(RSA, "rsa-1", preferred_username="dr.who", roles=["reviewer", "pacs.write"])
     )
     assert identity.username == "dr.who"
@@ -101,9 +102,9 @@ def test_the_username_and_roles_claims_are_configurable(tmp_path: Path) -> None:
     with pytest.raises(AuthenticationError, match=r"missing claim.*preferred_username"):
         verifier.verify(token(RSA, "rsa-1"))
     with pytest.raises(AuthenticationError, match=r"'roles' = .*list of strings"):
-        verifier.verify(token(RSA, "rsa-1", preferred_username="x", roles=[1, 2]))
+        verifier.identity(token(RSA, "rsa-1", preferred_username="x", roles=[1, 2]))
     with pytest.raises(AuthenticationError, match="non-empty string"):
-        verifier.verify(token(RSA, "rsa-1", preferred_username=["x"]))
+        verifier.identity(token(RSA, "rsa-1", preferred_username=["x"]))
 
 
 def _b64(data: bytes) -> str:
@@ -180,19 +181,19 @@ REFUSALS: dict[str, tuple[str, str]] = {
 def test_each_bad_token_is_refused_with_its_reason(verifier: JwtVerifier, case: str) -> None:
     presented, why = REFUSALS[case]
     with pytest.raises(AuthenticationError, match=why):
-        verifier.verify(presented)
+        verifier.identity(presented)
 
 
 def test_a_token_without_kid_is_accepted_when_one_key_fits(tmp_path: Path) -> None:
     verifier = JwtVerifier.from_settings(_settings(tmp_path, _jwks(jwk(RSA, None))).jwt)
-    assert verifier.verify(token(RSA, None)).username == "alice"
+    assert verifier.identity(token(RSA, None)).username == "alice"
     with pytest.raises(AuthenticationError, match="unknown kid"):
         verifier.verify(token(RSA, "rsa-1"))
 
 
 def test_leeway_applies_to_expiry(tmp_path: Path) -> None:
     verifier = JwtVerifier.from_settings(_settings(tmp_path, leeway_s=120).jwt)
-    assert verifier.verify(token(RSA, "rsa-1", exp=int(time.time()) - 60)).username == "alice"
+    assert verifier.verify(token(RSA, "rsa-1", exp=int(time.time()) - 60))["sub"] == "alice"
     with pytest.raises(AuthenticationError, match="expired"):
         verifier.verify(token(RSA, "rsa-1", exp=int(time.time()) - 300))
 
@@ -240,8 +241,8 @@ def test_a_bad_jwks_file_stops_the_start(tmp_path: Path) -> None:
 def test_a_kid_shared_by_an_rsa_and_an_ec_key_picks_by_algorithm(tmp_path: Path) -> None:
     keys = _jwks(jwk(RSA, "k1"), jwk(EC, "k1"))
     verifier = JwtVerifier.from_settings(_settings(tmp_path, keys).jwt)
-    assert verifier.verify(token(RSA, "k1")).username == "alice"
-    assert verifier.verify(token(EC, "k1")).username == "alice"
+    assert verifier.identity(token(RSA, "k1")).username == "alice"
+    assert verifier.identity(token(EC, "k1")).username == "alice"
 
 
 JSON = st.recursive(
@@ -268,7 +269,7 @@ def test_any_claim_values_verify_or_are_refused_never_crash(
     """Signed, well-formed tokens whose claims hold any JSON: an identity or a refusal."""
     presented = issuer.signed_payload(RSA, "rsa-1", {**issuer.claims(), **changes})
     try:
-        identity = verifier.verify(presented)
+        identity = verifier.identity(presented)
     except AuthenticationError as exc:
         assert exc.reason.startswith("bearer JWT")
     else:
@@ -283,3 +284,17 @@ def test_any_header_is_refused_never_crashes(verifier: JwtVerifier, header: dict
     presented = _with_header(token(RSA, "rsa-1"), **header)
     with pytest.raises(AuthenticationError):
         verifier.verify(presented)
+
+
+def test_oversized_tokens_are_refused_before_parsing(verifier: JwtVerifier) -> None:
+    with pytest.raises(AuthenticationError, match="at most 16384"):
+        verifier.verify(token(RSA, "rsa-1", padding="x" * 20_000))
+    with pytest.raises(AuthenticationError, match="at most 16384"):
+        verifier.verify(b"e" * 70_000)  # a PS3.7 identity item may carry 64 KiB
+
+
+def test_jwks_verifier_is_a_verifier_factory(tmp_path: Path) -> None:
+    """The gate's VerifierFactory: None without a JWKS, a verifier with one."""
+    assert jwks_verifier(build_settings({})) is None
+    made = jwks_verifier(_settings(tmp_path))
+    assert made is not None and made.verify(token(RSA, "rsa-1"))["sub"] == "alice"

@@ -11,7 +11,7 @@ import pytest
 from pacsguard.archive import tokens
 from pacsguard.archive.config import Settings, build_settings
 from pacsguard.archive.security.principal import Action
-from pacsguard.archive.security.verifiers import BearerVerifier, VerifiedIdentity, bearer_kind
+from pacsguard.archive.security.verified import VerifiedIdentity
 from pacsguard.errors import AuthenticationError, ConfigError
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -22,6 +22,7 @@ def test_a_token_verifies_until_it_expires_or_is_revoked(tmp_path: Path) -> None
     record, token = tokens.issue(store, "bob", days=30, now=NOW)
     other, other_token = tokens.issue(store, "carol", days=1, now=NOW)
     assert token.startswith(f"pgt_{record.id}_") and len(token) == 4 + 12 + 1 + 43
+    assert tokens.PREFIX == "pgt_"  # a JWT starts "eyJ": routed by prefix, never tried both
     text = store.read_text()
     assert token not in text and token.split("_", 2)[2] not in text  # the hash only
     assert stat.S_IMODE(store.stat().st_mode) == 0o600
@@ -92,13 +93,14 @@ def test_the_verifier_maps_a_token_to_its_user_and_sees_revocations_at_once(
     store = tokens.store_path(settings)
     assert store == tmp_path.absolute() / tokens.TOKENS_FILE
     moment = [NOW]
-    verifier = tokens.ApiTokenVerifier(store, settings, clock=lambda: moment[0])
+    verifier = tokens.ApiTokens(store, settings, clock=lambda: moment[0])
     with pytest.raises(AuthenticationError, match="unknown id"):  # no file yet: no tokens
         verifier.verify(f"pgt_{'a' * 12}_{'b' * 43}")
 
     record, token = tokens.issue(store, "bob", days=2, now=NOW)
     _, carols = tokens.issue(store, "carol", days=2, now=NOW)
-    identity = verifier.verify(token)
+    assert verifier.verify(token) == "bob"  # the gate's seam: the username
+    identity = verifier.identity(token)
     assert identity == VerifiedIdentity(
         username="bob",
         permissions=frozenset({Action.FIND, Action.GET}),
@@ -106,40 +108,23 @@ def test_the_verifier_maps_a_token_to_its_user_and_sees_revocations_at_once(
         kind="api-token",
         credential_id=record.id,
     )
-    assert verifier.verify(carols).permissions == {Action.ECHO, Action.STORE}
+    assert verifier.identity(carols).permissions == {Action.ECHO, Action.STORE}
 
     tokens.revoke(store, record.id)  # as `pacsguard token revoke` does, while serving
     with pytest.raises(AuthenticationError, match="revoked"):
         verifier.verify(token)
-    assert verifier.verify(carols).username == "carol"
+    assert verifier.verify(carols) == "carol"
     moment[0] = NOW + timedelta(days=2)
     with pytest.raises(AuthenticationError, match="expired"):
         verifier.verify(carols)
 
-    without_carol = tokens.ApiTokenVerifier(
+    without_carol = tokens.ApiTokens(
         store, _settings(tmp_path, {"bob": ["reader"]}), clock=lambda: NOW
     )
     with pytest.raises(AuthenticationError, match="'carol' is no longer in \\[users\\]"):
-        without_carol.verify(carols)
+        without_carol.identity(carols)
+    assert without_carol.verify(carols) == "carol"  # the gate checks [users] itself
 
     store.write_text("{damaged")
     with pytest.raises(AuthenticationError, match="cannot be read"):
         verifier.verify(carols)
-
-
-def test_bearer_strings_are_routed_by_their_prefix(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, {"bob": ["reader"]})
-    _, token = tokens.issue(tokens.store_path(settings), "bob", days=1)
-    assert bearer_kind(token) == "api-token"
-    assert bearer_kind("eyJhbGciOiJSUzI1NiJ9.e30.c2ln") == "jwt"
-    bearer = BearerVerifier(api_tokens=tokens.ApiTokenVerifier.from_settings(settings))
-    assert bearer.verify(f"  {token} ").username == "bob"
-    with pytest.raises(AuthenticationError, match="jwt: not accepted here"):
-        bearer.verify("eyJhbGciOiJSUzI1NiJ9.e30.c2ln")
-    with pytest.raises(AuthenticationError, match="empty"):
-        bearer.verify("   ")
-    with pytest.raises(AuthenticationError, match="characters"):
-        bearer.verify("pgt_" + "a" * 20_000)
-    only_jwt = BearerVerifier(jwt=tokens.ApiTokenVerifier.from_settings(settings))
-    with pytest.raises(AuthenticationError, match="api-token: not accepted here"):
-        only_jwt.verify(token)

@@ -1,32 +1,39 @@
-"""OAuth2 bearer JWTs (RFC 6750, RFC 9068) from the configured issuer, checked against its JWKS.
+"""Bearer JWTs (RFC 6750, RFC 9068) from the configured issuer, checked against its JWKS.
 
-`JwtVerifier.verify` refuses, each with its own reason: a malformed token, ``alg: none``, any
+`JwtVerifier` fits the gate's seam (`security.verifiers.TokenVerifier`: `verify(token) ->
+claims`, for HTTP ``Authorization: Bearer`` and PS3.7 user identity type 5 alike); build it
+with `jwks_verifier(settings)`, a `VerifierFactory` (None when no JWKS is configured).
+`verify` refuses, each with its own reason: a malformed or oversized token, ``alg: none``, any
 HMAC algorithm (an HS256 token "signed" with the issuer's public key is the key-confusion
-forgery), algorithms other than RS256/ES256, an unknown or unusable kid (`security.jwks`), a bad
+forgery), algorithms other than RS256/ES256, an unknown or unfit kid (`security.jwks`), a bad
 signature, expiry (`exp`), not yet valid (`nbf`, `iat` in the future), another issuer or
 audience, and missing `exp`/`iss`/`aud` or username claims. `leeway_s` applies to the times.
 
-What the token grants: the values of `roles_claim` (the space-separated OAuth2 `scope` by
-default, or a list such as `roles`) looked up in `[jwt.scopes]`; values not listed grant
-nothing, and a token that maps to no permission still authenticates (the gate's
-`authorize` then denies: HTTP 403, not 401).
+`identity(token)` also says what the token itself grants: the username from `username_claim`,
+and the values of `roles_claim` (the space-separated OAuth2 `scope` by default, or a list
+such as `roles`) looked up in `[jwt.scopes]`; values not listed grant nothing, and a token
+that maps to no permission still authenticates (authorization then denies: 403, not 401).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import jwt
 
-from pacsguard.archive.config import JwtSettings
+from pacsguard.archive.config import JwtSettings, Settings
 from pacsguard.archive.security.jwks import ACCEPTED_ALGORITHMS, JwksCache
 from pacsguard.archive.security.peer_text import shown
 from pacsguard.archive.security.principal import Action
-from pacsguard.archive.security.verifiers import VerifiedIdentity
+from pacsguard.archive.security.verified import VerifiedIdentity
 from pacsguard.errors import AuthenticationError
 
-__all__ = ["JwtVerifier"]
+__all__ = ["JwtVerifier", "jwks_verifier"]
+
+#: Longest token looked at (PS3.7 allows 64 KiB; real JWTs are a few KiB at most).
+MAX_TOKEN_BYTES: Final = 16_384
 
 #: Longest username taken from a claim.
 MAX_USERNAME: Final = 256
@@ -58,10 +65,16 @@ class JwtVerifier:
 
     @classmethod
     def from_settings(cls, settings: JwtSettings) -> JwtVerifier:
+        """ConfigError when a JWKS file or CA file cannot be used; a URL is fetched later."""
         return cls(settings, JwksCache.from_settings(settings))
 
-    def verify(self, credential: str) -> VerifiedIdentity:
+    def verify(self, credential: str | bytes) -> Mapping[str, Any]:
+        """The token's verified claims (with the username claim), or AuthenticationError."""
         settings = self._settings
+        if len(credential) > MAX_TOKEN_BYTES:
+            raise AuthenticationError(
+                f"bearer JWT of {len(credential)} bytes (at most {MAX_TOKEN_BYTES})"
+            )
         try:
             header = jwt.get_unverified_header(credential)
         except jwt.PyJWTError as exc:
@@ -97,9 +110,12 @@ class JwtVerifier:
             )
         except jwt.PyJWTError as exc:
             raise AuthenticationError(f"bearer JWT {_reason(exc)}: {shown(exc)}") from None
-        return self._identity(claims)
+        return claims
 
-    def _identity(self, claims: dict[str, Any]) -> VerifiedIdentity:
+    def identity(self, credential: str | bytes) -> VerifiedIdentity:
+        """Who the token names (`username_claim`) and what its scopes or roles grant through
+        ``[jwt.scopes]``; AuthenticationError as `verify`."""
+        claims = self.verify(credential)
         settings = self._settings
         username = claims[settings.username_claim]
         if not isinstance(username, str) or not username.strip() or len(username) > MAX_USERNAME:
@@ -148,3 +164,11 @@ def _grants(value: object, claim: str) -> tuple[str, ...]:
 
 def _reason(exc: jwt.PyJWTError) -> str:
     return next((why for kind, why in _REASONS if isinstance(exc, kind)), "rejected")
+
+
+def jwks_verifier(settings: Settings) -> JwtVerifier | None:
+    """The gate's `VerifierFactory` for ``[jwt] jwks_file``/``jwks_url``: None when neither is
+    set. Each call builds a new key cache (a reload fetches the set anew)."""
+    if not settings.jwt.jwks_configured:
+        return None
+    return JwtVerifier.from_settings(settings.jwt)
