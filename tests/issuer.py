@@ -167,6 +167,8 @@ class JwksEndpoint:
     def __init__(self, keys: list[dict[str, Any]]) -> None:
         self.keys = keys
         self.status = 200
+        #: Seconds between the bytes of the body (a server that trickles); 0: all at once.
+        self.trickle_s = 0.0
         self.requests = 0
         self.url = ""
         self._lock = threading.Lock()
@@ -191,7 +193,13 @@ def serve_jwks(ca: IssuerCA, endpoint: JwksEndpoint) -> Iterator[ThreadingHTTPSe
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not endpoint.trickle_s:
+                self.wfile.write(body)
+                return
+            for byte in body:
+                time.sleep(endpoint.trickle_s)
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -12,6 +12,7 @@ import pytest
 
 from pacsguard.archive import tokens
 from pacsguard.archive.config import JwtSettings, build_settings
+from pacsguard.archive.security import jwks
 from pacsguard.archive.security.bearer_jwt import JwtVerifier, jwks_verifier
 from pacsguard.archive.security.jwks import JwksCache
 from pacsguard.archive.security.principal import Action
@@ -256,3 +257,14 @@ def test_api_tokens_and_jwts_from_one_settings_tree(
         api_tokens.verify(token(EC_1, "ec-1"))  # each verifier refuses the other's kind
     with pytest.raises(AuthenticationError, match="malformed"):
         jwts.verify(api_token)
+
+
+def test_a_trickling_issuer_cannot_hold_a_fetch_past_the_deadline(
+    endpoint: JwksEndpoint, ca: IssuerCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each byte arrives well within the read timeout; the whole answer would take minutes."""
+    monkeypatch.setattr(jwks, "FETCH_DEADLINE_S", 1.0)
+    endpoint.trickle_s = 0.2
+    verifier = _verifier(endpoint, ca, Clock())
+    with pytest.raises(AuthenticationError, match="no complete answer within 1 s"):
+        verifier.verify(token(RSA_1, "rsa-1"))

@@ -261,6 +261,15 @@ def test_jwks_settings_are_read_from_the_file_and_the_environment(tmp_path: Path
     assert build_settings({}).jwt.scopes == {}
 
 
+def test_an_ae_with_jwt_auth_needs_no_static_key_when_a_jwks_is_set() -> None:
+    ae = {"ae_title": "APP", "auth": "jwt", "username": "svc", "permissions": ["find"]}
+    settings = build_settings({"ae": [ae], "jwt": JWKS})
+    assert settings.jwt.public_key_file is None and settings.jwt.jwks_configured
+    without = {k: v for k, v in JWKS.items() if k != "jwks_url"}
+    with pytest.raises(ConfigError, match=r"jwt\.secret_file: required"):
+        build_settings({"ae": [ae], "jwt": without})
+
+
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
