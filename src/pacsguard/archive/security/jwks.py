@@ -231,16 +231,16 @@ class JwksCache:
         with self._lock:
             return self._last_error
 
-    def refresh(self, *, force: bool = False) -> bool:
-        """Fetch the set now unless one was attempted less than the cooldown ago (`force`
-        skips that check, for an operator's reload). Whether the cached set is fresh now."""
+    def refresh(self) -> bool:
+        """Fetch the set now unless one was attempted less than the cooldown ago (then wait
+        for it when it is still running). Whether the last attempt succeeded."""
         with self._fetching:
             now = self._clock()
             with self._lock:
                 recent = (
                     self._attempted_at is not None and now - self._attempted_at < self._cooldown_s
                 )
-                if recent and not force:
+                if recent:
                     return self._last_error is None
                 self._attempted_at = now
                 self.fetches += 1
@@ -250,7 +250,8 @@ class JwksCache:
                     raise ValueError(f"{self.origin}: larger than {MAX_JWKS_BYTES} bytes")
                 keys = parse_jwks(data, self.origin)
             except (OSError, ValueError, httpx.HTTPError) as exc:
-                error = str(exc) if str(exc).startswith(self.origin) else f"{self.origin}: {exc}"
+                text = str(exc) or type(exc).__name__  # httpx timeouts may say nothing
+                error = text if text.startswith(self.origin) else f"{self.origin}: {text}"
                 with self._lock:
                     self._last_error = f"JWKS fetch failed: {error}"
                 return False
