@@ -298,3 +298,21 @@ def test_jwks_verifier_is_a_verifier_factory(tmp_path: Path) -> None:
     assert jwks_verifier(build_settings({})) is None
     made = jwks_verifier(_settings(tmp_path))
     assert made is not None and made.verify(token(RSA, "rsa-1"))["sub"] == "alice"
+
+
+JWK_MEMBERS = st.sampled_from(["kty", "crv", "alg", "use", "key_ops", "kid", "n", "e", "x", "y"])
+JWK_VALUES = JSON | st.sampled_from(["RSA", "EC", "oct", "P-256", "RS256", "ES256", "sig", "AQAB"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.dictionaries(JWK_MEMBERS, JWK_VALUES, max_size=7) | JSON, max_size=4))
+def test_any_key_set_parses_or_is_refused_never_crashes(keys: list[Any]) -> None:
+    data = json.dumps({"keys": [*keys, jwk(RSA, "rsa-1")]}).encode()
+    parsed = parse_jwks(data, "test")  # one good key: never refused as a whole
+    assert any(e.kid == "rsa-1" and e.key is not None for e in parsed.entries)
+    try:
+        alone = parse_jwks(json.dumps({"keys": keys}).encode(), "test")
+    except ValueError as exc:
+        assert str(exc).startswith("test: ")
+    else:
+        assert any(e.key is not None for e in alone.entries)
