@@ -90,6 +90,18 @@ def test_keys_are_fetched_over_verified_tls_once_and_cached(
     assert endpoint.requests == 1
 
 
+def test_a_prefetch_at_start_up_fetches_once_or_says_why_not(
+    endpoint: JwksEndpoint, ca: IssuerCA
+) -> None:
+    verifier = JwtVerifier.from_settings(_settings(endpoint.url, ca.ca_file))
+    assert verifier.prefetch() is None and endpoint.requests == 1
+    verifier.verify(token(RSA_1, "rsa-1"))
+    assert endpoint.requests == 1
+    endpoint.status = 404
+    refused = JwtVerifier.from_settings(_settings(endpoint.url, ca.ca_file)).prefetch()
+    assert refused == f"JWKS fetch failed: {endpoint.url}: HTTP 404 Not Found"
+
+
 def test_an_endpoint_whose_certificate_does_not_verify_is_not_trusted(
     endpoint: JwksEndpoint, ca: IssuerCA, tmp_path: Path
 ) -> None:

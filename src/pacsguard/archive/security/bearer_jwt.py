@@ -68,6 +68,11 @@ class JwtVerifier:
         """ConfigError when a JWKS file or CA file cannot be used; a URL is fetched later."""
         return cls(settings, JwksCache.from_settings(settings))
 
+    def prefetch(self) -> str | None:
+        """Fetch the issuer's keys now (at start-up, off the event loop, so that the first
+        request does not wait for them): None, or why they could not be fetched."""
+        return None if self._keys.refresh() else self._keys.last_error
+
     def verify(self, credential: str | bytes) -> Mapping[str, Any]:
         """The token's verified claims (with the username claim), or AuthenticationError."""
         settings = self._settings
