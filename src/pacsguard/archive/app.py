@@ -12,7 +12,6 @@ import ssl
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -38,13 +37,15 @@ from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup, MoveDestination
 from pacsguard.archive.index.sql import SqlIndex
 from pacsguard.archive.recovery import recover
+from pacsguard.archive.security.bearer_jwt import jwks_verifier
 from pacsguard.archive.security.bootstrap import derive_index_key, load_at_rest_key
 from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.security.tls import client_capable, client_context, server_context
+from pacsguard.archive.security.verifiers import TokenVerifier, static_key_verifier
 from pacsguard.archive.service import ArchiveService, ServiceLimits
 from pacsguard.archive.staging import STAGING_FOLDER, StagingArea
 from pacsguard.archive.web import WebFrontEnd
-from pacsguard.errors import AuthenticationError, ConfigError
+from pacsguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -127,24 +128,10 @@ class RunningArchive:
         close_all(self._closers)
 
 
-class _TokenFile:
-    """The gate's API token verifier (`security.verifiers.ApiTokenVerifier`) over
-    ``DATA/api-tokens.json`` (`archive.tokens`), read per request so that a revocation applies
-    at once. Interim: the httpauth branch's `tokens.ApiTokens` (cached, with reasons) replaces
-    it here."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self._path = data_dir / tokens.TOKENS_FILE
-
-    def verify(self, token: str) -> str:
-        try:
-            records = tokens.load(self._path)
-        except ConfigError:
-            raise AuthenticationError("API token file unreadable") from None
-        record = tokens.verify(records, token, datetime.now(UTC))
-        if record is None:
-            raise AuthenticationError("API token unknown, revoked or expired")
-        return record.username
+def jwt_verifier(settings: Settings) -> TokenVerifier | None:
+    """The gate's JWT verifier: the issuer's JWKS when `[jwt]` names one (RS256/ES256, for
+    HTTP bearer tokens and PS3.7 identity type 5 alike), else the one static key (DIMSE)."""
+    return jwks_verifier(settings) or static_key_verifier(settings)
 
 
 def close_all(closers: list[object]) -> None:
@@ -269,7 +256,12 @@ def start_archive(settings: Settings) -> RunningArchive:
     except BaseException:
         index.close()
         raise
-    gate = Gate(settings, audit=audit, api_tokens=_TokenFile(settings.storage.data_dir))
+    gate = Gate(
+        settings,
+        audit=audit,
+        jwt_verifier=jwt_verifier,
+        api_tokens=tokens.ApiTokens.from_settings(settings),
+    )
     server = settings.server
     service = ArchiveService(
         index,

@@ -243,15 +243,23 @@ def test_a_stalled_body_is_408_and_stores_nothing(small: WebArchive, one_file: b
 def test_oversized_headers_are_refused(small: WebArchive) -> None:
     with small.client() as client:
         answer = client.get("/studies", headers={"X-Filler": "a" * 40_000})
-    assert answer.status_code == 431
-    assert "larger than" in answer.text
+    # h11's own bound (400) or ours (431), depending on how the head arrived
+    assert answer.status_code in (400, 431), answer.text
+    assert answer.headers["content-type"].startswith("text/plain")
     host, port = small.archive.web_endpoint or ("", 0)
     context = ssl.create_default_context(cafile=str(small.ca_file))
     with context.wrap_socket(
         socket.create_connection((host, port), timeout=5), server_hostname=host
     ) as sock:  # a head that never ends, sent in big writes: cut off at the limit
-        sock.sendall(b"GET /studies HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 100_000)
-        answer_bytes = sock.recv(4096)
-    assert answer_bytes.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400")), answer_bytes[:80]
+        try:
+            sock.sendall(b"GET /studies HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 100_000)
+            answer_bytes = sock.recv(4096)
+        except OSError:  # answered and closed while we were still sending
+            answer_bytes = b""
+    # h11 (400) or our own bound (431) refuses it, whichever sees it first
+    assert answer_bytes[:12] in (b"", b"HTTP/1.1 400", b"HTTP/1.1 431"), answer_bytes[:80]
+    time.sleep(0.2)
+    reasons = [str(e["detail"]["reason"]) for e in refusals(small)]
+    assert any(r.startswith(("431:", "400:")) for r in reasons), reasons
     with small.client() as client:
         assert client.get("/studies").status_code == 200

@@ -58,6 +58,7 @@ def _deadline_protocol(
         _head_deadline: asyncio.TimerHandle | None = None
         _head_bytes = 0
         _pending_source: str | None = None
+        _refused = False
 
         def data_received(self, data: bytes) -> None:
             waiting = self.cycle is None or self.cycle.response_complete
@@ -66,6 +67,10 @@ def _deadline_protocol(
             still_waiting = self.cycle is None or self.cycle.response_complete
             if not still_waiting:
                 self._release()
+            elif self.transport.is_closing() and not self._refused:
+                # h11 found the head malformed or over its limit; uvicorn answered 400
+                self._refused = True
+                on_refusal(self.client[0] if self.client else "", "400: bad request head")
             if (
                 still_waiting
                 and self._head_bytes > MAX_HEAD_BYTES
@@ -123,6 +128,7 @@ def _deadline_protocol(
 
         def _refuse(self, status: bytes, body: bytes) -> None:
             self._disarm()
+            self._refused = True
             self.transport.write(
                 b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
                 b"connection: close\r\ncontent-length: "
