@@ -1,7 +1,8 @@
 """What every DICOMweb handler needs: the archive's service, gate and audit, and the settings
 in force (they change on `pacsguard reload`), plus the audit of refused requests.
 
-Refusals (bad input, failed authentication) are audited through the DIMSE front end's
+Refusals of bad input (malformed bodies, parameters, UIDs, slow or oversized request heads;
+failed authentication is the gate's to audit) go through the DIMSE front end's
 `RefusalTally`: the first of a kind (source, event, reason) in a window at once, the repeats
 as one summed line, so that a client hammering us with bad requests cannot fill the disk with
 fsync'd lines. A refusal stands even when its line cannot be written.
