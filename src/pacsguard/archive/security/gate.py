@@ -346,6 +346,8 @@ class Gate:
         account = f"account:{username}"
         if self._lockout.locked(account):
             return self._knock_on_locked(attempt, source, account, username)
+        # The account's own failures (passcode guesses over DIMSE) stay: a token proves the
+        # token, and a busy token client must not keep wiping out a guesser's count.
         self._lockout.reset(source, tag=account)
         return Principal("", source, method, username, granted, Transport.HTTP)
 
@@ -547,14 +549,14 @@ class Gate:
     def authorize(self, principal: Principal, action: Action) -> None:
         """Return if `principal` may `action`; raise PolicyDenied otherwise."""
         if not principal.may(action):
-            raise PolicyDenied(principal.ae_title, action.value, "not in its permissions")
+            raise PolicyDenied(principal.name, action.value, "not in its permissions")
         if self._intervention is None:
             return
         try:
             self._intervention(principal, action)
         except Exception as exc:
             raise PolicyDenied(
-                principal.ae_title, action.value, f"refused by policy hook: {exc}"
+                principal.name, action.value, f"refused by policy hook: {exc}"
             ) from exc
 
 
