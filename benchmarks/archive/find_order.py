@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,6 +84,7 @@ def base_plan(rev: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location("base_query", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["base_query"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -122,10 +124,15 @@ def measure(studies_count: int, pairs: int, seed: int, rev: str) -> dict[str, An
             shapes.setdefault(q.kind, []).append(q.keys)
         shapes["universal (capped)"] = [{}] * 5
         shapes["StudyDate 1 year (capped)"] = [{"StudyDate": "20180101-20181231"}] * 5
-        old = _runner(index, base_plan(rev).plan)
-        new = _runner(index, this_query.plan)
+        base = base_plan(rev).plan
         rows = []
-        for shape, keys in shapes.items():
+        # The first shape again with the base plan on both sides: what noise alone shows.
+        control = next(iter(shapes))
+        runs = [(shape, keys, this_query.plan) for shape, keys in shapes.items()]
+        runs.append((f"A/A control: {control}, base against base", shapes[control], base))
+        for shape, keys, plan in runs:
+            old = _runner(index, base)
+            new = _runner(index, plan)
             requests = [
                 QueryRequest(
                     QueryRoot.STUDY,
@@ -138,15 +145,14 @@ def measure(studies_count: int, pairs: int, seed: int, rev: str) -> dict[str, An
             assert old(requests) == new(requests)  # same number of matches; also warms up
             ratios, old_s, new_s = [], [], []
             for n in range(pairs):
-                order = (old, new) if n % 2 == 0 else (new, old)
                 took = {}
-                for runner in order:
+                for side in ("old", "new") if n % 2 == 0 else ("new", "old"):
                     started = time.perf_counter()
-                    runner(requests)
-                    took[runner] = time.perf_counter() - started
-                old_s.append(took[old])
-                new_s.append(took[new])
-                ratios.append(took[new] / took[old])
+                    (old if side == "old" else new)(requests)
+                    took[side] = time.perf_counter() - started
+                old_s.append(took["old"])
+                new_s.append(took["new"])
+                ratios.append(took["new"] / took["old"])
             rows.append(
                 Row(
                     shape,
@@ -160,6 +166,7 @@ def measure(studies_count: int, pairs: int, seed: int, rev: str) -> dict[str, An
             )
     finally:
         index.close()
+        shutil.rmtree(work, ignore_errors=True)
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "studies": studies_count,
@@ -173,7 +180,7 @@ def measure(studies_count: int, pairs: int, seed: int, rev: str) -> dict[str, An
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "# Query order: ORDER BY row id (offset/limit) against the unordered page",
+        "# Query order: the stable order (offset/limit) against the unordered page",
         "",
         f"SQLite index with SQLCipher, {result['studies']} studies, {result['pairs']} "
         f"interleaved pairs per shape, base `{result['base']}`; load average "
