@@ -40,11 +40,14 @@ from pacsguard.archive.dimse.identifiers import DestinationLookup, MoveDestinati
 from pacsguard.archive.index.sql import SqlIndex
 from pacsguard.archive.recovery import recover
 from pacsguard.archive.runtime import Endpoint, FrontEnd, Runtime
+from pacsguard.archive.security.bearer_jwt import jwks_verifier
 from pacsguard.archive.security.bootstrap import derive_index_key, load_at_rest_key
 from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.security.tls import client_capable, client_context, server_context
+from pacsguard.archive.security.verifiers import TokenVerifier, static_key_verifier
 from pacsguard.archive.service import ArchiveService, ServiceLimits
 from pacsguard.archive.staging import STAGING_FOLDER, StagingArea
+from pacsguard.archive.tokens import ApiTokens
 from pacsguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -223,6 +226,12 @@ def open_audit(settings: Settings) -> tuple[AuditSink, list[object]]:
 FrontEndFactory = Callable[["RunningArchive"], FrontEnd]
 
 
+def jwt_verifier(settings: Settings) -> TokenVerifier | None:
+    """The gate's JWT verifier: the issuer's JWKS when ``[jwt]`` names one (for HTTP bearer
+    tokens and PS3.7 type 5 alike), else the static key an AE with ``auth = "jwt"`` needs."""
+    return jwks_verifier(settings) or static_key_verifier(settings)
+
+
 def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()) -> RunningArchive:
     """Validate, open storage and audit, and start the DIMSE listeners, then each of
     `front_ends` on the same loop and pools. Raises ConfigError."""
@@ -247,7 +256,14 @@ def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()
     except BaseException:
         index.close()
         raise
-    gate = Gate(settings, audit=audit)
+    gate = Gate(
+        settings, audit=audit, jwt_verifier=jwt_verifier, api_tokens=ApiTokens.from_settings
+    )
+    prefetch = getattr(gate.jwt_verifier, "prefetch", None)
+    if callable(prefetch):  # the issuer's keys now, so that the first request does not wait
+        why = prefetch()
+        if why is not None:
+            log.warning("[jwt] the issuer's keys could not be fetched yet: %s", why)
     server = settings.server
     service = ArchiveService(
         index,
