@@ -2,7 +2,7 @@
 
 Start-up matters (a scan of one closed port should take a fraction of a second): rich is
 imported only for a progress bar on a terminal or `--format table`, the probe imports pydicom
-and pynetdicom only once a port answers, and httpx only for web targets.
+and pynetdicom only to exchange DIMSE messages (echo, count), and httpx only for web targets.
 """
 
 from __future__ import annotations
@@ -61,11 +61,13 @@ async def scan_scope(
     summary = ScanSummary()
     total = scope.target_count if isinstance(scope, Scope) else len(scope)
     task = progress.add_task("scanning", total=total) if progress else None
-    if total > 1 and limits.concurrency > 1:
+    if total > 1 and limits.concurrency > 1 and (options.echo or options.count):
         # Probes in flight share one event loop: left to the first port that answers, loading
-        # pydicom and pynetdicom (0.3 s, more on a loaded machine) would stall every other
-        # probe's timers meanwhile. One target alone loads them only if it answers.
-        import pacsguard.dicom.client  # noqa: F401
+        # pydicom and pynetdicom (0.1 to 0.3 s, more on a loaded machine) would stall every
+        # other probe's timers meanwhile. One target alone loads them only if it answers; a
+        # verification-only scan (no echo, no count) never needs them.
+        import pacsguard.dicom.dimse
+        import pacsguard.scan.counting  # noqa: F401
 
     http_options = http or HttpOptions()
 

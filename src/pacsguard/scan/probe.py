@@ -13,7 +13,8 @@ again inside it. On the DICOM-TLS port 2762 TLS is tried first and plaintext onl
 `ProbeOptions.total_timeout` bounds the whole conversation, release or abort included: when it
 runs out, the connection is dropped at once and what was counted so far is reported as a lower
 bound. pydicom and pynetdicom are imported once a port answers, not before (a scan of closed
-ports starts and ends without them).
+ports starts and ends without them), and a verification-only probe (no echo, no count) never
+loads them: its association PDUs are `pacsguard.dicom.acse`'s.
 """
 
 from __future__ import annotations
@@ -204,7 +205,6 @@ async def _attempt(
             target.host, target.port, timeouts=options.timeouts, tls=options.tls
         )
         state.in_flight = (called_ae, True, tls)
-        # Something answered: now (once per process) load pydicom and pynetdicom.
         from pacsguard.dicom.client import associate
         from pacsguard.dicom.ul import AssociationRejected
 
@@ -288,7 +288,6 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
     if assoc is None:
         return
     from pacsguard.dicom import uids
-    from pacsguard.scan.counting import ExposureCounter
 
     clean = False  # stays False when cancelled (time budget): abort, do not wait for a release
     try:
@@ -300,6 +299,8 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
             for uid in (uids.STUDY_ROOT_FIND, uids.PATIENT_ROOT_FIND)
         )
         if options.count and can_query:
+            from pacsguard.scan.counting import ExposureCounter  # pydicom: only to count
+
             state.counter = ExposureCounter(options.budget)
             clean = await state.counter.count(assoc, assoc.accepted)
         else:
