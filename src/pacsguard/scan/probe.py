@@ -285,6 +285,23 @@ async def _attempt(
 #: Rejections that say "not now" rather than "not you" (PS3.8 Table 9-21, source 3): a title
 #: refused so while the vendor titles were tried together is tried again on its own.
 _TRANSIENT: Final = frozenset({"temporary-congestion", "local-limit-exceeded"})
+#: Pauses before asking again after a "not now" (a server still counting the association it
+#: just rejected, as pynetdicom with `maximum_associations=1` does, needs a moment).
+_TRANSIENT_PAUSES: Final = (0.05, 0.1, 0.2)
+
+
+async def _attempt_patiently(
+    state: _State, called_ae: str, options: ProbeOptions
+) -> tuple[AssociationAttempt, Association | None]:
+    """`_attempt`, asked again a few times, a little later each time, while the answer is
+    "not now"."""
+    attempt, assoc = await _attempt(state, called_ae, options)
+    for pause in _TRANSIENT_PAUSES:
+        if attempt.outcome is not Outcome.REJECTED or attempt.reason not in _TRANSIENT:
+            break
+        await asyncio.sleep(pause)
+        attempt, assoc = await _attempt(state, called_ae, options)
+    return attempt, assoc
 
 
 def _settles(state: _State, attempt: AssociationAttempt, assoc: Association | None) -> bool:
@@ -336,7 +353,7 @@ async def _attempt_together(
         if t.attempt.outcome is not Outcome.REJECTED or t.attempt.reason in _TRANSIENT:
             retry = True  # from here on, one at a time
         if retry:
-            attempt, assoc = await _attempt(state, t.attempt.called_ae, options)
+            attempt, assoc = await _attempt_patiently(state, t.attempt.called_ae, options)
         else:
             attempt, assoc = t.attempt, None
         if _settles(state, attempt, assoc):
