@@ -287,7 +287,7 @@ async def _attempt(
 _TRANSIENT: Final = frozenset({"temporary-congestion", "local-limit-exceeded"})
 #: Pauses before asking again after a "not now" (a server still counting the association it
 #: just rejected, as pynetdicom with `maximum_associations=1` does, needs a moment).
-_TRANSIENT_PAUSES: Final = (0.05, 0.1, 0.2)
+_TRANSIENT_PAUSES: Final = (0.1, 0.25, 0.5, 1.0)
 
 
 async def _attempt_patiently(
