@@ -94,3 +94,15 @@ def test_a_server_that_checks_the_calling_ae_too_is_reported_so() -> None:
     assert obs.calling_ae_checked is True
     answered = {a.called_ae: a.reason for a in obs.attempts}
     assert answered[CURATED[3]] == "calling-ae-title-not-recognized"
+
+
+def test_without_vendor_titles_only_any_scp_is_asked_as_nmap_does() -> None:
+    plain = ProbeOptions(
+        timeouts=OPTIONS.timeouts, total_timeout=60.0, echo=False, count=False,
+        vendor_aets=False,
+    )  # fmt: skip
+    with pynetdicom_server(CURATED[0]) as port:
+        obs = probe(port, plain)
+    assert [a.called_ae for a in obs.attempts] == [ANY_SCP]
+    assert obs.dicom and obs.any_called_ae_accepted is False
+    assert obs.accepted_called_aets == ()

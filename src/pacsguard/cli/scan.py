@@ -156,6 +156,14 @@ def scan(
         bool,
         typer.Option("--guess-aets", help="Also try a longer list of common called AE titles."),
     ] = False,
+    vendor_aets: Annotated[
+        bool,
+        typer.Option(
+            "--vendor-aets/--no-vendor-aets",
+            help="When ANY-SCP is refused as an unknown called AE, try the curated "
+            "vendor-default titles (all at once).",
+        ),
+    ] = True,
     called_aet: Annotated[
         list[str] | None,
         typer.Option("--called-aet", help="A called AE title you know; tried right after ANY-SCP."),
@@ -241,6 +249,7 @@ def scan(
         echo=echo,
         count=count,
         guess_aets=guess_aets,
+        vendor_aets=vendor_aets,
         guess_interval=guess_interval,
         called_aets=tuple(_valid_aet(a) for a in called_aet or ()),
     )
@@ -274,7 +283,10 @@ def scan(
             "target_count": scope.target_count,
         }
         run_options = {
-            **{k: getattr(options, k) for k in ("echo", "count", "guess_aets", "total_timeout")},
+            **{
+                k: getattr(options, k)
+                for k in ("echo", "count", "guess_aets", "vendor_aets", "total_timeout")
+            },
             "called_aets": list(options.called_aets),
             "timeouts": [connect_timeout, read_timeout],
             "concurrency": concurrency,

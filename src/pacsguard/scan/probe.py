@@ -4,8 +4,8 @@ Conversation, in order (each step only if the previous one allows it):
 1. A-ASSOCIATE-RQ as `PACSGUARD` -> `ANY-SCP`, proposing Verification, Study Root FIND, Patient
    Root FIND and one storage SOP class (never used: an accepted storage context is the evidence).
 2. On "called AE not recognised" (RJ reason 7): the titles the user gave, then the curated
-   vendor-default titles, all at once (one more round trip, not one per title), then with
-   `--guess-aets` the longer list, one by one and spaced out.
+   vendor-default titles, all at once (one more round trip, not one per title; not with
+   `--no-vendor-aets`), then with `--guess-aets` the longer list, one by one and spaced out.
 3. On an accepted association: C-ECHO, then exposure counting over C-FIND, then A-RELEASE.
 
 TLS (`pacsguard.scan.tls`): when the plaintext request gets no DICOM answer (closed, silent, or
@@ -86,6 +86,10 @@ class ProbeOptions:
     echo: bool = True
     count: bool = True
     guess_aets: bool = False
+    #: After ANY-SCP is refused as an unknown called AE, try the curated vendor-default titles
+    #: (`pacsguard.scan.aets`), all at once. Off: only ANY-SCP and the user's titles, as nmap's
+    #: dicom-ping does; a host's default title then goes unnoticed.
+    vendor_aets: bool = True
     #: Called AE titles the user knows (e.g. an auditor's own archive), tried right after ANY-SCP.
     called_aets: tuple[str, ...] = ()
     #: Pause between guessed (non-curated) called AE titles on one host: guessing is a
@@ -386,14 +390,15 @@ async def _negotiate(state: _State, options: ProbeOptions) -> Association | None
         attempt, assoc = await _attempt(state, title, options)
         if _settles(state, attempt, assoc):
             return assoc
-    curated = tuple(t for t in called_aets_to_try(guess=False) if t not in known)
+    vendor = called_aets_to_try(guess=False)
+    curated = tuple(t for t in vendor if t not in known) if options.vendor_aets else ()
     if curated:
         settled, assoc = await _attempt_together(state, curated, options)
         if settled:
             return assoc
-    tried = set(known) | set(curated)
+    done = {*known, *vendor}
     for title in called_aets_to_try(guess=options.guess_aets):
-        if title in tried:
+        if title in done:
             continue
         if options.guess_interval > 0:
             await asyncio.sleep(options.guess_interval)
