@@ -74,16 +74,31 @@ async def scan_scope(
     async def prober(target: Target) -> Observations:
         return await probe_target(target, options, http_options)
 
+    flush_pending = False
+
+    def flush() -> None:
+        nonlocal flush_pending
+        flush_pending = False
+        if jsonl is not None:
+            jsonl.flush()
+
+    loop = asyncio.get_running_loop()
     async for report in run_scan(scope, prober, limits):
         if geo is not None:
             report = replace(report, location=geo.locate(report.observations.target.host))
         summary.add(report)
         if jsonl is not None:
-            write_record(jsonl, report)
+            # Flushed once the loop turns: every record is out as soon as nothing else is
+            # ready, and the records of targets that finished together share one write.
+            write_record(jsonl, report, flush=False)
+            if not flush_pending:
+                flush_pending = True
+                loop.call_soon(flush)
         if on_report is not None and report.observations.reachable:
             on_report.append(report)
         if progress is not None and task is not None:
             progress.advance(task)
+    flush()
     return summary
 
 

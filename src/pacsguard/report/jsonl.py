@@ -238,10 +238,14 @@ class TextSink(Protocol):
     def flush(self) -> None: ...
 
 
-def write_record(stream: TextSink, report: HostReport) -> None:
-    """Write one record and flush, so that a consumer sees each target as it finishes."""
+def write_record(stream: TextSink, report: HostReport, *, flush: bool = True) -> None:
+    """Write one record and flush, so that a consumer sees each target as it finishes.
+
+    `flush=False` leaves the flush to the caller (a scan flushes once per turn of its event
+    loop: records finished together go out in one write)."""
     stream.write(json.dumps(to_record(report), separators=(",", ":"), sort_keys=True) + "\n")
-    stream.flush()
+    if flush:
+        stream.flush()
 
 
 def load_schema() -> dict[str, Any]:
