@@ -88,7 +88,8 @@ def test_scanning_a_closed_port_loads_nothing_heavy(closed_port: int) -> None:
     loaded, done = modules_after(
         "from pacsguard.cli import main\n"
         f"code = main(['scan', '127.0.0.1', '-p', '{closed_port}'])\n"
-        "assert code == 0, code"
+        "assert code == 0, code\n"
+        "assert 'pacsguard.scan.http_probe' not in sys.modules  # HTTP tier: for web targets"
     )
     assert loaded & HEAVY == set()
     record = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("{")))

@@ -256,13 +256,19 @@ def encode_record(record: dict[str, Any]) -> str:
 
 def _plain(value: object) -> bool:
     """No float that orjson writes differently from json (0 < |x| < 1e-4, inf, nan)."""
-    if isinstance(value, dict):
-        return all(_plain(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return all(_plain(v) for v in value)
-    if isinstance(value, float):
-        return value == 0.0 or 1e-4 <= abs(value) < float("inf")
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif isinstance(item, float) and not (item == 0.0 or 1e-4 <= abs(item) < _INFINITY):
+            return False
     return True
+
+
+_INFINITY: Final = float("inf")
 
 
 class TextSink(Protocol):
