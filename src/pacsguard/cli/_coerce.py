@@ -23,8 +23,13 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, get_args, get_origin
 
-from typer._coercion import RuntimeParam, build_runtime_param
-from typer._param_types import coerce_cli_choice, coerce_cli_path, routes_to_path
+try:  # typer internals (0.29): without them, `install` leaves typer to work as it does
+    from typer._coercion import RuntimeParam, build_runtime_param
+    from typer._param_types import coerce_cli_choice, coerce_cli_path, routes_to_path
+except ImportError:  # pragma: no cover - another typer than constraints.txt pins
+    AVAILABLE = False
+else:
+    AVAILABLE = True
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -90,28 +95,32 @@ def _leaf(annotation: Any, value: Any, param: _TyperParameter, ctx: Context) -> 
     raise _Unsure
 
 
-@dataclass(frozen=True)
-class FastRuntimeParam(RuntimeParam):
-    """typer's runtime coercion for one parameter, without pydantic for plain valid values."""
+if AVAILABLE or TYPE_CHECKING:
 
-    def _coerce_value(self, value: Any, param: _TyperParameter, ctx: Context) -> Any:
-        try:
-            annotation: Any = self.annotation
-            if get_origin(annotation) is list:
-                (item_type,) = get_args(annotation)
-                items = value if isinstance(value, list | tuple) else [value]
-                return [_leaf(item_type, item, param, ctx) for item in items]
-            return _leaf(annotation, value, param, ctx)
-        except _Unsure:
-            pass
-        typer_own = build_runtime_param(param.type_descriptor)
-        if getattr(param, "_runtime_param", None) is self:
-            param._runtime_param = typer_own  # decide once per parameter
-        return typer_own._coerce_value(value, param=param, ctx=ctx)
+    @dataclass(frozen=True)
+    class FastRuntimeParam(RuntimeParam):
+        """typer's runtime coercion for one parameter, without pydantic for plain valid values."""
+
+        def _coerce_value(self, value: Any, param: _TyperParameter, ctx: Context) -> Any:
+            try:
+                annotation: Any = self.annotation
+                if get_origin(annotation) is list:
+                    (item_type,) = get_args(annotation)
+                    items = value if isinstance(value, list | tuple) else [value]
+                    return [_leaf(item_type, item, param, ctx) for item in items]
+                return _leaf(annotation, value, param, ctx)
+            except _Unsure:
+                pass
+            typer_own = build_runtime_param(param.type_descriptor)
+            if getattr(param, "_runtime_param", None) is self:
+                param._runtime_param = typer_own  # decide once per parameter
+            return typer_own._coerce_value(value, param=param, ctx=ctx)
 
 
 def install_on(params: Iterable[Parameter]) -> None:
     """Give each typer parameter in `params` the fast coercion, unless it has its own already."""
+    if not AVAILABLE:
+        return
     for param in params:
         descriptor = getattr(param, "type_descriptor", None)
         if descriptor is None or getattr(param, "_runtime_param", ...) is not None:
@@ -126,6 +135,8 @@ def install_on(params: Iterable[Parameter]) -> None:
 def install(command: Command) -> None:
     """Fast coercion for every parameter `command` (and its subcommands) parses, including the
     help option click adds while parsing."""
+    if not AVAILABLE:
+        return
     own = command.get_params
 
     def get_params(ctx: Context) -> list[Parameter]:
