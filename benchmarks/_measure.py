@@ -35,8 +35,16 @@ class Measured:
     cpu_seconds: float = 0.0
 
 
-def measure(argv: list[str], stdout_path: Path, env: dict[str, str] | None = None) -> Measured:
+def measure(
+    argv: list[str],
+    stdout_path: Path,
+    env: dict[str, str] | None = None,
+    drop_env: tuple[str, ...] = (),
+) -> Measured:
+    """`argv`'s wall time, peak RSS and CPU; `env` added to and `drop_env` removed from ours."""
     full_env = {**os.environ, "TCP_NODELAY": "1", **(env or {})}
+    for name in drop_env:
+        full_env.pop(name, None)
     started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", _LAUNCHER, str(stdout_path), *argv],
