@@ -7,8 +7,9 @@ write JSON + Markdown results.
 - distributed: one scan process against `--cluster local:1` and `local:2` (`--hosts`, `--seed`).
 - archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
   (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
-- survey: the end-to-end survey on the internet lab (a /16), 1 and 2 processes, against nmap
-  (`--seed`, `--network`, `--no-nmap`).
+- survey: the end-to-end survey on the internet lab (a /16), 1 process and Dask
+  `--cluster local:2`, against nmap on a random sample of addresses (`--seed`, `--network`,
+  `--nmap-sample`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ def main() -> int:
     parser.add_argument(
         "--network", default=survey_internet.NETWORK, help="survey: the lab's loopback /16"
     )
-    parser.add_argument("--no-nmap", action="store_true", help="survey: leave nmap out")
+    parser.add_argument(
+        "--nmap-sample",
+        type=int,
+        default=survey_internet.NMAP_SAMPLE,
+        help="survey: addresses nmap scans, drawn at random (0: the whole network)",
+    )
     args = parser.parse_args()
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
@@ -66,7 +72,7 @@ def main() -> int:
             text = scan_distributed.markdown(result)
         elif args.which == "survey":
             result = survey_internet.run(
-                Path(tmp), args.seed, network=args.network, nmap=not args.no_nmap
+                Path(tmp), args.seed, network=args.network, nmap_sample=args.nmap_sample
             )
             text = survey_internet.markdown(result)
         else:

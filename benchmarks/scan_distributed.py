@@ -27,7 +27,9 @@ PORT = 11112
 
 
 def _differences(ours: dict[tuple[str, int], Any], reference: dict[tuple[str, int], Any]) -> int:
-    return sum(ours.get(k) != v for k, v in reference.items()) + len(set(ours) - set(reference))
+    return int(sum(ours.get(k) != v for k, v in reference.items())) + len(
+        set(ours) - set(reference)
+    )
 
 
 def _verdicts(path: Path) -> dict[tuple[str, int], Any]:
