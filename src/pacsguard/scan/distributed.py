@@ -3,11 +3,11 @@
 The targets, in their deterministic order, are cut into contiguous shards of `shard_size`.
 Each shard is one Dask task (`pacsguard.scan.shard_worker.probe_shard`): a coroutine on the
 worker's event loop running the same asyncio scheduler and probe as a one-machine scan, in
-probe slots shared by all the shards on that worker, returning its reports with their JSON
-Lines records. The coordinator (the `pacsguard scan --cluster ...` process) keeps a bounded
-window of shards in flight, and writes finished shards once: records appended and fsync'd,
-then the shards journaled as done (`pacsguard.scan.journal`), several at a time when several
-have finished.
+probe slots shared by all the shards on that worker, returning its JSON Lines records and
+totals in one piece (`ShardResult`). The coordinator (the `pacsguard scan --cluster ...`
+process) keeps a bounded window of shards in flight, and writes finished shards once: records
+appended and fsync'd, then the shards journaled as done (`pacsguard.scan.journal`), several
+at a time when several have finished.
 
 - A worker that dies mid-shard: the Dask scheduler runs the shard again on another worker; a
   shard that raises is retried (`retries`). Only a finished shard is written, so nothing is
@@ -220,16 +220,14 @@ class _Sinks:
     on_progress: Callable[[int], None] | None
 
     def take(self, result: ShardResult) -> None:
-        for report, line in result:
-            self.summary.add(report)
-            if self.keep is not None and report.observations.reachable:
-                self.keep.append(report)
-            if self.stdout is not None:
-                self.stdout.write(line)
+        self.summary.merge(result.summary)
+        if self.keep is not None:
+            self.keep.extend(result.reachable)
         if self.stdout is not None:
+            self.stdout.write(result.records.decode("utf-8"))
             self.stdout.flush()
         if self.on_progress is not None:
-            self.on_progress(len(result))
+            self.on_progress(result.count)
 
 
 def _run_shards(
@@ -278,6 +276,7 @@ def _run_shards(
                 targets,
                 *options,
                 shard_limits,
+                sinks.keep is not None,
                 key=f"pacsguard-shard-{run_id}-{attempt}-{index}",
                 retries=run.retries,
                 pure=False,
@@ -288,7 +287,7 @@ def _run_shards(
 
     def write(batch: list[tuple[int, ShardResult]]) -> None:
         nonlocal written
-        journal.append_shards([(index, [line for _, line in result]) for index, result in batch])
+        journal.append_shards([(index, result.records, result.count) for index, result in batch])
         written += len(batch)
         for _, result in batch:
             sinks.take(result)
