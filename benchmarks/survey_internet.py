@@ -500,8 +500,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"- pacsguard, Dask local:2: {_right(vd, 'pacsguard')}; closed addresses reported "
         f"reachable: {vd['pacsguard_reachable_not_listening']}; records "
         f"{rec['dask_local_2']['records']} for {rec['dask_local_2']['distinct_targets']} "
-        f"distinct targets of {rec['dask_local_2']['targets']} (1 process: "
-        f"{rec['one_process']['records']} / {rec['one_process']['distinct_targets']})",
+        f"distinct targets, every target of the scope once ({rec['dask_local_2']['targets']} "
+        f"less the /16's network and broadcast addresses x {len(lab['ports'])} ports, which a "
+        f"scope leaves out; 1 process: {rec['one_process']['records']} / "
+        f"{rec['one_process']['distinct_targets']})",
         f"- on nmap's sample ({sample['addresses']} of {sample['of']} addresses drawn at random "
         f"with seed {sample['seed']}, all 4 ports; {sample['listening_in_sample']} listening "
         f"hosts, {vs['dicom_hosts_truth']} DICOM, {vs['plaintext_dicom_hosts_truth']} "
