@@ -20,14 +20,14 @@ from pacsguard.archive.control import REQUEST, answer_reload, answer_unlock, ask
 from pacsguard.archive.fsck import run_fsck
 from pacsguard.archive.reload import reload_archive
 from pacsguard.archive.security.bootstrap import initialize
-from pacsguard.archive.selfcheck import self_check, worst
+from pacsguard.archive.selfcheck import describe_web, refusal, self_check, web_reports, worst
 from pacsguard.cli._signals import (
     RELOAD_SIGNAL,
     STOP_SIGNALS,
     hold_stop_signals,
     wait_for_signal,
 )
-from pacsguard.errors import UsageError
+from pacsguard.errors import ConfigError, UsageError
 from pacsguard.scan.model import Severity
 
 log = logging.getLogger(__name__)
@@ -102,20 +102,7 @@ def serve(
         )
         console.print(f"audit log: {settings.audit.log_path}", highlight=False)
         if check:
-            reports = self_check(running)
-            found = sorted({f.id for r in reports for f in r.findings})
-            level = worst(reports)
-            verdict = "no findings" if level is None else f"worst finding: {level.value}"
-            console.print(
-                f"self-check (scanned as a stranger): {verdict}"
-                + (f" ({', '.join(found)})" if found else ""),
-                highlight=False,
-            )
-            if level is not None and level.rank >= Severity.HIGH.rank:
-                console.print(
-                    "[bold red]This archive is open to strangers.[/] "
-                    + ("(lab profile: expected)" if settings.profile == "lab" else "")
-                )
+            _check_ourselves(running, settings.profile, console)
         # The start-up heap (modules, pydicom's dictionary, SQLAlchemy's metadata) lives as
         # long as the process: keep it out of the collector, so that a full collection, which
         # a burst of allocations triggers (a 1 MiB identifier is 40,000 objects), does not walk
@@ -136,6 +123,35 @@ def serve(
                 log.exception("operator request failed")
     finally:
         running.stop()
+
+
+def _check_ourselves(running: RunningArchive, profile: str, console: Console) -> None:
+    """Scan our own endpoints as a stranger and say what was seen; ConfigError (the start
+    fails) when, in the secure profile, DICOMweb answered a search without a token."""
+    reports = self_check(running)
+    found = sorted({f.id for r in reports for f in r.findings})
+    level = worst(reports)
+    if level is None:
+        verdict = "no findings"
+    elif level is Severity.INFO:
+        verdict = "nothing above informational"
+    else:
+        verdict = f"worst finding: {level.value}"
+    console.print(
+        f"self-check (scanned as a stranger): {verdict}"
+        + (f" ({', '.join(found)})" if found else ""),
+        highlight=False,
+    )
+    for report in web_reports(reports):
+        console.print(f"self-check {describe_web(report)}", highlight=False)
+    reason = refusal(reports, profile)
+    if reason is not None:
+        raise ConfigError(reason)
+    if level is not None and level.rank >= Severity.HIGH.rank:
+        console.print(
+            "[bold red]This archive is open to strangers.[/] "
+            + ("(lab profile: expected)" if profile == "lab" else "")
+        )
 
 
 def _answer_requests(
