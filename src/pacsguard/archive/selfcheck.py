@@ -136,14 +136,14 @@ def describe_web(report: HostReport) -> str:
     else:
         statuses = sorted({str(q.status) for q in http.dicomweb})
         qido = f"QIDO-RS not recognised (answers {', '.join(statuses) or 'none'})"
-    return f"{where}: {qido}\n  TLS: {describe_tls(obs.tls_facts)}"
+    return f"{where}: {qido}\n  {describe_tls(obs.tls_facts)}"
 
 
 def describe_tls(facts: TlsFacts | None) -> str:
     if facts is None:
         return "TLS not observed"
     parts = [
-        "TLS "
+        "accepts TLS "
         + ", ".join(facts.versions_accepted)
         + (f" (refuses {', '.join(facts.versions_refused)})" if facts.versions_refused else "")
     ]
