@@ -27,11 +27,13 @@ def test_demo_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(r"issued token [0-9a-f]{12} \(printed once", said)
     assert "pgt_" not in said  # the token itself is the command's to print, once
     assert 'GET /studies without a token -> 401 (Bearer realm="pacsguard")' in said
-    studies = re.search(r"GET /studies with the token -> 200, (\d+) studies \(QIDO-RS\)", said)
+    studies = re.search(
+        r"GET /studies with the token -> 200, (\d+) studies \(QIDO-RS search\)", said
+    )
     assert studies is not None
     assert int(studies.group(1)) == generate_archive(2026, 2).counts.studies  # what was stored
     assert re.search(
-        r"-> 200, one instance of [\d,]+ bytes \(WADO-RS\), byte-identical to what the "
+        r"-> 200, one instance of [\d,]+ bytes \(WADO-RS retrieve\), byte-identical to what the "
         r"administrator stored over DIMSE",
         said,
     )

@@ -156,13 +156,13 @@ def _show_web(web: WebDemo | None, console: Console) -> bool:
         )
     if web.studies is not None:
         console.print(
-            f"  GET /studies with the token    -> 200, {web.studies} studies (QIDO-RS)",
+            f"  GET /studies with the token    -> 200, {web.studies} studies (QIDO-RS search)",
             highlight=False,
         )
     if web.instances_in_study is not None:
         console.print(
             f"  GET /studies/…/instances       -> 200, {web.instances_in_study} instances "
-            "in the first study (QIDO-RS)",
+            "in the first study (QIDO-RS search)",
             highlight=False,
         )
     if web.wado_status is not None:
@@ -173,7 +173,7 @@ def _show_web(web: WebDemo | None, console: Console) -> bool:
         )
         console.print(
             f"  GET /studies/…/instances/…     -> {web.wado_status}, one instance of "
-            f"{web.wado_bytes:,} bytes (WADO-RS), {same}",
+            f"{web.wado_bytes:,} bytes (WADO-RS retrieve), {same}",
             highlight=False,
         )
     for problem in web.problems:
