@@ -104,11 +104,9 @@ def run_archive_demo(folder: Path, seed: int) -> ArchiveDemo:
             assoc.release()
     reports = self_check(running)
     web = None
-    if running.web_endpoint is not None and init.admin_secret is not None:
-        host, port = running.web_endpoint
-        web = run_web_demo(
-            f"https://{host}:{port}", settings.tls.ca_file, folder, init.admin_username, sent
-        )
+    https = next((e for e in running.endpoints if e.protocol == "https"), None)
+    if https is not None and init.admin_secret is not None:
+        web = run_web_demo(str(https), settings.tls.ca_file, folder, init.admin_username, sent)
     check = verify(settings.audit.log_path)
     return ArchiveDemo(running, stored, refused, reports, check.ok, check.lines, web)
 

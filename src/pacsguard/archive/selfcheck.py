@@ -18,7 +18,8 @@ import asyncio
 import ssl
 from collections.abc import Sequence
 
-from pacsguard.archive.app import Endpoint, RunningArchive
+from pacsguard.archive.app import RunningArchive
+from pacsguard.archive.runtime import Endpoint
 from pacsguard.dicom.client import Timeouts
 from pacsguard.scan.checks import assess
 from pacsguard.scan.http_probe import HttpOptions, probe_http
@@ -44,15 +45,14 @@ def stranger_tls_context() -> ssl.SSLContext:
 
 def web_targets(running: RunningArchive) -> list[Target]:
     """The archive's HTTPS (DICOMweb) listeners, as the scanner's targets."""
-    if running.web_endpoint is None:
-        return []
-    host, port = running.web_endpoint
-    return [Target(host, port, "https")]
+    return [Target(e.host, e.port, "https") for e in running.endpoints if e.protocol == "https"]
 
 
 async def _scan(endpoints: Sequence[Endpoint], web: Sequence[Target]) -> list[HostReport]:
     reports = []
     for endpoint in endpoints:
+        if endpoint.protocol != "dicom":
+            continue  # other transports' self-checks are their own
         options = ProbeOptions(
             timeouts=Timeouts(connect=3.0, read=5.0),
             total_timeout=30.0,
