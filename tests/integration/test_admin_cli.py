@@ -246,7 +246,7 @@ def test_cert_issue_signs_with_the_archive_ca_and_prints_the_fingerprint(data_di
 def test_token_issue_list_revoke(data_dir: Path) -> None:
     issued = run("token", "issue", "--user", "admin", "--days", "7", "--data-dir", str(data_dir))
     assert issued.returncode == 0, issued.stderr
-    assert "no front end accepts API tokens yet" in issued.stdout
+    assert "Authorization: Bearer <token>" in issued.stdout
     token = issued.stdout.split("never again:")[1].split()[0]
     token_id = token.split("_")[1]
     stored = (data_dir / "api-tokens.json").read_text()

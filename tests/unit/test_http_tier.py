@@ -131,10 +131,20 @@ def test_the_shipped_catalog_loads_and_cites_every_entry() -> None:
     catalog = default_catalog()
     assert "Orthanc Secure Area" in catalog.orthanc_realms
     assert {r.path for r in catalog.dicomweb_roots} == {
+        "/",
         "/dicom-web",
         "/dcm4chee-arc/aets/DCM4CHEE/rs",
         "/dicomweb",
         "/wado",
+    }
+    ours = next(r for r in catalog.dicomweb_roots if r.path == "/")
+    assert (ours.realm, ours.content_type) == ("pacsguard", "application/dicom+json")
+    assert ours.studies_path() == "/studies"
+    assert {r.studies_path() for r in catalog.dicomweb_roots if r.path != "/"} == {
+        "/dicom-web/studies",
+        "/dcm4chee-arc/aets/DCM4CHEE/rs/studies",
+        "/dicomweb/studies",
+        "/wado/studies",
     }
     assert {v.id for v in catalog.viewers} >= {"orthanc-explorer", "stone-webviewer", "ohif"}
     assert all(v.source for v in catalog.viewers)
@@ -316,6 +326,76 @@ def test_records_validate_and_reports_count_web_exposure() -> None:
     markdown = render_markdown(result)
     assert "Web: Orthanc 1.10.1 REST API open" in html
     assert "- web: Orthanc 1.10.1 REST API open" in markdown
+
+
+PACSGUARD_CLOSED = HttpObservations(
+    scheme="https",
+    answered=True,
+    root_status=401,
+    auth_scheme="bearer",
+    auth_realm="pacsguard",
+    dicomweb=(
+        QidoEndpoint("/", 401, product="pacsguard archive DICOMweb", auth_required=True),
+        QidoEndpoint("/dicom-web", 401),
+    ),
+)
+
+
+def test_a_recognised_closed_dicomweb_is_informational_and_its_tls_is_checked() -> None:
+    report = assess(web(PACSGUARD_CLOSED, port=8443))
+    assert [(f.id, f.severity) for f in report.findings] == [
+        ("PG-HTTP-DICOMWEB-AUTH", Severity.INFO)
+    ]
+    finding = report.findings[0]
+    assert finding.title == "DICOMweb (pacsguard archive DICOMweb) requires authentication"
+    assert finding.evidence["realm"] == "pacsguard"
+    assert finding.evidence["endpoints"] == [
+        {"path": "/", "status": 401, "product": "pacsguard archive DICOMweb"}
+    ]
+    assert PACSGUARD_CLOSED.pacs  # so the TLS checks look at its certificate
+    assert report.observations.exposure is None
+    # Over plain HTTP the same service sends its tokens in clear.
+    plain = HttpObservations(
+        scheme="http", answered=True, dicomweb=PACSGUARD_CLOSED.dicomweb, auth_scheme="bearer"
+    )
+    assert {f.id for f in assess(web(plain)).findings} == {
+        "PG-HTTP-DICOMWEB-AUTH",
+        "PG-HTTP-NO-TLS",
+    }
+    # A 401 on a root without a recognised realm is a login wall, not a DICOMweb.
+    wall = HttpObservations(
+        scheme="https", answered=True, dicomweb=(QidoEndpoint("/dicomweb", 401),)
+    )
+    assert not wall.pacs
+    assert assess(web(wall, port=443)).findings == ()
+    # One root open and another closed: the open one is the finding.
+    mixed = HttpObservations(
+        scheme="https",
+        answered=True,
+        dicomweb=(*PACSGUARD_CLOSED.dicomweb, QidoEndpoint("/dicomweb", 200, open=True)),
+    )
+    assert {f.id for f in assess(web(mixed, port=443)).findings} == {"PG-HTTP-QIDO-ANON"}
+
+
+def test_a_closed_dicomweb_record_validates_and_reads_in_the_digest() -> None:
+    record = to_record(assess(web(PACSGUARD_CLOSED, port=8443)))
+    jsonschema.validate(record, load_schema())
+    assert record["http"]["dicomweb"][0] == {
+        "path": "/",
+        "status": 401,
+        "open": False,
+        "studies": 0,
+        "lower_bound": False,
+        "pages": 0,
+        "phi_categories": [],
+        "note": None,
+        "product": "pacsguard archive DICOMweb",
+        "auth_required": True,
+    }
+    assert web_summary(record["http"]) == (
+        'login asked: bearer (realm "pacsguard"); DICOMweb at / asks for credentials '
+        "(pacsguard archive DICOMweb)"
+    )
 
 
 def test_web_summary_of_a_locked_server_and_a_silent_one() -> None:

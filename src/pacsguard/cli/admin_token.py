@@ -22,7 +22,10 @@ app = typer.Typer(
     help="API tokens (hash stored) for DICOMweb: Authorization: Bearer <token>.",
 )
 
-_NOT_YET = "note: no front end accepts API tokens yet (the DICOMweb front end is planned)"
+_USE = (
+    "use it as  Authorization: Bearer <token>  on the archive's DICOMweb ([dicomweb] enabled, "
+    "or serve --web-port)"
+)
 
 
 def _store(data_dir: Path) -> Path:
@@ -43,7 +46,7 @@ def issue(
     record, token = tokens.issue(_store(data_dir), user, days=days)
     typer.echo(
         f"token {record.id} for {user!r}, expires {record.expires}; shown now and never "
-        f"again:\n\n    {token}\n\n{_NOT_YET}"
+        f"again:\n\n    {token}\n\n{_USE}"
     )
 
 

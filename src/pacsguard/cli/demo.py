@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 
 from pacsguard.archive.demo import run_archive_demo
+from pacsguard.archive.demo_web import WebDemo
+from pacsguard.archive.selfcheck import describe_web, web_reports
 from pacsguard.cli._signals import hold_stop_signals, wait_for_stop_signal
 from pacsguard.cli.scan import scan_scope
 from pacsguard.dicom.client import Timeouts
@@ -24,7 +26,7 @@ from pacsguard.lab.profiles import plan_farm
 from pacsguard.lab.truth import write_truth
 from pacsguard.lab.verify import Agreement, compare
 from pacsguard.report.table import ScanSummary, render_table
-from pacsguard.scan.model import HostReport, Target
+from pacsguard.scan.model import HostReport, Severity, Target
 from pacsguard.scan.probe import ProbeOptions
 from pacsguard.scan.scheduler import Limits
 
@@ -99,13 +101,23 @@ def demo(
             f"over TLS with a PS3.7 user identity ({archive.refused} refused).",
             highlight=False,
         )
-        findings = sorted({f.id for r in archive.reports for f in r.findings})
+        # Informational findings (e.g. "DICOMweb requires authentication") are what a secure
+        # archive should show a stranger; anything above them is a problem.
+        findings = sorted(
+            {f.id for r in archive.reports for f in r.findings if f.severity is not Severity.INFO}
+        )
         verdict = (
             "was refused and found nothing" if not findings else f"found {', '.join(findings)}"
         )
         console.print(
-            f"The scanner, knocking on the archive as a stranger, {verdict}. Audit log: "
-            f"{archive.audit_lines} hash-chained events, chain "
+            f"The scanner, knocking on the archive as a stranger (DIMSE and HTTPS), {verdict}.",
+            highlight=False,
+        )
+        for report in web_reports(archive.reports):
+            console.print(f"  {describe_web(report)}", highlight=False)
+        web_ok = _show_web(archive.web, console)
+        console.print(
+            f"Audit log: {archive.audit_lines} hash-chained events, chain "
             + ("intact." if archive.audit_ok else "BROKEN."),
             highlight=False,
         )
@@ -120,8 +132,53 @@ def demo(
         "--format table; run your own archive: .venv/bin/pacsguard serve",
         highlight=False,
     )
-    if agreement.mismatches or findings or not archive.audit_ok:
+    if agreement.mismatches or findings or not archive.audit_ok or not web_ok:
         raise typer.Exit(1)
+
+
+def _show_web(web: WebDemo | None, console: Console) -> bool:
+    """Print the DICOMweb round trip for a new user; False when it did not go as it must."""
+    if web is None:
+        console.print("DICOMweb round trip skipped (the demo folder was not fresh).")
+        return True
+    console.print(f"[bold]DICOMweb[/] (QIDO-RS, WADO-RS) on {web.url}, same gate and audit:")
+    console.print(f"  $ {web.command}", highlight=False)
+    if web.token_id is not None:
+        console.print(
+            f"    issued token {web.token_id} (printed once; the archive keeps only its SHA-256)",
+            highlight=False,
+        )
+    if web.anonymous_status is not None:
+        challenge = f" ({web.anonymous_challenge})" if web.anonymous_challenge else ""
+        console.print(
+            f"  GET /studies without a token   -> {web.anonymous_status}{challenge}",
+            highlight=False,
+        )
+    if web.studies is not None:
+        console.print(
+            f"  GET /studies with the token    -> 200, {web.studies} studies (QIDO-RS search)",
+            highlight=False,
+        )
+    if web.instances_in_study is not None:
+        console.print(
+            f"  GET /studies/…/instances       -> 200, {web.instances_in_study} instances "
+            "in the first study (QIDO-RS search)",
+            highlight=False,
+        )
+    if web.wado_status is not None:
+        same = (
+            "byte-identical to what the administrator stored over DIMSE"
+            if web.identical
+            else "[bold red]NOT identical[/] to what was stored"
+        )
+        console.print(
+            f"  GET /studies/…/instances/…     -> {web.wado_status}, one instance of "
+            f"{web.wado_bytes:,} bytes (WADO-RS retrieve), {same}",
+            highlight=False,
+        )
+    for problem in web.problems:
+        console.print(f"  [bold red]problem[/]: {problem}", highlight=False)
+    return web.ok
 
 
 def _wait_for_interrupt() -> None:

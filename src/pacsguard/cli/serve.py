@@ -26,7 +26,7 @@ from pacsguard.cli._signals import (
     hold_stop_signals,
     wait_for_signal,
 )
-from pacsguard.errors import UsageError
+from pacsguard.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from pacsguard.archive.app import RunningArchive
@@ -84,8 +84,6 @@ def serve(
     from pacsguard.archive.app import start_archive
     from pacsguard.archive.config import DataLayout, load_settings
     from pacsguard.archive.reload import reload_archive
-    from pacsguard.archive.selfcheck import self_check, worst
-    from pacsguard.scan.model import Severity
 
     overrides: dict[str, object] = {
         "profile": profile,
@@ -113,20 +111,7 @@ def serve(
         )
         console.print(f"audit log: {settings.audit.log_path}", highlight=False)
         if check:
-            reports = self_check(running)
-            found = sorted({f.id for r in reports for f in r.findings})
-            level = worst(reports)
-            verdict = "no findings" if level is None else f"worst finding: {level.value}"
-            console.print(
-                f"self-check (scanned as a stranger): {verdict}"
-                + (f" ({', '.join(found)})" if found else ""),
-                highlight=False,
-            )
-            if level is not None and level.rank >= Severity.HIGH.rank:
-                console.print(
-                    "[bold red]This archive is open to strangers.[/] "
-                    + ("(lab profile: expected)" if settings.profile == "lab" else "")
-                )
+            _check_ourselves(running, settings.profile, console)
         # The start-up heap (modules, pydicom's dictionary, SQLAlchemy's metadata) lives as
         # long as the process: keep it out of the collector, so that a full collection, which
         # a burst of allocations triggers (a 1 MiB identifier is 40,000 objects), does not walk
@@ -147,6 +132,38 @@ def serve(
                 log.exception("operator request failed")
     finally:
         running.stop()
+
+
+def _check_ourselves(running: RunningArchive, profile: str, console: Console) -> None:
+    """Scan our own endpoints as a stranger and say what was seen; ConfigError (the start
+    fails) when, in the secure profile, DICOMweb answered a search without a token."""
+    from pacsguard.archive.selfcheck import describe_web, refusal, self_check, web_reports, worst
+    from pacsguard.scan.model import Severity
+
+    reports = self_check(running)
+    found = sorted({f.id for r in reports for f in r.findings})
+    level = worst(reports)
+    if level is None:
+        verdict = "no findings"
+    elif level is Severity.INFO:
+        verdict = "nothing above informational"
+    else:
+        verdict = f"worst finding: {level.value}"
+    console.print(
+        f"self-check (scanned as a stranger): {verdict}"
+        + (f" ({', '.join(found)})" if found else ""),
+        highlight=False,
+    )
+    for report in web_reports(reports):
+        console.print(f"self-check {describe_web(report)}", highlight=False)
+    reason = refusal(reports, profile)
+    if reason is not None:
+        raise ConfigError(reason)
+    if level is not None and level.rank >= Severity.HIGH.rank:
+        console.print(
+            "[bold red]This archive is open to strangers.[/] "
+            + ("(lab profile: expected)" if profile == "lab" else "")
+        )
 
 
 def _answer_requests(

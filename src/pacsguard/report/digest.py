@@ -216,6 +216,8 @@ def web_summary(http: dict[str, Any] | None) -> str | None:
         if qido.get("open"):
             more = "at least " if qido.get("lower_bound") else ""
             parts.append(f"QIDO-RS open at {qido['path']} ({more}{qido['studies']} studies)")
+        elif qido.get("auth_required"):
+            parts.append(f"DICOMweb at {qido['path']} asks for credentials ({qido.get('product')})")
     viewers = [str(v["name"]) for v in http.get("viewers") or ()]
     if viewers:
         parts.append("viewers: " + ", ".join(viewers))

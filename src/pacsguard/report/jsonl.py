@@ -103,6 +103,8 @@ def http_record(http: HttpObservations | None) -> dict[str, Any] | None:
                 "pages": q.pages,
                 "phi_categories": sorted(c.value for c in q.phi_categories),
                 "note": q.note,
+                "product": q.product,
+                "auth_required": q.auth_required,
             }
             for q in http.dicomweb
         ],

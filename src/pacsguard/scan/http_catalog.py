@@ -2,7 +2,10 @@
 
 DICOMweb roots to query, viewer pages and their patterns, Orthanc's authentication realm and
 the short list of default logins (tried only when the user asks). Every entry names its source;
-`verified` says whether pacsguard's tests saw it on a running server.
+`verified` says whether pacsguard's tests saw it on a running server. A DICOMweb root may name
+the `realm` its product's 401 carries (a closed DICOMweb is then recognised, not just refused)
+and the `content_type` a QIDO-RS answer must have to count (for generic roots such as `/`,
+where other REST APIs also answer `/studies` with JSON).
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ class DicomwebRoot:
     product: str
     verified: bool
     source: str
+    #: The realm of the product's authentication challenge (a 401 on QIDO-RS naming it
+    #: identifies the product's DICOMweb as present and closed).
+    realm: str | None = None
+    #: The media type a QIDO-RS answer must carry to be counted as one (None: any JSON).
+    content_type: str | None = None
+
+    def studies_path(self) -> str:
+        """The QIDO-RS study search resource below this root."""
+        return f"{self.path.rstrip('/')}/studies"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +83,10 @@ def _text(entry: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _optional_text(entry: dict[str, Any], key: str, where: str) -> str | None:
+    return None if entry.get(key) is None else _text(entry, key, where)
+
+
 def parse_catalog(data: Any) -> HttpCatalog:
     """Validate and load the document; HttpCatalogError names the first bad entry."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -84,10 +100,12 @@ def parse_catalog(data: Any) -> HttpCatalog:
         where = f"dicomweb_roots[{n}]"
         roots.append(
             DicomwebRoot(
-                _path(entry.get("path"), where).rstrip("/"),
+                _path(entry.get("path"), where).rstrip("/") or "/",
                 _text(entry, "product", where),
                 bool(entry.get("verified")),
                 _text(entry, "source", where),
+                _optional_text(entry, "realm", where),
+                _optional_text(entry, "content_type", where),
             )
         )
     viewers = []

@@ -26,6 +26,7 @@ ORTHANC_SECURITY: Final = "https://orthanc.uclouvain.be/book/faq/security.html"
 CVE_2025_0896: Final = "https://www.cisa.gov/news-events/ics-medical-advisories/icsma-25-037-02"
 CWE_1392: Final = "CWE-1392 use of default credentials"
 RFC_7617: Final = "RFC 7617 (Basic authentication sends the password in clear without TLS)"
+RFC_6750: Final = "RFC 6750 3 (the WWW-Authenticate challenge of a bearer-token resource)"
 
 
 def check_orthanc_open_api(obs: Observations) -> Finding | None:
@@ -86,6 +87,35 @@ def check_qido_anonymous(obs: Observations) -> Finding | None:
         "authentication over TLS) on every DICOMweb endpoint; never expose QIDO-RS, WADO-RS "
         "or STOW-RS anonymously.",
         (PS3_18_QIDO, HIPAA_ACCESS, HIPAA_AUTH, GDPR_32, GDPR_9),
+    )
+
+
+def check_dicomweb_authentication_required(obs: Observations) -> Finding | None:
+    """Informational: a DICOMweb service, recognised by its product's challenge, refuses an
+    anonymous QIDO-RS search with 401 (PS3.18 10.6; RFC 6750 for bearer tokens). What a
+    secure archive should show a stranger; only reported when no root answered openly."""
+    http = obs.http
+    if http is None or any(q.open for q in http.dicomweb):
+        return None
+    closed = [q for q in http.dicomweb if q.auth_required]
+    if not closed:
+        return None
+    products = sorted({q.product for q in closed if q.product})
+    return _finding(
+        "PG-HTTP-DICOMWEB-AUTH",
+        f"DICOMweb ({', '.join(products)}) requires authentication",
+        "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:N",
+        {
+            "endpoints": [
+                {"path": q.path, "status": q.status, "product": q.product} for q in closed
+            ],
+            "auth_scheme": http.auth_scheme,
+            "realm": http.auth_realm,
+            "transport": "https" if http.scheme == "https" else "plain HTTP",
+        },
+        "Nothing to fix here; keep tokens short-lived and revoke unused ones, and serve the "
+        "service only over HTTPS.",
+        (PS3_18_QIDO, RFC_6750),
     )
 
 
@@ -152,6 +182,7 @@ def check_viewer_exposed(obs: Observations) -> Finding | None:
 HTTP_CHECKS: Final[tuple[Check, ...]] = (
     check_orthanc_open_api,
     check_qido_anonymous,
+    check_dicomweb_authentication_required,
     check_http_without_tls,
     check_default_credentials,
     check_viewer_exposed,

@@ -69,6 +69,12 @@ class QidoEndpoint:
     pages: int = 0
     phi_categories: frozenset[PhiCategory] = frozenset()
     note: str | None = None
+    #: The product whose DICOMweb this is, when its answer identified it (an open QIDO-RS, or
+    #: a 401 in the realm the data file names for the root).
+    product: str | None = None
+    #: An anonymous search was refused with 401 in the product's realm: a DICOMweb that asks
+    #: for credentials (recognised, not merely a login wall in front of everything).
+    auth_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +118,13 @@ class HttpObservations:
 
     @property
     def pacs(self) -> bool:
-        """A DICOM-related web service was recognised (REST API, DICOMweb or viewer)."""
-        return bool(self.orthanc is not None or any(q.open for q in self.dicomweb) or self.viewers)
+        """A DICOM-related web service was recognised (REST API, DICOMweb open or behind its
+        product's login, or viewer)."""
+        return bool(
+            self.orthanc is not None
+            or any(q.open or q.auth_required for q in self.dicomweb)
+            or self.viewers
+        )
 
     @property
     def basic_auth(self) -> bool:

@@ -10,7 +10,9 @@ never followed):
    open `/statistics` (counts) and `/patients?since=0&limit=N` (listable or not; entries counted).
 3. Viewer pages from `data/http.json`, each recognised by its cited pattern.
 4. QIDO-RS at the known DICOMweb roots: `{root}/studies?limit=&offset=`, paged within a budget,
-   counted by Study Instance UID hash (`http_qido`), nothing kept.
+   counted by Study Instance UID hash (`http_qido`), nothing kept. A 401 in the realm the data
+   file names for a root recognises that product's DICOMweb as asking for credentials; a root
+   with a media type counts only answers of that type.
 5. Only with `default_credentials`: the short cited list of default logins, against a path that
    returns no patient data (`/system` or `/`), reported only when one works.
 
@@ -23,6 +25,7 @@ imported inside the probe so that the CLI starts without it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from pacsguard.scan.http_model import (
@@ -141,15 +144,24 @@ async def _qido(conv: Session) -> None:
     for root in options.catalog.dicomweb_roots:
         tally = QidoTally(options.qido_page_size, options.qido_max_pages)
         status: int | None = None
-        opened = False
+        opened = closed = False
         while not tally.done:
-            path = f"{root.path}/studies?limit={tally.page_size}&offset={tally.next_offset}"
+            path = f"{root.studies_path()}?limit={tally.page_size}&offset={tally.next_offset}"
             answer = await conv.get(path, accept="application/dicom+json")
             if answer is None:
                 if opened:
                     tally.stop("an answer did not come in time", lower_bound=True)
                 break
             status = status or answer.status
+            if answer.status == 401 and not opened:
+                # Refused: recognised only when the challenge names this product's realm.
+                realm = parse_challenge(answer.challenge)[1]
+                closed = root.realm is not None and realm == root.realm
+                break
+            if root.content_type is not None and answer.media_type != root.content_type:
+                if opened:
+                    tally.stop(f"page answered as {answer.media_type!r}", lower_bound=True)
+                break  # e.g. another REST API's /studies: not this product's QIDO-RS
             if answer.status == 204:  # PS3.18: no matching studies
                 opened = True
                 tally.stop(None, lower_bound=False)
@@ -181,6 +193,8 @@ async def _qido(conv: Session) -> None:
                 pages=tally.pages,
                 phi_categories=frozenset(tally.phi),
                 note=tally.note,
+                product=root.product if opened or closed else None,
+                auth_required=closed,
             )
         )
 
@@ -264,6 +278,4 @@ async def probe_http(target: Target, options: HttpOptions) -> Observations:
 
 
 def _as_lower_bound(q: QidoEndpoint) -> QidoEndpoint:
-    return QidoEndpoint(
-        q.path, q.status, q.open, q.studies, True, q.pages, q.phi_categories, q.note
-    )
+    return dataclasses.replace(q, lower_bound=True)

@@ -87,6 +87,8 @@ class Answer:
     server: str | None
     body: bytes
     truncated: bool
+    #: The Content-Type's media type, lower case, without parameters ("" when absent).
+    media_type: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -283,6 +285,10 @@ class Session:
                         server=response.headers.get("server"),
                         body=body,
                         truncated=truncated,
+                        media_type=response.headers.get("content-type", "")
+                        .split(";", 1)[0]
+                        .strip()
+                        .lower(),
                     )
         except TimeoutError:
             state.reachable = True
