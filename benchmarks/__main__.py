@@ -1,5 +1,5 @@
-"""`python -m benchmarks [scan|scan-clean|archive|distributed] [options]`: run a benchmark,
-write JSON + Markdown results.
+"""`python -m benchmarks [scan|scan-clean|archive|distributed|load|survey] [options]`: run a
+benchmark, write JSON + Markdown results.
 
 - scan: pacsguard's scanner against nmap's dicom-ping on the mixed lab (`--hosts`, `--seed`).
 - scan-clean: the same comparison on a lab without hostile responders (60 pynetdicom servers),
@@ -7,6 +7,9 @@ write JSON + Markdown results.
 - distributed: one scan process against `--cluster local:1` and `local:2` (`--hosts`, `--seed`).
 - archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
   (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
+- load: sustained load, 6 storing + 4 querying associations against one `pacsguard serve`
+  (and Orthanc for context): failures, lost instances, audit chain, latency percentiles,
+  association set-up, peak RSS (`--duration`, `--no-orthanc`, `--seed`).
 - survey: the end-to-end survey on the internet lab (a /16), 1 and 2 processes, against nmap
   (`--seed`, `--network`, `--no-nmap`).
 """
@@ -37,7 +40,7 @@ def main() -> int:
         "which",
         nargs="?",
         default="scan",
-        choices=["scan", "scan-clean", "archive", "distributed", "survey"],
+        choices=["scan", "scan-clean", "archive", "distributed", "load", "survey"],
     )
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
@@ -52,6 +55,8 @@ def main() -> int:
         "--network", default=survey_internet.NETWORK, help="survey: the lab's loopback /16"
     )
     parser.add_argument("--no-nmap", action="store_true", help="survey: leave nmap out")
+    parser.add_argument("--duration", type=float, default=60.0, help="load: seconds of load")
+    parser.add_argument("--no-orthanc", action="store_true", help="load: leave Orthanc out")
     args = parser.parse_args()
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
@@ -64,6 +69,13 @@ def main() -> int:
         elif args.which == "distributed":
             result = scan_distributed.run(Path(tmp), args.hosts, args.seed)
             text = scan_distributed.markdown(result)
+        elif args.which == "load":
+            from benchmarks.archive import load
+
+            result = load.run(
+                Path(tmp), duration_s=args.duration, seed=args.seed, orthanc=not args.no_orthanc
+            )
+            text = load.markdown(result)
         elif args.which == "survey":
             result = survey_internet.run(
                 Path(tmp), args.seed, network=args.network, nmap=not args.no_nmap

@@ -638,3 +638,50 @@ def test_every_rejected_passcode_costs_one_verification(
     open_gate, open_hasher = counting_gate(detailed, Clock())
     open_gate.decide(facts("STRANGER", identity=password()))
     assert open_hasher.verifications == 0
+
+
+# -- deciding without blocking (on the event loop) ----------------------------------------------
+
+
+def test_decide_now_accepts_a_remembered_passcode_without_verifying(settings: Settings) -> None:
+    gate, hasher = counting_gate(settings, Clock())
+    assert gate.decide_now(facts(identity=password())) is None  # not verified yet: a thread's job
+    assert hasher.verifications == 0
+    assert isinstance(gate.decide(facts(identity=password())), Principal)
+    now = gate.decide_now(facts(identity=password()))
+    assert now == gate.decide(facts(identity=password()))
+    assert isinstance(now, Principal) and now.username == "alice"
+    assert hasher.verifications == 1
+    # certificates and addresses need no blocking work either
+    cert = gate.decide_now(facts("CT1", cert=CERT))
+    assert isinstance(cert, Principal) and cert.method is AuthMethod.MTLS
+
+
+def test_decide_now_leaves_every_refusal_to_decide_and_counts_nothing(
+    settings: Settings,
+) -> None:
+    """A refusal costs a verification, counts towards lockouts and may be audited: decide_now
+    returns None for it, before it changes anything, and decide refuses as always."""
+    sink = Sink()
+    gate = Gate(settings, Clock(), audit=sink)
+    hasher = CountingHasher()
+    gate._hasher = hasher
+    assert isinstance(gate.decide(facts(identity=password())), Principal)  # remembered now
+    refused = [
+        facts("STRANGER", identity=password()),
+        facts(called="OTHER", identity=password()),
+        facts("BOUND", address="198.19.0.1", identity=password()),
+        facts(identity=password(secret="guess")),
+        facts("CT1", cert="ee" * 32),
+    ]
+    for request in refused * 3:  # three times: enough failures to lock out, if they counted
+        assert gate.decide_now(request) is None
+    assert hasher.verifications == 1 and not sink.events
+    assert not gate.locked_out("198.18.2.3")
+    assert isinstance(gate.decide_now(facts(identity=password())), Principal)
+    # decide still counts and locks out; decide_now then has nothing to offer either
+    for _ in range(3):
+        assert isinstance(gate.decide(facts(identity=password(secret="guess"))), Rejection)
+    assert gate.locked_out("198.18.2.3")
+    assert gate.decide_now(facts(identity=password())) is None
+    assert isinstance(gate.decide(facts(identity=password())), Rejection)

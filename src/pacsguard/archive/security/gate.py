@@ -36,6 +36,10 @@ piled up against another account or with unknown AE titles.
 
 Passcodes: Argon2id, at most `_CONCURRENT_ARGON2` verifications at once (64 MiB each); one that
 verified is remembered for `[security] credential_cache_s` (`credentials.VerifiedCredentials`).
+`Gate.decide_now` gives the same decision without blocking when it can (a remembered passcode,
+a certificate, an address), so that a front end can skip the hop to a thread for most
+associations; anything that would block (a verification, waiting for another thread's, an
+audit line) makes it return None before it changes any state, and `decide` decides.
 
 `Gate.authorize` is the policy: the principal's permissions, then an optional intervention
 (exactly one handler; any exception it raises means "deny").
@@ -96,6 +100,10 @@ _CONCURRENT_ARGON2: Final = max(1, (os.cpu_count() or 1) // 4)
 
 USERNAME_AND_PASSCODE: Final = 2  # PS3.7 D.3.3.7 user identity types
 JWT_TOKEN: Final = 5
+
+
+class _WouldBlock(Exception):
+    """Raised inside `Gate.decide_now` where deciding would block; never escapes it."""
 
 
 def normalize_address(address: str) -> str:
@@ -177,6 +185,24 @@ class Gate:
             return Rejection(*RJ_UNIFORM, why=decision.why, repeated=decision.repeated)
         return decision
 
+    def decide_now(self, facts: PeerFacts) -> Principal | None:
+        """`decide`'s Principal when it can be had without blocking (no Argon2id verification
+        or wait for one, no audit line); None otherwise, and for every rejection: then call
+        `decide` (on a thread). Nothing is counted or changed before None is returned, so
+        `decide` starts from the same state. Safe on an event loop."""
+        self._this_thread.may_block = False
+        try:
+            decision = self._decide(facts)
+        except _WouldBlock:
+            return None
+        finally:
+            self._this_thread.may_block = True
+        return decision if isinstance(decision, Principal) else None
+
+    def _must_not_block(self) -> None:
+        if not getattr(self._this_thread, "may_block", True):
+            raise _WouldBlock
+
     def _decide(self, facts: PeerFacts) -> Principal | Rejection:
         source = normalize_address(facts.address)
         if self._lockout.locked(source):
@@ -206,6 +232,7 @@ class Gate:
             )
         account = _account(ae)
         if self._lockout.locked(account):
+            self._must_not_block()
             if not self._settings.security.detailed_rejections:
                 self._as_costly_as_a_password(facts)  # a stranger's unknown AE costs as much
             # Counts for the source, so that knocking on a locked account (each knock costing
@@ -271,6 +298,7 @@ class Gate:
         account: str | None = None,
         username: str | None = None,
     ) -> Rejection:
+        self._must_not_block()  # counts, may audit a lockout and costs a verification
         if self._lockout.record_failure(source, tag=account):
             self._alert(facts, source, source)
         if account is not None and self._lockout.record_failure(account):
@@ -339,6 +367,7 @@ class Gate:
         digest = self._verified.digest(username, stored, passcode)
         if self._verified.known(digest):
             return True
+        self._must_not_block()  # a verification, or waiting for another thread's
         with self._verified.first_check(digest) as first:
             if not first and self._verified.known(digest):
                 return True
@@ -349,6 +378,7 @@ class Gate:
 
     def _argon2(self, stored: str, passcode: bytes) -> bool:
         """One Argon2id verification, at most `_CONCURRENT_ARGON2` at once."""
+        self._must_not_block()
         self._this_thread.verified = True
         with self._hashing:
             try:
