@@ -88,13 +88,15 @@ def prepare_pacsguard(data_dir: Path, seed: int) -> dict[str, str]:
 
 @contextmanager
 def pacsguard_serve(
-    data_dir: Path, processes: Processes, env: dict[str, str] | None = None
+    data_dir: Path, processes: Processes, *, self_check: bool = True
 ) -> Iterator[tuple[int, int]]:
     """(pid, TLS port) of `pacsguard serve` once it said "ready"; stopped (SIGTERM) after."""
     port = free_port()
     log = data_dir.parent / f"{data_dir.name}.serve.log"
     argv = [_pacsguard(), "serve", "--data-dir", str(data_dir), "--port", str(port)]
-    proc = processes.start(argv, log, env={**peer_env(), **(env or {})})
+    if not self_check:
+        argv.append("--no-self-check")
+    proc = processes.start(argv, log, env=peer_env())
     deadline = time.monotonic() + 120
     while b"ready" not in (log.read_bytes() if log.exists() else b""):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -191,11 +193,16 @@ def client_specs(
     per_store_association: int,
     per_find_association: int,
     seed: int,
+    storers: int = STORERS,
+    queriers: int = QUERIERS,
+    start_in_s: float = 8.0,
 ) -> list[ClientSpec]:
-    start_at = time.time() + 8.0  # every client process imported and waiting by then
+    """Specs of `storers` storing and `queriers` querying clients that all start in
+    `start_in_s` (by then every client process has imported pynetdicom and waits)."""
+    start_at = time.time() + start_in_s
     specs = []
-    for index in range(STORERS + QUERIERS):
-        store = index < STORERS
+    for index in range(storers + queriers):
+        store = index < storers
         user = "modality" if store else "viewer"
         specs.append(
             ClientSpec(
@@ -371,7 +378,7 @@ def _load_pacsguard(
         [_pacsguard(), "fsck", "--data-dir", str(data_dir)],
         env=peer_env(), capture_output=True, text=True, check=False,
     )  # fmt: skip
-    audited = _audited_stores(audit_log)
+    audited = audited_stores(audit_log)
     acknowledged = {sop for _, _, sop in stored}
     log_text = (data_dir.parent / f"{data_dir.name}.serve.log").read_text(errors="replace")
     summary = summarize(results, wall)
@@ -398,7 +405,7 @@ def _load_pacsguard(
     }
 
 
-def _audited_stores(audit_log: Path) -> set[str]:
+def audited_stores(audit_log: Path) -> set[str]:
     """SOP Instance UIDs of the successful store lines in the audit log."""
     found = set()
     with audit_log.open("rb") as lines:

@@ -188,11 +188,14 @@ def run_client(spec: ClientSpec) -> ClientResult:
     logger.addHandler(watcher)
     cpu_before = time.process_time()
     ae = _ae(spec)
-    if spec.role == "store":
-        _store_loop(ae, spec, result, watcher)
-    else:
-        _find_loop(ae, spec, result, watcher)
-    result.cpu_s = time.process_time() - cpu_before
+    try:
+        if spec.role == "store":
+            _store_loop(ae, spec, result, watcher)
+        else:
+            _find_loop(ae, spec, result, watcher)
+    finally:
+        logger.removeHandler(watcher)
+    result.cpu_s = time.process_time() - cpu_before  # the process's: one client per process
     return result
 
 
