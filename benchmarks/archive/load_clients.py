@@ -148,16 +148,17 @@ def _associate(ae: AE, spec: ClientSpec, result: ClientResult) -> Any:
         return None
     result.setup_s.append(elapsed)
     result.associations += 1
-    _only_the_sender_takes_responses(assoc)
+    only_the_sender_takes_responses(assoc)
     return assoc
 
 
-def _only_the_sender_takes_responses(assoc: Any) -> None:
+def only_the_sender_takes_responses(assoc: Any) -> None:
     """Close a race in pynetdicom's requestor (pydicom/pynetdicom#875): its reactor thread
     polls the DIMSE queue without blocking, and when the peer answers fast it can take a
     response before the thread that sent the request gets to it, logs "Received unexpected
     C-STORE service message", and the request times out although it was answered (seen here:
-    a few C-STOREs per minute, each stored and audited by the server). These clients never
+    a few C-STOREs per minute, each stored and audited by the server; a pending C-FIND
+    response taken that way is a match silently missing from the answer). These clients never
     serve requests (no C-GET), so only blocking reads, the sender's, may take a message;
     what goes over the wire is unchanged."""
     take = assoc.dimse.get_msg
