@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -516,6 +517,7 @@ def run(
         "versions": _versions(),
     }
     result["checks"] = evaluate(rows[0])
+    result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return result
 
 
@@ -613,8 +615,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"pacsguard: {found['acknowledged']} acknowledged instances, {found['missing']} missing "
-        f"from IMAGE-level C-FIND over {found['series_queried']} series; fsck: "
-        f"{' '.join(ours['fsck']['output'])}; audit verify: "
+        f"from IMAGE-level C-FIND over {found['series_queried']} series; "
+        f"{' '.join(' '.join(ours['fsck']['output']).split())}; audit verify: "
         f"{' '.join(ours['audit_verify']['output'])} ({ours['audit_verify']['lines']} lines). "
         f"Each client's first association (its user's first login: one Argon2id "
         f"verification, then remembered): p50 {ours['setup_first'].get('p50_ms')} ms, max "
