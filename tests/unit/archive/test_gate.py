@@ -580,6 +580,21 @@ def test_a_verified_passcode_is_remembered_for_a_while(settings: Settings) -> No
     assert hasher.verifications == 4
 
 
+def test_a_passcode_in_use_stays_remembered_past_its_first_ttl(settings: Settings) -> None:
+    """Remembered for credential_cache_s after its last use: a busy peer pays Argon2id once,
+    not once per credential_cache_s; an idle one pays again."""
+    clock = Clock()
+    gate, hasher = counting_gate(settings, clock)
+    ttl = settings.security.credential_cache_s
+    for _ in range(6):
+        assert isinstance(gate.decide(facts(identity=password())), Principal)
+        clock.now += ttl * 0.6
+    assert hasher.verifications == 1  # 3 x ttl after the verification, still remembered
+    clock.now += ttl
+    assert isinstance(gate.decide(facts(identity=password())), Principal)
+    assert hasher.verifications == 2
+
+
 def test_a_lockout_of_the_account_forgets_its_remembered_passcode(settings: Settings) -> None:
     clock = Clock()
     gate, hasher = counting_gate(settings, clock)

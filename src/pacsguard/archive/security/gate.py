@@ -35,7 +35,8 @@ against it): logging in correctly as one account does not wipe out the failures 
 piled up against another account or with unknown AE titles.
 
 Passcodes: Argon2id, at most `_CONCURRENT_ARGON2` verifications at once (64 MiB each); one that
-verified is remembered for `[security] credential_cache_s` (`credentials.VerifiedCredentials`).
+verified is remembered for `[security] credential_cache_s` after its last use
+(`credentials.VerifiedCredentials`).
 `Gate.decide_now` gives the same decision without blocking when it can (a remembered passcode,
 a certificate, an address), so that a front end can skip the hop to a thread for most
 associations; anything that would block (a verification, waiting for another thread's, an
