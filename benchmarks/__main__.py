@@ -5,13 +5,16 @@ benchmark, write JSON + Markdown results.
 - scan-clean: the same comparison on a lab without hostile responders (60 pynetdicom servers),
   in interleaved pairs (`--pairs`), plus per-host TLS and HTTP probing costs.
 - distributed: one scan process against `--cluster local:1` and `local:2` (`--hosts`, `--seed`).
+- distributed-sparse: one scan process against `--cluster local:2` on a /19 of the internet lab
+  (mostly closed ports, a few tarpits), in interleaved pairs (`--pairs`, `--seed`).
 - archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
   (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
 - load: sustained load, 6 storing + 4 querying associations against one `pacsguard serve`
   (and Orthanc for context): failures, lost instances, audit chain, latency percentiles,
   association set-up, peak RSS (`--duration`, `--no-orthanc`, `--seed`).
-- survey: the end-to-end survey on the internet lab (a /16), 1 and 2 processes, against nmap
-  (`--seed`, `--network`, `--no-nmap`).
+- survey: the end-to-end survey on the internet lab (a /16), 1 process and Dask
+  `--cluster local:2`, against nmap on a random sample of addresses (`--seed`, `--network`,
+  `--nmap-sample`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,15 @@ def main() -> int:
         "which",
         nargs="?",
         default="scan",
-        choices=["scan", "scan-clean", "archive", "distributed", "load", "survey"],
+        choices=[
+            "scan",
+            "scan-clean",
+            "archive",
+            "distributed",
+            "distributed-sparse",
+            "load",
+            "survey",
+        ],
     )
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
@@ -54,7 +65,12 @@ def main() -> int:
     parser.add_argument(
         "--network", default=survey_internet.NETWORK, help="survey: the lab's loopback /16"
     )
-    parser.add_argument("--no-nmap", action="store_true", help="survey: leave nmap out")
+    parser.add_argument(
+        "--nmap-sample",
+        type=int,
+        default=survey_internet.NMAP_SAMPLE,
+        help="survey: addresses nmap scans, drawn at random (0: the whole network)",
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="load: seconds of load")
     parser.add_argument("--no-orthanc", action="store_true", help="load: leave Orthanc out")
     args = parser.parse_args()
@@ -76,9 +92,12 @@ def main() -> int:
                 Path(tmp), duration_s=args.duration, seed=args.seed, orthanc=not args.no_orthanc
             )
             text = load.markdown(result)
+        elif args.which == "distributed-sparse":
+            result = scan_distributed.run_sparse(Path(tmp), args.seed, args.pairs)
+            text = scan_distributed.markdown_sparse(result)
         elif args.which == "survey":
             result = survey_internet.run(
-                Path(tmp), args.seed, network=args.network, nmap=not args.no_nmap
+                Path(tmp), args.seed, network=args.network, nmap_sample=args.nmap_sample
             )
             text = survey_internet.markdown(result)
         else:

@@ -22,6 +22,7 @@ from pacsguard.archive._config_parse import (
     field_hints,
     reject_unknown,
     roles_from,
+    scopes_from,
     users_from,
 )
 from pacsguard.archive.config import (
@@ -71,6 +72,8 @@ def _scalar_paths(cls: type[Any], prefix: tuple[str, ...]) -> list[tuple[str, ..
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
             paths.extend(_scalar_paths(typing.cast(type[Any], hint), (*prefix, f.name)))
+        elif f.metadata.get("table"):
+            continue  # a table of the file only, such as [jwt.scopes]
         else:
             paths.append((*prefix, f.name))
     return paths
@@ -145,6 +148,8 @@ _FILE_PATH_KEYS: Final = (
     ("audit", "syslog", "ca_file"),
     ("jwt", "secret_file"),
     ("jwt", "public_key_file"),
+    ("jwt", "jwks_file"),
+    ("jwt", "jwks_ca_file"),
 )
 
 
@@ -215,7 +220,15 @@ def build_settings(tree: Mapping[str, Any], origins: Mapping[str, str] | None = 
         for (section, key), derive in _DERIVED.items():
             if section == name and key not in raw:
                 raw[key] = derive(layout)
-        sections[name] = build_section(cls, raw, name, where)
+        tables = {
+            f.name: raw.pop(f.name)
+            for f in dataclasses.fields(cls)
+            if f.metadata.get("table") and f.name in raw
+        }
+        section = build_section(cls, raw, name, where)
+        if "scopes" in tables:  # [jwt.scopes], the one such table
+            section = dataclasses.replace(section, scopes=scopes_from(tables["scopes"]))
+        sections[name] = section
     roles = roles_from(tree.get("roles", {}))
     users = users_from(tree.get("users", {}), roles)
     aes = aes_from(tree.get("ae", []), users, where)

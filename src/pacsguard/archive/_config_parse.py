@@ -15,6 +15,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from pacsguard.archive.config import (
     RegisteredAE,
@@ -23,7 +24,7 @@ from pacsguard.archive.config import (
     default_roles,
     port_range,
 )
-from pacsguard.archive.security.principal import Action, AuthMethod
+from pacsguard.archive.security.principal import AE_AUTH_METHODS, Action, AuthMethod
 from pacsguard.errors import ConfigError
 
 T = TypeVar("T")
@@ -160,6 +161,18 @@ def roles_from(raw: object) -> dict[str, frozenset[Action]]:
     return roles
 
 
+def scopes_from(raw: object) -> types.MappingProxyType[str, frozenset[Action]]:
+    """[jwt.scopes]: scope or role value -> permissions."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            'jwt.scopes: expected a table [jwt.scopes] of "scope" = [permissions], e.g. '
+            '"pacs.read" = ["find", "get"]'
+        )
+    return types.MappingProxyType(
+        {str(name): _actions(value, f"jwt.scopes.{name}") for name, value in raw.items()}
+    )
+
+
 def users_from(raw: object, roles: Mapping[str, frozenset[Action]]) -> dict[str, UserAccount]:
     if not isinstance(raw, Mapping):
         raise ConfigError("users: expected tables [users.NAME] with password_hash and roles")
@@ -231,12 +244,12 @@ def _one_ae(
         coerce(str, body.get("ae_title"), f"{index}.ae_title", where, {"check": "ae_title"})
     )
     key = f"{index} ({title})"
-    methods = [m.value for m in AuthMethod if m is not AuthMethod.LAB]
+    methods = [m.value for m in AE_AUTH_METHODS]
     try:
         auth = AuthMethod(str(body.get("auth")))
     except ValueError:
         auth = AuthMethod.LAB
-    if auth is AuthMethod.LAB:
+    if auth not in AE_AUTH_METHODS:
         raise ConfigError(f"{key}.auth: expected one of {', '.join(methods)}")
     username = body.get("username")
     if username is not None and not isinstance(username, str):
@@ -305,12 +318,66 @@ def _one_ae(
 
 
 def check_jwt(settings: Settings) -> None:
+    jwt = settings.jwt
+    if jwt.jwks_configured:
+        _check_jwks(settings)
     if not any(ae.auth is AuthMethod.JWT for ae in settings.aes):
         return
-    jwt = settings.jwt
     if not jwt.issuer or not jwt.audience:
         raise ConfigError("jwt.issuer and jwt.audience: required when an AE uses auth = 'jwt'")
+    if jwt.jwks_configured:
+        return  # type 5 tokens are verified against the JWKS too: no static key needed
     if jwt.algorithm == "HS256" and jwt.secret_file is None:
         raise ConfigError("jwt.secret_file: required for algorithm = 'HS256'")
     if jwt.algorithm == "RS256" and jwt.public_key_file is None:
         raise ConfigError("jwt.public_key_file: required for algorithm = 'RS256'")
+
+
+def _check_jwks(settings: Settings) -> None:
+    """The JWKS settings of HTTP bearer JWTs (only called when jwks_file or jwks_url is set)."""
+    jwt = settings.jwt
+    if jwt.jwks_file is not None and jwt.jwks_url is not None:
+        raise ConfigError(
+            "jwt.jwks_file and jwt.jwks_url are both set; keep one: the issuer's key set "
+            "comes from a file or from its URL"
+        )
+    if not jwt.issuer or not jwt.audience:
+        raise ConfigError(
+            "jwt.issuer and jwt.audience: required with jwt.jwks_file or jwt.jwks_url "
+            "(a token is accepted only from that issuer, for this audience)"
+        )
+    if jwt.jwks_url is not None:
+        check_jwks_url(jwt.jwks_url)
+    elif jwt.jwks_ca_file is not None:
+        raise ConfigError("jwt.jwks_ca_file: applies to jwt.jwks_url only; set it or remove this")
+    if jwt.jwks_max_age_s < jwt.jwks_refresh_s:
+        raise ConfigError(
+            f"jwt.jwks_max_age_s = {jwt.jwks_max_age_s:g} is shorter than jwt.jwks_refresh_s = "
+            f"{jwt.jwks_refresh_s:g}; cached keys must outlive one refresh interval"
+        )
+    if not jwt.username_claim or not jwt.roles_claim:
+        raise ConfigError("jwt.username_claim and jwt.roles_claim: must name a claim")
+    if not jwt.scopes:
+        raise ConfigError(
+            "jwt.scopes: with a JWKS, map the issuer's scopes or roles to permissions, e.g. "
+            '[jwt.scopes] "pacs.read" = ["find", "get"]; a token grants nothing else'
+        )
+
+
+def check_jwks_url(url: str) -> None:
+    """An https:// URL with a host and no credentials in it, or ConfigError."""
+    parts = urlsplit(url)
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(f"jwt.jwks_url = {url!r}: the port is not a number 1-65535") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(
+            f"jwt.jwks_url = {url!r}: expected an https:// URL with a host (the issuer's keys "
+            "are never fetched without TLS)"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"jwt.jwks_url: remove the user or password from the URL ({parts.hostname}); the "
+            "JWKS is public and fetched without credentials"
+        )

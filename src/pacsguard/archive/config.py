@@ -191,7 +191,13 @@ class SecuritySettings:
 
 @dataclass(frozen=True, slots=True)
 class JwtSettings:
-    """Verification of PS3.7 user identity type 5 (JWT) and HTTP bearer tokens."""
+    """Verification of PS3.7 user identity type 5 (JWT) and HTTP bearer tokens.
+
+    DIMSE (type 5) tokens are checked with the one static key (`algorithm`, `secret_file` or
+    `public_key_file`). HTTP bearer JWTs are checked against the issuer's JWKS (`jwks_file` or
+    `jwks_url`, RS256/ES256 only); their `roles_claim` values are mapped to permissions by the
+    `[jwt.scopes]` table.
+    """
 
     issuer: str | None = None
     audience: str | None = None
@@ -199,6 +205,33 @@ class JwtSettings:
     secret_file: Path | None = None
     public_key_file: Path | None = None
     leeway_s: float = field(default=30.0, metadata={"min": 0, "max": 600})
+    #: The issuer's JSON Web Key Set: a local file, or an https:// URL fetched and cached.
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    #: CA file that the JWKS URL's certificate must chain to; the system's CAs when unset.
+    jwks_ca_file: Path | None = None
+    #: Seconds the fetched key set is used before it is fetched again.
+    jwks_refresh_s: float = field(default=300.0, metadata={"min": 1, "max": 86_400})
+    #: Seconds after the last successful fetch during which the cached keys keep verifying
+    #: while the issuer cannot be reached; past it, bearer JWTs are refused.
+    jwks_max_age_s: float = field(default=86_400.0, metadata={"min": 1, "max": 86_400 * 30})
+    #: At most one fetch per this many seconds, whatever asks for it (an unknown kid, expiry,
+    #: a failed fetch): random kids from an attacker cannot make us hammer the issuer.
+    jwks_cooldown_s: float = field(default=30.0, metadata={"min": 0.1, "max": 3600})
+    #: The claim that names the user (a string).
+    username_claim: str = "sub"
+    #: The claim holding the token's scopes or roles: a space-separated string (OAuth2
+    #: `scope`, RFC 9068) or a list of strings (e.g. a `roles` claim).
+    roles_claim: str = "scope"
+    #: [jwt.scopes]: scope or role value -> archive permissions. Values not listed grant
+    #: nothing. File only (no environment variable).
+    scopes: Mapping[str, frozenset[Action]] = field(
+        default_factory=lambda: types.MappingProxyType({}), metadata={"table": True}
+    )
+
+    @property
+    def jwks_configured(self) -> bool:
+        return self.jwks_file is not None or self.jwks_url is not None
 
 
 @dataclass(frozen=True, slots=True)

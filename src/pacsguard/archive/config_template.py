@@ -130,15 +130,41 @@ max_failures = 5
 window_s = 300
 lockout_s = 900
 
-# Verification of JSON Web Tokens (PS3.7 user identity type 5, HTTP bearer tokens); needed
-# when a peer uses auth = "jwt". The token's sub must equal the peer's username.
+# Verification of JSON Web Tokens. A token must come from issuer, for audience, unexpired
+# (leeway_s seconds of clock skew allowed).
+# DIMSE (PS3.7 user identity type 5), when a peer uses auth = "jwt": checked with one static
+# key (algorithm, public_key_file or secret_file); the token's sub must equal the peer's
+# username.
+# HTTP bearer tokens (DICOMweb), when jwks_file or jwks_url is set: checked against the
+# issuer's JSON Web Key Set, RS256 or ES256 only (never HS*, never alg "none"). jwks_url is
+# fetched over verified TLS (against jwks_ca_file, else the system's CAs), cached for
+# jwks_refresh_s seconds, fetched again for a key id it does not know (a key rotation), but
+# at most once per jwks_cooldown_s whatever asks; while the issuer cannot be reached the keys
+# fetched last keep verifying until they are jwks_max_age_s old.
 # [jwt]
-# issuer = "https://idp.example.org"
+# issuer = "https://idp.example.org/realms/pacs"
 # audience = "pacsguard"
-# algorithm = "RS256"                   # or "HS256" with secret_file
+# algorithm = "RS256"                   # DIMSE: or "HS256" with secret_file
 # public_key_file = "keys/idp-public.pem"
 # secret_file = "keys/jwt-hs256.secret"
 # leeway_s = 30
+# jwks_url = "https://idp.example.org/realms/pacs/protocol/openid-connect/certs"
+# jwks_file = "keys/idp-jwks.json"      # instead of jwks_url: a local copy of the set
+# jwks_ca_file = "tls/idp-ca.crt"
+# jwks_refresh_s = 300
+# jwks_max_age_s = 86400
+# jwks_cooldown_s = 30
+# The claim naming the user, and the claim holding its scopes ("scope": a space-separated
+# string) or roles (a list, e.g. roles_claim = "roles").
+# username_claim = "sub"
+# roles_claim = "scope"
+#
+# What a bearer JWT may do: each scope or role value -> permissions (echo, find, get, move,
+# store; DICOMweb QIDO-RS needs find, WADO-RS get, STOW-RS store). Values not listed grant
+# nothing. Required with a JWKS.
+# [jwt.scopes]
+# "pacs.read" = ["find", "get"]
+# "pacs.write" = ["store"]
 
 # Roles grant permissions: echo, store, find, move, get. A user's permissions are the union
 # of its roles'; a peer may do what both its [[ae]] entry and its user allow.

@@ -7,6 +7,7 @@ what the index needs to answer C-FIND / QIDO-RS and to locate blobs, nothing mor
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -70,13 +71,15 @@ class QueryRequest:
 
     `keys` maps DICOM keywords to the matching value as received (empty string = return key,
     universal match). Count attributes (NumberOfStudyRelatedInstances...) are return keys the
-    index computes.
+    index computes. `offset` and `limit` page through the matches in a stable order.
     """
 
     root: QueryRoot
     level: Level
     keys: dict[str, str]
     limit: int = 1000
+    #: Matches skipped first, in the engine's stable order (QIDO-RS `offset`).
+    offset: int = 0
 
 
 class QueryError(ValueError):
@@ -88,3 +91,59 @@ class QueryError(ValueError):
 class HierarchyError(ValueError):
     """An instance whose UIDs contradict what the index already holds: its series belongs to
     another study, or its study to another patient. The index refuses it and stays unchanged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """One attribute of a query match, typed: its keyword, tag, VR and values (none: present
+    but empty, a return key without a value). Text is Unicode, as decoded at ingest; IS values
+    are ints (a stored IS that is not a number stays text); a PN value keeps its
+    '='-separated component groups. DIMSE identifiers and DICOM JSON are both built from it."""
+
+    keyword: str
+    tag: int
+    vr: str
+    values: tuple[str | int, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The values as DICOM encodes them in one element: joined by backslashes."""
+        return "\\".join(str(v) for v in self.values)
+
+
+#: The Specific Character Set term that represents any Unicode text (PS3.3 C.12.1.1.2).
+UTF8_CHARSET: Final = "ISO_IR 192"
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One entity matching a query, at the query's level, with its returned attributes."""
+
+    level: Level
+    attributes: tuple[Attribute, ...]
+
+    def get(self, keyword: str) -> Attribute | None:
+        return next((a for a in self.attributes if a.keyword == keyword), None)
+
+    @property
+    def character_set(self) -> tuple[str, ...]:
+        """The Specific Character Set that represents every value as it is: () (the default
+        repertoire) when all text is ASCII, else UTF-8. A DIMSE response may declare another
+        one the querier asked in (`dimse.charsets.response_character_set`)."""
+        ascii_only = all(str(v).isascii() for a in self.attributes for v in a.values)
+        return () if ascii_only else (UTF8_CHARSET,)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAnswer:
+    """One page of matches, in the query engine's stable order, and whether more follow it
+    (`more`: the answer past `offset + len(matches)` is not empty)."""
+
+    matches: tuple[Match, ...]
+    more: bool = False
+
+    def __iter__(self) -> Iterator[Match]:
+        return iter(self.matches)
+
+    def __len__(self) -> int:
+        return len(self.matches)

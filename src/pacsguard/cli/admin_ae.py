@@ -9,7 +9,7 @@ import typer
 
 from pacsguard.archive import admin
 from pacsguard.archive.config import load_settings
-from pacsguard.archive.security.principal import Action, AuthMethod
+from pacsguard.archive.security.principal import AE_AUTH_METHODS, Action, AuthMethod
 from pacsguard.cli.admin_user import Config, DataDir, config_path
 from pacsguard.errors import UsageError
 
@@ -21,7 +21,7 @@ app = typer.Typer(
     help="Registered peers ([[ae]] in pacsguard.toml); `pacsguard reload` applies changes.",
 )
 
-_AUTH = [m.value for m in AuthMethod if m is not AuthMethod.LAB]
+_AUTH = [m.value for m in AE_AUTH_METHODS]
 _PERMISSIONS = [a.value for a in Action]
 
 

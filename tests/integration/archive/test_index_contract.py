@@ -364,6 +364,52 @@ def test_limit_caps_the_results(loaded: SqlIndex) -> None:
         loaded.find(QueryRequest(S, Level.STUDY, {}, limit=0))
 
 
+def _page(index: IndexStore, level: Level, offset: int, limit: int, **keys: str) -> list[str]:
+    unique = {Level.STUDY: "StudyInstanceUID", Level.IMAGE: "SOPInstanceUID"}[level]
+    request = QueryRequest(P, level, keys, limit=limit, offset=offset)
+    return [r[unique] for r in index.find(request)]
+
+
+@pytest.mark.parametrize("level", [Level.STUDY, Level.IMAGE])
+def test_offset_and_limit_page_through_one_stable_order(loaded: SqlIndex, level: Level) -> None:
+    everything = _page(loaded, level, 0, 100)
+    # The order is the order of first storage (CORPUS's), the same on every call.
+    stored = list(dict.fromkeys(
+        r.study_instance_uid if level is Level.STUDY else r.sop_instance_uid for r in CORPUS
+    ))  # fmt: skip
+    assert everything == stored == _page(loaded, level, 0, 100)
+    for size in (1, 2, 3):
+        pages = [_page(loaded, level, start, size) for start in range(0, len(everything), size)]
+        assert [uid for page in pages for uid in page] == everything
+    assert _page(loaded, level, len(everything), 5) == []
+    # Matching narrows first, then the page is cut from the matches in the same order.
+    assert (
+        _page(loaded, level, 1, 2, PatientID="P1")
+        == [uid for uid in everything if uid in _page(loaded, level, 0, 100, PatientID="P1")][1:3]
+    )
+
+
+def test_later_entities_come_after_every_page_already_read(loaded: SqlIndex) -> None:
+    first = _page(loaded, Level.STUDY, 0, 2)
+    loaded.add(rec("9", "51", "0", "P9"))  # UID 1.2.1.0 sorts before every stored study
+    assert _page(loaded, Level.STUDY, 0, 2) == first
+    assert _page(loaded, Level.STUDY, 4, 5) == ["1.2.1.0"]
+
+
+def test_a_study_date_range_pages_in_date_order(loaded: SqlIndex) -> None:
+    loaded.add(rec("9", "51", "5", "P9", study_date="20200105"))  # stored last, same day as 1
+    wanted = {"StudyDate": "20200101-20211231"}
+    everything = _page(loaded, Level.STUDY, 0, 100, **wanted)
+    assert everything == ["1.2.1.1", "1.2.1.5", "1.2.1.3", "1.2.1.2"]  # by date, then storage
+    pages = [_page(loaded, Level.STUDY, start, 1, **wanted) for start in range(4)]
+    assert [uid for page in pages for uid in page] == everything
+
+
+def test_a_negative_offset_is_refused(loaded: SqlIndex) -> None:
+    with pytest.raises(QueryError, match="offset"):
+        loaded.find(QueryRequest(S, Level.STUDY, {}, offset=-1))
+
+
 # -- find: every matching kind ---------------------------------------------------------------
 
 STUDY_MATCHES = [

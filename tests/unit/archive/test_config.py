@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,70 @@ def test_jwt_settings_complete(tmp_path: Path) -> None:
     assert settings.jwt.public_key_file == Path("/k.pem")
 
 
+JWKS = {
+    "issuer": "https://idp.test",
+    "audience": "pacs",
+    "jwks_url": "https://127.0.0.1:8443/jwks.json",
+    "scopes": {"pacs.read": ["find", "get"], "pacs.write": ["store"]},
+}
+
+
+def test_jwks_settings_are_read_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "pacsguard.toml"
+    config.write_text(
+        '[jwt]\nissuer = "https://idp.test"\naudience = "pacs"\njwks_file = "keys/jwks.json"\n'
+        'roles_claim = "roles"\n[jwt.scopes]\n"pacs.read" = ["find", "get"]\nreviewer = []\n'
+    )
+    settings = load_settings(config, env={"PACSGUARD_JWT_JWKS_REFRESH_S": "60"})
+    jwt = settings.jwt
+    assert jwt.jwks_file == tmp_path / "keys" / "jwks.json"  # relative to the file
+    assert jwt.jwks_refresh_s == 60 and jwt.roles_claim == "roles" and jwt.username_claim == "sub"
+    assert dict(jwt.scopes) == {"pacs.read": {Action.FIND, Action.GET}, "reviewer": set()}
+    assert jwt.jwks_configured
+    assert "PACSGUARD_JWT_JWKS_URL" in env_variables()
+    assert "PACSGUARD_JWT_SCOPES" not in env_variables()  # a table: file only
+    # The DIMSE settings still load without any of it, and the defaults are off.
+    assert not build_settings({}).jwt.jwks_configured
+    assert build_settings({}).jwt.scopes == {}
+
+
+def test_an_ae_with_jwt_auth_needs_no_static_key_when_a_jwks_is_set() -> None:
+    ae = {"ae_title": "APP", "auth": "jwt", "username": "svc", "permissions": ["find"]}
+    settings = build_settings({"ae": [ae], "jwt": JWKS})
+    assert settings.jwt.public_key_file is None and settings.jwt.jwks_configured
+    without = {k: v for k, v in JWKS.items() if k != "jwks_url"}
+    with pytest.raises(ConfigError, match=r"jwt\.secret_file: required"):
+        build_settings({"ae": [ae], "jwt": without})
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"jwks_file": "/jwks.json"}, "both set"),
+        ({"issuer": None}, "jwt.issuer and jwt.audience: required with jwt.jwks"),
+        ({"jwks_url": "http://127.0.0.1/jwks.json"}, "expected an https:// URL"),
+        ({"jwks_url": "https:///jwks.json"}, "with a host"),
+        ({"jwks_url": "https://u:p@127.0.0.1/jwks.json"}, "remove the user or password"),
+        ({"jwks_url": "https://127.0.0.1:99999/jwks.json"}, "port"),
+        ({"jwks_url": None, "jwks_file": "/j", "jwks_ca_file": "/ca"}, "jwks_url only"),
+        ({"jwks_refresh_s": 600, "jwks_max_age_s": 300}, "jwks_max_age_s = 300 is shorter"),
+        ({"jwks_refresh_s": 0}, "jwt.jwks_refresh_s = 0"),
+        ({"jwks_cooldown_s": 0}, "jwt.jwks_cooldown_s"),
+        ({"scopes": {}}, "jwt.scopes: with a JWKS"),
+        ({"scopes": {"pacs.read": ["read"]}}, "jwt.scopes.pacs.read"),
+        ({"scopes": {"pacs.read": "find"}}, "expected a list of permissions"),
+        ({"scopes": ["find"]}, "expected a table [jwt.scopes]"),
+        ({"username_claim": ""}, "must name a claim"),
+        ({"jwks_uri": "https://127.0.0.1/"}, "did you mean jwt.jwks_url"),
+    ],
+)
+def test_bad_jwks_settings_say_what_to_set(change: dict[str, Any], fragment: str) -> None:
+    jwt = {k: v for k, v in {**JWKS, **change}.items() if v is not None}
+    with pytest.raises(ConfigError) as caught:
+        build_settings({"jwt": jwt})
+    assert fragment in str(caught.value)
+
+
 # -- validate_listen ---------------------------------------------------------------------------
 
 
@@ -347,3 +412,31 @@ def test_require_files_points_at_init(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="VIEWER1 move_ca_file"):
         require_files(moving)
+
+
+def test_the_templates_jwt_example_loads_when_uncommented(tmp_path: Path) -> None:
+    """The commented [jwt] block of the file `pacsguard init` writes is a working example."""
+    from pacsguard.archive.config_template import render_config
+
+    text = render_config(
+        ae_title="PACSGUARD", admin_username="admin", admin_ae_title="ADMIN", admin_hash=HASH
+    )
+    lines = text.splitlines()
+    start = lines.index("# [jwt]")
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("# Roles grant"))
+    example = []
+    for line in lines[start:end]:
+        body = line[2:]
+        setting = line.startswith("# ") and re.match(r'(\[[\w.]+\]$|"?[\w.]+"? = )', body)
+        if setting and not body.startswith(("jwks_file", "secret_file")):  # the alternatives
+            example.append(body)
+    config = tmp_path / "pacsguard.toml"
+    config.write_text("\n".join(example) + "\n")
+    jwt = load_settings(config, env={}).jwt
+    assert jwt.jwks_url is not None and jwt.jwks_url.startswith("https://")
+    assert jwt.jwks_ca_file == tmp_path / "tls" / "idp-ca.crt"
+    assert dict(jwt.scopes) == {
+        "pacs.read": {Action.FIND, Action.GET},
+        "pacs.write": {Action.STORE},
+    }
+    assert (jwt.jwks_refresh_s, jwt.jwks_max_age_s, jwt.jwks_cooldown_s) == (300, 86400, 30)

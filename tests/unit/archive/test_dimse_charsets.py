@@ -16,6 +16,7 @@ from pacsguard.archive.dimse.identifiers import (
     response_identifier,
 )
 from pacsguard.archive.model import QueryRequest
+from pacsguard.archive.service.query import match_from_row
 from pacsguard.dicom import uids
 from pacsguard.dicom.dimse import decode_dataset, encode_dataset
 from pacsguard.dicom.levels import Level, QueryRoot
@@ -37,7 +38,7 @@ def _wire(ds: Dataset, transfer_syntax: str = uids.EXPLICIT_VR_LITTLE_ENDIAN) ->
 
 def _respond(name: str, query: tuple[str, ...], description: str = "CT HEAD") -> Dataset:
     result = {"QueryRetrieveLevel": "STUDY", "PatientName": name, "StudyDescription": description}
-    return response_identifier(REQUEST, result, query)
+    return response_identifier(REQUEST, match_from_row(Level.STUDY, result), query)
 
 
 @pytest.mark.parametrize("transfer_syntax", SYNTAXES)
@@ -104,7 +105,7 @@ def test_japanese_response_with_katakana_and_kanji_round_trips() -> None:
 def test_a_non_ascii_value_in_an_ascii_only_attribute_is_returned_empty() -> None:
     request = QueryRequest(QueryRoot.STUDY, Level.SERIES, {"Modality": "", "PatientName": ""})
     result = {"Modality": "C\u00c9", "PatientName": "Doe^Jane"}
-    received = _wire(response_identifier(request, result))
+    received = _wire(response_identifier(request, match_from_row(Level.SERIES, result)))
     assert received.Modality == "" and received.PatientName == "Doe^Jane"
     assert "SpecificCharacterSet" not in received
 

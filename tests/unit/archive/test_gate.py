@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pacsguard.archive.audit.events import AuditEvent, EventOutcome, EventType
 from pacsguard.archive.config import Settings, build_settings
+from pacsguard.archive.security.attempt import dimse_attempt
 from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.security.principal import (
     Action,
@@ -658,18 +659,25 @@ def test_every_rejected_passcode_costs_one_verification(
 # -- deciding without blocking (on the event loop) ----------------------------------------------
 
 
+def now(gate: Gate, request: PeerFacts) -> Principal | None:
+    return gate.decide_now(dimse_attempt(request))
+
+
 def test_decide_now_accepts_a_remembered_passcode_without_verifying(settings: Settings) -> None:
     gate, hasher = counting_gate(settings, Clock())
-    assert gate.decide_now(facts(identity=password())) is None  # not verified yet: a thread's job
+    assert now(gate, facts(identity=password())) is None  # not verified yet: a thread's job
     assert hasher.verifications == 0
     assert isinstance(gate.decide(facts(identity=password())), Principal)
-    now = gate.decide_now(facts(identity=password()))
-    assert now == gate.decide(facts(identity=password()))
-    assert isinstance(now, Principal) and now.username == "alice"
+    decided = now(gate, facts(identity=password()))
+    assert decided == gate.decide(facts(identity=password()))
+    assert isinstance(decided, Principal) and decided.username == "alice"
     assert hasher.verifications == 1
     # certificates and addresses need no blocking work either
-    cert = gate.decide_now(facts("CT1", cert=CERT))
+    cert = now(gate, facts("CT1", cert=CERT))
     assert isinstance(cert, Principal) and cert.method is AuthMethod.MTLS
+    # a JWT's verifier may fetch keys: always a thread's job
+    assert isinstance(gate.decide(facts("APP", identity=token())), Principal)
+    assert now(gate, facts("APP", identity=token())) is None
 
 
 def test_decide_now_leaves_every_refusal_to_decide_and_counts_nothing(
@@ -690,13 +698,13 @@ def test_decide_now_leaves_every_refusal_to_decide_and_counts_nothing(
         facts("CT1", cert="ee" * 32),
     ]
     for request in refused * 3:  # three times: enough failures to lock out, if they counted
-        assert gate.decide_now(request) is None
+        assert now(gate, request) is None
     assert hasher.verifications == 1 and not sink.events
     assert not gate.locked_out("198.18.2.3")
-    assert isinstance(gate.decide_now(facts(identity=password())), Principal)
+    assert isinstance(now(gate, facts(identity=password())), Principal)
     # decide still counts and locks out; decide_now then has nothing to offer either
     for _ in range(3):
         assert isinstance(gate.decide(facts(identity=password(secret="guess"))), Rejection)
     assert gate.locked_out("198.18.2.3")
-    assert gate.decide_now(facts(identity=password())) is None
+    assert now(gate, facts(identity=password())) is None
     assert isinstance(gate.decide(facts(identity=password())), Rejection)

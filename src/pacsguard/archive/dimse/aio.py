@@ -4,13 +4,14 @@ Why not pynetdicom's server: its threaded reactor polls with fixed 1 ms sleeps a
 PDU between threads (a bare pynetdicom storage SCP caps at about 166 instances/s here); it wraps
 TLS in the accept loop, so one silent client blocks every other; and it accepts any calling AE
 and any request without a user identity item unless its internals are overridden. Here one
-event loop, in one background thread owned by the front end, serves every listener;
-pynetdicom's PDU and DIMSE message classes remain the codec (pacsguard.dicom.ul / .dimse /
-.stream). Archive calls (gate, service, audit) block, so they run on bounded thread pools and
-never on the loop; the gate has a pool of its own, so that a burst of logins (Argon2id) cannot
-take the threads that stores and audit lines need. The gate decides on the loop only what needs
-no blocking work (`Gate.decide_now`: a remembered passcode, a certificate): under load the hop
-to a gate thread and back cost 2 ms at p50 and 10 ms at p90 of association set-up.
+event loop serves every listener: the archive's `Runtime` loop, which the other front ends
+share; pynetdicom's PDU and DIMSE message classes remain the codec (pacsguard.dicom.ul /
+.dimse / .stream). Archive calls (gate, service, audit) block, so they run on the runtime's
+bounded thread pools and never on the loop; the gate has a pool of its own, so that a burst
+of logins (Argon2id) cannot take the threads that stores and audit lines need. The
+gate decides on the loop only what needs no blocking work (`Gate.decide_now`: a remembered
+passcode, a certificate): under load the hop to a gate thread and back cost 2 ms at p50 and
+10 ms at p90 of association set-up.
 
 Rules, in order: a connection not yet associated is "pending": at most `max_pending_per_source`
 per source address and `max_connections` in all, past that it is closed at once, so idle or
@@ -36,14 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, Protocol, SupportsIndex
 
 from pynetdicom.pdu_primitives import A_ASSOCIATE
@@ -72,7 +73,9 @@ from pacsguard.archive.dimse.aio_session import (
 )
 from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup
-from pacsguard.archive.security.gate import normalize_address
+from pacsguard.archive.runtime import Endpoint, Runtime
+from pacsguard.archive.security.attempt import AuthAttempt, dimse_attempt
+from pacsguard.archive.security.gate import authentication_event, normalize_address
 from pacsguard.archive.security.principal import PeerFacts, Principal, Rejection
 from pacsguard.archive.service import ArchiveService
 from pacsguard.dicom.client import close_writer
@@ -81,12 +84,16 @@ from pacsguard.errors import AuditLogError, MalformedPdu, PeerClosed, ProtocolEr
 
 
 class AssociationGate(Protocol):
-    """Decides who a peer is: a Principal, or the rejection to send (deny by default)."""
+    """Decides who a peer is: a Principal, or the rejection to send (deny by default). The
+    front end writes the audit line (`authentication_event`) itself: repeated refusals are
+    summed up (`aio_refusals`), and an accepted peer may still meet an association cap."""
 
-    def decide(self, facts: PeerFacts) -> Principal | Rejection: ...
+    def authenticate(
+        self, attempt: AuthAttempt, *, audit: bool = True
+    ) -> Principal | Rejection: ...
 
-    def decide_now(self, facts: PeerFacts) -> Principal | None:
-        """The Principal when it needs no blocking work, else None (then `decide`)."""
+    def decide_now(self, attempt: AuthAttempt) -> Principal | None:
+        """The Principal when it needs no blocking work, else None (then `authenticate`)."""
         ...
 
 
@@ -98,11 +105,6 @@ _ABORT_INVALID_PARAMETER: Final = 6
 #: A-ASSOCIATE-RJ rejected-transient, service-provider (presentation), temporary-congestion
 #: (PS3.8 Table 9-21): the audit log cannot be written, so nothing audited can happen now.
 AUDIT_UNAVAILABLE: Final = (2, 3, 1)
-_STOP_TIMEOUT: Final = 15.0
-#: Threads that run gate decisions. Argon2id verifications are bounded inside the gate (a
-#: semaphore), so most of these threads wait there cheaply during a burst of logins, and a
-#: peer with a remembered passcode, a certificate or a token still gets a thread at once.
-_GATE_THREADS: Final = 32
 _TCP_QUICKACK: Final[int | None] = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -137,8 +139,17 @@ class _LowLatencyProtocol(asyncio.StreamReaderProtocol):
         super().connection_made(transport)
 
 
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """Where the DIMSE front end listens, and with which TLS context (None: plaintext)."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+
+
 class AsyncDimseFrontEnd:
-    """Owns the event loop thread and its listeners; listen() binds, stop() shuts all down."""
+    """The DIMSE `FrontEnd`: its listeners and associations on the runtime's loop and pools."""
 
     def __init__(
         self,
@@ -147,19 +158,16 @@ class AsyncDimseFrontEnd:
         audit: AuditSink,
         destinations: DestinationLookup,
         settings: FrontEndSettings,
+        runtime: Runtime,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         self._gate = gate
         self._audit = audit
         self._settings = settings
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.max_associations + 4, thread_name_prefix="dimse-aio"
-        )
-        self._gate_executor = ThreadPoolExecutor(
-            max_workers=_GATE_THREADS, thread_name_prefix="dimse-gate"
-        )
+        self._listeners = tuple(listeners)
+        self._executor = runtime.executor
+        self._gate_executor = runtime.gate_executor
         self._env = Environment(service, destinations, settings, self._executor)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         #: Connections not associated yet: in all, and per source address.
@@ -174,41 +182,21 @@ class AsyncDimseFrontEnd:
         #: The principal of each established association, forgotten when it ends.
         self.principals: dict[int, Principal] = {}
 
-    # -- lifecycle (caller's thread) ------------------------------------------------------------
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name="dimse-aio-loop", daemon=True)
-            thread.start()
-            self._loop, self._thread = loop, thread
-        return self._loop
+    # -- lifecycle (on the loop) -------------------------------------------------------------------
+    async def start(self) -> list[Endpoint]:
+        """Bind every listener now; where each listens (its port, when 0 was asked)."""
+        endpoints = []
+        for listener in self._listeners:
+            server = await self._start_server(listener.host, listener.port, listener.tls)
+            self._servers.append(server)
+            bound = server.sockets[0].getsockname()
+            endpoints.append(Endpoint(str(bound[0]), int(bound[1]), listener.tls is not None))
+        return endpoints
 
-    def listen(self, host: str, port: int, *, tls: ssl.SSLContext | None) -> tuple[str, int]:
-        """Bind one listener (TLS when a context is given) now; serve it on the loop thread."""
-        loop = self._ensure_loop()
-        future = asyncio.run_coroutine_threadsafe(self._start_server(host, port, tls), loop)
-        server = future.result(timeout=_STOP_TIMEOUT)
-        self._servers.append(server)
-        bound = server.sockets[0].getsockname()
-        return str(bound[0]), int(bound[1])
-
-    def stop(self) -> None:
-        """Close every listener, abort open associations, stop the loop and the thread pool."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._gate_executor.shutdown(wait=False, cancel_futures=True)
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=_STOP_TIMEOUT)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=_STOP_TIMEOUT)
-        if not thread.is_alive():
-            loop.close()
-        self._loop = self._thread = None
+    async def stop(self) -> None:
+        """Close every listener and abort open associations (their audit lines written)."""
+        await self._shutdown()
         self._servers.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._gate_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- on the loop ------------------------------------------------------------------------------
     async def _start_server(
@@ -381,18 +369,20 @@ class AsyncDimseFrontEnd:
         try:
             loop = asyncio.get_running_loop()
             try:
+                attempt = dimse_attempt(facts)
                 # Most peers prove themselves without blocking work (a remembered passcode, a
                 # certificate): decided here, without a hop to a gate thread and back.
-                decision: Principal | Rejection | None = self._gate.decide_now(facts)
+                decision: Principal | Rejection | None = self._gate.decide_now(attempt)
                 if decision is None:
                     decision = await loop.run_in_executor(
-                        self._gate_executor, self._gate.decide, facts
+                        self._gate_executor,
+                        functools.partial(self._gate.authenticate, attempt, audit=False),
                     )
             except AuditLogError:  # the gate could not audit a lockout: refuse, transiently
                 await self._send(writer, encode_reject(*AUDIT_UNAVAILABLE))
                 return
             if isinstance(decision, Rejection):
-                rejected = _rejected(participant, decision.why, facts)
+                rejected = authentication_event(attempt, decision)
                 if decision.repeated:
                     await self._emit_repeated(rejected)
                 else:
@@ -411,7 +401,7 @@ class AsyncDimseFrontEnd:
                 self._by_user[decision.username] += 1
             try:
                 pending.release()
-                await self._serve(reader, writer, rq, facts, decision)
+                await self._serve(reader, writer, rq, attempt, decision)
             finally:
                 _decrement(self._by_ae, decision.ae_title)
                 if decision.username is not None:
@@ -434,31 +424,13 @@ class AsyncDimseFrontEnd:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         rq: A_ASSOCIATE,
-        facts: PeerFacts,
+        attempt: AuthAttempt,
         decision: Principal,
     ) -> None:
         settings = self._settings
         accepted = accept(rq, decision, settings.max_pdu)
         try:
-            await self._emit(
-                AuditEvent(
-                    EventType.ASSOCIATION,
-                    EventAction.EXECUTE,
-                    EventOutcome.SUCCESS,
-                    (
-                        Participant(
-                            ae_title=decision.ae_title,
-                            address=facts.address,
-                            user=decision.username,
-                        ),
-                    ),
-                    detail={
-                        "result": "accepted",
-                        "method": decision.method.value,
-                        "tls": facts.tls,
-                    },
-                )
-            )
+            await self._emit(authentication_event(attempt, decision))
         except AuditLogError:  # not accepted without its audit line
             await self._send(writer, encode_reject(*AUDIT_UNAVAILABLE))
             return

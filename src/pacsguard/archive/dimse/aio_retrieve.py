@@ -9,9 +9,11 @@ warning counts, and the Failed SOP Instance UID List when any failed (PS3.4 C.4.
 
 A registered C-MOVE destination that rejects the association, cannot be reached, aborts or
 stops answering mid-transfer fails the sub-operations it did not complete (0xA702 / 0xB000,
-with an Error Comment saying why); the requesting association stays up. Instances are streamed
-from the blob store in their stored transfer syntax; only Explicit <-> Implicit VR Little Endian
-conversion decodes an instance in memory.
+with an Error Comment saying why); the requesting association stays up.
+
+What is retrieved, how it is read (and converted) and audited is the archive service's
+(`service.retrieve`, shared with WADO-RS); this module keeps the transport: identifiers,
+presentation contexts, sub-associations, Pending/final responses and their statuses.
 
 The audit log fails closed: when the line that opens a retrieve (`move-request`) cannot be made
 durable, nothing is sent and the answer is 0xA702 ("Refused: Out of Resources - Unable to perform
@@ -25,15 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import ssl
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from io import BytesIO
-from typing import TYPE_CHECKING, BinaryIO, Final
+from typing import TYPE_CHECKING, Final
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 
@@ -48,11 +46,11 @@ from pacsguard.archive.dimse.identifiers import (
 )
 from pacsguard.archive.model import InstanceRecord
 from pacsguard.archive.security.principal import Action
-from pacsguard.archive.service import Denied, RetrieveTally
+from pacsguard.archive.service import Denied, Retrieval, deliverable_syntaxes
 from pacsguard.dicom import uids
 from pacsguard.dicom.client import Association, Timeouts, request_association
 from pacsguard.dicom.dimse import encode_dataset
-from pacsguard.dicom.stream import ReadChunk, encode_store_command, send_data_set, skip_file_meta
+from pacsguard.dicom.stream import ReadChunk, encode_store_command, send_data_set
 from pacsguard.dicom.ul import AssociationRejected, ProposedContext
 from pacsguard.errors import AuditLogError, MalformedPdu, PeerClosed, ProtocolError
 
@@ -70,9 +68,6 @@ SUB_OPERATIONS_FAILED: Final = 0xA702
 OUT_OF_RESOURCES_SUB_OPERATIONS: Final = 0xA702
 SUB_OPERATIONS_WARNING: Final = 0xB000
 _WARNINGS: Final = frozenset({0xB000, 0xB006, 0xB007})
-_UNCOMPRESSED: Final = frozenset(
-    {str(uids.EXPLICIT_VR_LITTLE_ENDIAN), str(uids.IMPLICIT_VR_LITTLE_ENDIAN)}
-)
 _MAX_MOVE_CONTEXTS: Final = 128
 
 log = logging.getLogger(__name__)
@@ -138,23 +133,23 @@ class Refusal:
     comment: str
 
 
-async def _records(
+async def _retrieval(
     session: AssociationSession,
     identifier: Dataset | None,
     action: Action,
     refused: int,
     destination: str | None = None,
-) -> list[InstanceRecord] | Refusal:
-    """The matches (their retrieve audited), or why not: `refused` for an unusable identifier
-    or a denial, 0xA701 when the index cannot list them, 0xA702 when the audit log cannot
-    record the request."""
+) -> Retrieval | Refusal:
+    """The service's retrieve (authorized, its matches chosen and audited), or why not:
+    `refused` for an unusable identifier or a denial, 0xA701 when the index cannot list them,
+    0xA702 when the audit log cannot record the request."""
     if identifier is None:
         return Refusal(refused, "no identifier")
     service = session.env.service
     try:
         level, keys = retrieve_keys(identifier)
         return await session.env.call(
-            lambda: service.instances_to_retrieve(
+            lambda: service.retrieve(
                 session.principal, action, level, keys, destination=destination
             )
         )
@@ -169,67 +164,41 @@ async def _records(
         return Refusal(MATCHES_UNAVAILABLE, "index unavailable: matches not counted")
 
 
-def _decode_spooled(stream: BinaryIO) -> Dataset:
-    """Blob streams may be decrypting and not seekable, which pydicom needs (as handlers._read)."""
-    with tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024) as spool:
-        shutil.copyfileobj(stream, spool, 1024 * 1024)
-        spool.seek(0)
-        return dcmread(spool)
-
-
 async def send_record(
-    session: AssociationSession, record: InstanceRecord, transfer_syntax: str, send: SendInstance
+    session: AssociationSession,
+    retrieval: Retrieval,
+    record: InstanceRecord,
+    transfer_syntax: str,
+    send: SendInstance,
 ) -> int | None:
-    """Stream one stored instance through `send`; None when it cannot be read or converted.
-    Errors on the wire (from `send`) propagate: they end the association."""
+    """Stream one stored instance through `send` in `transfer_syntax`; None when the service
+    cannot read or convert it. Errors on the wire (from `send`) propagate: they end the
+    association."""
     env = session.env
-    try:
-        stream = await env.call(env.service.open_instance, record)
-    except (OSError, KeyError, ValueError):
-        log.warning("stored instance could not be opened for retrieve")
+    data = await env.call(retrieval.open, record, (transfer_syntax,))
+    if data is None:
         return None
     try:
-        try:
-            stored_syntax = await env.call(skip_file_meta, stream)
-        except (MalformedPdu, OSError, ValueError):
-            log.warning("stored instance could not be read for retrieve")
-            return None
-        if stored_syntax == transfer_syntax:
 
-            async def read_stored(size: int) -> bytes:
-                return await env.call(stream.read, size)
+        async def read(size: int) -> bytes:
+            return await env.call(data.read, size)
 
-            return await send(read_stored)
-        if stored_syntax not in _UNCOMPRESSED or transfer_syntax not in _UNCOMPRESSED:
-            return None
-        stream.close()
-        try:
-            stream = await env.call(env.service.open_instance, record)
-            ds = await env.call(_decode_spooled, stream)
-            data = BytesIO(encode_dataset(ds, transfer_syntax).getvalue())
-        except Exception:
-            log.warning("stored instance could not be converted for retrieve")
-            return None
-
-        async def read_converted(size: int) -> bytes:
-            return data.read(size)
-
-        return await send(read_converted)
+        return await send(read)
     finally:
         with contextlib.suppress(Exception):
-            stream.close()
+            data.close()
 
 
 def _best(record: InstanceRecord, candidates: Sequence[tuple[int, str]]) -> tuple[int, str] | None:
-    """(context id, transfer syntax) to send `record` on: its stored syntax if accepted, else an
-    uncompressed one when the record is uncompressed."""
+    """(context id, transfer syntax) to send `record` on: its stored syntax if accepted, else
+    one the service can convert it to (`deliverable_syntaxes`), in the candidates' order."""
+    stored, *converted = deliverable_syntaxes(record)
     for cid, ts in candidates:
-        if ts == record.transfer_syntax_uid:
+        if ts == stored:
             return cid, ts
-    if record.transfer_syntax_uid in _UNCOMPRESSED:
-        for cid, ts in candidates:
-            if ts in _UNCOMPRESSED:
-                return cid, ts
+    for cid, ts in candidates:
+        if ts in converted:
+            return cid, ts
     return None
 
 
@@ -272,11 +241,10 @@ async def _run_sub_operations(
     session: AssociationSession,
     context: AcceptedContext,
     message_id: int,
-    records: list[InstanceRecord],
+    retrieval: Retrieval,
     operation: Operation,
     make_rsp: Callable[[], C_GET | C_MOVE],
     send_one: Callable[[InstanceRecord], Awaitable[int | None]],
-    destination: str | None,
     *,
     lost: str | None = None,
 ) -> None:
@@ -284,36 +252,32 @@ async def _run_sub_operations(
     and `lost` (no sub-association at all) fails every one at once. Then audit every
     sub-operation (also when the operation is cut off, with the one in flight), then send the
     final response: 0xA702 if the audit failed."""
+    records = retrieval.records
     counts = Counts(remaining=len(records))
-    tally = RetrieveTally(not_started=len(records))
+    tally = retrieval.tally
     comment = lost
     cancelled = False
     try:
         if lost is not None:  # none could be sent
             counts.fail_all(records)
-            tally.failed, tally.not_started = len(records), 0
+            tally.fail_all()
         for position, record in enumerate(records if lost is None else ()):
             if operation.cancelled.is_set():
                 cancelled = True
                 break
-            tally.not_started -= 1
-            tally.in_flight = 1
+            tally.begin()
             try:
                 status = await send_one(record)
             except DestinationLost as exc:  # it may have arrived: it stays in flight
                 counts.fail_all(records[position:])
                 comment = exc.comment
                 break
-            tally.in_flight = 0
-            if status is None:
-                tally.failed += 1
-            else:
-                tally.sent += 1
+            tally.end(sent=status is not None)
             counts.record(record.sop_instance_uid, status)
             if counts.remaining:
                 await _respond(session, make_rsp(), context, message_id, PENDING, counts)
     finally:
-        audited = await _audit_retrieve(session, records, destination, tally)
+        audited = await _finish(session, retrieval)
     if cancelled:
         final, comment = CANCELLED, "cancelled by the requester"
     else:
@@ -328,19 +292,10 @@ async def _run_sub_operations(
     )  # fmt: skip
 
 
-async def _audit_retrieve(
-    session: AssociationSession,
-    records: list[InstanceRecord],
-    destination: str | None,
-    tally: RetrieveTally,
-) -> bool:
-    env = session.env
+async def _finish(session: AssociationSession, retrieval: Retrieval) -> bool:
+    """The service's closing line of the retrieve; False when it could not be written."""
     try:
-        await env.call(
-            lambda: env.service.audit_retrieve(
-                session.principal, records, destination=destination, tally=tally
-            )
-        )
+        await session.env.call(retrieval.finish)
     except AuditLogError:
         return False  # the log said why, once
     except Exception:
@@ -371,11 +326,11 @@ async def serve_get(
     operation: Operation,
 ) -> None:
     """C-GET: C-STORE sub-operations back over this association (SCP/SCU role reversal)."""
-    found = await _records(session, identifier, Action.GET, GET_REFUSED)
+    found = await _retrieval(session, identifier, Action.GET, GET_REFUSED)
     if isinstance(found, Refusal):
         await _refuse(session, C_GET(), context, message_id, operation, found.status, found.comment)
         return
-    if len(found) > 0xFFFF:
+    if len(found.records) > 0xFFFF:
         await _refuse(
             session, C_GET(), context, message_id, operation, GET_TOO_MANY, "over 65535 matches"
         )
@@ -412,9 +367,9 @@ async def serve_get(
                 raise MalformedPdu("C-STORE-RSP without a Status")
             return status
 
-        return await send_record(session, record, chosen[1], send)
+        return await send_record(session, found, record, chosen[1], send)
 
-    await _run_sub_operations(session, context, message_id, found, operation, C_GET, send_one, None)
+    await _run_sub_operations(session, context, message_id, found, operation, C_GET, send_one)
 
 
 def _move_contexts(records: list[InstanceRecord]) -> tuple[ProposedContext, ...]:
@@ -464,18 +419,18 @@ async def serve_move(
             MOVE_DESTINATION_UNKNOWN, "move destination not registered",
         )  # fmt: skip
         return
-    found = await _records(session, identifier, Action.MOVE, MOVE_REFUSED, destination_ae)
+    found = await _retrieval(session, identifier, Action.MOVE, MOVE_REFUSED, destination_ae)
     if isinstance(found, Refusal):
         await _refuse(
             session, C_MOVE(), context, message_id, operation, found.status, found.comment
         )
         return
-    if len(found) > 0xFFFF:
+    if len(found.records) > 0xFFFF:
         await _refuse(
             session, C_MOVE(), context, message_id, operation, MOVE_TOO_MANY, "over 65535 matches"
         )
         return
-    if not found:
+    if not found.records:
         await _respond(
             session, C_MOVE(), context, message_id, 0x0000, Counts(0), operation=operation
         )
@@ -489,7 +444,7 @@ async def serve_move(
             destination.port,
             calling_ae=settings.ae_title,
             called_ae=destination_ae,
-            contexts=_move_contexts(found),
+            contexts=_move_contexts(found.records),
             timeouts=Timeouts(connect=settings.acse_timeout, read=settings.dimse_timeout),
             tls=destination.tls,
         )
@@ -504,7 +459,7 @@ async def serve_move(
         lost = _why_no_association(exc)
     if assoc is None:
         await _run_sub_operations(
-            session, context, message_id, found, operation, C_MOVE, _never, destination_ae,
+            session, context, message_id, found, operation, C_MOVE, _never,
             lost=lost or "move destination rejected the association",
         )  # fmt: skip
         return
@@ -536,12 +491,10 @@ async def serve_move(
                          exc.__class__.__name__)  # fmt: skip
                 raise DestinationLost(_why_lost(exc)) from None
 
-        return await send_record(session, record, chosen[1], send)
+        return await send_record(session, found, record, chosen[1], send)
 
     try:
-        await _run_sub_operations(
-            session, context, message_id, found, operation, C_MOVE, send_one, destination_ae
-        )
+        await _run_sub_operations(session, context, message_id, found, operation, C_MOVE, send_one)
     finally:
         if broken:
             await sub_association.abort()

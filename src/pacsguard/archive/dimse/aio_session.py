@@ -428,26 +428,23 @@ class AssociationSession:
             loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
 
         def produce() -> None:
-            results = self.env.service.query(self.principal, request)
-            try:
-                while True:
-                    try:
-                        result = next(results)
-                    except StopIteration as done:
-                        truncated = bool(done.value)
-                        break
-                    while not window.acquire(timeout=0.5):
-                        if operation.cancelled.is_set():
-                            break
+            answer = self.env.service.query(self.principal, request)
+            for match in answer:
+                while not window.acquire(timeout=0.5):
                     if operation.cancelled.is_set():
-                        results.close()
-                        put("status", (CANCELLED, "cancelled by the requester"))
-                        return
-                    put("match", result)
-                if truncated:
-                    put("status", (CANCELLED, f"more than {cap} matches: refine the query"))
-                else:
-                    put("status", (SUCCESS, None))
+                        break
+                if operation.cancelled.is_set():
+                    put("status", (CANCELLED, "cancelled by the requester"))
+                    return
+                put("match", match)
+            if answer.more:
+                put("status", (CANCELLED, f"more than {cap} matches: refine the query"))
+            else:
+                put("status", (SUCCESS, None))
+
+        def produce_answers() -> None:
+            try:
+                produce()
             except Denied as exc:
                 put("status", (exc.status, "not authorized"))
             except AuditLogError:  # nothing was released; the log said why, once
@@ -458,7 +455,7 @@ class AssociationSession:
                 log.error("C-FIND failed: %s", exc.__class__.__name__)
                 put("status", (OUT_OF_RESOURCES, "index unavailable"))
 
-        producer = loop.run_in_executor(self.env.executor, produce)
+        producer = loop.run_in_executor(self.env.executor, produce_answers)
         try:
             while True:
                 kind, value = await queue.get()

@@ -11,7 +11,6 @@ character set its text is encoded in.
 
 from __future__ import annotations
 
-import functools
 import logging
 import ssl
 from collections.abc import Callable, Sequence
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from pydicom import config
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -30,7 +29,7 @@ from pacsguard.archive.dimse.charsets import (
     query_character_set,
     response_character_set,
 )
-from pacsguard.archive.model import QueryRequest
+from pacsguard.archive.model import Match, QueryRequest
 from pacsguard.dicom.levels import Level, QueryRoot
 
 log = logging.getLogger(__name__)
@@ -150,33 +149,18 @@ def declared_character_set(identifier: Dataset) -> tuple[str, ...]:
         raise BadIdentifier(str(exc)) from None
 
 
-@functools.lru_cache(maxsize=512)
-def _element_of(keyword: str) -> tuple[int, str] | None:
-    """(tag, VR) of a dictionary keyword; None for anything else."""
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        return None
-    try:
-        return int(tag), str(dictionary_VR(tag))
-    except KeyError:
-        return None
-
-
 def response_identifier(
-    request: QueryRequest, result: dict[str, str], query_charset: Sequence[str] = ()
+    request: QueryRequest, match: Match, query_charset: Sequence[str] = ()
 ) -> Dataset:
-    """A C-FIND response identifier for one match, its text encoded in a declared character
-    set (`charsets.response_character_set`; `query_charset` is what the query declared).
+    """A C-FIND response identifier for one match (`model.Match`, typed by the service), its
+    text encoded in a declared character set (`charsets.response_character_set`;
+    `query_charset` is what the query declared).
 
     Values are sent as the index holds them, without pydicom's validation (its warnings
     would quote patient names into the application log). A value outside the default repertoire
     in an attribute whose VR cannot carry one (CS, DA, UI...: an object stored with such bytes)
     is returned empty rather than mis-encoded."""
-    elements = [
-        (element, value)
-        for keyword, value in result.items()
-        if keyword != "QueryRetrieveLevel" and (element := _element_of(keyword)) is not None
-    ]
+    elements = [((a.tag, a.vr), a.text) for a in match.attributes]
     ds = Dataset()
     ds.QueryRetrieveLevel = request.level.name
     charset = response_character_set(

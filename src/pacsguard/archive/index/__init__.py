@@ -29,7 +29,8 @@ class IndexStore(Protocol):
 
     def find(self, request: QueryRequest) -> Iterator[dict[str, str]]:
         """Matching entities at the request's level: keyword -> value for each requested key
-        (plus the level's unique key), at most `request.limit` results."""
+        (plus the level's unique key); at most `request.limit` of them after skipping
+        `request.offset`, in a stable order (the order the entities were first stored in)."""
         ...
 
     def instances(self, level: Level, uid: str) -> list[InstanceRecord]:

@@ -22,6 +22,11 @@ class AuthMethod(StrEnum):
     MTLS = "mtls"  # client certificate bound to the AE
     ADDRESS = "address"  # source address only; allowed only where the config says so
     LAB = "lab"  # the deliberately open lab profile (loopback only)
+    API_TOKEN = "api-token"  # noqa: S105 - an HTTP request with one of the archive's API tokens
+
+
+#: The methods a registered AE may name (`auth = ...` in pacsguard.toml).
+AE_AUTH_METHODS = (AuthMethod.USER_PASSWORD, AuthMethod.JWT, AuthMethod.MTLS, AuthMethod.ADDRESS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +56,21 @@ class PeerFacts:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated peer: the registered AE it was matched to and how it proved it."""
+    """An authenticated peer: the registered AE it was matched to (empty for an HTTP user
+    without one), the user it logged in as, how it proved it, and over which transport
+    (`attempt.Transport`'s value)."""
 
     ae_title: str
     address: str
     method: AuthMethod
     username: str | None = None
     permissions: frozenset[Action] = frozenset()
+    transport: str = "dimse"
+
+    @property
+    def name(self) -> str:
+        """Who, for messages: the AE title, else the username."""
+        return self.ae_title or self.username or "?"
 
     def may(self, action: Action) -> bool:
         return action in self.permissions
@@ -77,3 +90,6 @@ class Rejection:
     why: str
     #: Sent again and again to the same peer (a lockout): audited as counts, not line by line.
     repeated: bool = False
+    #: The source or the account is locked out: kept when the codes are made uniform, so that
+    #: a front end that may say so (HTTP: 429 with Retry-After rather than 401) can.
+    locked_out: bool = False

@@ -1,8 +1,4 @@
-"""The archive service: the one place where store, query and retrieve happen.
-
-Front ends (DIMSE today, DICOMweb later) translate protocol requests into these calls and the
-results back into protocol answers; they hold no archive logic. Every call names the Principal,
-is authorized here, and becomes an audit event whatever its outcome.
+"""Ingest: the one path by which C-STORE (and STOW-RS) objects enter the archive.
 
 Ingest is durable before it answers: the blob is fsync'd and renamed, then the index row is
 committed and the audit line synced, and only then does `store_instance` return success (and the
@@ -15,9 +11,7 @@ Audit fails closed: the primary audit log's `AuditLogError` never becomes a succ
 whose audit line cannot be made durable answers 0xA700 (out of resources). If the line could
 not even be written, the index transaction rolls back and the blob goes; if it was written but
 its sync failed, the instance stays stored (the log rewrites the line once the disk recovers,
-see `AuditLog`) and a retry is an identical duplicate. A query is audited before its first match
-is released, a retrieve before its first sub-operation (a `move-request` line, for C-GET too)
-and after its last; the front ends turn `AuditLogError` into failure statuses.
+see `AuditLog`) and a retry is an identical duplicate.
 
 Duplicate SOP Instance UIDs: the same UID with byte-identical content is accepted again as a
 success without change (a client retrying after a lost response must not see a failure); the
@@ -28,9 +22,6 @@ first copy. Corrections go through a new SOP Instance UID, as PS3.4 expects.
 from __future__ import annotations
 
 import contextlib
-import logging
-import threading
-from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -41,57 +32,26 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from pacsguard.archive.audit.events import (
-    AuditEvent,
-    AuditSink,
-    EventAction,
-    EventOutcome,
-    EventType,
-    Participant,
-)
+from pacsguard.archive.audit.events import AuditEvent, EventAction, EventOutcome, EventType
 from pacsguard.archive.audit.notify import Waiter, emit_deferred
-from pacsguard.archive.blobs import BlobConflictError, BlobInfo, BlobStore
-from pacsguard.archive.index import IndexStore, out_of_space
-from pacsguard.archive.model import (
-    AddOutcome,
-    HierarchyError,
-    InstanceRecord,
-    QueryRequest,
-    is_valid_uid,
-)
+from pacsguard.archive.blobs import BlobConflictError, BlobInfo
+from pacsguard.archive.index import out_of_space
+from pacsguard.archive.model import AddOutcome, HierarchyError, InstanceRecord, is_valid_uid
 from pacsguard.archive.security.principal import Action, Principal
-from pacsguard.archive.staging import ObjectSource, StagingArea
+from pacsguard.archive.service._core import (
+    CANNOT_UNDERSTAND,
+    DATASET_MISMATCH,
+    DUPLICATE_SOP_INSTANCE,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    ServiceCore,
+    _participant,
+    log,
+)
+from pacsguard.archive.staging import ObjectSource
 from pacsguard.dicom.header import ESCAPE, PLAIN_CHARSETS, read_header
-from pacsguard.dicom.levels import Level
 from pacsguard.errors import AuditLogError
-
-log = logging.getLogger(__name__)
-
-# C-STORE statuses (PS3.4 B.2.3, PS3.7 C.4.2): the front end passes them through.
-SUCCESS: Final = 0x0000
-DUPLICATE_SOP_INSTANCE: Final = 0x0111
-NOT_AUTHORIZED: Final = 0x0124
-#: General "processing failure" (PS3.7 C.4.2): the index could not record the instance.
-PROCESSING_FAILURE: Final = 0x0110
-OUT_OF_RESOURCES: Final = 0xA700
-DATASET_MISMATCH: Final = 0xA900
-CANNOT_UNDERSTAND: Final = 0xC000
-
-Authorizer = Callable[[Principal, Action], None]
-
-
-class Denied(Exception):
-    """The policy refused the action; already audited. `status` is the DICOM status to send."""
-
-    def __init__(self, action: Action, principal: Principal) -> None:
-        super().__init__(f"{principal.ae_title} may not {action.value}")
-        self.status = NOT_AUTHORIZED
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceLimits:
-    max_object_bytes: int = 4 * 1024**3
-    max_query_results: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,80 +165,8 @@ def _record_from(values: dict[str, str]) -> InstanceRecord | None:
     )
 
 
-class _Episodes:
-    """One error when writes start failing (a full disk refuses every store after it), and one
-    warning when they work again: not a traceback per refused store."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._failing = False
-        self._lock = threading.Lock()
-
-    def failed(self, error: Exception) -> None:
-        with self._lock:
-            if self._failing:
-                return
-            self._failing = True
-        log.error("%s failed: stores are refused until it works again", self._what, exc_info=error)
-
-    def worked(self) -> None:
-        if not self._failing:
-            return
-        with self._lock:
-            if not self._failing:
-                return
-            self._failing = False
-        log.warning("%s works again: stores resume", self._what)
-
-
-def _participant(principal: Principal) -> Participant:
-    return Participant(
-        ae_title=principal.ae_title, address=principal.address, user=principal.username
-    )
-
-
-class ArchiveService:
-    """Store / query / retrieve over an index and a blob store, authorized and audited."""
-
-    def __init__(
-        self,
-        index: IndexStore,
-        blobs: BlobStore,
-        audit: AuditSink,
-        authorize: Authorizer,
-        limits: ServiceLimits | None = None,
-        *,
-        staging: StagingArea | None = None,
-    ) -> None:
-        self._index = index
-        self._blobs = blobs
-        self._audit = audit
-        self._authorize = authorize
-        self.limits = limits or ServiceLimits()
-        #: Where front ends stage objects too large for memory (encrypted, in the data folder).
-        self.staging = staging
-        self._locks = tuple(threading.Lock() for _ in range(64))
-        self._blob_writes = _Episodes("blob store write")
-        self._index_writes = _Episodes("index commit")
-
-    # -- policy ------------------------------------------------------------------------------
-    def require(self, principal: Principal, action: Action) -> None:
-        """Authorize or audit the denial and raise Denied."""
-        try:
-            self._authorize(principal, action)
-        except Exception:
-            # The denial stands even when it cannot be audited (the log reports that itself).
-            with contextlib.suppress(AuditLogError):
-                self._audit.emit(
-                    AuditEvent(
-                        EventType.POLICY_DENIAL,
-                        EventAction.EXECUTE,
-                        EventOutcome.SERIOUS_FAILURE,
-                        (_participant(principal),),
-                        detail={"action": action.value},
-                    )
-                )
-            raise Denied(action, principal) from None
+class Ingest(ServiceCore):
+    """Store: one ingest path for C-STORE and STOW-RS (durable before it answers)."""
 
     # -- ingest --------------------------------------------------------------------------------
     @staticmethod
@@ -467,153 +355,3 @@ class ArchiveService:
             self._blobs.delete(key)
             with _reader(source) as stream:
                 return self._blobs.put(key, stream)
-
-    # -- query ---------------------------------------------------------------------------------
-    def query(
-        self, principal: Principal, request: QueryRequest
-    ) -> Generator[dict[str, str], None, bool]:
-        """Matches for a C-FIND / QIDO-RS query, capped by configuration. The audit line (with
-        the count) is durable before the first match is released: AuditLogError otherwise.
-        Returns (as the generator's value) True when more matches exist than were yielded: the
-        answer is incomplete, and the front end must say so."""
-        self.require(principal, Action.FIND)
-        limit = min(request.limit, self.limits.max_query_results)
-        capped = QueryRequest(
-            root=request.root,
-            level=request.level,
-            keys=request.keys,
-            limit=limit + 1,  # one more than we return: tells a complete answer from a cut one
-        )
-        try:
-            results = list(self._index.find(capped))  # bounded by the cap (plus one)
-        except Exception:
-            with contextlib.suppress(AuditLogError):  # the query's own error is the answer
-                self._audit_query(principal, request, EventOutcome.SERIOUS_FAILURE, 0, False)
-            raise
-        truncated = len(results) > limit
-        del results[limit:]
-        count = len(results)
-        self._audit_query(principal, request, EventOutcome.SUCCESS, count, truncated)
-        yield from results
-        return truncated
-
-    def _audit_query(
-        self,
-        principal: Principal,
-        request: QueryRequest,
-        outcome: EventOutcome,
-        count: int,
-        capped: bool,
-    ) -> None:
-        self._audit.emit(
-            AuditEvent(
-                EventType.QUERY,
-                EventAction.EXECUTE,
-                outcome,
-                (_participant(principal),),
-                (("query", f"{request.root.value}/{request.level.name}"),),
-                {"results": count, "capped": capped},
-            )
-        )
-
-    # -- retrieve ------------------------------------------------------------------------------
-    def instances_to_retrieve(
-        self,
-        principal: Principal,
-        action: Action,
-        level: Level,
-        uids: list[str],
-        *,
-        destination: str | None = None,
-    ) -> list[InstanceRecord]:
-        """The instances a C-GET / C-MOVE asks for (unique keys at `level`), authorized. When
-        there are any, a `move-request` line (instances about to be accessed, by whom, for which
-        destination) is durable before this returns: AuditLogError otherwise, and nothing may
-        be sent. An index failure is audited (nothing was retrieved) and raised."""
-        self.require(principal, action)
-        found: dict[str, InstanceRecord] = {}
-        try:
-            for uid in uids:
-                for record in self._index.instances(level, uid):
-                    found[record.sop_instance_uid] = record
-        except Exception:
-            with contextlib.suppress(AuditLogError):  # the index's failure is the answer
-                self._audit.emit(
-                    AuditEvent(
-                        EventType.RETRIEVE,
-                        EventAction.READ,
-                        EventOutcome.SERIOUS_FAILURE,
-                        _retrieve_participants(principal, destination),
-                        detail={"action": action.value, "result": "index unavailable"},
-                    )
-                )
-            raise
-        records = list(found.values())
-        if records:
-            self._audit.emit(
-                AuditEvent(
-                    EventType.MOVE_REQUEST,
-                    EventAction.READ,
-                    EventOutcome.SUCCESS,
-                    _retrieve_participants(principal, destination),
-                    _studies(records),
-                    {"operation": action.value, "instances": len(records)},
-                )
-            )
-        return records
-
-    def open_instance(self, record: InstanceRecord) -> BinaryIO:
-        return self._blobs.open(record.blob_key)
-
-    def audit_retrieve(
-        self,
-        principal: Principal,
-        records: list[InstanceRecord],
-        *,
-        destination: str | None,
-        tally: RetrieveTally,
-    ) -> None:
-        """The line that ends a retrieve, counting every sub-operation (`RetrieveTally`);
-        AuditLogError when it cannot be made durable."""
-        self._audit.emit(
-            AuditEvent(
-                EventType.RETRIEVE,
-                EventAction.READ,
-                EventOutcome.SUCCESS if tally.sent == len(records) else EventOutcome.MINOR_FAILURE,
-                _retrieve_participants(principal, destination),
-                _studies(records),
-                tally.detail(),
-            )
-        )
-
-
-@dataclass(slots=True)
-class RetrieveTally:
-    """Where each sub-operation of a retrieve ended: `sent` (the peer answered its C-STORE),
-    `failed` (could not be sent: unreadable, or no presentation context for it), `in_flight`
-    (being sent when the operation ended: it may have reached the peer) and `not_started`
-    (cancelled or cut off before it began). They add up to the instances matched."""
-
-    sent: int = 0
-    failed: int = 0
-    in_flight: int = 0
-    not_started: int = 0
-
-    def detail(self) -> dict[str, str | int | bool]:
-        return {
-            "sent": self.sent,
-            "failed": self.failed,
-            "in_flight": self.in_flight,
-            "not_started": self.not_started,
-        }
-
-
-def _retrieve_participants(
-    principal: Principal, destination: str | None
-) -> tuple[Participant, ...]:
-    own = (_participant(principal),)
-    return own + ((Participant(ae_title=destination, requestor=False),) if destination else ())
-
-
-def _studies(records: list[InstanceRecord]) -> tuple[tuple[str, str], ...]:
-    return tuple(("study", s) for s in sorted({r.study_instance_uid for r in records}))
