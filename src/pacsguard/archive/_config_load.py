@@ -31,6 +31,7 @@ from pacsguard.archive.config import (
     ENV_PREFIX,
     AuditSettings,
     DataLayout,
+    DicomWebSettings,
     JwtSettings,
     Profile,
     SecuritySettings,
@@ -48,6 +49,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "audit": AuditSettings,
     "security": SecuritySettings,
     "jwt": JwtSettings,
+    "dicomweb": DicomWebSettings,
 }
 _TOP_LEVEL: Final = {"profile", "ae", "users", "roles", *_SECTIONS}
 

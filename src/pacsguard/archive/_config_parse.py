@@ -31,6 +31,8 @@ T = TypeVar("T")
 
 _AE_TITLE: Final = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
 _SHA256_HEX: Final = re.compile(r"^[0-9a-f]{64}$")
+#: A browser origin as CORS compares it: scheme, host, optional port; no path, no wildcard.
+_ORIGIN: Final = re.compile(r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
 
 
 def how_to_set(key: str) -> str:
@@ -131,6 +133,20 @@ def coerce(
         if value not in allowed:
             raise fail(" or ".join(repr(a) for a in allowed))
         return value
+    if hint == tuple[str, ...]:
+        # A TOML list of strings, or (environment, command line) one comma-separated string.
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+            raise fail("a list of strings")
+        texts = tuple(v.strip() for v in items if v.strip())
+        if (meta or {}).get("check") == "origins":
+            for text in texts:
+                if not _ORIGIN.match(text):
+                    raise fail(
+                        'origins like "https://viewer.example.org" or "http://127.0.0.1:3000" '
+                        "(scheme, host, optional port; no path, no wildcard)"
+                    )
+        return texts
     if hint is str:
         if not isinstance(value, str):
             raise fail("a string")

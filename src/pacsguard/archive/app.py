@@ -48,6 +48,7 @@ from pacsguard.archive.security.verifiers import TokenVerifier, static_key_verif
 from pacsguard.archive.service import ArchiveService, ServiceLimits
 from pacsguard.archive.staging import STAGING_FOLDER, StagingArea
 from pacsguard.archive.tokens import ApiTokens
+from pacsguard.archive.web import WebFrontEnd
 from pacsguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -233,8 +234,9 @@ def jwt_verifier(settings: Settings) -> TokenVerifier | None:
 
 
 def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()) -> RunningArchive:
-    """Validate, open storage and audit, and start the DIMSE listeners, then each of
-    `front_ends` on the same loop and pools. Raises ConfigError."""
+    """Validate, open storage and audit, and start the DIMSE listeners, DICOMweb when
+    [dicomweb] enabled, then each of `front_ends` on the same loop and pools. Raises
+    ConfigError."""
     validate_listen(settings)
     require_files(settings)
     destinations = move_destinations(settings)
@@ -287,6 +289,8 @@ def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()
     )
     try:
         running.start_front_end(dimse_front_end(running))
+        if settings.dicomweb.enabled:
+            running.start_front_end(web_front_end(running))
         for factory in front_ends:
             running.start_front_end(factory(running))
         audit.emit(  # AuditLogError: an archive that cannot audit does not start
@@ -302,6 +306,17 @@ def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()
         running.stop()
         raise
     return running
+
+
+def web_front_end(running: RunningArchive) -> WebFrontEnd:
+    """The DICOMweb front end of `running` ([dicomweb]): HTTPS on [server] host."""
+    return WebFrontEnd(
+        running.service,
+        running.gate,
+        running.audit,
+        lambda: running.settings,  # the settings in force: they change on reload
+        running.runtime,
+    )
 
 
 def dimse_front_end(running: RunningArchive) -> AsyncDimseFrontEnd:

@@ -235,6 +235,24 @@ class JwtSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DicomWebSettings:
+    """The DICOMweb (PS3.18) front end: HTTPS on [server] host, same certificate as DIMSE."""
+
+    enabled: bool = False
+    port: int = field(default=8443, metadata=port_range())
+    #: Largest STOW-RS request body, in bytes; enforced while the body streams in.
+    max_body_bytes: int = field(default=1024**3, metadata={"min": 1024, "max": 64 * 1024**3})
+    #: Browser origins (scheme://host[:port]) allowed to call us (CORS); none by default.
+    cors_origins: tuple[str, ...] = field(default=(), metadata={"check": "origins"})
+    #: HTTP connections served at once; more are answered 503.
+    max_connections: int = field(default=64, metadata={"min": 1, "max": 10_000})
+    #: Seconds a client has to send a request's headers (slow clients are cut off) and, while
+    #: a body streams, between two of its chunks.
+    header_timeout_s: float = field(default=10.0, metadata={"min": 0.5, "max": 600})
+    body_timeout_s: float = field(default=60.0, metadata={"min": 1, "max": 3600})
+
+
+@dataclass(frozen=True, slots=True)
 class RegisteredAE:
     """A peer we know: how it proves itself, where it may come from, what it may do."""
 
@@ -282,6 +300,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     jwt: JwtSettings = field(default_factory=JwtSettings)
+    dicomweb: DicomWebSettings = field(default_factory=DicomWebSettings)
     aes: tuple[RegisteredAE, ...] = ()
     users: Mapping[str, UserAccount] = field(default_factory=lambda: types.MappingProxyType({}))
     roles: Mapping[str, frozenset[Action]] = field(default_factory=default_roles)
@@ -382,7 +401,8 @@ def validate_listen(settings: Settings) -> None:
     - a non-loopback host only with TLS on and no AE authenticated by address alone, unless
       [security] allow_address_auth = true says so explicitly;
     - a C-MOVE destination off this machine only with move_tls = true (the images would
-      otherwise cross the network in the clear, whatever the listeners do).
+      otherwise cross the network in the clear, whatever the listeners do);
+    - DICOMweb over HTTPS only.
     """
     server = settings.server
     plain_moves = [
@@ -395,6 +415,12 @@ def validate_listen(settings: Settings) -> None:
             f"C-MOVE destination(s) {', '.join(plain_moves)} are not on this machine and would "
             "receive images in plaintext; set move_tls = true in their [[ae]] (their "
             "certificate is checked against tls.ca_file, or move_ca_file)"
+        )
+    if settings.dicomweb.enabled and not settings.tls.enabled:
+        raise ConfigError(
+            "[dicomweb] enabled = true needs [tls] enabled = true: DICOMweb is served over HTTPS "
+            "only (bearer tokens must never cross a connection in clear); enable TLS or set "
+            "[dicomweb] enabled = false"
         )
     if settings.profile == "lab" and not is_loopback(server.host):
         raise ConfigError(

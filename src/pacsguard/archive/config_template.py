@@ -130,6 +130,25 @@ max_failures = 5
 window_s = 300
 lockout_s = 900
 
+[dicomweb]
+# DICOMweb (PS3.18: QIDO-RS, WADO-RS, STOW-RS) over HTTPS on [server] host, with the
+# certificate in [tls]. Every request needs "Authorization: Bearer <token>": a JWT verified
+# as in [jwt] whose sub is a user below, or an API token from `pacsguard token issue`. The
+# user's roles give the permissions: find for QIDO-RS, get for WADO-RS, store for STOW-RS.
+enabled = false
+port = 8443
+# Largest STOW-RS request, in bytes (1 GiB); larger ones are refused with 413 as soon as they
+# pass the limit, and nothing of them is stored.
+max_body_bytes = 1073741824
+# Browser origins of web viewers allowed to call the archive (CORS), e.g.
+# cors_origins = ["https://viewer.example.org"]; none by default.
+cors_origins = []
+# HTTP connections served at once (more get 503); seconds a client has to send its request
+# headers, and between two chunks of a request body (slow clients are cut off).
+max_connections = 64
+header_timeout_s = 10
+body_timeout_s = 60
+
 # Verification of JSON Web Tokens. A token must come from issuer, for audience, unexpired
 # (leeway_s seconds of clock skew allowed).
 # DIMSE (PS3.7 user identity type 5), when a peer uses auth = "jwt": checked with one static

@@ -15,8 +15,8 @@ checks cheap and needs no key that could be lost. The token is shown once, when 
 `ApiTokens` (the gate's `ApiTokenVerifier`) re-reads the file when it changes, so a
 `pacsguard token revoke` applies to the next request, and refuses unknown, wrong, revoked and
 expired tokens (`identity` also tokens of users no longer in ``[users]``, whose roles give
-the permissions, as for DIMSE). No front end calls it yet: the DICOMweb front end will,
-through the gate.
+the permissions, as for DIMSE). The DICOMweb front end reaches it through the gate
+(``Authorization: Bearer pgt_...``).
 """
 
 from __future__ import annotations

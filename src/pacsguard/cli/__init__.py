@@ -100,7 +100,7 @@ SUBCOMMANDS: Final[dict[str, Subcommand]] = {
     "token": Subcommand(
         "pacsguard.cli.admin_token",
         "app",
-        "API tokens (hash stored) for the DICOMweb front end, which does not exist yet.",
+        "API tokens (hash stored) for DICOMweb: Authorization: Bearer <token>.",
     ),
     "audit": Subcommand(
         "pacsguard.cli.audit",

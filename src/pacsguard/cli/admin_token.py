@@ -1,7 +1,5 @@
-"""`pacsguard token issue|revoke|list`: API tokens for the planned DICOMweb front end.
-
-Not accepted anywhere yet: see archive.tokens.
-"""
+"""`pacsguard token issue|revoke|list`: API tokens for the DICOMweb front end (see
+archive.tokens)."""
 
 from __future__ import annotations
 
@@ -21,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     rich_markup_mode=None,  # "[users.NAME]" and "[[ae]]" are text, not markup
-    help="API tokens (hash stored) for the DICOMweb front end, which does not exist yet.",
+    help="API tokens (hash stored) for DICOMweb: Authorization: Bearer <token>.",
 )
 
 _NOT_YET = "note: no front end accepts API tokens yet (the DICOMweb front end is planned)"

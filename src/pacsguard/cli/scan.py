@@ -24,7 +24,7 @@ from pacsguard.errors import UsageError
 from pacsguard.report.jsonl import TextSink, write_record
 from pacsguard.report.table import ScanSummary, render_table
 from pacsguard.scan.candidates import InputFormat
-from pacsguard.scan.geo import GeoLookup
+from pacsguard.scan.geo import GeoDatabases, GeoLookup
 from pacsguard.scan.model import HostReport, Observations, Severity, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
 from pacsguard.scan.scheduler import Limits, run_scan
@@ -333,9 +333,12 @@ def scan(
 
         if recheck is not None:
             raise UsageError("--recheck runs in one process: leave out --cluster and --resume")
+        if geo is not None:
+            geo.close()  # opened above to check the files; each worker opens its own
         summary = scan_sharded(
             cluster, resume, shard_size, state_dir, output, scope, options, limits,
             stdout=stdout_jsonl, keep=keep, http=http_options(), history=history,
+            geo=GeoDatabases(geoip_country, geoip_asn) if geo is not None else None,
         )  # fmt: skip
         _finish(summary, keep, fail_on)
         return

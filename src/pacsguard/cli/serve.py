@@ -66,6 +66,10 @@ def serve(
     plaintext_port: Annotated[
         int | None, typer.Option(help="Also listen without TLS on loopback, on this port.")
     ] = None,
+    web_port: Annotated[
+        int | None,
+        typer.Option(help="Serve DICOMweb (HTTPS) on this port ([dicomweb] enabled, port)."),
+    ] = None,
     check: Annotated[
         bool, typer.Option("--self-check/--no-self-check", help="Scan ourselves at start-up.")
     ] = True,
@@ -76,6 +80,8 @@ def serve(
         "server.host": host,
         "server.dimse_port": port,
         "server.plaintext_port": plaintext_port,
+        "dicomweb.port": web_port,
+        "dicomweb.enabled": None if web_port is None else True,
     }
     settings = _settings(data_dir, config, overrides)
     console = Console()

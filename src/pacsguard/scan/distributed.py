@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pacsguard.errors import ClusterError, UsageError
 from pacsguard.report.jsonl import TextSink
 from pacsguard.report.table import ScanSummary
+from pacsguard.scan.geo import GeoDatabases
 from pacsguard.scan.http_session import HttpOptions
 from pacsguard.scan.journal import RunJournal, new_run_id, scan_fingerprint
 from pacsguard.scan.model import HostReport, Severity, Target
@@ -145,14 +146,19 @@ def scan_on_cluster(
     on_progress: Callable[[int], None] | None = None,
     announce: Callable[[str], None] | None = None,
     client: Client | None = None,
+    geo: GeoDatabases | None = None,
 ) -> RunOutcome:
     """Run (or resume) a sharded scan; every target's record is written exactly once.
 
     `client`: an already connected Dask client (tests, embedding); otherwise one is made from
-    `run.cluster` and closed at the end.
+    `run.cluster` and closed at the end. `geo`: the GeoIP files each worker reads to locate
+    its hosts (the same paths on every worker); a resume must name the same ones.
     """
     http = http or HttpOptions()
-    fingerprint = scan_fingerprint(scope, (options, _http_settings(http)), run.shard_size)
+    decisive: tuple[object, ...] = (options, _http_settings(http))
+    if geo is not None:
+        decisive += (geo,)
+    fingerprint = scan_fingerprint(scope, decisive, run.shard_size)
     summary = ScanSummary()
     earlier = 0
     if run.resume is None:
@@ -205,6 +211,7 @@ def scan_on_cluster(
             (options, http),
             limits,
             sinks=_Sinks(summary, stdout, keep, on_progress),
+            geo=geo,
         )
         journal.finish(len(done) + written)
     return RunOutcome(run_id, summary, written, earlier, journal.output)
@@ -241,6 +248,7 @@ def _run_shards(
     limits: Limits,
     *,
     sinks: _Sinks,
+    geo: GeoDatabases | None = None,
 ) -> int:
     """Keep a window of shards in flight; write them as they finish. Returns shards written."""
     from distributed import as_completed
@@ -277,6 +285,7 @@ def _run_shards(
                 *options,
                 shard_limits,
                 sinks.keep is not None,
+                geo,
                 key=f"pacsguard-shard-{run_id}-{attempt}-{index}",
                 retries=run.retries,
                 pure=False,

@@ -175,7 +175,7 @@ class RunJournal:
                 raise ResumeError(
                     f"run {run_id} scanned other targets or with other options: repeat the "
                     "original command line (targets, ports, exclusions, probe options, "
-                    "--shard-size) and add --resume"
+                    "GeoIP files, --shard-size) and add --resume"
                 )
             if output is not None and output.resolve() != recorded_output:
                 raise ResumeError(

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from distributed import Worker, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from pacsguard.errors import ClusterError
+from pacsguard.errors import ClusterError, UsageError
 from pacsguard.report.jsonl import to_record
 from pacsguard.report.table import ScanSummary
+from pacsguard.scan.geo import GeoDatabases, GeoLookup
 from pacsguard.scan.http_session import HttpOptions
 from pacsguard.scan.model import HostReport, Observations, Target
 from pacsguard.scan.probe import ProbeOptions
@@ -63,6 +64,20 @@ class ProbeSlots(WorkerPlugin):
         self.concurrency = concurrency
         self.rate = rate
         self.slots: SharedSlots | None = None
+        self._geo: dict[GeoDatabases, GeoLookup] = {}
+
+    def geo(self, databases: GeoDatabases) -> GeoLookup:
+        """The worker's reader of `databases`, opened on first use (UsageError when a file
+        cannot be read here: a remote worker needs the files at the same paths)."""
+        lookup = self._geo.get(databases)
+        if lookup is None:
+            lookup = self._geo[databases] = databases.open()
+        return lookup
+
+    def teardown(self, worker: Worker) -> None:
+        for lookup in self._geo.values():
+            lookup.close()
+        self._geo.clear()
 
     def setup(self, worker: Worker) -> None:
         # Load the DICOM stack now: left to the first port that answers, the import would
@@ -79,10 +94,12 @@ async def probe_shard(
     http: HttpOptions,
     limits: Limits,
     keep_reachable: bool = False,
+    geo: GeoDatabases | None = None,
 ) -> ShardResult:
     """The Dask task: probe one shard with the one-machine scheduler and prober
     (`pacsguard.cli.scan.probe_target`: DIMSE, or the web tier), in the worker's shared slots.
-    `limits.concurrency` bounds this shard's targets in flight."""
+    `limits.concurrency` bounds this shard's targets in flight. With `geo`, each report gets
+    its host's country and AS, as in a one-process scan."""
     from pacsguard.cli.scan import probe_target
 
     worker = get_worker()
@@ -93,6 +110,11 @@ async def probe_shard(
             "pacsguard, or joined without it; check its environment"
         )
 
+    try:
+        locator = plugin.geo(geo) if geo is not None else None
+    except UsageError as exc:
+        raise ClusterError(f"worker {worker.address}: {exc}") from None
+
     async def prober(target: Target) -> Observations:
         return await probe_target(target, options, http)
 
@@ -100,6 +122,8 @@ async def probe_shard(
     summary = ScanSummary()
     reachable: list[HostReport] = []
     async for report in run_scan(targets, prober, limits, plugin.slots):
+        if locator is not None:
+            report = replace(report, location=locator.locate(report.observations.target.host))
         lines.append(json.dumps(to_record(report), separators=(",", ":"), sort_keys=True) + "\n")
         summary.add(report)
         if keep_reachable and report.observations.reachable:
