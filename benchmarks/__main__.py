@@ -1,5 +1,5 @@
-"""`python -m benchmarks [scan|scan-clean|archive|distributed] [options]`: run a benchmark,
-write JSON + Markdown results.
+"""`python -m benchmarks [scan|scan-clean|archive|distributed|load|survey] [options]`: run a
+benchmark, write JSON + Markdown results.
 
 - scan: pacsguard's scanner against nmap's dicom-ping on the mixed lab (`--hosts`, `--seed`).
 - scan-clean: the same comparison on a lab without hostile responders (60 pynetdicom servers),
@@ -9,6 +9,9 @@ write JSON + Markdown results.
   (mostly closed ports, a few tarpits), in interleaved pairs (`--pairs`, `--seed`).
 - archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
   (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
+- load: sustained load, 6 storing + 4 querying associations against one `pacsguard serve`
+  (and Orthanc for context): failures, lost instances, audit chain, latency percentiles,
+  association set-up, peak RSS (`--duration`, `--no-orthanc`, `--seed`).
 - survey: the end-to-end survey on the internet lab (a /16), 1 process and Dask
   `--cluster local:2`, against nmap on a random sample of addresses (`--seed`, `--network`,
   `--nmap-sample`).
@@ -40,7 +43,15 @@ def main() -> int:
         "which",
         nargs="?",
         default="scan",
-        choices=["scan", "scan-clean", "archive", "distributed", "distributed-sparse", "survey"],
+        choices=[
+            "scan",
+            "scan-clean",
+            "archive",
+            "distributed",
+            "distributed-sparse",
+            "load",
+            "survey",
+        ],
     )
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
@@ -60,6 +71,8 @@ def main() -> int:
         default=survey_internet.NMAP_SAMPLE,
         help="survey: addresses nmap scans, drawn at random (0: the whole network)",
     )
+    parser.add_argument("--duration", type=float, default=60.0, help="load: seconds of load")
+    parser.add_argument("--no-orthanc", action="store_true", help="load: leave Orthanc out")
     args = parser.parse_args()
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
@@ -72,6 +85,13 @@ def main() -> int:
         elif args.which == "distributed":
             result = scan_distributed.run(Path(tmp), args.hosts, args.seed)
             text = scan_distributed.markdown(result)
+        elif args.which == "load":
+            from benchmarks.archive import load
+
+            result = load.run(
+                Path(tmp), duration_s=args.duration, seed=args.seed, orthanc=not args.no_orthanc
+            )
+            text = load.markdown(result)
         elif args.which == "distributed-sparse":
             result = scan_distributed.run_sparse(Path(tmp), args.seed, args.pairs)
             text = scan_distributed.markdown_sparse(result)

@@ -263,6 +263,8 @@ class Orthanc:
     SQLite index and files in `storage`, "SyncStorageArea": true, no plugins."""
 
     processes: Processes
+    #: Orthanc options on top of the profile's (e.g. "DicomThreadsCount").
+    extra: dict[str, Any] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     http_port: int = 0
@@ -277,6 +279,7 @@ class Orthanc:
             storage_dir=workdir / "storage",
             http_user=None,
             modality_port=free_port(),
+            extra=self.extra,
         )
         config["DicomAet"] = ORTHANC_AET
         path = workdir / "orthanc.json"

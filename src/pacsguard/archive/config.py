@@ -184,7 +184,8 @@ class SecuritySettings:
     #: A-ASSOCIATE-RJ tells which check failed (called AE, calling AE, lockout): for
     #: commissioning a device. Off: one uniform rejection; the audit log keeps the reason.
     detailed_rejections: bool = False
-    #: Seconds a passcode that verified is remembered (keyed HMAC, memory only); 0: never.
+    #: Seconds after its last use that a verified passcode is remembered (keyed HMAC, memory
+    #: only); 0: never.
     credential_cache_s: float = field(default=120.0, metadata={"min": 0, "max": 3600})
 
 

@@ -115,8 +115,9 @@ allow_address_auth = false
 # tell registered AE titles from unknown ones (the audit log keeps the real reason). true, while
 # commissioning a device: wrong called AE 1/1/7, unknown calling AE 1/1/3, lockout 2/1/1.
 detailed_rejections = false
-# Seconds a passcode that verified is remembered in memory (as a keyed HMAC, never the
-# passcode), so that a busy peer pays the Argon2id verification once; 0: verify every time.
+# Seconds after its last use that a passcode that verified is remembered in memory (as a
+# keyed HMAC, never the passcode), so that a busy peer pays the Argon2id verification once;
+# 0: verify every time.
 credential_cache_s = 120
 
 [security.lockout]

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pacsguard.archive.audit.events import AuditEvent, EventOutcome, EventType
 from pacsguard.archive.config import Settings, build_settings
+from pacsguard.archive.security.attempt import dimse_attempt
 from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.security.principal import (
     Action,
@@ -580,6 +581,21 @@ def test_a_verified_passcode_is_remembered_for_a_while(settings: Settings) -> No
     assert hasher.verifications == 4
 
 
+def test_a_passcode_in_use_stays_remembered_past_its_first_ttl(settings: Settings) -> None:
+    """Remembered for credential_cache_s after its last use: a busy peer pays Argon2id once,
+    not once per credential_cache_s; an idle one pays again."""
+    clock = Clock()
+    gate, hasher = counting_gate(settings, clock)
+    ttl = settings.security.credential_cache_s
+    for _ in range(6):
+        assert isinstance(gate.decide(facts(identity=password())), Principal)
+        clock.now += ttl * 0.6
+    assert hasher.verifications == 1  # 3 x ttl after the verification, still remembered
+    clock.now += ttl
+    assert isinstance(gate.decide(facts(identity=password())), Principal)
+    assert hasher.verifications == 2
+
+
 def test_a_lockout_of_the_account_forgets_its_remembered_passcode(settings: Settings) -> None:
     clock = Clock()
     gate, hasher = counting_gate(settings, clock)
@@ -638,3 +654,57 @@ def test_every_rejected_passcode_costs_one_verification(
     open_gate, open_hasher = counting_gate(detailed, Clock())
     open_gate.decide(facts("STRANGER", identity=password()))
     assert open_hasher.verifications == 0
+
+
+# -- deciding without blocking (on the event loop) ----------------------------------------------
+
+
+def now(gate: Gate, request: PeerFacts) -> Principal | None:
+    return gate.decide_now(dimse_attempt(request))
+
+
+def test_decide_now_accepts_a_remembered_passcode_without_verifying(settings: Settings) -> None:
+    gate, hasher = counting_gate(settings, Clock())
+    assert now(gate, facts(identity=password())) is None  # not verified yet: a thread's job
+    assert hasher.verifications == 0
+    assert isinstance(gate.decide(facts(identity=password())), Principal)
+    decided = now(gate, facts(identity=password()))
+    assert decided == gate.decide(facts(identity=password()))
+    assert isinstance(decided, Principal) and decided.username == "alice"
+    assert hasher.verifications == 1
+    # certificates and addresses need no blocking work either
+    cert = now(gate, facts("CT1", cert=CERT))
+    assert isinstance(cert, Principal) and cert.method is AuthMethod.MTLS
+    # a JWT's verifier may fetch keys: always a thread's job
+    assert isinstance(gate.decide(facts("APP", identity=token())), Principal)
+    assert now(gate, facts("APP", identity=token())) is None
+
+
+def test_decide_now_leaves_every_refusal_to_decide_and_counts_nothing(
+    settings: Settings,
+) -> None:
+    """A refusal costs a verification, counts towards lockouts and may be audited: decide_now
+    returns None for it, before it changes anything, and decide refuses as always."""
+    sink = Sink()
+    gate = Gate(settings, Clock(), audit=sink)
+    hasher = CountingHasher()
+    gate._hasher = hasher
+    assert isinstance(gate.decide(facts(identity=password())), Principal)  # remembered now
+    refused = [
+        facts("STRANGER", identity=password()),
+        facts(called="OTHER", identity=password()),
+        facts("BOUND", address="198.19.0.1", identity=password()),
+        facts(identity=password(secret="guess")),
+        facts("CT1", cert="ee" * 32),
+    ]
+    for request in refused * 3:  # three times: enough failures to lock out, if they counted
+        assert now(gate, request) is None
+    assert hasher.verifications == 1 and not sink.events
+    assert not gate.locked_out("198.18.2.3")
+    assert isinstance(now(gate, facts(identity=password())), Principal)
+    # decide still counts and locks out; decide_now then has nothing to offer either
+    for _ in range(3):
+        assert isinstance(gate.decide(facts(identity=password(secret="guess"))), Rejection)
+    assert gate.locked_out("198.18.2.3")
+    assert now(gate, facts(identity=password())) is None
+    assert isinstance(gate.decide(facts(identity=password())), Rejection)

@@ -46,7 +46,13 @@ against it): logging in correctly as one account does not wipe out the failures 
 piled up against another account or with unknown AE titles.
 
 Passcodes: Argon2id, at most `_CONCURRENT_ARGON2` verifications at once (64 MiB each); one that
-verified is remembered for `[security] credential_cache_s` (`credentials.VerifiedCredentials`).
+verified is remembered for `[security] credential_cache_s` after its last use
+(`credentials.VerifiedCredentials`).
+`Gate.decide_now` gives a DIMSE peer the same decision without blocking when it can (a
+remembered passcode, a certificate, an address), so that the front end can skip the hop to a
+thread for most associations; anything that would block (a verification or waiting for another
+thread's, a JWT's key look-up, an audit line) makes it return None before it changes any state,
+and `decide` decides.
 
 Over HTTP: a bearer JWT or an API token names a user. A verifier that says what the
 credential itself grants (`verifiers.IdentityVerifier`: the JWKS verifier maps a JWT's scopes
@@ -128,6 +134,10 @@ RJ_UNIFORM: Final = RJ_NOT_AUTHENTICATED
 #: so one per 4 CPUs keeps the cores busy without more memory (measured on 2 CPUs: 2 at once
 #: peaked at 222 MiB RSS, 1 at once at 157 MiB, for the same throughput).
 _CONCURRENT_ARGON2: Final = max(1, (os.cpu_count() or 1) // 4)
+
+
+class _WouldBlock(Exception):
+    """Raised inside `Gate.decide_now` where deciding would block; never escapes it."""
 
 
 def normalize_address(address: str) -> str:
@@ -214,6 +224,27 @@ class Gate:
         up repeated refusals and after its association caps."""
         return self.authenticate(dimse_attempt(facts), audit=False)
 
+    def decide_now(self, attempt: AuthAttempt) -> Principal | None:
+        """For a DIMSE attempt, `authenticate`'s Principal when it can be had without blocking
+        (no Argon2id verification or wait for one, no JWT key look-up, no audit line); None
+        otherwise, and for every rejection: then call `authenticate` (on a thread). Nothing is
+        counted or changed before None is returned, so `authenticate` starts from the same
+        state. Safe on an event loop; audits nothing (the DIMSE front end does)."""
+        if attempt.transport is not Transport.DIMSE:
+            return None
+        self._this_thread.may_block = False
+        try:
+            decision = self._decide(attempt)
+        except _WouldBlock:
+            return None
+        finally:
+            self._this_thread.may_block = True
+        return decision if isinstance(decision, Principal) else None
+
+    def _must_not_block(self) -> None:
+        if not getattr(self._this_thread, "may_block", True):
+            raise _WouldBlock
+
     def authenticate(self, attempt: AuthAttempt, *, audit: bool = True) -> Principal | Rejection:
         """Who is asking, over any transport: a Principal, or a Rejection (with the DIMSE
         A-ASSOCIATE-RJ codes; `Rejection.locked_out` tells a lockout from a failure). Counts
@@ -290,6 +321,7 @@ class Gate:
     def _knock_on_locked(
         self, facts: AuthAttempt, source: str, account: str, who: str
     ) -> Rejection:
+        self._must_not_block()  # costs a verification, counts, may audit a lockout
         if not self._settings.security.detailed_rejections:
             self._as_costly_as_a_password(facts)  # a stranger's unknown AE costs as much
         # Counts for the source, so that knocking on a locked account (each knock costing
@@ -443,6 +475,7 @@ class Gate:
         account: str | None = None,
         username: str | None = None,
     ) -> Rejection:
+        self._must_not_block()  # counts, may audit a lockout and costs a verification
         if self._lockout.record_failure(source, tag=account):
             self._alert(facts, source, source)
         if account is not None and self._lockout.record_failure(account):
@@ -511,6 +544,7 @@ class Gate:
         digest = self._verified.digest(username, stored, passcode)
         if self._verified.known(digest):
             return True
+        self._must_not_block()  # a verification, or waiting for another thread's
         with self._verified.first_check(digest) as first:
             if not first and self._verified.known(digest):
                 return True
@@ -521,6 +555,7 @@ class Gate:
 
     def _argon2(self, stored: str, passcode: bytes) -> bool:
         """One Argon2id verification, at most `_CONCURRENT_ARGON2` at once."""
+        self._must_not_block()
         self._this_thread.verified = True
         with self._hashing:
             try:
@@ -549,6 +584,7 @@ class Gate:
         return hasher.hash("pacsguard-no-such-user")
 
     def _check_jwt(self, ae: RegisteredAE, facts: AuthAttempt) -> str:
+        self._must_not_block()  # the verifier may fetch keys (JWKS)
         identity = facts.credential(BearerJwt)
         if identity is None:
             kind = facts.dimse_identity_type
