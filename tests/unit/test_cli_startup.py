@@ -119,3 +119,12 @@ def test_help_summaries_match_the_subcommands(name: str) -> None:
     command = load_subcommand(name)
     assert command.name == name
     assert command.get_short_help_str(limit=500) == SUBCOMMANDS[name].summary
+
+
+def test_the_archive_loads_the_web_stack_only_to_serve_dicomweb() -> None:
+    # `pacsguard serve` without [dicomweb]: no Starlette, uvicorn or httpx in its memory.
+    loaded, _ = modules_after(
+        "import pacsguard.cli.serve, pacsguard.archive.app, pacsguard.archive.reload, "
+        "pacsguard.archive.selfcheck"
+    )
+    assert loaded & {"starlette", "uvicorn", "httpx", "multipart", "python_multipart"} == set()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy.engine import make_url
 
@@ -48,8 +48,10 @@ from pacsguard.archive.security.verifiers import TokenVerifier, static_key_verif
 from pacsguard.archive.service import ArchiveService, ServiceLimits
 from pacsguard.archive.staging import STAGING_FOLDER, StagingArea
 from pacsguard.archive.tokens import ApiTokens
-from pacsguard.archive.web import WebFrontEnd
 from pacsguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pacsguard.archive.web import WebFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +311,12 @@ def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()
 
 
 def web_front_end(running: RunningArchive) -> WebFrontEnd:
-    """The DICOMweb front end of `running` ([dicomweb]): HTTPS on [server] host."""
+    """The DICOMweb front end of `running` ([dicomweb]): HTTPS on [server] host.
+
+    Imported here, not at the top: Starlette, uvicorn and python-multipart add about 20 MiB
+    to an archive that does not serve DICOMweb."""
+    from pacsguard.archive.web import WebFrontEnd
+
     return WebFrontEnd(
         running.service,
         running.gate,

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import httpx
 import jwt
 
 from pacsguard.archive.config import JwtSettings
@@ -153,27 +152,32 @@ def fetch_url(url: str, ca_file: Path | None) -> Fetch:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
 
     def fetch() -> bytes:
-        deadline = time.monotonic() + FETCH_DEADLINE_S
-        with (
-            httpx.Client(
-                verify=context,
-                timeout=FETCH_TIMEOUT_S,
-                follow_redirects=False,
-                trust_env=False,
-                headers={"Accept": "application/json, application/jwk-set+json"},
-            ) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code != httpx.codes.OK:
-                raise OSError(f"HTTP {response.status_code} {response.reason_phrase}")
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_JWKS_BYTES:
-                    break
-                if time.monotonic() > deadline:  # a server that trickles its answer
-                    raise OSError(f"no complete answer within {FETCH_DEADLINE_S:g} s")
-            return bytes(body)
+        import httpx  # only an archive with a JWKS URL fetches one
+
+        try:
+            deadline = time.monotonic() + FETCH_DEADLINE_S
+            with (
+                httpx.Client(
+                    verify=context,
+                    timeout=FETCH_TIMEOUT_S,
+                    follow_redirects=False,
+                    trust_env=False,
+                    headers={"Accept": "application/json, application/jwk-set+json"},
+                ) as client,
+                client.stream("GET", url) as response,
+            ):
+                if response.status_code != httpx.codes.OK:
+                    raise OSError(f"HTTP {response.status_code} {response.reason_phrase}")
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        break
+                    if time.monotonic() > deadline:  # a server that trickles its answer
+                        raise OSError(f"no complete answer within {FETCH_DEADLINE_S:g} s")
+                return bytes(body)
+        except httpx.HTTPError as exc:
+            raise OSError(str(exc) or type(exc).__name__) from exc
 
     return fetch
 
@@ -249,7 +253,7 @@ class JwksCache:
                 if len(data) > MAX_JWKS_BYTES:
                     raise ValueError(f"{self.origin}: larger than {MAX_JWKS_BYTES} bytes")
                 keys = parse_jwks(data, self.origin)
-            except (OSError, ValueError, httpx.HTTPError) as exc:
+            except (OSError, ValueError) as exc:
                 text = str(exc) or type(exc).__name__  # httpx timeouts may say nothing
                 error = text if text.startswith(self.origin) else f"{self.origin}: {text}"
                 with self._lock:
