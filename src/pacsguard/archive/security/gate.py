@@ -296,13 +296,10 @@ class Gate:
                 RJ_CALLING_AE,
                 f"calling AE {shown(facts.calling_ae)} not registered",
             )
-        if ae.address is not None and not address_matches(ae.address, source):
-            return self._fail(
-                facts, source, RJ_NOT_AUTHENTICATED, f"{ae.ae_title} not allowed from {source}"
-            )
+        refused = self._refuse_registered(facts, source, ae)
+        if refused is not None:
+            return refused
         account = _account(ae)
-        if self._lockout.locked(account):
-            return self._knock_on_locked(facts, source, account, ae.ae_title)
         try:
             username = self._authenticate(ae, facts)
         except AuthenticationError as exc:
@@ -424,6 +421,17 @@ class Gate:
             return self._fail(
                 attempt, source, RJ_NOT_AUTHENTICATED, "client certificate is not registered"
             )
+        refused = self._refuse_registered(attempt, source, ae)
+        if refused is not None:
+            return refused
+        self._lockout.reset(source, tag=_account(ae))
+        return Principal(ae.ae_title, source, ae.auth, None, ae.permissions, Transport.HTTP)
+
+    def _refuse_registered(
+        self, attempt: AuthAttempt, source: str, ae: RegisteredAE
+    ) -> Rejection | None:
+        """Any transport: the rejection when registered `ae` may not log in from `source`
+        (another registered address) or its account is locked out; None when it may try."""
         if ae.address is not None and not address_matches(ae.address, source):
             return self._fail(
                 attempt, source, RJ_NOT_AUTHENTICATED, f"{ae.ae_title} not allowed from {source}"
@@ -431,8 +439,7 @@ class Gate:
         account = _account(ae)
         if self._lockout.locked(account):
             return self._knock_on_locked(attempt, source, account, ae.ae_title)
-        self._lockout.reset(source, tag=account)
-        return Principal(ae.ae_title, source, ae.auth, None, ae.permissions, Transport.HTTP)
+        return None
 
     def forgive(self, address: str) -> None:
         """Clear the failure count of a source: for our own self-check, which knocks with the
