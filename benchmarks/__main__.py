@@ -7,6 +7,8 @@ write JSON + Markdown results.
 - distributed: one scan process against `--cluster local:1` and `local:2` (`--hosts`, `--seed`).
 - archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
   (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
+- dicomweb: pacsguard's DICOMweb (HTTPS, token) against Orthanc + orthanc-dicomweb: QIDO-RS,
+  WADO-RS, STOW-RS (`--pairs`, `--dicomweb-studies`, `--seed`).
 - survey: the end-to-end survey on the internet lab (a /16), 1 and 2 processes, against nmap
   (`--seed`, `--network`, `--no-nmap`).
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 from benchmarks import (
     archive,
+    dicomweb,
     scan_clean_lab,
     scan_distributed,
     scan_vs_nmap,
@@ -37,7 +40,7 @@ def main() -> int:
         "which",
         nargs="?",
         default="scan",
-        choices=["scan", "scan-clean", "archive", "distributed", "survey"],
+        choices=["scan", "scan-clean", "archive", "distributed", "survey", "dicomweb"],
     )
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
@@ -50,6 +53,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--network", default=survey_internet.NETWORK, help="survey: the lab's loopback /16"
+    )
+    parser.add_argument(
+        "--dicomweb-studies", type=int, default=10_000, help="dicomweb: QIDO index size"
     )
     parser.add_argument("--no-nmap", action="store_true", help="survey: leave nmap out")
     args = parser.parse_args()
@@ -69,6 +75,11 @@ def main() -> int:
                 Path(tmp), args.seed, network=args.network, nmap=not args.no_nmap
             )
             text = survey_internet.markdown(result)
+        elif args.which == "dicomweb":
+            result = dicomweb.run(
+                Path(tmp), studies=args.dicomweb_studies, pairs=args.pairs, seed=args.seed
+            )
+            text = dicomweb.markdown(result)
         else:
             result = archive.run(
                 Path(tmp),

@@ -1,0 +1,156 @@
+"""The two DICOMweb servers under test, each started as its own process on loopback.
+
+- `pacsguard serve` from a data folder made by `pacsguard init` (the secure default profile,
+  untouched): DICOMweb over HTTPS with the first-run certificate, every request carrying an API
+  token issued by `pacsguard token issue` for the first-run admin user.
+- Debian's Orthanc 1.10 with Debian's orthanc-dicomweb plugin: its defaults (HTTP, no
+  authentication on loopback since RemoteAccessAllowed is false, SyncStorageArea true, 50 HTTP
+  threads) plus the plugin, storage in a folder of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from tests.interop.peers import LOOPBACK, executable, free_port, peer_env, wait_for_port
+
+from benchmarks.archive.peers import Processes
+
+_TOKEN_LINE = re.compile(r"^\s{4}(\S+)\s*$", re.MULTILINE)
+
+
+def dicomweb_plugin() -> Path:
+    found = sorted(Path("/usr/share/orthanc/plugins").glob("libOrthancDicomWeb.so*"))
+    if not found:
+        raise RuntimeError("Debian's orthanc-dicomweb is not installed (apt-get install it)")
+    return found[0]
+
+
+def vm_kib(pid: int, name: str) -> int:
+    """VmRSS or VmHWM (peak RSS) of `pid`, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {name} for {pid}")
+
+
+def _pacsguard() -> str:
+    return str(Path(sys.executable).with_name("pacsguard"))
+
+
+def _wait(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    try:
+        wait_for_port(LOOPBACK, port, 90.0)
+    except Exception as exc:
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise RuntimeError(f"{log.name}: nothing listens on {port}: {tail}") from exc
+    if proc.poll() is not None:
+        raise RuntimeError(f"{log.name}: exited: {log.read_text(errors='replace')[-2000:]}")
+
+
+@dataclass
+class Server:
+    """What the workloads need of a running server."""
+
+    name: str
+    base_url: str
+    headers: dict[str, str]
+    verify: ssl.SSLContext | bool
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def client(self, timeout: float = 120.0) -> httpx.Client:
+        """An HTTP/1.1 keep-alive client (no proxies from the environment)."""
+        return httpx.Client(
+            base_url=self.base_url,
+            headers=self.headers,
+            verify=self.verify,
+            timeout=timeout,
+            trust_env=False,
+        )
+
+
+def start_pacsguard(work: Path, processes: Processes) -> Server:
+    data_dir = work / "pacsguard-data"
+    subprocess.run(
+        [_pacsguard(), "init", "--data-dir", str(data_dir)],
+        env=peer_env(), capture_output=True, check=True,
+    )  # fmt: skip
+    admin = _admin_user(data_dir / "pacsguard.toml")
+    issued = subprocess.run(
+        [_pacsguard(), "token", "issue", "--user", admin, "--days", "2",
+         "--data-dir", str(data_dir)],
+        env=peer_env(), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found = _TOKEN_LINE.search(issued.stdout)
+    if found is None:
+        raise RuntimeError(f"no token in `pacsguard token issue` output: {issued.stdout!r}")
+    dimse_port, web_port = free_port(), free_port()
+    log = work / "pacsguard.serve.log"
+    argv = [
+        _pacsguard(), "serve", "--data-dir", str(data_dir), "--port", str(dimse_port),
+        "--web-port", str(web_port), "--no-self-check",
+    ]  # fmt: skip
+    proc = processes.start(argv, log, env=peer_env())
+    _wait(proc, web_port, log)
+    tls = ssl.create_default_context(cafile=str(data_dir / "tls" / "ca.crt"))
+    return Server(
+        "pacsguard",
+        f"https://{LOOPBACK}:{web_port}",
+        {"Authorization": f"Bearer {found.group(1)}"},
+        tls,
+        proc,
+    )
+
+
+def _admin_user(config: Path) -> str:
+    import tomllib
+
+    users = tomllib.loads(config.read_text(encoding="utf-8")).get("users", {})
+    admins = [name for name, user in users.items() if "admin" in user.get("roles", [])]
+    if not admins:
+        raise RuntimeError(f"no admin user in {config}")
+    return str(admins[0])
+
+
+def start_orthanc(work: Path, processes: Processes) -> Server:
+    folder = work / "orthanc"
+    folder.mkdir(parents=True)
+    http_port, dicom_port = free_port(), free_port()
+    config = {
+        "Name": "pacsguard-bench-dicomweb",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "storage"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "RemoteAccessAllowed": False,  # Orthanc's default, stated: loopback only
+        "Plugins": [str(dicomweb_plugin())],
+    }
+    path = folder / "orthanc.json"
+    path.write_text(json.dumps(config, indent=2))
+    log = folder / "orthanc.log"
+    proc = processes.start([str(executable("Orthanc")), str(path)], log, cwd=folder, env=peer_env())
+    _wait(proc, http_port, log)
+    server = Server("Orthanc", f"http://{LOOPBACK}:{http_port}/dicom-web", {}, False, proc)
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        client.get(f"http://{LOOPBACK}:{http_port}/system").raise_for_status()
+    return server
+
+
+def orthanc_rest(server: Server, path: str) -> object:
+    root = server.base_url.removesuffix("/dicom-web")
+    with httpx.Client(trust_env=False, timeout=60) as client:
+        answer = client.get(root + path)
+        answer.raise_for_status()
+        return answer.json()
