@@ -59,6 +59,7 @@ def run(
     per_series: int = 16,
     stow_per_run: int = 16,
     seed: int = 2026,
+    orthanc_https: bool = True,
 ) -> dict[str, Any]:
     load_before = os.getloadavg()
     print(f"data: {studies} studies, {series} series of {per_series} 512x512 images", flush=True)
@@ -71,6 +72,8 @@ def run(
     result: dict[str, Any] = {"load": {}, "query_check": {}, "rss": {}}
     try:
         servers = [start_pacsguard(work, processes), start_orthanc(work, processes)]
+        if orthanc_https:
+            servers.append(start_orthanc(work, processes, secured=True))
         for server in servers:
             started = time.perf_counter()
             rate = _load(server, index.files)
@@ -82,14 +85,17 @@ def run(
                 "rss_after_load_mib": round(vm_kib(server.pid, "VmRSS") / 1024, 1),
             }
             print(f"loaded {server.name}: {rate:.0f} instances/s", flush=True)
-        held = orthanc_rest(servers[1], "/statistics")
-        assert isinstance(held, dict)
-        result["load"]["Orthanc"]["studies_held"] = held["CountStudies"]
+        for server in servers[1:]:
+            held = orthanc_rest(server, "/statistics")
+            assert isinstance(held, dict)
+            result["load"][server.name]["studies_held"] = held["CountStudies"]
         for server in servers:
             result["query_check"][server.name] = _check_queries(server, shapes)
         print(f"query check (wrong counts): {result['query_check']}", flush=True)
         for pair in range(pairs):
-            order = servers if pair % 2 == 0 else servers[::-1]
+            order = servers[pair % len(servers) :] + servers[: pair % len(servers)]
+            if pair % 2:
+                order.reverse()
             for concurrency in CONCURRENCY:
                 for shape in shapes:
                     requests = [workload.qido(q) for q, _ in shape.queries]
@@ -155,7 +161,13 @@ def _row(key: str, by_server: dict[str, list[workload.Timed]]) -> dict[str, Any]
             "p99_ms": round(_pct(latencies, 0.99) * 1000, 2),
             "requests": len(latencies),
         }
-    ratios = [a / b for a, b in zip(rates["pacsguard"], rates["Orthanc"], strict=True)]
-    row["ratio_median"] = round(statistics.median(ratios), 3)
-    row["ratio_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    row["ratios"] = {}
+    for name, theirs in rates.items():
+        if name == "pacsguard":
+            continue
+        ratios = [a / b for a, b in zip(rates["pacsguard"], theirs, strict=True)]
+        row["ratios"][name] = {
+            "median": round(statistics.median(ratios), 3),
+            "range": [round(min(ratios), 3), round(max(ratios), 3)],
+        }
     return row

@@ -6,12 +6,19 @@
 - Debian's Orthanc 1.10 with Debian's orthanc-dicomweb plugin: its defaults (HTTP, no
   authentication on loopback since RemoteAccessAllowed is false, SyncStorageArea true, 50 HTTP
   threads) plus the plugin, storage in a folder of its own.
+- The same Orthanc with HTTP Basic authentication ("AuthenticationEnabled", one registered
+  user) behind Debian's stunnel4 for HTTPS (an ECDSA P-256 certificate from `openssl`, like
+  pacsguard's; TLS 1.2-1.3). Orthanc's own "SslEnabled" was tried first: Debian's Orthanc
+  1.10.1 completes the TLS handshake, then closes every connection without an answer (curl:
+  "Empty reply from server"), with an RSA or an EC key alike.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import secrets
 import ssl
 import subprocess
 import sys
@@ -124,11 +131,23 @@ def _admin_user(config: Path) -> str:
     return str(admins[0])
 
 
-def start_orthanc(work: Path, processes: Processes) -> Server:
-    folder = work / "orthanc"
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """(key, certificate) PEM files for 127.0.0.1."""
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    return key, cert
+
+
+def start_orthanc(work: Path, processes: Processes, *, secured: bool = False) -> Server:
+    folder = work / ("orthanc-https" if secured else "orthanc")
     folder.mkdir(parents=True)
     http_port, dicom_port = free_port(), free_port()
-    config = {
+    config: dict[str, object] = {
         "Name": "pacsguard-bench-dicomweb",
         "StorageDirectory": str(folder / "storage"),
         "IndexDirectory": str(folder / "storage"),
@@ -137,20 +156,53 @@ def start_orthanc(work: Path, processes: Processes) -> Server:
         "RemoteAccessAllowed": False,  # Orthanc's default, stated: loopback only
         "Plugins": [str(dicomweb_plugin())],
     }
+    headers: dict[str, str] = {}
+    verify: ssl.SSLContext | bool = False
+    scheme = "http"
+    if secured:
+        password = secrets.token_urlsafe(18)
+        config.update(AuthenticationEnabled=True, RegisteredUsers={"bench": password})
+        headers["Authorization"] = "Basic " + base64.b64encode(f"bench:{password}".encode()).decode(
+            "ascii"
+        )
+        scheme = "https"
     path = folder / "orthanc.json"
     path.write_text(json.dumps(config, indent=2))
+    path.chmod(0o600)
     log = folder / "orthanc.log"
     proc = processes.start([str(executable("Orthanc")), str(path)], log, cwd=folder, env=peer_env())
     _wait(proc, http_port, log)
-    server = Server("Orthanc", f"http://{LOOPBACK}:{http_port}/dicom-web", {}, False, proc)
-    with httpx.Client(trust_env=False, timeout=30) as client:
-        client.get(f"http://{LOOPBACK}:{http_port}/system").raise_for_status()
+    port = http_port
+    if secured:
+        port, verify = _stunnel(folder, http_port, processes)
+    name = "Orthanc+stunnel+auth" if secured else "Orthanc"
+    root = f"{scheme}://{LOOPBACK}:{port}"
+    server = Server(name, root + "/dicom-web", headers, verify, proc)
+    with httpx.Client(trust_env=False, timeout=30, headers=headers, verify=verify) as client:
+        client.get(root + "/system").raise_for_status()
     return server
+
+
+def _stunnel(folder: Path, backend: int, processes: Processes) -> tuple[int, ssl.SSLContext]:
+    key, cert = _self_signed(folder)
+    port = free_port()
+    config = folder / "stunnel.conf"
+    config.write_text(
+        "foreground = yes\npid =\nsyslog = no\ndebug = 3\n\n[https]\n"
+        f"accept = {LOOPBACK}:{port}\nconnect = {LOOPBACK}:{backend}\n"
+        f"cert = {cert}\nkey = {key}\nsslVersionMin = TLSv1.2\n"
+    )
+    log = folder / "stunnel.log"
+    proc = processes.start([str(executable("stunnel4")), str(config)], log, env=peer_env())
+    _wait(proc, port, log)
+    return port, ssl.create_default_context(cafile=str(cert))
 
 
 def orthanc_rest(server: Server, path: str) -> object:
     root = server.base_url.removesuffix("/dicom-web")
-    with httpx.Client(trust_env=False, timeout=60) as client:
+    with httpx.Client(
+        trust_env=False, timeout=60, headers=server.headers, verify=server.verify
+    ) as client:
         answer = client.get(root + path)
         answer.raise_for_status()
         return answer.json()
