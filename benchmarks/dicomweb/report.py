@@ -16,7 +16,11 @@ its defaults: plain HTTP, no authentication on loopback, no audit, no encryption
 certificate, like pacsguard's) and HTTP Basic authentication: the closest Orthanc gets to
 pacsguard's transport security without further plugins (still no audit, no encryption at
 rest). The first comparison is pacsguard *with* TLS, authentication, audit and encryption
-against Orthanc *without* any of them.
+against Orthanc *without* any of them. **pacsguard+nodelay** is not the shipped code: the same
+`pacsguard serve` started with asyncio's TCP_NODELAY rule relaxed (its DICOMweb listener comes
+from `socket.create_server`, proto 0, so asyncio leaves Nagle's algorithm on for its
+connections; a response written as headers then body then waits for the client's delayed
+ACK, about 40 ms), to show what setting TCP_NODELAY on those connections would change.
 
 Rates: QIDO-RS in requests/s, WADO-RS in MB/s (10^6 bytes of multipart body per second, whole
 series retrieved), STOW-RS in instances/s (one instance per request, 200 only once durable).
@@ -35,7 +39,7 @@ def markdown(result: dict[str, Any]) -> str:
     p = result["parameters"]
     load = result["load_average"]
     names = list(result["load"])
-    others = names[1:]
+    others = list(result["rows"][0]["ratios"]) if result["rows"] else []
     lines = [
         "# DICOMweb: pacsguard against Orthanc 1.10 + orthanc-dicomweb",
         "",
@@ -53,7 +57,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| operation | conc. | unit | "
         + " | ".join(names)
         + " | "
-        + " | ".join(f"ratio vs {n} (range)" for n in others)
+        + " | ".join(f"{n} (range)" for n in others)
         + " | "
         + " | ".join(f"{n} p50/p99 ms" for n in names)
         + " |",

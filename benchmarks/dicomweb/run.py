@@ -60,6 +60,7 @@ def run(
     stow_per_run: int = 16,
     seed: int = 2026,
     orthanc_https: bool = True,
+    pacsguard_nodelay: bool = True,
 ) -> dict[str, Any]:
     load_before = os.getloadavg()
     print(f"data: {studies} studies, {series} series of {per_series} 512x512 images", flush=True)
@@ -74,6 +75,8 @@ def run(
         servers = [start_pacsguard(work, processes), start_orthanc(work, processes)]
         if orthanc_https:
             servers.append(start_orthanc(work, processes, secured=True))
+        if pacsguard_nodelay:
+            servers.append(start_pacsguard(work, processes, nodelay=True))
         for server in servers:
             started = time.perf_counter()
             rate = _load(server, index.files)
@@ -86,6 +89,8 @@ def run(
             }
             print(f"loaded {server.name}: {rate:.0f} instances/s", flush=True)
         for server in servers[1:]:
+            if not server.name.startswith("Orthanc"):
+                continue
             held = orthanc_rest(server, "/statistics")
             assert isinstance(held, dict)
             result["load"][server.name]["studies_held"] = held["CountStudies"]
@@ -162,12 +167,14 @@ def _row(key: str, by_server: dict[str, list[workload.Timed]]) -> dict[str, Any]
             "requests": len(latencies),
         }
     row["ratios"] = {}
-    for name, theirs in rates.items():
-        if name == "pacsguard":
-            continue
-        ratios = [a / b for a, b in zip(rates["pacsguard"], theirs, strict=True)]
-        row["ratios"][name] = {
-            "median": round(statistics.median(ratios), 3),
-            "range": [round(min(ratios), 3), round(max(ratios), 3)],
-        }
+    ours = [n for n in rates if n.startswith("pacsguard")]
+    for mine in ours:
+        for name, theirs in rates.items():
+            if name in ours:
+                continue
+            ratios = [a / b for a, b in zip(rates[mine], theirs, strict=True)]
+            row["ratios"][f"{mine} / {name}"] = {
+                "median": round(statistics.median(ratios), 3),
+                "range": [round(min(ratios), 3), round(max(ratios), 3)],
+            }
     return row

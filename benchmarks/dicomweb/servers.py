@@ -31,6 +31,20 @@ from tests.interop.peers import LOOPBACK, executable, free_port, peer_env, wait_
 from benchmarks.archive.peers import Processes
 
 _TOKEN_LINE = re.compile(r"^\s{4}(\S+)\s*$", re.MULTILINE)
+#: `pacsguard serve` with asyncio's TCP_NODELAY rule relaxed, for the "what if" variant: the
+#: web listener comes from `socket.create_server` (proto 0), so its connections have proto 0
+#: and asyncio's `_set_nodelay` (which requires proto == IPPROTO_TCP) leaves Nagle on.
+_NODELAY_SERVE = """
+import socket, sys
+import asyncio.base_events as base_events
+def _set_nodelay(sock):
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+base_events._set_nodelay = _set_nodelay
+from pacsguard.cli import main
+sys.argv[0] = "pacsguard"
+sys.exit(main())
+"""
 
 
 def dicomweb_plugin() -> Path:
@@ -88,8 +102,10 @@ class Server:
         )
 
 
-def start_pacsguard(work: Path, processes: Processes) -> Server:
-    data_dir = work / "pacsguard-data"
+def start_pacsguard(work: Path, processes: Processes, *, nodelay: bool = False) -> Server:
+    """`pacsguard serve`; with `nodelay`, TCP_NODELAY forced on its connections (not the
+    shipped code: a measurement of what setting it would change)."""
+    data_dir = work / ("pacsguard-nodelay-data" if nodelay else "pacsguard-data")
     subprocess.run(
         [_pacsguard(), "init", "--data-dir", str(data_dir)],
         env=peer_env(), capture_output=True, check=True,
@@ -104,16 +120,17 @@ def start_pacsguard(work: Path, processes: Processes) -> Server:
     if found is None:
         raise RuntimeError(f"no token in `pacsguard token issue` output: {issued.stdout!r}")
     dimse_port, web_port = free_port(), free_port()
-    log = work / "pacsguard.serve.log"
+    log = work / f"{data_dir.name}.serve.log"
+    launcher = [sys.executable, "-c", _NODELAY_SERVE] if nodelay else [_pacsguard()]
     argv = [
-        _pacsguard(), "serve", "--data-dir", str(data_dir), "--port", str(dimse_port),
+        *launcher, "serve", "--data-dir", str(data_dir), "--port", str(dimse_port),
         "--web-port", str(web_port), "--no-self-check",
     ]  # fmt: skip
     proc = processes.start(argv, log, env=peer_env())
     _wait(proc, web_port, log)
     tls = ssl.create_default_context(cafile=str(data_dir / "tls" / "ca.crt"))
     return Server(
-        "pacsguard",
+        "pacsguard+nodelay" if nodelay else "pacsguard",
         f"https://{LOOPBACK}:{web_port}",
         {"Authorization": f"Bearer {found.group(1)}"},
         tls,
