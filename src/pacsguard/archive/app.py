@@ -1,15 +1,18 @@
 """The archive's composition root: settings in, a running archive out.
 
 Everything is built here once and passed to constructors (no module-level state): audit sinks,
-index, blob store, gate, service, and the DIMSE listeners. `serve`, the tests and the
-self-check all start the archive through `start_archive`.
+index, blob store, gate, service, the `Runtime` (one event loop, one pool for archive work,
+one for the gate) and the front ends on it: DIMSE first, then any other `FrontEnd` a
+`FrontEndFactory` builds from the running archive (the DICOMweb front end), all on the same
+loop and pools. `serve`, the tests and the self-check all start the archive through
+`start_archive`.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,6 @@ from typing import Final
 
 from sqlalchemy.engine import make_url
 
-from pacsguard.archive import tokens
 from pacsguard.archive.audit.events import (
     AuditEvent,
     AuditSink,
@@ -32,11 +34,12 @@ from pacsguard.archive.audit.syslog import SyslogSink
 from pacsguard.archive.blobs.folder import FolderBlobStore
 from pacsguard.archive.config import Settings, is_loopback, require_files, validate_listen
 from pacsguard.archive.control import MARKER, write_marker
-from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd
+from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd, Listener
 from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup, MoveDestination
 from pacsguard.archive.index.sql import SqlIndex
 from pacsguard.archive.recovery import recover
+from pacsguard.archive.runtime import Endpoint, FrontEnd, Runtime
 from pacsguard.archive.security.bearer_jwt import jwks_verifier
 from pacsguard.archive.security.bootstrap import derive_index_key, load_at_rest_key
 from pacsguard.archive.security.gate import Gate
@@ -44,22 +47,11 @@ from pacsguard.archive.security.tls import client_capable, client_context, serve
 from pacsguard.archive.security.verifiers import TokenVerifier, static_key_verifier
 from pacsguard.archive.service import ArchiveService, ServiceLimits
 from pacsguard.archive.staging import STAGING_FOLDER, StagingArea
+from pacsguard.archive.tokens import ApiTokens
 from pacsguard.archive.web import WebFrontEnd
 from pacsguard.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One listener: where it is and whether it speaks TLS."""
-
-    host: str
-    port: int
-    tls: bool
-
-    def __str__(self) -> str:
-        return f"{'dicom-tls' if self.tls else 'dicom'}://{self.host}:{self.port}"
 
 
 @dataclass
@@ -70,22 +62,12 @@ class RunningArchive:
     blobs: FolderBlobStore
     audit: AuditSink
     gate: Gate
+    runtime: Runtime
     endpoints: list[Endpoint] = field(default_factory=list)
-    #: Where DICOMweb listens (HTTPS), when [dicomweb] enabled.
-    web_endpoint: tuple[str, int] | None = None
-    _frontend: AsyncDimseFrontEnd | None = None
-    _web: WebFrontEnd | None = None
+    _front_ends: list[FrontEnd] = field(default_factory=list)
     _closers: list[object] = field(default_factory=list)
     _marker: Path | None = None
     _destinations: DestinationLookup | None = None
-
-    def listening(self) -> list[str]:
-        """Every listener, as URLs: DIMSE ones, then DICOMweb's."""
-        urls = [str(e) for e in self.endpoints]
-        if self.web_endpoint is not None:
-            host, port = self.web_endpoint
-            urls.append(f"https://{f'[{host}]' if ':' in host else host}:{port}")
-        return urls
 
     def move_destination(self, ae_title: str) -> MoveDestination | None:
         """Where C-MOVE may send, by the settings in force (they change on reload)."""
@@ -104,15 +86,29 @@ class RunningArchive:
 
         return swap
 
+    @property
+    def front_ends(self) -> tuple[FrontEnd, ...]:
+        """The front ends running, in the order they started (DIMSE first)."""
+        return tuple(self._front_ends)
+
+    def start_front_end(self, front_end: FrontEnd) -> list[Endpoint]:
+        """Start `front_end` on the runtime's loop; its endpoints join `endpoints`. Stopped
+        with the archive, before the front ends started earlier."""
+        self._front_ends.append(front_end)
+        endpoints = list(self.runtime.run(front_end.start()))
+        self.endpoints.extend(endpoints)
+        return endpoints
+
     def stop(self) -> None:
-        """Stop listening, then close the index and the audit sinks (in that order)."""
-        if self._web is not None and self._frontend is not None:
-            with suppress(Exception):
-                self._frontend.run(self._web.stop())
-            self._web = None
-        if self._frontend is not None:
-            self._frontend.stop()
-            self._frontend = None
+        """Stop the front ends (the last started first) and the runtime, then close the index
+        and the audit sinks (in that order)."""
+        while self._front_ends:
+            front_end = self._front_ends.pop()
+            try:
+                self.runtime.run(front_end.stop())
+            except Exception:
+                log.exception("a front end did not stop cleanly")
+        self.runtime.close()
         with suppress(Exception):
             self.audit.emit(
                 AuditEvent(
@@ -126,12 +122,6 @@ class RunningArchive:
         if self._marker is not None:  # a clean stop: the next start skips crash recovery
             self._marker.unlink(missing_ok=True)
         close_all(self._closers)
-
-
-def jwt_verifier(settings: Settings) -> TokenVerifier | None:
-    """The gate's JWT verifier: the issuer's JWKS when `[jwt]` names one (RS256/ES256, for
-    HTTP bearer tokens and PS3.7 identity type 5 alike), else the one static key (DIMSE)."""
-    return jwks_verifier(settings) or static_key_verifier(settings)
 
 
 def close_all(closers: list[object]) -> None:
@@ -233,8 +223,20 @@ def open_audit(settings: Settings) -> tuple[AuditSink, list[object]]:
     return AuditFanout(audit_log, copies), closers
 
 
-def start_archive(settings: Settings) -> RunningArchive:
-    """Validate, open storage and audit, and start the DIMSE listeners. Raises ConfigError."""
+#: Builds a front end for a running archive (its service, gate, audit, runtime, settings).
+FrontEndFactory = Callable[["RunningArchive"], FrontEnd]
+
+
+def jwt_verifier(settings: Settings) -> TokenVerifier | None:
+    """The gate's JWT verifier: the issuer's JWKS when ``[jwt]`` names one (for HTTP bearer
+    tokens and PS3.7 type 5 alike), else the static key an AE with ``auth = "jwt"`` needs."""
+    return jwks_verifier(settings) or static_key_verifier(settings)
+
+
+def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()) -> RunningArchive:
+    """Validate, open storage and audit, and start the DIMSE listeners, DICOMweb when
+    [dicomweb] enabled, then each of `front_ends` on the same loop and pools. Raises
+    ConfigError."""
     validate_listen(settings)
     require_files(settings)
     destinations = move_destinations(settings)
@@ -257,11 +259,13 @@ def start_archive(settings: Settings) -> RunningArchive:
         index.close()
         raise
     gate = Gate(
-        settings,
-        audit=audit,
-        jwt_verifier=jwt_verifier,
-        api_tokens=tokens.ApiTokens.from_settings(settings),
+        settings, audit=audit, jwt_verifier=jwt_verifier, api_tokens=ApiTokens.from_settings
     )
+    prefetch = getattr(gate.jwt_verifier, "prefetch", None)
+    if callable(prefetch):  # the issuer's keys now, so that the first request does not wait
+        why = prefetch()
+        if why is not None:
+            log.warning("[jwt] the issuer's keys could not be fetched yet: %s", why)
     server = settings.server
     service = ArchiveService(
         index,
@@ -278,14 +282,61 @@ def start_archive(settings: Settings) -> RunningArchive:
         blobs,
         audit,
         gate,
+        Runtime(workers=server.max_associations + 4),
         _closers=closers,
         _marker=running_marker,
         _destinations=destinations,
     )
-    frontend = AsyncDimseFrontEnd(
-        service,
-        gate,
-        audit,
+    try:
+        running.start_front_end(dimse_front_end(running))
+        if settings.dicomweb.enabled:
+            running.start_front_end(web_front_end(running))
+        for factory in front_ends:
+            running.start_front_end(factory(running))
+        audit.emit(  # AuditLogError: an archive that cannot audit does not start
+            AuditEvent(
+                EventType.APPLICATION_START,
+                EventAction.EXECUTE,
+                EventOutcome.SUCCESS,
+                (Participant(ae_title=server.ae_title, requestor=False),),
+                detail={"endpoints": ", ".join(str(e) for e in running.endpoints)},
+            )
+        )
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+def web_front_end(running: RunningArchive) -> WebFrontEnd:
+    """The DICOMweb front end of `running` ([dicomweb]): HTTPS on [server] host."""
+    return WebFrontEnd(
+        running.service,
+        running.gate,
+        running.audit,
+        lambda: running.settings,  # the settings in force: they change on reload
+        running.runtime,
+    )
+
+
+def dimse_front_end(running: RunningArchive) -> AsyncDimseFrontEnd:
+    """The DIMSE front end of `running`: TLS on `[server] dimse_port` when TLS is on, and
+    plaintext where the settings ask for it."""
+    settings = running.settings
+    server = settings.server
+    listeners: list[Listener] = []
+    if settings.tls.enabled:
+        listeners.append(Listener(server.host, server.dimse_port, server_context(settings)))
+    if server.plaintext_port is not None or not settings.tls.enabled:
+        plain_host = server.plaintext_host if settings.tls.enabled else server.host
+        plain_port = (
+            server.plaintext_port if server.plaintext_port is not None else server.dimse_port
+        )
+        listeners.append(Listener(plain_host, plain_port, None))
+    return AsyncDimseFrontEnd(
+        running.service,
+        running.gate,
+        running.audit,
         running.move_destination,
         FrontEndSettings(
             ae_title=server.ae_title,
@@ -301,34 +352,6 @@ def start_archive(settings: Settings) -> RunningArchive:
             dimse_timeout=server.dimse_timeout_s,
             handshake_timeout=server.handshake_timeout_s,
         ),
+        running.runtime,
+        listeners,
     )
-    running._frontend = frontend
-    try:
-        if settings.tls.enabled:
-            tls: ssl.SSLContext = server_context(settings)
-            host, port = frontend.listen(server.host, server.dimse_port, tls=tls)
-            running.endpoints.append(Endpoint(host, port, True))
-        if server.plaintext_port is not None or not settings.tls.enabled:
-            plain_host = server.plaintext_host if settings.tls.enabled else server.host
-            plain_port = (
-                server.plaintext_port if server.plaintext_port is not None else server.dimse_port
-            )
-            host, port = frontend.listen(plain_host, plain_port, tls=None)
-            running.endpoints.append(Endpoint(host, port, False))
-        if settings.dicomweb.enabled:
-            web = WebFrontEnd(service, gate, audit, lambda: running.settings)
-            running._web = web
-            running.web_endpoint = frontend.run(web.start(server.host, settings.dicomweb.port))
-        audit.emit(  # AuditLogError: an archive that cannot audit does not start
-            AuditEvent(
-                EventType.APPLICATION_START,
-                EventAction.EXECUTE,
-                EventOutcome.SUCCESS,
-                (Participant(ae_title=server.ae_title, requestor=False),),
-                detail={"endpoints": ", ".join(running.listening())},
-            )
-        )
-    except BaseException:
-        running.stop()
-        raise
-    return running

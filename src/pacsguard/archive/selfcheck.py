@@ -12,7 +12,8 @@ import asyncio
 import ssl
 from collections.abc import Sequence
 
-from pacsguard.archive.app import Endpoint, RunningArchive
+from pacsguard.archive.app import RunningArchive
+from pacsguard.archive.runtime import Endpoint
 from pacsguard.dicom.client import Timeouts
 from pacsguard.scan.checks import assess
 from pacsguard.scan.model import HostReport, Severity, Target
@@ -29,6 +30,8 @@ def stranger_tls_context() -> ssl.SSLContext:
 async def _scan(endpoints: Sequence[Endpoint]) -> list[HostReport]:
     reports = []
     for endpoint in endpoints:
+        if endpoint.protocol != "dicom":
+            continue  # other transports' self-checks are their own
         options = ProbeOptions(
             timeouts=Timeouts(connect=3.0, read=5.0),
             total_timeout=30.0,

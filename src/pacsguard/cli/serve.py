@@ -97,7 +97,7 @@ def serve(
     try:
         console.print(
             f"pacsguard archive {settings.server.ae_title!r} ({settings.profile} profile) on "
-            + ", ".join(running.listening()),
+            + ", ".join(str(e) for e in running.endpoints),
             highlight=False,
         )
         console.print(f"audit log: {settings.audit.log_path}", highlight=False)

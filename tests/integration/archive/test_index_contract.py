@@ -396,6 +396,15 @@ def test_later_entities_come_after_every_page_already_read(loaded: SqlIndex) -> 
     assert _page(loaded, Level.STUDY, 4, 5) == ["1.2.1.0"]
 
 
+def test_a_study_date_range_pages_in_date_order(loaded: SqlIndex) -> None:
+    loaded.add(rec("9", "51", "5", "P9", study_date="20200105"))  # stored last, same day as 1
+    wanted = {"StudyDate": "20200101-20211231"}
+    everything = _page(loaded, Level.STUDY, 0, 100, **wanted)
+    assert everything == ["1.2.1.1", "1.2.1.5", "1.2.1.3", "1.2.1.2"]  # by date, then storage
+    pages = [_page(loaded, Level.STUDY, start, 1, **wanted) for start in range(4)]
+    assert [uid for page in pages for uid in page] == everything
+
+
 def test_a_negative_offset_is_refused(loaded: SqlIndex) -> None:
     with pytest.raises(QueryError, match="offset"):
         loaded.find(QueryRequest(S, Level.STUDY, {}, offset=-1))

@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 
 from pacsguard.archive import tokens
+from pacsguard.archive.app import jwt_verifier
 from pacsguard.archive.config import JwtSettings, build_settings
 from pacsguard.archive.security import jwks
+from pacsguard.archive.security.attempt import AuthAttempt, Transport, http_credentials
 from pacsguard.archive.security.bearer_jwt import JwtVerifier, jwks_verifier
+from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.security.jwks import JwksCache
-from pacsguard.archive.security.principal import Action
+from pacsguard.archive.security.principal import Action, Principal, Rejection
 from pacsguard.errors import AuthenticationError
 from tests.issuer import (
     AUDIENCE,
@@ -280,3 +283,43 @@ def test_a_trickling_issuer_cannot_hold_a_fetch_past_the_deadline(
     verifier = _verifier(endpoint, ca, Clock())
     with pytest.raises(AuthenticationError, match="no complete answer within 1 s"):
         verifier.verify(token(RSA_1, "rsa-1"))
+
+
+def test_the_gate_as_the_composition_root_wires_it(
+    endpoint: JwksEndpoint, ca: IssuerCA, tmp_path: Path
+) -> None:
+    """Gate.authenticate over HTTP with `app.jwt_verifier` and `ApiTokens.from_settings`: a
+    JWT's scopes and an API token's user's roles are the permissions; a forged HS256 token
+    (the key-confusion forgery) is refused and counted for its source."""
+    settings = build_settings(
+        {
+            "storage": {"data_dir": str(tmp_path)},
+            "users": {"svc": {"roles": ["modality"]}},
+            "security": {"lockout": {"max_failures": 2, "window_s": 60, "lockout_s": 300}},
+            "jwt": {
+                "issuer": ISSUER,
+                "audience": AUDIENCE,
+                "jwks_url": endpoint.url,
+                "jwks_ca_file": str(ca.ca_file),
+                "scopes": {"pacs.read": ["find", "get"]},
+            },
+        }
+    )
+    _, api_token = tokens.issue(tokens.store_path(settings), "svc", days=1)
+    gate = Gate(settings, jwt_verifier=jwt_verifier, api_tokens=tokens.ApiTokens.from_settings)
+
+    def http(authorization: str, address: str = "127.0.0.7") -> Principal | Rejection:
+        credentials = http_credentials(authorization)
+        return gate.authenticate(AuthAttempt(Transport.HTTP, address, credentials, tls=True))
+
+    by_jwt = http(f"Bearer {token(EC_1, 'ec-1')}")
+    assert isinstance(by_jwt, Principal) and by_jwt.username == "alice"  # not in [users]
+    assert by_jwt.permissions == {Action.FIND, Action.GET} and by_jwt.method.value == "jwt"
+    by_token = http(f"Bearer {api_token}")
+    assert isinstance(by_token, Principal) and by_token.username == "svc"
+    assert by_token.permissions == {Action.ECHO, Action.STORE}
+    forged = token(b"public-key-as-hmac-secret-32-bytes!", "ec-1", alg="HS256")
+    assert isinstance(http(f"Bearer {forged}", "127.0.0.8"), Rejection)
+    refused = http(f"Bearer {forged}", "127.0.0.8")
+    assert isinstance(refused, Rejection) and "HS256" in refused.why
+    assert gate.locked_out("127.0.0.8") and not gate.locked_out("127.0.0.7")

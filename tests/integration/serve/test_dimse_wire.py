@@ -22,7 +22,7 @@ DCMTK = ("storescu", "findscu", "getscu", "movescu", "storescp", "echoscu")
 
 def test_echo_is_answered_by_pacsguard_not_pynetdicom(start: StartArchive) -> None:
     archive = start()
-    assert isinstance(archive._frontend, AsyncDimseFrontEnd)
+    assert isinstance(archive.front_ends[0], AsyncDimseFrontEnd)
     endpoint = plain(archive)
     ae = AE(ae_title="TESTER")
     ae.add_requested_context(Verification)

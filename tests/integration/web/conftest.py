@@ -30,6 +30,13 @@ roles = ["modality"]
 """
 
 
+def web_endpoint(archive: RunningArchive) -> tuple[str, int]:
+    """Where the archive's DICOMweb listens."""
+    https = [e for e in archive.endpoints if e.protocol == "https"]
+    assert len(https) == 1, archive.endpoints
+    return https[0].host, https[0].port
+
+
 @dataclass
 class WebArchive:
     archive: RunningArchive
@@ -39,7 +46,11 @@ class WebArchive:
 
     @property
     def dimse_port(self) -> int:
-        return next(e.port for e in self.archive.endpoints if not e.tls)
+        return next(e.port for e in self.archive.endpoints if e.protocol == "dicom" and not e.tls)
+
+    @property
+    def web_endpoint(self) -> tuple[str, int]:
+        return web_endpoint(self.archive)
 
     def token(self, username: str = "admin") -> str:
         return tokens.issue(self.data_dir / tokens.TOKENS_FILE, username, days=1)[1]
@@ -94,8 +105,7 @@ def start_web(tmp_path: Path, *, tester: bool = False, **overrides: object) -> W
         },
     )
     archive = start_archive(settings)
-    assert archive.web_endpoint is not None
-    host, bound = archive.web_endpoint
+    host, bound = web_endpoint(archive)
     return WebArchive(archive, data_dir, f"https://{host}:{bound}", data_dir / "tls" / "ca.crt")
 
 

@@ -184,7 +184,7 @@ def test_invalid_query_parameters_and_uids_are_400(small: WebArchive) -> None:
 
 
 def test_slow_clients_are_cut_off_and_others_still_served(small: WebArchive) -> None:
-    host, port = small.archive.web_endpoint or ("", 0)
+    host, port = small.web_endpoint
     context = ssl.create_default_context(cafile=str(small.ca_file))
     slow: list[ssl.SSLSocket] = []
     try:
@@ -246,7 +246,7 @@ def test_oversized_headers_are_refused(small: WebArchive) -> None:
     # h11's own bound (400) or ours (431), depending on how the head arrived
     assert answer.status_code in (400, 431), answer.text
     assert answer.headers["content-type"].startswith("text/plain")
-    host, port = small.archive.web_endpoint or ("", 0)
+    host, port = small.web_endpoint
     context = ssl.create_default_context(cafile=str(small.ca_file))
     with context.wrap_socket(
         socket.create_connection((host, port), timeout=5), server_hostname=host

@@ -1,6 +1,7 @@
 """DICOMweb with bearer JWTs from an OAuth2 issuer, checked by the gate against the issuer's
 JWKS served over HTTPS on loopback (tests/issuer.py): the composition root gives the gate the
-JWKS verifier when [jwt] names one."""
+JWKS verifier when [jwt] names one, and the token's scopes ([jwt.scopes]) are the
+permissions."""
 
 from __future__ import annotations
 
@@ -46,8 +47,10 @@ def test_issuer_tokens_over_dicomweb(tmp_path: Path) -> None:
 
                 assert status(token(rsa, "rsa-1", sub="reader")) == 200
                 assert status(token(ec, "ec-1", sub="reader")) == 200
-                assert status(token(ec, "ec-1", sub="uploader")) == 403  # roles: no find
-                assert status(token(rsa, "rsa-1", sub="nobody")) == 401
+                # with a JWKS the token's scopes decide, through [jwt.scopes] (the gate's rule)
+                assert status(token(ec, "ec-1", sub="reader", scope="pacs.write")) == 403
+                assert status(token(rsa, "rsa-1", sub="someone", scope="pacs.read")) == 200
+                assert status(token(rsa, "rsa-1", sub="reader", aud="other")) == 401
                 assert status(token(stranger, "rsa-1", sub="reader")) == 401  # bad signature
                 assert status(token(rsa, "unknown-kid", sub="reader")) == 401
                 assert status(unsigned(sub="reader")) == 401

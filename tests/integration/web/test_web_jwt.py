@@ -14,7 +14,7 @@ from pacsguard.archive.app import start_archive
 from pacsguard.archive.config import load_settings
 from tests.integration.serve.conftest import make_data_dir
 
-from .conftest import USERS, free_ports
+from .conftest import USERS, free_ports, web_endpoint
 
 SECRET = b"0123456789abcdef0123456789abcdef-test-only"
 
@@ -48,8 +48,7 @@ permissions = ["find"]
     )
     archive = start_archive(settings)
     try:
-        assert archive.web_endpoint is not None
-        host, port = archive.web_endpoint
+        host, port = web_endpoint(archive)
         now = int(time.time())
 
         def token(key: bytes = SECRET, **changes: object) -> str:

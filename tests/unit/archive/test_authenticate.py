@@ -183,7 +183,7 @@ def test_http_api_token_through_the_verifier_seam(settings: Settings, tmp_path: 
     record, token = tokens.issue(path, "alice", days=1)
     without = Gate(settings, Clock())
     assert "not accepted" in rejection(without.authenticate(http(ApiToken(token)))).why
-    gate = Gate(settings, Clock(), api_tokens=FileTokens(path))
+    gate = Gate(settings, Clock(), api_tokens=lambda s: FileTokens(path))
     user = principal(gate.authenticate(http(*http_credentials(f"Bearer {token}"))))
     assert (user.username, user.method) == ("alice", AuthMethod.API_TOKEN)
     assert user.permissions == {Action.ECHO, Action.FIND, Action.MOVE, Action.GET}

@@ -4,11 +4,11 @@ Why not pynetdicom's server: its threaded reactor polls with fixed 1 ms sleeps a
 PDU between threads (a bare pynetdicom storage SCP caps at about 166 instances/s here); it wraps
 TLS in the accept loop, so one silent client blocks every other; and it accepts any calling AE
 and any request without a user identity item unless its internals are overridden. Here one
-event loop, in one background thread owned by the front end, serves every listener;
-pynetdicom's PDU and DIMSE message classes remain the codec (pacsguard.dicom.ul / .dimse /
-.stream). Archive calls (gate, service, audit) block, so they run on bounded thread pools and
-never on the loop; the gate has a pool of its own, so that a burst of logins (Argon2id) cannot
-take the threads that stores and audit lines need.
+event loop serves every listener: the archive's `Runtime` loop, which the other front ends
+share; pynetdicom's PDU and DIMSE message classes remain the codec (pacsguard.dicom.ul /
+.dimse / .stream). Archive calls (gate, service, audit) block, so they run on the runtime's
+bounded thread pools and never on the loop; the gate has a pool of its own, so that a burst
+of logins (Argon2id) cannot take the threads that stores and audit lines need.
 
 Rules, in order: a connection not yet associated is "pending": at most `max_pending_per_source`
 per source address and `max_connections` in all, past that it is closed at once, so idle or
@@ -38,12 +38,11 @@ import functools
 import logging
 import socket
 import ssl
-import threading
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, Protocol, SupportsIndex, TypeVar
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, SupportsIndex
 
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
@@ -71,6 +70,7 @@ from pacsguard.archive.dimse.aio_session import (
 )
 from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup
+from pacsguard.archive.runtime import Endpoint, Runtime
 from pacsguard.archive.security.attempt import AuthAttempt, dimse_attempt
 from pacsguard.archive.security.gate import authentication_event, normalize_address
 from pacsguard.archive.security.principal import PeerFacts, Principal, Rejection
@@ -91,7 +91,6 @@ class AssociationGate(Protocol):
 
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: A-ABORT reasons from the service provider (PS3.8 Table 9-26).
 _ABORT_UNEXPECTED_PDU: Final = 2
@@ -99,11 +98,6 @@ _ABORT_INVALID_PARAMETER: Final = 6
 #: A-ASSOCIATE-RJ rejected-transient, service-provider (presentation), temporary-congestion
 #: (PS3.8 Table 9-21): the audit log cannot be written, so nothing audited can happen now.
 AUDIT_UNAVAILABLE: Final = (2, 3, 1)
-_STOP_TIMEOUT: Final = 15.0
-#: Threads that run gate decisions. Argon2id verifications are bounded inside the gate (a
-#: semaphore), so most of these threads wait there cheaply during a burst of logins, and a
-#: peer with a remembered passcode, a certificate or a token still gets a thread at once.
-_GATE_THREADS: Final = 32
 _TCP_QUICKACK: Final[int | None] = getattr(socket, "TCP_QUICKACK", None)
 
 
@@ -138,8 +132,17 @@ class _LowLatencyProtocol(asyncio.StreamReaderProtocol):
         super().connection_made(transport)
 
 
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """Where the DIMSE front end listens, and with which TLS context (None: plaintext)."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext | None = None
+
+
 class AsyncDimseFrontEnd:
-    """Owns the event loop thread and its listeners; listen() binds, stop() shuts all down."""
+    """The DIMSE `FrontEnd`: its listeners and associations on the runtime's loop and pools."""
 
     def __init__(
         self,
@@ -148,19 +151,16 @@ class AsyncDimseFrontEnd:
         audit: AuditSink,
         destinations: DestinationLookup,
         settings: FrontEndSettings,
+        runtime: Runtime,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         self._gate = gate
         self._audit = audit
         self._settings = settings
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.max_associations + 4, thread_name_prefix="dimse-aio"
-        )
-        self._gate_executor = ThreadPoolExecutor(
-            max_workers=_GATE_THREADS, thread_name_prefix="dimse-gate"
-        )
+        self._listeners = tuple(listeners)
+        self._executor = runtime.executor
+        self._gate_executor = runtime.gate_executor
         self._env = Environment(service, destinations, settings, self._executor)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         #: Connections not associated yet: in all, and per source address.
@@ -175,47 +175,21 @@ class AsyncDimseFrontEnd:
         #: The principal of each established association, forgotten when it ends.
         self.principals: dict[int, Principal] = {}
 
-    # -- lifecycle (caller's thread) ------------------------------------------------------------
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name="dimse-aio-loop", daemon=True)
-            thread.start()
-            self._loop, self._thread = loop, thread
-        return self._loop
+    # -- lifecycle (on the loop) -------------------------------------------------------------------
+    async def start(self) -> list[Endpoint]:
+        """Bind every listener now; where each listens (its port, when 0 was asked)."""
+        endpoints = []
+        for listener in self._listeners:
+            server = await self._start_server(listener.host, listener.port, listener.tls)
+            self._servers.append(server)
+            bound = server.sockets[0].getsockname()
+            endpoints.append(Endpoint(str(bound[0]), int(bound[1]), listener.tls is not None))
+        return endpoints
 
-    def listen(self, host: str, port: int, *, tls: ssl.SSLContext | None) -> tuple[str, int]:
-        """Bind one listener (TLS when a context is given) now; serve it on the loop thread."""
-        loop = self._ensure_loop()
-        future = asyncio.run_coroutine_threadsafe(self._start_server(host, port, tls), loop)
-        server = future.result(timeout=_STOP_TIMEOUT)
-        self._servers.append(server)
-        bound = server.sockets[0].getsockname()
-        return str(bound[0]), int(bound[1])
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = _STOP_TIMEOUT) -> T:
-        """Run `coroutine` on this front end's loop and wait for its result: how other front
-        ends (DICOMweb) start and stop on the same loop."""
-        loop = self._ensure_loop()
-        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=timeout)
-
-    def stop(self) -> None:
-        """Close every listener, abort open associations, stop the loop and the thread pool."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._gate_executor.shutdown(wait=False, cancel_futures=True)
-            return
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=_STOP_TIMEOUT)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=_STOP_TIMEOUT)
-        if not thread.is_alive():
-            loop.close()
-        self._loop = self._thread = None
+    async def stop(self) -> None:
+        """Close every listener and abort open associations (their audit lines written)."""
+        await self._shutdown()
         self._servers.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._gate_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- on the loop ------------------------------------------------------------------------------
     async def _start_server(

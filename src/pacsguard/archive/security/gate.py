@@ -48,8 +48,11 @@ piled up against another account or with unknown AE titles.
 Passcodes: Argon2id, at most `_CONCURRENT_ARGON2` verifications at once (64 MiB each); one that
 verified is remembered for `[security] credential_cache_s` (`credentials.VerifiedCredentials`).
 
-Over HTTP: a bearer JWT (its `sub`) or an API token names a registered user, whose roles
-are the permissions; a verified client certificate names the mtls AE registered with it, and
+Over HTTP: a bearer JWT or an API token names a user. A verifier that says what the
+credential itself grants (`verifiers.IdentityVerifier`: the JWKS verifier maps a JWT's scopes
+through ``[jwt.scopes]``, `tokens.ApiTokens` gives the token's user's roles) decides the
+permissions; with any other verifier the user must be in ``[users]`` and its roles are the
+permissions; a verified client certificate names the mtls AE registered with it, and
 with `allow_address_auth` a source address the one address AE registered for it. A request
 without credentials is refused without counting (it guesses nothing; HTTP clients ask so).
 
@@ -102,7 +105,9 @@ from pacsguard.archive.security.principal import (
     Rejection,
 )
 from pacsguard.archive.security.verifiers import (
-    ApiTokenVerifier,
+    ApiTokenFactory,
+    IdentityVerifier,
+    TokenVerifier,
     VerifierFactory,
     static_key_verifier,
 )
@@ -162,7 +167,7 @@ class Gate:
         audit: AuditSink | None = None,
         intervention: PolicyIntervention | None = None,
         jwt_verifier: VerifierFactory = static_key_verifier,
-        api_tokens: ApiTokenVerifier | None = None,
+        api_tokens: ApiTokenFactory | None = None,
     ) -> None:
         self._settings = settings
         self._lockout = Lockout(settings.security.lockout, clock)
@@ -177,7 +182,13 @@ class Gate:
         self._this_thread = threading.local()
         self._make_jwt_verifier = jwt_verifier
         self._jwt_verifier = jwt_verifier(settings)
-        self._api_tokens = api_tokens
+        self._make_api_tokens = api_tokens
+        self._api_tokens = None if api_tokens is None else api_tokens(settings)
+
+    @property
+    def jwt_verifier(self) -> TokenVerifier | None:
+        """The JWT verifier in force (for a start-up prefetch of the issuer's keys)."""
+        return self._jwt_verifier
 
     def prepare_settings(self, settings: Settings) -> Callable[[], None]:
         """For `pacsguard reload`: check what deciding by `settings` needs (the JWT key), and
@@ -186,9 +197,12 @@ class Gate:
         associations already accepted keep the Principal they were given. ConfigError, and
         nothing changed, when the new JWT key cannot be read."""
         verifier = self._make_jwt_verifier(settings)
+        make_api_tokens = self._make_api_tokens
+        api_tokens = None if make_api_tokens is None else make_api_tokens(settings)
 
         def swap() -> None:
-            self._jwt_verifier, self._settings = verifier, settings
+            self._jwt_verifier, self._api_tokens = verifier, api_tokens
+            self._settings = settings
 
         return swap
 
@@ -332,22 +346,44 @@ class Gate:
         try:
             if isinstance(credential, ApiToken):
                 method = AuthMethod.API_TOKEN
-                if self._api_tokens is None:
-                    raise AuthenticationError("API tokens are not accepted here")
-                username = self._api_tokens.verify(credential.token)
+                username, granted = self._api_token_user(credential.token)
             else:
                 method = AuthMethod.JWT
-                username = str(self.verify_token(credential.token).get("sub") or "")
-            granted = self._settings.user_permissions(username)
-            if granted is None:
-                raise AuthenticationError(f"token user {shown(username)} is not registered")
+                username, granted = self._jwt_user(credential.token)
         except AuthenticationError as exc:
             return self._fail(attempt, source, RJ_NOT_AUTHENTICATED, exc.reason)
         account = f"account:{username}"
         if self._lockout.locked(account):
             return self._knock_on_locked(attempt, source, account, username)
+        # The account's own failures (passcode guesses over DIMSE) stay: a token proves the
+        # token, and a busy token client must not keep wiping out a guesser's count.
         self._lockout.reset(source, tag=account)
         return Principal("", source, method, username, granted, Transport.HTTP)
+
+    def _api_token_user(self, token: str) -> tuple[str, frozenset[Action]]:
+        verifier = self._api_tokens
+        if verifier is None:
+            raise AuthenticationError("API tokens are not accepted here")
+        if isinstance(verifier, IdentityVerifier):  # what the token itself grants
+            identity = verifier.identity(token)
+            return identity.username, identity.permissions
+        return self._registered(verifier.verify(token))
+
+    def _jwt_user(self, token: str | bytes) -> tuple[str, frozenset[Action]]:
+        verifier = self._jwt_verifier
+        if isinstance(verifier, IdentityVerifier):  # the scopes it carries ([jwt.scopes])
+            text = token.decode("ascii", "replace") if isinstance(token, bytes) else token
+            identity = verifier.identity(text)
+            return identity.username, identity.permissions
+        return self._registered(str(self.verify_token(token).get("sub") or ""))
+
+    def _registered(self, username: str) -> tuple[str, frozenset[Action]]:
+        """A user a token names, with its roles' permissions; AuthenticationError when the
+        user is not in ``[users]``."""
+        roles = self._settings.user_permissions(username)
+        if roles is None:
+            raise AuthenticationError(f"token user {shown(username)} is not registered")
+        return username, roles
 
     def _http_ae(
         self, attempt: AuthAttempt, source: str, ae: RegisteredAE | None
@@ -547,14 +583,14 @@ class Gate:
     def authorize(self, principal: Principal, action: Action) -> None:
         """Return if `principal` may `action`; raise PolicyDenied otherwise."""
         if not principal.may(action):
-            raise PolicyDenied(principal.ae_title, action.value, "not in its permissions")
+            raise PolicyDenied(principal.name, action.value, "not in its permissions")
         if self._intervention is None:
             return
         try:
             self._intervention(principal, action)
         except Exception as exc:
             raise PolicyDenied(
-                principal.ae_title, action.value, f"refused by policy hook: {exc}"
+                principal.name, action.value, f"refused by policy hook: {exc}"
             ) from exc
 
 

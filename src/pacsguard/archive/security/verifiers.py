@@ -6,22 +6,25 @@ own ``pgt_`` tokens). Both raise `AuthenticationError` for anything they do not 
 never another exception. A `VerifierFactory` builds the JWT verifier from the settings, so that
 `pacsguard reload` can prepare a new one before swapping (ConfigError when it cannot).
 
-`StaticKeyVerifier` is today's verifier: one HS256 secret or RS256 public key from a file
-(PyJWT). A JWKS verifier (keys from a JWKS file or HTTPS URL, by `kid`) plugs in through
-`Gate(..., jwt_verifier=...)` without other change.
+`StaticKeyVerifier` is the static-key verifier: one HS256 secret or RS256 public key from a
+file (PyJWT), for PS3.7 type 5 without a JWKS. The JWKS verifier (`bearer_jwt.jwks_verifier`)
+and the API tokens (`tokens.ApiTokens.from_settings`) plug in as factories
+(`Gate(..., jwt_verifier=..., api_tokens=...)`), rebuilt from the new settings on reload;
+the composition root (`app.start_archive`) wires them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jwt
 
 from pacsguard.archive.config import Settings
 from pacsguard.archive.security.peer_text import shown
 from pacsguard.archive.security.principal import AuthMethod
+from pacsguard.archive.security.verified import VerifiedIdentity
 from pacsguard.errors import AuthenticationError, ConfigError
 
 
@@ -41,8 +44,20 @@ class ApiTokenVerifier(Protocol):
         ...
 
 
+@runtime_checkable
+class IdentityVerifier(Protocol):
+    """A verifier that also says what the credential itself grants (`VerifiedIdentity`: a
+    JWT's scopes through ``[jwt.scopes]``, an API token's user's roles). The gate uses it when
+    a verifier offers it; otherwise a verified token names a user in ``[users]``, whose roles
+    are its permissions."""
+
+    def identity(self, credential: str) -> VerifiedIdentity: ...
+
+
 #: Builds the JWT verifier for a settings tree; None when no JWT can be verified.
 VerifierFactory = Callable[[Settings], TokenVerifier | None]
+#: Builds the API token verifier for a settings tree; None when API tokens are not accepted.
+ApiTokenFactory = Callable[[Settings], ApiTokenVerifier | None]
 
 
 class StaticKeyVerifier:

@@ -48,7 +48,7 @@ class Denied(Exception):
     """The policy refused the action; already audited. `status` is the DICOM status to send."""
 
     def __init__(self, action: Action, principal: Principal) -> None:
-        super().__init__(f"{principal.ae_title} may not {action.value}")
+        super().__init__(f"{principal.name} may not {action.value}")
         self.action = action
         self.status = NOT_AUTHORIZED
 

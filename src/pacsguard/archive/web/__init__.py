@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 
 from pacsguard.archive.audit.events import AuditSink, EventType
 from pacsguard.archive.config import Settings
+from pacsguard.archive.runtime import Endpoint, Runtime
 from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.security.tls import server_context
 from pacsguard.archive.service import ArchiveService
@@ -32,7 +33,8 @@ __all__ = ["HttpCredential", "WebContext", "WebFrontEnd", "authenticate", "build
 
 
 class WebFrontEnd:
-    """The app and its listener. `start` and `stop` run on the archive's event loop."""
+    """The app and its listener, a `runtime.FrontEnd`: `start` and `stop` run on the runtime's
+    loop, blocking calls on its pools."""
 
     def __init__(
         self,
@@ -40,10 +42,14 @@ class WebFrontEnd:
         gate: Gate,
         audit: AuditSink,
         settings: Callable[[], Settings],
+        runtime: Runtime,
     ) -> None:
-        self.context = WebContext(service, gate, audit, settings)
+        self.context = WebContext(
+            service, gate, audit, settings, runtime.executor, runtime.gate_executor
+        )
         self.app: Starlette = build_app(self.context)
         current = settings()
+        self._host, self._port = current.server.host, current.dicomweb.port
         self._listener = WebListener(
             self.app,
             current.dicomweb,
@@ -61,10 +67,10 @@ class WebFrontEnd:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        bound = await self._listener.start(host, port)
+    async def start(self) -> list[Endpoint]:
+        host, port = await self._listener.start(self._host, self._port)
         self._flusher = asyncio.get_running_loop().create_task(self.context.flush_forever())
-        return bound
+        return [Endpoint(host, port, True, "https")]
 
     async def stop(self) -> None:
         await self._listener.stop()

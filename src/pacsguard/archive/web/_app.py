@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Final
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
@@ -83,7 +83,7 @@ async def _answer(
     port = request.client.port if request.client is not None else 0
     credential = HttpCredential(request.headers.get("authorization"), address, port)
     try:
-        principal = await run_in_threadpool(authenticate, ctx.gate, credential)
+        principal = await ctx.authenticating(partial(authenticate, ctx.gate, credential))
     except AuditLogError:
         return WebError(503, "the audit log cannot be written; try again later").response()
     except AuthenticationError:  # the gate has audited it and counted it for lockout
@@ -139,7 +139,9 @@ def _search(level: Level) -> Handler:
         }
         search = _qido.parse_search(level, path, request.query_params)
         ctx = _context(request)
-        matches, more = await run_in_threadpool(_qido.run_search, ctx.service, principal, search)
+        matches, more = await ctx.blocking(
+            partial(_qido.run_search, ctx.service, principal, search)
+        )
         warnings = list(search.warnings)
         if more and search.request.limit > ctx.settings().server.find_result_cap:
             # the page was cut by the archive's cap, not by the client's limit
@@ -176,8 +178,9 @@ async def _retrieve(request: Request, principal: Principal) -> Response:
         )
     retrieval = await _retrieval(request, principal)
     syntaxes = _wado.syntaxes_for(accept)
-    await _wado.check_deliverable(retrieval, syntaxes)
-    return _wado.instances_response(retrieval, syntaxes)
+    ctx = _context(request)
+    await _wado.check_deliverable(ctx, retrieval, syntaxes)
+    return _wado.instances_response(ctx, retrieval, syntaxes)
 
 
 async def _metadata(request: Request, principal: Principal) -> Response:
@@ -191,7 +194,7 @@ async def _metadata(request: Request, principal: Principal) -> Response:
             f"/instances/{record.sop_instance_uid}"
         )
 
-    return _wado.metadata_response(retrieval, url)
+    return _wado.metadata_response(_context(request), retrieval, url)
 
 
 async def _pixels(request: Request, principal: Principal) -> Response:
@@ -206,17 +209,18 @@ async def _pixels(request: Request, principal: Principal) -> Response:
         if len(tag_text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag_text):
             raise WebError(400, "bulk data is addressed by an 8-hex-digit tag")
         tag = int(tag_text, 16)
+    ctx = _context(request)
     retrieval = await _retrieval(request, principal)
     record = retrieval.records[0]  # an instance path names one
     retrieval.tally.begin()
     sent = False
     try:
-        ds = await run_in_threadpool(_wado.read_dataset, retrieval, record)
+        ds = await ctx.blocking(partial(_wado.read_dataset, retrieval, record))
         chunks = _wado.frames(ds, numbers) if numbers else [_wado.bulk_value(ds, tag)]
         sent = True
     finally:
         retrieval.tally.end(sent=sent)
-        await _wado.finish(retrieval)
+        await _wado.finish(ctx, retrieval)
     return _wado.octet_response(chunks)
 
 
@@ -234,16 +238,17 @@ async def _store(request: Request, principal: Principal) -> Response:
             413, f"request body larger than the {settings.max_body_bytes} bytes accepted"
         )
     # Authorized before the body is read: a user without `store` does not get to upload.
-    await run_in_threadpool(ctx.service.require, principal, Action.STORE)
+    await ctx.blocking(partial(ctx.service.require, principal, Action.STORE))
     parts = await _stow.receive_parts(
         ctx.service,
         boundary,
         request.stream().__aiter__(),
         max_bytes=settings.max_body_bytes,
         chunk_timeout_s=settings.body_timeout_s,
+        blocking=ctx.blocking,
     )
     study = request.path_params.get("study")
-    outcomes = await run_in_threadpool(_stow.store_parts, ctx.service, principal, parts, study)
+    outcomes = await ctx.blocking(partial(_stow.store_parts, ctx.service, principal, parts, study))
     status, body = _stow.stow_answer(outcomes, _base(request))
     return Response(
         json.dumps(body, separators=(",", ":")), status_code=status, media_type=_wado.DICOM_JSON

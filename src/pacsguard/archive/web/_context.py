@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-
-from starlette.concurrency import run_in_threadpool
+from functools import partial
+from typing import TypeVar
 
 from pacsguard.archive.audit.events import (
     AuditEvent,
@@ -32,16 +33,30 @@ from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.service import ArchiveService
 from pacsguard.errors import AuditLogError
 
+T = TypeVar("T")
+
 
 @dataclass
 class WebContext:
-    """The archive as the web front end sees it. `settings` returns the settings in force."""
+    """The archive as the web front end sees it. `settings` returns the settings in force;
+    blocking calls go to the runtime's pools (`executor` for archive work, `gate_executor`
+    for authentication), shared with the DIMSE front end."""
 
     service: ArchiveService
     gate: Gate
     audit: AuditSink
     settings: Callable[[], Settings]
+    executor: Executor
+    gate_executor: Executor
     refusals: RefusalTally = field(default_factory=lambda: RefusalTally(time.monotonic))
+
+    async def blocking(self, call: Callable[[], T]) -> T:
+        """`call()` on the archive's pool (index, blobs, audit: never on the loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+
+    async def authenticating(self, call: Callable[[], T]) -> T:
+        """`call()` on the gate's pool (a burst of logins cannot take the archive's threads)."""
+        return await asyncio.get_running_loop().run_in_executor(self.gate_executor, call)
 
     async def refused(
         self, address: str, event: EventType, reason: str, user: str | None = None
@@ -70,4 +85,4 @@ class WebContext:
 
     async def _emit_quietly(self, event: AuditEvent) -> None:
         with contextlib.suppress(AuditLogError):
-            await run_in_threadpool(self.audit.emit, event)
+            await self.blocking(partial(self.audit.emit, event))

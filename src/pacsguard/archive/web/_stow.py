@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -30,7 +31,6 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
-from starlette.concurrency import run_in_threadpool
 
 from pacsguard.archive.model import is_valid_uid
 from pacsguard.archive.security.principal import Principal
@@ -165,6 +165,7 @@ async def receive_parts(
     *,
     max_bytes: int,
     chunk_timeout_s: float,
+    blocking: Callable[[Callable[[], object]], Awaitable[object]],
 ) -> list[_Part]:
     """Parse a whole STOW-RS body; WebError (400, 408, 413) with nothing kept otherwise."""
     collector = _Collector(service)
@@ -185,7 +186,8 @@ async def receive_parts(
                     413, f"request body larger than the {max_bytes} bytes this archive accepts"
                 )
             try:
-                await run_in_threadpool(parser.write, chunk)
+                # parsing stages large parts (encrypting, writing): off the loop
+                await blocking(partial(parser.write, chunk))
             except MultipartParseError as exc:
                 raise WebError(400, f"malformed multipart body: {exc}") from None
         parser.finalize()

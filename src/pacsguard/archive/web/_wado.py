@@ -30,7 +30,6 @@ from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from starlette.concurrency import run_in_threadpool
 
 from pacsguard.archive.model import InstanceRecord
 from pacsguard.archive.security.principal import Action, Principal
@@ -73,7 +72,9 @@ async def locate(
         if series is not None
         else (Level.STUDY, study)
     )
-    retrieval = await run_in_threadpool(ctx.service.retrieve, principal, Action.GET, level, [uid])
+    retrieval = await ctx.blocking(
+        partial(ctx.service.retrieve, principal, Action.GET, level, [uid])
+    )
     # UIDs are hierarchical in the index: a series or instance is in the path's study (and
     # series) entirely or not at all.
     inside = all(
@@ -82,14 +83,14 @@ async def locate(
     )
     if not retrieval.records or not inside:
         if retrieval.records:  # announced, then nothing sent: the trail still closes
-            await finish(retrieval)
+            await finish(ctx, retrieval)
         raise WebError(404, f"no {level.name.lower()} {uid} in this archive", audit=False)
     return retrieval
 
 
-async def finish(retrieval: Retrieval) -> None:
+async def finish(ctx: WebContext, retrieval: Retrieval) -> None:
     try:
-        await run_in_threadpool(retrieval.finish)
+        await ctx.blocking(retrieval.finish)
     except AuditLogError:
         log.error("the end of a DICOMweb retrieve could not be audited (the audit log says why)")
 
@@ -108,11 +109,11 @@ def syntaxes_for(accept: MediaRange) -> Syntaxes:
     )
 
 
-async def check_deliverable(retrieval: Retrieval, syntaxes: Syntaxes) -> None:
+async def check_deliverable(ctx: WebContext, retrieval: Retrieval, syntaxes: Syntaxes) -> None:
     """406 (the trail closed, nothing sent) when some instance cannot be had as asked."""
     other = [r for r in retrieval.records if not set(syntaxes(r)) & set(deliverable_syntaxes(r))]
     if other:
-        await finish(retrieval)
+        await finish(ctx, retrieval)
         raise WebError(
             406,
             f"{len(other)} of the {len(retrieval.records)} instances cannot be sent in the "
@@ -121,7 +122,7 @@ async def check_deliverable(retrieval: Retrieval, syntaxes: Syntaxes) -> None:
         )
 
 
-def instances_response(retrieval: Retrieval, syntaxes: Syntaxes) -> DrivenStream:
+def instances_response(ctx: WebContext, retrieval: Retrieval, syntaxes: Syntaxes) -> DrivenStream:
     """The instances, one multipart part each, streamed."""
     boundary = secrets.token_hex(16)
     tally = retrieval.tally
@@ -129,7 +130,7 @@ def instances_response(retrieval: Retrieval, syntaxes: Syntaxes) -> DrivenStream
     async def produce() -> AsyncGenerator[bytes, None]:
         for record in retrieval.records:
             tally.begin()
-            data = await run_in_threadpool(
+            data = await ctx.blocking(
                 partial(retrieval.open, record, syntaxes(record), part10=True)
             )
             if data is None:  # unreadable: counted, and the answer is cut (never a gap)
@@ -140,16 +141,16 @@ def instances_response(retrieval: Retrieval, syntaxes: Syntaxes) -> DrivenStream
                     f"--{boundary}\r\nContent-Type: {DICOM}; "
                     f"transfer-syntax={data.transfer_syntax}\r\n\r\n"
                 ).encode("ascii")
-                while chunk := await run_in_threadpool(data.read, CHUNK):
+                while chunk := await ctx.blocking(partial(data.read, CHUNK)):
                     yield chunk
                 yield b"\r\n"
             finally:
-                await run_in_threadpool(data.close)
+                await ctx.blocking(data.close)
             tally.end(sent=True)
         yield f"--{boundary}--\r\n".encode("ascii")
 
     async def done(complete: bool) -> None:
-        await finish(retrieval)
+        await finish(ctx, retrieval)
 
     return DrivenStream(
         produce, done, media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}'
@@ -169,7 +170,7 @@ def read_dataset(retrieval: Retrieval, record: InstanceRecord) -> Dataset:
 
 
 def metadata_response(
-    retrieval: Retrieval, instance_url: Callable[[InstanceRecord], str]
+    ctx: WebContext, retrieval: Retrieval, instance_url: Callable[[InstanceRecord], str]
 ) -> DrivenStream:
     """A DICOM JSON array, one object per instance, built and sent one instance at a time;
     values longer than BULK_THRESHOLD bytes become BulkDataURIs."""
@@ -190,7 +191,7 @@ def metadata_response(
         for i, record in enumerate(retrieval.records):
             tally.begin()
             try:
-                part = await run_in_threadpool(one, record)
+                part = await ctx.blocking(partial(one, record))
             except Exception:
                 tally.end(sent=False)
                 raise
@@ -199,7 +200,7 @@ def metadata_response(
         yield b"]"
 
     async def done(complete: bool) -> None:
-        await finish(retrieval)
+        await finish(ctx, retrieval)
 
     return DrivenStream(produce, done, media_type=DICOM_JSON)
 
