@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from datetime import UTC, datetime
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,6 +135,7 @@ def run(
         "stow_instance_bytes": len(stow_source.take(1)[0]), "seed": seed,
         "cpus": os.cpu_count(),
     }  # fmt: skip
+    result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["load_average"] = {
         "before": [round(x, 2) for x in load_before],
         "after": [round(x, 2) for x in os.getloadavg()],
