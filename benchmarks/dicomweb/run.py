@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import statistics
-from datetime import UTC, datetime
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
