@@ -5,12 +5,15 @@ write JSON + Markdown results.
 - scan-clean: the same comparison on a lab without hostile responders (60 pynetdicom servers),
   in interleaved pairs (`--pairs`), plus per-host TLS and HTTP probing costs.
 - distributed: one scan process against `--cluster local:1` and `local:2` (`--hosts`, `--seed`).
+- distributed-sparse: one scan process against `--cluster local:2` on a /19 of the internet lab
+  (mostly closed ports, a few tarpits), in interleaved pairs (`--pairs`, `--seed`).
 - archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
   (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
 - dicomweb: pacsguard's DICOMweb (HTTPS, token) against Orthanc + orthanc-dicomweb: QIDO-RS,
   WADO-RS, STOW-RS (`--pairs`, `--dicomweb-studies`, `--seed`).
-- survey: the end-to-end survey on the internet lab (a /16), 1 and 2 processes, against nmap
-  (`--seed`, `--network`, `--no-nmap`).
+- survey: the end-to-end survey on the internet lab (a /16), 1 process and Dask
+  `--cluster local:2`, against nmap on a random sample of addresses (`--seed`, `--network`,
+  `--nmap-sample`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,15 @@ def main() -> int:
         "which",
         nargs="?",
         default="scan",
-        choices=["scan", "scan-clean", "archive", "distributed", "survey", "dicomweb"],
+        choices=[
+            "scan",
+            "scan-clean",
+            "archive",
+            "distributed",
+            "distributed-sparse",
+            "survey",
+            "dicomweb",
+        ],
     )
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
@@ -55,9 +66,14 @@ def main() -> int:
         "--network", default=survey_internet.NETWORK, help="survey: the lab's loopback /16"
     )
     parser.add_argument(
+        "--nmap-sample",
+        type=int,
+        default=survey_internet.NMAP_SAMPLE,
+        help="survey: addresses nmap scans, drawn at random (0: the whole network)",
+    )
+    parser.add_argument(
         "--dicomweb-studies", type=int, default=10_000, help="dicomweb: QIDO index size"
     )
-    parser.add_argument("--no-nmap", action="store_true", help="survey: leave nmap out")
     args = parser.parse_args()
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
@@ -70,9 +86,12 @@ def main() -> int:
         elif args.which == "distributed":
             result = scan_distributed.run(Path(tmp), args.hosts, args.seed)
             text = scan_distributed.markdown(result)
+        elif args.which == "distributed-sparse":
+            result = scan_distributed.run_sparse(Path(tmp), args.seed, args.pairs)
+            text = scan_distributed.markdown_sparse(result)
         elif args.which == "survey":
             result = survey_internet.run(
-                Path(tmp), args.seed, network=args.network, nmap=not args.no_nmap
+                Path(tmp), args.seed, network=args.network, nmap_sample=args.nmap_sample
             )
             text = survey_internet.markdown(result)
         elif args.which == "dicomweb":

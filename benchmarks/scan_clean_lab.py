@@ -7,6 +7,17 @@ as subprocesses on the same addresses, in interleaved pairs (the first tool alte
 speed-up is the median of the per-pair ratios nmap seconds / pacsguard seconds, with its range.
 Verdicts ("speaks DICOM", "accepts any called AE") are compared host by host.
 
+pacsguard runs twice in each round: as it comes (after ANY-SCP is refused, it also tries the
+curated vendor-default called AE titles: nine more associations on each checking host, which
+nmap does not send) and with `--no-vendor-aets` (only ANY-SCP, the same requests as nmap).
+The three runs of a round go in a rotating order.
+
+Both tools run as a new user's shell would run them: this machine's agent sessions export
+PYTHONDONTWRITEBYTECODE=1 and PYTHONUNBUFFERED=1, which no user sets, so they are left out of
+the tools' environment, and pacsguard's package is byte-compiled first, as `pip install` does
+(an editable checkout would otherwise compile every module on every start). Start-up is
+`pacsguard --help` and a scan of one closed port, wall and CPU time.
+
 Besides, on the same machine and in the same run:
 - pacsguard start-up: a scan of one address where nothing listens;
 - per-host probe cost (the records' `duration_s`, concurrency 1) of plain DIMSE hosts, of
@@ -40,6 +51,9 @@ BASE = "127.96.0.1"
 ADDRESSES = 4096
 NOTHING = "127.97.0.1"  # nothing listens there: start-up alone
 VERIFY = ["--no-echo", "--no-count", "--fail-on", "critical"]
+#: Set by this machine's agent sessions, not by users (see the module docstring).
+SESSION_ONLY_ENV = ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")
+TOOLS = ("nmap", "pacsguard", "pacsguard-plain")
 
 
 def _pacsguard() -> str:
@@ -162,36 +176,60 @@ def per_host_cost(
     }
 
 
+def _user_measure(argv: list[str], out: Path) -> Measured:
+    return measure(argv, out, drop_env=SESSION_ONLY_ENV)
+
+
+def byte_compile_pacsguard() -> None:
+    """Write pacsguard's bytecode, as installing it with pip does."""
+    import pacsguard
+
+    package = Path(pacsguard.__file__).parent
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package)], check=True)
+
+
 def run(work: Path, *, pairs: int = 7, hosts: int = 60, cost_runs: int = 5) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     require_free([BASE, NOTHING, "127.98.0.1", "127.98.1.1", "127.98.2.1"], PORT)
-    pg_argv = [_pacsguard(), "scan", NET, "-p", str(PORT), *VERIFY]
-    nmap_argv = ["nmap", "-n", "-Pn", "--script", "+dicom-ping", "-p", str(PORT), "-oX", "-", NET]
+    byte_compile_pacsguard()
+    argv = {
+        "pacsguard": [_pacsguard(), "scan", NET, "-p", str(PORT), *VERIFY],
+        "pacsguard-plain": [_pacsguard(), "scan", NET, "-p", str(PORT), *VERIFY,
+                            "--no-vendor-aets"],
+        "nmap": ["nmap", "-n", "-Pn", "--script", "+dicom-ping", "-p", str(PORT), "-oX", "-", NET],
+    }  # fmt: skip
+    out_name = {"nmap": "nmap-{}.xml", "pacsguard": "pacsguard-{}.jsonl",
+                "pacsguard-plain": "pacsguard-plain-{}.jsonl"}  # fmt: skip
     pair_rows: list[dict[str, Any]] = []
-    startup: list[float] = []
+    startup: list[Measured] = []
+    helps: list[Measured] = []
     with pynetdicom_lab(work, hosts):
         truth = json.loads((work / "pynetdicom-truth.json").read_text())
         for i in range(pairs):
-            order = ("nmap", "pacsguard") if i % 2 == 0 else ("pacsguard", "nmap")
-            got: dict[str, Measured] = {}
-            for tool in order:
-                if tool == "nmap":
-                    got[tool] = measure(nmap_argv, work / f"nmap-{i}.xml")
-                else:
-                    got[tool] = measure(pg_argv, work / f"pacsguard-{i}.jsonl")
+            order = TOOLS[i % 3 :] + TOOLS[: i % 3]
+            got = {tool: _user_measure(argv[tool], work / out_name[tool].format(i))
+                   for tool in order}  # fmt: skip
             startup.append(
-                measure([_pacsguard(), "scan", NOTHING, "-p", str(PORT), *VERIFY],
-                        work / "startup.jsonl").seconds
+                _user_measure([_pacsguard(), "scan", NOTHING, "-p", str(PORT), *VERIFY],
+                              work / "startup.jsonl")
             )  # fmt: skip
+            helps.append(_user_measure([_pacsguard(), "--help"], work / "help.txt"))
+            nmap_s = got["nmap"].seconds
             pair_rows.append(
                 {
                     "pair": i,
-                    "first": order[0],
-                    "nmap_s": round(got["nmap"].seconds, 3),
+                    "order": list(order),
+                    "nmap_s": round(nmap_s, 3),
                     "pacsguard_s": round(got["pacsguard"].seconds, 3),
-                    "ratio": round(got["nmap"].seconds / got["pacsguard"].seconds, 3),
+                    "pacsguard_plain_s": round(got["pacsguard-plain"].seconds, 3),
+                    "ratio": round(nmap_s / got["pacsguard"].seconds, 3),
+                    "ratio_plain": round(nmap_s / got["pacsguard-plain"].seconds, 3),
+                    "nmap_cpu_s": round(got["nmap"].cpu_seconds, 3),
+                    "pacsguard_cpu_s": round(got["pacsguard"].cpu_seconds, 3),
+                    "pacsguard_plain_cpu_s": round(got["pacsguard-plain"].cpu_seconds, 3),
                     "nmap_rss_mib": round(got["nmap"].peak_rss_kib / 1024, 1),
                     "pacsguard_rss_mib": round(got["pacsguard"].peak_rss_kib / 1024, 1),
+                    "load_average": os.getloadavg()[0],
                 }
             )
         # Where pacsguard's time goes on the checking hosts: its records' own durations.
@@ -201,22 +239,31 @@ def run(work: Path, *, pairs: int = 7, hosts: int = 60, cost_runs: int = 5) -> d
         for h in truth["hosts"]
     }
     profiles = {h["address"]: h["profile"] for h in truth["hosts"]}
-    verdicts = [
-        agreement(
-            parse_pacsguard(work / f"pacsguard-{i}.jsonl"),
-            parse_nmap(work / f"nmap-{i}.xml"),
-            truth_v,
-            profiles,
-        )
-        for i in range(pairs)
-    ]
+    verdicts = {
+        tool: [
+            agreement(
+                parse_pacsguard(work / out_name[tool].format(i)),
+                parse_nmap(work / f"nmap-{i}.xml"),
+                truth_v,
+                profiles,
+            )
+            for i in range(pairs)
+        ]
+        for tool in ("pacsguard", "pacsguard-plain")
+    }
     live = [r for r in records if r["reachable"]]
     checking = [
         r["duration_s"] for r in live if r["association"]["any_called_ae_accepted"] is False
     ]
     open_ = [r["duration_s"] for r in live if r["association"]["any_called_ae_accepted"]]
     attempts = [len(r["association"]["attempts"]) for r in live]
-    ratios = [p["ratio"] for p in pair_rows]
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {
+            "median": round(statistics.median(values), 2),
+            "min": round(min(values), 2),
+            "max": round(max(values), 2),
+        }
 
     costs = []
     kinds = (
@@ -256,28 +303,54 @@ def run(work: Path, *, pairs: int = 7, hosts: int = 60, cost_runs: int = 5) -> d
             "servers": "pynetdicom AEs (Verification SCP), one process",
             "port": PORT,
         },
+        "environment": {"dropped": list(SESSION_ONLY_ENV), "byte_compiled": True},
         "pairs": pair_rows,
         "speedup": {
-            "median": round(statistics.median(ratios), 2),
-            "min": round(min(ratios), 2),
-            "max": round(max(ratios), 2),
+            **spread([p["ratio"] for p in pair_rows]),
             "nmap_median_s": round(statistics.median(p["nmap_s"] for p in pair_rows), 3),
             "pacsguard_median_s": round(statistics.median(p["pacsguard_s"] for p in pair_rows), 3),
         },
+        "speedup_plain": {
+            **spread([p["ratio_plain"] for p in pair_rows]),
+            "pacsguard_plain_median_s": round(
+                statistics.median(p["pacsguard_plain_s"] for p in pair_rows), 3
+            ),
+        },
+        "cpu_median_s": {
+            "nmap": round(statistics.median(p["nmap_cpu_s"] for p in pair_rows), 3),
+            "pacsguard": round(statistics.median(p["pacsguard_cpu_s"] for p in pair_rows), 3),
+            "pacsguard_plain": round(
+                statistics.median(p["pacsguard_plain_cpu_s"] for p in pair_rows), 3
+            ),
+        },
         "pacsguard_breakdown": {
-            "startup_median_s": round(statistics.median(startup), 3),
+            "startup_median_s": round(statistics.median(m.seconds for m in startup), 3),
+            "startup_range_s": [
+                round(min(m.seconds for m in startup), 3),
+                round(max(m.seconds for m in startup), 3),
+            ],
+            "startup_cpu_median_s": round(statistics.median(m.cpu_seconds for m in startup), 3),
+            "help_median_s": round(statistics.median(m.seconds for m in helps), 3),
+            "help_range_s": [
+                round(min(m.seconds for m in helps), 3),
+                round(max(m.seconds for m in helps), 3),
+            ],
+            "help_cpu_median_s": round(statistics.median(m.cpu_seconds for m in helps), 3),
             "open_host_median_s": round(statistics.median(open_), 3) if open_ else None,
             "checking_host_median_s": round(statistics.median(checking), 3) if checking else None,
             "attempts_on_checking_hosts": max(attempts, default=0),
             "attempts_on_open_hosts": min(attempts, default=0),
         },
         "verdicts": {
-            "pairs_identical_on_all_hosts": sum(v["differing"] == 0 for v in verdicts),
-            "pairs": len(verdicts),
-            "hosts_compared": verdicts[-1]["hosts_compared"],
-            "pacsguard_matches_truth": min(v["pacsguard_matches_truth"] for v in verdicts),
-            "nmap_matches_truth": min(v["nmap_matches_truth"] for v in verdicts),
-            "truth_hosts": verdicts[-1]["truth_hosts"],
+            tool: {
+                "pairs_identical_on_all_hosts": sum(v["differing"] == 0 for v in runs),
+                "pairs": len(runs),
+                "hosts_compared": runs[-1]["hosts_compared"],
+                "pacsguard_matches_truth": min(v["pacsguard_matches_truth"] for v in runs),
+                "nmap_matches_truth": min(v["nmap_matches_truth"] for v in runs),
+                "truth_hosts": runs[-1]["truth_hosts"],
+            }
+            for tool, runs in verdicts.items()
         },
         "per_host_cost": costs,
         "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
@@ -285,42 +358,66 @@ def run(work: Path, *, pairs: int = 7, hosts: int = 60, cost_runs: int = 5) -> d
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lab, s, b, v = (
+    lab, s, sp, b = (
         result["lab"],
         result["speedup"],
+        result["speedup_plain"],
         result["pacsguard_breakdown"],
-        result["verdicts"],
     )
+    cpu = result["cpu_median_s"]
     lines = [
         "# Scan benchmark on a lab without hostile responders: pacsguard vs nmap dicom-ping",
         "",
         f"Lab: {lab['addresses']} loopback addresses, {lab['live_hosts']} live {lab['servers']} "
         f"on port {lab['port']}, {lab['checking_called_ae']} of them checking the called AE; "
-        "nothing else listens (no tool waits for a time-out). Both tools run as subprocesses "
-        "on the same addresses, in interleaved pairs.",
+        "nothing else listens (no tool waits for a time-out). The tools run as subprocesses "
+        "on the same addresses, in rounds of three in rotating order: nmap, pacsguard as it "
+        "comes (ANY-SCP, then on a checking host the nine curated vendor titles at once), and "
+        "pacsguard `--no-vendor-aets` (ANY-SCP only, as nmap). Environment as a user's: "
+        f"{', '.join(result['environment']['dropped'])} (set by this machine's agent sessions) "
+        "left out, pacsguard byte-compiled as pip installs it.",
         "",
-        "| pair | first | nmap s | pacsguard s | nmap s / pacsguard s |",
-        "|---:|---|---:|---:|---:|",
+        "| round | order | load | nmap s | pacsguard s | ratio | --no-vendor-aets s | ratio "
+        "| CPU s nmap / pacsguard / plain |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for p in result["pairs"]:
         lines.append(
-            f"| {p['pair']} | {p['first']} | {p['nmap_s']} | {p['pacsguard_s']} | {p['ratio']} |"
+            f"| {p['pair']} | {', '.join(p['order'])} | {p['load_average']:.1f} | {p['nmap_s']} "
+            f"| {p['pacsguard_s']} | {p['ratio']} | {p['pacsguard_plain_s']} | "
+            f"{p['ratio_plain']} | {p['nmap_cpu_s']} / {p['pacsguard_cpu_s']} / "
+            f"{p['pacsguard_plain_cpu_s']} |"
         )
     load = ", ".join(f"{x:.1f}" for x in result["machine"]["load_average_at_end"])
     lines += [
         "",
-        f"- pacsguard verification speed-up over nmap (median of per-pair ratios): "
-        f"**{s['median']}x**, range {s['min']}x to {s['max']}x (target >= 1.0x); medians "
-        f"nmap {s['nmap_median_s']} s, pacsguard {s['pacsguard_median_s']} s; "
-        f"load average at the end {load} on {result['machine']['cpus']} CPUs",
-        f"- pacsguard's time: start-up {b['startup_median_s']} s (one address, nothing "
-        f"listening); an open host's probe {b['open_host_median_s']} s, a checking host's "
+        f"- pacsguard verification speed-up over nmap (median of per-round ratios nmap s / "
+        f"pacsguard s): **{s['median']}x**, range {s['min']}x to {s['max']}x (target >= 1.0x); "
+        f"medians nmap {s['nmap_median_s']} s, pacsguard {s['pacsguard_median_s']} s",
+        f"- with `--no-vendor-aets` (the same requests as nmap): **{sp['median']}x**, range "
+        f"{sp['min']}x to {sp['max']}x; median {sp['pacsguard_plain_median_s']} s",
+        f"- CPU time (median): nmap {cpu['nmap']} s, pacsguard {cpu['pacsguard']} s, "
+        f"`--no-vendor-aets` {cpu['pacsguard_plain']} s",
+        f"- load average at the end {load} on {result['machine']['cpus']} CPUs (per round "
+        "above: the 1-minute load when the round ended)",
+        f"- pacsguard start-up: `pacsguard --help` {b['help_median_s']} s wall (range "
+        f"{b['help_range_s'][0]} to {b['help_range_s'][1]}), {b['help_cpu_median_s']} s CPU; "
+        f"a scan of one closed port {b['startup_median_s']} s wall (range "
+        f"{b['startup_range_s'][0]} to {b['startup_range_s'][1]}), "
+        f"{b['startup_cpu_median_s']} s CPU (target < 0.3 s)",
+        f"- pacsguard's probes: an open host's {b['open_host_median_s']} s, a checking host's "
         f"{b['checking_host_median_s']} s ({b['attempts_on_checking_hosts']} associations: "
-        f"ANY-SCP, then the curated vendor titles; nmap sends one)",
-        f"- verdicts (speaks DICOM, accepts any AE) identical on all "
-        f"{v['hosts_compared']} live hosts in {v['pairs_identical_on_all_hosts']} of "
-        f"{v['pairs']} pairs; against ground truth: pacsguard {v['pacsguard_matches_truth']} / "
-        f"{v['truth_hosts']}, nmap {v['nmap_matches_truth']} / {v['truth_hosts']} (worst pair)",
+        "ANY-SCP, then the curated vendor titles together; nmap sends one)",
+    ]
+    for tool, v in result["verdicts"].items():
+        lines.append(
+            f"- verdicts of {tool} (speaks DICOM, accepts any AE) identical to nmap's on all "
+            f"{v['hosts_compared']} live hosts in {v['pairs_identical_on_all_hosts']} of "
+            f"{v['pairs']} rounds; against ground truth: pacsguard {v['pacsguard_matches_truth']}"
+            f" / {v['truth_hosts']}, nmap {v['nmap_matches_truth']} / {v['truth_hosts']} "
+            "(worst round)"
+        )
+    lines += [
         "",
         "## Per-host probe cost by kind (pacsguard verification, concurrency 1)",
         "",

@@ -277,7 +277,7 @@ def run(work: Path, hosts: int, seed: int, pairs: int = 7) -> dict[str, Any]:
         # Per-host probe cost by profile (verification, concurrency 512): the hostile silent and
         # closing hosts include the TLS attempt made where plaintext got no DICOM answer.
         "median_probe_s_by_profile": duration_by_profile(verify.stdout_path, profiles),
-        "machine": {"cpus": os.cpu_count()},
+        "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
     }
 
 
@@ -321,6 +321,10 @@ def markdown(result: dict[str, Any]) -> str:
         "- median probe time per host by profile (s; hostile-silent and hostile-close-mid-pdu "
         "include the TLS attempt): "
         + ", ".join(f"{p} {d}" for p, d in result["median_probe_s_by_profile"].items()),
-        "",
     ]
+    machine = result["machine"]
+    if "load_average_at_end" in machine:
+        load = ", ".join(f"{x:.1f}" for x in machine["load_average_at_end"])
+        lines.append(f"- load average at the end {load} on {machine['cpus']} CPUs")
+    lines.append("")
     return "\n".join(lines)

@@ -35,13 +35,16 @@ from distributed import Client, LocalCluster, get_task_stream
 from pacsguard.cli import main
 from pacsguard.cli.scan import scan_scope
 from pacsguard.dicom.connect import Timeouts
+from pacsguard.errors import ClusterError, ResumeError
 from pacsguard.lab.profiles import Profile, plan_farm
 from pacsguard.lab.truth import farm_truth
 from pacsguard.scan.distributed import ClusterAddress, ShardedRun, scan_on_cluster, shards
+from pacsguard.scan.geo import GeoDatabases
 from pacsguard.scan.journal import done_shards
 from pacsguard.scan.model import Target
 from pacsguard.scan.probe import ProbeOptions
 from pacsguard.scan.scheduler import Limits
+from tests.mmdb import asn_record, country_record, write_mmdb
 
 from .conftest import RunningFarm
 
@@ -413,3 +416,67 @@ def test_a_shard_probes_web_and_dimse_targets_as_one_process_does(
     web_record = sharded[("127.0.0.1", web.server_address[1])]
     assert web_record["transport"] == "http"
     assert web_record["reachable"] is True
+
+
+def test_workers_locate_hosts_from_the_geoip_files_as_one_process_does(
+    running_farm: type[RunningFarm], local_cluster: Client, tmp_path: Path
+) -> None:
+    lab = running_farm(
+        plan_farm(4, base_address="127.83.6.1", port=0, seed=3, profile=Profile.OPEN)
+    )
+    targets = [Target(h.address, h.port) for h in lab.plan.hosts]
+    geo = GeoDatabases(
+        country_db=write_mmdb(
+            tmp_path / "country.mmdb",
+            "GeoLite2-Country",
+            {"127.83.6.0/31": country_record("SE"), "127.83.6.2/31": country_record("PT")},
+        ),
+        asn_db=write_mmdb(
+            tmp_path / "asn.mmdb", "GeoLite2-ASN", {"127.83.0.0/16": asn_record(64601, "Lab")}
+        ),
+    )
+    run = ShardedRun(
+        cluster=ClusterAddress(local_workers=2),
+        output=tmp_path / "scan.jsonl",
+        state_dir=tmp_path / "state",
+        shard_size=1,
+    )
+    outcome = scan_on_cluster(run, targets, PATIENT, Limits(), client=local_cluster, geo=geo)
+    located = {r["host"]: r["location"] for r in _records(run.output)}  # type: ignore[arg-type]
+    assert located == {
+        "127.83.6.1": {"country": "SE", "asn": 64601, "as_org": "Lab"},
+        "127.83.6.2": {"country": "PT", "asn": 64601, "as_org": "Lab"},
+        "127.83.6.3": {"country": "PT", "asn": 64601, "as_org": "Lab"},
+        "127.83.6.4": {"country": None, "asn": 64601, "as_org": "Lab"},
+    }
+    # A resume must read the same files: other (or no) GeoIP files are another scan.
+    with pytest.raises(ResumeError, match="with other options"):
+        scan_on_cluster(
+            ShardedRun(
+                cluster=ClusterAddress(local_workers=2),
+                output=run.output,
+                state_dir=run.state_dir,
+                shard_size=1,
+                resume=outcome.run_id,
+            ),
+            targets,
+            PATIENT,
+            Limits(),
+            client=local_cluster,
+        )
+    # A file a worker cannot read is a clear error naming the worker, not a silent null.
+    missing = GeoDatabases(country_db=tmp_path / "absent.mmdb")
+    with pytest.raises(ClusterError, match=r"worker .*absent\.mmdb"):
+        scan_on_cluster(
+            ShardedRun(
+                cluster=ClusterAddress(local_workers=2),
+                output=tmp_path / "again.jsonl",
+                state_dir=tmp_path / "state2",
+                shard_size=1,
+            ),
+            targets,
+            PATIENT,
+            Limits(),
+            client=local_cluster,
+            geo=missing,
+        )

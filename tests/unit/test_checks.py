@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 from pacsguard.dicom.phi import PhiCategory
-from pacsguard.scan.checks import CHECKS, assess, severity_for
+from pacsguard.scan.checks import CHECKS, assess, judge_everything, nothing_to_judge, severity_for
 from pacsguard.scan.model import (
     AssociationAttempt,
     Exposure,
@@ -123,6 +123,37 @@ def test_non_dicom_and_closed_targets_get_no_findings() -> None:
     garbage = Observations(target=TARGET, reachable=True, dicom=False, anomalies=("not-dicom",))
     assert assess(closed).findings == ()
     assert assess(garbage).findings == ()
+
+
+def test_targets_that_never_answered_are_judged_alike_with_or_without_the_shortcut() -> None:
+    """`assess` skips the checks for them; every check, run anyway, finds nothing either."""
+    never = [
+        Observations(
+            target=TARGET,
+            reachable=False,
+            dicom=False,
+            attempts=tuple(
+                AssociationAttempt("PACSGUARD", "ANY-SCP", outcome, reason, tls=tls)
+                for tls in (False, True)[: 1 + with_tls]
+            ),
+            error=error,
+            duration_s=0.25,
+        )
+        for outcome, reason in (
+            (Outcome.REFUSED, "connection refused"),
+            (Outcome.TIMEOUT, "no TCP answer within the connect timeout"),
+            (Outcome.UNREACHABLE, "host unreachable"),
+        )
+        for with_tls in (0, 1)
+        for error in (None, "total time budget of 1s exhausted")
+    ]
+    never.append(
+        Observations(target=Target("127.0.0.1", 8042, "http"), reachable=False, dicom=False)
+    )
+    for obs in never:
+        assert nothing_to_judge(obs)
+        assert assess(obs) == judge_everything(obs)
+    assert not nothing_to_judge(open_pacs())
 
 
 def test_evidence_is_json_and_holds_no_values_beyond_counts_and_names() -> None:

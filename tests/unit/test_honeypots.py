@@ -162,6 +162,26 @@ def test_scan_summary_keeps_clusters_and_honeypots_out_of_totals() -> None:
     assert sum(summary.severities.values()) == 6  # the honeypot's severity is not counted
 
 
+def test_summaries_of_parts_merge_into_the_summary_of_the_whole() -> None:
+    """How a sharded scan totals: each shard's summary on its worker, merged by the
+    coordinator; here the cluster's members and the honeypot fall into different parts."""
+    reports = [assess(obs) for obs in fleet()]
+    reports.append(assess(replace(open_host("127.0.3.1"), reachable=False, dicom=False)))
+    whole = ScanSummary()
+    for report in reports:
+        whole.add(report)
+    merged = ScanSummary()
+    for part in (reports[0::3], reports[1::3], reports[2::3], []):
+        summary = ScanSummary()
+        for report in part:
+            summary.add(report)
+        merged.merge(summary)
+    assert merged.render() == whole.render()
+    assert merged.severities == whole.severities
+    assert [c.hosts for c in merged.tally.clusters()] == [4]
+    assert (merged.targets, merged.reachable, merged.honeypots) == (8, 7, 1)
+
+
 def test_report_digest_agrees_with_the_scan_summary() -> None:
     result = digest(to_record(assess(obs)) for obs in fleet())
     assert (result.exposed, result.studies, result.instances) == (2, 8, 24)

@@ -69,6 +69,27 @@ def test_appended_shards_are_journaled_with_their_offsets(tmp_path: Path) -> Non
     assert [json.loads(x)["host"] for x in text.splitlines()] == ["a", "b", "c"]
 
 
+def test_shards_written_together_are_journaled_each_with_its_own_offsets(
+    tmp_path: Path,
+) -> None:
+    with _start(tmp_path) as journal:
+        journal.append_shards(
+            [(3, (_line("a") + _line("b")).encode(), 2), (1, _line("c").encode(), 1), (2, b"", 0)]
+        )
+        journal.append_shards([])
+        journal.append_shard(0, [_line("d")])
+    text = (tmp_path / "out.jsonl").read_text()
+    assert [json.loads(x)["host"] for x in text.splitlines()] == ["a", "b", "c", "d"]
+    assert done_shards(tmp_path / "state", "run-1") == {0, 1, 2, 3}
+    # A resume finds where each shard ended, and the output's end after the last.
+    journal, earlier = RunJournal.resume(
+        tmp_path / "state", "run-1", fingerprint="f", output=tmp_path / "out.jsonl"
+    )
+    with journal:
+        assert earlier.end_offset == len(text.encode())
+        assert [r["host"] for r in journal.earlier_records(len(_line("a")))] == ["a"]
+
+
 def test_resume_cuts_a_torn_shard_and_skips_done_ones(tmp_path: Path) -> None:
     with _start(tmp_path) as journal:
         journal.append_shard(0, [_line("a"), _line("b")])

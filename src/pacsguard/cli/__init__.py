@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Final
 import typer
 from typer.core import TyperGroup
 
+from pacsguard.cli._coerce import install as install_fast_coercion
+from pacsguard.cli._coerce import install_on as install_fast_coercion_on
 from pacsguard.errors import UsageError
 
 if TYPE_CHECKING:  # typer's own (vendored) click, as TyperGroup's signatures name it
-    from typer._click import Command, Context, HelpFormatter
+    from typer._click import Command, Context, HelpFormatter, Parameter
 
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
@@ -122,17 +124,25 @@ def load_subcommand(name: str) -> Command:
     """Import one subcommand and build its click command, as `app.command`/`add_typer` would."""
     entry = SUBCOMMANDS[name]
     target = getattr(importlib.import_module(entry.module), entry.attribute)
+    command: Command
     if isinstance(target, typer.Typer):
-        group = typer.main.get_group(target)
-        group.name = name
-        return group
-    holder = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    holder.command(name=name)(target)
-    return typer.main.get_command(holder)
+        command = typer.main.get_group(target)
+        command.name = name
+    else:
+        holder = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        holder.command(name=name)(target)
+        command = typer.main.get_command(holder)
+    install_fast_coercion(command)  # no pydantic for plain option values (see _coerce)
+    return command
 
 
 class _LazyGroup(TyperGroup):
     """The top-level group: knows its subcommands by name, builds one when it is used."""
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        params = super().get_params(ctx)
+        install_fast_coercion_on(params)
+        return params
 
     def list_commands(self, ctx: Context) -> list[str]:
         return list(SUBCOMMANDS)

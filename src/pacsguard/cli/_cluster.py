@@ -16,6 +16,7 @@ from pacsguard.errors import UsageError
 from pacsguard.report.jsonl import TextSink
 from pacsguard.report.table import ScanSummary
 from pacsguard.scan.distributed import ShardedRun, parse_cluster, scan_on_cluster
+from pacsguard.scan.geo import GeoDatabases
 from pacsguard.scan.http_session import HttpOptions
 from pacsguard.scan.journal import default_state_dir
 from pacsguard.scan.model import HostReport, Target
@@ -38,6 +39,7 @@ def scan_sharded(
     keep: list[HostReport] | None,
     http: HttpOptions,
     history: AbstractContextManager[TextSink | None] | None = None,
+    geo: GeoDatabases | None = None,
 ) -> ScanSummary:
     """Run or resume the sharded scan; announce its run id on standard error first.
 
@@ -70,12 +72,13 @@ def scan_sharded(
         with progress:
             outcome = scan_on_cluster(
                 run, scope, options, limits, stdout=stdout, keep=keep, http=http,
-                on_progress=advance, announce=announce,
+                on_progress=advance, announce=announce, geo=geo,
             )  # fmt: skip
     else:
         outcome = scan_on_cluster(
-            run, scope, options, limits, stdout=stdout, keep=keep, http=http, announce=announce
-        )
+            run, scope, options, limits, stdout=stdout, keep=keep, http=http, announce=announce,
+            geo=geo,
+        )  # fmt: skip
     if outcome.earlier_records:
         typer.echo(
             f"run {outcome.run_id}: {outcome.earlier_records} records written before the "

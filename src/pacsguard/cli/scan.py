@@ -2,7 +2,8 @@
 
 Start-up matters (a scan of one closed port should take a fraction of a second): rich is
 imported only for a progress bar on a terminal or `--format table`, the probe imports pydicom
-and pynetdicom only once a port answers, and httpx only for web targets.
+and pynetdicom only to exchange DIMSE messages (echo, count), and the HTTP tier (httpx, its
+catalog, `HttpOptions`) only once a web target comes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
@@ -23,14 +24,14 @@ from pacsguard.errors import UsageError
 from pacsguard.report.jsonl import TextSink, write_record
 from pacsguard.report.table import ScanSummary, render_table
 from pacsguard.scan.candidates import InputFormat
-from pacsguard.scan.geo import GeoLookup
-from pacsguard.scan.http_probe import HTTP_TRANSPORTS, HttpOptions, probe_http
+from pacsguard.scan.geo import GeoDatabases, GeoLookup
 from pacsguard.scan.model import HostReport, Observations, Severity, Target
 from pacsguard.scan.probe import ProbeOptions, probe_dimse
 from pacsguard.scan.scheduler import Limits, run_scan
 from pacsguard.scan.targets import (
     DEFAULT_PORTS,
     DEFAULT_WEB_PORTS,
+    WEB_SCHEMES,
     Scope,
     build_scope,
     parse_ports,
@@ -38,6 +39,8 @@ from pacsguard.scan.targets import (
 
 if TYPE_CHECKING:
     from rich.progress import Progress
+
+    from pacsguard.scan.http_probe import HttpOptions
 
 
 class OutputFormat(StrEnum):
@@ -53,7 +56,7 @@ async def scan_scope(
     jsonl: TextSink | None,
     on_report: list[HostReport] | None = None,
     progress: Progress | None = None,
-    http: HttpOptions | None = None,
+    http: HttpOptions | Callable[[], HttpOptions] | None = None,
     geo: GeoLookup | None = None,
 ) -> ScanSummary:
     """Run the scan, streaming JSON Lines; keep reports only when `on_report` asks for them.
@@ -61,37 +64,66 @@ async def scan_scope(
     summary = ScanSummary()
     total = scope.target_count if isinstance(scope, Scope) else len(scope)
     task = progress.add_task("scanning", total=total) if progress else None
-    if total > 1 and limits.concurrency > 1:
+    if total > 1 and limits.concurrency > 1 and (options.echo or options.count):
         # Probes in flight share one event loop: left to the first port that answers, loading
-        # pydicom and pynetdicom (0.3 s, more on a loaded machine) would stall every other
-        # probe's timers meanwhile. One target alone loads them only if it answers.
-        import pacsguard.dicom.client  # noqa: F401
+        # pydicom and pynetdicom (0.1 to 0.3 s, more on a loaded machine) would stall every
+        # other probe's timers meanwhile. One target alone loads them only if it answers; a
+        # verification-only scan (no echo, no count) never needs them.
+        import pacsguard.dicom.dimse
+        import pacsguard.scan.counting  # noqa: F401
 
-    http_options = http or HttpOptions()
+    http_options: HttpOptions | None = None
 
     async def prober(target: Target) -> Observations:
+        nonlocal http_options
+        if http_options is None and target.transport in WEB_SCHEMES:
+            if callable(http):
+                http_options = http()
+            else:
+                from pacsguard.scan.http_probe import HttpOptions
+
+                http_options = http or HttpOptions()
         return await probe_target(target, options, http_options)
 
+    flush_pending = False
+
+    def flush() -> None:
+        nonlocal flush_pending
+        flush_pending = False
+        if jsonl is not None:
+            jsonl.flush()
+
+    loop = asyncio.get_running_loop()
     async for report in run_scan(scope, prober, limits):
         if geo is not None:
             report = replace(report, location=geo.locate(report.observations.target.host))
         summary.add(report)
         if jsonl is not None:
-            write_record(jsonl, report)
+            # Flushed once the loop turns: every record is out as soon as nothing else is
+            # ready, and the records of targets that finished together share one write.
+            write_record(jsonl, report, flush=False)
+            if not flush_pending:
+                flush_pending = True
+                loop.call_soon(flush)
         if on_report is not None and report.observations.reachable:
             on_report.append(report)
         if progress is not None and task is not None:
             progress.advance(task)
+    flush()
     return summary
 
 
-async def probe_target(target: Target, options: ProbeOptions, http: HttpOptions) -> Observations:
+async def probe_target(
+    target: Target, options: ProbeOptions, http: HttpOptions | None
+) -> Observations:
     """Probe one target by its transport: the web tier for http(s), DIMSE otherwise.
 
     Also what each shard of a `--cluster` scan runs on its worker (`pacsguard.scan.distributed`).
     """
-    if target.transport in HTTP_TRANSPORTS:
-        return await probe_http(target, http)
+    if target.transport in WEB_SCHEMES:
+        from pacsguard.scan.http_probe import HttpOptions, probe_http  # httpx and its catalog
+
+        return await probe_http(target, http or HttpOptions())
     return await probe_dimse(target, options)
 
 
@@ -154,6 +186,14 @@ def scan(
         bool,
         typer.Option("--guess-aets", help="Also try a longer list of common called AE titles."),
     ] = False,
+    vendor_aets: Annotated[
+        bool,
+        typer.Option(
+            "--vendor-aets/--no-vendor-aets",
+            help="When ANY-SCP is refused as an unknown called AE, try the curated "
+            "vendor-default titles (all at once).",
+        ),
+    ] = True,
     called_aet: Annotated[
         list[str] | None,
         typer.Option("--called-aet", help="A called AE title you know; tried right after ANY-SCP."),
@@ -239,16 +279,22 @@ def scan(
         echo=echo,
         count=count,
         guess_aets=guess_aets,
+        vendor_aets=vendor_aets,
         guess_interval=guess_interval,
         called_aets=tuple(_valid_aet(a) for a in called_aet or ()),
     )
-    http_options = HttpOptions(
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        request_timeout=max(2 * read_timeout, read_timeout + connect_timeout),
-        total_timeout=total_timeout,
-        default_credentials=default_credentials,
-    )
+
+    def http_options() -> HttpOptions:
+        from pacsguard.scan.http_probe import HttpOptions
+
+        return HttpOptions(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            request_timeout=max(2 * read_timeout, read_timeout + connect_timeout),
+            total_timeout=total_timeout,
+            default_credentials=default_credentials,
+        )
+
     # The probe ends itself at --total-timeout; the scheduler's backstop follows just after.
     limits = Limits(concurrency=concurrency, rate=rate, target_timeout=total_timeout + 1.0)
     geo = (
@@ -272,7 +318,10 @@ def scan(
             "target_count": scope.target_count,
         }
         run_options = {
-            **{k: getattr(options, k) for k in ("echo", "count", "guess_aets", "total_timeout")},
+            **{
+                k: getattr(options, k)
+                for k in ("echo", "count", "guess_aets", "vendor_aets", "total_timeout")
+            },
             "called_aets": list(options.called_aets),
             "timeouts": [connect_timeout, read_timeout],
             "concurrency": concurrency,
@@ -284,9 +333,12 @@ def scan(
 
         if recheck is not None:
             raise UsageError("--recheck runs in one process: leave out --cluster and --resume")
+        if geo is not None:
+            geo.close()  # opened above to check the files; each worker opens its own
         summary = scan_sharded(
             cluster, resume, shard_size, state_dir, output, scope, options, limits,
-            stdout=stdout_jsonl, keep=keep, http=http_options, history=history,
+            stdout=stdout_jsonl, keep=keep, http=http_options(), history=history,
+            geo=GeoDatabases(geoip_country, geoip_asn) if geo is not None else None,
         )  # fmt: skip
         _finish(summary, keep, fail_on)
         return

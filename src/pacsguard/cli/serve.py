@@ -1,4 +1,10 @@
-"""`pacsguard serve`: run the archive (DIMSE over TLS), secure by default; `fsck` checks it."""
+"""`pacsguard serve`: run the archive (DIMSE over TLS), secure by default; `fsck` checks it.
+
+The archive's modules are imported inside the commands, and `serve` blocks its stop signals
+before importing them: an import may start a native thread (numpy, through pydicom, starts
+OpenBLAS's worker threads), and a thread that does not block SIGTERM takes the signal with its
+default action, killing the archive without an orderly stop (see `_signals`).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,11 @@ import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from pacsguard.archive.app import RunningArchive, open_storage, start_archive
-from pacsguard.archive.config import DataLayout, Settings, load_settings
-from pacsguard.archive.control import REQUEST, answer_reload, answer_unlock, ask_reload, ask_unlock
-from pacsguard.archive.fsck import run_fsck
-from pacsguard.archive.reload import reload_archive
-from pacsguard.archive.security.bootstrap import initialize
-from pacsguard.archive.selfcheck import self_check, worst
 from pacsguard.cli._signals import (
     RELOAD_SIGNAL,
     STOP_SIGNALS,
@@ -28,12 +27,18 @@ from pacsguard.cli._signals import (
     wait_for_signal,
 )
 from pacsguard.errors import UsageError
-from pacsguard.scan.model import Severity
+
+if TYPE_CHECKING:
+    from pacsguard.archive.app import RunningArchive
+    from pacsguard.archive.config import Settings
 
 log = logging.getLogger(__name__)
 
 
 def _settings(data_dir: Path, config: Path | None, overrides: dict[str, object]) -> Settings:
+    from pacsguard.archive.config import DataLayout, load_settings
+    from pacsguard.archive.security.bootstrap import initialize
+
     layout = DataLayout(data_dir.absolute())
     path = config or layout.config_file
     if config is None and not path.exists():
@@ -75,6 +80,13 @@ def serve(
     ] = True,
 ) -> None:
     """Run the archive until SIGTERM or Ctrl-C."""
+    hold_stop_signals()  # first: before any import can start a thread (module docstring)
+    from pacsguard.archive.app import start_archive
+    from pacsguard.archive.config import DataLayout, load_settings
+    from pacsguard.archive.reload import reload_archive
+    from pacsguard.archive.selfcheck import self_check, worst
+    from pacsguard.scan.model import Severity
+
     overrides: dict[str, object] = {
         "profile": profile,
         "server.host": host,
@@ -85,7 +97,6 @@ def serve(
     }
     settings = _settings(data_dir, config, overrides)
     console = Console()
-    hold_stop_signals()
     # A C-STORE object too large to keep in memory is received into a temporary file before the
     # archive stores it: keep those (plaintext, in transit) in the private data folder, not /tmp.
     incoming = settings.storage.data_dir / "incoming"
@@ -146,6 +157,8 @@ def _answer_requests(
     console: Console,
 ) -> None:
     """Carry out what the signal asks: SIGHUP reloads; SIGUSR1 answers pending request files."""
+    from pacsguard.archive.control import REQUEST, answer_reload, answer_unlock
+
     if received == RELOAD_SIGNAL:
         try:
             console.print(reload("SIGHUP"), highlight=False)
@@ -173,6 +186,8 @@ def unlock(
     data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("pacsguard-data"),
 ) -> None:
     """Lift lockouts in the running archive now, instead of waiting for them to expire."""
+    from pacsguard.archive.control import ask_unlock
+
     for address in addresses or ():
         try:
             ipaddress.ip_address(address.split("%", 1)[0])
@@ -192,6 +207,10 @@ def fsck(
     ] = True,
 ) -> None:
     """Check that index and blob store agree (exit 1 when they do not)."""
+    from pacsguard.archive.app import open_storage
+    from pacsguard.archive.config import DataLayout, load_settings
+    from pacsguard.archive.fsck import run_fsck
+
     layout = DataLayout(data_dir.absolute())
     settings = load_settings(config or layout.config_file)
     index, blobs = open_storage(settings)
@@ -219,6 +238,8 @@ def fsck(
 
 def reload(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("pacsguard-data")) -> None:
     """Make the running archive re-read its config (users, AEs, roles); audited."""
+    from pacsguard.archive.control import ask_reload
+
     applied, message = ask_reload(data_dir.absolute())
     if not applied:
         raise UsageError(f"the archive refused the config and keeps the running one: {message}")

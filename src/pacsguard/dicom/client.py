@@ -3,6 +3,10 @@
 Built for scanning: every read is bounded in size and time, TCP_NODELAY is set, and nothing is
 retained after the conversation ends. Errors from the remote surface as `ProtocolError`
 subclasses or `TimeoutError`; the probe layer turns them into observations.
+
+Negotiating, releasing and aborting need neither pydicom nor pynetdicom (`pacsguard.dicom.acse`):
+a verification scan never imports them. The DIMSE methods (echo, find, store) import the message
+codec, which needs both, the first time one is called.
 """
 
 from __future__ import annotations
@@ -12,10 +16,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from io import BytesIO
-from typing import Final
-
-from pydicom.dataset import Dataset
-from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
+from typing import TYPE_CHECKING, Final
 
 from pacsguard.dicom import uids
 from pacsguard.dicom.command import CommandField
@@ -29,14 +30,6 @@ from pacsguard.dicom.connect import (
     open_connection,
     set_nodelay,
 )
-from pacsguard.dicom.dimse import (
-    DimseMessage,
-    MessageAssembler,
-    decode_dataset,
-    encode_dataset,
-    encode_message,
-)
-from pacsguard.dicom.stream import ReadChunk, encode_store_command, send_data_set
 from pacsguard.dicom.ul import (
     ABORT,
     MAX_ASSOCIATION_PDU,
@@ -54,6 +47,12 @@ from pacsguard.dicom.ul import (
     read_pdu,
 )
 from pacsguard.errors import MalformedPdu, PeerClosed
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from pacsguard.dicom.dimse import DimseMessage
+    from pacsguard.dicom.stream import ReadChunk
 
 __all__ = [  # the connection helpers live in `connect` (no pydicom there); named here too
     "MAX_INCOMING_PDU",
@@ -100,6 +99,8 @@ class Association:
             await self._writer.drain()
 
     async def _receive_message(self) -> DimseMessage:
+        from pacsguard.dicom.dimse import MessageAssembler
+
         assembler = MessageAssembler()
         while True:
             async with asyncio.timeout(self._timeouts.read):
@@ -117,6 +118,10 @@ class Association:
 
     async def echo(self, context: ContextResult) -> int:
         """Send C-ECHO-RQ; return the response status."""
+        from pynetdicom.dimse_primitives import C_ECHO
+
+        from pacsguard.dicom.dimse import encode_message
+
         primitive = C_ECHO()
         primitive.MessageID = self._next_id()
         primitive.AffectedSOPClassUID = uids.VERIFICATION
@@ -132,6 +137,10 @@ class Association:
 
         Breaking out of the iteration early leaves the association unusable; release or abort it.
         """
+        from pynetdicom.dimse_primitives import C_FIND
+
+        from pacsguard.dicom.dimse import decode_dataset, encode_dataset, encode_message
+
         primitive = C_FIND()
         primitive.MessageID = self._next_id()
         primitive.AffectedSOPClassUID = context.abstract_syntax
@@ -157,6 +166,10 @@ class Association:
         The scanner never calls this (an accepted storage context is its evidence); it exists
         for tests and tools that must send exactly the bytes they mean, malformed included.
         """
+        from pynetdicom.dimse_primitives import C_STORE
+
+        from pacsguard.dicom.dimse import encode_message
+
         primitive = C_STORE()
         primitive.MessageID = self._next_id()
         primitive.AffectedSOPClassUID = context.abstract_syntax
@@ -179,6 +192,10 @@ class Association:
         """Send C-STORE-RQ with a data set read chunk by chunk (never whole in memory); return
         the response status. `move_originator` is (AE title, message id) for C-MOVE sub-operations.
         """
+        from pynetdicom.dimse_primitives import C_STORE
+
+        from pacsguard.dicom.stream import encode_store_command, send_data_set
+
         primitive = C_STORE()
         primitive.MessageID = self._next_id()
         primitive.AffectedSOPClassUID = context.abstract_syntax

@@ -228,7 +228,7 @@ def build_dataset(
     meta.MediaStorageSOPClassUID = UID(instance.sop_class_uid)
     meta.MediaStorageSOPInstanceUID = UID(instance.sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
+    meta.ImplementationClassUID = UID(uids.IMPLEMENTATION_CLASS_UID)
     meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
     ds.file_meta = meta
     return ds

@@ -29,6 +29,19 @@ _STYLE = {
 }
 
 
+_TOTALS = (
+    "targets",
+    "reachable",
+    "dicom",
+    "accepted",
+    "exposing",
+    "studies",
+    "instances",
+    "patients",
+    "honeypots",
+)
+
+
 @dataclass
 class ScanSummary:
     """Running totals over a scan; fed one report at a time so nothing else is kept.
@@ -71,6 +84,13 @@ class ScanSummary:
             )
         if report.worst is not None:
             self.severities[report.worst] += 1
+
+    def merge(self, other: ScanSummary) -> None:
+        """Add another summary's totals (a shard's, made on a worker) to this one."""
+        for name in _TOTALS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.severities.update(other.severities)
+        self.tally.merge(other.tally)
 
     def render(self) -> str:
         worst = ", ".join(

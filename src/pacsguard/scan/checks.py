@@ -471,9 +471,25 @@ def honeypot_finding(verdict: HoneypotVerdict) -> Finding | None:
     )
 
 
+def nothing_to_judge(obs: Observations) -> bool:
+    """Nothing answered: no connection (refused, timed out, unreachable), no TLS, no HTTP.
+
+    Every check needs something the host said; a scan of a sparse range is mostly such
+    targets, so `assess` returns their report without running the checks
+    (`tests/unit/test_checks.py` runs them all on such observations: they find nothing)."""
+    return not obs.reachable and obs.tls_facts is None and obs.http is None
+
+
 def assess(obs: Observations, checks: tuple[Check, ...] = CHECKS) -> HostReport:
     """Run every check, name the product and its known CVEs, judge honeypot signatures;
     findings most severe first."""
+    if checks is CHECKS and nothing_to_judge(obs):
+        return HostReport(observations=obs)
+    return judge_everything(obs, checks)
+
+
+def judge_everything(obs: Observations, checks: tuple[Check, ...] = CHECKS) -> HostReport:
+    """`assess` without its shortcut for targets that never answered."""
     findings = [f for f in (check(obs) for check in checks) if f is not None]
     if obs.http is not None:
         from pacsguard.scan.http_checks import HTTP_CHECKS  # it builds on this module

@@ -1,11 +1,13 @@
 """Scale-out: a scan split into shards that run on Dask distributed workers, resumable.
 
 The targets, in their deterministic order, are cut into contiguous shards of `shard_size`.
-Each shard is one Dask task: on a worker it runs the same asyncio scheduler and probe as a
-one-machine scan (`asyncio.run(run_scan(...))`) and returns its reports with their JSON Lines
-records. The coordinator (the `pacsguard scan --cluster ...` process) keeps a bounded window of
-shards in flight, and writes each finished shard once: records appended and fsync'd, then the
-shard journaled as done (`pacsguard.scan.journal`).
+Each shard is one Dask task (`pacsguard.scan.shard_worker.probe_shard`): a coroutine on the
+worker's event loop running the same asyncio scheduler and probe as a one-machine scan, in
+probe slots shared by all the shards on that worker, returning its JSON Lines records and
+totals in one piece (`ShardResult`). The coordinator (the `pacsguard scan --cluster ...`
+process) keeps a bounded window of shards in flight, and writes finished shards once: records
+appended and fsync'd, then the shards journaled as done (`pacsguard.scan.journal`), several
+at a time when several have finished.
 
 - A worker that dies mid-shard: the Dask scheduler runs the shard again on another worker; a
   shard that raises is retried (`retries`). Only a finished shard is written, so nothing is
@@ -16,18 +18,17 @@ shard journaled as done (`pacsguard.scan.journal`).
 
 `--cluster local:N` starts a `distributed.LocalCluster` of N worker processes on loopback;
 `--cluster tcp://HOST:PORT` uses a running scheduler (`dask scheduler`, `dask worker`), whose
-workers must be able to import pacsguard. A worker runs one shard per thread at once, each in
-its own event loop; `--concurrency` is per worker, shared out between its threads; `--rate` is
-shared out evenly between all the cluster's worker threads. Dask is imported only here, so the
-rest of the command line starts without it.
+workers must be able to import pacsguard. A worker runs as many shards at once as it has
+Dask threads (`dask worker --nthreads`; they are coroutines on its event loop, so give it
+several), all in one pool of `--concurrency` probe slots; `--rate` is shared out evenly
+between the workers. Dask is imported only here and in `shard_worker`, and only when a cluster
+is used, so the rest of the command line starts without it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import re
 import secrets
@@ -37,31 +38,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pacsguard.errors import ClusterError, UsageError
-from pacsguard.report.jsonl import TextSink, to_record
+from pacsguard.report.jsonl import TextSink
 from pacsguard.report.table import ScanSummary
+from pacsguard.scan.geo import GeoDatabases
 from pacsguard.scan.http_session import HttpOptions
 from pacsguard.scan.journal import RunJournal, new_run_id, scan_fingerprint
-from pacsguard.scan.model import HostReport, Observations, Severity, Target
+from pacsguard.scan.model import HostReport, Severity, Target
 from pacsguard.scan.probe import ProbeOptions
-from pacsguard.scan.scheduler import Limits, run_scan
+from pacsguard.scan.scheduler import Limits
 from pacsguard.scan.targets import Scope
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from pacsguard.scan.shard_worker import ShardResult
 
 _LOCAL: Final = re.compile(r"^local:(\d{1,3})$")
 _REMOTE: Final = re.compile(r"^(tcp|tls)://\S+$")
 #: Most worker processes `local:N` starts on one machine.
 MAX_LOCAL_WORKERS: Final = 256
 DEFAULT_SHARD_SIZE: Final = 256
-#: Shards a `local:N` worker process runs at once. A shard ends with its slowest target (a
-#: silent host holds a probe until its timeouts), so one shard at a time would leave a worker
-#: idle for most of each shard's tail; several keep its event loops busy.
-LOCAL_THREADS_PER_WORKER: Final = 4
-
-#: One shard's result: each report with its JSON Lines record (made on the worker, which
-#: scanned it, so `scanned_at` is the worker's clock).
-ShardResult = list[tuple[HostReport, str]]
+#: Shards a `local:N` worker process runs at once (its Dask `nthreads`; coroutines on its event
+#: loop, not threads). A shard lasts as long as its slowest target: one silent host among 255
+#: closed ports holds its shard for the read timeouts (twice: plain, then TLS), so the shards
+#: in flight, not the probe slots, bounded a sparse scan. On the internet lab (a /19 x 4
+#: ports) `local:2` took 52 s with 8 shards per worker, 24 s with 64 (one process: 19 s).
+LOCAL_SHARDS_PER_WORKER: Final = 64
+#: Fewer shards at once per worker than this, and a sparse scan waits on shard tails.
+FEW_SHARDS_PER_WORKER: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,30 +134,6 @@ def shards(targets: Iterable[Target], size: int) -> Iterator[tuple[int, list[Tar
         yield index, batch
 
 
-def probe_shard(
-    targets: Sequence[Target], options: ProbeOptions, http: HttpOptions, limits: Limits
-) -> ShardResult:
-    """The Dask task: probe one shard on a worker with the one-machine scheduler and the
-    one-machine prober (`pacsguard.cli.scan.probe_target`: DIMSE, or the web tier)."""
-    from pacsguard.cli.scan import probe_target
-
-    if len(targets) > 1:
-        # Load the DICOM stack before the probes share the loop (see `cli.scan.scan_scope`).
-        import pacsguard.dicom.client  # noqa: F401
-
-    async def prober(target: Target) -> Observations:
-        return await probe_target(target, options, http)
-
-    async def scan() -> ShardResult:
-        out: ShardResult = []
-        async for report in run_scan(targets, prober, limits):
-            line = json.dumps(to_record(report), separators=(",", ":"), sort_keys=True) + "\n"
-            out.append((report, line))
-        return out
-
-    return asyncio.run(scan())
-
-
 def scan_on_cluster(
     run: ShardedRun,
     scope: Scope | Sequence[Target],
@@ -166,14 +146,19 @@ def scan_on_cluster(
     on_progress: Callable[[int], None] | None = None,
     announce: Callable[[str], None] | None = None,
     client: Client | None = None,
+    geo: GeoDatabases | None = None,
 ) -> RunOutcome:
     """Run (or resume) a sharded scan; every target's record is written exactly once.
 
     `client`: an already connected Dask client (tests, embedding); otherwise one is made from
-    `run.cluster` and closed at the end.
+    `run.cluster` and closed at the end. `geo`: the GeoIP files each worker reads to locate
+    its hosts (the same paths on every worker); a resume must name the same ones.
     """
     http = http or HttpOptions()
-    fingerprint = scan_fingerprint(scope, (options, _http_settings(http)), run.shard_size)
+    decisive: tuple[object, ...] = (options, _http_settings(http))
+    if geo is not None:
+        decisive += (geo,)
+    fingerprint = scan_fingerprint(scope, decisive, run.shard_size)
     summary = ScanSummary()
     earlier = 0
     if run.resume is None:
@@ -209,6 +194,13 @@ def scan_on_cluster(
             )
         if client is None:
             client = stack.enter_context(_connect(run.cluster, run.connect_timeout))
+        fewest = min(client.nthreads().values(), default=FEW_SHARDS_PER_WORKER)
+        if announce is not None and fewest < FEW_SHARDS_PER_WORKER:
+            announce(
+                f"a worker runs only {fewest} shard(s) at once: each waits on its slowest "
+                f"target; start workers with `dask worker --nthreads {LOCAL_SHARDS_PER_WORKER}` "
+                "(shards are coroutines, not threads)"
+            )
         written = _run_shards(
             client,
             run,
@@ -219,6 +211,7 @@ def scan_on_cluster(
             (options, http),
             limits,
             sinks=_Sinks(summary, stdout, keep, on_progress),
+            geo=geo,
         )
         journal.finish(len(done) + written)
     return RunOutcome(run_id, summary, written, earlier, journal.output)
@@ -234,16 +227,14 @@ class _Sinks:
     on_progress: Callable[[int], None] | None
 
     def take(self, result: ShardResult) -> None:
-        for report, line in result:
-            self.summary.add(report)
-            if self.keep is not None and report.observations.reachable:
-                self.keep.append(report)
-            if self.stdout is not None:
-                self.stdout.write(line)
+        self.summary.merge(result.summary)
+        if self.keep is not None:
+            self.keep.extend(result.reachable)
         if self.stdout is not None:
+            self.stdout.write(result.records.decode("utf-8"))
             self.stdout.flush()
         if self.on_progress is not None:
-            self.on_progress(len(result))
+            self.on_progress(result.count)
 
 
 def _run_shards(
@@ -257,18 +248,23 @@ def _run_shards(
     limits: Limits,
     *,
     sinks: _Sinks,
+    geo: GeoDatabases | None = None,
 ) -> int:
-    """Keep a window of shards in flight; write each as it finishes. Returns shards written."""
+    """Keep a window of shards in flight; write them as they finish. Returns shards written."""
     from distributed import as_completed
 
+    from pacsguard.scan.shard_worker import ProbeSlots, probe_shard
+
     nthreads: dict[str, int] = client.nthreads()
+    workers = max(1, len(nthreads))
     threads = max(1, sum(nthreads.values()))
-    # A worker runs one shard per thread; its shards share out --concurrency.
-    per_worker = max(nthreads.values(), default=1)
+    # Each worker: --concurrency slots and its share of --rate, shared by its shards (also by
+    # workers that join later, and by one restarted after a crash).
+    client.register_plugin(
+        ProbeSlots(limits.concurrency, limits.rate / workers if limits.rate > 0 else 0.0)
+    )
     shard_limits = dataclasses.replace(
-        limits,
-        concurrency=max(1, min(-(-limits.concurrency // per_worker), run.shard_size)),
-        rate=limits.rate / threads if limits.rate > 0 else 0.0,
+        limits, concurrency=max(1, min(limits.concurrency, run.shard_size))
     )
     # Unique per coordinator: a scheduler may still hold a dead coordinator's keys.
     attempt = secrets.token_hex(4)
@@ -288,6 +284,8 @@ def _run_shards(
                 targets,
                 *options,
                 shard_limits,
+                sinks.keep is not None,
+                geo,
                 key=f"pacsguard-shard-{run_id}-{attempt}-{index}",
                 retries=run.retries,
                 pure=False,
@@ -296,23 +294,33 @@ def _run_shards(
             finished.add(future)
             return
 
+    def write(batch: list[tuple[int, ShardResult]]) -> None:
+        nonlocal written
+        journal.append_shards([(index, result.records, result.count) for index, result in batch])
+        written += len(batch)
+        for _, result in batch:
+            sinks.take(result)
+
     for _ in range(window):
         submit_next()
     try:
-        for future in finished:
-            index = in_flight.pop(future)
-            try:
-                result: ShardResult = future.result()
-            except Exception as exc:
-                raise ClusterError(
-                    f"shard {index} of run {run_id} failed on the cluster "
-                    f"({type(exc).__name__}: {exc}); {len(done) + written} shards are written; "
-                    f"continue with --resume {run_id}"
-                ) from exc
-            journal.append_shard(index, [line for _, line in result])
-            written += 1
-            sinks.take(result)
-            submit_next()
+        # Shards that finished together are written with one fsync and one journal commit.
+        for futures in finished.batches():
+            batch: list[tuple[int, ShardResult]] = []
+            for future in futures:
+                index = in_flight.pop(future)
+                try:
+                    batch.append((index, future.result()))
+                except Exception as exc:
+                    write(batch)  # the batch's finished shards are kept
+                    raise ClusterError(
+                        f"shard {index} of run {run_id} failed on the cluster "
+                        f"({type(exc).__name__}: {exc}); {len(done) + written} shards are "
+                        f"written; continue with --resume {run_id}"
+                    ) from exc
+            write(batch)
+            for _ in batch:
+                submit_next()
     finally:
         for future in in_flight:
             future.cancel()
@@ -329,7 +337,7 @@ def _connect(address: ClusterAddress, timeout: float) -> Iterator[Client]:
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=address.local_workers,
-                    threads_per_worker=LOCAL_THREADS_PER_WORKER,
+                    threads_per_worker=LOCAL_SHARDS_PER_WORKER,
                     processes=True,
                     host="127.0.0.1",
                     # No dashboard (bokeh is not installed); its HTTP server on loopback,

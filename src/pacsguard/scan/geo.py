@@ -10,6 +10,7 @@ private ranges are in none of the public ones) gets `null` for what that databas
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,18 @@ def _country(record: dict[str, Any] | None) -> str | None:
         if isinstance(value, dict) and isinstance(value.get("iso_code"), str):
             return str(value["iso_code"])
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class GeoDatabases:
+    """Which MaxMind-format files to read (`--geoip-country`, `--geoip-asn`): what a Dask
+    worker is sent, to open its own `GeoLookup` (the files must exist on every worker)."""
+
+    country_db: Path | None = None
+    asn_db: Path | None = None
+
+    def open(self) -> GeoLookup:
+        return GeoLookup(country_db=self.country_db, asn_db=self.asn_db)
 
 
 class GeoLookup:

@@ -210,6 +210,13 @@ class ClusterTally:
         for i, value in enumerate((1, patients, studies, instances)):
             tally[i] += value
 
+    def merge(self, other: ClusterTally) -> None:
+        """Add another tally's hosts (a shard's, counted on a worker) to this one."""
+        for signature, tally in other._by_signature.items():
+            mine = self._by_signature.setdefault(signature, [0, 0, 0, 0])
+            for i, value in enumerate(tally):
+                mine[i] += value
+
     def clusters(self) -> list[Cluster]:
         """Signatures shared by at least `min_hosts` hosts, largest first."""
         found = [

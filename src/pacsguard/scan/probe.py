@@ -3,7 +3,9 @@
 Conversation, in order (each step only if the previous one allows it):
 1. A-ASSOCIATE-RQ as `PACSGUARD` -> `ANY-SCP`, proposing Verification, Study Root FIND, Patient
    Root FIND and one storage SOP class (never used: an accepted storage context is the evidence).
-2. On "called AE not recognised" (RJ reason 7): the curated vendor-default titles.
+2. On "called AE not recognised" (RJ reason 7): the titles the user gave, then the curated
+   vendor-default titles, all at once (one more round trip, not one per title; not with
+   `--no-vendor-aets`), then with `--guess-aets` the longer list, one by one and spaced out.
 3. On an accepted association: C-ECHO, then exposure counting over C-FIND, then A-RELEASE.
 
 TLS (`pacsguard.scan.tls`): when the plaintext request gets no DICOM answer (closed, silent, or
@@ -13,7 +15,8 @@ again inside it. On the DICOM-TLS port 2762 TLS is tried first and plaintext onl
 `ProbeOptions.total_timeout` bounds the whole conversation, release or abort included: when it
 runs out, the connection is dropped at once and what was counted so far is reported as a lower
 bound. pydicom and pynetdicom are imported once a port answers, not before (a scan of closed
-ports starts and ends without them).
+ports starts and ends without them), and a verification-only probe (no echo, no count) never
+loads them: its association PDUs are `pacsguard.dicom.acse`'s.
 """
 
 from __future__ import annotations
@@ -83,6 +86,10 @@ class ProbeOptions:
     echo: bool = True
     count: bool = True
     guess_aets: bool = False
+    #: After ANY-SCP is refused as an unknown called AE, try the curated vendor-default titles
+    #: (`pacsguard.scan.aets`), all at once. Off: only ANY-SCP and the user's titles, as nmap's
+    #: dicom-ping does; a host's default title then goes unnoticed.
+    vendor_aets: bool = True
     #: Called AE titles the user knows (e.g. an auditor's own archive), tried right after ANY-SCP.
     called_aets: tuple[str, ...] = ()
     #: Pause between guessed (non-curated) called AE titles on one host: guessing is a
@@ -149,9 +156,9 @@ class _State:
         self.echo_status: int | None = None
         self.exposure: Exposure | None = None
         self.counter: ExposureCounter | None = None
-        #: The association attempt in progress (called AE, connected, inside TLS), for a total
-        #: timeout that ends the probe in the middle of it.
-        self.in_flight: tuple[str, bool, bool] | None = None
+        #: Association attempts in progress, by called AE: (connected, inside TLS), for a total
+        #: timeout that ends the probe in the middle of them.
+        self.in_flight: dict[str, tuple[bool, bool]] = {}
         self.anomalies: list[str] = []
         self.error: str | None = None
 
@@ -193,18 +200,25 @@ class _State:
         )
 
 
-async def _attempt(
-    state: _State, called_ae: str, options: ProbeOptions
-) -> tuple[AssociationAttempt, Association | None]:
+@dataclass(frozen=True, slots=True)
+class _Tried:
+    """One association request and what came of it, not yet recorded in the probe's state."""
+
+    attempt: AssociationAttempt
+    assoc: Association | None = None
+    accepted: AssociationAccepted | None = None
+    anomalies: tuple[str, ...] = ()
+
+
+async def _request(state: _State, called_ae: str, options: ProbeOptions) -> _Tried:
     target = state.target
     tls = options.tls is not None
-    state.in_flight = (called_ae, False, tls)
+    state.in_flight[called_ae] = (False, tls)
     try:
         reader, writer = await open_connection(
             target.host, target.port, timeouts=options.timeouts, tls=options.tls
         )
-        state.in_flight = (called_ae, True, tls)
-        # Something answered: now (once per process) load pydicom and pynetdicom.
+        state.in_flight[called_ae] = (True, tls)
         from pacsguard.dicom.client import associate
         from pacsguard.dicom.ul import AssociationRejected
 
@@ -217,35 +231,147 @@ async def _attempt(
             timeouts=options.timeouts,
         )
     except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
-        state.in_flight = None
+        del state.in_flight[called_ae]
         outcome, reason = _failure_outcome(exc)
-        if outcome in (Outcome.PROTOCOL_ERROR, Outcome.CLOSED, Outcome.SILENT):
-            state.anomalies.append(reason)
-        attempt = AssociationAttempt(options.calling_ae, called_ae, outcome, reason, tls=tls)
-        state.attempts.append(attempt)
-        return attempt, None
-    state.in_flight = None
-    if isinstance(answer, AssociationRejected):
-        if (answer.source, answer.reason) == (2, 2):  # we speak protocol version 1, the only one
-            state.anomalies.append(ANOMALY_RJ_PROTOCOL_VERSION)
-        attempt = AssociationAttempt(
-            options.calling_ae, called_ae, Outcome.REJECTED, answer.reason_name, tls=tls
+        noted = (
+            (reason,) if outcome in (Outcome.PROTOCOL_ERROR, Outcome.CLOSED, Outcome.SILENT) else ()
         )
-        state.attempts.append(attempt)
-        return attempt, None
-    if answer.implementation_class_uid is None:  # mandatory in an A-ASSOCIATE-AC (PS3.7 D.3.3.2)
-        state.anomalies.append(ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID)
-    attempt = AssociationAttempt(
-        options.calling_ae, called_ae, Outcome.ACCEPTED, None, accepted_services(answer), tls=tls
+        return _Tried(
+            AssociationAttempt(options.calling_ae, called_ae, outcome, reason, tls=tls),
+            anomalies=noted,
+        )
+    del state.in_flight[called_ae]
+    if isinstance(answer, AssociationRejected):
+        # We speak protocol version 1, the only one: a peer that says otherwise is odd.
+        odd = (ANOMALY_RJ_PROTOCOL_VERSION,) if (answer.source, answer.reason) == (2, 2) else ()
+        return _Tried(
+            AssociationAttempt(
+                options.calling_ae, called_ae, Outcome.REJECTED, answer.reason_name, tls=tls
+            ),
+            anomalies=odd,
+        )
+    # The implementation class UID is mandatory in an A-ASSOCIATE-AC (PS3.7 D.3.3.2).
+    odd = (
+        (ANOMALY_AC_WITHOUT_IMPLEMENTATION_UID,) if answer.implementation_class_uid is None else ()
     )
-    state.attempts.append(attempt)
-    state.accepted = answer
-    state.accepted_called.append(called_ae)
+    return _Tried(
+        AssociationAttempt(
+            options.calling_ae,
+            called_ae,
+            Outcome.ACCEPTED,
+            None,
+            accepted_services(answer),
+            tls=tls,
+        ),
+        assoc,
+        answer,
+        odd,
+    )
+
+
+def _record(state: _State, tried: _Tried) -> None:
+    state.attempts.append(tried.attempt)
+    state.anomalies.extend(tried.anomalies)
+    if tried.accepted is not None:
+        state.accepted_called.append(tried.attempt.called_ae)
+        if state.accepted is None:  # the first accepted title is the one the probe goes on with
+            state.accepted = tried.accepted
+
+
+async def _attempt(
+    state: _State, called_ae: str, options: ProbeOptions
+) -> tuple[AssociationAttempt, Association | None]:
+    tried = await _request(state, called_ae, options)
+    _record(state, tried)
+    return tried.attempt, tried.assoc
+
+
+#: Rejections that say "not now" rather than "not you" (PS3.8 Table 9-21, source 3): a title
+#: refused so while the vendor titles were tried together is tried again on its own.
+_TRANSIENT: Final = frozenset({"temporary-congestion", "local-limit-exceeded"})
+#: Pauses before asking again after a "not now" (a server still counting the association it
+#: just rejected, as pynetdicom with `maximum_associations=1` does, needs a moment).
+_TRANSIENT_PAUSES: Final = (0.1, 0.25, 0.5, 1.0)
+
+
+async def _attempt_patiently(
+    state: _State, called_ae: str, options: ProbeOptions
+) -> tuple[AssociationAttempt, Association | None]:
+    """`_attempt`, asked again a few times, a little later each time, while the answer is
+    "not now"."""
+    attempt, assoc = await _attempt(state, called_ae, options)
+    for pause in _TRANSIENT_PAUSES:
+        if attempt.outcome is not Outcome.REJECTED or attempt.reason not in _TRANSIENT:
+            break
+        await asyncio.sleep(pause)
+        attempt, assoc = await _attempt(state, called_ae, options)
     return attempt, assoc
 
 
+def _settles(state: _State, attempt: AssociationAttempt, assoc: Association | None) -> bool:
+    """Whether this answer ends the search for a called AE (and records the AE policy it shows)."""
+    if assoc is not None:
+        state.calling_checked = False
+        return True
+    if attempt.outcome is Outcome.REJECTED and attempt.reason == "calling-ae-title-not-recognized":
+        state.calling_checked = True  # the called title was right; the calling AE is listed
+        return True
+    return attempt.outcome is not Outcome.REJECTED  # it stopped answering: stop knocking
+
+
+async def _attempt_together(
+    state: _State, titles: tuple[str, ...], options: ProbeOptions
+) -> tuple[bool, Association | None]:
+    """Request an association for each title at once: one round trip for the whole list.
+
+    Answers are judged in list order, as if the titles had been tried one after another, with
+    one difference: an acceptance anywhere in the list wins over a calling-AE refusal of an
+    earlier title (the host does let a stranger in). A title that got no answer, or a
+    "not now" rejection (congestion, association limit), is tried again on its own, in order,
+    so that a server with a connection limit is judged as one tried title by title. Other
+    accepted associations are released. Returns (settled, the association to go on with).
+    """
+    tasks = [asyncio.ensure_future(_request(state, t, options)) for t in titles]
+    try:
+        tried = list(await asyncio.gather(*tasks))
+    except BaseException:  # cancelled (time budget): record and drop what already answered
+        for task in tasks:
+            task.cancel()
+        done = [t.result() for t in tasks if t.done() and not t.cancelled() and not t.exception()]
+        for t in done:
+            _record(state, t)
+            if t.assoc is not None:
+                await t.assoc.abort()
+        raise
+    for t in tried:
+        _record(state, t)
+    chosen = next((t.assoc for t in tried if t.assoc is not None), None)
+    others = [t.assoc for t in tried if t.assoc is not None and t.assoc is not chosen]
+    if others:
+        await asyncio.gather(*(a.release() for a in others))
+    if chosen is not None:
+        state.calling_checked = False
+        return True, chosen
+    retry = False
+    for t in tried:
+        if t.attempt.outcome is not Outcome.REJECTED or t.attempt.reason in _TRANSIENT:
+            retry = True  # from here on, one at a time
+        if retry:
+            attempt, assoc = await _attempt_patiently(state, t.attempt.called_ae, options)
+        else:
+            attempt, assoc = t.attempt, None
+        if _settles(state, attempt, assoc):
+            return True, assoc
+    return False, None
+
+
 async def _negotiate(state: _State, options: ProbeOptions) -> Association | None:
-    """Find a called AE that works and learn the AE policy on the way."""
+    """Find a called AE that works and learn the AE policy on the way.
+
+    ANY-SCP first; on "called AE not recognised", the titles the user gave, one by one, then the
+    curated vendor titles all at once (`_attempt_together`), then, only with `--guess-aets`,
+    the longer list one by one, `guess_interval` apart.
+    """
     first, assoc = await _attempt(state, ANY_SCP, options)
     if assoc is not None:
         state.any_called = True
@@ -260,26 +386,25 @@ async def _negotiate(state: _State, options: ProbeOptions) -> Association | None
         return None
     state.any_called = False
     known = tuple(dict.fromkeys(options.called_aets))
-    curated = len(known) + len(called_aets_to_try(guess=False))
-    titles = known + tuple(
-        t for t in called_aets_to_try(guess=options.guess_aets) if t not in known
-    )
-    for n, title in enumerate(titles):
-        if n >= curated and options.guess_interval > 0:
+    for title in known:
+        attempt, assoc = await _attempt(state, title, options)
+        if _settles(state, attempt, assoc):
+            return assoc
+    vendor = called_aets_to_try(guess=False)
+    curated = tuple(t for t in vendor if t not in known) if options.vendor_aets else ()
+    if curated:
+        settled, assoc = await _attempt_together(state, curated, options)
+        if settled:
+            return assoc
+    done = {*known, *vendor}
+    for title in called_aets_to_try(guess=options.guess_aets):
+        if title in done:
+            continue
+        if options.guess_interval > 0:
             await asyncio.sleep(options.guess_interval)
         attempt, assoc = await _attempt(state, title, options)
-        if assoc is not None:
-            state.calling_checked = False
+        if _settles(state, attempt, assoc):
             return assoc
-        if (
-            attempt.outcome is Outcome.REJECTED
-            and attempt.reason == "calling-ae-title-not-recognized"
-        ):
-            # The called title was right; the calling AE is on an allow-list.
-            state.calling_checked = True
-            return None
-        if attempt.outcome is not Outcome.REJECTED:
-            return None  # the host stopped answering: do not keep knocking
     return None
 
 
@@ -288,7 +413,6 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
     if assoc is None:
         return
     from pacsguard.dicom import uids
-    from pacsguard.scan.counting import ExposureCounter
 
     clean = False  # stays False when cancelled (time budget): abort, do not wait for a release
     try:
@@ -300,6 +424,8 @@ async def _converse(state: _State, options: ProbeOptions) -> None:
             for uid in (uids.STUDY_ROOT_FIND, uids.PATIENT_ROOT_FIND)
         )
         if options.count and can_query:
+            from pacsguard.scan.counting import ExposureCounter  # pydicom: only to count
+
             state.counter = ExposureCounter(options.budget)
             clean = await state.counter.count(assoc, assoc.accepted)
         else:
@@ -360,8 +486,7 @@ async def probe_dimse(target: Target, options: ProbeOptions) -> Observations:
     except TimeoutError:
         timed_out = True
         state.error = f"total time budget of {options.total_timeout:g}s exhausted"
-        if state.in_flight is not None:  # cut short while connecting or negotiating
-            called_ae, connected, tls = state.in_flight
+        for called_ae, (connected, tls) in state.in_flight.items():  # cut short mid-request
             if connected:
                 outcome, reason = Outcome.SILENT, "silent-after-connect"
                 state.anomalies.append(reason)

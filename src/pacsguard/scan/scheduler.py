@@ -9,6 +9,7 @@ saw when it runs out); `Limits.target_timeout` is the scheduler's backstop on to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -48,6 +49,19 @@ class RateLimiter:
             await asyncio.sleep(delay)
 
 
+class SharedSlots:
+    """Probe slots and a start rate shared by several scans on one event loop.
+
+    The shards a Dask worker runs at once (`pacsguard.scan.shard_worker`) draw from one pool,
+    as the targets of a one-process scan do: a shard waiting on its slowest target holds only
+    that target's slot, and the other shards' targets take the rest."""
+
+    def __init__(self, concurrency: int, rate: float = 0.0) -> None:
+        self.concurrency = max(1, concurrency)
+        self.semaphore = asyncio.Semaphore(self.concurrency)
+        self.limiter = RateLimiter(rate)
+
+
 async def probe_within(prober: Prober, target: Target, timeout: float | None) -> Observations:
     """`prober(target)`, cancelled after `timeout` seconds if it has not returned by then."""
     if timeout is None:
@@ -68,20 +82,28 @@ async def probe_within(prober: Prober, target: Target, timeout: float | None) ->
 
 
 async def run_scan(
-    targets: Iterable[Target], prober: Prober, limits: Limits
+    targets: Iterable[Target], prober: Prober, limits: Limits, slots: SharedSlots | None = None
 ) -> AsyncIterator[HostReport]:
-    """Probe every target under the limits; yield a HostReport as each one finishes."""
+    """Probe every target under the limits; yield a HostReport as each one finishes.
+
+    With `slots`, at most `limits.concurrency` of these targets are in flight and, together
+    with the other scans sharing `slots`, no more than its concurrency and rate allow."""
     iterator = iter(targets)
     results: asyncio.Queue[HostReport | None] = asyncio.Queue(maxsize=limits.concurrency * 2)
-    limiter = RateLimiter(limits.rate)
+    limiter = slots.limiter if slots is not None else RateLimiter(limits.rate)
+    gate: contextlib.AbstractAsyncContextManager[object] = (
+        slots.semaphore if slots is not None else contextlib.nullcontext()
+    )
 
     errors: list[Exception] = []
 
     async def worker() -> None:
         try:
             for target in iterator:
-                await limiter.wait()
-                observations = await probe_within(prober, target, limits.target_timeout)
+                # The slot is taken before the deadline starts: waiting for one is no probe time.
+                async with gate:
+                    await limiter.wait()
+                    observations = await probe_within(prober, target, limits.target_timeout)
                 await results.put(assess(observations))
         except Exception as exc:  # a bug, not a remote's behaviour: surface it after draining
             errors.append(exc)
