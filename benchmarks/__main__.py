@@ -12,6 +12,8 @@ benchmark, write JSON + Markdown results.
 - load: sustained load, 6 storing + 4 querying associations against one `pacsguard serve`
   (and Orthanc for context): failures, lost instances, audit chain, latency percentiles,
   association set-up, peak RSS (`--duration`, `--no-orthanc`, `--seed`).
+- dicomweb: pacsguard's DICOMweb (HTTPS, token) against Orthanc + orthanc-dicomweb: QIDO-RS,
+  WADO-RS, STOW-RS (`--pairs`, `--dicomweb-studies`, `--seed`).
 - survey: the end-to-end survey on the internet lab (a /16), 1 process and Dask
   `--cluster local:2`, against nmap on a random sample of addresses (`--seed`, `--network`,
   `--nmap-sample`).
@@ -28,6 +30,7 @@ from typing import Any
 
 from benchmarks import (
     archive,
+    dicomweb,
     scan_clean_lab,
     scan_distributed,
     scan_vs_nmap,
@@ -51,6 +54,7 @@ def main() -> int:
             "distributed-sparse",
             "load",
             "survey",
+            "dicomweb",
         ],
     )
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
@@ -73,6 +77,9 @@ def main() -> int:
     )
     parser.add_argument("--duration", type=float, default=60.0, help="load: seconds of load")
     parser.add_argument("--no-orthanc", action="store_true", help="load: leave Orthanc out")
+    parser.add_argument(
+        "--dicomweb-studies", type=int, default=10_000, help="dicomweb: QIDO index size"
+    )
     args = parser.parse_args()
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
@@ -100,6 +107,11 @@ def main() -> int:
                 Path(tmp), args.seed, network=args.network, nmap_sample=args.nmap_sample
             )
             text = survey_internet.markdown(result)
+        elif args.which == "dicomweb":
+            result = dicomweb.run(
+                Path(tmp), studies=args.dicomweb_studies, pairs=args.pairs, seed=args.seed
+            )
+            text = dicomweb.markdown(result)
         else:
             result = archive.run(
                 Path(tmp),

@@ -52,6 +52,8 @@ CANNOT_UNDERSTAND: Final = 0xC000
 #: PS3.18 10.5.3: the instance belongs to another study than the request's URL names.
 STUDY_MISMATCH: Final = 0xA900
 _TYPE: Final = "application/dicom"
+#: The longest multipart boundary taken (RFC 2046 says 70; real clients send a few more).
+_MAX_BOUNDARY: Final = 200
 
 
 def check_request_type(content_type: str | None) -> bytes:
@@ -73,8 +75,12 @@ def check_request_type(content_type: str | None) -> bytes:
             'accepts type="application/dicom" (DICOM PS3.10 files) only',
         )
     boundary = media.params.get("boundary", "")
-    if not 1 <= len(boundary) <= 70:
-        raise WebError(400, "Content-Type has no usable boundary parameter (1-70 characters)")
+    # RFC 2046 allows 1-70 characters; Orthanc's DICOMweb plugin sends 73 (two UUIDs), so a
+    # longer one is taken as long as it stays bounded.
+    if not 1 <= len(boundary) <= _MAX_BOUNDARY:
+        raise WebError(
+            400, f"Content-Type has no usable boundary parameter (1-{_MAX_BOUNDARY} characters)"
+        )
     return boundary.encode("latin-1", errors="replace")
 
 

@@ -89,7 +89,7 @@ def test_bad_parameters_are_400(query: str) -> None:
         ('multipart/related; type="application/dicom+xml"; boundary=x', 415),
         ("multipart/form-data; boundary=x", 415),
         ('multipart/related; type="application/dicom"', 400),
-        ('multipart/related; type="application/dicom"; boundary=' + "x" * 71, 400),
+        ('multipart/related; type="application/dicom"; boundary=' + "x" * 201, 400),
     ],
 )
 def test_stow_content_types(content_type: str | None, status: int) -> None:
@@ -112,3 +112,11 @@ def test_bad_frame_lists(frames: str) -> None:
 
 def test_frame_lists() -> None:
     assert parse_frames("1,3,2") == [1, 3, 2]
+
+
+def test_stow_takes_the_boundary_orthanc_sends() -> None:
+    # orthanc-dicomweb 1.7: two UUIDs joined by "-", 73 characters (RFC 2046 says at most 70)
+    boundary = "0f3c5c2e-8d8a-4c1e-9a7e-3b2f4f6d7e8a-5b1d2c3e-4f5a-6b7c-8d9e-0a1b2c3d4e5f"
+    assert len(boundary) == 73
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    assert check_request_type(content_type) == boundary.encode()
