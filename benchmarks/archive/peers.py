@@ -28,6 +28,7 @@ from tests.interop.peers import (
     wait_for_port,
 )
 
+from benchmarks.archive.senders import Sender
 from pacsguard.archive.security.bootstrap import hash_secret
 
 OUR_AET = "PACSGUARD"
@@ -241,6 +242,23 @@ permissions = ["echo", "store"]
         extra = ["+tla", "+cf", str(ca), "--user", "bench", "--password", self.password]
         return storescu(self.tls_port, OUR_AET, TLS_AET, directories, extra)
 
+    def sender(self, *, tls: bool, user: bool) -> Sender:
+        """How a client reaches this archive: over TLS or the loopback plaintext listener, as
+        the address-bound AE or with PS3.7 username + password."""
+        extra: list[str] = []
+        if tls:
+            extra += ["+tla", "+cf", str(self.data_dir / "tls" / "ca.crt")]
+        if user:
+            extra += ["--user", "bench", "--password", self.password]
+        return Sender(
+            self.tls_port if tls else self.plain_port,
+            OUR_AET,
+            TLS_AET if user else PLAIN_AET,
+            tuple(extra),
+            "bench" if user else None,
+            self.password if user else None,
+        )
+
     def fsck(self) -> int:
         """Instances in the index after `pacsguard fsck` (exit 0: index and blobs agree)."""
         done = subprocess.run(
@@ -303,6 +321,9 @@ class Orthanc:
 
     def store(self, directories: Sequence[Path]) -> list[str]:
         return storescu(self.port, ORTHANC_AET, PLAIN_AET, directories)
+
+    def sender(self) -> Sender:
+        return Sender(self.port, ORTHANC_AET, PLAIN_AET)
 
 
 @dataclass
