@@ -4,7 +4,7 @@
 C-STORE in milliseconds. Exit status 1 if any store failed.
 
     python -m benchmarks.archive.pynetdicom_client HOST PORT CALLED CALLING FOLDER
-        [--user U --password P]
+        [--user U --password P] [--limit N]
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ def main() -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--user")
     parser.add_argument("--password")
+    parser.add_argument("--limit", type=int, help="send only the first N files")
     args = parser.parse_args()
-    files = sorted(p for p in args.folder.iterdir() if p.is_file())
+    files = sorted(p for p in args.folder.iterdir() if p.is_file())[: args.limit]
     datasets = [dcmread(p) for p in files]
     ae = AE(ae_title=args.calling)
     classes = sorted({str(ds.SOPClassUID) for ds in datasets})

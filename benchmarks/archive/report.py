@@ -5,10 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 METHOD_NOTES = (
-    "pacsguard runs with the defaults `pacsguard init` writes: AES-GCM encryption at rest, each "
-    "blob fsync'd and its directory fsync'd, SQLite index in WAL mode with synchronous=FULL, "
-    "hash-chained audit log fsync'd before each answer (group commit: one fsync may cover "
-    "several events); `serve --no-self-check`.",
+    "pacsguard runs with the defaults `pacsguard init` writes: AES-GCM encryption at rest, "
+    "SQLCipher index in WAL mode with synchronous=FULL, hash-chained audit log; "
+    "`serve --no-self-check`. Each C-STORE acknowledgement waits for, in this order: (1) the "
+    "blob's fsync and its directory's fsync, run at the same time; (2) the index commit "
+    "(one WAL sync, shared by the rows of concurrent stores: group commit) and the audit "
+    "line's fsync (shared by concurrent lines), also at the same time. Two device waits in a "
+    "row per acknowledgement (four syncs, of which concurrent stores share the last two).",
+    "Judged row: 'pacsguard (plaintext, user identity)', storescu with PS3.7 username + "
+    "password (one Argon2id verification per association) on the loopback plaintext "
+    "listener, against Orthanc over plaintext. The TLS row adds TLS; the address-AE row "
+    "leaves out the login.",
+    "pynetdicom rows: a default pynetdicom 3 client (Nagle's algorithm on, as pynetdicom "
+    "leaves it), one association, the first 200 instances of the small set, compared with "
+    "the same client against Orthanc. pacsguard re-arms TCP_QUICKACK on its sockets, so a "
+    "Nagle client does not wait for a delayed ACK.",
     "Each ingest run starts after os.sync(), so that no target pays for the unsynced writes "
     "of the one before it (storescp writes without fsync).",
     "Orthanc: Debian's 1.10 with the interop harness's open profile (SQLite index, "
@@ -176,8 +187,11 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for r in one["rows"]:
             latency = r.get("store_latency_ms", {})
+            name = r["target"]
+            if r.get("instances", one["instances"]) != one["instances"]:
+                name += f" (first {r['instances']} instances)"
             lines.append(
-                f"| {r['target']} | {', '.join(f'{s:.2f}' for s in r['runs_s'])} | "
+                f"| {name} | {', '.join(f'{s:.2f}' for s in r['runs_s'])} | "
                 f"{r['instances_per_s']} | {_spread(r.get('vs_orthanc_run_by_run'))} | "
                 f"{latency.get('p50', '-')} | {latency.get('p99', '-')} | "
                 f"{r.get('vs_storescp', '-')} | {r.get('vs_storescp_fsync', '-')} | "

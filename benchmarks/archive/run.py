@@ -105,7 +105,13 @@ def run(
                     f"{senders} sender(s)",
                     flush=True,
                 )
-                chosen = [t for t in targets if senders == 1 or not t.single_sender_only]
+                # the pynetdicom rows on the first set only (small instances: Nagle's cost)
+                chosen = [
+                    t
+                    for t in targets
+                    if (senders == 1 or not t.single_sender_only)
+                    and (t.limit is None or label == INGEST_SETS[0][0])
+                ]
                 rows = measure_ingest(chosen, folders, count, work / "scratch", repeats)
                 ingest.append(
                     {

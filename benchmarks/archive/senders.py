@@ -67,11 +67,13 @@ def storescu_argv(sender: Sender, directory: Path, config: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def pynetdicom_argv(sender: Sender, directory: Path) -> list[str]:
+def pynetdicom_argv(sender: Sender, directory: Path, limit: int | None = None) -> list[str]:
     argv = [
         sys.executable, "-m", "benchmarks.archive.pynetdicom_client", LOOPBACK, str(sender.port),
         sender.called, sender.calling, str(directory),
     ]  # fmt: skip
+    if limit is not None:
+        argv += ["--limit", str(limit)]
     if sender.user is not None and sender.password is not None:
         argv += ["--user", sender.user, "--password", sender.password]
     return argv
