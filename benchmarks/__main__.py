@@ -7,7 +7,8 @@ write JSON + Markdown results.
 - distributed: one scan process against `--cluster local:1` and `local:2` (`--hosts`, `--seed`).
 - archive: the archive against Orthanc and storescp: ingest (one and several senders), sync
   counts, C-FIND latency, peak RSS (`--repeats`, `--only ingest,syncs`, `--sets 1,3`,
-  `--targets`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
+  `--targets`, `--compare-with REV`, `--find-studies`, `--find-queries`, `--big-study-mib`,
+  `--seed`).
 - survey: the end-to-end survey on the internet lab (a /16), 1 and 2 processes, against nmap
   (`--seed`, `--network`, `--no-nmap`).
 """
@@ -64,6 +65,11 @@ def main() -> int:
         "with when they were measured); without it a partial run writes archive-partial.*",
     )
     parser.add_argument(
+        "--compare-with",
+        default=None,
+        help="archive: also ingest into pacsguard as of this git revision (before/after rows)",
+    )
+    parser.add_argument(
         "--targets", default=None, help="archive: only ingest targets whose name contains this"
     )
     parser.add_argument("--find-studies", type=int, default=100_000, help="archive: index size")
@@ -103,6 +109,7 @@ def main() -> int:
                 only=set(args.only.split(",")),
                 sets=_sets(args.sets),
                 targets_matching=args.targets,
+                compare_with=args.compare_with,
             )
             text = archive.markdown(result)
     result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -112,7 +119,7 @@ def main() -> int:
         if args.merge:  # this run's parts replace those of the last full results
             result = archive.merge(json.loads((RESULTS / "archive.json").read_text()), result)
             text = archive.markdown(result)
-        elif parts != set(archive.PARTS) or args.sets or args.targets:
+        elif parts != set(archive.PARTS) or args.sets or args.targets or args.compare_with:
             name = "archive-partial"  # a partial run never replaces the full results
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

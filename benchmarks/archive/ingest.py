@@ -76,7 +76,10 @@ def ingest_targets(
     plain: Storescp,
     synced: Storescp | None,
     tmpfs: Path | None = None,
+    earlier: tuple[str, Pacsguard] | None = None,
 ) -> list[IngestTarget]:
+    """Every ingest row; `earlier` (a label such as a commit, and pacsguard served from that
+    commit's code) adds that version's judged row and tmpfs row, for before/after ratios."""
     config = log_config(work)
 
     def placed(scratch: Path, in_memory: bool) -> Path:
@@ -90,8 +93,15 @@ def ingest_targets(
         return [pynetdicom_argv(sender, f, PYNETDICOM_LIMIT) for f in folders]
 
     def via_pacsguard(
-        *, tls: bool = False, user: bool = False, in_memory: bool = False, dcmtk: bool = True
+        *,
+        tls: bool = False,
+        user: bool = False,
+        in_memory: bool = False,
+        dcmtk: bool = True,
+        server: Pacsguard = pacsguard,
     ) -> Callable[[list[Path], Path], Run]:
+        pacsguard = server
+
         def run(folders: list[Path], scratch: Path) -> Run:
             where = placed(scratch, in_memory)
             pacsguard.start(where / "pacsguard")
@@ -151,6 +161,21 @@ def ingest_targets(
     if tmpfs is not None:
         targets.append(IngestTarget(PACSGUARD_TMPFS, via_pacsguard(in_memory=True)))
         targets.append(IngestTarget(ORTHANC_TMPFS, via_orthanc(in_memory=True)))
+    if earlier is not None:
+        label, old = earlier
+        targets.append(
+            IngestTarget(
+                f"pacsguard {label} (plaintext, user identity)",
+                via_pacsguard(user=True, server=old),
+            )
+        )
+        if tmpfs is not None:
+            targets.append(
+                IngestTarget(
+                    f"pacsguard {label} (plaintext, data on tmpfs)",
+                    via_pacsguard(in_memory=True, server=old),
+                )
+            )
     targets += [
         IngestTarget(
             PACSGUARD_PYNETDICOM,

@@ -27,7 +27,14 @@ from benchmarks.archive.ingest import (
     run_syncs,
     tmpfs_dir,
 )
-from benchmarks.archive.peers import Orthanc, Pacsguard, Processes, Storescp, build_fsync_shim
+from benchmarks.archive.peers import (
+    Orthanc,
+    Pacsguard,
+    Processes,
+    Storescp,
+    build_fsync_shim,
+    export_source,
+)
 from benchmarks.archive.report import METHOD_NOTES, evaluate
 from benchmarks.archive.rss import run_rss
 from benchmarks.archive.senders import split_set
@@ -57,10 +64,12 @@ def run(
     only: Collection[str] = PARTS,
     sets: Collection[str] | None = None,
     targets_matching: str | None = None,
+    compare_with: str | None = None,
 ) -> dict[str, Any]:
     """The benchmark's parts in `only`; ingest sets whose label is in `sets` (all by default),
     targets whose name contains `targets_matching` (all by default; Orthanc is always kept, it
-    is what the ratios are taken against)."""
+    is what the ratios are taken against). `compare_with` (a git revision) adds rows for
+    pacsguard served from that revision's code."""
     processes = Processes()
     load_before = os.getloadavg()
     notes: list[str] = list(METHOD_NOTES)
@@ -80,6 +89,10 @@ def run(
             tmpfs = tmpfs_dir()
             if tmpfs is None:
                 notes.append("no writable /dev/shm: the tmpfs diagnostic rows are missing")
+            earlier = None
+            if compare_with is not None:
+                src = export_source(compare_with, work / "earlier")
+                earlier = (f"at {compare_with}", pacsguard.at(src))
             targets = ingest_targets(
                 work,
                 pacsguard,
@@ -87,12 +100,15 @@ def run(
                 Storescp(processes),
                 Storescp(processes, preload=shim) if shim is not None else None,
                 tmpfs,
+                earlier,
             )
             if targets_matching:
                 targets = [
                     t
                     for t in targets
-                    if targets_matching in t.name or t.name in (ORTHANC, ORTHANC_PYNETDICOM)
+                    if targets_matching in t.name
+                    or t.name == ORTHANC
+                    or (t.name == ORTHANC_PYNETDICOM and "pynetdicom" in targets_matching)
                 ]
             for label, count, size, senders in INGEST_SETS:
                 if sets is not None and label not in sets:
