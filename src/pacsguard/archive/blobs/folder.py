@@ -23,11 +23,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import re
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -56,6 +57,59 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _DirectorySyncer:
+    """A few daemon threads that fsync directories while the caller fsyncs a file.
+
+    Not a ThreadPoolExecutor: its `submit` takes a lock shared by every executor in the
+    process (the DIMSE front end's among them), which a put would then contend for once per
+    blob. Here a request is one put on a C-implemented queue and one lock to wait on."""
+
+    THREADS: Final = 4
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[int, threading.Lock, list[OSError]]] = (
+            queue.SimpleQueue()
+        )
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def start(self, directory: int) -> Callable[[], None]:
+        """fsync `directory` on another thread; the result waits for it (and raises its
+        error)."""
+        if not self._started:
+            self._start_threads()
+        done, errors = threading.Lock(), []
+        done.acquire()
+        self._requests.put((directory, done, errors))
+
+        def wait() -> None:
+            done.acquire()
+            if errors:
+                raise errors[0]
+
+        return wait
+
+    def _start_threads(self) -> None:
+        with self._start_lock:
+            if self._started:
+                return
+            for n in range(self.THREADS):
+                threading.Thread(
+                    target=self._run, name=f"pacsguard-dirsync-{n}", daemon=True
+                ).start()
+            self._started = True
+
+    def _run(self) -> None:
+        while True:
+            directory, done, errors = self._requests.get()
+            try:
+                os.fsync(directory)
+            except OSError as error:
+                errors.append(error)
+            finally:
+                done.release()
+
+
 class FolderBlobStore:
     """Blobs in `root`; encrypted at rest with AES-GCM when `encryption_key` is given."""
 
@@ -66,8 +120,7 @@ class FolderBlobStore:
         self._objects = self.root / "objects"
         self._key = encryption_key
         self._anonymous = hasattr(os, "O_TMPFILE")  # cleared at the first sign it cannot work
-        # Directory fsyncs beside the blob's own (threads start at the first put).
-        self._syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pacsguard-dirsync")
+        self._syncer = _DirectorySyncer()  # directory fsyncs beside the blob's own
         self._fan_digits = self._open_layout()
         self._fan = re.compile(f"^[0-9a-f]{{{self._fan_digits}}}$")
 
@@ -175,11 +228,11 @@ class FolderBlobStore:
         acknowledged (no index row): crash recovery removes the first, the file system's
         check the second. On a disk where each fsync waits for the device, this halves the
         blob's share of a store's latency."""
-        directory_synced = self._syncer.submit(os.fsync, directory)
+        directory_synced = self._syncer.start(directory)
         try:
             os.fsync(fd)
         finally:
-            directory_synced.result()  # its error, if any, fails the put too
+            directory_synced()  # its error, if any, fails the put too
 
     def _put_named(self, path: Path, key: str, source: BinaryIO) -> BlobInfo:
         """The portable way: a named temp file, fsync'd, then linked under its key."""
