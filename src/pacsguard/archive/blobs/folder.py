@@ -78,7 +78,7 @@ class _DirectorySyncer:
         error)."""
         if not self._started:
             self._start_threads()
-        done, errors = threading.Lock(), []
+        done, errors = threading.Lock(), list[OSError]()
         done.acquire()
         self._requests.put((directory, done, errors))
 
