@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 METHOD_NOTES = (
@@ -121,6 +122,31 @@ def _spread(paired: dict[str, float] | None) -> str:
     return f"{paired['median']} ({paired['min']}-{paired['max']})"
 
 
+def _before_after(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per earlier-version row (`--compare-with`): how much faster this version
+    ingests than that one, median and range of the per-round ratios."""
+    by_name = {r["target"]: r for r in rows}
+    parts = []
+    for row in rows:
+        name = row["target"]
+        if not name.startswith("pacsguard at "):
+            continue
+        revision, _, kind = name.removeprefix("pacsguard at ").partition(" ")
+        now = by_name.get(f"pacsguard {kind}")
+        if now is None:
+            continue
+        ratios = [
+            before / after for before, after in zip(row["runs_s"], now["runs_s"], strict=True)
+        ]
+        median = statistics.median(ratios)
+        parts.append(
+            f"{kind}: {median:.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) as fast as at {revision}"
+        )
+    if not parts:
+        return []
+    return [f"This version against the earlier one, run by run: {'; '.join(parts)}.", ""]
+
+
 def _storage_split(rows: list[dict[str, Any]]) -> list[str]:
     """One sentence from the tmpfs rows: processing alone, and what storage costs each server."""
     rate = {r["target"]: float(r["instances_per_s"]) for r in rows}
@@ -199,6 +225,7 @@ def markdown(result: dict[str, Any]) -> str:
             )
         lines.append("")
         lines += _storage_split(one["rows"])
+        lines += _before_after(one["rows"])
     lines += _syncs_markdown(result.get("syncs"))
     lines += _find_markdown(result.get("find"))
     lines += _rss_markdown(result.get("rss"))
