@@ -410,3 +410,26 @@ def test_run_fsck_finds_missing_orphan_and_corrupt_blobs(tmp_path: Path) -> None
         assert full.checked == 4
     finally:
         index.close()
+
+
+def test_a_failed_directory_fsync_fails_the_put(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory is synced on another thread, beside the file: its failure still reaches
+    the caller (the store answers a failure, never success), and later puts work again."""
+    store = FolderBlobStore(tmp_path)
+    real_fsync = os.fsync
+    failing = [True]
+
+    def fsync(fd: int) -> None:
+        if failing[0] and Path(os.readlink(f"/proc/self/fd/{fd}")).is_dir():
+            raise OSError(errno.EIO, "directory write failed")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="directory write failed"):
+        store.put(UID, io.BytesIO(b"data"))
+    failing[0] = False
+    store.put("1.2.3", io.BytesIO(b"more"))
+    with store.open("1.2.3") as stream:
+        assert stream.read() == b"more"
