@@ -218,6 +218,7 @@ def measure_ingest(
     runs: dict[str, list[float]] = {t.name: [] for t in targets}
     held: dict[str, list[int]] = {t.name: [] for t in targets}
     latencies: dict[str, list[float]] = {t.name: [] for t in targets}
+    failures: dict[str, list[str]] = {t.name: [] for t in targets}
     for repeat in range(repeats):
         shift = repeat % len(targets)
         for target in [*targets[shift:], *targets[:shift]]:
@@ -227,7 +228,14 @@ def measure_ingest(
             # storescp writes without fsync: unless the dirty pages it (or a removed run
             # folder) left are written back first, the next target's fsyncs pay for them.
             os.sync()
-            done = target.run(folders, run_dir)
+            try:
+                done = target.run(folders, run_dir)
+            except RuntimeError as error:  # a client failed: say why, and run it once more
+                print(f"  {target.name}: FAILED, run again: {error}", flush=True)
+                failures[target.name].append(str(error)[:500])
+                shutil.rmtree(run_dir, ignore_errors=True)
+                run_dir.mkdir(parents=True)
+                done = target.run(folders, run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
             runs[target.name].append(done.seconds)
             held[target.name].append(done.held)
@@ -253,6 +261,7 @@ def measure_ingest(
                 "instances_per_s": round(expected / median, 1),
                 "held_after_each_run": held[target.name],
                 "verified": all(h == expected for h in held[target.name]),
+                "failed_runs_repeated": failures[target.name],
                 "store_latency_ms": {
                     "p50": round(percentile(lat, 50), 2),
                     "p99": round(percentile(lat, 99), 2),

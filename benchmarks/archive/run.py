@@ -67,9 +67,9 @@ def run(
     compare_with: str | None = None,
 ) -> dict[str, Any]:
     """The benchmark's parts in `only`; ingest sets whose label is in `sets` (all by default),
-    targets whose name contains `targets_matching` (all by default; Orthanc is always kept, it
-    is what the ratios are taken against). `compare_with` (a git revision) adds rows for
-    pacsguard served from that revision's code."""
+    targets whose name contains `targets_matching` (alternatives separated by "|"; all by
+    default; Orthanc is always kept, it is what the ratios are taken against). `compare_with`
+    (a git revision) adds rows for pacsguard served from that revision's code."""
     processes = Processes()
     load_before = os.getloadavg()
     notes: list[str] = list(METHOD_NOTES)
@@ -106,7 +106,7 @@ def run(
                 targets = [
                     t
                     for t in targets
-                    if targets_matching in t.name
+                    if any(part in t.name for part in targets_matching.split("|"))
                     or t.name == ORTHANC
                     or (t.name == ORTHANC_PYNETDICOM and "pynetdicom" in targets_matching)
                 ]

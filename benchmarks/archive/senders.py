@@ -113,9 +113,14 @@ def send(argvs: Sequence[Sequence[str]], *, dcmtk: bool, timeout: float = 1800.0
         for proc in procs:
             out, err = proc.communicate(timeout=timeout)
             if proc.returncode != 0:
+                said = [
+                    line
+                    for line in (err + b"\n" + out).decode(errors="replace").splitlines()
+                    if line.strip() and not line.startswith("XMIT")
+                ]
                 raise RuntimeError(
                     f"{Path(proc.args[0]).name} failed ({proc.returncode}): "  # type: ignore[index]
-                    f"{err[-2000:].decode(errors='replace')}"
+                    + " | ".join(said[-8:])
                 )
             outputs.append((out, err))
     finally:
