@@ -1,5 +1,5 @@
-"""`python -m benchmarks [scan|scan-clean|archive|distributed|load|survey] [options]`: run a
-benchmark, write JSON + Markdown results.
+"""`python -m benchmarks [scan|scan-clean|archive|distributed|load|dicomweb|survey] [options]`:
+run a benchmark, write JSON + Markdown results.
 
 - scan: pacsguard's scanner against nmap's dicom-ping on the mixed lab (`--hosts`, `--seed`).
 - scan-clean: the same comparison on a lab without hostile responders (60 pynetdicom servers),
@@ -7,8 +7,10 @@ benchmark, write JSON + Markdown results.
 - distributed: one scan process against `--cluster local:1` and `local:2` (`--hosts`, `--seed`).
 - distributed-sparse: one scan process against `--cluster local:2` on a /19 of the internet lab
   (mostly closed ports, a few tarpits), in interleaved pairs (`--pairs`, `--seed`).
-- archive: the archive against Orthanc and storescp: ingest, C-FIND latency, peak RSS
-  (`--repeats`, `--find-studies`, `--find-queries`, `--big-study-mib`, `--seed`).
+- archive: the archive against Orthanc and storescp: ingest (one and several senders), sync
+  counts, C-FIND latency, peak RSS (`--repeats`, `--only ingest,syncs`, `--sets 1,3`,
+  `--targets`, `--compare-with REV`, `--find-studies`, `--find-queries`, `--big-study-mib`,
+  `--seed`).
 - load: sustained load, 6 storing + 4 querying associations against one `pacsguard serve`
   (and Orthanc for context): failures, lost instances, audit chain, latency percentiles,
   association set-up, peak RSS (`--duration`, `--no-orthanc`, `--seed`).
@@ -60,7 +62,34 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=512, help="scan: live simulated PACS")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--pairs", type=int, default=7, help="scan, scan-clean: interleaved pairs")
-    parser.add_argument("--repeats", type=int, default=3, help="archive: ingest runs per target")
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="archive: ingest rounds (interleaved pairs)"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(archive.PARTS),
+        help=f"archive: comma-separated parts to run ({', '.join(archive.PARTS)})",
+    )
+    parser.add_argument(
+        "--sets",
+        default=None,
+        help="archive: comma-separated ingest sets (small, 512x512, 'small, 4 senders', ...); "
+        "by number too: 1,2,3,4",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="archive: the parts run replace theirs in results/archive.json (others are kept, "
+        "with when they were measured); without it a partial run writes archive-partial.*",
+    )
+    parser.add_argument(
+        "--compare-with",
+        default=None,
+        help="archive: also ingest into pacsguard as of this git revision (before/after rows)",
+    )
+    parser.add_argument(
+        "--targets", default=None, help="archive: only ingest targets whose name contains this"
+    )
     parser.add_argument("--find-studies", type=int, default=100_000, help="archive: index size")
     parser.add_argument("--find-queries", type=int, default=200, help="archive: C-FIND queries")
     parser.add_argument(
@@ -120,14 +149,37 @@ def main() -> int:
                 find_queries=args.find_queries,
                 big_study_mib=args.big_study_mib,
                 seed=args.seed,
+                only=set(args.only.split(",")),
+                sets=_sets(args.sets),
+                targets_matching=args.targets,
+                compare_with=args.compare_with,
             )
             text = archive.markdown(result)
     result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    name = args.which
+    if args.which == "archive":
+        parts = set(args.only.split(","))
+        if args.merge:  # this run's parts replace those of the last full results
+            result = archive.merge(json.loads((RESULTS / "archive.json").read_text()), result)
+            text = archive.markdown(result)
+        elif parts != set(archive.PARTS) or args.sets or args.targets or args.compare_with:
+            name = "archive-partial"  # a partial run never replaces the full results
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.which}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"{args.which}.md").write_text(text)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(text)
     print(text)
     return 0
+
+
+def _sets(chosen: str | None) -> set[str] | None:
+    if chosen is None:
+        return None
+    labels = [label for label, *_ in archive.INGEST_SETS]
+    picked = set()
+    for part in chosen.split(";" if ";" in chosen else ","):
+        part = part.strip()
+        picked.add(labels[int(part) - 1] if part.isdigit() else part)
+    return picked
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ not the absolute numbers (other work on the machine moves both sides alike).
 
 from __future__ import annotations
 
-from benchmarks.archive.report import markdown
-from benchmarks.archive.run import run
+from benchmarks.archive.report import markdown, merge
+from benchmarks.archive.run import INGEST_SETS, PARTS, run
 
-__all__ = ["markdown", "run"]
+__all__ = ["INGEST_SETS", "PARTS", "markdown", "merge", "run"]

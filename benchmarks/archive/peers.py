@@ -28,6 +28,7 @@ from tests.interop.peers import (
     wait_for_port,
 )
 
+from benchmarks.archive.senders import Sender
 from pacsguard.archive.security.bootstrap import hash_secret
 
 OUR_AET = "PACSGUARD"
@@ -182,6 +183,24 @@ class Pacsguard:
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     plain_port: int = 0
     tls_port: int = 0
+    #: Run pacsguard from this source tree (an earlier commit, for before/after rows) instead
+    #: of the installed one.
+    src: Path | None = None
+
+    def at(self, src: Path) -> Pacsguard:
+        """The same data-folder template and peers, served by the code under `src`."""
+        return Pacsguard(self.template, self.password, self.processes, src=src)
+
+    def _argv(self, *args: str) -> list[str]:
+        if self.src is None:
+            return [_pacsguard(), *args]
+        return [sys.executable, "-c", _RUN_CLI, *args]
+
+    def _env(self) -> dict[str, str]:
+        env = peer_env()
+        if self.src is not None:
+            env["PYTHONPATH"] = str(self.src)
+        return env
 
     @classmethod
     def prepare(cls, work: Path, processes: Processes) -> Pacsguard:
@@ -221,11 +240,11 @@ permissions = ["echo", "store"]
         self.data_dir = data_dir
         self.plain_port, self.tls_port = free_port(), free_port()
         log = data_dir.parent / f"{data_dir.name}.serve.log"
-        argv = [
-            _pacsguard(), "serve", "--data-dir", str(data_dir), "--port", str(self.tls_port),
+        argv = self._argv(
+            "serve", "--data-dir", str(data_dir), "--port", str(self.tls_port),
             "--plaintext-port", str(self.plain_port), "--no-self-check",
-        ]  # fmt: skip
-        self.proc = self.processes.start(argv, log, env=peer_env())
+        )  # fmt: skip
+        self.proc = self.processes.start(argv, log, env=self._env())
         _wait_ready(self.proc, (self.tls_port, self.plain_port), log)
 
     def stop(self) -> None:
@@ -241,16 +260,47 @@ permissions = ["echo", "store"]
         extra = ["+tla", "+cf", str(ca), "--user", "bench", "--password", self.password]
         return storescu(self.tls_port, OUR_AET, TLS_AET, directories, extra)
 
+    def sender(self, *, tls: bool, user: bool) -> Sender:
+        """How a client reaches this archive: over TLS or the loopback plaintext listener, as
+        the address-bound AE or with PS3.7 username + password."""
+        extra: list[str] = []
+        if tls:
+            extra += ["+tla", "+cf", str(self.data_dir / "tls" / "ca.crt")]
+        if user:
+            extra += ["--user", "bench", "--password", self.password]
+        return Sender(
+            self.tls_port if tls else self.plain_port,
+            OUR_AET,
+            TLS_AET if user else PLAIN_AET,
+            tuple(extra),
+            "bench" if user else None,
+            self.password if user else None,
+        )
+
     def fsck(self) -> int:
         """Instances in the index after `pacsguard fsck` (exit 0: index and blobs agree)."""
         done = subprocess.run(
-            [_pacsguard(), "fsck", "--data-dir", str(self.data_dir)],
-            env=peer_env(), capture_output=True, text=True, check=False,
+            self._argv("fsck", "--data-dir", str(self.data_dir)),
+            env=self._env(), capture_output=True, text=True, check=False,
         )  # fmt: skip
         found = _FSCK_COUNT.search(done.stdout)
         if done.returncode != 0 or found is None:
             raise RuntimeError(f"pacsguard fsck failed ({done.returncode}): {done.stdout[-2000:]}")
         return int(found.group(1))
+
+
+_RUN_CLI = "import sys; sys.argv[0] = 'pacsguard'; from pacsguard.cli import main; main()"
+
+
+def export_source(revision: str, into: Path) -> Path:
+    """The `src` folder of this repository at `revision` (git archive), for `Pacsguard.at`."""
+    into.mkdir(parents=True)
+    repo = Path(__file__).resolve().parents[2]
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", revision, "src"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
 
 
 def _pacsguard() -> str:
@@ -306,6 +356,9 @@ class Orthanc:
 
     def store(self, directories: Sequence[Path]) -> list[str]:
         return storescu(self.port, ORTHANC_AET, PLAIN_AET, directories)
+
+    def sender(self) -> Sender:
+        return Sender(self.port, ORTHANC_AET, PLAIN_AET)
 
 
 @dataclass

@@ -165,15 +165,17 @@ def _record_syncs_and_links(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return events
 
 
-def test_put_links_an_unnamed_file_then_fsyncs_it_and_the_directory(
+def test_put_links_an_unnamed_file_then_fsyncs_it_and_the_directory_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = FolderBlobStore(tmp_path)
     events = _record_syncs_and_links(monkeypatch)
     store.put(UID, io.BytesIO(b"data"))
     fan = hashlib.sha256(UID.encode()).hexdigest()[:2]
-    # the fan directory was made (and synced) with the store: no mkdir, no objects/ fsync
-    assert events == [f"link:anonymous->{UID}", "fsync-file", f"fsync-dir:{fan}"]
+    # the fan directory was made (and synced) with the store: no mkdir, no objects/ fsync; the
+    # file and its directory are synced concurrently, both before put returns
+    assert events[0] == f"link:anonymous->{UID}"
+    assert sorted(events[1:]) == sorted(["fsync-file", f"fsync-dir:{fan}"])
     assert [p.name for p in stored_files(tmp_path)] == [UID]
     with store.open(UID) as stream:
         assert stream.read() == b"data"
@@ -231,12 +233,9 @@ def test_a_legacy_store_keeps_three_digit_fans_made_when_needed(
     store.put(UID, io.BytesIO(b"data"))
     fan = hashlib.sha256(UID.encode()).hexdigest()[:3]
     assert (tmp_path / "objects" / fan / UID).is_file()
-    assert events == [
-        f"link:anonymous->{UID}",
-        "fsync-file",
-        f"fsync-dir:{fan}",
-        "fsync-dir:objects",  # the fan directory was new
-    ]
+    assert events[0] == f"link:anonymous->{UID}"
+    assert sorted(events[1:3]) == sorted(["fsync-file", f"fsync-dir:{fan}"])
+    assert events[3:] == ["fsync-dir:objects"]  # the fan directory was new
     assert sorted(FolderBlobStore(tmp_path).keys()) == sorted(["1.2.3", UID])
 
 
@@ -411,3 +410,26 @@ def test_run_fsck_finds_missing_orphan_and_corrupt_blobs(tmp_path: Path) -> None
         assert full.checked == 4
     finally:
         index.close()
+
+
+def test_a_failed_directory_fsync_fails_the_put(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory is synced on another thread, beside the file: its failure still reaches
+    the caller (the store answers a failure, never success), and later puts work again."""
+    store = FolderBlobStore(tmp_path)
+    real_fsync = os.fsync
+    failing = [True]
+
+    def fsync(fd: int) -> None:
+        if failing[0] and Path(os.readlink(f"/proc/self/fd/{fd}")).is_dir():
+            raise OSError(errno.EIO, "directory write failed")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="directory write failed"):
+        store.put(UID, io.BytesIO(b"data"))
+    failing[0] = False
+    store.put("1.2.3", io.BytesIO(b"more"))
+    with store.open("1.2.3") as stream:
+        assert stream.read() == b"more"

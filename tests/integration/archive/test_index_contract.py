@@ -8,7 +8,8 @@ import dataclasses
 import hashlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -698,3 +699,61 @@ def test_a_broken_driver_connection_falls_back_to_the_general_path(index: SqlInd
     assert index.add(rec("4", "11", "1", "P1")) is AddOutcome.INSERTED  # a fresh connection
     assert driver._open == 1
     assert len(index.instances(Level.SERIES, "1.2.2.11")) == 4
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_concurrent_known_series_inserts_share_one_commit(index: SqlIndex) -> None:
+    """Rows queued while a commit runs are committed together by the next caller; each
+    caller returns only once its own row is committed, and a failing before_commit takes
+    back that row alone."""
+    index.add(rec("1", "11", "1", "P1"))
+    driver = index._driver_insert
+    first_inside = threading.Event()
+    release_first = threading.Event()
+    committed_by: dict[str, str] = {}
+    results: dict[str, object] = {}
+
+    def blocking(_outcome: AddOutcome) -> None:
+        committed_by["2"] = threading.current_thread().name
+        first_inside.set()
+        assert release_first.wait(10)
+
+    def recording(sop: str) -> Callable[[AddOutcome], None]:
+        def notify(_outcome: AddOutcome) -> None:
+            committed_by[sop] = threading.current_thread().name
+            if sop == "4":
+                raise RuntimeError("audit sink down")
+
+        return notify
+
+    def add(sop: str, notify: Callable[[AddOutcome], None]) -> None:
+        try:
+            results[sop] = index.add(rec(sop, "11", "1", "P1"), before_commit=notify)
+        except RuntimeError as error:
+            results[sop] = error
+
+    threads = [threading.Thread(target=add, args=("2", blocking), name="t2")]
+    threads[0].start()
+    assert first_inside.wait(10)  # t2 leads a group of one and is inside its transaction
+    for sop in ("3", "4", "5"):
+        threads.append(threading.Thread(target=add, args=(sop, recording(sop)), name=f"t{sop}"))
+        threads[-1].start()
+    _wait_for(lambda: len(driver._queue) == 3)  # queued behind t2's commit
+    assert "3" not in results  # not answered before its row is committed
+    release_first.set()
+    for thread in threads:
+        thread.join(10)
+    assert results["2"] is AddOutcome.INSERTED
+    assert results["3"] is AddOutcome.INSERTED and results["5"] is AddOutcome.INSERTED
+    assert isinstance(results["4"], RuntimeError)
+    # one of t3/t4/t5 committed all three rows: one transaction, one sync
+    assert len({committed_by[s] for s in ("3", "4", "5")}) == 1
+    assert committed_by["3"] != committed_by["2"]
+    stored = sorted(r.sop_instance_uid for r in index.instances(Level.SERIES, "1.2.2.11"))
+    assert stored == ["1.2.3.1", "1.2.3.2", "1.2.3.3", "1.2.3.5"]

@@ -112,6 +112,16 @@ class Environment:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
 
+def _whole_pdu_buffered(reader: asyncio.StreamReader) -> bool:
+    """True when a whole PDU (6-byte header and the length it gives) is already in the reader's
+    buffer, so reading it cannot wait for the peer. CPython's StreamReader keeps its data in
+    `_buffer`; without one this answers False and the read is timed as usual."""
+    buffer = getattr(reader, "_buffer", None)
+    if not isinstance(buffer, bytearray) or len(buffer) < 6:
+        return False
+    return len(buffer) >= 6 + int.from_bytes(buffer[2:6], "big")
+
+
 class Channel:
     """The writing side of an association: whole messages, drained with the network timeout.
 
@@ -127,6 +137,11 @@ class Channel:
     async def send(self, data: bytes) -> None:
         try:
             self.writer.write(data)
+            if self.writer.transport.get_write_buffer_size() == 0:
+                # All of it went to the socket: drain cannot wait (it only raises a lost
+                # connection), so no timer is armed; one per response showed in the profile.
+                await self.writer.drain()
+                return
             async with asyncio.timeout(self._timeout):
                 await self.writer.drain()
         except BaseException:
@@ -202,6 +217,8 @@ class AssociationSession:
         operation = self._operation
         running = operation.task if operation is not None else None
         if running is None or running.done():
+            if _whole_pdu_buffered(self._reader):  # no wait for the network: no timer
+                return await read_pdu(self._reader, bound)
             async with asyncio.timeout(self.env.settings.network_timeout):
                 return await read_pdu(self._reader, bound)
         read = asyncio.ensure_future(read_pdu(self._reader, bound))

@@ -1,11 +1,12 @@
 """Ingest: the one path by which C-STORE (and STOW-RS) objects enter the archive.
 
-Ingest is durable before it answers: the blob is fsync'd and renamed, then the index row is
-committed and the audit line synced, and only then does `store_instance` return success (and the
-front end acknowledge). When the blob or the index row cannot be written for lack of room (a
-full disk) the answer is 0xA700, when the index is unavailable otherwise (a lost database) 0x0110,
-and nothing is kept either way; the archive logs one error when that starts and one warning when
-it ends.
+Ingest is durable before it answers: the blob and its directory entry are fsync'd (at the same
+time, `FolderBlobStore.put`), then the index row is committed and the audit line synced (at the
+same time; concurrent stores share both: group commit in the index and in the audit log), and
+only then does `store_instance` return success (and the front end acknowledge). When the blob
+or the index row cannot be written for lack of room (a full disk) the answer is 0xA700, when the
+index is unavailable otherwise (a lost database) 0x0110, and nothing is kept either way; the
+archive logs one error when that starts and one warning when it ends.
 
 Audit fails closed: the primary audit log's `AuditLogError` never becomes a success. A store
 whose audit line cannot be made durable answers 0xA700 (out of resources). If the line could
