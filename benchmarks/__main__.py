@@ -109,6 +109,11 @@ def main() -> int:
     parser.add_argument(
         "--dicomweb-studies", type=int, default=10_000, help="dicomweb: QIDO index size"
     )
+    parser.add_argument(
+        "--dicomweb-nodelay-row",
+        action="store_true",
+        help="dicomweb: also pacsguard with asyncio's TCP_NODELAY rule relaxed (a control)",
+    )
     args = parser.parse_args()
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
@@ -138,7 +143,11 @@ def main() -> int:
             text = survey_internet.markdown(result)
         elif args.which == "dicomweb":
             result = dicomweb.run(
-                Path(tmp), studies=args.dicomweb_studies, pairs=args.pairs, seed=args.seed
+                Path(tmp),
+                studies=args.dicomweb_studies,
+                pairs=args.pairs,
+                seed=args.seed,
+                pacsguard_nodelay=args.dicomweb_nodelay_row,
             )
             text = dicomweb.markdown(result)
         else:

@@ -16,11 +16,12 @@ its defaults: plain HTTP, no authentication on loopback, no audit, no encryption
 certificate, like pacsguard's) and HTTP Basic authentication: the closest Orthanc gets to
 pacsguard's transport security without further plugins (still no audit, no encryption at
 rest). The first comparison is pacsguard *with* TLS, authentication, audit and encryption
-against Orthanc *without* any of them. **pacsguard+nodelay** is not the shipped code: the same
-`pacsguard serve` started with asyncio's TCP_NODELAY rule relaxed (its DICOMweb listener comes
-from `socket.create_server`, proto 0, so asyncio leaves Nagle's algorithm on for its
-connections; a response written as headers then body then waits for the client's delayed
-ACK, about 40 ms), to show what setting TCP_NODELAY on those connections would change.
+against Orthanc *without* any of them. **pacsguard+nodelay** (only with `--dicomweb-nodelay-row`)
+is the same `pacsguard serve` started with asyncio's TCP_NODELAY rule relaxed. It was the
+what-if that found the listener leaving Nagle's algorithm on (its socket comes from
+`socket.create_server`, proto 0, so asyncio did not set TCP_NODELAY, and a response written
+as headers then body waited about 40 ms for the client's delayed ACK); the listener has set
+TCP_NODELAY itself since, so the row is now a control that should match **pacsguard**.
 
 Rates: QIDO-RS in requests/s, WADO-RS in MB/s (10^6 bytes of multipart body per second, whole
 series retrieved), STOW-RS in instances/s (one instance per request, 200 only once durable).

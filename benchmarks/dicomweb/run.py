@@ -61,7 +61,7 @@ def run(
     stow_per_run: int = 16,
     seed: int = 2026,
     orthanc_https: bool = True,
-    pacsguard_nodelay: bool = True,
+    pacsguard_nodelay: bool = False,
 ) -> dict[str, Any]:
     load_before = os.getloadavg()
     print(f"data: {studies} studies, {series} series of {per_series} 512x512 images", flush=True)
