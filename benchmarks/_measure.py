@@ -4,12 +4,13 @@ each process of its tree."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,3 +157,27 @@ def measure_processes(
         argv, data["rc"], data["seconds"], data["peak_rss_kib"], stdout_path, data["cpu_seconds"]
     )
     return measured, sorted(seen.values(), key=lambda p: p.pid)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q`-quantile (0 < q <= 1) of `values` by nearest rank, the one definition every
+    benchmark reports (p50, p99: the smallest value with at least q of them at or below it);
+    0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(round(len(ordered) * q, 9)))  # ceil(n q), at least the first
+    return ordered[min(len(ordered), rank) - 1]
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """n, p50/p90/p95/p99, max and mean in milliseconds of latencies given in seconds."""
+    if not seconds:
+        return {"n": 0}
+    ms = [s * 1000 for s in seconds]
+    summary: dict[str, float] = {"n": len(ms)}
+    for q in (50, 90, 95, 99):
+        summary[f"p{q}_ms"] = round(percentile(ms, q / 100), 1)
+    summary["max_ms"] = round(max(ms), 1)
+    summary["mean_ms"] = round(sum(ms) / len(ms), 1)
+    return summary

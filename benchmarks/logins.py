@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 from tests.integration.serve.conftest import free_port
 
+from benchmarks._measure import latency_summary
 from pacsguard.archive.security.bootstrap import hash_secret, initialize
 from pacsguard.dicom import uids
 from pacsguard.dicom.ul import RELEASE_RQ_BYTES
@@ -122,22 +122,6 @@ def _kib(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} for {pid}")
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
-
-    return {
-        "n": len(ordered),
-        "p50_ms": at(0.50),
-        "p95_ms": at(0.95),
-        "p99_ms": at(0.99),
-        "max_ms": round(ordered[-1] * 1000, 1),
-        "mean_ms": round(statistics.mean(ordered) * 1000, 1),
-    }
-
-
 def measure(work: Path, clients: int, rounds: int, cache_s: float | None) -> dict[str, Any]:
     data_dir = work / f"data-{cache_s}"
     _config(data_dir)
@@ -166,9 +150,9 @@ def measure(work: Path, clients: int, rounds: int, cache_s: float | None) -> dic
         "credential_cache_s": 120.0 if cache_s is None else cache_s,
         "clients": clients,
         "rounds": rounds,
-        "cold_first_round": _percentiles(times[0]),
-        "warm_later_rounds": _percentiles([t for r in times[1:] for t in r]),
-        "all": _percentiles([t for r in times for t in r]),
+        "cold_first_round": latency_summary(times[0]),
+        "warm_later_rounds": latency_summary([t for r in times[1:] for t in r]),
+        "all": latency_summary([t for r in times for t in r]),
         "rss_before_mib": round(rss_before / 1024, 1),
         "peak_rss_mib": round(hwm / 1024, 1),
     }

@@ -20,6 +20,7 @@ from tests.interop.peers import (
     LOOPBACK,
 )
 
+from benchmarks._measure import percentile
 from benchmarks.archive.data import (
     DAYS,
     EXPLICIT_LE,
@@ -199,14 +200,6 @@ async def _find(assoc: Association, context: ContextResult, query: Query) -> tup
     return elapsed, counts_ok and final == 0 and uids == query.expected
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    rank = q * (len(ordered) - 1)
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 async def _measure_find(
     endpoints: dict[str, tuple[int, str]], queries: Sequence[Query]
 ) -> dict[str, tuple[list[float], dict[str, list[float]], int]]:
@@ -252,11 +245,11 @@ def measure_find(endpoints: dict[str, tuple[int, str]], queries: Sequence[Query]
     for name, (latencies, by_kind, correct) in measured.items():
         ms = [s * 1000 for s in latencies]
         result[name] = {
-            "p50_ms": round(_percentile(ms, 0.5), 2),
-            "p99_ms": round(_percentile(ms, 0.99), 2),
+            "p50_ms": round(percentile(ms, 0.5), 2),
+            "p99_ms": round(percentile(ms, 0.99), 2),
             "mean_ms": round(statistics.fmean(ms), 2),
             "p50_ms_by_kind": {
-                k: round(_percentile([s * 1000 for s in v], 0.5), 2)
+                k: round(percentile([s * 1000 for s in v], 0.5), 2)
                 for k, v in sorted(by_kind.items())
             },
             "answers_matching_ground_truth": correct,

@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import random
 import re
-import statistics
 import subprocess
 import sys
 import threading
@@ -47,6 +46,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore
 from tests.interop.peers import executable, free_port, peer_env
 
+from benchmarks._measure import latency_summary
 from benchmarks.archive.load_clients import ClientResult, ClientSpec, run_client
 from benchmarks.archive.peers import Orthanc, Processes
 
@@ -296,24 +296,6 @@ def find_stored(
     }
 
 
-def _percentiles(values: Sequence[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0}
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
-
-    return {
-        "n": len(ordered),
-        "p50_ms": at(0.50),
-        "p90_ms": at(0.90),
-        "p99_ms": at(0.99),
-        "max_ms": round(ordered[-1] * 1000, 1),
-        "mean_ms": round(statistics.mean(ordered) * 1000, 1),
-    }
-
-
 def summarize(results: Sequence[ClientResult], wall_s: float) -> dict[str, Any]:
     stores = [r for r in results if r.role == "store"]
     finds = [r for r in results if r.role == "find"]
@@ -330,20 +312,20 @@ def summarize(results: Sequence[ClientResult], wall_s: float) -> dict[str, Any]:
         "failure_notes": [n for r in results for n in r.failure_notes][:30],
         "client_log": [n for r in results for n in r.client_log][:30],
         "c_store": {
-            **_percentiles([t for r in stores for t in r.op_s]),
+            **latency_summary([t for r in stores for t in r.op_s]),
             "per_s": round(sum(len(r.stored) for r in stores) / wall_s, 1),
         },
         "c_find": {
-            **_percentiles([t for r in finds for t in r.op_s]),
+            **latency_summary([t for r in finds for t in r.op_s]),
             "matches": sum(r.matches for r in finds),
         },
-        "setup": _percentiles(setups),
+        "setup": latency_summary(setups),
         # Each client's first association is its user's first login: one Argon2id
         # verification (by design; then remembered for credential_cache_s).
-        "setup_first": _percentiles([r.setup_s[0] for r in results if r.setup_s]),
-        "setup_after_first": _percentiles([t for r in results for t in r.setup_s[1:]]),
-        "setup_store_clients": _percentiles([t for r in stores for t in r.setup_s]),
-        "setup_find_clients": _percentiles([t for r in finds for t in r.setup_s]),
+        "setup_first": latency_summary([r.setup_s[0] for r in results if r.setup_s]),
+        "setup_after_first": latency_summary([t for r in results for t in r.setup_s[1:]]),
+        "setup_store_clients": latency_summary([t for r in stores for t in r.setup_s]),
+        "setup_find_clients": latency_summary([t for r in finds for t in r.setup_s]),
         "clients_cpu_s": round(sum(r.cpu_s for r in results), 1),
     }
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from tests.interop.peers import LOOPBACK, executable, peer_env
 
+from benchmarks._measure import percentile as nearest_rank
+
 #: dcmtk (oflog) configuration: INFO messages with a microsecond wall-clock timestamp.
 _LOG_CONFIG = """\
 log4cplus.rootLogger = INFO, console
@@ -140,12 +142,8 @@ def send(argvs: Sequence[Sequence[str]], *, dcmtk: bool, timeout: float = 1800.0
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The `q`-th percentile (nearest rank) of `values`; 0 for none."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
+    """The `q`-th percentile (q in percent, nearest rank) of `values`; 0 for none."""
+    return nearest_rank(values, q / 100)
 
 
 def split_set(source: Path, parts: int) -> list[Path]:

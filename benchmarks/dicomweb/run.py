@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks._measure import percentile
 from benchmarks.archive.peers import Processes
 from benchmarks.dicomweb import data, workload
 from benchmarks.dicomweb.servers import (
@@ -43,11 +44,6 @@ def _check_queries(server: Server, shapes: Sequence[data.QueryShape]) -> dict[st
                 for params, expected in shape.queries
             )
     return wrong
-
-
-def _pct(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run(
@@ -164,8 +160,8 @@ def _row(key: str, by_server: dict[str, list[workload.Timed]]) -> dict[str, Any]
         row[name] = {
             "rate_median": round(statistics.median(rates[name]), 2),
             "rates": [round(r, 2) for r in rates[name]],
-            "p50_ms": round(_pct(latencies, 0.50) * 1000, 2),
-            "p99_ms": round(_pct(latencies, 0.99) * 1000, 2),
+            "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
             "requests": len(latencies),
         }
     row["ratios"] = {}
