@@ -81,7 +81,10 @@ def run(
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         pacsguard = Pacsguard.prepare(work, processes)
-        orthanc = Orthanc(processes)
+        # Orthanc 1.10 serves 4 associations at once by default ("DicomThreadsCount"); with 8
+        # storescu at once one of them stalled mid-association until its pipe broke (47 s),
+        # so it gets a thread per sender of the largest set (no effect on fewer senders).
+        orthanc = Orthanc(processes, extra={"DicomThreadsCount": 8})
         shim = build_fsync_shim(work)
         if shim is None:
             notes.append("no C compiler: the 'storescp + fsync per file' row is missing")

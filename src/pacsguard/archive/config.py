@@ -110,8 +110,10 @@ class ServerSettings:
     max_associations_per_ae: int | None = field(default=None, metadata={"min": 1, "max": 1024})
     max_associations_per_user: int | None = field(default=None, metadata={"min": 1, "max": 1024})
     #: Connections not yet associated (TLS handshake, A-ASSOCIATE-RQ, gate) from one source
-    #: address; more are closed at once.
-    max_pending_per_source: int = field(default=8, metadata={"min": 1, "max": 1024})
+    #: address; more are closed at once. 8 refused one of 8 storescu started together now and
+    #: then (a router or modality sending in parallel); 32 still keeps a flood of idle
+    #: connections from one host from keeping others out.
+    max_pending_per_source: int = field(default=32, metadata={"min": 1, "max": 1024})
     #: Seconds from connect to a complete A-ASSOCIATE-RQ, TLS handshake included.
     pre_association_timeout_s: float = field(default=5.0, metadata={"min": 0.5, "max": 600})
     max_pdu: int = field(default=1_048_576, metadata={"min": 4096, "max": 64 * 1024 * 1024})

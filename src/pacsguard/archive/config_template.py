@@ -49,7 +49,7 @@ max_associations = 16
 # Connections from one source address that are not associated yet (TLS handshake, association
 # request, authentication); more from that address are closed at once, so that idle or
 # half-open connections from one host cannot keep registered peers out.
-max_pending_per_source = 8
+max_pending_per_source = 32
 # Seconds from connect to a complete association request, TLS handshake included.
 pre_association_timeout_s = 5
 # Largest PDU we accept, in bytes.

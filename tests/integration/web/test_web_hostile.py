@@ -30,6 +30,7 @@ def small(tmp_path: Path) -> Iterator[WebArchive]:
             "dicomweb.max_body_bytes": 64 * 1024,
             "dicomweb.header_timeout_s": 1.0,
             "dicomweb.body_timeout_s": 2.0,
+            "server.max_pending_per_source": 8,
         },
     )
     try:
@@ -188,7 +189,7 @@ def test_slow_clients_are_cut_off_and_others_still_served(small: WebArchive) -> 
     context = ssl.create_default_context(cafile=str(small.ca_file))
     slow: list[ssl.SSLSocket] = []
     try:
-        for _ in range(12):  # bounded; [server] max_pending_per_source is 8
+        for _ in range(12):  # bounded; [server] max_pending_per_source is 8 here
             sock = context.wrap_socket(
                 socket.create_connection((host, port), timeout=5), server_hostname=host
             )

@@ -160,7 +160,7 @@ class WebListener:
         tls: ssl.SSLContext,
         on_slow_client: Callable[[str, str], None],
         *,
-        max_pending_per_source: int = 8,
+        max_pending_per_source: int = 32,
     ) -> None:
         self._max_pending = max_pending_per_source
         self._app = app
