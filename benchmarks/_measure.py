@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -181,3 +182,15 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     summary["max_ms"] = round(max(ms), 1)
     summary["mean_ms"] = round(sum(ms) / len(ms), 1)
     return summary
+
+
+def wait_port(host: str, port: int, timeout: float) -> None:
+    """Return once `host:port` accepts a connection; RuntimeError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:g} s")

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks._measure import Measured, measure
+from benchmarks._measure import Measured, measure, wait_port
 from benchmarks.scan_vs_nmap import agreement, parse_nmap, parse_pacsguard, require_free
 
 PORT = 11112
@@ -58,17 +58,6 @@ TOOLS = ("nmap", "pacsguard", "pacsguard-plain")
 
 def _pacsguard() -> str:
     return str(Path(sys.executable).with_name("pacsguard"))
-
-
-def _wait_port(host: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{host}:{port} did not come up")
 
 
 @contextmanager
@@ -87,7 +76,7 @@ def _process(argv: list[str], log: Path, ready: Path | None, wait: tuple[str, in
                     raise RuntimeError(f"{argv[0]} failed to start; see {log}")
                 time.sleep(0.2)
             if wait is not None:
-                _wait_port(*wait, 60)
+                wait_port(*wait, 60)
             yield proc
         finally:
             proc.send_signal(signal.SIGTERM)

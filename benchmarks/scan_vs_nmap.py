@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from benchmarks._measure import Measured, measure
+from benchmarks._measure import Measured, measure, wait_port
 
 PORT = 11112
 LAB_NET = "127.100.0.0/20"
@@ -49,17 +49,6 @@ def require_free(addresses: list[str], port: int) -> None:
                     f"{address}:{port} already answers: another lab uses this range; stop it "
                     "or move the benchmark's addresses"
                 )
-
-
-def _wait_port(host: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"lab did not come up on {host}:{port}")
 
 
 def start_lab(
@@ -92,7 +81,7 @@ def start_lab(
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"lab failed to start; see {work / 'lab.log'}")
         time.sleep(0.2)
-    _wait_port(base, port, 30)
+    wait_port(base, port, 30)
     return proc, truth
 
 
