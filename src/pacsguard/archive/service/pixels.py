@@ -231,14 +231,15 @@ def encapsulated_frame(stream: BinaryIO, layout: Layout, number: int) -> bytes:
     )
 
 
-def check_decodable(layout: Layout, limit: int) -> None:
-    """CannotDecode unless `layout`'s pixel data can be decompressed within `limit` bytes."""
+def check_decodable(layout: Layout, limit: int, *, frames: int | None = None) -> None:
+    """CannotDecode unless `layout`'s pixel data (or that many `frames` of it) can be
+    decompressed within `limit` bytes."""
     syntax = layout.transfer_syntax
     if not layout.encapsulated:
         raise CannotDecode(f"pixel data in {UID(syntax).name or syntax} is not compressed")
     if not decodable(syntax):
         raise CannotDecode(f"no decoder here for {UID(syntax).name or syntax}")
-    size = layout.decoded_frame_bytes() * layout.frame_count
+    size = layout.decoded_frame_bytes() * (layout.frame_count if frames is None else frames)
     if size <= 0:
         raise CannotDecode("the Image Pixel attributes (rows, columns, bits) are missing")
     if size > limit:

@@ -219,7 +219,7 @@ async def _pixels(request: Request, principal: Principal) -> Response:
             _wado.check_frames(layout, numbers)
         answer = _wado.pixel_answer(ranges, layout, pixel=bool(numbers) or tag == layout.pixel_tag)
         limit = ctx.service.limits.max_decompressed_bytes
-        _wado.check_decoding(layout, answer, limit)
+        _wado.check_decoding(layout, answer, limit, len(numbers) if numbers else None)
         source = (
             retrieval.frames(record, layout, numbers, decode=answer.decode)
             if numbers

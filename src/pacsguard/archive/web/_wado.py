@@ -316,10 +316,14 @@ def check_frames(layout: pixels.Layout, numbers: list[int]) -> None:
         raise WebError(404, f"this instance has {count} frame(s)", audit=False)
 
 
-def check_decoding(layout: pixels.Layout, answer: PixelAnswer, limit: int) -> None:
+def check_decoding(
+    layout: pixels.Layout, answer: PixelAnswer, limit: int, frames: int | None
+) -> None:
+    """WebError(406) when the `frames` asked for (None: all) cannot be decoded within
+    `limit` bytes, or not at all."""
     if answer.decode:
         try:
-            pixels.check_decodable(layout, limit)
+            pixels.check_decodable(layout, limit, frames=frames)
         except pixels.CannotDecode as exc:
             raise WebError(
                 406, f"the pixel data cannot be sent uncompressed: {exc.reason}"
