@@ -133,3 +133,47 @@ def test_implicit_little_endian_and_no_pixel_data(tmp_path: Path, store: FolderB
     with store.open(put(store, buffer.getvalue())) as stream:
         bare = pixels.read_layout(stream)
     assert bare.pixel_tag is None and bare.header.Rows == 64
+
+
+class CountingFile(io.FileIO):
+    """The encrypted file, counting the bytes read from disk."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "rb")
+        self.count = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = super().read(size)
+        self.count += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        count = super().readinto(buffer)
+        self.count += count or 0
+        return count or 0
+
+
+def test_header_and_frames_read_only_their_chunks(tmp_path: Path) -> None:
+    """A 64 MiB multi-frame instance: its layout reads the chunks around the header and the
+    pixel data's end (1 MiB each), a frame its own range: never the whole blob."""
+    key_bytes = os.urandom(32)
+    store = FolderBlobStore(tmp_path / "blobs", encryption_key=key_bytes)
+    frames, rows, columns = 128, 512, 512  # 512 KiB per frame
+    ds = uncompressed(rows=rows, columns=columns, frames=1, rgb=False, bits=16)
+    ds.NumberOfFrames = frames
+    ds.PixelData = os.urandom(rows * columns * 2) * frames
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    key = put(store, buffer.getvalue())
+    path = next((tmp_path / "blobs" / "objects").glob(f"*/{key}"))
+    assert path.stat().st_size > 64 * 1024 * 1024
+    from pacsguard.archive.blobs import aead
+
+    raw = CountingFile(path)
+    with aead.open_decrypting(raw, key_bytes, key) as stream:
+        layout = pixels.read_layout(stream)
+        after_layout = raw.count
+        frame = pixels.native_frame(stream, layout, 77)
+    assert after_layout < 3 * aead.CHUNK + 4096, after_layout
+    assert raw.count - after_layout < 512 * 1024 + 2 * aead.CHUNK + 4096
+    assert frame == ds.PixelData[76 * 512 * 1024 : 77 * 512 * 1024]

@@ -57,6 +57,7 @@ _LONG_VRS: Final = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b
 EXPLICIT_LE: Final = str(uids.EXPLICIT_VR_LITTLE_ENDIAN)
 IMPLICIT_LE: Final = str(uids.IMPLICIT_VR_LITTLE_ENDIAN)
 UNCOMPRESSED: Final = (EXPLICIT_LE, IMPLICIT_LE)
+_COPY_CHUNK: Final = 1024 * 1024
 
 #: Syntaxes that always lose information, with their Lossy Image Compression Method (PS3.3
 #: C.7.6.1.1.5.1). JPEG 2000 (4.91) and JPEG-LS near-lossless (4.81) may be lossless: for
@@ -335,9 +336,41 @@ def decompressed_pieces(
             yield encode_dataset(layout.tail, target).getvalue()
 
 
+def converted_pieces(
+    open_stream: Callable[[], BinaryIO], layout: Layout, target: str, *, part10: bool
+) -> Iterator[bytes]:
+    """A native instance in the other uncompressed syntax (`target`), piece by piece: the
+    header re-encoded by pydicom, the pixel data copied from its byte range in 1 MiB chunks
+    (its bytes are the same little-endian words in both), the tail re-encoded."""
+    if layout.encapsulated:
+        raise ValueError("encapsulated pixel data is decompressed, not converted")
+    header = Dataset()
+    for element in layout.header:
+        header.add(element)
+    meta = FileMetaDataset(layout.header.file_meta)
+    meta.TransferSyntaxUID = UID(target)
+    header.file_meta = meta
+    yield _encoded_header(header, target, part10=part10)
+    if layout.pixel_tag is not None and layout.length is not None:
+        yield _pixel_element_header(
+            layout.pixel_tag, layout.pixel_vr, layout.length, target == IMPLICIT_LE
+        )
+        with open_stream() as stream:
+            stream.seek(layout.offset)
+            left = layout.length
+            while left > 0:
+                chunk = stream.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    raise ValueError("the stored pixel data is shorter than its length")
+                left -= len(chunk)
+                yield chunk
+    if len(layout.tail):
+        yield encode_dataset(layout.tail, target).getvalue()
+
+
 class DecompressedReader:
-    """`InstanceData` over `decompressed_pieces`: `read(size)` until b"" (blocking: it
-    decodes), `close`."""
+    """`InstanceData` over `decompressed_pieces` or `converted_pieces`: `read(size)` until
+    b"" (blocking: it reads and decodes), `close`."""
 
     def __init__(self, pieces: Iterator[bytes], transfer_syntax: str) -> None:
         self.transfer_syntax = transfer_syntax

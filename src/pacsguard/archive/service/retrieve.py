@@ -11,10 +11,11 @@ however the retrieve ended. Both lines are the operation's: `AuditLogError` when
 be made durable, and the front end answers with a failure (nothing is sent without the first).
 
 Transcoding, the same for every front end: an instance is read in its stored transfer
-syntax; converted between Explicit and Implicit VR Little Endian (pydicom, in memory: small
-uncompressed objects); or, stored compressed (JPEG, JPEG-LS, JPEG 2000, RLE: every syntax
-pydicom has a decoder plugin for here, `pixels.decodable`), decompressed into either of them
-as it is read, one frame at a time (`pixels.DecompressedReader`), when its decoded pixel data
+syntax; converted between Explicit and Implicit VR Little Endian (the header re-encoded by
+pydicom, the pixel data copied from its byte range: `pixels.converted_pieces`); or, stored
+compressed (JPEG, JPEG-LS, JPEG 2000, RLE: every syntax pydicom has a decoder plugin for
+here, `pixels.decodable`), decompressed into either of them as it is read, one frame at a
+time (`pixels.DecompressedReader`), when its decoded pixel data
 fits `ServiceLimits.max_decompressed_bytes`. An instance that cannot be had as asked is None
 from `open`, with the reason in `Retrieval.why_not` (`refusal` says it before anything is
 sent). Metadata and frames read only the header and the byte ranges they need
@@ -25,16 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import tempfile
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import BinaryIO, Final, Protocol
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
 from pacsguard.archive.audit.events import (
@@ -51,7 +47,6 @@ from pacsguard.archive.security.principal import Action, Principal
 from pacsguard.archive.service import pixels
 from pacsguard.archive.service._core import ServiceCore, _participant
 from pacsguard.dicom import uids
-from pacsguard.dicom.dimse import encode_dataset
 from pacsguard.dicom.levels import Level
 from pacsguard.dicom.stream import skip_file_meta
 from pacsguard.errors import AuditLogError, MalformedPdu
@@ -60,7 +55,6 @@ log = logging.getLogger("pacsguard.archive.service")
 
 #: The transfer syntaxes the archive converts between (PS3.5 A.1, A.2).
 UNCOMPRESSED: Final = (str(uids.EXPLICIT_VR_LITTLE_ENDIAN), str(uids.IMPLICIT_VR_LITTLE_ENDIAN))
-_SPOOL_IN_MEMORY: Final = 16 * 1024 * 1024
 _VALUE_CHUNK: Final = 1024 * 1024
 
 
@@ -193,12 +187,16 @@ class Retrieval:
         if stored not in UNCOMPRESSED or chosen not in UNCOMPRESSED:
             return None  # the index said otherwise: the blob is not what was recorded
         try:
-            with self._blobs.open(record.blob_key) as again:
-                ds = _decode_spooled(again)
-            return _Opened(chosen, BytesIO(_converted(ds, chosen, part10=part10)))
+            layout = self.layout(record)
         except Exception:
-            log.warning("stored instance could not be converted for retrieve")
+            log.warning("stored instance could not be read for retrieve")
             return None
+
+        def reopen() -> BinaryIO:
+            return self._blobs.open(record.blob_key)
+
+        pieces = pixels.converted_pieces(reopen, layout, chosen, part10=part10)
+        return pixels.DecompressedReader(pieces, chosen)
 
     def _decompressed(
         self, record: InstanceRecord, target: str, *, part10: bool
@@ -313,25 +311,6 @@ def _seekable(stream: BinaryIO) -> BinaryIO:
     if stream.seekable():
         return stream
     return BytesIO(stream.read())
-
-
-def _decode_spooled(stream: BinaryIO) -> Dataset:
-    """Blob streams may be decrypting and not seekable, which pydicom needs."""
-    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
-        shutil.copyfileobj(stream, spool, 1024 * 1024)
-        spool.seek(0)
-        return dcmread(spool)
-
-
-def _converted(ds: Dataset, transfer_syntax: str, *, part10: bool) -> bytes:
-    if not part10:
-        return encode_dataset(ds, transfer_syntax).getvalue()
-    meta = FileMetaDataset(ds.file_meta)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    ds.file_meta = meta
-    out = BytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
-    return out.getvalue()
 
 
 class Retrieves(ServiceCore):
