@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
 from tests.compressed import KINDS, compressed_file
-from tests.integration.web._multipart import read_parts
+from tests.integration.web._multipart import read_parts, related_body
 from tests.integration.web.conftest import WebArchive, start_web
 
 from .conftest import require_tools
@@ -192,3 +192,32 @@ def test_dicomweb_client_gets_decompressed_instances_and_frames(
         media_types=(("image/jpeg", "1.2.840.10008.1.2.4.50"),),
     )
     assert stored_frames == list(generate_frames(jpeg.PixelData, number_of_frames=3))[:1]
+
+
+def test_getscu_over_the_decompression_limit_fails_with_the_reason(tmp_path: Path) -> None:
+    require_tools("getscu")
+    web = start_web(tmp_path / "archive", tester=True, **{"server.max_decompressed_bytes": 2**20})
+    try:
+        big = compressed_file("rle", tmp_path, rows=512, columns=512)  # 2.25 MiB decoded
+        with web.client() as client:
+            body, content_type = related_body([big.read_bytes()])
+            stored = client.post(
+                "/studies",
+                content=body,
+                headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
+            )
+        assert stored.status_code == 200, stored.text
+        ds = dcmread(big, stop_before_pixels=True)
+        fetched = tmp_path / "fetched"
+        fetched.mkdir()
+        got = dcmtk(
+            "getscu", "-d", "-S", "-k", "QueryRetrieveLevel=STUDY",
+            "-k", f"StudyInstanceUID={ds.StudyInstanceUID}", "+x=",
+            "-od", str(fetched), "-aet", "TESTER", "-aec", "PACSGUARD",
+            "127.0.0.1", str(web.dimse_port),
+        )  # fmt: skip
+    finally:
+        web.archive.stop()
+    assert not list(fetched.iterdir())
+    assert "0xa702" in got.log.lower() or "a702" in got.log.lower(), got.log[-3000:]
+    assert "decompressed it would be 2359296 bytes" in got.log, got.log[-3000:]
