@@ -94,6 +94,7 @@ def test_frames_as_stored_or_decoded_and_bulk_data(web: WebArchive, tmp_path: Pa
         )
         jp2 = client.get(url(stored) + "/frames/2", headers=accept("image/jp2"))
         bulk = client.get(url(stored) + "/bulkdata/7FE00010")
+        bulk_stored = client.get(url(stored) + "/bulkdata/7FE00010", headers=accept("image/jpeg"))
         metadata = client.get(url(stored) + "/metadata")
     assert [p for _, p in read_parts(default)] == [decoded[2].tobytes(), decoded[0].tobytes()]
     ((jpeg_type, jpeg_frame),) = read_parts(jpeg)
@@ -101,6 +102,7 @@ def test_frames_as_stored_or_decoded_and_bulk_data(web: WebArchive, tmp_path: Pa
     assert [p for _, p in read_parts(any_syntax)] == [fragments[1]]
     assert jp2.status_code == 406 and "image/jpeg" in jp2.text
     assert [p for _, p in read_parts(bulk)] == [decoded.tobytes()]
+    assert [p for _, p in read_parts(bulk_stored)] == fragments  # a part per frame
     (item,) = metadata.json()
     assert item["7FE00010"]["BulkDataURI"].endswith(url(stored) + "/bulkdata/7FE00010")
     assert item["00280004"]["Value"] == ["YBR_FULL_422"]  # as stored: metadata is not decoded

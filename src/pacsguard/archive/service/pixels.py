@@ -29,6 +29,7 @@ change is the same instance).
 from __future__ import annotations
 
 import copy
+import functools
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class CannotDecode(Exception):
         self.reason = reason
 
 
+@functools.lru_cache(maxsize=64)
 def decodable(transfer_syntax: str) -> bool:
     """Whether pixel data in `transfer_syntax` can be decompressed here (a decoder and one of
     its plugins installed)."""

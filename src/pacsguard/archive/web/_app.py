@@ -230,7 +230,9 @@ async def _pixels(request: Request, principal: Principal) -> Response:
         retrieval.tally.end(sent=False)
         await _wado.finish(ctx, retrieval)
         raise
-    return _wado.pixel_response(ctx, retrieval, source, answer.part_type, one_part=not numbers)
+    # Bulk data is one part, unless it is compressed frames as stored: a part per frame.
+    per_frame = bool(numbers) or (layout.encapsulated and not answer.decode)
+    return _wado.pixel_response(ctx, retrieval, source, answer.part_type, one_part=not per_frame)
 
 
 # -- STOW-RS ---------------------------------------------------------------------------------
