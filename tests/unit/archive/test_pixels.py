@@ -13,6 +13,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
+from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGLSLossless, JPEGLSNearLossless
 
 from pacsguard.archive.blobs.folder import FolderBlobStore
 from pacsguard.archive.service import pixels
@@ -177,3 +178,36 @@ def test_header_and_frames_read_only_their_chunks(tmp_path: Path) -> None:
     assert after_layout < 3 * aead.CHUNK + 4096, after_layout
     assert raw.count - after_layout < 512 * 1024 + 2 * aead.CHUNK + 4096
     assert frame == ds.PixelData[76 * 512 * 1024 : 77 * 512 * 1024]
+
+
+@pytest.mark.parametrize(
+    ("syntax", "options", "method"),
+    [
+        (JPEG2000, {"j2k_cr": [10]}, "ISO_15444_1"),  # irreversible 9-7 wavelet
+        (JPEG2000Lossless, {}, None),
+        (JPEGLSNearLossless, {"jls_error": 2}, "ISO_14495_1"),
+        (JPEGLSNearLossless, {"jls_error": 0}, None),
+        (JPEGLSLossless, {}, None),
+    ],
+)
+def test_lossy_compression_is_read_from_the_code_stream(
+    syntax: str, options: dict[str, object], method: str | None, store: FolderBlobStore
+) -> None:
+    ds = uncompressed(rgb=False, bits=16)
+    ds.compress(syntax, **options)
+    assert "LossyImageCompression" not in ds  # pydicom's encoders do not set it
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    key = put(store, data)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=3))
+    assert pixels.lossy_method(syntax, frame) == method
+    with store.open(key) as stream:
+        layout = pixels.read_layout(stream)
+    pieces = pixels.decompressed_pieces(
+        lambda: store.open(key), layout, pixels.EXPLICIT_LE, part10=True
+    )
+    out = dcmread(io.BytesIO(b"".join(pieces)))
+    assert out.get("LossyImageCompression") == ("01" if method else None)
+    assert out.get("LossyImageCompressionMethod") == method
+    assert bytes(out.PixelData) == bytes(oracle(data).PixelData)

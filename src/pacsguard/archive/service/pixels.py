@@ -21,8 +21,9 @@ Retrieve reads only what an answer needs from a (seekable, decrypting) blob stre
 Attributes after decompression (PS3.5 8.2, PS3.3 C.7.6.1.1.5, C.7.6.3): Photometric
 Interpretation and Planar Configuration as the decoder delivers the pixels (YBR_FULL_422 and
 YBR_FULL of JPEG, YBR_ICT/YBR_RCT of JPEG 2000 become RGB, colour-by-pixel); Number of Frames
-kept; Lossy Image Compression "01" (and its method) set when the stored syntax is always
-lossy, never reset when it was "01"; the SOP Instance UID unchanged (a transfer syntax
+kept; Lossy Image Compression "01" (and its method added) when the data were lossy-compressed
+(`lossy_method`: JPEG always, JPEG 2000 with the irreversible wavelet, JPEG-LS with NEAR > 0),
+never reset when it was "01"; the SOP Instance UID unchanged (a transfer syntax
 change is the same instance).
 """
 
@@ -61,12 +62,22 @@ UNCOMPRESSED: Final = (EXPLICIT_LE, IMPLICIT_LE)
 _COPY_CHUNK: Final = 1024 * 1024
 
 #: Syntaxes that always lose information, with their Lossy Image Compression Method (PS3.3
-#: C.7.6.1.1.5.1). JPEG 2000 (4.91) and JPEG-LS near-lossless (4.81) may be lossless: for
-#: those the stored attributes are kept as they are.
+#: C.7.6.1.1.5.1).
 ALWAYS_LOSSY: Final = {
     "1.2.840.10008.1.2.4.50": "ISO_10918_1",
     "1.2.840.10008.1.2.4.51": "ISO_10918_1",
 }
+#: Syntaxes that may be lossy; the first frame's code stream says (`lossy_method`).
+_J2K: Final = frozenset(
+    {
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+    }
+)
+_JLS_NEAR: Final = "1.2.840.10008.1.2.4.81"
 
 
 class CannotDecode(Exception):
@@ -270,9 +281,50 @@ def _little_endian(array: Any) -> bytes:
     return data
 
 
-def decompressed_attributes(layout: Layout, pixel: dict[str, Any], target: str) -> Dataset:
+def _marker_segment(stream: bytes, marker: bytes) -> bytes | None:
+    """The body of the first `marker` segment (after its 2-byte length) of a JPEG family code
+    stream's header, or None. Segments are walked by their lengths, not searched for."""
+    position = 2  # after SOI / SOC
+    while position + 4 <= len(stream) and stream[position] == 0xFF:
+        code = stream[position : position + 2]
+        (length,) = struct.unpack(">H", stream[position + 2 : position + 4])
+        if code == marker:
+            return stream[position + 4 : position + 2 + length]
+        if code in (b"\xff\x93", b"\xff\xd9"):  # SOD / EOI: the header is over
+            return None
+        position += 2 + length
+    return None
+
+
+def lossy_method(transfer_syntax: str, first_frame: bytes) -> str | None:
+    """The Lossy Image Compression Method of data that `first_frame` shows to be lossy
+    (PS3.3 C.7.6.1.1.5.1), or None: JPEG always; JPEG 2000 / HTJ2K when their COD segment
+    names the irreversible 9-7 wavelet (ISO 15444-1 A.6.1; a reversible one may still have
+    been truncated, which the code stream does not say); JPEG-LS when its scan's NEAR is
+    not 0 (ISO 14495-1 C.2.3)."""
+    if transfer_syntax in ALWAYS_LOSSY:
+        return ALWAYS_LOSSY[transfer_syntax]
+    if transfer_syntax in _J2K:
+        start = first_frame.find(b"\xff\x4f\xff\x51")  # SOC SIZ: a raw code stream (or in JP2)
+        cod = _marker_segment(first_frame[start:], b"\xff\x52") if start >= 0 else None
+        if cod is None or len(cod) < 10 or cod[9] != 0:  # SPcod's transformation: 0 = 9-7
+            return None
+        high_throughput = transfer_syntax.startswith("1.2.840.10008.1.2.4.20")
+        return "ISO_15444_15" if high_throughput else "ISO_15444_1"
+    if transfer_syntax == _JLS_NEAR:
+        sos = _marker_segment(first_frame, b"\xff\xda")
+        if sos is not None and len(sos) >= 1:
+            near_at = 1 + 2 * sos[0]
+            if len(sos) > near_at and sos[near_at] > 0:
+                return "ISO_14495_1"
+    return None
+
+
+def decompressed_attributes(
+    layout: Layout, pixel: dict[str, Any], target: str, method: str | None = None
+) -> Dataset:
     """The header of the decompressed instance in `target` (element copies: `layout` stays
-    as read)."""
+    as read); `method`: the data were lossy-compressed so (`lossy_method`)."""
     header = Dataset()
     for element in layout.header:
         header.add(copy.copy(element))
@@ -282,7 +334,6 @@ def decompressed_attributes(layout: Layout, pixel: dict[str, Any], target: str) 
     header.PhotometricInterpretation = str(pixel["photometric_interpretation"])
     if int(header.get("SamplesPerPixel", 1) or 1) > 1:
         header.PlanarConfiguration = int(pixel.get("planar_configuration", 0))
-    method = ALWAYS_LOSSY.get(layout.transfer_syntax)
     if method is not None:
         header.LossyImageCompression = "01"
         methods = list(header.get("LossyImageCompressionMethod", []) or [])
@@ -319,8 +370,9 @@ def decompressed_pieces(
     count = layout.frame_count
     implicit = target == IMPLICIT_LE
     with open_stream() as stream:
+        method = lossy_method(layout.transfer_syntax, encapsulated_frame(stream, layout, 1))
         first, pixel = decode_frame(stream, layout, 1)
-        header = decompressed_attributes(layout, pixel, target)
+        header = decompressed_attributes(layout, pixel, target, method)
         bits = int(header.get("BitsAllocated", 8) or 8)
         vr = "OB" if bits <= 8 else "OW"
         total = len(first) * count
