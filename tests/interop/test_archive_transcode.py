@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 
 from tests.compressed import KINDS, compressed_file
 from tests.integration.web._multipart import read_parts, related_body
@@ -221,3 +221,47 @@ def test_getscu_over_the_decompression_limit_fails_with_the_reason(tmp_path: Pat
     assert not list(fetched.iterdir())
     assert "0xa702" in got.log.lower() or "a702" in got.log.lower(), got.log[-3000:]
     assert "decompressed it would be 2359296 bytes" in got.log, got.log[-3000:]
+
+
+def test_getscu_of_pixel_data_that_does_not_decode_is_a_failed_sub_operation(
+    tmp_path: Path, compressed: dict[str, Path]
+) -> None:
+    """Found before anything of the instance is sent (no C-STORE begun, none cut off)."""
+    require_tools("getscu")
+    broken = dcmread(compressed["jpeg-baseline"])
+    broken.PixelData = encapsulate([b"\xff\xd8" + b"\x00" * 64 + b"\xff\xd9"] * 3)
+    path = tmp_path / "broken.dcm"
+    broken.save_as(path, enforce_file_format=True)
+    good = compressed["rle"]
+    web = start_web(tmp_path / "archive", tester=True)
+    try:
+        body, content_type = related_body([path.read_bytes(), good.read_bytes()])
+        with web.client() as client:
+            stored = client.post(
+                "/studies",
+                content=body,
+                headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
+            )
+        assert stored.status_code == 200, stored.text
+        fetched = tmp_path / "fetched"
+        fetched.mkdir()
+        outcomes = []
+        for ds in (broken, dcmread(good, stop_before_pixels=True)):
+            arguments = [
+                "-d", "-S", "-k", "QueryRetrieveLevel=STUDY",
+                "-k", f"StudyInstanceUID={ds.StudyInstanceUID}", "+x=",
+                "-od", str(fetched), "-aet", "TESTER", "-aec", "PACSGUARD",
+                "127.0.0.1", str(web.dimse_port),
+            ]  # fmt: skip
+            outcomes.append(dcmtk("getscu", *arguments))
+    finally:
+        web.archive.stop()
+    failed, worked = outcomes
+    assert "could not be decoded" in failed.log, failed.log[-3000:]
+    # a failed sub-operation with the reason, in a final response (getscu then aborts itself
+    # when it finds the Failed SOP Instance UID List after it, which it does not read)
+    assert "DIMSE Status                  : 0xa702" in failed.log, failed.log[-3000:]
+    assert "Failed Suboperations          : 1" in failed.log, failed.log[-3000:]
+    assert [dcmread(p).SOPInstanceUID for p in fetched.iterdir()] == [
+        dcmread(good, stop_before_pixels=True).SOPInstanceUID
+    ], worked.log[-3000:]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import functools
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, BinaryIO, Final
@@ -363,7 +363,7 @@ def _encoded_header(header: Dataset, target: str, *, part10: bool) -> bytes:
 
 def decompressed_pieces(
     open_stream: Callable[[], BinaryIO], layout: Layout, target: str, *, part10: bool
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The instance decompressed in `target`, piece by piece: header, pixel data element
     header, each frame as it is decoded, the tail. `open_stream` gives the blob again (the
     caller's `layout` came from another reading); it is closed when the pieces end."""
@@ -426,10 +426,13 @@ class DecompressedReader:
     """`InstanceData` over `decompressed_pieces` or `converted_pieces`: `read(size)` until
     b"" (blocking: it reads and decodes), `close`."""
 
-    def __init__(self, pieces: Iterator[bytes], transfer_syntax: str) -> None:
+    def __init__(
+        self, pieces: Iterator[bytes], transfer_syntax: str, *, first: bytes = b""
+    ) -> None:
+        """`first`: a piece already taken from `pieces` (read before the rest)."""
         self.transfer_syntax = transfer_syntax
         self._pieces = pieces
-        self._buffer = memoryview(b"")
+        self._buffer = memoryview(first)
 
     def read(self, size: int = -1, /) -> bytes:
         if size < 0:
@@ -443,7 +446,7 @@ class DecompressedReader:
         return bytes(out)
 
     def close(self) -> None:
-        close = getattr(self._pieces, "close", None)
+        close = getattr(self._pieces, "close", None)  # a generator: closes the blob
         if callable(close):
             close()
         self._buffer = memoryview(b"")

@@ -216,7 +216,17 @@ class Retrieval:
             return self._blobs.open(record.blob_key)
 
         pieces = pixels.decompressed_pieces(reopen, layout, target, part10=part10)
-        return pixels.DecompressedReader(pieces, target)
+        # The first frame decodes now, before the front end sends anything (a C-STORE
+        # sub-operation cannot be taken back once begun): pixel data that does not decode at
+        # all is a failed instance, not a broken association.
+        try:
+            first = next(pieces)
+        except Exception as exc:
+            pieces.close()
+            self.why_not = "the compressed pixel data could not be decoded"
+            log.warning("stored instance could not be decompressed: %s", type(exc).__name__)
+            return None
+        return pixels.DecompressedReader(pieces, target, first=first)
 
     def refusal(self, record: InstanceRecord, accepted: Collection[str]) -> str | None:
         """Why `record` cannot be had in any of `accepted` (None: it can), before anything is
