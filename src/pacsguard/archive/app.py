@@ -39,7 +39,7 @@ from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd, Listener
 from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup, MoveDestination
 from pacsguard.archive.index.sql import SqlIndex
-from pacsguard.archive.journal import quiet_value_validation
+from pacsguard.archive.journal import keep_values_out_of_logs
 from pacsguard.archive.recovery import recover
 from pacsguard.archive.runtime import Endpoint, FrontEnd, Runtime
 from pacsguard.archive.security.bearer_jwt import jwks_verifier
@@ -253,7 +253,7 @@ def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()
     ConfigError."""
     validate_listen(settings)
     require_files(settings)
-    quiet_value_validation()  # pydicom's warnings quote values: none in the journal
+    keep_values_out_of_logs()  # pydicom warnings, SQLAlchemy rows: no values logged
     destinations = move_destinations(settings)
     audit, closers = open_audit(settings)
     try:

@@ -11,9 +11,9 @@ What keeps patient values out of it:
   ``Invalid value for VR DA: '...'``. `RedactedFormatter` writes every traceback with its
   frames (file, line, function: what a bug report needs) but each exception as its class only.
   It is the one output edge, so it covers uvicorn's, asyncio's and every library's logger too.
-- pydicom's value validation quotes the offending value in a warning and a log line; the
-  archive validates what it relies on itself (UIDs, sizes) and turns pydicom's off for its
-  process (`quiet_value_validation`, called by `start_archive`).
+- pydicom's value validation quotes the offending value in a warning and a log line, and
+  SQLAlchemy logs result rows at DEBUG: `keep_values_out_of_logs` (called by `start_archive`)
+  turns the first off and filters the second out, whatever the logging configuration.
 
 Python warnings are routed through the same handler (`logging.captureWarnings`), and so are
 exceptions that escape a thread.
@@ -65,12 +65,31 @@ class RedactedFormatter(logging.Formatter):
         return redacted_traceback((ei[0], ei[1], ei[2]))
 
 
-def quiet_value_validation() -> None:
-    """Turn off pydicom's value validation for this process: its warnings quote the value
-    ("Invalid value for VR DA: '...'"), which for a peer's malformed birth date or a stored
-    instance's odd name would put patient data in the journal. The archive checks what it
-    depends on (UIDs, lengths, sizes) itself; answers never depended on these warnings."""
+class _NoRows(logging.Filter):
+    """Drops SQLAlchemy's DEBUG records of its engine logger: result rows, with their values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+#: SQLAlchemy's engine logs statements (INFO: bound parameters, hidden by `hide_parameters`)
+#: and, at DEBUG, every result row with its values, whatever the logging configuration asks.
+SQLALCHEMY_ENGINE_LOGGER: Final = "sqlalchemy.engine.Engine"
+
+
+def keep_values_out_of_logs() -> None:
+    """Process-wide, for the archive (`start_archive` calls it; idempotent):
+
+    - pydicom's value validation off: its warnings quote the value ("Invalid value for VR DA:
+      '...'"), which for a peer's malformed birth date or a stored instance's odd name would
+      put patient data in the journal. The archive checks what it depends on (UIDs, lengths,
+      sizes) itself; no answer depended on these warnings.
+    - SQLAlchemy's result rows never logged, even when its loggers are set to DEBUG.
+    """
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    engine = logging.getLogger(SQLALCHEMY_ENGINE_LOGGER)
+    if not any(isinstance(f, _NoRows) for f in engine.filters):
+        engine.addFilter(_NoRows())
 
 
 def configure_journal(level: str = "warning", stream: TextIO | None = None) -> None:

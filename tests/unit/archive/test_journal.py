@@ -11,7 +11,12 @@ from collections.abc import Iterator
 import pytest
 from pydicom import config as pydicom_config
 
-from pacsguard.archive.journal import RedactedFormatter, configure_journal, quiet_value_validation
+from pacsguard.archive.journal import (
+    SQLALCHEMY_ENGINE_LOGGER,
+    RedactedFormatter,
+    configure_journal,
+    keep_values_out_of_logs,
+)
 
 SECRET = "DOE^JANE 123-45-6789 19800101"
 
@@ -84,11 +89,24 @@ def test_an_unknown_level_is_refused() -> None:
         configure_journal("loud")
 
 
+def test_sqlalchemy_result_rows_are_dropped_and_statements_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keep_values_out_of_logs()
+    keep_values_out_of_logs()  # idempotent: one filter
+    engine = logging.getLogger(SQLALCHEMY_ENGINE_LOGGER)
+    assert len(engine.filters) == 1
+    with caplog.at_level(logging.DEBUG, logger="sqlalchemy"):
+        engine.debug("Row %r", (SECRET,))
+        engine.info("SELECT patients.patient_name FROM patients")
+    assert [r.levelno for r in caplog.records if r.name == engine.name] == [logging.INFO]
+
+
 def test_pydicom_value_validation_is_turned_off() -> None:
     saved = pydicom_config.settings.reading_validation_mode
     try:
         pydicom_config.settings.reading_validation_mode = pydicom_config.WARN
-        quiet_value_validation()
+        keep_values_out_of_logs()
         assert pydicom_config.settings.reading_validation_mode == pydicom_config.IGNORE
     finally:
         pydicom_config.settings.reading_validation_mode = saved
