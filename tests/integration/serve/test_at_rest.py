@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import secrets
+import signal
 import ssl
 import stat
 import sys
@@ -55,7 +56,7 @@ from pacsguard.errors import ConfigError
 from pacsguard.lab.synth import SyntheticArchive, build_dataset, generate_archive
 from tests.integration.web._multipart import related_body
 
-from .conftest import StartArchive, free_port
+from .conftest import StartArchive, free_port, make_data_dir, start_serve
 
 #: Pixels of a large object: 1024 x 1100 x 2 bytes, past the in-memory limit.
 LARGE = (1024, 1100)
@@ -194,10 +195,21 @@ def client() -> AE:
     return ae
 
 
-def store_all(archive: RunningArchive, lab: Lab) -> list[int]:
+#: An archive in this process, or `pacsguard serve`'s plaintext port on 127.0.0.1.
+Archive = RunningArchive | int
+
+
+def plain(archive: Archive) -> tuple[str, int]:
+    """Where `archive` listens for DIMSE without TLS."""
+    if isinstance(archive, int):
+        return "127.0.0.1", archive
+    endpoint = next(e for e in archive.endpoints if not e.tls and e.protocol == "dicom")
+    return endpoint.host, endpoint.port
+
+
+def store_all(archive: Archive, lab: Lab) -> list[int]:
     """Store every object through the plaintext DIMSE listener: the statuses."""
-    endpoint = next(e for e in archive.endpoints if not e.tls)
-    assoc = client().associate(endpoint.host, endpoint.port, ae_title="PACSGUARD")
+    assoc = client().associate(*plain(archive), ae_title="PACSGUARD")
     assert assoc.is_established
     try:
         return [int(getattr(assoc.send_c_store(ds), "Status", -1)) for ds in objects(lab)]
@@ -205,10 +217,9 @@ def store_all(archive: RunningArchive, lab: Lab) -> list[int]:
         assoc.release()
 
 
-def find_each_patient(archive: RunningArchive, lab: Lab) -> None:
+def find_each_patient(archive: Archive, lab: Lab) -> None:
     """Each patient is found by name: the (encrypted) index matches."""
-    endpoint = next(e for e in archive.endpoints if not e.tls)
-    assoc = client().associate(endpoint.host, endpoint.port, ae_title="PACSGUARD")
+    assoc = client().associate(*plain(archive), ae_title="PACSGUARD")
     assert assoc.is_established
     try:
         for patient in lab.archive.patients:
@@ -299,10 +310,9 @@ def stow_query_and_wado(archive: RunningArchive, lab: Lab) -> None:
             assert client.get(f"/studies/{uid}/metadata").status_code == 200
 
 
-def find_by_patient_values(archive: RunningArchive, lab: Lab) -> None:
+def find_by_patient_values(archive: Archive, lab: Lab) -> None:
     """C-FIND each study with the patient's ID, birth date and accession number as keys."""
-    endpoint = next(e for e in archive.endpoints if not e.tls)
-    assoc = client().associate(endpoint.host, endpoint.port, ae_title="PACSGUARD")
+    assoc = client().associate(*plain(archive), ae_title="PACSGUARD")
     assert assoc.is_established
     try:
         for patient in lab.archive.patients:
@@ -319,7 +329,7 @@ def find_by_patient_values(archive: RunningArchive, lab: Lab) -> None:
         assoc.release()
 
 
-def get_study(archive: RunningArchive, study_uid: str) -> int:
+def get_study(archive: Archive, study_uid: str) -> int:
     """C-GET one study through the plaintext listener: how many instances arrived."""
     ae = AE(ae_title="TESTER")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
@@ -332,10 +342,8 @@ def get_study(archive: RunningArchive, study_uid: str) -> int:
         received.append(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
 
-    endpoint = next(e for e in archive.endpoints if not e.tls and e.protocol == "dicom")
     assoc = ae.associate(
-        endpoint.host,
-        endpoint.port,
+        *plain(archive),
         ae_title="PACSGUARD",
         ext_neg=[build_role(c, scp_role=True) for c in (CTImageStorage, MRImageStorage)],
         evt_handlers=[(evt.EVT_C_STORE, on_store)],
@@ -525,6 +533,30 @@ def test_audit_find_lists_a_patients_stores_and_retrieves_and_export_decrypts(
     text = exported.read_text(encoding="utf-8")
     assert first.patient_id not in text and pseudonym in text
     assert "do not open with this key" in capsys.readouterr().err
+
+
+def test_the_serve_journal_at_debug_holds_no_patient_data(tmp_path: Path, lab: Lab) -> None:
+    """`pacsguard serve --log-level debug` as a process: after C-STORE (small and large),
+    C-FIND with patient values as keys and C-GET, its output (stdout and stderr) holds DEBUG
+    lines and no patient value, and neither does its data folder."""
+    data_dir = make_data_dir(tmp_path / "data")
+    port = free_port()
+    journal = tmp_path / "serve.log"
+    proc = start_serve(data_dir, port, journal, "--log-level", "debug")
+    try:
+        assert store_all(port, lab) == [0x0000] * 8
+        find_each_patient(port, lab)
+        find_by_patient_values(port, lab)
+        study = lab.archive.patients[0].studies[0].study_instance_uid
+        assert get_study(port, study) == 4
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    printed = journal.read_bytes()
+    assert b" DEBUG " in printed  # the level was applied (asyncio, uvicorn, ours)
+    wanted = needles(lab)
+    assert [n.what for n in wanted if n.found_in(printed)] == []
+    assert scan(files_under(data_dir), wanted) == {}
 
 
 def test_the_scan_finds_what_is_there(
