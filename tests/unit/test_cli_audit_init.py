@@ -122,6 +122,8 @@ def _patient_log(path: Path, key_file: Path) -> PatientKey:
 def test_find_reads_the_id_from_stdin_and_finds_old_and_new_lines(tmp_path: Path) -> None:
     path, key = tmp_path / "a.jsonl", tmp_path / "at-rest.key"
     patients = _patient_log(path, key)
+    verified = runner.invoke(app, ["audit", "verify", str(path)])  # old and new lines, one chain
+    assert verified.exit_code == 0 and "intact, 4 lines" in verified.output
     result = runner.invoke(
         app, ["audit", "find", str(path), "--key-file", str(key)], input="PID-1\n"
     )
