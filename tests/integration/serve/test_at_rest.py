@@ -34,6 +34,8 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from pydicom.config import IGNORE
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
@@ -57,6 +59,8 @@ from pacsguard.lab.synth import SyntheticArchive, build_dataset, generate_archiv
 from tests.integration.web._multipart import related_body
 
 from .conftest import StartArchive, free_port, make_data_dir, start_serve
+
+BIRTH_DATE = 0x00100030
 
 #: Pixels of a large object: 1024 x 1100 x 2 bytes, past the in-memory limit.
 LARGE = (1024, 1100)
@@ -302,6 +306,9 @@ def stow_query_and_wado(archive: RunningArchive, lab: Lab) -> None:
                 headers={"Accept": "application/dicom+json"},
             )
             assert found.status_code == 200 and len(found.json()) == 1
+            # A malformed value is refused, and audited without the value
+            bad = client.get("/studies", params={"PatientBirthDate": patient.birth_date + "X"})
+            assert bad.status_code == 400
             uid = study.study_instance_uid
             whole = client.get(
                 f"/studies/{uid}", headers={"Accept": 'multipart/related; type="application/dicom"'}
@@ -325,6 +332,10 @@ def find_by_patient_values(archive: Archive, lab: Lab) -> None:
             answers = list(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
             pending = [ds for status, ds in answers if status and status.Status == 0xFF00]
             assert len(pending) == 1
+            malformed = patient.birth_date + "X"  # refused, and audited without the value
+            query[BIRTH_DATE] = DataElement(BIRTH_DATE, "DA", malformed, validation_mode=IGNORE)
+            answers = list(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
+            assert [int(s.Status) for s, _ in answers if s] == [0xA900]
     finally:
         assoc.release()
 
