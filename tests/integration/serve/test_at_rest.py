@@ -619,6 +619,15 @@ def test_fsck_and_serve_open_the_index_with_the_key_and_only_with_it(
     assert index.read_bytes() == before
     key_file.write_bytes(kept)
     assert main(["fsck", "--data-dir", str(data_dir)]) == 0
+    # A damaged blob: fsck says which, and its report holds no patient value
+    blob = next(p for p in files_under(data_dir / "blobs") if p.parent.name != "objects")
+    damaged = bytearray(blob.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    blob.write_bytes(bytes(damaged))
+    assert main(["fsck", "--data-dir", str(data_dir)]) == 1
+    report = "".join(capsys.readouterr()).encode()
+    assert b"unreadable" in report
+    assert [n.what for n in needles(lab) if n.found_in(report)] == []
 
 
 def decrypt_index(path: Path, key: bytes) -> None:
