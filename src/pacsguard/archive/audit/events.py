@@ -89,7 +89,8 @@ class AuditEvent:
     participants: tuple[Participant, ...] = ()
     #: Participant objects as (kind, id) pairs: ("study", uid), ("instance", uid),
     #: ("patient-ref", reference) (`audit.patients`), ("query", level). Logs written before
-    #: patient references may hold ("patient", Patient ID) in clear; nothing writes that now.
+    #: patient references may hold ("patient", Patient ID) in clear; the archive's sink
+    #: (`notify.AuditFanout`) refuses such an event now.
     objects: tuple[tuple[str, str], ...] = ()
     detail: dict[str, str | int | bool] = field(default_factory=dict)
 
