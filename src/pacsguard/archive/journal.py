@@ -57,7 +57,20 @@ def redacted_traceback(exc_info: _ExcInfo) -> str:
 
 
 class RedactedFormatter(logging.Formatter):
-    """`logging.Formatter` whose tracebacks keep their frames and drop exception messages."""
+    """`logging.Formatter` whose tracebacks keep their frames and drop exception messages.
+
+    asyncio's exception handler (uvloop's alike) also writes the failed task's repr into the
+    message (``future: <Task ... exception=ValueError('...')>``), which quotes the exception
+    message: of such a record only the first line ("Task exception was never retrieved") is
+    kept."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "asyncio" and record.exc_info:
+            first = record.getMessage().split("\n", 1)[0]
+            record = logging.makeLogRecord(
+                {**record.__dict__, "msg": f"{first} (details withheld)", "args": None}
+            )
+        return super().format(record)
 
     def formatException(self, ei: _ExcInfo | tuple[None, None, None]) -> str:
         if ei[1] is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import threading
@@ -82,6 +83,28 @@ def test_warnings_are_logged_through_the_journal(journal: io.StringIO) -> None:
         warnings.simplefilter("always")
         warnings.warn("a library noticed something", UserWarning, stacklevel=1)
     assert "py.warnings" in journal.getvalue()
+
+
+def test_asyncio_task_reprs_are_withheld(journal: io.StringIO) -> None:
+    """asyncio's handler puts the task's repr, which quotes the exception, in the message."""
+
+    async def failing() -> None:
+        _fail_deep()
+
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(failing())
+        loop.run_until_complete(asyncio.sleep(0))
+        error = task.exception()
+        assert SECRET in repr(task)
+        loop.default_exception_handler(
+            {"message": "Task exception was never retrieved", "exception": error, "future": task}
+        )
+    finally:
+        loop.close()
+    text = journal.getvalue()
+    assert "Task exception was never retrieved (details withheld)" in text
+    assert "_fail_deep" in text and SECRET not in text
 
 
 def test_an_unknown_level_is_refused() -> None:
