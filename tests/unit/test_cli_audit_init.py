@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import typer
 from typer.testing import CliRunner
 
-from pacsguard.archive.audit.events import AuditEvent, EventAction, EventOutcome, EventType
+from pacsguard.archive.audit.events import (
+    AuditEvent,
+    EventAction,
+    EventOutcome,
+    EventType,
+    Participant,
+)
 from pacsguard.archive.audit.log import AuditLog
+from pacsguard.archive.audit.patients import PatientKey
 from pacsguard.cli import audit, init
+from pacsguard.errors import UsageError
 
 app = typer.Typer()
 app.command(name="init")(init.init)
@@ -74,3 +83,84 @@ def test_init_prints_the_secret_once(tmp_path: Path) -> None:
     assert second.exit_code == 0, second.output
     assert "never again" not in second.output
     assert "already set up" in second.output
+
+
+def _patient_log(path: Path, key_file: Path) -> PatientKey:
+    key_file.write_bytes(os.urandom(32))
+    key_file.chmod(0o600)
+    patients = PatientKey(key_file.read_bytes())
+    with AuditLog(path) as log:
+        log.append(  # a line written before patient references: the ID in clear
+            AuditEvent(
+                EventType.STORE,
+                EventAction.CREATE,
+                EventOutcome.SUCCESS,
+                objects=(("patient", "PID-1"),),
+            )
+        )
+        for event_type, pid in ((EventType.STORE, "PID-1"), (EventType.STORE, "PID-2")):
+            log.append(
+                AuditEvent(
+                    event_type,
+                    EventAction.CREATE,
+                    EventOutcome.SUCCESS,
+                    objects=(("study", "1.2.3"), *patients.objects([pid])),
+                )
+            )
+        log.append(
+            AuditEvent(
+                EventType.RETRIEVE,
+                EventAction.READ,
+                EventOutcome.SUCCESS,
+                (Participant(ae_title="VIEWER", address="127.0.0.1"),),
+                (("study", "1.2.3"), *patients.objects(["PID-1", "PID-2"])),
+            )
+        )
+    return patients
+
+
+def test_find_reads_the_id_from_stdin_and_finds_old_and_new_lines(tmp_path: Path) -> None:
+    path, key = tmp_path / "a.jsonl", tmp_path / "at-rest.key"
+    patients = _patient_log(path, key)
+    verified = runner.invoke(app, ["audit", "verify", str(path)])  # old and new lines, one chain
+    assert verified.exit_code == 0 and "intact, 4 lines" in verified.output
+    result = runner.invoke(
+        app, ["audit", "find", str(path), "--key-file", str(key)], input="PID-1\n"
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["1", "2", "4"]
+    assert lines[2].split("\t")[2:5] == ["retrieve", "success", "VIEWER@127.0.0.1"]
+    assert "PID-1" not in result.stdout
+    assert f"3 events about patient {patients.pseudonym('PID-1')}" in result.stderr
+
+
+def test_find_by_pseudonym_needs_no_key_and_finds_referenced_lines(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    patients = _patient_log(path, tmp_path / "at-rest.key")
+    pseudonym = patients.pseudonym("PID-2")
+    result = runner.invoke(app, ["audit", "find", str(path), "--pseudonym", pseudonym])
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == ["3", "4"]
+    refused = runner.invoke(app, ["audit", "find", str(path)], input="PID-2\n")
+    assert refused.exit_code != 0
+    assert isinstance(refused.exception, UsageError) and "--key-file" in str(refused.exception)
+
+
+def test_export_decrypts_with_the_key_and_not_with_another(tmp_path: Path) -> None:
+    path, key = tmp_path / "a.jsonl", tmp_path / "at-rest.key"
+    patients = _patient_log(path, key)
+    opened = runner.invoke(app, ["audit", "export", str(path), "--key-file", str(key)])
+    assert opened.exit_code == 0, opened.output
+    assert "PID-2" in opened.stdout
+    assert "4 of 4 patient references decrypted" in opened.stderr
+    other = tmp_path / "other.key"
+    other.write_bytes(os.urandom(32))
+    other.chmod(0o600)
+    wrong = runner.invoke(app, ["audit", "export", str(path), "--key-file", str(other)])
+    assert wrong.exit_code == 0, wrong.output
+    assert "PID-2" not in wrong.stdout and patients.pseudonym("PID-2") in wrong.stdout
+    assert "0 of 4 patient references decrypted; 4 do not open with this key" in wrong.stderr
+    keyless = runner.invoke(app, ["audit", "export", str(path)])
+    assert "PID-2" not in keyless.stdout
+    assert "4 patient references exported as pseudonyms: pass --key-file" in keyless.stderr

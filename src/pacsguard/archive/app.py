@@ -30,6 +30,7 @@ from pacsguard.archive.audit.events import (
 )
 from pacsguard.archive.audit.log import AuditLog
 from pacsguard.archive.audit.notify import AuditFanout
+from pacsguard.archive.audit.patients import PatientKey
 from pacsguard.archive.audit.syslog import SyslogSink
 from pacsguard.archive.blobs.folder import FolderBlobStore
 from pacsguard.archive.config import Settings, is_loopback, require_files, validate_listen
@@ -38,6 +39,7 @@ from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd, Listener
 from pacsguard.archive.dimse.contexts import FrontEndSettings
 from pacsguard.archive.dimse.identifiers import DestinationLookup, MoveDestination
 from pacsguard.archive.index.sql import SqlIndex
+from pacsguard.archive.journal import keep_values_out_of_logs
 from pacsguard.archive.recovery import recover
 from pacsguard.archive.runtime import Endpoint, FrontEnd, Runtime
 from pacsguard.archive.security.bearer_jwt import jwks_verifier
@@ -215,6 +217,16 @@ def index_key(settings: Settings) -> bytes | None:
     return derive_index_key(load_at_rest_key(settings.storage.key_file))
 
 
+def audit_patient_key(settings: Settings) -> PatientKey | None:
+    """The key that turns Patient IDs into audit references (`audit.patients`): derived from
+    storage.key_file, which also exists with encrypt_at_rest = false when `pacsguard init` made
+    it. None without a key file: audit events then name no patient, never one in clear."""
+    key_file = settings.storage.key_file
+    if not settings.storage.encrypt_at_rest and not key_file.exists():
+        return None
+    return PatientKey(load_at_rest_key(key_file))
+
+
 def open_audit(settings: Settings) -> tuple[AuditSink, list[object]]:
     Path(settings.audit.log_path).parent.mkdir(parents=True, exist_ok=True)
     audit_log = AuditLog(settings.audit.log_path, fsync=settings.audit.fsync)
@@ -241,6 +253,7 @@ def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()
     ConfigError."""
     validate_listen(settings)
     require_files(settings)
+    keep_values_out_of_logs()  # pydicom warnings, SQLAlchemy rows: no values logged
     destinations = move_destinations(settings)
     audit, closers = open_audit(settings)
     try:
@@ -279,6 +292,7 @@ def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()
             max_decompressed_bytes=server.max_decompressed_bytes,
         ),
         staging=staging,
+        patients=audit_patient_key(settings),
     )
     running = RunningArchive(
         settings,

@@ -98,7 +98,9 @@ encrypt_at_rest = true
 key_file = "keys/at-rest.key"
 
 [audit]
-# Hash-chained JSON Lines audit log; check it with `pacsguard audit verify`.
+# Hash-chained JSON Lines audit log; check it with `pacsguard audit verify`. Patients are named
+# by a keyed pseudonym and their Patient ID sealed under a key derived from storage.key_file,
+# never in clear: `pacsguard audit find|export --key-file` open them.
 log_path = "audit/audit.jsonl"
 # fsync every audit line before going on (durable); false is faster and may lose the last lines.
 fsync = true

@@ -85,7 +85,15 @@ class QueryRequest:
 class QueryError(ValueError):
     """A query the index cannot run as asked: a level the root lacks, a malformed date range,
     a wildcard in a UID. The DIMSE front end answers 0xA900 (identifier does not match SOP
-    class) or 0xC000 (unable to process); the web front end answers 400."""
+    class) or 0xC000 (unable to process); the web front end answers 400.
+
+    The message (`str`) may quote the value asked for, for the requester's own answer; a
+    query value may be a patient's name, ID or birth date, so audit lines and logs use
+    `reason`, which never quotes it."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = message if reason is None else reason
 
 
 class HierarchyError(ValueError):

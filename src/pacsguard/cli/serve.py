@@ -78,9 +78,21 @@ def serve(
     check: Annotated[
         bool, typer.Option("--self-check/--no-self-check", help="Scan ourselves at start-up.")
     ] = True,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            help="Journal (stderr) level: debug, info, warning or error. No level logs patient "
+            "data: exceptions are logged by class, without their messages."
+        ),
+    ] = "warning",
 ) -> None:
     """Run the archive until SIGTERM or Ctrl-C."""
     hold_stop_signals()  # first: before any import can start a thread (module docstring)
+    from pacsguard.archive.journal import LEVELS, configure_journal
+
+    if log_level.lower() not in LEVELS:
+        raise UsageError(f"--log-level {log_level!r}: expected one of {', '.join(LEVELS)}")
+    configure_journal(log_level.lower())
     from pacsguard.archive.app import start_archive
     from pacsguard.archive.config import DataLayout, load_settings
     from pacsguard.archive.reload import reload_archive

@@ -51,6 +51,13 @@ def _store_lines(path: Path) -> list[dict[str, object]]:
     return [r for r in records if r["event"] == "store"]
 
 
+def _instance(record: dict[str, object]) -> str:
+    """The SOP Instance UID a store line names."""
+    objects = record["objects"]
+    assert isinstance(objects, list)
+    return next(str(ident) for kind, ident in objects if kind == "instance")
+
+
 @pytest.mark.parametrize(
     ("full", "small_tmpfs"),
     [("audit-log", "1m"), ("data-folder", "32m")],  # room for SQLite's WAL once space returns
@@ -125,7 +132,7 @@ def test_stores_fail_closed_on_a_full_disk_and_resume_when_space_returns(
     report = verify(log_path)
     assert report.ok, report.problems
     successes = [r for r in _store_lines(log_path) if r["outcome"] == 0]
-    assert sorted(str(r["objects"][2][1]) for r in successes) == sorted(acknowledged)  # type: ignore[index]
+    assert sorted(_instance(r) for r in successes) == sorted(acknowledged)
     assert all(r["detail"] == {"result": "inserted"} for r in successes)
     assert set(map(str, blobs.keys())) == set(acknowledged)
     # One error when the log (and the blob store) starts failing, one warning when it recovers.
@@ -175,7 +182,7 @@ def test_a_store_whose_audit_sync_fails_is_refused_and_its_line_is_rewritten_on_
         audit.close()
         index.close()
     assert verify(log_path).ok
-    results = [(r["objects"][2][1], r["detail"]["result"]) for r in _store_lines(log_path)]  # type: ignore[index]
+    results = [(_instance(r), r["detail"]["result"]) for r in _store_lines(log_path)]  # type: ignore[index]
     # The first line (the row committed while its sync failed) was kept and made durable.
     assert results == [(uid, "inserted"), (uid, "duplicate-identical"), (second_uid, "inserted")]
 

@@ -58,8 +58,9 @@ async def open_as_tester(
 PACSGUARD = str(Path(sys.executable).with_name("pacsguard"))
 
 
-def start_serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """`pacsguard serve` as a process, plaintext on loopback `port`, once it listens."""
+def start_serve(data_dir: Path, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """`pacsguard serve` as a process, plaintext on loopback `port`, once it listens; `extra`
+    arguments are passed on."""
     with log.open("ab") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
             [
@@ -72,6 +73,7 @@ def start_serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]
                 str(free_port()),
                 "--plaintext-port",
                 str(port),
+                *extra,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

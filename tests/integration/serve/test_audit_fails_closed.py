@@ -213,7 +213,7 @@ def test_over_dimse_a_full_audit_disk_refuses_and_the_archive_heals_without_rest
     report = verify(log_path)
     assert report.ok, report.problems
     stored = {
-        str(e["objects"][2][1])  # type: ignore[index]
+        next(str(ident) for kind, ident in e["objects"] if kind == "instance")  # type: ignore[attr-defined]
         for e in _events(log_path)
         if e["event"] == "store" and e["outcome"] == 0
     }
@@ -221,8 +221,12 @@ def test_over_dimse_a_full_audit_disk_refuses_and_the_archive_heals_without_rest
     assert set(map(str, archive.blobs.keys())) == set(acknowledged)
     ours = [r for r in caplog.records if r.name.startswith("pacsguard")]
     errors = [r for r in ours if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "cannot be written" in errors[0].getMessage(), errors
-    assert sum("synced again" in r.getMessage() for r in ours) == 1
+    assert all("cannot be written" in r.getMessage() for r in errors), errors
+    # One error when writing starts failing and one warning when it works again, per episode,
+    # not one per refused operation (about 30 here). A shorter line (a query's) may still fit
+    # after a longer one (a store's, with its patient reference) did not: a second episode.
+    assert 1 <= len(errors) <= 2
+    assert sum("synced again" in r.getMessage() for r in ours) == len(errors)
 
 
 def test_a_move_cut_off_mid_transfer_counts_the_sub_operation_in_flight(

@@ -10,8 +10,14 @@ from pacsguard.archive.audit.events import (
     EventType,
     Participant,
 )
-from pacsguard.archive.audit.export import PRIVATE_SCHEME, audit_message, export_dicom_xml
+from pacsguard.archive.audit.export import (
+    PRIVATE_SCHEME,
+    PSEUDONYM_ID_TYPE,
+    audit_message,
+    export_dicom_xml,
+)
 from pacsguard.archive.audit.log import LoggedEvent
+from pacsguard.archive.audit.patients import PATIENT_REF, PatientKey
 
 WHEN = datetime(2025, 3, 1, 12, 30, 15, 250000, tzinfo=UTC)
 
@@ -131,3 +137,46 @@ def test_no_participants_makes_the_archive_the_requestor() -> None:
     (archive,) = audit_message(start, WHEN, "PACSGUARD").findall("ActiveParticipant")
     assert archive.get("UserIsRequestor") == "true"
     assert _code(audit_message(start, WHEN, "X").find("EventIdentification/EventID"))[0] == "110100"
+
+
+PATIENTS = PatientKey(bytes(range(32)))
+REFERENCED = AuditEvent(
+    EventType.RETRIEVE,
+    EventAction.READ,
+    EventOutcome.SUCCESS,
+    (Participant(ae_title="VIEWER", address="192.0.2.7"),),
+    objects=(("study", "1.2.3.4"), (PATIENT_REF, PATIENTS.reference("PID-77"))),
+)
+
+
+def _patient(message: ET.Element) -> ET.Element:
+    (patient,) = [
+        o
+        for o in message.findall("ParticipantObjectIdentification")
+        if o.get("ParticipantObjectTypeCodeRole") == "1"
+    ]
+    return patient
+
+
+def test_with_the_key_a_referenced_patient_is_exported_by_patient_id() -> None:
+    patient = _patient(audit_message(REFERENCED, WHEN, "PACSGUARD", PATIENTS))
+    assert patient.get("ParticipantObjectID") == "PID-77"
+    assert patient.get("ParticipantObjectTypeCode") == "1"
+    assert _code(patient.find("ParticipantObjectIDTypeCode")) == ("2", "RFC-3881", "Patient Number")
+
+
+def test_without_the_key_or_with_another_one_only_the_pseudonym_is_exported() -> None:
+    for patients in (None, PatientKey(bytes(32))):
+        message = audit_message(REFERENCED, WHEN, "PACSGUARD", patients)
+        patient = _patient(message)
+        assert patient.get("ParticipantObjectID") == PATIENTS.pseudonym("PID-77")
+        assert _code(patient.find("ParticipantObjectIDTypeCode")) == PSEUDONYM_ID_TYPE
+        text = ET.tostring(message)
+        assert b"PID-77" not in text
+        assert REFERENCED.objects[1][1].partition(".")[2].encode() not in text  # nor sealed
+
+
+def test_export_document_decrypts_with_the_key() -> None:
+    logged = [LoggedEvent(1, WHEN, REFERENCED, "a" * 64)]
+    assert b"PID-77" in export_dicom_xml(logged, "PACSGUARD", PATIENTS)
+    assert b"PID-77" not in export_dicom_xml(logged, "PACSGUARD")

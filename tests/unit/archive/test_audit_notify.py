@@ -86,3 +86,17 @@ def test_removing_a_sink() -> None:
     remove()
     fanout.emit(EVENT)
     assert recorder.events == [EVENT]
+
+
+def test_an_event_naming_a_patient_in_clear_is_refused_and_goes_nowhere() -> None:
+    primary, copy = Recorder(), Recorder()
+    fanout = AuditFanout(primary, [copy])
+    clear = AuditEvent(
+        EventType.STORE,
+        EventAction.CREATE,
+        EventOutcome.SUCCESS,
+        objects=(("study", "1.2.3"), ("patient", "PID-77")),
+    )
+    with pytest.raises(AuditLogError, match="in clear"):
+        fanout.emit(clear)
+    assert primary.events == copy.events == []

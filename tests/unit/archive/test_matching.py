@@ -181,3 +181,23 @@ def test_study_root_refuses_patient_level_and_bad_limits() -> None:
         plan(QueryRequest(QueryRoot.STUDY, Level.PATIENT, {}), "sqlite")
     with pytest.raises(QueryError, match="limit"):
         plan(QueryRequest(QueryRoot.PATIENT, Level.PATIENT, {}, limit=-1), "sqlite")
+
+
+@pytest.mark.parametrize(
+    ("keyword", "kind", "raw"),
+    [
+        ("PatientBirthDate", Kind.DATE, "SECRET-19800101X"),
+        ("PatientBirthDate", Kind.DATE, "19800101X"),
+        ("StudyInstanceUID", Kind.UID, "1.2.SECRET*"),
+        ("SeriesNumber", Kind.NUMBER, "SECRET"),
+    ],
+)
+def test_a_refused_value_is_quoted_to_the_requester_and_never_in_the_reason(
+    keyword: str, kind: Kind, raw: str
+) -> None:
+    """The reason goes to audit lines and logs: a query value may be patient data."""
+    with pytest.raises(QueryError) as refused:
+        parse(keyword, kind, raw)
+    assert "SECRET" in str(refused.value) or "19800101X" in str(refused.value)
+    assert "SECRET" not in refused.value.reason and "1980" not in refused.value.reason
+    assert refused.value.reason.startswith(keyword)

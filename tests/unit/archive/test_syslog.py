@@ -22,6 +22,7 @@ from pacsguard.archive.audit.events import (
     EventType,
     Participant,
 )
+from pacsguard.archive.audit.patients import PATIENT_REF, PatientKey
 from pacsguard.archive.audit.syslog import SyslogSink, format_rfc5424, frame
 from pacsguard.archive.config import DataLayout, SyslogSettings
 from pacsguard.archive.security.bootstrap import initialize
@@ -131,6 +132,30 @@ def test_message_format() -> None:
     assert body.tag == "AuditMessage"
     warning = format_rfc5424(DENIED, WHEN, hostname="h", app_name="a", source_id="P", procid=1)
     assert warning.startswith(b"<84>1 ")
+
+
+def test_a_syslog_copy_names_a_patient_by_pseudonym_only() -> None:
+    """The event holds the sealed Patient ID; what leaves the machine holds neither it nor
+    the ID, only the pseudonym."""
+    patients = PatientKey(bytes(range(32)))
+    reference = patients.reference("PID-77")
+    store = AuditEvent(
+        EventType.STORE,
+        EventAction.CREATE,
+        EventOutcome.SUCCESS,
+        (Participant(ae_title="CT1", address="198.51.100.5"),),
+        objects=(("study", "1.2.3"), (PATIENT_REF, reference)),
+    )
+    message = format_rfc5424(store, WHEN, hostname="h", app_name="a", source_id="P", procid=1)
+    assert b"PID-77" not in message
+    assert reference.partition(".")[2].encode() not in message
+    match = HEADER.match(message)
+    assert match is not None
+    ids = [
+        o.get("ParticipantObjectID")
+        for o in ET.fromstring(message[match.end() :]).findall("ParticipantObjectIdentification")
+    ]
+    assert ids == ["1.2.3", patients.pseudonym("PID-77")]
 
 
 def test_octet_counting_frame() -> None:

@@ -3,8 +3,12 @@
 An event names what happened (EventID code from DCM, e.g. 110114 User Authentication), the action
 (C/R/U/D/E), the outcome (0 success, 4 minor failure, 8 serious failure, 12 major failure), who
 (active participants: AE title, address, user), and on what (participant objects: study UID,
-patient ID, query level), with counts where relevant. No patient names, birth dates or query
-values: an audit line says that something was queried, not what the result contained.
+patient reference, query level), with counts where relevant.
+
+No patient data in clear: a patient is named by a reference (`audit.patients`: a keyed
+pseudonym to search by and the Patient ID sealed with AES-GCM for an ATNA export), never by
+Patient ID, and no names, birth dates, accession numbers or query values appear: an audit line
+says that something was queried, not what was asked for nor what the result contained.
 """
 
 from __future__ import annotations
@@ -83,7 +87,10 @@ class AuditEvent:
     action: EventAction
     outcome: EventOutcome
     participants: tuple[Participant, ...] = ()
-    #: Participant objects as (type, id) pairs: ("study", uid), ("patient", id), ("query", level)
+    #: Participant objects as (kind, id) pairs: ("study", uid), ("instance", uid),
+    #: ("patient-ref", reference) (`audit.patients`), ("query", level). Logs written before
+    #: patient references may hold ("patient", Patient ID) in clear; the archive's sink
+    #: (`notify.AuditFanout`) refuses such an event now.
     objects: tuple[tuple[str, str], ...] = ()
     detail: dict[str, str | int | bool] = field(default_factory=dict)
 

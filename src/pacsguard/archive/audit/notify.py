@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 from pacsguard.archive.audit.events import AuditEvent, AuditSink
+from pacsguard.archive.audit.patients import LEGACY_PATIENT
+from pacsguard.errors import AuditLogError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,14 @@ class AuditFanout:
         return self._notifications.subscribe(sink.emit)
 
     def emit_deferred(self, event: AuditEvent) -> Waiter:
-        """Write `event` to the primary (its errors propagate), then notify the copies."""
+        """Write `event` to the primary (its errors propagate), then notify the copies. An
+        event that names a patient by Patient ID in clear is refused (AuditLogError, so the
+        operation fails): patients are named by reference (`audit.patients`)."""
+        if any(kind == LEGACY_PATIENT for kind, _ in event.objects):
+            raise AuditLogError(
+                "an audit event names a patient by Patient ID in clear; refused (events name "
+                "patients by reference: pacsguard.archive.audit.patients)"
+            )
         waiter = emit_deferred(self._primary, event)
         self._notifications.publish(event)
         return waiter

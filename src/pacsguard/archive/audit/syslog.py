@@ -2,8 +2,10 @@
 
 Frames use octet counting (RFC 5425 4.3: ``MSG-LEN SP SYSLOG-MSG``). The message is the IHE ATNA
 form: facility 10 (security/authorization), MSGID ``IHE+RFC-3881``, and the DICOM PS3.15 A.5
-AuditMessage XML as the body. `emit` only queues: a slow or absent collector never blocks the
-archive; failures are logged and the event dropped (the hash-chained local log still has it).
+AuditMessage XML as the body, which names a patient by keyed pseudonym only (`audit.export`,
+`audit.patients`): neither the Patient ID nor its sealed copy leaves the machine. `emit` only
+queues: a slow or absent collector never blocks the archive; failures are logged and the event
+dropped (the hash-chained local log still has it).
 """
 
 from __future__ import annotations

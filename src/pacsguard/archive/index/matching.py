@@ -96,7 +96,10 @@ def parse(keyword: str, kind: Kind, raw: str) -> tuple[Term, ...] | None:
     if kind is Kind.UID:
         bad = [part for part in alternatives if not is_valid_uid(part)]
         if bad:
-            raise QueryError(f"{keyword}: {bad[0]!r} is not a UID (no wildcards in UID keys)")
+            raise QueryError(
+                f"{keyword}: {bad[0]!r} is not a UID (no wildcards in UID keys)",
+                f"{keyword}: not a UID",
+            )
         return (Equals(tuple(dict.fromkeys(alternatives))),)
     if kind is Kind.NUMBER:
         return (Equals(tuple(dict.fromkeys(_numbers(keyword, alternatives)))),)
@@ -110,12 +113,17 @@ def parse(keyword: str, kind: Kind, raw: str) -> tuple[Term, ...] | None:
 def _range(keyword: str, shape: re.Pattern[str], text: str) -> Range:
     text = text.replace(":", "")  # ACR-NEMA times: HH:MM:SS
     if text.count("-") > 1:
-        raise QueryError(f"{keyword}: {text!r} is not a value or a range")
+        raise QueryError(
+            f"{keyword}: {text!r} is not a value or a range", f"{keyword}: not a value or a range"
+        )
     low, dash, high = text.partition("-")
     low, high = low.strip(), high.strip()
     for bound in (low, high):
         if bound and not shape.match(bound):
-            raise QueryError(f"{keyword}: {bound!r} is not a valid date/time (no wildcards)")
+            raise QueryError(
+                f"{keyword}: {bound!r} is not a valid date/time (no wildcards)",
+                f"{keyword}: not a valid date/time",
+            )
     if not dash:
         return Range(low, low)
     return Range(low, high)
@@ -125,7 +133,10 @@ def _numbers(keyword: str, alternatives: Sequence[str]) -> list[str]:
     values: list[str] = []
     for part in alternatives:
         if not _NUMBER.match(part):
-            raise QueryError(f"{keyword}: {part!r} is not an integer (no wildcards)")
+            raise QueryError(
+                f"{keyword}: {part!r} is not an integer (no wildcards)",
+                f"{keyword}: not an integer",
+            )
         values.extend((part, str(int(part))))
     return values
 

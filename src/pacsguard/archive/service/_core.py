@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,6 +22,7 @@ from pacsguard.archive.audit.events import (
     EventType,
     Participant,
 )
+from pacsguard.archive.audit.patients import PatientKey, patient_objects
 from pacsguard.archive.blobs import BlobStore
 from pacsguard.archive.index import IndexStore
 from pacsguard.archive.security.principal import Action, Principal
@@ -106,6 +107,7 @@ class ServiceCore:
         limits: ServiceLimits | None = None,
         *,
         staging: StagingArea | None = None,
+        patients: PatientKey | None = None,
     ) -> None:
         self._index = index
         self._blobs = blobs
@@ -114,9 +116,16 @@ class ServiceCore:
         self.limits = limits or ServiceLimits()
         #: Where front ends stage objects too large for memory (encrypted, in the data folder).
         self.staging = staging
+        #: Turns Patient IDs into the references audit events hold (`audit.patients`); without
+        #: it (no at-rest key) audit events name no patient at all, never one in clear.
+        self._patients = patients
         self._locks = tuple(threading.Lock() for _ in range(64))
         self._blob_writes: _Episodes = _Episodes("blob store write")
         self._index_writes: _Episodes = _Episodes("index commit")
+
+    def _patient_objects(self, patient_ids: Iterable[str]) -> tuple[tuple[str, str], ...]:
+        """Audit participant objects naming these patients (pseudonym and sealed ID)."""
+        return patient_objects(self._patients, patient_ids)
 
     # -- policy ------------------------------------------------------------------------------
     def require(self, principal: Principal, action: Action) -> None:

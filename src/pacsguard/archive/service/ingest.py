@@ -170,8 +170,8 @@ class Ingest(ServiceCore):
     """Store: one ingest path for C-STORE and STOW-RS (durable before it answers)."""
 
     # -- ingest --------------------------------------------------------------------------------
-    @staticmethod
     def _store_audit(
+        self,
         principal: Principal,
         outcome: EventOutcome,
         result: str,
@@ -181,7 +181,7 @@ class Ingest(ServiceCore):
         if record is not None:
             objects = (
                 ("study", record.study_instance_uid),
-                ("patient", record.patient_id),
+                *self._patient_objects((record.patient_id,)),
                 ("instance", record.sop_instance_uid),
             )
         return AuditEvent(

@@ -140,6 +140,8 @@ class Retrieval:
     destination: str | None
     _blobs: BlobStore
     _audit: AuditSink
+    #: The audit participant objects of this retrieve: its studies and patient references.
+    _objects: tuple[tuple[str, str], ...] = ()
     #: Largest decompressed pixel data `open` produces (`ServiceLimits`).
     max_decompressed_bytes: int = 1024**3
     tally: RetrieveTally = field(default_factory=RetrieveTally)
@@ -301,7 +303,7 @@ class Retrieval:
                 if tally.sent == len(self.records)
                 else EventOutcome.MINOR_FAILURE,
                 _retrieve_participants(self.principal, self.destination),
-                _studies(self.records),
+                self._objects,
                 tally.detail(),
             )
         )
@@ -358,6 +360,7 @@ class Retrieves(ServiceCore):
                 )
             raise
         records = list(found.values())
+        objects = self._retrieved_objects(records)
         if records:
             self._audit.emit(
                 AuditEvent(
@@ -365,7 +368,7 @@ class Retrieves(ServiceCore):
                     EventAction.READ,
                     EventOutcome.SUCCESS,
                     _retrieve_participants(principal, destination),
-                    _studies(records),
+                    objects,
                     {"operation": action.value, "instances": len(records)},
                 )
             )
@@ -376,8 +379,16 @@ class Retrieves(ServiceCore):
             destination,
             self._blobs,
             self._audit,
+            objects,
             self.limits.max_decompressed_bytes,
         )
+
+    def _retrieved_objects(self, records: list[InstanceRecord]) -> tuple[tuple[str, str], ...]:
+        """The studies and (as references, never in clear) the patients of `records`: PS3.15
+        A.5.3.4 "DICOM Instances Transferred" names the patient, and an auditor looking for
+        every access to one patient's data finds it by pseudonym (`pacsguard audit find`)."""
+        studies = tuple(("study", s) for s in sorted({r.study_instance_uid for r in records}))
+        return studies + self._patient_objects(r.patient_id for r in records)
 
 
 def _retrieve_participants(
@@ -385,7 +396,3 @@ def _retrieve_participants(
 ) -> tuple[Participant, ...]:
     own = (_participant(principal),)
     return own + ((Participant(ae_title=destination, requestor=False),) if destination else ())
-
-
-def _studies(records: list[InstanceRecord]) -> tuple[tuple[str, str], ...]:
-    return tuple(("study", s) for s in sorted({r.study_instance_uid for r in records}))

@@ -109,7 +109,8 @@ async def _answer(
     except Denied:
         return WebError(403, f"user may not {_ACTION[event].value} here").response()
     except QueryError as exc:
-        await ctx.refused(address, event, f"400 {str(exc)[:120]}", principal.username)
+        # exc.reason, not the message: the message quotes the query value (patient data)
+        await ctx.refused(address, event, f"400 {exc.reason[:120]}", principal.username)
         return WebError(400, f"query cannot be run: {exc}").response()
     except ClientDisconnect:
         await ctx.refused(address, event, "client went away mid-request", principal.username)
