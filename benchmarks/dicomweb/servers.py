@@ -102,17 +102,26 @@ class Server:
         )
 
 
-def start_pacsguard(work: Path, processes: Processes, *, nodelay: bool = False) -> Server:
+def start_pacsguard(
+    work: Path,
+    processes: Processes,
+    *,
+    nodelay: bool = False,
+    pacsguard: str | None = None,
+    name: str = "pacsguard",
+) -> Server:
     """`pacsguard serve`; with `nodelay`, TCP_NODELAY forced on its connections (not the
-    shipped code: a measurement of what setting it would change)."""
-    data_dir = work / ("pacsguard-nodelay-data" if nodelay else "pacsguard-data")
+    shipped code: a measurement of what setting it would change); `pacsguard`: another
+    installation's executable (e.g. an older revision's), `name` its data folder and label."""
+    data_dir = work / ("pacsguard-nodelay-data" if nodelay else f"{name}-data")
+    executable = pacsguard or _pacsguard()
     subprocess.run(
-        [_pacsguard(), "init", "--data-dir", str(data_dir)],
+        [executable, "init", "--data-dir", str(data_dir)],
         env=peer_env(), capture_output=True, check=True,
     )  # fmt: skip
     admin = _admin_user(data_dir / "pacsguard.toml")
     issued = subprocess.run(
-        [_pacsguard(), "token", "issue", "--user", admin, "--days", "2",
+        [executable, "token", "issue", "--user", admin, "--days", "2",
          "--data-dir", str(data_dir)],
         env=peer_env(), capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -121,7 +130,7 @@ def start_pacsguard(work: Path, processes: Processes, *, nodelay: bool = False) 
         raise RuntimeError(f"no token in `pacsguard token issue` output: {issued.stdout!r}")
     dimse_port, web_port = free_port(), free_port()
     log = work / f"{data_dir.name}.serve.log"
-    launcher = [sys.executable, "-c", _NODELAY_SERVE] if nodelay else [_pacsguard()]
+    launcher = [sys.executable, "-c", _NODELAY_SERVE] if nodelay else [executable]
     argv = [
         *launcher, "serve", "--data-dir", str(data_dir), "--port", str(dimse_port),
         "--web-port", str(web_port), "--no-self-check",
@@ -130,7 +139,7 @@ def start_pacsguard(work: Path, processes: Processes, *, nodelay: bool = False) 
     _wait(proc, web_port, log)
     tls = ssl.create_default_context(cafile=str(data_dir / "tls" / "ca.crt"))
     return Server(
-        "pacsguard+nodelay" if nodelay else "pacsguard",
+        "pacsguard+nodelay" if nodelay else name,
         f"https://{LOOPBACK}:{web_port}",
         {"Authorization": f"Bearer {found.group(1)}"},
         tls,

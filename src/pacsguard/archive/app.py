@@ -287,7 +287,10 @@ def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()
         blobs,
         audit,
         gate.authorize,
-        ServiceLimits(max_query_results=server.find_result_cap),
+        ServiceLimits(
+            max_query_results=server.find_result_cap,
+            max_decompressed_bytes=server.max_decompressed_bytes,
+        ),
         staging=staging,
         patients=audit_patient_key(settings),
     )

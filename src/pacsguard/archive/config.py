@@ -123,6 +123,11 @@ class ServerSettings:
     handshake_timeout_s: float = field(default=10.0, metadata={"min": 1, "max": 600})
     #: Most C-FIND / QIDO-RS matches returned for one query.
     find_result_cap: int = field(default=1000, metadata={"min": 1, "max": 1_000_000})
+    #: Largest decompressed pixel data produced for a client (WADO-RS, C-GET, C-MOVE) that
+    #: cannot take an instance's compressed transfer syntax; larger: 406 / failed sub-operation.
+    max_decompressed_bytes: int = field(
+        default=1024**3, metadata={"min": 1024 * 1024, "max": 2**32 - 2}
+    )
 
 
 @dataclass(frozen=True, slots=True)

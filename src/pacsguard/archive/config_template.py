@@ -64,6 +64,11 @@ handshake_timeout_s = 10
 # Most matches one C-FIND or QIDO-RS query returns; a C-FIND with more matches ends after this
 # many with status 0xFE00 and an Error Comment (never 0x0000), and is audited as capped.
 find_result_cap = 1000
+# Largest decompressed pixel data, in bytes, made for a client that cannot take an instance's
+# compressed transfer syntax (JPEG, JPEG-LS, JPEG 2000, RLE) over WADO-RS, C-GET or C-MOVE;
+# frames are decoded one at a time as they are sent. Larger: WADO-RS 406, a failed
+# sub-operation (0xA702/0xB000 with an Error Comment) for C-GET/C-MOVE.
+max_decompressed_bytes = 1073741824
 
 [tls]
 # TLS 1.2+ with AEAD ciphers only (BCP 195). Turning it off is allowed on loopback only.

@@ -45,6 +45,7 @@ _OTHER_UID: Final = (
     "its File Meta names another SOP Instance UID than its data set; pynetdicom sends the File "
     "Meta's as Affected SOP Instance UID, and PS3.4 B.2.3 wants the two equal",
 )
+_NO_STUDY: Final = (0xC000, "no Study or Series Instance UID: nothing to file it under")
 #: Files the archive refuses on C-STORE, with the status and why that is right.
 REFUSED: Final[dict[str, tuple[int, str]]] = {
     "bad_sequence.dcm": (0xC000, "its SOP Instance, study and series UIDs are hex digests"),
@@ -58,6 +59,10 @@ REFUSED: Final[dict[str, tuple[int, str]]] = {
     "rtdose_expb_1frame.dcm": _OTHER_UID,
     "rtplan.dcm": _OTHER_UID,
     "rtplan_truncated.dcm": _OTHER_UID,
+    "JPEGLSNearLossless_08.dcm": _NO_STUDY,
+    "JPEGLSNearLossless_16.dcm": _NO_STUDY,
+    "SC_rgb_jls_lossy_line.dcm": _NO_STUDY,
+    "SC_rgb_jls_lossy_sample.dcm": _NO_STUDY,
 }
 
 

@@ -86,12 +86,14 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def start_web(tmp_path: Path, *, tester: bool = False, **overrides: object) -> WebArchive:
+def start_web(
+    tmp_path: Path, *, tester: bool = False, extra_config: str = "", **overrides: object
+) -> WebArchive:
     """An archive with DICOMweb. With `tester`, TESTER is registered by its loopback address
     for dcmtk tools; the gate then also takes any HTTP request from 127.0.0.1 without a token
     as TESTER (address authentication is per source, whatever the transport), so tests of
-    refusals run without it."""
-    data_dir = make_data_dir(tmp_path / "data", (TESTER if tester else "") + USERS)
+    refusals run without it. `extra_config` is appended to the TOML (more AEs)."""
+    data_dir = make_data_dir(tmp_path / "data", (TESTER if tester else "") + USERS + extra_config)
     dimse, plain, web = free_ports(3)
     settings = load_settings(
         data_dir / "pacsguard.toml",

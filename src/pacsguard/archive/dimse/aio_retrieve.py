@@ -11,8 +11,9 @@ A registered C-MOVE destination that rejects the association, cannot be reached,
 stops answering mid-transfer fails the sub-operations it did not complete (0xA702 / 0xB000,
 with an Error Comment saying why); the requesting association stays up.
 
-What is retrieved, how it is read (and converted) and audited is the archive service's
-(`service.retrieve`, shared with WADO-RS); this module keeps the transport: identifiers,
+What is retrieved, how it is read (converted, decompressed for a peer that accepts only
+uncompressed syntaxes) and audited is the archive service's (`service.retrieve`, shared
+with WADO-RS); this module keeps the transport: identifiers,
 presentation contexts, sub-associations, Pending/final responses and their statuses.
 
 The audit log fails closed: when the line that opens a retrieve (`move-request`) cannot be made
@@ -284,6 +285,8 @@ async def _run_sub_operations(
         final = _final_status(counts, len(records))
         if counts.failed and comment is None:  # refused, unreadable, or no usable context
             comment = f"{counts.failed} of {len(records)} sub-operations failed"
+            if retrieval.why_not:  # e.g. over the decompression limit (cut to 64 characters)
+                comment = retrieval.why_not
     if not audited:
         final, comment = OUT_OF_RESOURCES_SUB_OPERATIONS, "audit log unavailable"
     await _respond(

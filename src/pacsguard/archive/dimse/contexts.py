@@ -19,7 +19,10 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLossless,
     JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
     RLELossless,
 )
 from pynetdicom.presentation import AllStoragePresentationContexts
@@ -36,7 +39,10 @@ TRANSFER_SYNTAXES = [
     ExplicitVRBigEndian,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLossless,
     JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
     JPEG2000Lossless,
     JPEG2000,
     RLELossless,

@@ -58,6 +58,9 @@ class Denied(Exception):
 class ServiceLimits:
     max_object_bytes: int = 4 * 1024**3
     max_query_results: int = 1000
+    #: Largest pixel data retrieve decompresses for a client that cannot take the stored
+    #: compressed syntax (`[server] max_decompressed_bytes`).
+    max_decompressed_bytes: int = 1024**3
 
 
 class _Episodes:

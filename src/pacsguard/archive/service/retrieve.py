@@ -10,25 +10,27 @@ writes the closing `retrieve` line, which accounts for every instance (`Retrieve
 however the retrieve ended. Both lines are the operation's: `AuditLogError` when one cannot
 be made durable, and the front end answers with a failure (nothing is sent without the first).
 
-Transcoding: an instance is read in its stored transfer syntax, or converted between Explicit
-and Implicit VR Little Endian (pydicom, in memory: small uncompressed objects). No codec for
-compressed syntaxes exists in the archive yet: those are delivered as stored or not at all.
+Transcoding, the same for every front end: an instance is read in its stored transfer
+syntax; converted between Explicit and Implicit VR Little Endian (the header re-encoded by
+pydicom, the pixel data copied from its byte range: `pixels.converted_pieces`); or, stored
+compressed (JPEG, JPEG-LS, JPEG 2000, RLE: every syntax pydicom has a decoder plugin for
+here, `pixels.decodable`), decompressed into either of them as it is read, one frame at a
+time (`pixels.DecompressedReader`), when its decoded pixel data
+fits `ServiceLimits.max_decompressed_bytes`. An instance that cannot be had as asked is None
+from `open`, with the reason in `Retrieval.why_not` (`refusal` says it before anything is
+sent). Metadata and frames read only the header and the byte ranges they need
+(`Retrieval.layout`, `Retrieval.frames`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import BinaryIO, Final, Protocol
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
 from pacsguard.archive.audit.events import (
@@ -42,9 +44,9 @@ from pacsguard.archive.audit.events import (
 from pacsguard.archive.blobs import BlobStore
 from pacsguard.archive.model import InstanceRecord
 from pacsguard.archive.security.principal import Action, Principal
+from pacsguard.archive.service import pixels
 from pacsguard.archive.service._core import ServiceCore, _participant
 from pacsguard.dicom import uids
-from pacsguard.dicom.dimse import encode_dataset
 from pacsguard.dicom.levels import Level
 from pacsguard.dicom.stream import skip_file_meta
 from pacsguard.errors import AuditLogError, MalformedPdu
@@ -53,14 +55,17 @@ log = logging.getLogger("pacsguard.archive.service")
 
 #: The transfer syntaxes the archive converts between (PS3.5 A.1, A.2).
 UNCOMPRESSED: Final = (str(uids.EXPLICIT_VR_LITTLE_ENDIAN), str(uids.IMPLICIT_VR_LITTLE_ENDIAN))
-_SPOOL_IN_MEMORY: Final = 16 * 1024 * 1024
+_VALUE_CHUNK: Final = 1024 * 1024
 
 
 def deliverable_syntaxes(record: InstanceRecord) -> tuple[str, ...]:
-    """The transfer syntaxes `record` can be read in, its stored one first."""
+    """The transfer syntaxes `record` can be read in, its stored one first (a compressed one
+    decompresses within the size limit only: `Retrieval.refusal` checks that)."""
     stored = record.transfer_syntax_uid
     if stored in UNCOMPRESSED:
         return (stored, *(ts for ts in UNCOMPRESSED if ts != stored))
+    if pixels.decodable(stored):
+        return (stored, *UNCOMPRESSED)
     return (stored,)
 
 
@@ -137,8 +142,12 @@ class Retrieval:
     _audit: AuditSink
     #: The audit participant objects of this retrieve: its studies and patient references.
     _objects: tuple[tuple[str, str], ...] = ()
+    #: Largest decompressed pixel data `open` produces (`ServiceLimits`).
+    max_decompressed_bytes: int = 1024**3
     tally: RetrieveTally = field(default_factory=RetrieveTally)
     finished: bool = False
+    #: Why the last instance that `open` could not deliver could not be (for the answer).
+    why_not: str | None = None
 
     def __post_init__(self) -> None:
         self.tally.not_started = len(self.records)
@@ -152,6 +161,7 @@ class Retrieval:
         be read or converted: the caller counts it failed. Blocking."""
         chosen = next((ts for ts in deliverable_syntaxes(record) if ts in accepted), None)
         if chosen is None:
+            self.why_not = _no_syntax(record)
             return None
         try:
             stream = self._blobs.open(record.blob_key)
@@ -174,15 +184,109 @@ class Retrieval:
                 log.warning("stored instance could not be opened for retrieve")
                 return None
         stream.close()
+        if stored not in UNCOMPRESSED and chosen in UNCOMPRESSED:
+            return self._decompressed(record, chosen, part10=part10)
         if stored not in UNCOMPRESSED or chosen not in UNCOMPRESSED:
             return None  # the index said otherwise: the blob is not what was recorded
         try:
-            with self._blobs.open(record.blob_key) as again:
-                ds = _decode_spooled(again)
-            return _Opened(chosen, BytesIO(_converted(ds, chosen, part10=part10)))
+            layout = self.layout(record)
         except Exception:
-            log.warning("stored instance could not be converted for retrieve")
+            log.warning("stored instance could not be read for retrieve")
             return None
+
+        def reopen() -> BinaryIO:
+            return self._blobs.open(record.blob_key)
+
+        pieces = pixels.converted_pieces(reopen, layout, chosen, part10=part10)
+        return pixels.DecompressedReader(pieces, chosen)
+
+    def _decompressed(
+        self, record: InstanceRecord, target: str, *, part10: bool
+    ) -> InstanceData | None:
+        try:
+            layout = self.layout(record)
+            pixels.check_decodable(layout, self.max_decompressed_bytes)
+        except pixels.CannotDecode as exc:
+            self.why_not = exc.reason
+            log.info("stored instance not decompressed for retrieve: %s", exc.reason)
+            return None
+        except Exception:
+            log.warning("stored instance could not be read for retrieve")
+            return None
+
+        def reopen() -> BinaryIO:
+            return self._blobs.open(record.blob_key)
+
+        pieces = pixels.decompressed_pieces(reopen, layout, target, part10=part10)
+        # The first frame decodes now, before the front end sends anything (a C-STORE
+        # sub-operation cannot be taken back once begun): pixel data that does not decode at
+        # all is a failed instance, not a broken association.
+        try:
+            first = next(pieces)
+        except Exception as exc:
+            pieces.close()
+            self.why_not = "the compressed pixel data could not be decoded"
+            log.warning("stored instance could not be decompressed: %s", type(exc).__name__)
+            return None
+        return pixels.DecompressedReader(pieces, target, first=first)
+
+    def refusal(self, record: InstanceRecord, accepted: Collection[str]) -> str | None:
+        """Why `record` cannot be had in any of `accepted` (None: it can), before anything is
+        sent: no such conversion, or decompression over the size limit or without a decoder
+        (the header is read for that). Blocking."""
+        chosen = next((ts for ts in deliverable_syntaxes(record) if ts in accepted), None)
+        stored = record.transfer_syntax_uid
+        if chosen is None:
+            return _no_syntax(record)
+        if chosen == stored or stored in UNCOMPRESSED:
+            return None
+        try:
+            pixels.check_decodable(self.layout(record), self.max_decompressed_bytes)
+        except pixels.CannotDecode as exc:
+            return exc.reason
+        except Exception:
+            return "the stored instance could not be read"
+        return None
+
+    def layout(self, record: InstanceRecord, *, inline_up_to: int = 0) -> pixels.Layout:
+        """`record`'s data set without its pixel data value, and where that value lies
+        (`pixels.read_layout`): the header and what follows the pixel data, never the pixel
+        data itself (unless native and at most `inline_up_to` bytes). OSError, ValueError or
+        pydicom's errors when it cannot be read. Blocking."""
+        with self._blobs.open(record.blob_key) as stream:
+            return pixels.read_layout(_seekable(stream), inline_up_to=inline_up_to)
+
+    def frames(
+        self, record: InstanceRecord, layout: pixels.Layout, numbers: list[int], *, decode: bool
+    ) -> Iterator[bytes]:
+        """Frames `numbers` (from 1) of `record`, each read when the iterator is advanced
+        (blocking): byte ranges of native pixel data; of encapsulated data the frame as
+        stored, or decoded with `decode` (the caller has checked `pixels.check_decodable`).
+        The blob is open until the iterator ends or is closed."""
+        with self._blobs.open(record.blob_key) as opened:
+            stream = _seekable(opened)
+            for number in numbers:
+                if not layout.encapsulated:
+                    yield pixels.native_frame(stream, layout, number)
+                elif decode:
+                    yield pixels.decode_frame(stream, layout, number)[0]
+                else:
+                    yield pixels.encapsulated_frame(stream, layout, number)
+
+    def value(self, record: InstanceRecord, layout: pixels.Layout) -> Iterator[bytes]:
+        """The native pixel data value of `record`, in chunks, from its byte range."""
+        if layout.length is None:
+            raise ValueError("encapsulated pixel data has no single value to send")
+        with self._blobs.open(record.blob_key) as opened:
+            stream = _seekable(opened)
+            stream.seek(layout.offset)
+            left = layout.length
+            while left > 0:
+                chunk = stream.read(min(left, _VALUE_CHUNK))
+                if not chunk:
+                    raise ValueError("the stored pixel data is shorter than its length")
+                left -= len(chunk)
+                yield chunk
 
     def finish(self) -> None:
         """The line that ends the retrieve, counting every instance (`tally`); AuditLogError
@@ -205,23 +309,20 @@ class Retrieval:
         )
 
 
-def _decode_spooled(stream: BinaryIO) -> Dataset:
-    """Blob streams may be decrypting and not seekable, which pydicom needs."""
-    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
-        shutil.copyfileobj(stream, spool, 1024 * 1024)
-        spool.seek(0)
-        return dcmread(spool)
+def _no_syntax(record: InstanceRecord) -> str:
+    stored = record.transfer_syntax_uid
+    name = UID(stored).name or stored
+    if stored in UNCOMPRESSED or pixels.decodable(stored):
+        return f"stored as {name}: it converts to Explicit or Implicit VR Little Endian only"
+    return f"stored as {name}, which this archive cannot decompress; it goes as stored only"
 
 
-def _converted(ds: Dataset, transfer_syntax: str, *, part10: bool) -> bytes:
-    if not part10:
-        return encode_dataset(ds, transfer_syntax).getvalue()
-    meta = FileMetaDataset(ds.file_meta)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    ds.file_meta = meta
-    out = BytesIO()
-    dcmwrite(out, ds, enforce_file_format=True)
-    return out.getvalue()
+def _seekable(stream: BinaryIO) -> BinaryIO:
+    """Blob streams of the folder store seek (a seek decrypts the chunk it lands in); any
+    other is read into memory first."""
+    if stream.seekable():
+        return stream
+    return BytesIO(stream.read())
 
 
 class Retrieves(ServiceCore):
@@ -271,7 +372,16 @@ class Retrieves(ServiceCore):
                     {"operation": action.value, "instances": len(records)},
                 )
             )
-        return Retrieval(principal, action, records, destination, self._blobs, self._audit, objects)
+        return Retrieval(
+            principal,
+            action,
+            records,
+            destination,
+            self._blobs,
+            self._audit,
+            objects,
+            self.limits.max_decompressed_bytes,
+        )
 
     def _retrieved_objects(self, records: list[InstanceRecord]) -> tuple[tuple[str, str], ...]:
         """The studies and (as references, never in clear) the patients of `records`: PS3.15

@@ -56,6 +56,7 @@ class WebFrontEnd:
             web_tls_context(lambda: server_context(current)),
             self._slow_client,
             max_pending_per_source=current.server.max_pending_per_source,
+            handshake_timeout_s=current.server.handshake_timeout_s,
         )
         self._flusher: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()

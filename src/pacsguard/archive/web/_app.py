@@ -199,7 +199,8 @@ async def _metadata(request: Request, principal: Principal) -> Response:
 
 
 async def _pixels(request: Request, principal: Principal) -> Response:
-    _wado.octet_parts(parse_accept(request.headers.get("accept")))
+    """Frames or bulk data of one instance, read from their byte ranges (`_wado`)."""
+    ranges = parse_accept(request.headers.get("accept"))
     params = request.path_params
     numbers: list[int] = []
     tag = 0
@@ -213,16 +214,26 @@ async def _pixels(request: Request, principal: Principal) -> Response:
     ctx = _context(request)
     retrieval = await _retrieval(request, principal)
     record = retrieval.records[0]  # an instance path names one
-    retrieval.tally.begin()
-    sent = False
     try:
-        ds = await ctx.blocking(partial(_wado.read_dataset, retrieval, record))
-        chunks = _wado.frames(ds, numbers) if numbers else [_wado.bulk_value(ds, tag)]
-        sent = True
-    finally:
-        retrieval.tally.end(sent=sent)
+        layout = await ctx.blocking(partial(_wado.read_layout, retrieval, record))
+        if numbers:
+            _wado.check_frames(layout, numbers)
+        answer = _wado.pixel_answer(ranges, layout, pixel=bool(numbers) or tag == layout.pixel_tag)
+        limit = ctx.service.limits.max_decompressed_bytes
+        _wado.check_decoding(layout, answer, limit, len(numbers) if numbers else None)
+        source = (
+            retrieval.frames(record, layout, numbers, decode=answer.decode)
+            if numbers
+            else _wado.bulk_source(retrieval, record, layout, tag, answer.decode)
+        )
+    except BaseException:
+        retrieval.tally.begin()
+        retrieval.tally.end(sent=False)
         await _wado.finish(ctx, retrieval)
-    return _wado.octet_response(chunks)
+        raise
+    # Bulk data is one part, unless it is compressed frames as stored: a part per frame.
+    per_frame = bool(numbers) or (layout.encapsulated and not answer.decode)
+    return _wado.pixel_response(ctx, retrieval, source, answer.part_type, one_part=not per_frame)
 
 
 # -- STOW-RS ---------------------------------------------------------------------------------
@@ -278,7 +289,7 @@ RESOURCES: Final = (
     (
         "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
         ("GET",),
-        "WADO-RS frames (uncompressed)",
+        "WADO-RS frames (uncompressed, or compressed as stored)",
     ),
     (
         "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag}",
@@ -302,7 +313,7 @@ async def _capabilities(request: Request, principal: Principal) -> Response:
                 ],
                 "authentication": "Authorization: Bearer <JWT or API token>",
                 "fuzzymatching": False,
-                "transcoding": False,
+                "transcoding": True,
             }
         )
     raise WebError(406, f"capabilities are offered as {_WADL} or application/json")

@@ -12,9 +12,13 @@ idle keep-alive connections, but not the time a client takes to send its headers
 adds that: a connection that has not sent a complete request head within
 `header_timeout_s` of connecting (or of its last response) gets 408 and is closed, and the
 refusal is audited. Bodies are timed by the handlers (`body_timeout_s` between chunks). The
-TLS handshake is bounded by asyncio's own handshake timeout (60 s: uvicorn does not pass one),
-and such connections do not count as pending yet. Access logs are off: URLs carry
-query values (patient names, IDs).
+TLS handshake comes before all of that (asyncio's TLS layer runs it before the protocol sees
+the connection): `_Server` passes the listener a handshake deadline (`[server]
+handshake_timeout_s`, at most `header_timeout_s`, as the DIMSE listener bounds its own by
+the pre-association timeout) instead of asyncio's default 60 s, which uvicorn leaves in
+place; a client that connects and stalls the handshake is dropped when it expires. Such
+connections do not count as pending yet. Access logs are off: URLs carry query values
+(patient names, IDs).
 """
 
 from __future__ import annotations
@@ -150,6 +154,47 @@ def _deadline_protocol(
     return _Deadline
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server with a TLS handshake deadline on its listening sockets.
+
+    uvicorn's `startup` calls `loop.create_server(..., ssl=...)` without
+    `ssl_handshake_timeout`; this `startup` does what uvicorn's does for explicitly passed
+    sockets (the only way we start it), with the deadline. uvicorn is pinned in
+    constraints.txt; tests/integration/web/test_web_handshake.py fails if this drifts."""
+
+    def __init__(self, config: uvicorn.Config, handshake_timeout_s: float) -> None:
+        super().__init__(config)
+        self._handshake_timeout_s = handshake_timeout_s
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is None:
+            raise ValueError("the DICOMweb listener binds its own socket")
+        await self.lifespan.startup()  # "off": nothing to run, but uvicorn's order kept
+        config = self.config  # loaded by `serve`
+        loop = asyncio.get_running_loop()
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+            return protocol
+
+        self.servers = [
+            await loop.create_server(
+                create_protocol,
+                sock=sock,
+                ssl=config.ssl,
+                ssl_handshake_timeout=self._handshake_timeout_s if config.ssl else None,
+                backlog=config.backlog,
+            )
+            for sock in sockets
+        ]
+        self.started = True
+
+
 class WebListener:
     """One uvicorn server on the running loop: `start` binds and serves, `stop` ends it."""
 
@@ -161,8 +206,11 @@ class WebListener:
         on_slow_client: Callable[[str, str], None],
         *,
         max_pending_per_source: int = 32,
+        handshake_timeout_s: float = 10.0,
     ) -> None:
         self._max_pending = max_pending_per_source
+        #: Seconds a client has for its TLS handshake (the head deadline starts after it).
+        self._handshake_timeout_s = min(handshake_timeout_s, settings.header_timeout_s)
         self._app = app
         self._settings = settings
         self._tls = tls
@@ -198,7 +246,7 @@ class WebListener:
             h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             ssl_context_factory=lambda _config, _default: tls,
         )
-        server = uvicorn.Server(config)
+        server = _Server(config, self._handshake_timeout_s)
         self._server = server
         self._task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         async with asyncio.timeout(_START_TIMEOUT):

@@ -1,6 +1,5 @@
 """WADO-RS (PS3.18 10.4): instances as ``multipart/related; type="application/dicom"``,
-metadata as DICOM JSON, frames and bulk data of uncompressed pixel data as
-``multipart/related; type="application/octet-stream"``.
+metadata as DICOM JSON, frames and bulk data as ``multipart/related`` parts.
 
 Every retrieve is the service's (`ArchiveService.retrieve`: authorize the `get` permission,
 choose the instances, write the `move-request` line before anything is read); the instances
@@ -8,32 +7,38 @@ are read through its `Retrieval` in a transfer syntax the client accepts, counte
 and `Retrieval.finish` writes the closing line however the answer ended (`DrivenStream`).
 
 Transfer syntax of ``application/dicom`` parts (PS3.18 8.7.3.5): with ``transfer-syntax=*``
-each instance goes as stored, byte for byte; with a named one, in that one (the service
-converts between Explicit and Implicit VR Little Endian; 406 before anything is sent when
-some instance cannot be had in it); without the parameter, Explicit VR Little Endian (the
-default PS3.18 names) for uncompressed instances and compressed ones as stored (there is no
-codec to decompress them). Each part's Content-Type names its transfer syntax. One chunk at a
-time is in memory; metadata and frames read one instance at a time.
+each instance goes as stored, byte for byte; with a named one, in that one; without the
+parameter, Explicit VR Little Endian (the default PS3.18 names), compressed instances
+included. The service converts between Explicit and Implicit VR Little Endian and
+decompresses JPEG, JPEG-LS, JPEG 2000 and RLE (`service.pixels`) within `[server]
+max_decompressed_bytes`; 406 before anything is sent when some instance cannot be had as
+asked, saying why. Each part's Content-Type names its transfer syntax.
+
+Metadata reads each instance's header only (up to the pixel data, and what follows it), and
+sends the pixel data as a BulkDataURI. Frames read their byte ranges (native), or their
+fragments (encapsulated: the offset table or a walk over the fragment headers); an
+encapsulated frame goes as stored when the client accepts that (``application/octet-stream``
+with ``transfer-syntax=*`` or the stored syntax, or the syntax's image media type, e.g.
+``image/jpeg``), decoded otherwise (the default for frames: uncompressed). Bulk data of native
+pixel data streams from its byte range; of encapsulated pixel data, decoded frame after frame.
+One chunk or frame at a time is in memory.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import secrets
-from collections.abc import AsyncGenerator, Callable, Collection
+from collections.abc import AsyncGenerator, Callable, Collection, Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
-from pydicom import dcmread
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
 from pacsguard.archive.model import InstanceRecord
 from pacsguard.archive.security.principal import Action, Principal
-from pacsguard.archive.service import UNCOMPRESSED, Retrieval, deliverable_syntaxes
+from pacsguard.archive.service import Retrieval, deliverable_syntaxes, pixels
 from pacsguard.archive.web._context import WebContext
 from pacsguard.archive.web._errors import WebError
 from pacsguard.archive.web._media import MediaRange, wants, wants_multipart
@@ -102,23 +107,25 @@ def syntaxes_for(accept: MediaRange) -> Syntaxes:
         return deliverable_syntaxes
     if wanted:
         return lambda record: (wanted,)
-    return lambda record: (
-        (EXPLICIT_LE,)
-        if record.transfer_syntax_uid in UNCOMPRESSED
-        else (record.transfer_syntax_uid,)
-    )
+    return lambda record: (EXPLICIT_LE,)
+
+
+def _refusals(retrieval: Retrieval, syntaxes: Syntaxes) -> list[str]:
+    found = (retrieval.refusal(r, syntaxes(r)) for r in retrieval.records)
+    return [why for why in found if why is not None]
 
 
 async def check_deliverable(ctx: WebContext, retrieval: Retrieval, syntaxes: Syntaxes) -> None:
-    """406 (the trail closed, nothing sent) when some instance cannot be had as asked."""
-    other = [r for r in retrieval.records if not set(syntaxes(r)) & set(deliverable_syntaxes(r))]
-    if other:
+    """406 (the trail closed, nothing sent) when some instance cannot be had as asked (for
+    instances to be decompressed, their headers are read to check the size limit)."""
+    refused = await ctx.blocking(partial(_refusals, retrieval, syntaxes))
+    if refused:
         await finish(ctx, retrieval)
         raise WebError(
             406,
-            f"{len(other)} of the {len(retrieval.records)} instances cannot be sent in the "
-            f"transfer syntax asked for (this one is stored as {other[0].transfer_syntax_uid}; "
-            "only Explicit and Implicit VR Little Endian convert); ask for transfer-syntax=*",
+            f"{len(refused)} of the {len(retrieval.records)} instances cannot be sent in the "
+            f"transfer syntax asked for ({refused[0]}); ask for transfer-syntax=* to get "
+            "every instance as stored",
         )
 
 
@@ -157,33 +164,45 @@ def instances_response(ctx: WebContext, retrieval: Retrieval, syntaxes: Syntaxes
     )
 
 
-def read_dataset(retrieval: Retrieval, record: InstanceRecord) -> Dataset:
-    """One instance as a pydicom Dataset, as stored (OSError when it cannot be read). Blocking;
-    one instance in memory."""
-    data = retrieval.open(record, deliverable_syntaxes(record), part10=True)
-    if data is None:
-        raise OSError("a stored instance could not be read for WADO-RS")
+def read_layout(
+    retrieval: Retrieval, record: InstanceRecord, *, inline_up_to: int = 0
+) -> pixels.Layout:
+    """One instance's header and where its pixel data lies (OSError when it cannot be read).
+    Blocking; never the pixel data in memory (unless native and `inline_up_to` bytes)."""
     try:
-        return dcmread(io.BytesIO(data.read()))
-    finally:
-        data.close()
+        return retrieval.layout(record, inline_up_to=inline_up_to)
+    except Exception as exc:
+        log.warning("a stored instance could not be read for WADO-RS: %s", type(exc).__name__)
+        raise OSError("a stored instance could not be read for WADO-RS") from None
+
+
+def metadata_json(layout: pixels.Layout, base: str) -> dict[str, Any]:
+    """DICOM JSON of one instance (PS3.18 F.2): values longer than BULK_THRESHOLD bytes and
+    the pixel data as BulkDataURIs under `base` (the instance's URL)."""
+
+    def bulk(element: DataElement) -> str:
+        return f"{base}/bulkdata/{int(element.tag):08X}"
+
+    body: dict[str, Any] = layout.header.to_json_dict(BULK_THRESHOLD, bulk)
+    if layout.pixel_tag is not None and layout.pixel_tag not in layout.header:
+        body[f"{layout.pixel_tag:08X}"] = {
+            "vr": layout.pixel_vr,
+            "BulkDataURI": f"{base}/bulkdata/{layout.pixel_tag:08X}",
+        }
+    body.update(layout.tail.to_json_dict(BULK_THRESHOLD, bulk))
+    return body
 
 
 def metadata_response(
     ctx: WebContext, retrieval: Retrieval, instance_url: Callable[[InstanceRecord], str]
 ) -> DrivenStream:
-    """A DICOM JSON array, one object per instance, built and sent one instance at a time;
-    values longer than BULK_THRESHOLD bytes become BulkDataURIs."""
+    """A DICOM JSON array, one object per instance, built and sent one instance at a time
+    from its header only; values longer than BULK_THRESHOLD bytes become BulkDataURIs."""
     tally = retrieval.tally
 
     def one(record: InstanceRecord) -> bytes:
-        ds = read_dataset(retrieval, record)
-        base = instance_url(record)
-
-        def bulk(element: DataElement) -> str:
-            return f"{base}/bulkdata/{int(element.tag):08X}"
-
-        body: dict[str, Any] = ds.to_json_dict(BULK_THRESHOLD, bulk)
+        layout = read_layout(retrieval, record, inline_up_to=BULK_THRESHOLD)
+        body = metadata_json(layout, instance_url(record))
         return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
     async def produce() -> AsyncGenerator[bytes, None]:
@@ -213,61 +232,161 @@ def parse_frames(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
-def octet_parts(ranges: list[MediaRange]) -> None:
-    if wants_multipart(ranges, OCTETS) is None:
-        raise WebError(
-            406,
-            'this resource is offered as multipart/related; type="application/octet-stream" only'
-            " (uncompressed pixel data; compressed frames are not offered: retrieve the instance)",
-        )
+#: Media types of compressed frames as stored (PS3.18 Table 8.7.3-2 and -4), by syntax.
+FRAME_TYPES: Final = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+_RLE_TYPES: Final = ("image/dicom-rle", "image/x-dicom-rle")
 
 
-def frames(ds: Dataset, numbers: list[int]) -> list[bytes]:
-    """The frames asked for, from uncompressed little-endian pixel data."""
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    if "PixelData" not in ds:
+def _multipart_ranges(ranges: list[MediaRange]) -> list[tuple[str, str]]:
+    """(part type, transfer-syntax parameter) of each range a multipart answer may follow."""
+    out: list[tuple[str, str]] = []
+    for media in ranges:
+        syntax = media.params.get("transfer-syntax", "").strip()
+        if media.type in ("*/*", "multipart/*"):
+            out.append(("*/*", syntax))
+        elif media.type == "multipart/related":
+            out.append((media.params.get("type", "*/*").strip().lower(), syntax))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class PixelAnswer:
+    """How frames or bulk data go: `decode` encapsulated pixel data or send it as stored, and
+    the parts' Content-Type."""
+
+    decode: bool
+    part_type: str
+
+
+def pixel_answer(ranges: list[MediaRange], layout: pixels.Layout, *, pixel: bool) -> PixelAnswer:
+    """What the Accept ranges allow for `layout`'s pixel data (`pixel`: frames, or the pixel
+    data's bulk data; else other bulk data, octets as stored); WebError(406) when nothing.
+
+    Native pixel data: ``application/octet-stream`` (uncompressed). Encapsulated: as stored
+    for ``application/octet-stream; transfer-syntax=*`` (or the stored syntax) or the
+    syntax's image type; otherwise decoded, as ``application/octet-stream`` without a
+    transfer-syntax or with Explicit VR Little Endian's (PS3.18 8.7.3.3.2)."""
+    if not pixel:
+        if wants_multipart(ranges, OCTETS) is None:
+            raise WebError(406, f'bulk data is offered as multipart/related; type="{OCTETS}"')
+        return PixelAnswer(False, OCTETS)
+    accepted = _multipart_ranges(ranges)
+    uncompressed = ("", EXPLICIT_LE, "*") if not layout.encapsulated else ("", EXPLICIT_LE)
+    stored = layout.transfer_syntax
+    image = FRAME_TYPES.get(stored, "")
+    if layout.encapsulated:
+        for part, syntax in accepted:
+            if part in (OCTETS, "application/*", "*/*") and syntax in ("*", stored):
+                return PixelAnswer(False, f"{OCTETS}; transfer-syntax={stored}")
+            fits = part == image or (image == _RLE_TYPES[0] and part in _RLE_TYPES)
+            if fits and syntax in ("", "*", stored):
+                return PixelAnswer(False, f"{part}; transfer-syntax={stored}")
+    for part, syntax in accepted:
+        if part in (OCTETS, "application/*", "*/*") and syntax in uncompressed:
+            return PixelAnswer(layout.encapsulated, OCTETS)
+    offered = f"{OCTETS} (uncompressed)" + (
+        f", or as stored: {image or OCTETS} with transfer-syntax={stored}"
+        if layout.encapsulated
+        else ""
+    )
+    raise WebError(406, f"this pixel data is offered as multipart/related parts of {offered}")
+
+
+def check_frames(layout: pixels.Layout, numbers: list[int]) -> None:
+    """WebError unless `layout` has pixel data with the frames `numbers`."""
+    if layout.pixel_tag is None:
         raise WebError(404, "this instance has no pixel data", audit=False)
-    if syntax not in UNCOMPRESSED or int(ds.BitsAllocated) % 8:
-        raise WebError(
-            406,
-            f"frames are offered for uncompressed little-endian pixel data only, not "
-            f"{UID(syntax).name or syntax}; retrieve the whole instance",
-        )
-    size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
-    size *= int(ds.BitsAllocated) // 8
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    if not layout.encapsulated and int(layout.header.get("BitsAllocated", 8) or 8) % 8:
+        raise WebError(406, "frames of bit-packed (1-bit) pixel data are not offered")
+    count = layout.frame_count
     if any(n > count for n in numbers):
         raise WebError(404, f"this instance has {count} frame(s)", audit=False)
-    pixels = bytes(ds.PixelData)
-    return [pixels[(n - 1) * size : n * size] for n in numbers]
 
 
-def bulk_value(ds: Dataset, tag: int) -> bytes:
-    """The value of a top-level element, as stored (a BulkDataURI of our metadata)."""
-    if tag not in ds:
-        raise WebError(404, f"no element {tag:08X} at the top level of this instance", audit=False)
-    value = ds[tag].value
-    if isinstance(value, bytes | bytearray):
-        return bytes(value)
-    raise WebError(404, f"element {tag:08X} is not bulk data", audit=False)
+def check_decoding(
+    layout: pixels.Layout, answer: PixelAnswer, limit: int, frames: int | None
+) -> None:
+    """WebError(406) when the `frames` asked for (None: all) cannot be decoded within
+    `limit` bytes, or not at all."""
+    if answer.decode:
+        try:
+            pixels.check_decodable(layout, limit, frames=frames)
+        except pixels.CannotDecode as exc:
+            raise WebError(
+                406, f"the pixel data cannot be sent uncompressed: {exc.reason}"
+            ) from None
 
 
-def octet_response(chunks: list[bytes]) -> DrivenStream:
+def bulk_source(
+    retrieval: Retrieval, record: InstanceRecord, layout: pixels.Layout, tag: int, decode: bool
+) -> Iterator[bytes]:
+    """The chunks of the bulk data `tag` of `record` (a BulkDataURI of our metadata)."""
+    if tag == layout.pixel_tag:
+        if not layout.encapsulated:
+            return retrieval.value(record, layout)
+        numbers = list(range(1, layout.frame_count + 1))
+        return retrieval.frames(record, layout, numbers, decode=decode)
+    for dataset in (layout.header, layout.tail):
+        if tag in dataset:
+            value = dataset[tag].value
+            if isinstance(value, bytes | bytearray):
+                return iter([bytes(value)])
+            raise WebError(404, f"element {tag:08X} is not bulk data", audit=False)
+    raise WebError(404, f"no element {tag:08X} at the top level of this instance", audit=False)
+
+
+def pixel_response(
+    ctx: WebContext,
+    retrieval: Retrieval,
+    source: Iterator[bytes],
+    part_type: str,
+    *,
+    one_part: bool,
+) -> DrivenStream:
+    """Each item of `source` (read on the pool as it is sent) as one part, or with
+    `one_part` all of them as one part (bulk data); the trail closes when the answer ends."""
     boundary = secrets.token_hex(16)
+    tally = retrieval.tally
+    head = f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode("ascii")
 
     async def produce() -> AsyncGenerator[bytes, None]:
-        for chunk in chunks:
-            yield f"--{boundary}\r\nContent-Type: {OCTETS}\r\n\r\n".encode("ascii")
-            yield chunk
-            yield b"\r\n"
-        yield f"--{boundary}--\r\n".encode("ascii")
+        tally.begin()
+        try:
+            if one_part:
+                yield head
+            while (chunk := await ctx.blocking(partial(next, source, None))) is not None:
+                yield chunk if one_part else head + chunk + b"\r\n"
+            if one_part:
+                yield b"\r\n"
+            yield f"--{boundary}--\r\n".encode("ascii")
+        except Exception:
+            tally.end(sent=False)
+            raise
+        tally.end(sent=True)
 
-    async def nothing(complete: bool) -> None:
-        return None
+    async def done(complete: bool) -> None:
+        close = getattr(source, "close", None)
+        if callable(close):
+            await ctx.blocking(close)
+        await finish(ctx, retrieval)
 
-    return DrivenStream(
-        produce, nothing, media_type=f'multipart/related; type="{OCTETS}"; boundary={boundary}'
+    media_type = (
+        f'multipart/related; type="{part_type.split(";", maxsplit=1)[0]}"; boundary={boundary}'
     )
+    return DrivenStream(produce, done, media_type=media_type)
 
 
 def json_accepted(ranges: list[MediaRange]) -> None:
