@@ -123,6 +123,10 @@ class ServerSettings:
     handshake_timeout_s: float = field(default=10.0, metadata={"min": 1, "max": 600})
     #: Most C-FIND / QIDO-RS matches returned for one query.
     find_result_cap: int = field(default=1000, metadata={"min": 1, "max": 1_000_000})
+    #: Worker processes that serve the listeners (archive.workers); 1: the supervisor-less
+    #: single process. Above 1, a supervisor holds the audit log, lockout counts and
+    #: association slots for all of them.
+    workers: int = field(default=1, metadata={"min": 1, "max": 64})
 
 
 @dataclass(frozen=True, slots=True)
