@@ -38,6 +38,8 @@ ORTHANC = "Orthanc 1.10 (SyncStorageArea)"
 ORTHANC_PYNETDICOM = "Orthanc 1.10, pynetdicom client (Nagle on)"
 #: The row the targets are judged on: storescu as a new user runs it, with PS3.7 user identity.
 PACSGUARD_USER = "pacsguard (plaintext, user identity)"
+#: The same with `[server] workers = 2` (a supervisor and two worker processes).
+PACSGUARD_WORKERS = "pacsguard, 2 workers (plaintext, user identity)"
 PACSGUARD_ADDRESS = "pacsguard (plaintext, address AE)"
 PACSGUARD_TLS = "pacsguard (TLS, user identity)"
 PACSGUARD_PYNETDICOM = "pacsguard, pynetdicom client (Nagle on, user identity)"
@@ -151,6 +153,7 @@ def ingest_targets(
 
     targets = [
         IngestTarget(PACSGUARD_USER, via_pacsguard(user=True)),
+        IngestTarget(PACSGUARD_WORKERS, via_pacsguard(user=True, server=pacsguard.with_workers(2))),
         IngestTarget(PACSGUARD_ADDRESS, via_pacsguard()),
         IngestTarget(PACSGUARD_TLS, via_pacsguard(tls=True, user=True)),
         IngestTarget(ORTHANC, via_orthanc()),

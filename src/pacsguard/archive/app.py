@@ -37,6 +37,7 @@ from pacsguard.archive.config import Settings, is_loopback, require_files, valid
 from pacsguard.archive.control import MARKER, write_marker
 from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd, Listener
 from pacsguard.archive.dimse.contexts import FrontEndSettings
+from pacsguard.archive.dimse.handoff import WorkerHandoff
 from pacsguard.archive.dimse.identifiers import DestinationLookup, MoveDestination
 from pacsguard.archive.dimse.slots import SlotCounter
 from pacsguard.archive.index.sql import SqlIndex
@@ -185,7 +186,11 @@ def open_storage(settings: Settings) -> tuple[SqlIndex, FolderBlobStore]:
     key = load_at_rest_key(settings.storage.key_file) if settings.storage.encrypt_at_rest else None
     settings.storage.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     blobs = FolderBlobStore(settings.storage.blob_dir, encryption_key=key)
-    index = SqlIndex(settings.storage.index_url, key=None if key is None else derive_index_key(key))
+    index = SqlIndex(
+        settings.storage.index_url,
+        key=None if key is None else derive_index_key(key),
+        shared_writers=settings.server.workers > 1,
+    )
     warning = index_transport_warning(settings.storage.index_url)
     if warning is not None:
         log.warning("%s", warning)
@@ -247,14 +252,16 @@ def jwt_verifier(settings: Settings) -> TokenVerifier | None:
 class WorkerParts:
     """What a worker process (``[server] workers`` > 1) takes from its supervisor instead of
     opening it itself: the audit log, lockout counts and association slots (through the hub,
-    `archive.hub`) and the listening sockets, bound by the supervisor (DIMSE ones in the
-    order of `dimse_addresses`). Crash recovery and the running marker are the supervisor's."""
+    `archive.hub`), the DIMSE connections it accepted (`handoff`, on the listeners of
+    `dimse_addresses` at `dimse_ports`) and the DICOMweb listening socket, which every worker
+    accepts on. Crash recovery and the running marker are the supervisor's."""
 
     worker: int
     audit: AuditSink
     lockout: LockoutCounter
     slots: SlotCounter
-    dimse_sockets: Sequence[socket.socket]
+    handoff: WorkerHandoff
+    dimse_ports: Sequence[int]
     web_socket: socket.socket | None
     closers: Sequence[object] = ()
 
@@ -337,7 +344,9 @@ def start_archive(
             running.start_front_end(dimse_front_end(running))
         else:
             running.start_front_end(
-                dimse_front_end(running, sockets=worker.dimse_sockets, slots=worker.slots)
+                dimse_front_end(
+                    running, handoff=worker.handoff, ports=worker.dimse_ports, slots=worker.slots
+                )
             )
         if settings.dicomweb.enabled:
             running.start_front_end(
@@ -398,19 +407,20 @@ def dimse_addresses(settings: Settings) -> list[tuple[str, int, bool]]:
 def dimse_front_end(
     running: RunningArchive,
     *,
-    sockets: Sequence[socket.socket] = (),
+    handoff: WorkerHandoff | None = None,
+    ports: Sequence[int] = (),
     slots: SlotCounter | None = None,
 ) -> AsyncDimseFrontEnd:
-    """The DIMSE front end of `running` on `dimse_addresses`; on `sockets` (bound already,
-    in that order) and with shared `slots` in a worker process."""
+    """The DIMSE front end of `running` on `dimse_addresses`; in a worker process, on the
+    connections its supervisor accepted (`handoff`, listening at `ports`) and with the
+    supervisor's association `slots`."""
     settings = running.settings
     server = settings.server
     listeners = [
         Listener(
             host,
-            port,
+            ports[i] if i < len(ports) else port,
             server_context(settings) if tls else None,
-            sockets[i] if i < len(sockets) else None,
         )
         for i, (host, port, tls) in enumerate(dimse_addresses(settings))
     ]
@@ -436,4 +446,5 @@ def dimse_front_end(
         running.runtime,
         listeners,
         slots,
+        handoff,
     )

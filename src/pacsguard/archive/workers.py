@@ -6,9 +6,10 @@ idles. With ``workers = N`` `pacsguard serve` becomes a supervisor and N workers
 
 - The supervisor recovers from an unclean stop (`recovery.recover`), marks the archive running
   (`control.MARKER`, its pid: `pacsguard unlock` and `reload` signal it), binds every listening
-  socket (DIMSE TLS and plaintext, DICOMweb), and starts the workers with those sockets
-  inherited: each worker accepts on the same sockets, so a worker that is busy leaves new
-  connections to an idle one, and a worker's restart refuses nobody (its queue waits).
+  socket (DIMSE TLS and plaintext, DICOMweb) and starts the workers. It accepts each DIMSE
+  connection itself and passes it to the worker serving the fewest (`dimse.handoff`), so
+  associations spread evenly and a worker's restart refuses nobody. The DICOMweb socket is
+  inherited by every worker, and each accepts on it (HTTP requests are short).
 - Each worker runs the whole archive (`app.start_archive(worker=...)`): front ends, service,
   index (SQLite WAL across processes, or PostgreSQL) and blob store. What must be one lives in
   the supervisor and reaches the workers through the hub (`archive.hub`): the audit log (one
@@ -35,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +61,7 @@ from pacsguard.archive.audit.events import (
 )
 from pacsguard.archive.config import Settings, load_settings, require_files, validate_listen
 from pacsguard.archive.control import MARKER, answer_reload, answer_unlock, write_marker
+from pacsguard.archive.dimse.handoff import WorkerHandoff, pass_connection
 from pacsguard.archive.dimse.slots import AssociationSlots
 from pacsguard.archive.hub import Hub, HubAuditSink, HubClient, HubLockout, HubSlots
 from pacsguard.archive.recovery import recover
@@ -88,8 +91,11 @@ class BoundSockets:
     web: socket.socket | None
     endpoints: list[Endpoint]
 
-    def fds(self) -> list[int]:
-        return [s.fileno() for s in self.dimse] + ([self.web.fileno()] if self.web else [])
+    def close(self) -> None:
+        for sock in [*self.dimse, *([self.web] if self.web else [])]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept
+            sock.close()
 
 
 def bind_sockets(settings: Settings) -> BoundSockets:
@@ -120,7 +126,6 @@ def _listen(host: str, port: int, section: str) -> socket.socket:
             f"{section}: cannot listen on {host}:{port} ({exc.strerror}); choose another port "
             "or stop what uses it"
         ) from None
-    sock.set_inheritable(True)
     return sock
 
 
@@ -129,6 +134,9 @@ class _Worker:
     number: int
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
+    #: Our end of the hand-off channel, and how many connections passed there are open.
+    channel: socket.socket | None = None
+    active: int = 0
 
 
 @dataclass
@@ -144,6 +152,7 @@ class Supervisor:
     _ready: set[int] = field(default_factory=set)
     _restarts: list[float] = field(default_factory=list)
     _stopping: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self) -> None:
         """Run until SIGTERM or SIGINT (blocked by the caller, see cli._signals)."""
@@ -175,6 +184,10 @@ class Supervisor:
             for worker in self._workers:
                 self._spawn(worker, sockets, hub.path)
             self._wait_ready()
+            for number, listening in enumerate(sockets.dimse):
+                threading.Thread(
+                    target=self._accept, args=(number, listening), name="accept", daemon=True
+                ).start()
             audit.emit(_lifecycle(EventType.APPLICATION_START, server.ae_title, sockets.endpoints))
             self.say(
                 f"pacsguard archive {server.ae_title!r} ({settings.profile} profile) on "
@@ -186,35 +199,100 @@ class Supervisor:
             self._watch(sockets, hub.path, gate)
         finally:
             self._stopping = True
+            if sockets is not None:
+                for listening in sockets.dimse:  # no new connections while workers stop
+                    with contextlib.suppress(OSError):
+                        listening.shutdown(socket.SHUT_RDWR)
             self._stop_workers()
             with contextlib.suppress(Exception):
                 audit.emit(_lifecycle(EventType.APPLICATION_STOP, server.ae_title, []))
             if hub is not None:
                 hub.close()
             if sockets is not None:
-                for sock in [*sockets.dimse, *([sockets.web] if sockets.web else [])]:
-                    sock.close()
+                sockets.close()
             close_all(closers)
             marker.unlink(missing_ok=True)
 
     # -- workers ------------------------------------------------------------------------------
     def _spawn(self, worker: _Worker, sockets: BoundSockets, hub_path: Path) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         spec = {
             "worker": worker.number,
             "config": str(self.config_file),
             "overrides": self.overrides,
             "hub": str(hub_path),
-            "dimse_fds": [s.fileno() for s in sockets.dimse],
+            "handoff_fd": theirs.fileno(),
+            "dimse_ports": [e.port for e in sockets.endpoints if e.protocol == "dicom"],
             "web_fd": None if sockets.web is None else sockets.web.fileno(),
             "check": self.check and worker.number == 0 and not self._restarts,
         }
         self._ready.discard(worker.number)
-        worker.process = subprocess.Popen(
-            [sys.executable, "-m", "pacsguard.archive.workers", json.dumps(spec)],
-            pass_fds=sockets.fds(),
-            start_new_session=True,  # signals reach workers through us, in order
-        )
+        with self._lock:
+            if worker.channel is not None:
+                worker.channel.close()
+            worker.channel, worker.active = ours, 0
+        try:
+            worker.process = subprocess.Popen(
+                [sys.executable, "-m", "pacsguard.archive.workers", json.dumps(spec)],
+                pass_fds=[theirs.fileno(), *([sockets.web.fileno()] if sockets.web else [])],
+                start_new_session=True,  # signals reach workers through us, in order
+            )
+        finally:
+            theirs.close()
         worker.started = time.monotonic()
+        threading.Thread(
+            target=self._count_ends, args=(worker, ours), name="handoff", daemon=True
+        ).start()
+
+    def _count_ends(self, worker: _Worker, channel: socket.socket) -> None:
+        """Each byte from the worker: one connection passed to it has ended."""
+        while True:
+            try:
+                data = channel.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                if worker.channel is channel:
+                    worker.active = max(0, worker.active - len(data))
+
+    def _accept(self, index: int, listening: socket.socket) -> None:
+        """Accept on DIMSE listener `index`; pass each connection to the least busy worker."""
+        while not self._stopping:
+            try:
+                connection, _ = listening.accept()
+            except OSError:
+                if self._stopping:
+                    return
+                time.sleep(0.05)  # EMFILE and the like: do not spin
+                continue
+            try:
+                self._pass(index, connection)
+            finally:
+                connection.close()  # the worker holds its own descriptor now
+
+    def _pass(self, index: int, connection: socket.socket) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._stopping and time.monotonic() < deadline:
+            with self._lock:
+                ready = [
+                    w for w in self._workers if w.number in self._ready and w.channel is not None
+                ]
+                chosen = min(ready, key=lambda w: w.active, default=None)
+                channel = None if chosen is None else chosen.channel
+                if chosen is not None:
+                    chosen.active += 1
+            if chosen is None or channel is None:
+                time.sleep(0.01)  # every worker is (re)starting: the peer waits
+                continue
+            try:
+                pass_connection(channel, index, connection)
+                return
+            except OSError:  # that worker just died: try another
+                with self._lock:
+                    chosen.active -= 1
+                    self._ready.discard(chosen.number)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -347,7 +425,8 @@ def worker_main(spec: dict[str, Any]) -> int:
         HubAuditSink(client),
         HubLockout(client),
         HubSlots(client),
-        [socket.socket(fileno=int(fd)) for fd in spec["dimse_fds"]],
+        WorkerHandoff(socket.socket(fileno=int(spec["handoff_fd"]))),
+        [int(port) for port in spec["dimse_ports"]],
         None if web_fd is None else socket.socket(fileno=int(web_fd)),
         closers=[client],
     )

@@ -43,7 +43,7 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, SupportsIndex
 
@@ -72,6 +72,7 @@ from pacsguard.archive.dimse.aio_session import (
     abort_and_close,
 )
 from pacsguard.archive.dimse.contexts import FrontEndSettings
+from pacsguard.archive.dimse.handoff import WorkerHandoff
 from pacsguard.archive.dimse.identifiers import DestinationLookup
 from pacsguard.archive.dimse.slots import AssociationSlots, SlotCounter
 from pacsguard.archive.runtime import Endpoint, Runtime
@@ -164,7 +165,11 @@ class AsyncDimseFrontEnd:
         runtime: Runtime,
         listeners: Sequence[Listener] = (),
         slots: SlotCounter | None = None,
+        handoff: WorkerHandoff | None = None,
     ) -> None:
+        """`slots` and `handoff`: in a worker process, the supervisor's association slots and
+        the connections it accepted for us (then nothing is bound here; see `handoff`)."""
+        self._handoff = handoff
         self._gate = gate
         self._audit = audit
         self._settings = settings
@@ -193,6 +198,10 @@ class AsyncDimseFrontEnd:
     async def start(self) -> list[Endpoint]:
         """Bind every listener now; where each listens (its port, when 0 was asked)."""
         endpoints = []
+        if self._handoff is not None:  # the supervisor listens and passes connections
+            self._start_flusher()
+            self._handoff.start(asyncio.get_running_loop(), self._adopt)
+            return [Endpoint(x.host, x.port, x.tls is not None) for x in self._listeners]
         for listener in self._listeners:
             server = await self._start_server(listener)
             self._servers.append(server)
@@ -206,19 +215,46 @@ class AsyncDimseFrontEnd:
         self._servers.clear()
 
     # -- on the loop ------------------------------------------------------------------------------
-    async def _start_server(self, listener: Listener) -> asyncio.Server:
-        loop = asyncio.get_running_loop()
+    def _start_flusher(self) -> None:
         if self._flusher is None:
-            self._flusher = loop.create_task(self._flush_refusals())
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_refusals())
 
-        tls = listener.tls
+    def _protocol_factory(
+        self, tls: ssl.SSLContext | None, ended: Callable[[], None] | None = None
+    ) -> Callable[[], asyncio.Protocol]:
+        loop = asyncio.get_running_loop()
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._serve_connection(tls, reader, writer)
+            try:
+                await self._serve_connection(tls, reader, writer)
+            finally:
+                if ended is not None:
+                    ended()
 
         def protocol() -> asyncio.Protocol:
             return _LowLatencyProtocol(_QuickAckReader(loop=loop), connected, loop=loop)
 
+        return protocol
+
+    async def _adopt(self, index: int, connection: socket.socket) -> None:
+        """Serve a connection the supervisor accepted on listener `index`."""
+        handoff = self._handoff
+        assert handoff is not None
+        if index >= len(self._listeners):
+            connection.close()
+            handoff.ended()
+            return
+        factory = self._protocol_factory(self._listeners[index].tls, handoff.ended)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(factory, connection)
+        except OSError:
+            connection.close()
+            handoff.ended()
+
+    async def _start_server(self, listener: Listener) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        self._start_flusher()
+        protocol = self._protocol_factory(listener.tls)
         if listener.sock is not None:
             return await loop.create_server(protocol, sock=listener.sock, backlog=256)
         return await loop.create_server(
@@ -226,6 +262,8 @@ class AsyncDimseFrontEnd:
         )
 
     async def _shutdown(self) -> None:
+        if self._handoff is not None:
+            self._handoff.stop()
         for server in self._servers:
             server.close()
         tasks = list(self._tasks)

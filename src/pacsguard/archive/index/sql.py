@@ -23,6 +23,7 @@ another patient, is refused with `HierarchyError` (an empty PatientID is a patie
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
 import time
@@ -80,6 +81,33 @@ class _Duplicate(Exception):
         self.outcome = outcome
 
 
+class WriterLock:
+    """An exclusive lock on a file, held around each write transaction when several
+    processes write to one SQLite index. SQLite lets one writer in at a time and makes the
+    others poll (its busy handler sleeps 1, 2, 5, 10... ms between tries); a writer blocked
+    in flock is woken by the kernel the moment the lock is free. Re-entrant per thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._local = threading.local()
+
+    def __enter__(self) -> WriterLock:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._local.depth = depth + 1
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._local.depth -= 1
+        if self._local.depth == 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
 class SqlIndex:
     """The index on a SQLAlchemy URL: `sqlite:///path/index.db` or
     `postgresql+psycopg://user:password@127.0.0.1:5432/db`. Migrates the schema on open.
@@ -88,17 +116,26 @@ class SqlIndex:
     Raises ConfigError when the SQLite file cannot be read with the key given (another key,
     an encrypted index opened without one, or not an index at all)."""
 
-    def __init__(self, url: str, *, key: bytes | None = None) -> None:
+    def __init__(self, url: str, *, key: bytes | None = None, shared_writers: bool = False) -> None:
+        """`shared_writers`: other processes write to this SQLite index at the same time
+        (worker processes): writers of all of them queue on one lock file (`WriterLock`)."""
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         self.encrypted = self.dialect == "sqlite" and key is not None
         self._engine, self._on_connect = _open_engine(parsed, key)
         self._writer: Engine = self._engine.execution_options(**{_WRITE: True})
         self._statements = _write_statements(self.dialect)
+        database = parsed.database
+        self._writer_lock: contextlib.AbstractContextManager[object] = (
+            WriterLock(Path(f"{database}-writer.lock"))
+            if shared_writers and self.dialect == "sqlite" and database
+            else contextlib.nullcontext()
+        )
         self._driver_insert = DriverInsert(
             self._engine,
             self._statements[instances.name].insert,
             self._on_connect,
+            self._writer_lock,
         )
         # series UID -> (series row id, study UID, patient ID) of series this process wrote to:
         # the next instance of a known series is one INSERT instead of six statements.
@@ -266,7 +303,7 @@ class SqlIndex:
     def _write(self, work: Callable[[Connection], T]) -> T:
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                with self._writer.begin() as conn:
+                with self._writer_lock, self._writer.begin() as conn:
                     return work(conn)
             except (IntegrityError, OperationalError) as error:
                 if attempt == WRITE_ATTEMPTS or not _transient(error):
@@ -335,6 +372,8 @@ class SqlIndex:
     def close(self) -> None:
         self._driver_insert.close()
         self._engine.dispose()
+        if isinstance(self._writer_lock, WriterLock):
+            self._writer_lock.close()
 
 
 @dataclass(frozen=True, slots=True)
