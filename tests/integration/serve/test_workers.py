@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from pacsguard.errors import PeerClosed
 
 from .conftest import PACSGUARD, TESTER, free_port, make_data_dir, open_as_tester
 from .test_crash import instances
-from .test_unlock import _associate
+from .test_unlock import _associate, _unlock
 
 WORKERS = 2
 
@@ -314,6 +315,11 @@ def test_lockout_counted_in_one_worker_applies_in_the_other(tmp_path: Path) -> N
         on_a, on_b, tester_accepted = asyncio.run(scenario())
         assert on_a != on_b
         assert not tester_accepted  # locked out: even a registered AE
+        # `pacsguard unlock` reaches the supervisor, which holds the one count.
+        done = _unlock(data_dir)
+        assert done.returncode == 0, done.stderr
+        assert "lockout lifted for 127.0.0.1" in done.stdout
+        assert _associate(port, "TESTER")
         stop(proc)
     finally:
         if proc.poll() is None:
@@ -323,6 +329,8 @@ def test_lockout_counted_in_one_worker_applies_in_the_other(tmp_path: Path) -> N
     assert verify(log).ok
     locked = [e.event for e in read_events(log) if e.event.detail.get("result") == "locked-out"]
     assert len(locked) == 1, "the lockout is audited, once"
+    lifted = [e.event for e in read_events(log) if e.event.detail.get("result") == "lockout-lifted"]
+    assert len(lifted) == 1
 
 
 def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
@@ -367,3 +375,72 @@ def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
             proc.wait()
     assert verify(DataLayout(data_dir).audit_log).ok
     assert not (data_dir / "archive.running").exists()  # a clean stop
+
+
+def test_dicomweb_is_served_by_every_worker(tmp_path: Path) -> None:
+    import httpx
+
+    from pacsguard.archive import tokens
+
+    data_dir = make_workers_dir(tmp_path / "data")
+    token = tokens.issue(data_dir / tokens.TOKENS_FILE, "admin", days=1)[1]
+    port, web_port = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                PACSGUARD, "serve", "--data-dir", str(data_dir), "--no-self-check",
+                "--port", str(free_port()), "--plaintext-port", str(port),
+                "--web-port", str(web_port),
+            ],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while "\nready" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        workers = worker_pids(proc.pid)
+        listening = _listening_inode(web_port)
+        for pid in workers:  # each worker accepts on the supervisor's HTTPS socket
+            held = {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+            assert f"socket:[{listening}]" in held
+        items = instances()[:20]
+        acked: list[str] = []
+        asyncio.run(_store_all(port, items, acked))
+        assert len(acked) == 20
+        studies = {uid for uid in _study_uids(items)}
+        tls = ssl.create_default_context(cafile=str(data_dir / "tls" / "ca.crt"))
+        for _ in range(8):  # a new connection each time, taken by whichever worker is free
+            with httpx.Client(
+                base_url=f"https://127.0.0.1:{web_port}",
+                verify=tls,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            ) as client:
+                answer = client.get("/studies")
+                assert answer.status_code == 200, answer.text
+                found = {s["0020000D"]["Value"][0] for s in answer.json()}
+                assert found == studies
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert verify(DataLayout(data_dir).audit_log).ok
+
+
+def _listening_inode(port: int) -> str:
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":  # LISTEN
+            return fields[9]
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def _study_uids(items: list[tuple[str, str, bytes]]) -> set[str]:
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    return {str(dcmread(BytesIO(data), force=True).StudyInstanceUID) for _, _, data in items}
