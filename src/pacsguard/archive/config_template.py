@@ -64,6 +64,13 @@ handshake_timeout_s = 10
 # Most matches one C-FIND or QIDO-RS query returns; a C-FIND with more matches ends after this
 # many with status 0xFE00 and an Error Comment (never 0x0000), and is audited as capped.
 find_result_cap = 1000
+# Processes that serve the listeners. 1: one process (the default). Above 1: a supervisor binds
+# the ports, accepts each DICOM connection and hands it to the least busy of this many worker
+# processes (DICOMweb: every worker accepts on the one HTTPS port); the audit log (one chain),
+# lockout counts and association limits stay one, in the supervisor, and a worker that dies is
+# restarted. Measured on 2 cores it was slower than 1 (benchmarks/results/archive.md): the
+# workers compete with the supervisor and the clients for the CPUs. Try it with 4 or more.
+workers = 1
 
 [tls]
 # TLS 1.2+ with AEAD ciphers only (BCP 195). Turning it off is allowed on loopback only.

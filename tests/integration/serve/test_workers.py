@@ -40,10 +40,8 @@ def make_workers_dir(tmp: Path, extra: str = TESTER) -> Path:
     data_dir = make_data_dir(tmp, extra)
     config = data_dir / "pacsguard.toml"
     text = config.read_text(encoding="utf-8")
-    assert "\nmax_associations = 16\n" in text
-    text = text.replace(
-        "\nmax_associations = 16\n", f"\nmax_associations = 16\nworkers = {WORKERS}\n"
-    )
+    assert "\nworkers = 1\n" in text
+    text = text.replace("\nworkers = 1\n", f"\nworkers = {WORKERS}\n")
     config.write_text(text, encoding="utf-8")
     return data_dir
 
