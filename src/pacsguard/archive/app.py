@@ -118,17 +118,16 @@ class RunningArchive:
             except Exception:
                 log.exception("a front end did not stop cleanly")
         self.runtime.close()
-        with suppress(Exception):
-            if not self._announce:
-                raise RuntimeError  # a worker: the supervisor announces the stop
-            self.audit.emit(
-                AuditEvent(
-                    EventType.APPLICATION_STOP,
-                    EventAction.EXECUTE,
-                    EventOutcome.SUCCESS,
-                    (Participant(ae_title=self.settings.server.ae_title, requestor=False),),
+        if self._announce:  # not in a worker: its supervisor announces the stop
+            with suppress(Exception):
+                self.audit.emit(
+                    AuditEvent(
+                        EventType.APPLICATION_STOP,
+                        EventAction.EXECUTE,
+                        EventOutcome.SUCCESS,
+                        (Participant(ae_title=self.settings.server.ae_title, requestor=False),),
+                    )
                 )
-            )
         self.index.close()
         if self._marker is not None:  # a clean stop: the next start skips crash recovery
             self._marker.unlink(missing_ok=True)

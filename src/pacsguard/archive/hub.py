@@ -23,6 +23,7 @@ two steps and a dead worker must give its slots back; the protocol is four messa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -376,8 +377,6 @@ class HubSlots:
         self._client = client
 
     async def _ask(self, message: dict[str, Any]) -> Any:
-        import asyncio
-
         answer = await asyncio.wrap_future(self._client.request(message)[0])
         if "error" in answer:
             raise HubError(str(answer["error"]))
