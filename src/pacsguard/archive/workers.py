@@ -68,7 +68,7 @@ from pacsguard.archive.recovery import recover
 from pacsguard.archive.runtime import Endpoint
 from pacsguard.archive.security.gate import Gate
 from pacsguard.archive.security.lockout import Lockout
-from pacsguard.errors import ConfigError
+from pacsguard.errors import AuditLogError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class Supervisor:
             )
             self.say(f"audit log: {settings.audit.log_path}")
             self.say("ready")
-            self._watch(sockets, hub.path, gate)
+            self._watch(sockets, hub.path, gate, audit)
         finally:
             self._stopping = True
             if sockets is not None:
@@ -309,7 +309,7 @@ class Supervisor:
                 raise ConfigError(f"the workers did not start within {START_TIMEOUT:.0f}s")
             time.sleep(0.05)
 
-    def _watch(self, sockets: BoundSockets, hub_path: Path, gate: Gate) -> None:
+    def _watch(self, sockets: BoundSockets, hub_path: Path, gate: Gate, audit: AuditSink) -> None:
         """Wait for signals; restart a worker that died."""
         data_dir = self.settings.storage.data_dir
         while True:
@@ -318,7 +318,7 @@ class Supervisor:
                 return
             if info is not None:
                 try:
-                    self._request(info.si_signo, data_dir, gate)
+                    self._request(info.si_signo, data_dir, gate, audit)
                 except Exception:
                     log.exception("operator request failed")
             for worker in self._workers:
@@ -346,17 +346,27 @@ class Supervisor:
                     sent += 1
         return sent
 
-    def _request(self, signo: int, data_dir: Path, gate: Gate) -> None:
+    def _request(self, signo: int, data_dir: Path, gate: Gate, audit: AuditSink) -> None:
         """SIGHUP: every worker reloads. SIGUSR1: `pacsguard reload` or `unlock` asks."""
         from pacsguard.archive.control import REQUEST
 
         def reload(requested_by: str) -> str:
-            load_settings(self.config_file, overrides=self.overrides)  # ConfigError: refused
+            """Check the file here (a refusal is audited, as a single archive does), then
+            pass SIGHUP on: each worker loads it again, applies it and audits that."""
+            try:
+                validate_listen(load_settings(self.config_file, overrides=self.overrides))
+            except (ConfigError, OSError) as exc:
+                with contextlib.suppress(AuditLogError):
+                    audit.emit(_reload_refused(self.settings.server.ae_title, requested_by, exc))
+                raise ConfigError(str(exc)) from None
             sent = self._signal_workers(signal.SIGHUP)
             return f"config reload ({requested_by}) passed on to {sent} workers"
 
         if signo == signal.SIGHUP:
-            self.say(reload("SIGHUP"))
+            try:
+                self.say(reload("SIGHUP"))
+            except ConfigError as exc:
+                self.say(f"config reload refused, keeping the running one: {exc}")
             return
         answered = answer_reload(data_dir, reload)
         if answered is not None:
@@ -380,6 +390,20 @@ class Supervisor:
                 )
                 process.kill()
                 process.wait()
+
+
+def _reload_refused(ae_title: str, requested_by: str, error: Exception) -> AuditEvent:
+    return AuditEvent(
+        EventType.SECURITY_ALERT,
+        EventAction.EXECUTE,
+        EventOutcome.MINOR_FAILURE,
+        (Participant(ae_title=ae_title, requestor=False),),
+        detail={
+            "result": "config-reload-refused",
+            "requested_by": requested_by,
+            "error": str(error)[:500],
+        },
+    )
 
 
 def _lifecycle(kind: EventType, ae_title: str, endpoints: Sequence[Endpoint]) -> AuditEvent:

@@ -343,18 +343,7 @@ def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
             encoding="utf-8",
         )
         proc.send_signal(signal.SIGHUP)
-        log = DataLayout(data_dir).audit_log
-        deadline = time.monotonic() + 30
-        reloaded: list[int] = []
-        while time.monotonic() < deadline and len(reloaded) < WORKERS:
-            reloaded = [
-                e.seq
-                for e in read_events(log)
-                if e.event.detail.get("result") == "config-reloaded"
-                and e.event.detail.get("aes_added") == "NEWCOMER"
-            ]
-            time.sleep(0.1)
-        assert len(reloaded) == WORKERS  # one audited reload per worker
+        assert _reloads(data_dir, "NEWCOMER") == WORKERS  # one audited reload per worker
 
         async def both_workers() -> set[int]:
             # Two associations at once go to the two workers: each knows NEWCOMER now.
@@ -366,6 +355,19 @@ def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
                     await assoc.release()
 
         assert len(asyncio.run(both_workers())) == WORKERS
+        # `pacsguard reload` asks the supervisor, which checks the file and passes it on.
+        config.write_text(config.read_text(encoding="utf-8") + "\n[[ae]\n", encoding="utf-8")
+        refused = _reload(data_dir)
+        assert refused.returncode != 0 and "refused" in refused.stdout + refused.stderr
+        config.write_text(
+            config.read_text(encoding="utf-8").replace("\n[[ae]\n", "")
+            + TESTER.replace("TESTER", "LATECOMER"),
+            encoding="utf-8",
+        )
+        done = _reload(data_dir)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert _reloads(data_dir, "LATECOMER") == WORKERS
+        assert _associate(port, "LATECOMER")
         stop(proc)
     finally:
         if proc.poll() is None:
@@ -373,6 +375,41 @@ def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
             proc.wait()
     assert verify(DataLayout(data_dir).audit_log).ok
     assert not (data_dir / "archive.running").exists()  # a clean stop
+    added = [
+        e.event.detail.get("aes_added")
+        for e in read_events(DataLayout(data_dir).audit_log)
+        if e.event.detail.get("result") == "config-reloaded"
+    ]
+    assert added == ["NEWCOMER"] * WORKERS + ["LATECOMER"] * WORKERS
+    refusals = [
+        e.event
+        for e in read_events(DataLayout(data_dir).audit_log)
+        if e.event.detail.get("result") == "config-reload-refused"
+    ]
+    assert len(refusals) == 1  # audited once, by the supervisor that checked the file
+
+
+def _reloads(data_dir: Path, added: str) -> int:
+    """How many workers audited a reload that added `added` (waiting up to 30 s for all)."""
+    log = DataLayout(data_dir).audit_log
+    deadline = time.monotonic() + 30
+    while True:
+        count = sum(
+            1
+            for e in read_events(log)
+            if e.event.detail.get("result") == "config-reloaded"
+            and e.event.detail.get("aes_added") == added
+        )
+        if count >= WORKERS or time.monotonic() > deadline:
+            return count
+        time.sleep(0.1)
+
+
+def _reload(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PACSGUARD, "reload", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
 
 
 def test_dicomweb_is_served_by_every_worker(tmp_path: Path) -> None:
