@@ -257,6 +257,10 @@ permissions = ["echo", "store"]
     def start(self, data_dir: Path, *, fresh: bool = True) -> None:
         if fresh:
             shutil.copytree(self.template, data_dir)
+            if self.src is not None:  # an earlier revision refuses settings it does not know
+                config = data_dir / "pacsguard.toml"
+                text = config.read_text(encoding="utf-8")
+                config.write_text(re.sub(r"(?m)^workers = 1\n", "", text), encoding="utf-8")
         self.data_dir = data_dir
         self.plain_port, self.tls_port = free_port(), free_port()
         log = data_dir.parent / f"{data_dir.name}.serve.log"
