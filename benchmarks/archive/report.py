@@ -13,7 +13,8 @@ METHOD_NOTES = (
     "(one WAL sync, shared by the rows of concurrent stores: group commit) and the audit "
     "line's fsync (shared by concurrent lines), also at the same time. Two device waits in a "
     "row per acknowledgement (four syncs, of which concurrent stores share the last two). "
-    "WAL checkpoints run in a background thread, never inside a commit a store waits for.",
+    "With [server] workers > 1, WAL checkpoints run in a background thread, never inside a "
+    "commit a store waits for.",
     "'2 workers' row: the same data folder with `[server] workers = 2` (a supervisor that "
     "accepts each connection and passes it to the less busy of two worker processes, and "
     "holds the audit log, lockout counts and association slots for both). A worker's "

@@ -189,7 +189,7 @@ def open_storage(settings: Settings) -> tuple[SqlIndex, FolderBlobStore]:
         settings.storage.index_url,
         key=None if key is None else derive_index_key(key),
         shared_writers=settings.server.workers > 1,
-        background_checkpoints=True,
+        background_checkpoints=settings.server.workers > 1,
     )
     warning = index_transport_warning(settings.storage.index_url)
     if warning is not None:
