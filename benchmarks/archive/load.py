@@ -644,6 +644,20 @@ def markdown(result: dict[str, Any]) -> str:
             "open profile (plain DICOM, no authentication, no encryption at rest, "
             '"SyncStorageArea": true), the same clients without TLS or user identity.',
         ]
+    for row in result["rows"][1:]:
+        if not row["target"].startswith("pacsguard,"):
+            continue
+        found = row["found_afterwards"]
+        lines += [
+            "",
+            f"{row['target']} (`[server] workers`, for comparison; a supervisor and its "
+            f"workers, peak RSS the sum of their VmHWM): {found['acknowledged']} acknowledged "
+            f"instances, {found['missing']} missing; "
+            f"{' '.join(' '.join(row['fsck']['output']).split())}; audit verify exit "
+            f"{row['audit_verify']['exit']} ({row['audit_verify']['lines']} lines); "
+            f"{row['audit_cross_check']['acknowledged_without_store_line']} acknowledged stores "
+            "without their audit line.",
+        ]
     notes = [n for row in result["rows"] for n in row["failure_notes"]]
     if notes:
         lines += ["", "First failures:", "", *(f"- {n}" for n in notes[:10])]
