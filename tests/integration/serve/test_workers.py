@@ -479,3 +479,42 @@ def _study_uids(items: list[tuple[str, str, bytes]]) -> set[str]:
     from pydicom import dcmread
 
     return {str(dcmread(BytesIO(data), force=True).StudyInstanceUID) for _, _, data in items}
+
+
+def test_supervisor_killed_its_workers_stop_and_the_next_start_recovers(tmp_path: Path) -> None:
+    data_dir = make_workers_dir(tmp_path / "data")
+    port = free_port()
+    proc = start_workers(data_dir, port, tmp_path / "serve.log")
+    items = instances()[:40]
+    acked: list[str] = []
+    try:
+        workers = worker_pids(proc.pid)
+        asyncio.run(_store_all(port, items, acked))
+        assert len(acked) == 40
+        proc.kill()  # SIGKILL: no orderly stop, the marker stays
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, "workers outlived their supervisor"
+            time.sleep(0.1)
+        assert "worker lost its supervisor" in (tmp_path / "serve.log").read_text()
+        assert (data_dir / "archive.running").exists()
+        proc = start_workers(data_dir, port, tmp_path / "serve2.log")  # recovers, then serves
+        more: list[str] = []
+        asyncio.run(_store_all(port, instances()[40:60], more))
+        assert len(more) == 20
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    settings = load_settings(data_dir / "pacsguard.toml", env={})
+    index, blobs = open_storage(settings)
+    try:
+        report = run_fsck(index, blobs, verify_hashes=True)
+    finally:
+        index.close()
+    assert report.checked == 60 and not (report.missing or report.orphans or report.mismatches)
+    kinds = [e.event.event for e in read_events(DataLayout(data_dir).audit_log)]
+    assert verify(DataLayout(data_dir).audit_log).ok
+    assert kinds.count(EventType.APPLICATION_START) == 2
