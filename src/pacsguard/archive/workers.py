@@ -16,7 +16,9 @@ idles. With ``workers = N`` `pacsguard serve` becomes a supervisor and N workers
   writer, one chain; lines of all workers synced together), lockout counts, association slots.
 - A worker that dies (a crash, kill -9) is restarted; what it had acknowledged is durable
   (blob, index row and audit line before the answer), and what it had not acknowledged leaves
-  at most an unindexed blob that a later store of the same instance replaces and `fsck` lists.
+  at most an unindexed blob that a later store of the same instance replaces; the running
+  marker then stays after the stop, so that the next start runs crash recovery, which removes
+  such blobs (not while other workers store).
 - SIGHUP is passed on to every worker (each reloads its settings and audits it); SIGTERM or
   SIGINT stops the workers (each ends its associations as a single archive does), then writes
   the stop line and closes the log.
@@ -152,6 +154,9 @@ class Supervisor:
     _ready: set[int] = field(default_factory=set)
     _restarts: list[float] = field(default_factory=list)
     _stopping: bool = False
+    #: A worker died: what it had not acknowledged may have left an unindexed blob, so the
+    #: next start runs crash recovery (the marker stays). Not now: other workers are storing.
+    _crashed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self) -> None:
@@ -211,7 +216,8 @@ class Supervisor:
             if sockets is not None:
                 sockets.close()
             close_all(closers)
-            marker.unlink(missing_ok=True)
+            if not self._crashed:
+                marker.unlink(missing_ok=True)
 
     # -- workers ------------------------------------------------------------------------------
     def _spawn(self, worker: _Worker, sockets: BoundSockets, hub_path: Path) -> None:
@@ -334,6 +340,7 @@ class Supervisor:
                         "stopping the archive"
                     )
                 self._restarts.append(now)
+                self._crashed = True
                 log.error("worker %d ended (exit status %s): restarting it", worker.number, code)
                 self._spawn(worker, sockets, hub_path)
 

@@ -191,6 +191,8 @@ def test_worker_killed_mid_ingest_loses_nothing_acknowledged_and_is_restarted(
         asyncio.run(finish())
         assert sorted(again[0] + again[1]) == sorted(uid for uid, _, _ in rest)
         stop(proc)
+        # A worker died: the marker stays, so that the next start runs crash recovery.
+        assert (data_dir / "archive.running").exists()
     finally:
         if proc.poll() is None:
             proc.kill()
