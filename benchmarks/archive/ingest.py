@@ -297,6 +297,14 @@ def measure_ingest(
     return rows
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (a supervisor's workers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def run_syncs(
     work: Path,
     pacsguard: Pacsguard,
@@ -310,7 +318,7 @@ def run_syncs(
     write_ingest_set(source, count, 64, seed + 3)
     rows: list[dict[str, Any]] = []
 
-    def measure(name: str, pid: int, argv: list[str], held: Callable[[], int]) -> None:
+    def measure(name: str, pid: int | list[int], argv: list[str], held: Callable[[], int]) -> None:
         counts = count_syncs(pid, lambda: run_timed(argv), work / f"syncs-{len(rows)}.txt")
         if counts is None:
             return
@@ -332,6 +340,15 @@ def run_syncs(
         measure("pacsguard (plaintext, address AE)", pacsguard.proc.pid, argv, lambda: count)
     finally:
         pacsguard.stop()
+    workers = pacsguard.with_workers(2)  # the supervisor's syncs and each worker's
+    workers.start(work / "syncs-pacsguard-workers")
+    try:
+        assert workers.proc is not None
+        argv = workers.store_plain([source])
+        pids = [workers.proc.pid, *_children(workers.proc.pid)]
+        measure("pacsguard, 2 workers (plaintext, address AE)", pids, argv, lambda: count)
+    finally:
+        workers.stop()
     orthanc.start(work / "syncs-orthanc")
     try:
         assert orthanc.proc is not None
