@@ -107,6 +107,12 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="load: seconds of load")
     parser.add_argument("--no-orthanc", action="store_true", help="load: leave Orthanc out")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="load: also a row with [server] workers = N (RSS: the sum over its processes)",
+    )
+    parser.add_argument(
         "--dicomweb-studies", type=int, default=10_000, help="dicomweb: QIDO index size"
     )
     parser.add_argument(
@@ -130,7 +136,11 @@ def main() -> int:
             from benchmarks.archive import load
 
             result = load.run(
-                Path(tmp), duration_s=args.duration, seed=args.seed, orthanc=not args.no_orthanc
+                Path(tmp),
+                duration_s=args.duration,
+                seed=args.seed,
+                orthanc=not args.no_orthanc,
+                workers=args.workers,
             )
             text = load.markdown(result)
         elif args.which == "distributed-sparse":

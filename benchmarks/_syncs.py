@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 SYNC_CALLS = ("fsync", "fdatasync", "sync", "syncfs", "sync_file_range", "msync")
@@ -29,15 +29,18 @@ def parse_summary(text: str) -> dict[str, int]:
     return counts
 
 
-def count_syncs(pid: int, client: Callable[[], object], output: Path) -> dict[str, int] | None:
-    """Run `client()` while strace counts the sync calls of process `pid` and its threads;
-    None when strace is not installed."""
+def count_syncs(
+    pid: int | Sequence[int], client: Callable[[], object], output: Path
+) -> dict[str, int] | None:
+    """Run `client()` while strace counts the sync calls of process `pid` (or of each of
+    several: a supervisor and its workers) and their threads; None without strace."""
     strace = shutil.which("strace")
     if strace is None:
         return None
+    pids = [pid] if isinstance(pid, int) else list(pid)
     tracer = subprocess.Popen(
         [strace, "-f", "-c", "-e", f"trace={','.join(SYNC_CALLS)}", "-o", str(output),
-         "-p", str(pid)],
+         *(arg for p in pids for arg in ("-p", str(p)))],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

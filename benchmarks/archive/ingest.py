@@ -38,6 +38,8 @@ ORTHANC = "Orthanc 1.10 (SyncStorageArea)"
 ORTHANC_PYNETDICOM = "Orthanc 1.10, pynetdicom client (Nagle on)"
 #: The row the targets are judged on: storescu as a new user runs it, with PS3.7 user identity.
 PACSGUARD_USER = "pacsguard (plaintext, user identity)"
+#: The same with `[server] workers = 2` (a supervisor and two worker processes).
+PACSGUARD_WORKERS = "pacsguard, 2 workers (plaintext, user identity)"
 PACSGUARD_ADDRESS = "pacsguard (plaintext, address AE)"
 PACSGUARD_TLS = "pacsguard (TLS, user identity)"
 PACSGUARD_PYNETDICOM = "pacsguard, pynetdicom client (Nagle on, user identity)"
@@ -151,6 +153,7 @@ def ingest_targets(
 
     targets = [
         IngestTarget(PACSGUARD_USER, via_pacsguard(user=True)),
+        IngestTarget(PACSGUARD_WORKERS, via_pacsguard(user=True, server=pacsguard.with_workers(2))),
         IngestTarget(PACSGUARD_ADDRESS, via_pacsguard()),
         IngestTarget(PACSGUARD_TLS, via_pacsguard(tls=True, user=True)),
         IngestTarget(ORTHANC, via_orthanc()),
@@ -294,6 +297,14 @@ def measure_ingest(
     return rows
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (a supervisor's workers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def run_syncs(
     work: Path,
     pacsguard: Pacsguard,
@@ -307,7 +318,7 @@ def run_syncs(
     write_ingest_set(source, count, 64, seed + 3)
     rows: list[dict[str, Any]] = []
 
-    def measure(name: str, pid: int, argv: list[str], held: Callable[[], int]) -> None:
+    def measure(name: str, pid: int | list[int], argv: list[str], held: Callable[[], int]) -> None:
         counts = count_syncs(pid, lambda: run_timed(argv), work / f"syncs-{len(rows)}.txt")
         if counts is None:
             return
@@ -329,6 +340,15 @@ def run_syncs(
         measure("pacsguard (plaintext, address AE)", pacsguard.proc.pid, argv, lambda: count)
     finally:
         pacsguard.stop()
+    workers = pacsguard.with_workers(2)  # the supervisor's syncs and each worker's
+    workers.start(work / "syncs-pacsguard-workers")
+    try:
+        assert workers.proc is not None
+        argv = workers.store_plain([source])
+        pids = [workers.proc.pid, *_children(workers.proc.pid)]
+        measure("pacsguard, 2 workers (plaintext, address AE)", pids, argv, lambda: count)
+    finally:
+        workers.stop()
     orthanc.start(work / "syncs-orthanc")
     try:
         assert orthanc.proc is not None

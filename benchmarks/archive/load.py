@@ -90,7 +90,7 @@ def prepare_pacsguard(data_dir: Path, seed: int) -> dict[str, str]:
 
 @contextmanager
 def pacsguard_serve(
-    data_dir: Path, processes: Processes, *, self_check: bool = True
+    data_dir: Path, processes: Processes, *, self_check: bool = True, workers: int | None = None
 ) -> Iterator[tuple[int, int]]:
     """(pid, TLS port) of `pacsguard serve` once it said "ready"; stopped (SIGTERM) after."""
     port = free_port()
@@ -99,7 +99,10 @@ def pacsguard_serve(
     if not self_check:
         argv.append("--no-self-check")
     offset = log.stat().st_size if log.exists() else 0  # a restart appends to the log
-    proc = processes.start(argv, log, env=peer_env())
+    env = peer_env()
+    if workers is not None:  # [server] workers
+        env["PACSGUARD_SERVER_WORKERS"] = str(workers)
+    proc = processes.start(argv, log, env=env)
     deadline = time.monotonic() + 120
     while b"ready" not in log.read_bytes()[offset:]:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -339,11 +342,13 @@ def _load_pacsguard(
     per_find: int,
     seed: int,
     on_running: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    data_dir = work / "pacsguard"
+    name = "pacsguard" if workers is None else f"pacsguard, {workers} workers"
+    data_dir = work / name.replace(", ", "-").replace(" ", "-")
     passwords = prepare_pacsguard(data_dir, seed)
     ca_file = data_dir / "tls" / "ca.crt"
-    with pacsguard_serve(data_dir, processes) as (pid, port):
+    with pacsguard_serve(data_dir, processes, workers=workers) as (pid, port):
         specs = client_specs(
             port=port, called_ae=OUR_AET, ca_file=ca_file, passwords=passwords,
             duration_s=duration_s, per_store_association=per_store,
@@ -377,7 +382,7 @@ def _load_pacsguard(
     summary = summarize(results, wall)
     counted = re.search(r"fsck: (\d+) instances", fsck.stdout)
     return {
-        "target": "pacsguard",
+        "target": name,
         **summary,
         "index_instances": int(counted.group(1)) if counted else None,
         "audit_cross_check": {
@@ -451,6 +456,7 @@ def run(
     seed: int = 2026,
     orthanc: bool = True,
     on_running: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """The whole run; `on_running(pid)` is started in a thread once pacsguard serves (a
     profiler, for diagnosis)."""
@@ -468,6 +474,18 @@ def run(
                 on_running=on_running,
             )
         ]
+        if workers is not None:  # the same load on `[server] workers = N`, for comparison
+            rows.append(
+                _load_pacsguard(
+                    work,
+                    processes,
+                    duration_s=duration_s,
+                    per_store=per_store,
+                    per_find=per_find,
+                    seed=seed,
+                    workers=workers,
+                )
+            )
         load_mid = os.getloadavg()
         if orthanc and executable("Orthanc").exists():
             rows.append(
@@ -551,6 +569,14 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _peak_rss(row: dict[str, Any]) -> str:
+    """The server's peak RSS: its process's VmHWM, or the sum over its processes (workers)."""
+    server = row["server"]
+    if server.get("processes", 1) > 1 and row["target"].startswith("pacsguard,"):
+        return f"{server['peak_rss_tree_sum_of_hwm_mib']} (sum of {server['processes']})"
+    return str(server["peak_rss_mib"])
+
+
 def markdown(result: dict[str, Any]) -> str:
     machine = result["machine"]
     lines = [
@@ -582,7 +608,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{find.get('p50_ms')} / {find.get('p99_ms')} | "
             f"{setup.get('p50_ms')} / {setup.get('p99_ms')} | "
             f"{warm.get('p50_ms')} / {warm.get('p99_ms')} | {row['associations']} | "
-            f"{row['server']['peak_rss_mib']} | {row['server']['cpu_s']} | "
+            f"{_peak_rss(row)} | {row['server']['cpu_s']} | "
             f"{row['clients_cpu_s']} |"
         )
     lines += ["", "Checks (pacsguard):", ""]
@@ -617,6 +643,20 @@ def markdown(result: dict[str, Any]) -> str:
             "Orthanc (context, not like-for-like): Debian's Orthanc with the interop harness's "
             "open profile (plain DICOM, no authentication, no encryption at rest, "
             '"SyncStorageArea": true), the same clients without TLS or user identity.',
+        ]
+    for row in result["rows"][1:]:
+        if not row["target"].startswith("pacsguard,"):
+            continue
+        found = row["found_afterwards"]
+        lines += [
+            "",
+            f"{row['target']} (`[server] workers`, for comparison; a supervisor and its "
+            f"workers, peak RSS the sum of their VmHWM): {found['acknowledged']} acknowledged "
+            f"instances, {found['missing']} missing; "
+            f"{' '.join(' '.join(row['fsck']['output']).split())}; audit verify exit "
+            f"{row['audit_verify']['exit']} ({row['audit_verify']['lines']} lines); "
+            f"{row['audit_cross_check']['acknowledged_without_store_line']} acknowledged stores "
+            "without their audit line.",
         ]
     notes = [n for row in result["rows"] for n in row["failure_notes"]]
     if notes:

@@ -103,7 +103,9 @@ class Processes:
             self.stop(proc, timeout=10.0)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], ports: Sequence[int], log: Path) -> None:
+def _wait_ready(
+    proc: subprocess.Popen[bytes], ports: Sequence[int], log: Path, *, says_ready: bool = False
+) -> None:
     for port in ports:
         try:
             wait_for_port(LOOPBACK, port, 60.0)
@@ -112,6 +114,16 @@ def _wait_ready(proc: subprocess.Popen[bytes], ports: Sequence[int], log: Path) 
             raise RuntimeError(f"{log.stem} did not listen on {port}: {tail}") from exc
         if proc.poll() is not None:
             raise RuntimeError(f"{log.stem} exited: {log.read_text(errors='replace')[-2000:]}")
+    # pacsguard with worker processes listens (its supervisor binds) before its workers
+    # accept: wait for the "ready" it prints once they do.
+    deadline = time.monotonic() + 60.0
+    while says_ready and time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if "\nready" in text or text.startswith("ready"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log.stem} exited: {text[-2000:]}")
+        time.sleep(0.05)
 
 
 def storescu(
@@ -186,10 +198,16 @@ class Pacsguard:
     #: Run pacsguard from this source tree (an earlier commit, for before/after rows) instead
     #: of the installed one.
     src: Path | None = None
+    #: `[server] workers` (through PACSGUARD_SERVER_WORKERS); None: the config's own.
+    workers: int | None = None
 
     def at(self, src: Path) -> Pacsguard:
         """The same data-folder template and peers, served by the code under `src`."""
         return Pacsguard(self.template, self.password, self.processes, src=src)
+
+    def with_workers(self, workers: int) -> Pacsguard:
+        """The same data-folder template and peers, served by `workers` worker processes."""
+        return Pacsguard(self.template, self.password, self.processes, workers=workers)
 
     def _argv(self, *args: str) -> list[str]:
         if self.src is None:
@@ -200,6 +218,8 @@ class Pacsguard:
         env = peer_env()
         if self.src is not None:
             env["PYTHONPATH"] = str(self.src)
+        if self.workers is not None:
+            env["PACSGUARD_SERVER_WORKERS"] = str(self.workers)
         return env
 
     @classmethod
@@ -237,6 +257,10 @@ permissions = ["echo", "store"]
     def start(self, data_dir: Path, *, fresh: bool = True) -> None:
         if fresh:
             shutil.copytree(self.template, data_dir)
+            if self.src is not None:  # an earlier revision refuses settings it does not know
+                config = data_dir / "pacsguard.toml"
+                text = config.read_text(encoding="utf-8")
+                config.write_text(re.sub(r"(?m)^workers = 1\n", "", text), encoding="utf-8")
         self.data_dir = data_dir
         self.plain_port, self.tls_port = free_port(), free_port()
         log = data_dir.parent / f"{data_dir.name}.serve.log"
@@ -245,7 +269,7 @@ permissions = ["echo", "store"]
             "--plaintext-port", str(self.plain_port), "--no-self-check",
         )  # fmt: skip
         self.proc = self.processes.start(argv, log, env=self._env())
-        _wait_ready(self.proc, (self.tls_port, self.plain_port), log)
+        _wait_ready(self.proc, (self.tls_port, self.plain_port), log, says_ready=True)
 
     def stop(self) -> None:
         if self.proc is not None:

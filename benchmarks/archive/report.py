@@ -12,7 +12,15 @@ METHOD_NOTES = (
     "blob's fsync and its directory's fsync, run at the same time; (2) the index commit "
     "(one WAL sync, shared by the rows of concurrent stores: group commit) and the audit "
     "line's fsync (shared by concurrent lines), also at the same time. Two device waits in a "
-    "row per acknowledgement (four syncs, of which concurrent stores share the last two).",
+    "row per acknowledgement (four syncs, of which concurrent stores share the last two). "
+    "With [server] workers > 1, WAL checkpoints run in a background thread, never inside a "
+    "commit a store waits for.",
+    "'2 workers' row: the same data folder with `[server] workers = 2` (a supervisor that "
+    "accepts each connection and passes it to the less busy of two worker processes, and "
+    "holds the audit log, lockout counts and association slots for both). A worker's "
+    "acknowledgement waits for the same syncs; its audit line travels to the supervisor over "
+    "a Unix socket twice (written, then synced), the first time inside the index "
+    "transaction, and SQLite writers of both workers queue on one lock file.",
     "Judged row: 'pacsguard (plaintext, user identity)', storescu with PS3.7 username + "
     "password (one Argon2id verification per association) on the loopback plaintext "
     "listener, against Orthanc over plaintext. The TLS row adds TLS; the address-AE row "

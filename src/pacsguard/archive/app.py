@@ -11,6 +11,7 @@ loop and pools. `serve`, the tests and the self-check all start the archive thro
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -37,7 +38,9 @@ from pacsguard.archive.config import Settings, is_loopback, require_files, valid
 from pacsguard.archive.control import MARKER, write_marker
 from pacsguard.archive.dimse.aio import AsyncDimseFrontEnd, Listener
 from pacsguard.archive.dimse.contexts import FrontEndSettings
+from pacsguard.archive.dimse.handoff import WorkerHandoff
 from pacsguard.archive.dimse.identifiers import DestinationLookup, MoveDestination
+from pacsguard.archive.dimse.slots import SlotCounter
 from pacsguard.archive.index.sql import SqlIndex
 from pacsguard.archive.journal import keep_values_out_of_logs
 from pacsguard.archive.recovery import recover
@@ -45,6 +48,7 @@ from pacsguard.archive.runtime import Endpoint, FrontEnd, Runtime
 from pacsguard.archive.security.bearer_jwt import jwks_verifier
 from pacsguard.archive.security.bootstrap import derive_index_key, load_at_rest_key
 from pacsguard.archive.security.gate import Gate
+from pacsguard.archive.security.lockout import LockoutCounter
 from pacsguard.archive.security.tls import client_capable, client_context, server_context
 from pacsguard.archive.security.verifiers import TokenVerifier, static_key_verifier
 from pacsguard.archive.service import ArchiveService, ServiceLimits
@@ -72,6 +76,9 @@ class RunningArchive:
     _closers: list[object] = field(default_factory=list)
     _marker: Path | None = None
     _destinations: DestinationLookup | None = None
+    #: Whether this process announces the archive's start and stop in the audit log (not a
+    #: worker: its supervisor does).
+    _announce: bool = True
 
     def move_destination(self, ae_title: str) -> MoveDestination | None:
         """Where C-MOVE may send, by the settings in force (they change on reload)."""
@@ -113,15 +120,16 @@ class RunningArchive:
             except Exception:
                 log.exception("a front end did not stop cleanly")
         self.runtime.close()
-        with suppress(Exception):
-            self.audit.emit(
-                AuditEvent(
-                    EventType.APPLICATION_STOP,
-                    EventAction.EXECUTE,
-                    EventOutcome.SUCCESS,
-                    (Participant(ae_title=self.settings.server.ae_title, requestor=False),),
+        if self._announce:  # not in a worker: its supervisor announces the stop
+            with suppress(Exception):
+                self.audit.emit(
+                    AuditEvent(
+                        EventType.APPLICATION_STOP,
+                        EventAction.EXECUTE,
+                        EventOutcome.SUCCESS,
+                        (Participant(ae_title=self.settings.server.ae_title, requestor=False),),
+                    )
                 )
-            )
         self.index.close()
         if self._marker is not None:  # a clean stop: the next start skips crash recovery
             self._marker.unlink(missing_ok=True)
@@ -179,7 +187,12 @@ def open_storage(settings: Settings) -> tuple[SqlIndex, FolderBlobStore]:
     key = load_at_rest_key(settings.storage.key_file) if settings.storage.encrypt_at_rest else None
     settings.storage.blob_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     blobs = FolderBlobStore(settings.storage.blob_dir, encryption_key=key)
-    index = SqlIndex(settings.storage.index_url, key=None if key is None else derive_index_key(key))
+    index = SqlIndex(
+        settings.storage.index_url,
+        key=None if key is None else derive_index_key(key),
+        shared_writers=settings.server.workers > 1,
+        background_checkpoints=settings.server.workers > 1,
+    )
     warning = index_transport_warning(settings.storage.index_url)
     if warning is not None:
         log.warning("%s", warning)
@@ -247,15 +260,41 @@ def jwt_verifier(settings: Settings) -> TokenVerifier | None:
     return jwks_verifier(settings) or static_key_verifier(settings)
 
 
-def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()) -> RunningArchive:
+@dataclass(frozen=True, slots=True)
+class WorkerParts:
+    """What a worker process (``[server] workers`` > 1) takes from its supervisor instead of
+    opening it itself: the audit log, lockout counts and association slots (through the hub,
+    `archive.hub`), the DIMSE connections it accepted (`handoff`, on the listeners of
+    `dimse_addresses` at `dimse_ports`) and the DICOMweb listening socket, which every worker
+    accepts on. Crash recovery and the running marker are the supervisor's."""
+
+    worker: int
+    audit: AuditSink
+    lockout: LockoutCounter
+    slots: SlotCounter
+    handoff: WorkerHandoff
+    dimse_ports: Sequence[int]
+    web_socket: socket.socket | None
+    closers: Sequence[object] = ()
+
+
+def start_archive(
+    settings: Settings,
+    front_ends: Sequence[FrontEndFactory] = (),
+    *,
+    worker: WorkerParts | None = None,
+) -> RunningArchive:
     """Validate, open storage and audit, and start the DIMSE listeners, DICOMweb when
     [dicomweb] enabled, then each of `front_ends` on the same loop and pools. Raises
-    ConfigError."""
+    ConfigError. `worker`: run as one worker process of a supervisor (`archive.workers`)."""
     validate_listen(settings)
     require_files(settings)
     keep_values_out_of_logs()  # pydicom warnings, SQLAlchemy rows: no values logged
     destinations = move_destinations(settings)
-    audit, closers = open_audit(settings)
+    if worker is None:
+        audit, closers = open_audit(settings)
+    else:
+        audit, closers = worker.audit, list(worker.closers)
     try:
         index, blobs = open_storage(settings)
     except BaseException:  # e.g. an index that the key does not open: close the audit log
@@ -263,18 +302,28 @@ def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()
         raise
     # A marker present at start means the last run did not stop cleanly: only then is the
     # index-against-blobs scan worth its cost (it reads every row and lists every blob).
-    running_marker = settings.storage.data_dir / MARKER
+    running_marker: Path | None = settings.storage.data_dir / MARKER
     try:
-        if running_marker.exists():
-            recover(index, blobs, max_in_flight=settings.server.max_associations * 2)
-        write_marker(running_marker)
+        staging_folder = settings.storage.data_dir / STAGING_FOLDER
+        if worker is None and running_marker is not None:
+            if running_marker.exists():
+                recover(index, blobs, max_in_flight=settings.server.max_associations * 2)
+            write_marker(running_marker)
+        else:  # the supervisor recovered and marks the archive running; a folder per worker
+            running_marker = None
+            staging_folder = staging_folder / f"worker-{worker.worker if worker else 0}"
         # Large received objects are staged here, encrypted; leftovers are swept now.
-        staging = StagingArea(settings.storage.data_dir / STAGING_FOLDER)
+        staging = StagingArea(staging_folder)
     except BaseException:
         index.close()
+        close_all(closers)
         raise
     gate = Gate(
-        settings, audit=audit, jwt_verifier=jwt_verifier, api_tokens=ApiTokens.from_settings
+        settings,
+        audit=audit,
+        jwt_verifier=jwt_verifier,
+        api_tokens=ApiTokens.from_settings,
+        lockout=None if worker is None else worker.lockout,
     )
     prefetch = getattr(gate.jwt_verifier, "prefetch", None)
     if callable(prefetch):  # the issuer's keys now, so that the first request does not wait
@@ -305,13 +354,25 @@ def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()
         _closers=closers,
         _marker=running_marker,
         _destinations=destinations,
+        _announce=worker is None,
     )
     try:
-        running.start_front_end(dimse_front_end(running))
+        if worker is None:
+            running.start_front_end(dimse_front_end(running))
+        else:
+            running.start_front_end(
+                dimse_front_end(
+                    running, handoff=worker.handoff, ports=worker.dimse_ports, slots=worker.slots
+                )
+            )
         if settings.dicomweb.enabled:
-            running.start_front_end(web_front_end(running))
+            running.start_front_end(
+                web_front_end(running, sock=None if worker is None else worker.web_socket)
+            )
         for factory in front_ends:
             running.start_front_end(factory(running))
+        if worker is not None:
+            return running  # the supervisor announces the start, once
         audit.emit(  # AuditLogError: an archive that cannot audit does not start
             AuditEvent(
                 EventType.APPLICATION_START,
@@ -327,7 +388,7 @@ def start_archive(settings: Settings, front_ends: Sequence[FrontEndFactory] = ()
     return running
 
 
-def web_front_end(running: RunningArchive) -> WebFrontEnd:
+def web_front_end(running: RunningArchive, sock: socket.socket | None = None) -> WebFrontEnd:
     """The DICOMweb front end of `running` ([dicomweb]): HTTPS on [server] host.
 
     Imported here, not at the top: Starlette, uvicorn and python-multipart add about 20 MiB
@@ -340,23 +401,46 @@ def web_front_end(running: RunningArchive) -> WebFrontEnd:
         running.audit,
         lambda: running.settings,  # the settings in force: they change on reload
         running.runtime,
+        sock=sock,
     )
 
 
-def dimse_front_end(running: RunningArchive) -> AsyncDimseFrontEnd:
-    """The DIMSE front end of `running`: TLS on `[server] dimse_port` when TLS is on, and
-    plaintext where the settings ask for it."""
-    settings = running.settings
+def dimse_addresses(settings: Settings) -> list[tuple[str, int, bool]]:
+    """Where DIMSE listens, (host, port, tls): TLS on `[server] dimse_port` when TLS is on,
+    and plaintext where the settings ask for it."""
     server = settings.server
-    listeners: list[Listener] = []
+    addresses: list[tuple[str, int, bool]] = []
     if settings.tls.enabled:
-        listeners.append(Listener(server.host, server.dimse_port, server_context(settings)))
+        addresses.append((server.host, server.dimse_port, True))
     if server.plaintext_port is not None or not settings.tls.enabled:
         plain_host = server.plaintext_host if settings.tls.enabled else server.host
         plain_port = (
             server.plaintext_port if server.plaintext_port is not None else server.dimse_port
         )
-        listeners.append(Listener(plain_host, plain_port, None))
+        addresses.append((plain_host, plain_port, False))
+    return addresses
+
+
+def dimse_front_end(
+    running: RunningArchive,
+    *,
+    handoff: WorkerHandoff | None = None,
+    ports: Sequence[int] = (),
+    slots: SlotCounter | None = None,
+) -> AsyncDimseFrontEnd:
+    """The DIMSE front end of `running` on `dimse_addresses`; in a worker process, on the
+    connections its supervisor accepted (`handoff`, listening at `ports`) and with the
+    supervisor's association `slots`."""
+    settings = running.settings
+    server = settings.server
+    listeners = [
+        Listener(
+            host,
+            ports[i] if i < len(ports) else port,
+            server_context(settings) if tls else None,
+        )
+        for i, (host, port, tls) in enumerate(dimse_addresses(settings))
+    ]
     return AsyncDimseFrontEnd(
         running.service,
         running.gate,
@@ -378,4 +462,6 @@ def dimse_front_end(running: RunningArchive) -> AsyncDimseFrontEnd:
         ),
         running.runtime,
         listeners,
+        slots,
+        handoff,
     )

@@ -128,6 +128,10 @@ class ServerSettings:
     max_decompressed_bytes: int = field(
         default=1024**3, metadata={"min": 1024 * 1024, "max": 2**32 - 2}
     )
+    #: Worker processes that serve the listeners (archive.workers); 1: the supervisor-less
+    #: single process. Above 1, a supervisor holds the audit log, lockout counts and
+    #: association slots for all of them.
+    workers: int = field(default=1, metadata={"min": 1, "max": 64})
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,14 @@ find_result_cap = 1000
 # frames are decoded one at a time as they are sent. Larger: WADO-RS 406, a failed
 # sub-operation (0xA702/0xB000 with an Error Comment) for C-GET/C-MOVE.
 max_decompressed_bytes = 1073741824
+# Processes that serve the listeners. 1: one process (the default). Above 1: a supervisor binds
+# the ports, accepts each DICOM connection and hands it to the least busy of this many worker
+# processes (DICOMweb: every worker accepts on the one HTTPS port); the audit log (one chain),
+# lockout counts and association limits stay one, in the supervisor (max_pending_per_source
+# applies per worker), and a worker that dies is restarted. Measured on 2 cores it was slower
+# than 1 (benchmarks/results/archive.md): the workers compete with the supervisor and the
+# clients for the CPUs. Try it with 4 or more.
+workers = 1
 
 [tls]
 # TLS 1.2+ with AEAD ciphers only (BCP 195). Turning it off is allowed on loopback only.

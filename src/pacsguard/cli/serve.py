@@ -107,12 +107,25 @@ def serve(
     }
     settings = _settings(data_dir, config, overrides)
     console = Console()
+    config_file = config or DataLayout(data_dir.absolute()).config_file
+    if settings.server.workers > 1:  # a supervisor and its workers (archive.workers)
+        from pacsguard.archive.workers import Supervisor
+
+        Supervisor(
+            settings,
+            config_file.absolute(),
+            overrides,
+            check,
+            lambda text: console.print(text, highlight=False),
+        ).run()
+        return
     # A C-STORE object too large to keep in memory is received into a temporary file before the
     # archive stores it: keep those (plaintext, in transit) in the private data folder, not /tmp.
     incoming = settings.storage.data_dir / "incoming"
     incoming.mkdir(mode=0o700, parents=True, exist_ok=True)
     for stale in incoming.iterdir():  # left by a crash: never acknowledged
-        stale.unlink(missing_ok=True)
+        if stale.is_file():  # (folders: those of worker processes, each sweeps its own)
+            stale.unlink(missing_ok=True)
     tempfile.tempdir = str(incoming)
     running = start_archive(settings)
     try:
@@ -131,7 +144,6 @@ def serve(
         gc.collect()
         gc.freeze()
         console.print("ready", highlight=False)
-        config_file = config or DataLayout(data_dir.absolute()).config_file
 
         def reload(requested_by: str) -> str:
             load = partial(load_settings, config_file, overrides=overrides)

@@ -43,7 +43,7 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, SupportsIndex
 
@@ -72,7 +72,9 @@ from pacsguard.archive.dimse.aio_session import (
     abort_and_close,
 )
 from pacsguard.archive.dimse.contexts import FrontEndSettings
+from pacsguard.archive.dimse.handoff import WorkerHandoff
 from pacsguard.archive.dimse.identifiers import DestinationLookup
+from pacsguard.archive.dimse.slots import AssociationSlots, SlotCounter
 from pacsguard.archive.runtime import Endpoint, Runtime
 from pacsguard.archive.security.attempt import AuthAttempt, dimse_attempt
 from pacsguard.archive.security.gate import authentication_event, normalize_address
@@ -141,11 +143,13 @@ class _LowLatencyProtocol(asyncio.StreamReaderProtocol):
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """Where the DIMSE front end listens, and with which TLS context (None: plaintext)."""
+    """Where the DIMSE front end listens, and with which TLS context (None: plaintext).
+    `sock`: a socket already bound to host:port (a supervisor's, shared by its workers)."""
 
     host: str
     port: int
     tls: ssl.SSLContext | None = None
+    sock: socket.socket | None = None
 
 
 class AsyncDimseFrontEnd:
@@ -160,7 +164,12 @@ class AsyncDimseFrontEnd:
         settings: FrontEndSettings,
         runtime: Runtime,
         listeners: Sequence[Listener] = (),
+        slots: SlotCounter | None = None,
+        handoff: WorkerHandoff | None = None,
     ) -> None:
+        """`slots` and `handoff`: in a worker process, the supervisor's association slots and
+        the connections it accepted for us (then nothing is bound here; see `handoff`)."""
+        self._handoff = handoff
         self._gate = gate
         self._audit = audit
         self._settings = settings
@@ -173,10 +182,13 @@ class AsyncDimseFrontEnd:
         #: Connections not associated yet: in all, and per source address.
         self._pending = 0
         self._pending_by_source: Counter[str] = Counter()
-        #: Association slots taken (reserved before the gate is asked), per AE, per user.
-        self._associations = 0
-        self._by_ae: Counter[str] = Counter()
-        self._by_user: Counter[str] = Counter()
+        #: Association slots (reserved before the gate is asked), per AE, per user: ours, or
+        #: the supervisor's when several worker processes share the caps.
+        self._slots: SlotCounter = slots or AssociationSlots(
+            settings.max_associations,
+            settings.max_associations_per_ae,
+            settings.max_associations_per_user,
+        )
         self._refusals = RefusalTally(time.monotonic)
         self._flusher: asyncio.Task[None] | None = None
         #: The principal of each established association, forgotten when it ends.
@@ -186,8 +198,12 @@ class AsyncDimseFrontEnd:
     async def start(self) -> list[Endpoint]:
         """Bind every listener now; where each listens (its port, when 0 was asked)."""
         endpoints = []
+        if self._handoff is not None:  # the supervisor listens and passes connections
+            self._start_flusher()
+            self._handoff.start(asyncio.get_running_loop(), self._adopt)
+            return [Endpoint(x.host, x.port, x.tls is not None) for x in self._listeners]
         for listener in self._listeners:
-            server = await self._start_server(listener.host, listener.port, listener.tls)
+            server = await self._start_server(listener)
             self._servers.append(server)
             bound = server.sockets[0].getsockname()
             endpoints.append(Endpoint(str(bound[0]), int(bound[1]), listener.tls is not None))
@@ -199,22 +215,55 @@ class AsyncDimseFrontEnd:
         self._servers.clear()
 
     # -- on the loop ------------------------------------------------------------------------------
-    async def _start_server(
-        self, host: str, port: int, tls: ssl.SSLContext | None
-    ) -> asyncio.Server:
-        loop = asyncio.get_running_loop()
+    def _start_flusher(self) -> None:
         if self._flusher is None:
-            self._flusher = loop.create_task(self._flush_refusals())
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_refusals())
+
+    def _protocol_factory(
+        self, tls: ssl.SSLContext | None, ended: Callable[[], None] | None = None
+    ) -> Callable[[], asyncio.Protocol]:
+        loop = asyncio.get_running_loop()
 
         async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._serve_connection(tls, reader, writer)
+            try:
+                await self._serve_connection(tls, reader, writer)
+            finally:
+                if ended is not None:
+                    ended()
 
         def protocol() -> asyncio.Protocol:
             return _LowLatencyProtocol(_QuickAckReader(loop=loop), connected, loop=loop)
 
-        return await loop.create_server(protocol, host, port, reuse_address=True, backlog=256)
+        return protocol
+
+    async def _adopt(self, index: int, connection: socket.socket) -> None:
+        """Serve a connection the supervisor accepted on listener `index`."""
+        handoff = self._handoff
+        assert handoff is not None
+        if index >= len(self._listeners):
+            connection.close()
+            handoff.ended()
+            return
+        factory = self._protocol_factory(self._listeners[index].tls, handoff.ended)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(factory, connection)
+        except OSError:
+            connection.close()
+            handoff.ended()
+
+    async def _start_server(self, listener: Listener) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        self._start_flusher()
+        protocol = self._protocol_factory(listener.tls)
+        if listener.sock is not None:
+            return await loop.create_server(protocol, sock=listener.sock, backlog=256)
+        return await loop.create_server(
+            protocol, listener.host, listener.port, reuse_address=True, backlog=256
+        )
 
     async def _shutdown(self) -> None:
+        if self._handoff is not None:
+            self._handoff.stop()
         for server in self._servers:
             server.close()
         tasks = list(self._tasks)
@@ -355,17 +404,15 @@ class AsyncDimseFrontEnd:
         port: int,
         pending: _PendingSlot,
     ) -> None:
-        settings = self._settings
         tls = writer.get_extra_info("ssl_object")
         facts = peer_facts(rq, address, port, tls if isinstance(tls, ssl.SSLObject) else None)
         participant = Participant(ae_title=facts.calling_ae[:16], address=facts.address)
-        if self._associations >= settings.max_associations:
+        # The slot is taken before the first await on anything else: concurrent requests
+        # cannot all pass the check and overshoot the cap while the gate thinks.
+        if not await self._slots.take():
             await self._emit_repeated(_rejected(participant, "association limit reached", facts))
             await self._send(writer, encode_reject(*ASSOCIATION_LIMIT))
             return
-        # The slot is taken now, on the loop, before the first await: concurrent requests
-        # cannot all pass the check above and overshoot the cap while the gate thinks.
-        self._associations += 1
         try:
             loop = asyncio.get_running_loop()
             try:
@@ -391,33 +438,18 @@ class AsyncDimseFrontEnd:
                     writer, encode_reject(decision.result, decision.source, decision.reason)
                 )
                 return
-            over = self._over_peer_cap(decision)
+            over = await self._slots.take_peer(decision.ae_title, decision.username)
             if over is not None:
                 await self._emit_repeated(_rejected(participant, over, facts))
                 await self._send(writer, encode_reject(*ASSOCIATION_LIMIT))
                 return
-            self._by_ae[decision.ae_title] += 1
-            if decision.username is not None:
-                self._by_user[decision.username] += 1
             try:
                 pending.release()
                 await self._serve(reader, writer, rq, attempt, decision)
             finally:
-                _decrement(self._by_ae, decision.ae_title)
-                if decision.username is not None:
-                    _decrement(self._by_user, decision.username)
+                await self._slots.give_peer(decision.ae_title, decision.username)
         finally:
-            self._associations -= 1
-
-    def _over_peer_cap(self, principal: Principal) -> str | None:
-        """Why this principal may not take another association slot, or None."""
-        settings = self._settings
-        if self._by_ae[principal.ae_title] >= settings.max_associations_per_ae:
-            return f"per-AE association limit ({settings.max_associations_per_ae}) reached"
-        username = principal.username
-        if username is not None and self._by_user[username] >= settings.max_associations_per_user:
-            return f"per-user association limit ({settings.max_associations_per_user}) reached"
-        return None
+            await self._slots.give()
 
     async def _serve(
         self,

@@ -76,7 +76,11 @@ class DriverInsert:
         engine: Engine,
         statement: Insert,
         on_connect: Callable[[Any, Any], None] | None,
+        writer_lock: contextlib.AbstractContextManager[object] | None = None,
     ) -> None:
+        """`writer_lock`: held around each transaction (`sql.WriterLock`, with processes
+        that share the index)."""
+        self._writer_lock = writer_lock or contextlib.nullcontext()
         dialect = engine.dialect
         self._sqlite = dialect.name == "sqlite"
         compiled = statement.compile(dialect=dialect, column_keys=list(_COLUMNS))
@@ -156,7 +160,8 @@ class DriverInsert:
             self._committing = True
             group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
         try:
-            self._commit_group(group)
+            with self._writer_lock:
+                self._commit_group(group)
         finally:
             with self._group:
                 for one in group:

@@ -23,6 +23,7 @@ another patient, is refused with `HierarchyError` (an empty PatientID is a patie
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
 import time
@@ -37,6 +38,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError
 
 from pacsguard.archive.index import query, sqlcipher
+from pacsguard.archive.index.checkpoint import Checkpointer
 from pacsguard.archive.index.driver_insert import DriverInsert, instance_values
 from pacsguard.archive.index.matching import normalize_name
 from pacsguard.archive.index.migrate import upgrade_to_head
@@ -80,6 +82,33 @@ class _Duplicate(Exception):
         self.outcome = outcome
 
 
+class WriterLock:
+    """An exclusive lock on a file, held around each write transaction when several
+    processes write to one SQLite index. SQLite lets one writer in at a time and makes the
+    others poll (its busy handler sleeps 1, 2, 5, 10... ms between tries); a writer blocked
+    in flock is woken by the kernel the moment the lock is free. Re-entrant per thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._local = threading.local()
+
+    def __enter__(self) -> WriterLock:
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._local.depth = depth + 1
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._local.depth -= 1
+        if self._local.depth == 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
 class SqlIndex:
     """The index on a SQLAlchemy URL: `sqlite:///path/index.db` or
     `postgresql+psycopg://user:password@127.0.0.1:5432/db`. Migrates the schema on open.
@@ -88,25 +117,47 @@ class SqlIndex:
     Raises ConfigError when the SQLite file cannot be read with the key given (another key,
     an encrypted index opened without one, or not an index at all)."""
 
-    def __init__(self, url: str, *, key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: bytes | None = None,
+        shared_writers: bool = False,
+        background_checkpoints: bool = False,
+    ) -> None:
+        """`shared_writers`: other processes write to this SQLite index at the same time
+        (worker processes): writers of all of them queue on one lock file (`WriterLock`).
+        `background_checkpoints`: SQLite WAL checkpoints run in a thread of their own, never
+        inside a commit (`checkpoint.Checkpointer`)."""
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         self.encrypted = self.dialect == "sqlite" and key is not None
-        self._engine, self._on_connect = _open_engine(parsed, key)
+        checkpoints = background_checkpoints and self.dialect == "sqlite"
+        self._engine, self._on_connect = _open_engine(parsed, key, autocheckpoint=not checkpoints)
         self._writer: Engine = self._engine.execution_options(**{_WRITE: True})
         self._statements = _write_statements(self.dialect)
+        database = parsed.database
+        self._writer_lock: contextlib.AbstractContextManager[object] = (
+            WriterLock(Path(f"{database}-writer.lock"))
+            if shared_writers and self.dialect == "sqlite" and database
+            else contextlib.nullcontext()
+        )
         self._driver_insert = DriverInsert(
             self._engine,
             self._statements[instances.name].insert,
             self._on_connect,
+            self._writer_lock,
         )
         # series UID -> (series row id, study UID, patient ID) of series this process wrote to:
         # the next instance of a known series is one INSERT instead of six statements.
         self._known_series: dict[str, tuple[int, str, str]] = {}
         self._known_lock = threading.Lock()
+        self._checkpointer: Checkpointer | None = None
         try:
             with self._writer.begin() as conn:
                 upgrade_to_head(conn)
+            if checkpoints:
+                self._checkpointer = Checkpointer(self._engine.raw_connection)
         except DatabaseError as exc:
             self._engine.dispose()
             if self.dialect != "sqlite" or "file is not a database" not in str(exc.orig):
@@ -266,7 +317,7 @@ class SqlIndex:
     def _write(self, work: Callable[[Connection], T]) -> T:
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                with self._writer.begin() as conn:
+                with self._writer_lock, self._writer.begin() as conn:
                     return work(conn)
             except (IntegrityError, OperationalError) as error:
                 if attempt == WRITE_ATTEMPTS or not _transient(error):
@@ -333,8 +384,12 @@ class SqlIndex:
             last = int(rows[-1].id)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._driver_insert.close()
         self._engine.dispose()
+        if isinstance(self._writer_lock, WriterLock):
+            self._writer_lock.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,9 +470,12 @@ def open_engine(url: str | URL, *, key: bytes | None = None) -> Engine:
     return _open_engine(make_url(url), key)[0]
 
 
-def _open_engine(url: URL, key: bytes | None) -> tuple[Engine, Callable[[Any, Any], None] | None]:
+def _open_engine(
+    url: URL, key: bytes | None, *, autocheckpoint: bool = True
+) -> tuple[Engine, Callable[[Any, Any], None] | None]:
     """(engine, the setup each new driver connection gets) for an index URL. Statement
-    parameters (patient names, IDs) never appear in an error's text, which the archive logs."""
+    parameters (patient names, IDs) never appear in an error's text, which the archive logs.
+    `autocheckpoint` False: SQLite's commits never checkpoint (a `Checkpointer` does)."""
     dialect = url.get_backend_name()
     if dialect == "postgresql":
         return create_engine(url, pool_pre_ping=True, hide_parameters=True), None
@@ -437,7 +495,7 @@ def _open_engine(url: URL, key: bytes | None) -> tuple[Engine, Callable[[Any, An
         if sqlcipher.is_plaintext(path):
             sqlcipher.encrypt_plaintext_index(path, key)
     _create_private(path)
-    on_connect = _sqlite_setup(key)
+    on_connect = _sqlite_setup(key, autocheckpoint)
     # One driver whether encrypted or not: sqlcipher3 (the dialect then maps its errors too).
     engine = create_engine(
         url,
@@ -458,13 +516,15 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
-def _sqlite_setup(key: bytes | None) -> Callable[[Any, Any], None]:
+def _sqlite_setup(key: bytes | None, autocheckpoint: bool = True) -> Callable[[Any, Any], None]:
     """What every new SQLite connection runs first: the key (if any), then the settings."""
 
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         if key is not None:
             sqlcipher.apply_key(dbapi_connection, key)
         _sqlite_on_connect(dbapi_connection, _record)
+        if not autocheckpoint:
+            dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
 
     return on_connect
 

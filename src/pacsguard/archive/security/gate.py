@@ -101,7 +101,7 @@ from pacsguard.archive.security.attempt import (
     dimse_attempt,
 )
 from pacsguard.archive.security.credentials import VerifiedCredentials
-from pacsguard.archive.security.lockout import Lockout
+from pacsguard.archive.security.lockout import Lockout, LockoutCounter
 from pacsguard.archive.security.peer_text import shown
 from pacsguard.archive.security.principal import (
     Action,
@@ -178,9 +178,11 @@ class Gate:
         intervention: PolicyIntervention | None = None,
         jwt_verifier: VerifierFactory = static_key_verifier,
         api_tokens: ApiTokenFactory | None = None,
+        lockout: LockoutCounter | None = None,
     ) -> None:
+        """`lockout`: the failure counter, when it is shared with other processes (workers)."""
         self._settings = settings
-        self._lockout = Lockout(settings.security.lockout, clock)
+        self._lockout: LockoutCounter = lockout or Lockout(settings.security.lockout, clock)
         self._audit = audit
         self._intervention = intervention
         self._hasher = PasswordHasher()

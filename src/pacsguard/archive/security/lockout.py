@@ -11,13 +11,28 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Collection
-from typing import Final
+from typing import Final, Protocol
 
 from pacsguard.archive.config import LockoutSettings
 
 #: Sources tracked at most; past this the least recently failing ones are forgotten, so a flood
 #: of spoofed or rotating addresses cannot grow memory without bound.
 MAX_TRACKED_SOURCES: Final = 100_000
+
+
+class LockoutCounter(Protocol):
+    """What the gate asks of its counter: a `Lockout`, or with several worker processes the
+    supervisor's one `Lockout`, asked over the hub (`archive.hub.HubLockout`)."""
+
+    def locked(self, key: str) -> bool: ...
+
+    def record_failure(self, key: str, tag: str | None = None) -> bool: ...
+
+    def reset(self, key: str, tag: str | None = None) -> None: ...
+
+    def locked_among(self, keys: Collection[str] | None = None) -> list[str]: ...
+
+    def lift(self, keys: Collection[str] | None = None) -> list[str]: ...
 
 
 class Lockout:

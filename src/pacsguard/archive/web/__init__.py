@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable
 
 from starlette.applications import Starlette
@@ -43,7 +44,11 @@ class WebFrontEnd:
         audit: AuditSink,
         settings: Callable[[], Settings],
         runtime: Runtime,
+        *,
+        sock: socket.socket | None = None,
     ) -> None:
+        """`sock`: a listening socket already bound (a supervisor's, shared by its workers)."""
+        self._sock = sock
         self.context = WebContext(
             service, gate, audit, settings, runtime.executor, runtime.gate_executor
         )
@@ -69,7 +74,7 @@ class WebFrontEnd:
         task.add_done_callback(self._pending.discard)
 
     async def start(self) -> list[Endpoint]:
-        host, port = await self._listener.start(self._host, self._port)
+        host, port = await self._listener.start(self._host, self._port, sock=self._sock)
         self._flusher = asyncio.get_running_loop().create_task(self.context.flush_forever())
         return [Endpoint(host, port, True, "https")]
 

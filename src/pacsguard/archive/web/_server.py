@@ -218,16 +218,13 @@ class WebListener:
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Bind host:port and serve; (host, port) bound. ConfigError when it cannot bind."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            sock = socket.create_server((host.strip("[]"), port), family=family, backlog=256)
-        except OSError as exc:
-            raise ConfigError(
-                f"[dicomweb] port = {port} on {host}: cannot listen ({exc.strerror}); choose "
-                "another port or stop what uses it"
-            ) from None
+    async def start(
+        self, host: str, port: int, *, sock: socket.socket | None = None
+    ) -> tuple[str, int]:
+        """Bind host:port (or serve on `sock`, bound already) and serve; (host, port) bound.
+        ConfigError when it cannot bind."""
+        if sock is None:
+            sock = bind_web_socket(host, port)
         settings = self._settings
         tls = self._tls
         config = uvicorn.Config(
@@ -279,6 +276,18 @@ class WebListener:
                 transport.abort()
         await asyncio.sleep(0)  # let the aborted transports run connection_lost
         self._server = self._task = None
+
+
+def bind_web_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port for DICOMweb; ConfigError when it cannot bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host.strip("[]"), port), family=family, backlog=256)
+    except OSError as exc:
+        raise ConfigError(
+            f"[dicomweb] port = {port} on {host}: cannot listen ({exc.strerror}); choose "
+            "another port or stop what uses it"
+        ) from None
 
 
 def web_tls_context(context_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
