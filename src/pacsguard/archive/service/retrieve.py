@@ -165,10 +165,17 @@ class Retrieval:
         if stored == chosen:
             if not part10:
                 return _Opened(stored, stream)
-            stream.close()  # from the start again: the File Meta Information is wanted too
+            # From the start again: the File Meta Information is wanted too. A blob stream
+            # rewinds inside what it has buffered (its first chunk, already decrypted), where
+            # opening it again would derive its key and decrypt that chunk a second time.
             try:
+                if stream.seekable():
+                    stream.seek(0)
+                    return _Opened(stored, stream)
+                stream.close()
                 return _Opened(stored, self._blobs.open(record.blob_key))
             except (OSError, KeyError, ValueError):
+                stream.close()
                 log.warning("stored instance could not be opened for retrieve")
                 return None
         stream.close()

@@ -12,17 +12,21 @@ each instance goes as stored, byte for byte; with a named one, in that one (the 
 converts between Explicit and Implicit VR Little Endian; 406 before anything is sent when
 some instance cannot be had in it); without the parameter, Explicit VR Little Endian (the
 default PS3.18 names) for uncompressed instances and compressed ones as stored (there is no
-codec to decompress them). Each part's Content-Type names its transfer syntax. One chunk at a
-time is in memory; metadata and frames read one instance at a time.
+codec to decompress them). Each part's Content-Type names its transfer syntax. Instances are
+read in pieces of up to PIECE bytes, one being sent while the next is read: two pieces of a
+request at a time are in memory; metadata and frames read one instance at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
 import secrets
 from collections.abc import AsyncGenerator, Callable, Collection
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
@@ -33,7 +37,12 @@ from pydicom.uid import UID
 
 from pacsguard.archive.model import InstanceRecord
 from pacsguard.archive.security.principal import Action, Principal
-from pacsguard.archive.service import UNCOMPRESSED, Retrieval, deliverable_syntaxes
+from pacsguard.archive.service import (
+    UNCOMPRESSED,
+    InstanceData,
+    Retrieval,
+    deliverable_syntaxes,
+)
 from pacsguard.archive.web._context import WebContext
 from pacsguard.archive.web._errors import WebError
 from pacsguard.archive.web._media import MediaRange, wants, wants_multipart
@@ -44,7 +53,8 @@ from pacsguard.errors import AuditLogError
 
 log = logging.getLogger(__name__)
 
-CHUNK: Final = 1024 * 1024
+#: Bytes of one instance read (and decrypted) per thread-pool hop, and written at once.
+PIECE: Final = 2 * 1024 * 1024
 DICOM: Final = "application/dicom"
 OCTETS: Final = "application/octet-stream"
 DICOM_JSON: Final = "application/dicom+json"
@@ -122,32 +132,90 @@ async def check_deliverable(ctx: WebContext, retrieval: Retrieval, syntaxes: Syn
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """Bytes of the multipart body, and whether they start or end an instance's part."""
+
+    data: bytes
+    begins: bool = False
+    ends: bool = False
+    unreadable: bool = False
+
+
+class _Parts:
+    """The multipart body of an instances answer, read one piece at a time (blocking).
+
+    A piece is a part's header, up to PIECE bytes of its instance and, when those are its
+    last, the part's closing line, joined: one thread-pool hop and one write per instance
+    of up to PIECE bytes (the 1 MiB reads it replaced cost four hops and five writes for a
+    512 KiB image), larger ones in PIECE-sized pieces."""
+
+    def __init__(self, retrieval: Retrieval, syntaxes: Syntaxes, boundary: str) -> None:
+        self._retrieval = retrieval
+        self._syntaxes = syntaxes
+        self._boundary = boundary
+        self._records = iter(retrieval.records)
+        self._data: InstanceData | None = None
+        self._ended = False
+
+    def next(self) -> _Piece | None:
+        """The next piece; None after the closing boundary."""
+        head = b""
+        if self._data is None:
+            record = next(self._records, None)
+            if record is None:
+                if self._ended:
+                    return None
+                self._ended = True
+                return _Piece(f"--{self._boundary}--\r\n".encode("ascii"))
+            data = self._retrieval.open(record, self._syntaxes(record), part10=True)
+            if data is None:  # unreadable: counted, and the answer is cut (never a gap)
+                return _Piece(b"", unreadable=True)
+            self._data = data
+            head = (
+                f"--{self._boundary}\r\nContent-Type: {DICOM}; "
+                f"transfer-syntax={data.transfer_syntax}\r\n\r\n"
+            ).encode("ascii")
+        try:
+            body = self._data.read(PIECE)  # short only at the end (buffered, or in memory)
+        except BaseException:
+            self.close()
+            raise
+        if len(body) == PIECE:
+            return _Piece(head + body, begins=bool(head))
+        self.close()
+        return _Piece(b"".join((head, body, b"\r\n")), begins=bool(head), ends=True)
+
+    def close(self) -> None:
+        data, self._data = self._data, None
+        if data is not None:
+            data.close()
+
+
 def instances_response(ctx: WebContext, retrieval: Retrieval, syntaxes: Syntaxes) -> DrivenStream:
-    """The instances, one multipart part each, streamed."""
+    """The instances, one multipart part each, streamed; the next piece is read while the
+    one before it is sent."""
     boundary = secrets.token_hex(16)
     tally = retrieval.tally
 
     async def produce() -> AsyncGenerator[bytes, None]:
-        for record in retrieval.records:
-            tally.begin()
-            data = await ctx.blocking(
-                partial(retrieval.open, record, syntaxes(record), part10=True)
-            )
-            if data is None:  # unreadable: counted, and the answer is cut (never a gap)
-                tally.end(sent=False)
-                raise OSError("a stored instance could not be read for WADO-RS")
-            try:
-                yield (
-                    f"--{boundary}\r\nContent-Type: {DICOM}; "
-                    f"transfer-syntax={data.transfer_syntax}\r\n\r\n"
-                ).encode("ascii")
-                while chunk := await ctx.blocking(partial(data.read, CHUNK)):
-                    yield chunk
-                yield b"\r\n"
-            finally:
-                await ctx.blocking(data.close)
-            tally.end(sent=True)
-        yield f"--{boundary}--\r\n".encode("ascii")
+        parts = _Parts(retrieval, syntaxes, boundary)
+        reading = asyncio.ensure_future(ctx.blocking(parts.next))
+        try:
+            while (piece := await reading) is not None:
+                reading = asyncio.ensure_future(ctx.blocking(parts.next))
+                if piece.unreadable:
+                    tally.begin()
+                    tally.end(sent=False)
+                    raise OSError("a stored instance could not be read for WADO-RS")
+                if piece.begins:
+                    tally.begin()
+                yield piece.data
+                if piece.ends:
+                    tally.end(sent=True)
+        finally:
+            # the read under way still owns the open instance: close it once it is done
+            reading.add_done_callback(partial(_close_after, parts))
 
     async def done(complete: bool) -> None:
         await finish(ctx, retrieval)
@@ -155,6 +223,14 @@ def instances_response(ctx: WebContext, retrieval: Retrieval, syntaxes: Syntaxes
     return DrivenStream(
         produce, done, media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}'
     )
+
+
+def _close_after(parts: _Parts, reading: asyncio.Future[_Piece | None]) -> None:
+    if not reading.cancelled() and reading.exception() is None:
+        with contextlib.suppress(Exception):
+            parts.close()
+    else:
+        parts.close()
 
 
 def read_dataset(retrieval: Retrieval, record: InstanceRecord) -> Dataset:
