@@ -12,6 +12,7 @@ only for the configured origins; none by default.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from pacsguard.archive.web._context import WebContext
 from pacsguard.archive.web._errors import WebError
 from pacsguard.archive.web._media import parse_accept, wants, wants_multipart
 from pacsguard.archive.web._server import MAX_HEAD_BYTES
+from pacsguard.archive.web._stream import DrivenStream
 from pacsguard.dicom.levels import Level
 from pacsguard.errors import AuditLogError, AuthenticationError
 
@@ -83,7 +85,9 @@ async def _answer(
     port = request.client.port if request.client is not None else 0
     credential = HttpCredential(request.headers.get("authorization"), address, port)
     try:
-        principal = await ctx.authenticating(partial(authenticate, ctx.gate, credential))
+        principal, line = await ctx.authenticating(
+            partial(authenticate, ctx.gate, ctx.audit, credential)
+        )
     except AuditLogError:
         return WebError(503, "the audit log cannot be written; try again later").response()
     except AuthenticationError:  # the gate has audited it and counted it for lockout
@@ -93,6 +97,38 @@ async def _answer(
             "configured issuer or an API token from `pacsguard token issue`)",
             headers={"WWW-Authenticate": 'Bearer realm="pacsguard"'},
         ).response()
+    # The authentication line syncs while the request is served; it is durable before the
+    # answer goes out (with the operation's line, when there is one).
+    durable = asyncio.ensure_future(ctx.authenticating(line))
+    try:
+        answer = await _serve(request, handler, event, allow, ctx, address, principal)
+    except BaseException:
+        durable.add_done_callback(_retrieved)  # the failure is the answer
+        raise
+    try:
+        await durable
+    except AuditLogError:
+        if isinstance(answer, DrivenStream):
+            await answer.abandon()
+        return WebError(503, "the audit log cannot be written; try again later").response()
+    return answer
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _serve(
+    request: Request,
+    handler: Handler,
+    event: EventType,
+    allow: str | None,
+    ctx: WebContext,
+    address: str,
+    principal: Principal,
+) -> Response:
+    """The answer to an authenticated request (domain errors turned into HTTP answers)."""
     try:
         for name, what in _UID_PARAMS.items():
             if name in request.path_params:
