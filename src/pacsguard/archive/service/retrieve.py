@@ -69,7 +69,8 @@ class RetrieveTally:
     """Where each sub-operation of a retrieve ended: `sent` (the peer answered its C-STORE),
     `failed` (could not be sent: unreadable, or no presentation context for it), `in_flight`
     (being sent when the operation ended: it may have reached the peer) and `not_started`
-    (cancelled or cut off before it began). They add up to the instances matched."""
+    (cancelled or cut off before it began). They add up to the instances matched. DIMSE
+    sends one instance at a time; WADO-RS may have several in one write."""
 
     sent: int = 0
     failed: int = 0
@@ -79,11 +80,11 @@ class RetrieveTally:
     def begin(self) -> None:
         """One instance leaves `not_started` and is on its way."""
         self.not_started -= 1
-        self.in_flight = 1
+        self.in_flight += 1
 
     def end(self, *, sent: bool) -> None:
-        """The instance on its way arrived (`sent`) or could not be sent."""
-        self.in_flight = 0
+        """An instance on its way arrived (`sent`) or could not be sent."""
+        self.in_flight -= 1
         if sent:
             self.sent += 1
         else:
