@@ -4,7 +4,9 @@ Every route goes through `_guarded`: authenticate (`_auth.authenticate`; 401 wit
 ``WWW-Authenticate: Bearer`` otherwise), validate the UIDs of the path (they become index keys:
 400 unless digits and dots), run the handler, and turn domain errors into HTTP answers at this
 edge only: WebError as it says, Denied 403 (the service has audited it), QueryError 400,
-AuditLogError 503 (nothing happens that cannot be audited). Refused requests are audited
+AuditLogError 503 (nothing happens that cannot be audited). The request's authentication
+line is durable before its answer goes out (it syncs while the handler runs, `_answer`).
+Refused requests are audited
 (`WebContext.refused`). OPTIONS on any resource answers its ``Allow`` header; OPTIONS or GET
 on ``/`` answers the capabilities (PS3.18 8.9) as WADL or JSON. CORS (Starlette's middleware)
 only for the configured origins; none by default.
@@ -90,7 +92,7 @@ async def _answer(
         )
     except AuditLogError:
         return WebError(503, "the audit log cannot be written; try again later").response()
-    except AuthenticationError:  # the gate has audited it and counted it for lockout
+    except AuthenticationError:  # audited (its line written), counted for lockout by the gate
         return WebError(
             401,
             "authentication required: send Authorization: Bearer <token> (a JWT of the "
