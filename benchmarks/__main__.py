@@ -120,6 +120,17 @@ def main() -> int:
         action="store_true",
         help="dicomweb: also pacsguard with asyncio's TCP_NODELAY rule relaxed (a control)",
     )
+    parser.add_argument(
+        "--dicomweb-only",
+        default=",".join(dicomweb.PARTS),
+        help=f"dicomweb: comma-separated measurements ({', '.join(dicomweb.PARTS)}); a partial "
+        "run writes dicomweb-partial.*",
+    )
+    parser.add_argument(
+        "--dicomweb-no-stunnel",
+        action="store_true",
+        help="dicomweb: leave out the Orthanc+stunnel+auth row",
+    )
     args = parser.parse_args()
     result: dict[str, Any]
     with tempfile.TemporaryDirectory(prefix="pacsguard-bench-") as tmp:
@@ -158,6 +169,8 @@ def main() -> int:
                 pairs=args.pairs,
                 seed=args.seed,
                 pacsguard_nodelay=args.dicomweb_nodelay_row,
+                orthanc_https=not args.dicomweb_no_stunnel,
+                only=frozenset(args.dicomweb_only.split(",")),
             )
             text = dicomweb.markdown(result)
         else:
@@ -183,6 +196,10 @@ def main() -> int:
             text = archive.markdown(result)
         elif parts != set(archive.PARTS) or args.sets or args.targets or args.compare_with:
             name = "archive-partial"  # a partial run never replaces the full results
+    if args.which == "dicomweb" and (
+        set(args.dicomweb_only.split(",")) != set(dicomweb.PARTS) or args.dicomweb_no_stunnel
+    ):
+        name = "dicomweb-partial"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(text)

@@ -2,6 +2,6 @@
 orthanc-dicomweb plugin (issue 10, deliverable 8). `python -m benchmarks dicomweb`."""
 
 from benchmarks.dicomweb.report import markdown
-from benchmarks.dicomweb.run import run
+from benchmarks.dicomweb.run import PARTS, run
 
-__all__ = ["markdown", "run"]
+__all__ = ["PARTS", "markdown", "run"]

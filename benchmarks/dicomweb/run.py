@@ -24,6 +24,8 @@ from benchmarks.dicomweb.servers import (
 
 CONCURRENCY = (1, 4)
 LOAD_BATCH = 100
+#: The measurements a run can be limited to (`only`).
+PARTS = ("qido", "wado", "stow")
 
 
 def _load(server: Server, files: Sequence[bytes]) -> float:
@@ -58,6 +60,7 @@ def run(
     seed: int = 2026,
     orthanc_https: bool = True,
     pacsguard_nodelay: bool = False,
+    only: frozenset[str] = frozenset(PARTS),
 ) -> dict[str, Any]:
     load_before = os.getloadavg()
     print(f"data: {studies} studies, {series} series of {per_series} 512x512 images", flush=True)
@@ -99,18 +102,18 @@ def run(
             if pair % 2:
                 order.reverse()
             for concurrency in CONCURRENCY:
-                for shape in shapes:
+                for shape in shapes if "qido" in only else []:
                     requests = [workload.qido(q) for q, _ in shape.queries]
                     for server in order:
                         timed = workload.run(server, requests, concurrency)
                         key = f"QIDO-RS {shape.name}|{concurrency}"
                         measured.setdefault(key, {}).setdefault(server.name, []).append(timed)
-                for server in order:
+                for server in order if "wado" in only else []:
                     requests = [workload.wado_series(s) for s in wado] * 2
                     timed = workload.run(server, requests, concurrency)
                     key = f"WADO-RS series|{concurrency}"
                     measured.setdefault(key, {}).setdefault(server.name, []).append(timed)
-                for server in order:
+                for server in order if "stow" in only else []:
                     requests = [workload.stow([f]) for f in stow_source.take(stow_per_run)]
                     timed = workload.run(server, requests, concurrency)
                     key = f"STOW-RS 1 instance/request|{concurrency}"
@@ -129,7 +132,7 @@ def run(
         "series": series, "instances_per_series": per_series,
         "series_mb": round(wado[0].nbytes / 1e6, 2), "stow_per_run": stow_per_run,
         "stow_instance_bytes": len(stow_source.take(1)[0]), "seed": seed,
-        "cpus": os.cpu_count(),
+        "cpus": os.cpu_count(), "only": sorted(only),
     }  # fmt: skip
     result["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["load_average"] = {

@@ -1,11 +1,13 @@
 """Where the archive's front ends run: one event loop in one thread, and the thread pools.
 
-Every front end (DIMSE today, DICOMweb next) runs on the same asyncio event loop, in one
-background thread the `Runtime` owns, and hands its blocking archive calls (the service, the
-audit log) to the same bounded pool, `Runtime.executor`: one budget of threads for the index,
-blob and audit work whichever transport it came in by. Authentication has a pool of its own,
-`Runtime.gate_executor`, also shared: a burst of logins (Argon2id, bounded inside the gate)
-waits there and cannot take the threads that stores and audit lines need.
+Every front end (DIMSE, DICOMweb) runs on the same event loop, in one background thread the
+`Runtime` owns: uvloop's (libuv under the asyncio API; its TLS and socket transports are
+compiled, where asyncio's `sslproto` handles every TLS record in Python). Each front end hands
+its blocking archive calls (the service, the audit log) to the same bounded pool,
+`Runtime.executor`: one budget of threads for the index, blob and audit work whichever
+transport it came in by. Authentication has a pool of its own, `Runtime.gate_executor`, also
+shared: a burst of logins (Argon2id, bounded inside the gate) waits there and cannot take the
+threads that stores and audit lines need.
 
 A front end is anything with `start` and `stop` coroutines (`FrontEnd`): the composition root
 (`app.start_archive`) builds each one with the runtime, starts them in order on the loop and
@@ -21,6 +23,8 @@ from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
+
+import uvloop
 
 #: Seconds to wait for a front end to start or stop, and for the loop thread to end.
 STOP_TIMEOUT: Final = 15.0
@@ -76,7 +80,7 @@ class Runtime:
         """The event loop every front end runs on (started now if it is not running yet)."""
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
+                loop = uvloop.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="archive-loop", daemon=True)
                 thread.start()
                 self._loop, self._thread = loop, thread

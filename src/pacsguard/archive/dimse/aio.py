@@ -45,7 +45,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, SupportsIndex
+from typing import Any, Final, Protocol, SupportsIndex, runtime_checkable
 
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
@@ -126,11 +126,20 @@ class _QuickAckReader(asyncio.StreamReader):
 
 
 class _LowLatencyProtocol(asyncio.StreamReaderProtocol):
-    """Turns Nagle off and quick ACKs on for every accepted socket (TLS runs on the same one)."""
+    """Turns Nagle off and quick ACKs on for every accepted socket (TLS runs on the same one).
 
-    def __init__(self, reader: _QuickAckReader, *args: Any, **kwargs: Any) -> None:
+    On a TLS listener (`tls`) the bytes that arrive before the handshake starts (a
+    ClientHello sent with the connection) are kept aside (`take_early`) instead of going to
+    the plaintext stream: uvloop, the archive's loop, reads from a socket as soon as it is
+    accepted, and `start_tls` does not hand what the stream had read to TLS (uvloop#707,
+    CPython gh-142352), so the handshake would stall. `start_handshake` hands them over."""
+
+    def __init__(
+        self, reader: _QuickAckReader, *args: Any, tls: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(reader, *args, **kwargs)
         self._quick_reader = reader
+        self._early: bytearray | None = bytearray() if tls else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -139,6 +148,61 @@ class _LowLatencyProtocol(asyncio.StreamReaderProtocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._quick_reader.sock = sock
         super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._early is not None:  # TLS not started yet: handshake bytes
+            if len(self._early) + len(data) > MAX_ASSOCIATION_PDU:
+                self._early = None
+                super().data_received(data)  # no handshake this large: let it fail there
+                return
+            self._early += data
+            return
+        super().data_received(data)
+
+    def take_early(self) -> bytes:
+        """What arrived before the handshake; from now on bytes go to the stream."""
+        early, self._early = self._early, None
+        return bytes(early or b"")
+
+
+@runtime_checkable
+class _Buffered(Protocol):
+    """asyncio's BufferedProtocol, as uvloop's TLS protocol implements it (not a subclass)."""
+
+    def get_buffer(self, sizehint: int, /) -> Any: ...
+
+    def buffer_updated(self, nbytes: int, /) -> None: ...
+
+
+async def start_handshake(
+    writer: asyncio.StreamWriter, tls: ssl.SSLContext, timeout: float
+) -> None:
+    """`writer.start_tls(tls)` (server side), with the bytes that came before it.
+
+    `start_tls` puts its TLS protocol on the transport at once and only then schedules the
+    handshake (`connection_made`) and the reading (both loops do this, in this order): the
+    early bytes go into the TLS protocol in between, ahead of anything read later."""
+    raw = writer.transport
+    plain = raw.get_protocol()
+    upgrade = asyncio.ensure_future(writer.start_tls(tls, ssl_handshake_timeout=timeout))
+    try:
+        await asyncio.sleep(0)  # start_tls has run up to its handshake
+        early = plain.take_early() if isinstance(plain, _LowLatencyProtocol) else b""
+        secured = raw.get_protocol()
+        if early and isinstance(secured, _Buffered) and secured is not plain:
+            view = memoryview(early)
+            while view:
+                buffer = memoryview(secured.get_buffer(len(view)))
+                count = min(len(buffer), len(view))
+                buffer[:count] = view[:count]
+                secured.buffer_updated(count)
+                view = view[count:]
+        await upgrade
+    finally:
+        if not upgrade.done():
+            upgrade.cancel()
+            with contextlib.suppress(BaseException):
+                await upgrade
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +296,9 @@ class AsyncDimseFrontEnd:
                     ended()
 
         def protocol() -> asyncio.Protocol:
-            return _LowLatencyProtocol(_QuickAckReader(loop=loop), connected, loop=loop)
+            return _LowLatencyProtocol(
+                _QuickAckReader(loop=loop), connected, loop=loop, tls=tls is not None
+            )
 
         return protocol
 
@@ -378,7 +444,7 @@ class AsyncDimseFrontEnd:
         timeout = min(self._settings.handshake_timeout, self._settings.pre_association_timeout)
         try:
             async with asyncio.timeout(timeout + 1.0):
-                await writer.start_tls(tls, ssl_handshake_timeout=timeout)
+                await start_handshake(writer, tls, timeout)
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             timed_out = isinstance(exc, TimeoutError) or "taking longer" in str(exc)
             reason = "handshake timed out" if timed_out else "TLS handshake failed"

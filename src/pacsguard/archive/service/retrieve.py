@@ -74,7 +74,8 @@ class RetrieveTally:
     """Where each sub-operation of a retrieve ended: `sent` (the peer answered its C-STORE),
     `failed` (could not be sent: unreadable, or no presentation context for it), `in_flight`
     (being sent when the operation ended: it may have reached the peer) and `not_started`
-    (cancelled or cut off before it began). They add up to the instances matched."""
+    (cancelled or cut off before it began). They add up to the instances matched. DIMSE
+    sends one instance at a time; WADO-RS may have several in one write."""
 
     sent: int = 0
     failed: int = 0
@@ -84,11 +85,11 @@ class RetrieveTally:
     def begin(self) -> None:
         """One instance leaves `not_started` and is on its way."""
         self.not_started -= 1
-        self.in_flight = 1
+        self.in_flight += 1
 
     def end(self, *, sent: bool) -> None:
-        """The instance on its way arrived (`sent`) or could not be sent."""
-        self.in_flight = 0
+        """An instance on its way arrived (`sent`) or could not be sent."""
+        self.in_flight -= 1
         if sent:
             self.sent += 1
         else:
@@ -177,10 +178,17 @@ class Retrieval:
         if stored == chosen:
             if not part10:
                 return _Opened(stored, stream)
-            stream.close()  # from the start again: the File Meta Information is wanted too
+            # From the start again: the File Meta Information is wanted too. A blob stream
+            # rewinds inside what it has buffered (its first chunk, already decrypted), where
+            # opening it again would derive its key and decrypt that chunk a second time.
             try:
+                if stream.seekable():
+                    stream.seek(0)
+                    return _Opened(stored, stream)
+                stream.close()
                 return _Opened(stored, self._blobs.open(record.blob_key))
             except (OSError, KeyError, ValueError):
+                stream.close()
                 log.warning("stored instance could not be opened for retrieve")
                 return None
         stream.close()

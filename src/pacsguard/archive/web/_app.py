@@ -4,7 +4,9 @@ Every route goes through `_guarded`: authenticate (`_auth.authenticate`; 401 wit
 ``WWW-Authenticate: Bearer`` otherwise), validate the UIDs of the path (they become index keys:
 400 unless digits and dots), run the handler, and turn domain errors into HTTP answers at this
 edge only: WebError as it says, Denied 403 (the service has audited it), QueryError 400,
-AuditLogError 503 (nothing happens that cannot be audited). Refused requests are audited
+AuditLogError 503 (nothing happens that cannot be audited). The request's authentication
+line is durable before its answer goes out (it syncs while the handler runs, `_answer`).
+Refused requests are audited
 (`WebContext.refused`). OPTIONS on any resource answers its ``Allow`` header; OPTIONS or GET
 on ``/`` answers the capabilities (PS3.18 8.9) as WADL or JSON. CORS (Starlette's middleware)
 only for the configured origins; none by default.
@@ -12,6 +14,7 @@ only for the configured origins; none by default.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -35,6 +38,7 @@ from pacsguard.archive.web._context import WebContext
 from pacsguard.archive.web._errors import WebError
 from pacsguard.archive.web._media import parse_accept, wants, wants_multipart
 from pacsguard.archive.web._server import MAX_HEAD_BYTES
+from pacsguard.archive.web._stream import DrivenStream
 from pacsguard.dicom.levels import Level
 from pacsguard.errors import AuditLogError, AuthenticationError
 
@@ -83,16 +87,50 @@ async def _answer(
     port = request.client.port if request.client is not None else 0
     credential = HttpCredential(request.headers.get("authorization"), address, port)
     try:
-        principal = await ctx.authenticating(partial(authenticate, ctx.gate, credential))
+        principal, line = await ctx.authenticating(
+            partial(authenticate, ctx.gate, ctx.audit, credential)
+        )
     except AuditLogError:
         return WebError(503, "the audit log cannot be written; try again later").response()
-    except AuthenticationError:  # the gate has audited it and counted it for lockout
+    except AuthenticationError:  # audited (its line written), counted for lockout by the gate
         return WebError(
             401,
             "authentication required: send Authorization: Bearer <token> (a JWT of the "
             "configured issuer or an API token from `pacsguard token issue`)",
             headers={"WWW-Authenticate": 'Bearer realm="pacsguard"'},
         ).response()
+    # The authentication line syncs while the request is served; it is durable before the
+    # answer goes out (with the operation's line, when there is one).
+    durable = asyncio.ensure_future(ctx.authenticating(line))
+    try:
+        answer = await _serve(request, handler, event, allow, ctx, address, principal)
+    except BaseException:
+        durable.add_done_callback(_retrieved)  # the failure is the answer
+        raise
+    try:
+        await durable
+    except AuditLogError:
+        if isinstance(answer, DrivenStream):
+            await answer.abandon()
+        return WebError(503, "the audit log cannot be written; try again later").response()
+    return answer
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+async def _serve(
+    request: Request,
+    handler: Handler,
+    event: EventType,
+    allow: str | None,
+    ctx: WebContext,
+    address: str,
+    principal: Principal,
+) -> Response:
+    """The answer to an authenticated request (domain errors turned into HTTP answers)."""
     try:
         for name, what in _UID_PARAMS.items():
             if name in request.path_params:

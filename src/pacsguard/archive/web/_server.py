@@ -1,21 +1,23 @@
 """The DICOMweb listener: uvicorn serving the app over TLS on the archive's event loop.
 
-uvicorn runs as a task on the loop the DIMSE front end owns (one loop, one process), on a socket
-we bind ourselves (so that a port in use is a ConfigError here, not uvicorn's `sys.exit`), with
-the archive's TLS context (BCP 195, the first-run server certificate; `security.tls`).
+uvicorn runs as a task on the loop the DIMSE front end owns (one loop, one process: uvloop's,
+see `archive.runtime`), with httptools as its HTTP parser (uvicorn's C parser, rather than
+h11, its pure Python one), on a socket we bind ourselves (so that a port in use is a
+ConfigError here, not uvicorn's `sys.exit`), with the archive's TLS context (BCP 195, the
+first-run server certificate; `security.tls`).
 
 Slow clients: one source address holds at most `[server] max_pending_per_source` connections
 that have not sent a request head yet (more are closed at once, as on the DIMSE side); uvicorn
-bounds the connections it serves (`limit_concurrency`: 503 past
-`[dicomweb] max_connections`), the size of request headers (h11's incomplete-event limit) and
-idle keep-alive connections, but not the time a client takes to send its headers. `_Deadline`
-adds that: a connection that has not sent a complete request head within
+bounds the connections it serves (`limit_concurrency`: 503 past `[dicomweb] max_connections`)
+and idle keep-alive connections, but not the time a client takes to send its headers.
+`_Deadline` adds that: a connection that has not sent a complete request head within
 `header_timeout_s` of connecting (or of its last response) gets 408 and is closed, and the
-refusal is audited. Bodies are timed by the handlers (`body_timeout_s` between chunks). The
-TLS handshake comes before all of that (asyncio's TLS layer runs it before the protocol sees
+refusal is audited; a request head larger than `MAX_HEAD_BYTES` gets 431 (httptools has no
+bound of its own). Bodies are timed by the handlers (`body_timeout_s` between chunks). The
+TLS handshake comes before all of that (the loop's TLS layer runs it before the protocol sees
 the connection): `_Server` passes the listener a handshake deadline (`[server]
 handshake_timeout_s`, at most `header_timeout_s`, as the DIMSE listener bounds its own by
-the pre-association timeout) instead of asyncio's default 60 s, which uvicorn leaves in
+the pre-association timeout) instead of the loop's default 60 s, which uvicorn leaves in
 place; a client that connects and stalls the handshake is dropped when it expires. Such
 connections do not count as pending yet. Access logs are off: URLs carry query values
 (patient names, IDs).
@@ -34,7 +36,7 @@ from typing import Final
 
 import uvicorn
 from starlette.types import ASGIApp
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from pacsguard.archive.config import DicomWebSettings
 from pacsguard.errors import ConfigError
@@ -51,12 +53,12 @@ _HEAD_TOO_LARGE: Final = b"431: request headers larger than 16384 bytes\n"
 
 def _deadline_protocol(
     header_timeout_s: float, max_pending_per_source: int, on_refusal: Callable[[str, str], None]
-) -> type[H11Protocol]:
+) -> type[HttpToolsProtocol]:
     #: Connections per source address that have not sent their first request head yet.
     pending: Counter[str] = Counter()
 
-    class _Deadline(H11Protocol):
-        """uvicorn's h11 protocol, with a deadline for each request head and a bound on the
+    class _Deadline(HttpToolsProtocol):
+        """uvicorn's httptools protocol, with a deadline for each request head and a bound on the
         connections one source holds before its first request."""
 
         _head_deadline: asyncio.TimerHandle | None = None
@@ -72,7 +74,7 @@ def _deadline_protocol(
             if not still_waiting:
                 self._release()
             elif self.transport.is_closing() and not self._refused:
-                # h11 found the head malformed or over its limit; uvicorn answered 400
+                # httptools found the head malformed; uvicorn answered 400
                 self._refused = True
                 on_refusal(self.client[0] if self.client else "", "400: bad request head")
             if (
@@ -80,8 +82,7 @@ def _deadline_protocol(
                 and self._head_bytes > MAX_HEAD_BYTES
                 and not self.transport.is_closing()
             ):
-                # h11 checks its limit only between reads; a client sending headers in large
-                # reads would otherwise grow the buffer unbounded.
+                # httptools has no limit of its own on the size of a request head.
                 self._refuse(b"431 Request Header Fields Too Large", _HEAD_TOO_LARGE)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -240,7 +241,6 @@ class WebListener:
             limit_concurrency=settings.max_connections,
             timeout_keep_alive=5,
             timeout_graceful_shutdown=2,
-            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             ssl_context_factory=lambda _config, _default: tls,
         )
         server = _Server(config, self._handshake_timeout_s)

@@ -38,6 +38,7 @@ from pacsguard.archive.service import SUCCESS, ArchiveService, StoreResult
 from pacsguard.archive.staging import StagedObject, StagedWriter
 from pacsguard.archive.web._errors import WebError
 from pacsguard.archive.web._media import parse_media_type
+from pacsguard.dicom.header import read_header
 
 if TYPE_CHECKING:  # a TypedDict the library declares for type checkers only
     from python_multipart.multipart import MultipartCallbacks
@@ -159,6 +160,20 @@ class _Collector:
     def _end(self) -> None:
         self.ended = True
 
+    def may_stage(self, incoming: int) -> bool:
+        """Whether parsing `incoming` more bytes may write to the staging area: a part being
+        staged, or one that these bytes could push past the in-memory bounds."""
+        if self._service.staging is None:
+            return False
+        if not self.parts:
+            return incoming > _IN_MEMORY
+        part = self.parts[-1]
+        return (
+            part.writer is not None
+            or len(part.memory) + incoming > _IN_MEMORY
+            or self.in_memory + incoming > _MEMORY_BUDGET
+        )
+
     def discard(self) -> None:
         for part in self.parts:
             part.discard()
@@ -192,8 +207,11 @@ async def receive_parts(
                     413, f"request body larger than the {max_bytes} bytes this archive accepts"
                 )
             try:
-                # parsing stages large parts (encrypting, writing): off the loop
-                await blocking(partial(parser.write, chunk))
+                if collector.may_stage(len(chunk)):
+                    # parsing stages large parts (encrypting, writing): off the loop
+                    await blocking(partial(parser.write, chunk))
+                else:  # in memory only: cheaper here than a hop to the pool and back
+                    parser.write(chunk)
             except MultipartParseError as exc:
                 raise WebError(400, f"malformed multipart body: {exc}") from None
         parser.finalize()
@@ -216,9 +234,17 @@ class _Outcome:
     status: int
 
 
+_UIDS: Final = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
+
+
 def _identify(source: bytes | StagedObject) -> tuple[str, str, str, str] | None:
     """(study, series, SOP class, SOP instance UIDs) of a part, or None when it is not
-    DICOM."""
+    DICOM. Parts in memory are read by ingest's header reader (`read_header`, which checks
+    the structure as pydicom would) when it can, else by pydicom."""
+    if isinstance(source, bytes):
+        found = read_header(source, _UIDS)
+        if found is not None:
+            return (found[_UIDS[0]], found[_UIDS[1]], found[_UIDS[2]], found[_UIDS[3]])
     try:
         stream = io.BytesIO(source) if isinstance(source, bytes) else source.open()
         with stream:

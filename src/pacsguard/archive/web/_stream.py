@@ -39,6 +39,11 @@ class DrivenStream(Response):
         self._produce = produce
         self._finish = finish
 
+    async def abandon(self) -> None:
+        """Not sent after all (another answer goes instead): `finish(False)` runs."""
+        with anyio.CancelScope(shield=True):
+            await self._finish(False)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = anyio.Event()
 

@@ -22,10 +22,13 @@ with ``transfer-syntax=*`` or the stored syntax, or the syntax's image media typ
 ``image/jpeg``), decoded otherwise (the default for frames: uncompressed). Bulk data of native
 pixel data streams from its byte range; of encapsulated pixel data, decoded frame after frame.
 One chunk or frame at a time is in memory.
+Instances are read in pieces of up to PIECE bytes, one being sent while the next is read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -38,7 +41,7 @@ from pydicom.dataelem import DataElement
 
 from pacsguard.archive.model import InstanceRecord
 from pacsguard.archive.security.principal import Action, Principal
-from pacsguard.archive.service import Retrieval, deliverable_syntaxes, pixels
+from pacsguard.archive.service import InstanceData, Retrieval, deliverable_syntaxes, pixels
 from pacsguard.archive.web._context import WebContext
 from pacsguard.archive.web._errors import WebError
 from pacsguard.archive.web._media import MediaRange, wants, wants_multipart
@@ -49,7 +52,10 @@ from pacsguard.errors import AuditLogError
 
 log = logging.getLogger(__name__)
 
-CHUNK: Final = 1024 * 1024
+#: Bytes of one instance read (and decrypted) per thread-pool hop, and written at once.
+PIECE: Final = 2 * 1024 * 1024
+#: Instance bytes shorter than this are joined with the part headers around them.
+_SMALL: Final = 64 * 1024
 DICOM: Final = "application/dicom"
 OCTETS: Final = "application/octet-stream"
 DICOM_JSON: Final = "application/dicom+json"
@@ -129,39 +135,149 @@ async def check_deliverable(ctx: WebContext, retrieval: Retrieval, syntaxes: Syn
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """Bytes of the multipart body (to be written in order), how many instances' parts begin
+    and end in them, and whether the next instance could not be read (after these)."""
+
+    data: list[bytes]
+    begins: int = 0
+    ends: int = 0
+    unreadable: bool = False
+
+
+def _part_header(boundary: str, transfer_syntax: str) -> bytes:
+    return (
+        f"--{boundary}\r\nContent-Type: {DICOM}; transfer-syntax={transfer_syntax}\r\n\r\n"
+    ).encode("ascii")
+
+
+def _closing(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode("ascii")
+
+
+class _Parts:
+    """The multipart body of an instances answer, read one piece at a time (blocking).
+
+    A piece holds up to about PIECE bytes: whole parts (header, instance, closing line) of as
+    many instances as fit, a larger instance in PIECE-sized slices. One thread-pool hop per
+    piece (the 1 MiB reads it replaced cost four hops and five writes for each 512 KiB
+    image), and the instances' bytes are written as read, not copied into one buffer."""
+
+    def __init__(self, retrieval: Retrieval, syntaxes: Syntaxes, boundary: str) -> None:
+        self._retrieval = retrieval
+        self._syntaxes = syntaxes
+        self._boundary = boundary
+        self._records = iter(retrieval.records)
+        self._data: InstanceData | None = None
+        self._ended = False
+
+    def next(self) -> _Piece | None:
+        """The next piece; None after the closing boundary."""
+        if self._ended:
+            return None
+        out: list[bytes] = []
+        small = b""  # part headers and closing lines, written with the next instance bytes
+        size = begins = ends = 0
+        while size < PIECE:
+            if self._data is None:
+                record = next(self._records, None)
+                if record is None:
+                    small += _closing(self._boundary)
+                    self._ended = True
+                    break
+                data = self._retrieval.open(record, self._syntaxes(record), part10=True)
+                if data is None:  # unreadable: counted, and the answer is cut (never a gap)
+                    self._ended = True
+                    return _Piece([*out, small] if small else out, begins, ends, unreadable=True)
+                self._data = data
+                begins += 1
+                small += _part_header(self._boundary, data.transfer_syntax)
+            try:
+                # may be short before the end (a decompressed instance comes a frame at a
+                # time): only b"" ends an instance
+                body = self._data.read(PIECE - size)
+            except BaseException:
+                self.close()
+                raise
+            if not body:
+                self.close()
+                small += b"\r\n"
+                ends += 1
+                continue
+            size += len(body)
+            if len(body) < _SMALL:
+                small += body
+            else:
+                out += [small, body] if small else [body]
+                small = b""
+        if small:
+            out.append(small)
+        return _Piece(out, begins, ends)
+
+    def close(self) -> None:
+        data, self._data = self._data, None
+        if data is not None:
+            data.close()
+
+
+def _content_length(retrieval: Retrieval, syntaxes: Syntaxes, boundary: str) -> int | None:
+    """The body's length when every instance goes as stored (the index has their sizes);
+    None when some are converted (then the body is chunked)."""
+    total = len(_closing(boundary))
+    for record in retrieval.records:
+        stored = record.transfer_syntax_uid
+        if not record.blob_key or stored not in syntaxes(record):
+            return None
+        total += len(_part_header(boundary, stored)) + record.size + 2
+    return total
+
+
 def instances_response(ctx: WebContext, retrieval: Retrieval, syntaxes: Syntaxes) -> DrivenStream:
-    """The instances, one multipart part each, streamed."""
+    """The instances, one multipart part each, streamed; the next piece is read while the
+    one before it is sent. With a Content-Length when every instance goes as stored: each
+    write then goes to the connection as it is (chunked encoding copies it into a frame)."""
     boundary = secrets.token_hex(16)
     tally = retrieval.tally
 
     async def produce() -> AsyncGenerator[bytes, None]:
-        for record in retrieval.records:
-            tally.begin()
-            data = await ctx.blocking(
-                partial(retrieval.open, record, syntaxes(record), part10=True)
-            )
-            if data is None:  # unreadable: counted, and the answer is cut (never a gap)
-                tally.end(sent=False)
-                raise OSError("a stored instance could not be read for WADO-RS")
-            try:
-                yield (
-                    f"--{boundary}\r\nContent-Type: {DICOM}; "
-                    f"transfer-syntax={data.transfer_syntax}\r\n\r\n"
-                ).encode("ascii")
-                while chunk := await ctx.blocking(partial(data.read, CHUNK)):
-                    yield chunk
-                yield b"\r\n"
-            finally:
-                await ctx.blocking(data.close)
-            tally.end(sent=True)
-        yield f"--{boundary}--\r\n".encode("ascii")
+        parts = _Parts(retrieval, syntaxes, boundary)
+        reading = asyncio.ensure_future(ctx.blocking(parts.next))
+        try:
+            while (piece := await reading) is not None:
+                reading = asyncio.ensure_future(ctx.blocking(parts.next))
+                for _ in range(piece.begins):
+                    tally.begin()
+                for data in piece.data:
+                    yield data
+                for _ in range(piece.ends):
+                    tally.end(sent=True)
+                if piece.unreadable:
+                    tally.begin()
+                    tally.end(sent=False)
+                    raise OSError("a stored instance could not be read for WADO-RS")
+        finally:
+            # the read under way still owns the open instance: close it once it is done
+            reading.add_done_callback(partial(_close_after, parts))
 
     async def done(complete: bool) -> None:
         await finish(ctx, retrieval)
 
+    length = _content_length(retrieval, syntaxes, boundary)
     return DrivenStream(
-        produce, done, media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}'
+        produce,
+        done,
+        media_type=f'multipart/related; type="{DICOM}"; boundary={boundary}',
+        headers=None if length is None else {"Content-Length": str(length)},
     )
+
+
+def _close_after(parts: _Parts, reading: asyncio.Future[_Piece | None]) -> None:
+    if not reading.cancelled() and reading.exception() is None:
+        with contextlib.suppress(Exception):
+            parts.close()
+    else:
+        parts.close()
 
 
 def read_layout(
