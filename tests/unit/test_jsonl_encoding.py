@@ -45,3 +45,9 @@ def test_a_closed_targets_record_is_encoded_as_json_would() -> None:
         "association": {"attempts": [{"tls": False}]},
     }
     assert encode_record(record) == json.dumps(record, separators=(",", ":"), sort_keys=True)
+
+
+def test_delete_character_is_escaped_as_json_escapes_it() -> None:
+    """Found by the property test above: orjson leaves U+007F raw, json writes \\u007f."""
+    record = {"banner": "a\x7fb"}
+    assert encode_record(record) == json.dumps(record, separators=(",", ":"), sort_keys=True)
