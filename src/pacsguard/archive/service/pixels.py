@@ -410,16 +410,22 @@ def converted_pieces(
             layout.pixel_tag, layout.pixel_vr, layout.length, target == IMPLICIT_LE
         )
         with open_stream() as stream:
-            stream.seek(layout.offset)
-            left = layout.length
-            while left > 0:
-                chunk = stream.read(min(left, _COPY_CHUNK))
-                if not chunk:
-                    raise ValueError("the stored pixel data is shorter than its length")
-                left -= len(chunk)
-                yield chunk
+            yield from byte_range(stream, layout.offset, layout.length)
     if len(layout.tail):
         yield encode_dataset(layout.tail, target).getvalue()
+
+
+def byte_range(stream: BinaryIO, offset: int, length: int) -> Iterator[bytes]:
+    """`length` bytes of a seekable `stream` from `offset`, in chunks of up to 1 MiB;
+    ValueError when the stream ends first."""
+    stream.seek(offset)
+    left = length
+    while left > 0:
+        chunk = stream.read(min(left, _COPY_CHUNK))
+        if not chunk:
+            raise ValueError("the stored pixel data is shorter than its length")
+        left -= len(chunk)
+        yield chunk
 
 
 class DecompressedReader:

@@ -55,7 +55,6 @@ log = logging.getLogger("pacsguard.archive.service")
 
 #: The transfer syntaxes the archive converts between (PS3.5 A.1, A.2).
 UNCOMPRESSED: Final = (str(uids.EXPLICIT_VR_LITTLE_ENDIAN), str(uids.IMPLICIT_VR_LITTLE_ENDIAN))
-_VALUE_CHUNK: Final = 1024 * 1024
 
 
 def deliverable_syntaxes(record: InstanceRecord) -> tuple[str, ...]:
@@ -286,15 +285,7 @@ class Retrieval:
         if layout.length is None:
             raise ValueError("encapsulated pixel data has no single value to send")
         with self._blobs.open(record.blob_key) as opened:
-            stream = _seekable(opened)
-            stream.seek(layout.offset)
-            left = layout.length
-            while left > 0:
-                chunk = stream.read(min(left, _VALUE_CHUNK))
-                if not chunk:
-                    raise ValueError("the stored pixel data is shorter than its length")
-                left -= len(chunk)
-                yield chunk
+            yield from pixels.byte_range(_seekable(opened), layout.offset, layout.length)
 
     def finish(self) -> None:
         """The line that ends the retrieve, counting every instance (`tally`); AuditLogError
