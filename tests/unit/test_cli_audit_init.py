@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -83,6 +86,19 @@ def test_init_prints_the_secret_once(tmp_path: Path) -> None:
     assert second.exit_code == 0, second.output
     assert "never again" not in second.output
     assert "already set up" in second.output
+
+
+def test_init_hint_names_a_dcmtk_tool_that_sends_a_user_identity(tmp_path: Path) -> None:
+    # dcmtk 3.6's echoscu and findscu have no --user: a hint naming them fails for a new user.
+    done = runner.invoke(app, ["init", "--data-dir", str(tmp_path / "data")])
+    assert done.exit_code == 0, done.output
+    hint = next(ln.split() for ln in done.output.splitlines() if "--password" in ln)
+    tool = shutil.which(hint[0])
+    if tool is None:
+        pytest.skip(f"dcmtk's {hint[0]} is not installed")
+    usage = subprocess.run([tool, "--help"], capture_output=True, text=True, check=False)
+    for option in (word for word in hint if word.startswith(("-", "+"))):
+        assert f" {option} " in usage.stdout, option
 
 
 def _patient_log(path: Path, key_file: Path) -> PatientKey:

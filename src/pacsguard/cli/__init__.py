@@ -105,7 +105,7 @@ SUBCOMMANDS: Final[dict[str, Subcommand]] = {
     "audit": Subcommand(
         "pacsguard.cli.audit",
         "app",
-        "Check the archive's hash-chained audit log and export it (DICOM PS3.15 A.5 XML).",
+        "The archive's hash-chained audit log: verify it, find a patient's events, export A.5 XML.",
     ),
     "products": Subcommand(
         "pacsguard.cli.products",
@@ -133,7 +133,20 @@ def load_subcommand(name: str) -> Command:
         holder.command(name=name)(target)
         command = typer.main.get_command(holder)
     install_fast_coercion(command)  # no pydantic for plain option values (see _coerce)
+    _plain_help(command)
     return command
+
+
+def _plain_help(command: Command) -> None:
+    """Every subcommand's help as `pacsguard --help`'s: plain text, paragraphs re-wrapped.
+
+    rich's markup would eat help text in brackets (`[dicomweb]`, `[users.NAME]`) and keep the
+    docstrings' line breaks mid-sentence; some groups would be boxed and others not.
+    """
+    if hasattr(command, "rich_markup_mode"):
+        command.rich_markup_mode = None
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
 
 
 class _LazyGroup(TyperGroup):

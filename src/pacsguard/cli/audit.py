@@ -32,7 +32,9 @@ from pacsguard.errors import AuditLogError, UsageError
 EXIT_TAMPERED = 1
 
 app = typer.Typer(
-    help="Check the archive's hash-chained audit log and export it (DICOM PS3.15 A.5 XML).",
+    help=(
+        "The archive's hash-chained audit log: verify it, find a patient's events, export A.5 XML."
+    ),
     no_args_is_help=True,
 )
 

@@ -47,8 +47,17 @@ def init(
     typer.echo("")
     typer.echo(f"    {result.admin_secret}")
     typer.echo("")
-    typer.echo("Send it as a PS3.7 user identity (type 2: username + passcode), e.g. with dcmtk:")
     typer.echo(
-        f"    echoscu +tla --add-cert-file {layout.ca_cert} -aet {result.admin_ae_title} "
-        f"-aec {ae_title} --user {result.admin_username} --password '<secret>' localhost 2762"
+        "Send it as a PS3.7 user identity (type 2: username + passcode), "
+        "e.g. with dcmtk's storescu:"
+    )
+    typer.echo(
+        f"    storescu +tla --add-cert-file {layout.ca_cert} -aet {result.admin_ae_title} "
+        f"-aec {ae_title} --user {result.admin_username} --password '<secret>' "
+        "localhost 2762 FILE.dcm"
+    )
+    typer.echo(
+        "dcmtk's echoscu, findscu, getscu and movescu send no user identity: register them by "
+        "certificate (`pacsguard cert issue --client NAME`, then `pacsguard ae add AE_TITLE "
+        "--auth mtls --cert-sha256 ...`) and connect with +tls NAME.key NAME.crt."
     )
