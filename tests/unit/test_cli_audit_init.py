@@ -180,3 +180,28 @@ def test_export_decrypts_with_the_key_and_not_with_another(tmp_path: Path) -> No
     keyless = runner.invoke(app, ["audit", "export", str(path)])
     assert "PID-2" not in keyless.stdout
     assert "4 patient references exported as pseudonyms: pass --key-file" in keyless.stderr
+
+
+def test_export_with_patient_ids_is_written_for_its_owner_only(tmp_path: Path) -> None:
+    path, key, out = tmp_path / "a.jsonl", tmp_path / "at-rest.key", tmp_path / "export.xml"
+    _patient_log(path, key)
+    out.write_bytes(b"an older export")
+    out.chmod(0o644)
+    done = runner.invoke(
+        app, ["audit", "export", str(path), "--key-file", str(key), "-o", str(out)]
+    )
+    assert done.exit_code == 0, done.output
+    assert b"PID-2" in out.read_bytes()
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_missing_key_file_is_named_as_the_option_without_suggesting_init(tmp_path: Path) -> None:
+    # `pacsguard init` would make a new key, which opens none of the log's references.
+    path = tmp_path / "a.jsonl"
+    _patient_log(path, tmp_path / "at-rest.key")
+    for command in (["export", str(path)], ["find", str(path)]):
+        done = runner.invoke(
+            app, ["audit", *command, "--key-file", str(tmp_path / "nope.key")], input="PID-1\n"
+        )
+        assert isinstance(done.exception, UsageError), done.output
+        assert "--key-file" in str(done.exception) and "init" not in str(done.exception)
