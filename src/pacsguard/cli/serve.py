@@ -8,11 +8,13 @@ default action, killing the archive without an orderly stop (see `_signals`).
 
 from __future__ import annotations
 
+import errno
 import gc
 import ipaddress
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -111,13 +113,14 @@ def serve(
     if settings.server.workers > 1:  # a supervisor and its workers (archive.workers)
         from pacsguard.archive.workers import Supervisor
 
-        Supervisor(
-            settings,
-            config_file.absolute(),
-            overrides,
-            check,
-            lambda text: console.print(text, highlight=False),
-        ).run()
+        with _start_errors_explained():
+            Supervisor(
+                settings,
+                config_file.absolute(),
+                overrides,
+                check,
+                lambda text: console.print(text, highlight=False),
+            ).run()
         return
     # A C-STORE object too large to keep in memory is received into a temporary file before the
     # archive stores it: keep those (plaintext, in transit) in the private data folder, not /tmp.
@@ -127,7 +130,8 @@ def serve(
         if stale.is_file():  # (folders: those of worker processes, each sweeps its own)
             stale.unlink(missing_ok=True)
     tempfile.tempdir = str(incoming)
-    running = start_archive(settings)
+    with _start_errors_explained():
+        running = start_archive(settings)
     try:
         console.print(
             f"pacsguard archive {settings.server.ae_title!r} ({settings.profile} profile) on "
@@ -156,6 +160,29 @@ def serve(
                 log.exception("operator request failed")
     finally:
         running.stop()
+
+
+@contextmanager
+def _start_errors_explained() -> Iterator[None]:
+    """A port that cannot be bound, or an audit log another process holds, as a usage error
+    saying what to do (exit 2), not a traceback."""
+    from pacsguard.errors import AuditLogError
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _BIND_ERRORS:
+            raise
+        raise ConfigError(
+            f"cannot listen: {exc}. Stop what holds that address (another `pacsguard serve`?) "
+            "or choose another port: --port ([server] dimse_port), --plaintext-port "
+            "([server] plaintext_port), --web-port ([dicomweb] port); ports below 1024 need root"
+        ) from None
+    except AuditLogError as exc:
+        raise UsageError(f"the archive cannot start: {exc}") from None
+
+
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 def _check_ourselves(running: RunningArchive, profile: str, console: Console) -> None:
