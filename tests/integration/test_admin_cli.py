@@ -19,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pacsguard.archive.config import load_settings
 from pacsguard.archive.security.principal import Action, AuthMethod
+from pacsguard.archive.tokens import ApiTokens
 
 PACSGUARD = str(Path(sys.executable).with_name("pacsguard"))
 PASSWORD = "correct horse battery staple"
@@ -278,3 +279,23 @@ def test_concurrent_edits_lose_nothing(data_dir: Path) -> None:
     assert sorted(ae.ae_title for ae in settings.aes) == [
         "ADMIN", "PEER0", "PEER1", "PEER2", "PEER3",
     ]  # fmt: skip
+
+
+def test_tokens_go_where_the_archive_of_the_config_reads_them(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # --config may name a file whose storage.data_dir is not --data-dir: `serve --config` reads
+    # api-tokens.json from storage.data_dir, so that is where `token issue` must write it.
+    config = tmp_path / "etc" / "pacsguard.toml"
+    config.parent.mkdir()
+    text = (data_dir / "pacsguard.toml").read_text()
+    config.write_text(text.replace('data_dir = "."', f'data_dir = "{data_dir}"'))
+    elsewhere = ("--config", str(config), "--data-dir", str(tmp_path / "unused"))
+    issued = run("token", "issue", "--user", "admin", *elsewhere)
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.split("never again:")[1].split()[0]
+    api_tokens = ApiTokens.from_settings(load_settings(config, env={}))
+    assert api_tokens.verify(token) == "admin"
+    assert token.split("_")[1] in run("token", "list", *elsewhere).stdout
+    missing = run("token", "list", "--data-dir", str(tmp_path / "typo"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
