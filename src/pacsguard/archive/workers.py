@@ -380,7 +380,9 @@ class Supervisor:
             self.say(answered[1] if answered[0] else f"config reload refused: {answered[1]}")
         if (data_dir / REQUEST).exists():
             lifted = answer_unlock(data_dir, gate.lift_lockouts)
-            self.say("lockout lifted for " + (", ".join(lifted) or "no locked-out source"))
+            self.say(
+                ("lockout lifted for " + ", ".join(lifted)) if lifted else "no lockout to lift"
+            )
 
     def _stop_workers(self) -> None:
         self._signal_workers(signal.SIGTERM)

@@ -243,7 +243,7 @@ def _answer_requests(
 
 
 def _lifted(sources: list[str]) -> str:
-    return "lockout lifted for " + (", ".join(sources) if sources else "no locked-out source")
+    return ("lockout lifted for " + ", ".join(sources)) if sources else "no lockout to lift"
 
 
 def unlock(
@@ -251,7 +251,9 @@ def unlock(
         list[str] | None,
         typer.Argument(help="Source addresses to let in again (default: every locked source)."),
     ] = None,
-    data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("pacsguard-data"),
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The archive's data folder.")] = Path(
+        "pacsguard-data"
+    ),
 ) -> None:
     """Lift lockouts in the running archive now, instead of waiting for them to expire."""
     from pacsguard.archive.control import ask_unlock
@@ -268,8 +270,12 @@ def unlock(
 
 
 def fsck(
-    data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("pacsguard-data"),
-    config: Annotated[Path | None, typer.Option()] = None,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The archive's data folder.")] = Path(
+        "pacsguard-data"
+    ),
+    config: Annotated[
+        Path | None, typer.Option(help="Config file (default: DATA_DIR/pacsguard.toml).")
+    ] = None,
     verify_hashes: Annotated[
         bool, typer.Option("--verify-hashes/--no-verify-hashes", help="Read every blob.")
     ] = True,
@@ -304,7 +310,11 @@ def fsck(
         raise typer.Exit(1)
 
 
-def reload(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("pacsguard-data")) -> None:
+def reload(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The archive's data folder.")] = Path(
+        "pacsguard-data"
+    ),
+) -> None:
     """Make the running archive re-read its config (users, AEs, roles); audited."""
     from pacsguard.archive.control import ask_reload
 
