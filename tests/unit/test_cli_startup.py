@@ -153,3 +153,15 @@ def test_every_help_is_plain_text_with_brackets_kept(path: list[str]) -> None:
     assert "│" not in done.output and "\\[" not in done.output
     if path == ["serve"]:
         assert "([dicomweb] enabled, port)" in " ".join(done.output.split())
+
+
+def test_demo_help_loads_neither_the_lab_nor_the_archive() -> None:
+    # It imported the archive, the lab and the scanner (over a second) just to print its help.
+    loaded, done = modules_after(
+        "from pacsguard.cli import main\n"
+        "code = main(['demo', '--help'])\n"
+        "assert code == 0, code\n"
+        "assert 'pacsguard.archive.demo' not in sys.modules"
+    )
+    assert "--serve" in done.stdout
+    assert loaded & HEAVY == set()
