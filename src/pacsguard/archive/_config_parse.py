@@ -95,8 +95,11 @@ def coerce(
     origin = where.get(key)
     source = f" (from {origin})" if origin else ""
 
+    # A value from an option of `serve` is fixed there, not in the file it overrides.
+    fix = "fix that option" if origin == "command line" else how_to_set(key)
+
     def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{key} = {value!r}{source}: expected {expected}; {how_to_set(key)}")
+        return ConfigError(f"{key} = {value!r}{source}: expected {expected}; {fix}")
 
     if get_origin(hint) in (types.UnionType, typing.Union):
         if value is None or value == "":

@@ -79,6 +79,19 @@ def test_file_then_env_then_overrides(tmp_path: Path) -> None:
     assert settings.tls.key_file == tmp_path / "data" / "tls" / "server.key"
 
 
+def test_a_bad_value_from_the_command_line_is_fixed_there_not_in_the_file(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "pacsguard.toml"
+    config.write_text("[server]\ndimse_port = 3000\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as cli:
+        load_settings(config, env={}, overrides={"server.dimse_port": 0})
+    assert "(from command line)" in str(cli.value) and str(cli.value).endswith("fix that option")
+    config.write_text("[server]\ndimse_port = 0\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"set \[server\] dimse_port in the config file"):
+        load_settings(config, env={})
+
+
 def test_config_path_from_environment(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('profile = "secure"\n[server]\nae_title = "FROMFILE"\n', encoding="utf-8")
