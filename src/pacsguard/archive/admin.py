@@ -25,6 +25,7 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
+from pacsguard.archive._config_load import missing_config
 from pacsguard.archive.config import Settings, load_settings, validate_listen
 from pacsguard.archive.security.bootstrap import hash_secret
 from pacsguard.archive.security.principal import Action, AuthMethod
@@ -57,9 +58,7 @@ def read_document(path: Path) -> TOMLDocument:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            f"config file {path} does not exist; run `pacsguard init` to create one"
-        ) from None
+        raise ConfigError(missing_config(path)) from None
     try:
         return tomlkit.parse(text)
     except TOMLKitError as exc:

@@ -92,6 +92,14 @@ def test_a_bad_value_from_the_command_line_is_fixed_there_not_in_the_file(
         load_settings(config, env={})
 
 
+def test_a_missing_config_names_the_init_that_makes_it_in_that_folder(tmp_path: Path) -> None:
+    # A bare `pacsguard init` would make ./pacsguard-data, not the folder the user named.
+    folder = tmp_path / "typo"
+    with pytest.raises(ConfigError) as missing:
+        load_settings(folder / "pacsguard.toml", env={})
+    assert f"`pacsguard init --data-dir {folder}` creates" in str(missing.value)
+
+
 def test_config_path_from_environment(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('profile = "secure"\n[server]\nae_title = "FROMFILE"\n', encoding="utf-8")
