@@ -82,10 +82,12 @@ def test_init_prints_the_secret_once(tmp_path: Path) -> None:
     assert first.exit_code == 0, first.output
     assert "shown now and never again" in first.output
     assert str(data / "pacsguard.toml") in first.output
+    assert f"Back up {data.absolute() / 'keys' / 'at-rest.key'} apart from the data" in first.output
     second = runner.invoke(app, ["init", "--data-dir", str(data)])
     assert second.exit_code == 0, second.output
     assert "never again" not in second.output
     assert "already set up" in second.output
+    assert "Back up" not in second.output
 
 
 def test_init_hint_names_a_dcmtk_tool_that_sends_a_user_identity(tmp_path: Path) -> None:

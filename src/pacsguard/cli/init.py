@@ -9,6 +9,9 @@ import typer
 
 from pacsguard.archive.security.bootstrap import initialize
 
+#: What losing the at-rest key costs (said when `init` or a first `serve` makes it).
+KEY_LOST = "without it the blobs, the index and the audit log's Patient IDs cannot be read"
+
 
 def init(
     data_dir: Annotated[
@@ -34,6 +37,8 @@ def init(
     typer.echo(f"config:       {layout.config_file}")
     typer.echo(f"CA for peers: {layout.ca_cert}  (clients verify the archive with it)")
     typer.echo(f"audit log:    {layout.audit_log}")
+    if layout.at_rest_key in result.created:
+        typer.echo(f"Back up {layout.at_rest_key} apart from the data: {KEY_LOST}.")
     if result.admin_secret is None:
         typer.echo("admin: already set up; its secret was shown when it was created.")
         if san:

@@ -47,6 +47,12 @@ def _settings(data_dir: Path, config: Path | None, overrides: dict[str, object])
         result = initialize(data_dir)
         console = Console()
         console.print(f"First run: created a CA, a server certificate and {path}.")
+        if layout.at_rest_key in result.created:
+            from pacsguard.cli.init import KEY_LOST
+
+            console.print(
+                f"Back up {layout.at_rest_key} apart from the data: {KEY_LOST}.", highlight=False
+            )
         if result.admin_secret is not None:
             console.print(
                 f"Administrator {result.admin_username!r} (calling AE "
