@@ -217,8 +217,8 @@ def find(
         patients = _patient_key(key_file)
         if patients is None:
             raise UsageError(
-                "pass --key-file (the archive's storage.key_file) to search by Patient ID, or "
-                "--pseudonym"
+                "pass --key-file (the archive's storage.key_file, DATA_DIR/keys/at-rest.key "
+                "unless the config names another) to search by Patient ID, or --pseudonym"
             )
         patient_id = _read_patient_id()
         wanted = PatientMatch(patients.pseudonym(patient_id), patient_id)
