@@ -299,3 +299,16 @@ def test_tokens_go_where_the_archive_of_the_config_reads_them(
     assert token.split("_")[1] in run("token", "list", *elsewhere).stdout
     missing = run("token", "list", "--data-dir", str(tmp_path / "typo"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_a_user_added_without_a_role_is_told_it_may_do_nothing(data_dir: Path) -> None:
+    bare = run(
+        "user", "add", "dan", "--password-stdin", "--data-dir", str(data_dir), stdin=PASSWORD
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert "no role, so it may do nothing" in bare.stderr and "[users.dan]" in bare.stderr
+    with_role = run(
+        "user", "add", "erin", "--role", "viewer", "--password-stdin", "--data-dir",
+        str(data_dir), stdin=PASSWORD,
+    )  # fmt: skip
+    assert with_role.returncode == 0 and "no role" not in with_role.stderr
