@@ -312,3 +312,20 @@ def test_a_user_added_without_a_role_is_told_it_may_do_nothing(data_dir: Path) -
         str(data_dir), stdin=PASSWORD,
     )  # fmt: skip
     assert with_role.returncode == 0 and "no role" not in with_role.stderr
+
+
+def test_ae_add_says_what_a_new_user_would_trip_over(data_dir: Path) -> None:
+    where = ("--data-dir", str(data_dir))
+    no_user = run("ae", "add", "NOUSER", "--auth", "user-password", *where)
+    assert no_user.returncode == 2 and "--username NAME" in no_user.stderr
+    too_long = run("ae", "add", "A" * 17, "--auth", "mtls", "--cert-sha256", "0" * 64, *where)
+    assert too_long.returncode == 2
+    assert f"{data_dir / 'pacsguard.toml'}" in too_long.stderr and ".tmp" not in too_long.stderr
+    idle = run("ae", "add", "IDLE", "--auth", "user-password", "--username", "admin", *where)
+    assert idle.returncode == 0 and "has no permission, so it may do nothing" in idle.stderr
+    by_address = run(
+        "ae", "add", "BYADDR", "--auth", "address", "--address", "127.0.0.1", "--permission",
+        "echo", *where,
+    )  # fmt: skip
+    assert by_address.returncode == 0 and "allow_address_auth = false" in by_address.stderr
+    assert "no permission" not in by_address.stderr

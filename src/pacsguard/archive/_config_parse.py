@@ -274,7 +274,10 @@ def _one_ae(
     if username is not None and not isinstance(username, str):
         raise ConfigError(f"{key}.username: expected a string")
     if auth in (AuthMethod.USER_PASSWORD, AuthMethod.JWT) and not username:
-        raise ConfigError(f"{key}.username: auth = {auth.value!r} needs the username to match")
+        raise ConfigError(
+            f"{key}.username: auth = {auth.value!r} needs a username, the user under [users] "
+            "it logs in as (`pacsguard ae add --username NAME`)"
+        )
     if auth is AuthMethod.USER_PASSWORD:
         user = users.get(str(username))
         if user is None or user.password_hash is None:

@@ -95,7 +95,10 @@ def save_document(path: Path, document: TOMLDocument) -> Settings:
     def check(candidate: Path) -> Settings:
         # The loader resolves relative paths against the file's folder: the candidate is in
         # the same folder, so it sees exactly what the renamed file will say.
-        settings = load_settings(candidate)  # with the environment, as `serve` will see it
+        try:
+            settings = load_settings(candidate)  # with the environment, as `serve` will see it
+        except ConfigError as exc:  # name the file the user knows, not the temporary copy
+            raise ConfigError(str(exc).replace(str(candidate), str(path))) from None
         validate_listen(settings)
         return settings
 

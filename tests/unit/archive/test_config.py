@@ -197,7 +197,7 @@ def test_registered_aes_are_parsed() -> None:
 @pytest.mark.parametrize(
     ("ae", "fragment"),
     [
-        ({"ae_title": "X", "auth": "user-password"}, "needs the username"),
+        ({"ae_title": "X", "auth": "user-password"}, "needs a username"),
         ({"ae_title": "X", "auth": "user-password", "username": "bob"}, "[users.bob]"),
         ({"ae_title": "X", "auth": "mtls"}, "cert_sha256"),
         ({"ae_title": "X", "auth": "mtls", "cert_sha256": "12"}, "64 hex digits"),
