@@ -153,6 +153,13 @@ def test_every_help_is_plain_text_with_brackets_kept(path: list[str]) -> None:
     assert "│" not in done.output and "\\[" not in done.output
     if path == ["serve"]:
         assert "([dicomweb] enabled, port)" in " ".join(done.output.split())
+    # A group lists each subcommand's first paragraph whole (click cut them at 45 characters).
+    group = load_subcommand(path[0])
+    if len(path) == 1 and getattr(group, "commands", None):
+        squeezed = "".join(done.output.split())
+        for sub in group.commands.values():
+            first = (sub.help or "").split("\n\n", 1)[0]
+            assert "".join(first.split()) in squeezed, sub.name
 
 
 def test_demo_help_loads_neither_the_lab_nor_the_archive() -> None:

@@ -12,6 +12,7 @@ Exit codes: 0 clean (no finding at or above the failing severity), 1 findings, 2
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -146,6 +147,8 @@ def _plain_help(command: Command) -> None:
     if hasattr(command, "rich_markup_mode"):
         command.rich_markup_mode = None
     for sub in getattr(command, "commands", {}).values():
+        if sub.help and not sub.short_help:  # its first paragraph whole, not cut at 45 chars
+            sub.short_help = " ".join(inspect.cleandoc(sub.help).split("\n\n", 1)[0].split())
         _plain_help(sub)
 
 
