@@ -94,7 +94,11 @@ def serve(
         ),
     ] = "warning",
 ) -> None:
-    """Run the archive until SIGTERM or Ctrl-C."""
+    """Run the archive until SIGTERM or Ctrl-C.
+
+    These options override the config file, which holds everything else (worker processes as
+    [server] workers, limits, DICOMweb, users, registered AEs), each setting commented;
+    `pacsguard init`, or the first `serve`, writes it."""
     hold_stop_signals()  # first: before any import can start a thread (module docstring)
     from pacsguard.archive.journal import LEVELS, configure_journal
 
