@@ -81,6 +81,9 @@ def test_init_prints_the_secret_once(tmp_path: Path) -> None:
     first = runner.invoke(app, ["init", "--data-dir", str(data), "--san", "pacs.local"])
     assert first.exit_code == 0, first.output
     assert "shown now and never again" in first.output
+    assert f"the audit log says why: tail -n 3 {data.absolute() / 'audit' / 'audit.jsonl'}" in (
+        first.output
+    )
     assert str(data / "pacsguard.toml") in first.output
     assert f"Back up {data.absolute() / 'keys' / 'at-rest.key'} apart from the data" in first.output
     second = runner.invoke(app, ["init", "--data-dir", str(data)])

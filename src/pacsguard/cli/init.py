@@ -66,3 +66,7 @@ def init(
         "certificate (`pacsguard cert issue --client NAME`, then `pacsguard ae add AE_TITLE "
         "--auth mtls --cert-sha256 ...`) and connect with +tls NAME.key NAME.crt."
     )
+    typer.echo(
+        'A refused association looks the same to every peer (A-ASSOCIATE-RJ 1/1/1, "No '
+        f'Reason"); the audit log says why: tail -n 3 {layout.audit_log}'
+    )
