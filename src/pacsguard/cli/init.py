@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pacsguard.archive.security.bootstrap import initialize
+from pacsguard.archive.security.bootstrap import InitResult, initialize
 
 #: What losing the at-rest key costs (said when `init` or a first `serve` makes it).
 KEY_LOST = "without it the blobs, the index and the audit log's Patient IDs cannot be read"
@@ -28,6 +28,13 @@ def init(
 ) -> None:
     """Create what is missing in DATA_DIR; never overwrite a key, certificate or config."""
     result = initialize(data_dir, ae_title=ae_title, extra_sans=san or (), admin_username=admin)
+    show_initialized(result, ae_title, san)
+
+
+def show_initialized(
+    result: InitResult, ae_title: str, san: list[str] | None = None, port: int = 2762
+) -> None:
+    """What `init` (or a first `serve`) made, the admin secret once, and how to use it."""
     layout = result.layout
     for path in result.created:
         typer.echo(f"created  {path}")
@@ -59,7 +66,7 @@ def init(
     typer.echo(
         f"    storescu +tla --add-cert-file {layout.ca_cert} -aet {result.admin_ae_title} "
         f"-aec {ae_title} --user {result.admin_username} --password '<secret>' "
-        "localhost 2762 FILE.dcm"
+        f"localhost {port} FILE.dcm"
     )
     typer.echo(
         "dcmtk's echoscu, findscu, getscu and movescu send no user identity: register them by "

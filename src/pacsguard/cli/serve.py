@@ -44,22 +44,14 @@ def _settings(data_dir: Path, config: Path | None, overrides: dict[str, object])
     layout = DataLayout(data_dir.absolute())
     path = config or layout.config_file
     if config is None and not path.exists():
-        result = initialize(data_dir)
-        console = Console()
-        console.print(f"First run: created a CA, a server certificate and {path}.")
-        if layout.at_rest_key in result.created:
-            from pacsguard.cli.init import KEY_LOST
+        from pacsguard.cli.init import show_initialized
 
-            console.print(
-                f"Back up {layout.at_rest_key} apart from the data: {KEY_LOST}.", highlight=False
-            )
-        if result.admin_secret is not None:
-            console.print(
-                f"Administrator {result.admin_username!r} (calling AE "
-                f"{result.admin_ae_title!r}); its secret is shown now and never again:\n\n"
-                f"    {result.admin_secret}\n",
-                highlight=False,
-            )
+        typer.echo(f"First run: {data_dir} set up as `pacsguard init` does.")
+        port = overrides.get("server.dimse_port")
+        show_initialized(
+            initialize(data_dir), "PACSGUARD", port=port if isinstance(port, int) else 2762
+        )
+        typer.echo("")
     return load_settings(path, overrides=overrides)
 
 
