@@ -19,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pacsguard.archive.config import load_settings
 from pacsguard.archive.security.principal import Action, AuthMethod
+from pacsguard.archive.tokens import ApiTokens
 
 PACSGUARD = str(Path(sys.executable).with_name("pacsguard"))
 PASSWORD = "correct horse battery staple"
@@ -278,3 +279,53 @@ def test_concurrent_edits_lose_nothing(data_dir: Path) -> None:
     assert sorted(ae.ae_title for ae in settings.aes) == [
         "ADMIN", "PEER0", "PEER1", "PEER2", "PEER3",
     ]  # fmt: skip
+
+
+def test_tokens_go_where_the_archive_of_the_config_reads_them(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # --config may name a file whose storage.data_dir is not --data-dir: `serve --config` reads
+    # api-tokens.json from storage.data_dir, so that is where `token issue` must write it.
+    config = tmp_path / "etc" / "pacsguard.toml"
+    config.parent.mkdir()
+    text = (data_dir / "pacsguard.toml").read_text()
+    config.write_text(text.replace('data_dir = "."', f'data_dir = "{data_dir}"'))
+    elsewhere = ("--config", str(config), "--data-dir", str(tmp_path / "unused"))
+    issued = run("token", "issue", "--user", "admin", *elsewhere)
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.split("never again:")[1].split()[0]
+    api_tokens = ApiTokens.from_settings(load_settings(config, env={}))
+    assert api_tokens.verify(token) == "admin"
+    assert token.split("_")[1] in run("token", "list", *elsewhere).stdout
+    missing = run("token", "list", "--data-dir", str(tmp_path / "typo"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_a_user_added_without_a_role_is_told_it_may_do_nothing(data_dir: Path) -> None:
+    bare = run(
+        "user", "add", "dan", "--password-stdin", "--data-dir", str(data_dir), stdin=PASSWORD
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert "no role, so it may do nothing" in bare.stderr and "[users.dan]" in bare.stderr
+    with_role = run(
+        "user", "add", "erin", "--role", "viewer", "--password-stdin", "--data-dir",
+        str(data_dir), stdin=PASSWORD,
+    )  # fmt: skip
+    assert with_role.returncode == 0 and "no role" not in with_role.stderr
+
+
+def test_ae_add_says_what_a_new_user_would_trip_over(data_dir: Path) -> None:
+    where = ("--data-dir", str(data_dir))
+    no_user = run("ae", "add", "NOUSER", "--auth", "user-password", *where)
+    assert no_user.returncode == 2 and "--username NAME" in no_user.stderr
+    too_long = run("ae", "add", "A" * 17, "--auth", "mtls", "--cert-sha256", "0" * 64, *where)
+    assert too_long.returncode == 2
+    assert f"{data_dir / 'pacsguard.toml'}" in too_long.stderr and ".tmp" not in too_long.stderr
+    idle = run("ae", "add", "IDLE", "--auth", "user-password", "--username", "admin", *where)
+    assert idle.returncode == 0 and "has no permission, so it may do nothing" in idle.stderr
+    by_address = run(
+        "ae", "add", "BYADDR", "--auth", "address", "--address", "127.0.0.1", "--permission",
+        "echo", *where,
+    )  # fmt: skip
+    assert by_address.returncode == 0 and "allow_address_auth = false" in by_address.stderr
+    assert "no permission" not in by_address.stderr

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -78,11 +81,29 @@ def test_init_prints_the_secret_once(tmp_path: Path) -> None:
     first = runner.invoke(app, ["init", "--data-dir", str(data), "--san", "pacs.local"])
     assert first.exit_code == 0, first.output
     assert "shown now and never again" in first.output
+    assert f"the audit log says why: tail -n 3 {data.absolute() / 'audit' / 'audit.jsonl'}" in (
+        first.output
+    )
     assert str(data / "pacsguard.toml") in first.output
+    assert f"Back up {data.absolute() / 'keys' / 'at-rest.key'} apart from the data" in first.output
     second = runner.invoke(app, ["init", "--data-dir", str(data)])
     assert second.exit_code == 0, second.output
     assert "never again" not in second.output
     assert "already set up" in second.output
+    assert "Back up" not in second.output
+
+
+def test_init_hint_names_a_dcmtk_tool_that_sends_a_user_identity(tmp_path: Path) -> None:
+    # dcmtk 3.6's echoscu and findscu have no --user: a hint naming them fails for a new user.
+    done = runner.invoke(app, ["init", "--data-dir", str(tmp_path / "data")])
+    assert done.exit_code == 0, done.output
+    hint = next(ln.split() for ln in done.output.splitlines() if "--password" in ln)
+    tool = shutil.which(hint[0])
+    if tool is None:
+        pytest.skip(f"dcmtk's {hint[0]} is not installed")
+    usage = subprocess.run([tool, "--help"], capture_output=True, text=True, check=False)
+    for option in (word for word in hint if word.startswith(("-", "+"))):
+        assert f" {option} " in usage.stdout, option
 
 
 def _patient_log(path: Path, key_file: Path) -> PatientKey:
@@ -164,3 +185,28 @@ def test_export_decrypts_with_the_key_and_not_with_another(tmp_path: Path) -> No
     keyless = runner.invoke(app, ["audit", "export", str(path)])
     assert "PID-2" not in keyless.stdout
     assert "4 patient references exported as pseudonyms: pass --key-file" in keyless.stderr
+
+
+def test_export_with_patient_ids_is_written_for_its_owner_only(tmp_path: Path) -> None:
+    path, key, out = tmp_path / "a.jsonl", tmp_path / "at-rest.key", tmp_path / "export.xml"
+    _patient_log(path, key)
+    out.write_bytes(b"an older export")
+    out.chmod(0o644)
+    done = runner.invoke(
+        app, ["audit", "export", str(path), "--key-file", str(key), "-o", str(out)]
+    )
+    assert done.exit_code == 0, done.output
+    assert b"PID-2" in out.read_bytes()
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_missing_key_file_is_named_as_the_option_without_suggesting_init(tmp_path: Path) -> None:
+    # `pacsguard init` would make a new key, which opens none of the log's references.
+    path = tmp_path / "a.jsonl"
+    _patient_log(path, tmp_path / "at-rest.key")
+    for command in (["export", str(path)], ["find", str(path)]):
+        done = runner.invoke(
+            app, ["audit", *command, "--key-file", str(tmp_path / "nope.key")], input="PID-1\n"
+        )
+        assert isinstance(done.exception, UsageError), done.output
+        assert "--key-file" in str(done.exception) and "init" not in str(done.exception)

@@ -128,3 +128,47 @@ def test_the_archive_loads_the_web_stack_only_to_serve_dicomweb() -> None:
         "pacsguard.archive.selfcheck"
     )
     assert loaded & {"starlette", "uvicorn", "httpx", "multipart", "python_multipart"} == set()
+
+
+def _command_paths() -> list[list[str]]:
+    """Every subcommand and sub-subcommand, as the words a user types before `--help`."""
+    paths: list[list[str]] = []
+    for name in SUBCOMMANDS:
+        paths.append([name])
+        group = load_subcommand(name)
+        paths.extend([name, sub] for sub in getattr(group, "commands", {}))
+    return paths
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=" ".join)
+def test_every_help_is_plain_text_with_brackets_kept(path: list[str]) -> None:
+    # rich's markup ate "[dicomweb]" from `serve --help` and broke docstrings mid-sentence.
+    from typer.testing import CliRunner
+
+    from pacsguard.cli import app
+
+    done = CliRunner().invoke(app, [*path, "--help"], terminal_width=100)
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith(f"Usage: pacsguard {' '.join(path)} ")
+    assert "│" not in done.output and "\\[" not in done.output
+    if path == ["serve"]:
+        assert "([dicomweb] enabled, port)" in " ".join(done.output.split())
+    # A group lists each subcommand's first paragraph whole (click cut them at 45 characters).
+    group = load_subcommand(path[0])
+    if len(path) == 1 and getattr(group, "commands", None):
+        squeezed = "".join(done.output.split())
+        for sub in group.commands.values():
+            first = (sub.help or "").split("\n\n", 1)[0]
+            assert "".join(first.split()) in squeezed, sub.name
+
+
+def test_demo_help_loads_neither_the_lab_nor_the_archive() -> None:
+    # It imported the archive, the lab and the scanner (over a second) just to print its help.
+    loaded, done = modules_after(
+        "from pacsguard.cli import main\n"
+        "code = main(['demo', '--help'])\n"
+        "assert code == 0, code\n"
+        "assert 'pacsguard.archive.demo' not in sys.modules"
+    )
+    assert "--serve" in done.stdout
+    assert loaded & HEAVY == set()

@@ -155,14 +155,21 @@ _FILE_PATH_KEYS: Final = (
 )
 
 
+def missing_config(path: Path) -> str:
+    """Why a config file cannot be read, and the `init` that makes one in that folder (a bare
+    `pacsguard init` would make ./pacsguard-data, not the folder the user named)."""
+    return (
+        f"config file {path} does not exist (is --data-dir or --config right?); "
+        f"`pacsguard init --data-dir {path.parent}` creates {path.parent / 'pacsguard.toml'}"
+    )
+
+
 def _read_file(path: Path) -> Tree:
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(
-            f"config file {path} does not exist; run `pacsguard init` to create one"
-        ) from None
+        raise ConfigError(missing_config(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     # Relative paths in the file are relative to the file's own folder.

@@ -95,8 +95,11 @@ def coerce(
     origin = where.get(key)
     source = f" (from {origin})" if origin else ""
 
+    # A value from an option of `serve` is fixed there, not in the file it overrides.
+    fix = "fix that option" if origin == "command line" else how_to_set(key)
+
     def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{key} = {value!r}{source}: expected {expected}; {how_to_set(key)}")
+        return ConfigError(f"{key} = {value!r}{source}: expected {expected}; {fix}")
 
     if get_origin(hint) in (types.UnionType, typing.Union):
         if value is None or value == "":
@@ -271,7 +274,10 @@ def _one_ae(
     if username is not None and not isinstance(username, str):
         raise ConfigError(f"{key}.username: expected a string")
     if auth in (AuthMethod.USER_PASSWORD, AuthMethod.JWT) and not username:
-        raise ConfigError(f"{key}.username: auth = {auth.value!r} needs the username to match")
+        raise ConfigError(
+            f"{key}.username: auth = {auth.value!r} needs a username, the user under [users] "
+            "it logs in as (`pacsguard ae add --username NAME`)"
+        )
     if auth is AuthMethod.USER_PASSWORD:
         user = users.get(str(username))
         if user is None or user.password_hash is None:

@@ -25,6 +25,7 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
+from pacsguard.archive._config_load import missing_config
 from pacsguard.archive.config import Settings, load_settings, validate_listen
 from pacsguard.archive.security.bootstrap import hash_secret
 from pacsguard.archive.security.principal import Action, AuthMethod
@@ -57,9 +58,7 @@ def read_document(path: Path) -> TOMLDocument:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            f"config file {path} does not exist; run `pacsguard init` to create one"
-        ) from None
+        raise ConfigError(missing_config(path)) from None
     try:
         return tomlkit.parse(text)
     except TOMLKitError as exc:
@@ -96,7 +95,10 @@ def save_document(path: Path, document: TOMLDocument) -> Settings:
     def check(candidate: Path) -> Settings:
         # The loader resolves relative paths against the file's folder: the candidate is in
         # the same folder, so it sees exactly what the renamed file will say.
-        settings = load_settings(candidate)  # with the environment, as `serve` will see it
+        try:
+            settings = load_settings(candidate)  # with the environment, as `serve` will see it
+        except ConfigError as exc:  # name the file the user knows, not the temporary copy
+            raise ConfigError(str(exc).replace(str(candidate), str(path))) from None
         validate_listen(settings)
         return settings
 

@@ -183,6 +183,13 @@ class Supervisor:
         sockets: BoundSockets | None = None
         try:
             sockets = bind_sockets(settings)
+            # Said before the first worker's self-check prints what it saw of these endpoints.
+            self.say(
+                f"pacsguard archive {server.ae_title!r} ({settings.profile} profile) on "
+                + ", ".join(str(e) for e in sockets.endpoints)
+                + f" ({server.workers} workers)"
+            )
+            self.say(f"audit log: {settings.audit.log_path}")
             hub = Hub(data_dir / HUB_SOCKET, audit, lockout, slots, self._ready.add)
             write_marker(marker)
             self._workers = [_Worker(n) for n in range(server.workers)]
@@ -194,12 +201,6 @@ class Supervisor:
                     target=self._accept, args=(number, listening), name="accept", daemon=True
                 ).start()
             audit.emit(_lifecycle(EventType.APPLICATION_START, server.ae_title, sockets.endpoints))
-            self.say(
-                f"pacsguard archive {server.ae_title!r} ({settings.profile} profile) on "
-                + ", ".join(str(e) for e in sockets.endpoints)
-                + f" ({server.workers} workers)"
-            )
-            self.say(f"audit log: {settings.audit.log_path}")
             self.say("ready")
             self._watch(sockets, hub.path, gate, audit)
         finally:
@@ -380,7 +381,9 @@ class Supervisor:
             self.say(answered[1] if answered[0] else f"config reload refused: {answered[1]}")
         if (data_dir / REQUEST).exists():
             lifted = answer_unlock(data_dir, gate.lift_lockouts)
-            self.say("lockout lifted for " + (", ".join(lifted) or "no locked-out source"))
+            self.say(
+                ("lockout lifted for " + ", ".join(lifted)) if lifted else "no lockout to lift"
+            )
 
     def _stop_workers(self) -> None:
         self._signal_workers(signal.SIGTERM)

@@ -12,6 +12,7 @@ Exit codes: 0 clean (no finding at or above the failing severity), 1 findings, 2
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ SUBCOMMANDS: Final[dict[str, Subcommand]] = {
     "audit": Subcommand(
         "pacsguard.cli.audit",
         "app",
-        "Check the archive's hash-chained audit log and export it (DICOM PS3.15 A.5 XML).",
+        "The archive's hash-chained audit log: verify it, find a patient's events, export A.5 XML.",
     ),
     "products": Subcommand(
         "pacsguard.cli.products",
@@ -133,7 +134,22 @@ def load_subcommand(name: str) -> Command:
         holder.command(name=name)(target)
         command = typer.main.get_command(holder)
     install_fast_coercion(command)  # no pydantic for plain option values (see _coerce)
+    _plain_help(command)
     return command
+
+
+def _plain_help(command: Command) -> None:
+    """Every subcommand's help as `pacsguard --help`'s: plain text, paragraphs re-wrapped.
+
+    rich's markup would eat help text in brackets (`[dicomweb]`, `[users.NAME]`) and keep the
+    docstrings' line breaks mid-sentence; some groups would be boxed and others not.
+    """
+    if hasattr(command, "rich_markup_mode"):
+        command.rich_markup_mode = None
+    for sub in getattr(command, "commands", {}).values():
+        if sub.help and not sub.short_help:  # its first paragraph whole, not cut at 45 chars
+            sub.short_help = " ".join(inspect.cleandoc(sub.help).split("\n\n", 1)[0].split())
+        _plain_help(sub)
 
 
 class _LazyGroup(TyperGroup):

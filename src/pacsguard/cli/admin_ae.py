@@ -88,6 +88,19 @@ def add(
     with admin.editing(path) as document:
         admin.add_ae(document, spec)
     typer.echo(f"ae {spec.ae_title!r} registered in {path}; run `pacsguard reload` to apply")
+    if not spec.permissions and not spec.move_destination:
+        typer.echo(
+            f"note: {spec.ae_title!r} has no permission, so it may do nothing: "
+            "set permissions in its [[ae]] entry (echo, store, find, move, get), then run "
+            "`pacsguard reload`",
+            err=True,
+        )
+    if spec.auth is AuthMethod.ADDRESS and not load_settings(path).security.allow_address_auth:
+        typer.echo(
+            f"note: [security] allow_address_auth = false: {spec.ae_title!r} is rejected "
+            "until it is set to true",
+            err=True,
+        )
 
 
 @app.command()

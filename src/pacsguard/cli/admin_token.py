@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from pacsguard.archive import tokens
-from pacsguard.archive.config import DataLayout, load_settings
+from pacsguard.archive.config import load_settings
 from pacsguard.cli.admin_user import Config, DataDir, config_path
 from pacsguard.errors import ConfigError
 
@@ -28,8 +28,10 @@ _USE = (
 )
 
 
-def _store(data_dir: Path) -> Path:
-    return DataLayout(data_dir.absolute()).data_dir / tokens.TOKENS_FILE
+def _store(data_dir: Path, config: Path | None) -> Path:
+    """The file the archive run with this config reads: its storage.data_dir, which --config
+    may put elsewhere than --data-dir. A folder with no config is an error, not an empty list."""
+    return tokens.store_path(load_settings(config_path(data_dir, config)))
 
 
 @app.command()
@@ -43,7 +45,7 @@ def issue(
     settings = load_settings(config_path(data_dir, config))
     if user not in settings.users:
         raise ConfigError(f"users.{user} does not exist (see `pacsguard user list`)")
-    record, token = tokens.issue(_store(data_dir), user, days=days)
+    record, token = tokens.issue(tokens.store_path(settings), user, days=days)
     typer.echo(
         f"token {record.id} for {user!r}, expires {record.expires}; shown now and never "
         f"again:\n\n    {token}\n\n{_USE}"
@@ -51,15 +53,17 @@ def issue(
 
 
 @app.command()
-def revoke(token_id: str, data_dir: DataDir = Path("pacsguard-data")) -> None:
+def revoke(
+    token_id: str, data_dir: DataDir = Path("pacsguard-data"), config: Config = None
+) -> None:
     """Revoke a token by its id."""
-    record = tokens.revoke(_store(data_dir), token_id)
+    record = tokens.revoke(_store(data_dir, config), token_id)
     typer.echo(f"token {record.id} of {record.username!r} revoked")
 
 
 @app.command("list")
-def list_(data_dir: DataDir = Path("pacsguard-data")) -> None:
+def list_(data_dir: DataDir = Path("pacsguard-data"), config: Config = None) -> None:
     """List tokens: id, user, expiry, state (never the token or its hash)."""
     now = datetime.now(UTC)
-    for record in tokens.load(_store(data_dir)):
+    for record in tokens.load(_store(data_dir, config)):
         typer.echo(f"{record.id}\t{record.username}\texpires {record.expires}\t{record.state(now)}")

@@ -86,6 +86,13 @@ def add(
     with admin.editing(path) as document:
         admin.add_user(document, username, password, role or [])
     typer.echo(f"user {username!r} added to {path}; run `pacsguard reload` to apply")
+    if not role:  # permissions come from roles only: a user without one is refused everything
+        known = ", ".join(load_settings(path).roles)
+        typer.echo(
+            f"note: {username!r} has no role, so it may do nothing: list some in roles under "
+            f"[users.{username}] (defined: {known}), then run `pacsguard reload`",
+            err=True,
+        )
     if generated:
         _shown_once(username, password)
 

@@ -10,6 +10,7 @@ read in the process list and which shells keep in their history.
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -32,7 +33,9 @@ from pacsguard.errors import AuditLogError, UsageError
 EXIT_TAMPERED = 1
 
 app = typer.Typer(
-    help="Check the archive's hash-chained audit log and export it (DICOM PS3.15 A.5 XML).",
+    help=(
+        "The archive's hash-chained audit log: verify it, find a patient's events, export A.5 XML."
+    ),
     no_args_is_help=True,
 )
 
@@ -60,9 +63,22 @@ def _existing(path: Path) -> Path:
 def _patient_key(key_file: Path | None) -> PatientKey | None:
     if key_file is None:
         return None
+    if not key_file.is_file():  # not "run pacsguard init": a new key would open nothing here
+        raise UsageError(
+            f"--key-file {key_file}: no such file; give the archive's storage.key_file "
+            "(DATA_DIR/keys/at-rest.key unless the config names another)"
+        )
     from pacsguard.archive.security.bootstrap import load_at_rest_key
 
     return PatientKey(load_at_rest_key(key_file))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write an export readable by its owner only: with --key-file it holds Patient IDs."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
+        out.write(data)
 
 
 def _read_patient_id() -> str:
@@ -171,7 +187,7 @@ def export(
     if output is None:
         typer.echo(document.decode("utf-8"), nl=False)
     else:
-        output.write_bytes(document)
+        _write_private(output, document)
         typer.echo(f"{report.lines} events written to {output}", err=True)
 
 
@@ -201,8 +217,8 @@ def find(
         patients = _patient_key(key_file)
         if patients is None:
             raise UsageError(
-                "pass --key-file (the archive's storage.key_file) to search by Patient ID, or "
-                "--pseudonym"
+                "pass --key-file (the archive's storage.key_file, DATA_DIR/keys/at-rest.key "
+                "unless the config names another) to search by Patient ID, or --pseudonym"
             )
         patient_id = _read_patient_id()
         wanted = PatientMatch(patients.pseudonym(patient_id), patient_id)

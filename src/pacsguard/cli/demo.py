@@ -9,31 +9,35 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from pacsguard.archive.demo import run_archive_demo
-from pacsguard.archive.demo_web import WebDemo
-from pacsguard.archive.selfcheck import describe_web, web_reports
 from pacsguard.cli._signals import hold_stop_signals, wait_for_stop_signal
-from pacsguard.cli.scan import scan_scope
-from pacsguard.dicom.client import Timeouts
 from pacsguard.errors import LabError, UsageError
-from pacsguard.lab.farm import Farm
-from pacsguard.lab.profiles import plan_farm
-from pacsguard.lab.truth import write_truth
-from pacsguard.lab.verify import Agreement, compare
-from pacsguard.report.table import ScanSummary, render_table
-from pacsguard.scan.model import HostReport, Severity, Target
-from pacsguard.scan.probe import ProbeOptions
-from pacsguard.scan.scheduler import Limits
+
+if TYPE_CHECKING:  # the lab, scanner and archive are imported when the demo runs, not for --help
+    from rich.console import Console
+
+    from pacsguard.archive.demo_web import WebDemo
+    from pacsguard.lab.verify import Agreement
+    from pacsguard.report.table import ScanSummary
+    from pacsguard.scan.model import HostReport
 
 
 async def _run_demo(
     hosts: int, seed: int, base_address: str, out: Path
 ) -> tuple[ScanSummary, list[HostReport], Agreement]:
+    from pacsguard.cli.scan import scan_scope
+    from pacsguard.dicom.client import Timeouts
+    from pacsguard.lab.farm import Farm
+    from pacsguard.lab.profiles import plan_farm
+    from pacsguard.lab.truth import write_truth
+    from pacsguard.lab.verify import compare
+    from pacsguard.scan.model import Target
+    from pacsguard.scan.probe import ProbeOptions
+    from pacsguard.scan.scheduler import Limits
+
     plan = plan_farm(hosts, base_address=base_address, port=0, seed=seed)
     async with Farm(plan) as farm:
         bound = farm.plan
@@ -60,6 +64,13 @@ def demo(
     ] = False,
 ) -> None:
     """Scan a lab of simulated exposed PACS, then run a secure archive and scan that too."""
+    from rich.console import Console
+
+    from pacsguard.archive.demo import run_archive_demo
+    from pacsguard.archive.selfcheck import describe_web, web_reports
+    from pacsguard.report.table import render_table
+    from pacsguard.scan.model import Severity
+
     console = Console()
     out.mkdir(parents=True, exist_ok=True)
     console.print(

@@ -131,7 +131,7 @@ def scan(
     targets: Annotated[
         list[str] | None,
         typer.Argument(
-            help="IP addresses, CIDRs, host names, host:port or \\[v6]:port; "
+            help="IP addresses, CIDRs, host names, host:port or [v6]:port; "
             "http://host:port or https://host:port for web targets."
         ),
     ] = None,

@@ -8,11 +8,13 @@ default action, killing the archive without an orderly stop (see `_signals`).
 
 from __future__ import annotations
 
+import errno
 import gc
 import ipaddress
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -42,16 +44,14 @@ def _settings(data_dir: Path, config: Path | None, overrides: dict[str, object])
     layout = DataLayout(data_dir.absolute())
     path = config or layout.config_file
     if config is None and not path.exists():
-        result = initialize(data_dir)
-        console = Console()
-        console.print(f"First run: created a CA, a server certificate and {path}.")
-        if result.admin_secret is not None:
-            console.print(
-                f"Administrator {result.admin_username!r} (calling AE "
-                f"{result.admin_ae_title!r}); its secret is shown now and never again:\n\n"
-                f"    {result.admin_secret}\n",
-                highlight=False,
-            )
+        from pacsguard.cli.init import show_initialized
+
+        typer.echo(f"First run: {data_dir} set up as `pacsguard init` does.")
+        port = overrides.get("server.dimse_port")
+        show_initialized(
+            initialize(data_dir), "PACSGUARD", port=port if isinstance(port, int) else 2762
+        )
+        typer.echo("")
     return load_settings(path, overrides=overrides)
 
 
@@ -86,7 +86,11 @@ def serve(
         ),
     ] = "warning",
 ) -> None:
-    """Run the archive until SIGTERM or Ctrl-C."""
+    """Run the archive until SIGTERM or Ctrl-C.
+
+    These options override the config file, which holds everything else (worker processes as
+    [server] workers, limits, DICOMweb, users, registered AEs), each setting commented;
+    `pacsguard init`, or the first `serve`, writes it."""
     hold_stop_signals()  # first: before any import can start a thread (module docstring)
     from pacsguard.archive.journal import LEVELS, configure_journal
 
@@ -111,13 +115,14 @@ def serve(
     if settings.server.workers > 1:  # a supervisor and its workers (archive.workers)
         from pacsguard.archive.workers import Supervisor
 
-        Supervisor(
-            settings,
-            config_file.absolute(),
-            overrides,
-            check,
-            lambda text: console.print(text, highlight=False),
-        ).run()
+        with _start_errors_explained():
+            Supervisor(
+                settings,
+                config_file.absolute(),
+                overrides,
+                check,
+                lambda text: console.print(text, highlight=False),
+            ).run()
         return
     # A C-STORE object too large to keep in memory is received into a temporary file before the
     # archive stores it: keep those (plaintext, in transit) in the private data folder, not /tmp.
@@ -127,7 +132,8 @@ def serve(
         if stale.is_file():  # (folders: those of worker processes, each sweeps its own)
             stale.unlink(missing_ok=True)
     tempfile.tempdir = str(incoming)
-    running = start_archive(settings)
+    with _start_errors_explained():
+        running = start_archive(settings)
     try:
         console.print(
             f"pacsguard archive {settings.server.ae_title!r} ({settings.profile} profile) on "
@@ -156,6 +162,29 @@ def serve(
                 log.exception("operator request failed")
     finally:
         running.stop()
+
+
+@contextmanager
+def _start_errors_explained() -> Iterator[None]:
+    """A port that cannot be bound, or an audit log another process holds, as a usage error
+    saying what to do (exit 2), not a traceback."""
+    from pacsguard.errors import AuditLogError
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _BIND_ERRORS:
+            raise
+        raise ConfigError(
+            f"cannot listen: {exc}. Stop what holds that address (another `pacsguard serve`?) "
+            "or choose another port: --port ([server] dimse_port), --plaintext-port "
+            "([server] plaintext_port), --web-port ([dicomweb] port); ports below 1024 need root"
+        ) from None
+    except AuditLogError as exc:
+        raise UsageError(f"the archive cannot start: {exc}") from None
+
+
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 def _check_ourselves(running: RunningArchive, profile: str, console: Console) -> None:
@@ -216,7 +245,7 @@ def _answer_requests(
 
 
 def _lifted(sources: list[str]) -> str:
-    return "lockout lifted for " + (", ".join(sources) if sources else "no locked-out source")
+    return ("lockout lifted for " + ", ".join(sources)) if sources else "no lockout to lift"
 
 
 def unlock(
@@ -224,7 +253,9 @@ def unlock(
         list[str] | None,
         typer.Argument(help="Source addresses to let in again (default: every locked source)."),
     ] = None,
-    data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("pacsguard-data"),
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The archive's data folder.")] = Path(
+        "pacsguard-data"
+    ),
 ) -> None:
     """Lift lockouts in the running archive now, instead of waiting for them to expire."""
     from pacsguard.archive.control import ask_unlock
@@ -241,8 +272,12 @@ def unlock(
 
 
 def fsck(
-    data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("pacsguard-data"),
-    config: Annotated[Path | None, typer.Option()] = None,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The archive's data folder.")] = Path(
+        "pacsguard-data"
+    ),
+    config: Annotated[
+        Path | None, typer.Option(help="Config file (default: DATA_DIR/pacsguard.toml).")
+    ] = None,
     verify_hashes: Annotated[
         bool, typer.Option("--verify-hashes/--no-verify-hashes", help="Read every blob.")
     ] = True,
@@ -277,7 +312,11 @@ def fsck(
         raise typer.Exit(1)
 
 
-def reload(data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("pacsguard-data")) -> None:
+def reload(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The archive's data folder.")] = Path(
+        "pacsguard-data"
+    ),
+) -> None:
     """Make the running archive re-read its config (users, AEs, roles); audited."""
     from pacsguard.archive.control import ask_reload
 

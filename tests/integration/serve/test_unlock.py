@@ -51,7 +51,7 @@ def test_unlock_lifts_a_lockout_in_the_running_archive_and_audits_it(tmp_path: P
         assert not _associate(port, "TESTER")  # locked out: even a registered AE
         done = _unlock(data_dir, "198.51.100.9")  # not locked: nothing to lift
         assert done.returncode == 0, done.stderr
-        assert "no locked-out source" in done.stdout
+        assert "no lockout to lift (audited)" in done.stdout
         assert not _associate(port, "TESTER")
         done = _unlock(data_dir)
         assert done.returncode == 0, done.stderr

@@ -520,3 +520,23 @@ def test_supervisor_killed_its_workers_stop_and_the_next_start_recovers(tmp_path
     kinds = [e.event.event for e in read_events(DataLayout(data_dir).audit_log)]
     assert verify(DataLayout(data_dir).audit_log).ok
     assert kinds.count(EventType.APPLICATION_START) == 2
+
+
+def test_the_banner_comes_before_the_first_workers_self_check(tmp_path: Path) -> None:
+    # A new user reads where the archive listens, then what the self-check saw there.
+    data_dir, log = make_workers_dir(tmp_path / "data"), tmp_path / "serve.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [PACSGUARD, "serve", "--data-dir", str(data_dir), "--port", str(free_port())],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while "\nready" not in (text := log.read_text(errors="replace")):
+            assert proc.poll() is None and time.monotonic() < deadline, text[-3000:]
+            time.sleep(0.1)
+        banner, check = text.find("pacsguard archive 'PACSGUARD'"), text.find("self-check")
+        assert 0 <= banner < check < text.find("\nready"), text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

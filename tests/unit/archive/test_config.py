@@ -79,6 +79,27 @@ def test_file_then_env_then_overrides(tmp_path: Path) -> None:
     assert settings.tls.key_file == tmp_path / "data" / "tls" / "server.key"
 
 
+def test_a_bad_value_from_the_command_line_is_fixed_there_not_in_the_file(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "pacsguard.toml"
+    config.write_text("[server]\ndimse_port = 3000\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as cli:
+        load_settings(config, env={}, overrides={"server.dimse_port": 0})
+    assert "(from command line)" in str(cli.value) and str(cli.value).endswith("fix that option")
+    config.write_text("[server]\ndimse_port = 0\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"set \[server\] dimse_port in the config file"):
+        load_settings(config, env={})
+
+
+def test_a_missing_config_names_the_init_that_makes_it_in_that_folder(tmp_path: Path) -> None:
+    # A bare `pacsguard init` would make ./pacsguard-data, not the folder the user named.
+    folder = tmp_path / "typo"
+    with pytest.raises(ConfigError) as missing:
+        load_settings(folder / "pacsguard.toml", env={})
+    assert f"`pacsguard init --data-dir {folder}` creates" in str(missing.value)
+
+
 def test_config_path_from_environment(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('profile = "secure"\n[server]\nae_title = "FROMFILE"\n', encoding="utf-8")
@@ -176,7 +197,7 @@ def test_registered_aes_are_parsed() -> None:
 @pytest.mark.parametrize(
     ("ae", "fragment"),
     [
-        ({"ae_title": "X", "auth": "user-password"}, "needs the username"),
+        ({"ae_title": "X", "auth": "user-password"}, "needs a username"),
         ({"ae_title": "X", "auth": "user-password", "username": "bob"}, "[users.bob]"),
         ({"ae_title": "X", "auth": "mtls"}, "cert_sha256"),
         ({"ae_title": "X", "auth": "mtls", "cert_sha256": "12"}, "64 hex digits"),

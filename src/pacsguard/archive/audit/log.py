@@ -115,7 +115,10 @@ class AuditLog:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self._fd)
-            raise AuditLogError(f"{path} is open for writing by another process") from None
+            raise AuditLogError(
+                f"{path} is open for writing by another process (is a `pacsguard serve` "
+                "already running on this data folder? stop it first)"
+            ) from None
         try:
             self._seq, self._prev = _resume(path, self._fd)
             self._end = os.fstat(self._fd).st_size
