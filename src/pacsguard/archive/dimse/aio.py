@@ -47,8 +47,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, SupportsIndex, runtime_checkable
 
-from pynetdicom.pdu_primitives import A_ASSOCIATE
-
 from pacsguard.archive.audit.events import (
     AuditEvent,
     AuditSink,
@@ -80,6 +78,7 @@ from pacsguard.archive.security.attempt import AuthAttempt, dimse_attempt
 from pacsguard.archive.security.gate import authentication_event, normalize_address
 from pacsguard.archive.security.principal import PeerFacts, Principal, Rejection
 from pacsguard.archive.service import ArchiveService
+from pacsguard.dicom.acse_accept import AssociationRequest
 from pacsguard.dicom.client import close_writer
 from pacsguard.dicom.ul import ASSOCIATE_RQ, MAX_ASSOCIATION_PDU, encode_abort, read_pdu
 from pacsguard.errors import AuditLogError, MalformedPdu, PeerClosed, ProtocolError
@@ -414,7 +413,7 @@ class AsyncDimseFrontEnd:
         writer: asyncio.StreamWriter,
         tls: ssl.SSLContext | None,
         address: str,
-    ) -> A_ASSOCIATE | None:
+    ) -> AssociationRequest | None:
         """TLS handshake and A-ASSOCIATE-RQ within the pre-association deadline; None when the
         peer did not make it (audited, connection aborted)."""
         settings = self._settings
@@ -465,7 +464,7 @@ class AsyncDimseFrontEnd:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        rq: A_ASSOCIATE,
+        rq: AssociationRequest,
         address: str,
         port: int,
         pending: _PendingSlot,
@@ -521,7 +520,7 @@ class AsyncDimseFrontEnd:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        rq: A_ASSOCIATE,
+        rq: AssociationRequest,
         attempt: AuthAttempt,
         decision: Principal,
     ) -> None:
