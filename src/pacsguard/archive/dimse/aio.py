@@ -5,13 +5,13 @@ PDU between threads (a bare pynetdicom storage SCP caps at about 166 instances/s
 TLS in the accept loop, so one silent client blocks every other; and it accepts any calling AE
 and any request without a user identity item unless its internals are overridden. Here one
 event loop serves every listener: the archive's `Runtime` loop, which the other front ends
-share; pynetdicom's PDU and DIMSE message classes remain the codec (pacsguard.dicom.ul /
-.dimse / .stream). Archive calls (gate, service, audit) block, so they run on the runtime's
-bounded thread pools and never on the loop; the gate has a pool of its own, so that a burst
-of logins (Argon2id) cannot take the threads that stores and audit lines need. The
-gate decides on the loop only what needs no blocking work (`Gate.decide_now`: a remembered
-passcode, a certificate): under load the hop to a gate thread and back cost 2 ms at p50 and
-10 ms at p90 of association set-up.
+share; the codecs are our own, checked against pynetdicom's as oracle (association PDUs:
+pacsguard.dicom.acse_accept; messages: pacsguard.dicom.ul / .dimse / .stream). Archive calls
+(gate, service, audit) block, so they run on the runtime's bounded thread pools and never on the
+loop; the gate has a pool of its own, so that a burst of logins (Argon2id) cannot take the threads
+that stores and audit lines need. The gate decides on the loop only what needs no blocking work
+(`Gate.decide_now`: a remembered passcode, a certificate): under load the hop to a gate thread and
+back cost 2 ms at p50 and 10 ms at p90 of association set-up.
 
 Rules, in order: a connection not yet associated is "pending": at most `max_pending_per_source`
 per source address and `max_connections` in all, past that it is closed at once, so idle or
