@@ -41,6 +41,8 @@ INSTRUMENT: Final = {
     ),
     "associate": (
         "pacsguard.archive.dimse.aio_negotiation",
+        "pacsguard.dicom.acse",
+        "pacsguard.dicom.acse_accept",
         "pacsguard.dicom.ul",
         "pynetdicom.pdu",
         "pynetdicom.pdu_items",

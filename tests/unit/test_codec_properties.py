@@ -112,10 +112,9 @@ def test_associate_rq_round_trips_through_pynetdicom(
         max_pdu,
     )
     rq = decode_request(ours)
-    assert [(int(c.context_id), str(c.abstract_syntax), [str(t) for t in c.transfer_syntax])
-            for c in rq.presentation_context_definition_list] == [
+    assert [(c.context_id, c.abstract_syntax, list(c.transfer_syntaxes)) for c in rq.contexts] == [
         (2 * i + 1, a, t) for i, (a, t) in enumerate(proposed)
-    ]  # fmt: skip
+    ]
     facts = peer_facts(rq, "127.0.0.1", 104, None)
     assert (facts.calling_ae, facts.called_ae) == (calling, called)
 

@@ -1,7 +1,8 @@
 """The requestor's side of association control (PS3.8 9.3): A-ASSOCIATE-RQ out, A-ASSOCIATE-AC or
 -RJ in, A-RELEASE and A-ABORT, as bytes and plain values.
 
-Why our own codec and not pynetdicom's PDU classes (which the acceptor side still uses): importing
+Why our own codec and not pynetdicom's PDU classes (the acceptor's side is
+`pacsguard.dicom.acse_accept`, for CPU time rather than start-up): importing
 pynetdicom imports pydicom, 110 to 300 ms of start-up on this machine, which a verification
 scan (`pacsguard scan --no-echo --no-count`) would pay only to build one fixed request and read a
 few fields of the answer. These PDUs are fixed layouts of big-endian integers and length-prefixed

@@ -3,9 +3,9 @@
 This module frames PDUs on a stream (6-byte header, bounded body). The requestor's association
 PDUs (A-ASSOCIATE-RQ out, -AC/-RJ in, A-RELEASE, A-ABORT) are our own small codec in
 `pacsguard.dicom.acse`, re-exported here, so that a scan never imports pynetdicom or pydicom
-to verify a host; the acceptor side (the archive, the lab) decodes requests with pynetdicom's
-PDU classes. pynetdicom's own transport is thread-per-association, which cannot hold thousands
-of targets at once.
+to verify a host; the archive's acceptor side is `pacsguard.dicom.acse_accept` (the lab's
+acceptor still decodes requests with pynetdicom's PDU classes). pynetdicom's own transport is
+thread-per-association, which cannot hold thousands of targets at once.
 """
 
 from __future__ import annotations

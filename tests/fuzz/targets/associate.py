@@ -1,7 +1,9 @@
 """A-ASSOCIATE handling: the acceptor side (`aio_negotiation.decode_request`, `peer_facts`,
-`accept`) and the scanner side (`ul.decode_associate_answer`), with pynetdicom's PDU classes as
-codec and oracle: every A-ASSOCIATE-AC we build must decode with pynetdicom and with our own
-scanner-side reader, and accept only what was proposed and what we support.
+`accept`, on `pacsguard.dicom.acse_accept`) and the scanner side (`ul.decode_associate_answer`),
+with pynetdicom's PDU classes and negotiation as oracle (`benchmarks.acse_setup`, the archive's
+path until issue 9): a request we decode, pynetdicom decodes to the same facts; our
+A-ASSOCIATE-AC is byte for byte pynetdicom's, reads back with our own scanner-side reader, and
+accepts only what was proposed and what we support.
 
 Input: one PDU; its length field is set to the input's length (read_pdu frames PDUs, so the
 parsers only ever see PDUs whose length fits). Type 0x01 goes to the acceptor, others to the
@@ -13,7 +15,8 @@ import struct
 from collections.abc import Iterator
 from typing import Final
 
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ
+from benchmarks.acse_setup import pynetdicom_accept, pynetdicom_decode, pynetdicom_facts
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     SCP_SCU_RoleSelectionNegotiation,
@@ -52,28 +55,32 @@ def _acceptor(data: bytes) -> None:
     facts = peer_facts(rq, "127.0.0.1", 11112, None)
     if len(facts.calling_ae) > 16 or len(facts.called_ae) > 16:
         raise Defect("an AE title longer than 16 characters")
-    accepted = accept(rq, PRINCIPAL, 16384)
-    ac = A_ASSOCIATE_AC()
     try:
-        ac.decode(accepted.pdu)
-    except Exception as exc:
-        raise Defect(f"our A-ASSOCIATE-AC does not decode with pynetdicom: {exc!r}") from exc
-    proposed = {
-        int(pc.context_id): pc for pc in rq.presentation_context_definition_list
-    }  # what the requestor proposed, by id
+        theirs = pynetdicom_decode(data)
+    except MalformedPdu:
+        raise Defect("a request pynetdicom refuses decodes with ours") from None
+    if pynetdicom_facts(theirs) != rq:
+        raise Defect("our decoder and pynetdicom's read different facts")
+    accepted = accept(rq, PRINCIPAL, 16384)
+    reference, reference_contexts, reference_max = pynetdicom_accept(theirs, PRINCIPAL, 16384)
+    if accepted.pdu != reference:
+        raise Defect("our A-ASSOCIATE-AC differs from pynetdicom's")
+    if accepted.contexts != reference_contexts or accepted.peer_max_pdu != reference_max:
+        raise Defect("our negotiation and pynetdicom's accept different contexts")
+    proposed = {c.context_id: c for c in rq.contexts}  # what the requestor proposed, by id
     for cid, context in accepted.contexts.items():
         offer = proposed.get(cid)
         if offer is None:
             raise Defect(f"context {cid} accepted but never proposed")
-        if context.abstract_syntax != str(offer.abstract_syntax):
+        if context.abstract_syntax != offer.abstract_syntax:
             raise Defect(f"context {cid} accepted for another abstract syntax")
-        if context.transfer_syntax not in {str(t) for t in offer.transfer_syntax}:
+        if context.transfer_syntax not in offer.transfer_syntaxes:
             raise Defect(f"context {cid} accepted with a transfer syntax never proposed")
         if context.transfer_syntax not in _SUPPORTED_SYNTAXES:
             raise Defect(f"context {cid} accepted with an unsupported transfer syntax")
     ours = decode_associate_answer(
         RawPdu(0x02, accepted.pdu),
-        [ProposedContext(cid, str(pc.abstract_syntax)) for cid, pc in proposed.items()],
+        [ProposedContext(cid, pc.abstract_syntax) for cid, pc in proposed.items()],
     )
     if not isinstance(ours, AssociationAccepted):
         raise Defect("our own reader sees no acceptance in our A-ASSOCIATE-AC")
@@ -123,8 +130,10 @@ def seeds() -> Iterator[bytes]:
     role.scu_role, role.scp_role = True, True
     primitive.user_information = [*primitive.user_information, identity, role]
     yield bytes(A_ASSOCIATE_RQ(primitive).encode())
-    accepted = accept(primitive, PRINCIPAL, 16384)
-    yield accepted.pdu
+    identity.user_identity_type = 5  # a positive response in the answer
+    request = bytes(A_ASSOCIATE_RQ(primitive).encode())
+    yield request
+    yield accept(decode_request(request), PRINCIPAL, 16384).pdu
     reject = A_ASSOCIATE()
     reject.result, reject.result_source, reject.diagnostic = 1, 1, 7
     yield bytes(A_ASSOCIATE_RJ(reject).encode())

@@ -5,13 +5,13 @@ PDU between threads (a bare pynetdicom storage SCP caps at about 166 instances/s
 TLS in the accept loop, so one silent client blocks every other; and it accepts any calling AE
 and any request without a user identity item unless its internals are overridden. Here one
 event loop serves every listener: the archive's `Runtime` loop, which the other front ends
-share; pynetdicom's PDU and DIMSE message classes remain the codec (pacsguard.dicom.ul /
-.dimse / .stream). Archive calls (gate, service, audit) block, so they run on the runtime's
-bounded thread pools and never on the loop; the gate has a pool of its own, so that a burst
-of logins (Argon2id) cannot take the threads that stores and audit lines need. The
-gate decides on the loop only what needs no blocking work (`Gate.decide_now`: a remembered
-passcode, a certificate): under load the hop to a gate thread and back cost 2 ms at p50 and
-10 ms at p90 of association set-up.
+share; the codecs are our own, checked against pynetdicom's as oracle (association PDUs:
+pacsguard.dicom.acse_accept; messages: pacsguard.dicom.ul / .dimse / .stream). Archive calls
+(gate, service, audit) block, so they run on the runtime's bounded thread pools and never on the
+loop; the gate has a pool of its own, so that a burst of logins (Argon2id) cannot take the threads
+that stores and audit lines need. The gate decides on the loop only what needs no blocking work
+(`Gate.decide_now`: a remembered passcode, a certificate): under load the hop to a gate thread and
+back cost 2 ms at p50 and 10 ms at p90 of association set-up.
 
 Rules, in order: a connection not yet associated is "pending": at most `max_pending_per_source`
 per source address and `max_connections` in all, past that it is closed at once, so idle or
@@ -47,8 +47,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, SupportsIndex, runtime_checkable
 
-from pynetdicom.pdu_primitives import A_ASSOCIATE
-
 from pacsguard.archive.audit.events import (
     AuditEvent,
     AuditSink,
@@ -80,6 +78,7 @@ from pacsguard.archive.security.attempt import AuthAttempt, dimse_attempt
 from pacsguard.archive.security.gate import authentication_event, normalize_address
 from pacsguard.archive.security.principal import PeerFacts, Principal, Rejection
 from pacsguard.archive.service import ArchiveService
+from pacsguard.dicom.acse_accept import AssociationRequest
 from pacsguard.dicom.client import close_writer
 from pacsguard.dicom.ul import ASSOCIATE_RQ, MAX_ASSOCIATION_PDU, encode_abort, read_pdu
 from pacsguard.errors import AuditLogError, MalformedPdu, PeerClosed, ProtocolError
@@ -414,7 +413,7 @@ class AsyncDimseFrontEnd:
         writer: asyncio.StreamWriter,
         tls: ssl.SSLContext | None,
         address: str,
-    ) -> A_ASSOCIATE | None:
+    ) -> AssociationRequest | None:
         """TLS handshake and A-ASSOCIATE-RQ within the pre-association deadline; None when the
         peer did not make it (audited, connection aborted)."""
         settings = self._settings
@@ -465,7 +464,7 @@ class AsyncDimseFrontEnd:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        rq: A_ASSOCIATE,
+        rq: AssociationRequest,
         address: str,
         port: int,
         pending: _PendingSlot,
@@ -521,7 +520,7 @@ class AsyncDimseFrontEnd:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        rq: A_ASSOCIATE,
+        rq: AssociationRequest,
         attempt: AuthAttempt,
         decision: Principal,
     ) -> None:

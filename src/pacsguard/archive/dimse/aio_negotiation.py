@@ -1,9 +1,10 @@
 """Acceptor-side association negotiation for the asyncio front end (PS3.8 9.3.2-9.3.4).
 
 The request's facts go to the gate first;
-only then are presentation contexts negotiated, by pynetdicom's own `negotiate_as_acceptor`, over
-the contexts `frontend.context_allowed` offers to that principal. Every PDU is encoded and decoded
-by pynetdicom's classes.
+only then are presentation contexts negotiated (`pacsguard.dicom.acse_accept.negotiate`, the
+rules of pynetdicom's `negotiate_as_acceptor`), over the contexts `frontend.context_allowed`
+offers to that principal. The association PDUs are our own codec, `pacsguard.dicom.acse_accept`:
+pynetdicom's PDU classes cost 10-30 ms of CPU per storescu association (benchmarks/acse_setup.py).
 """
 
 from __future__ import annotations
@@ -13,22 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
 
-from pydicom.uid import UID
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation,
-    UserIdentityNegotiation,
-)
-from pynetdicom.presentation import (
-    AllStoragePresentationContexts,
-    PresentationContext,
-    build_context,
-    negotiate_as_acceptor,
-)
+from pynetdicom.presentation import AllStoragePresentationContexts
 
 from pacsguard.archive.dimse.contexts import (
     QUERY_RETRIEVE_TRANSFER_SYNTAXES,
@@ -44,13 +30,20 @@ from pacsguard.archive.security.principal import (
 )
 from pacsguard.archive.security.tls import peer_cert_facts
 from pacsguard.dicom import uids
-from pacsguard.errors import MalformedPdu
+from pacsguard.dicom.acse_accept import (
+    AssociationRequest,
+    SupportedContext,
+    decode_associate_rq,
+    encode_associate_ac,
+    encode_associate_rj,
+    negotiate,
+)
 
 #: A-ASSOCIATE-RJ rejected-transient, presentation-layer, local-limit-exceeded (PS3.8 9.3.4).
 ASSOCIATION_LIMIT: Final = (2, 3, 2)
 
-_SYNTAXES: Final[list[str | UID]] = list(TRANSFER_SYNTAXES)
-_QUERY_RETRIEVE_SYNTAXES: Final[list[str | UID]] = list(QUERY_RETRIEVE_TRANSFER_SYNTAXES)
+_SYNTAXES: Final = tuple(str(ts) for ts in TRANSFER_SYNTAXES)
+_QUERY_RETRIEVE_SYNTAXES: Final = tuple(str(ts) for ts in QUERY_RETRIEVE_TRANSFER_SYNTAXES)
 _QUERY_RETRIEVE: Final = (
     uids.PATIENT_ROOT_FIND,
     uids.STUDY_ROOT_FIND,
@@ -80,51 +73,31 @@ class Accepted:
     peer_max_pdu: int
 
 
-def decode_request(data: bytes) -> A_ASSOCIATE:
-    """The A-ASSOCIATE primitive of an A-ASSOCIATE-RQ PDU; MalformedPdu on bad bytes."""
-    pdu = A_ASSOCIATE_RQ()
-    try:
-        pdu.decode(data)
-        primitive = pdu.to_primitive()
-    except Exception as exc:  # pynetdicom raises assorted errors on bad bytes
-        raise MalformedPdu(f"undecodable A-ASSOCIATE-RQ: {exc.__class__.__name__}") from None
-    for context in primitive.presentation_context_definition_list:
-        # PS3.8 9.3.2.2: one abstract syntax, at least one transfer syntax. pynetdicom decodes
-        # an item without them, and its negotiation then raises TypeError (found by fuzzing).
-        if context.context_id is None or not context.abstract_syntax:
-            raise MalformedPdu("A-ASSOCIATE-RQ presentation context without abstract syntax")
-        if not context.transfer_syntax:
-            raise MalformedPdu("A-ASSOCIATE-RQ presentation context without transfer syntax")
-    return primitive
-
-
-def _user_identity(rq: A_ASSOCIATE) -> UserIdentityNegotiation | None:
-    for item in rq.user_information:
-        if isinstance(item, UserIdentityNegotiation):
-            return item
-    return None
+def decode_request(data: bytes) -> AssociationRequest:
+    """An A-ASSOCIATE-RQ PDU as a plain value; MalformedPdu on bad bytes."""
+    return decode_associate_rq(data)
 
 
 def peer_facts(
-    rq: A_ASSOCIATE, address: str, port: int, ssl_object: ssl.SSLObject | None
+    rq: AssociationRequest, address: str, port: int, ssl_object: ssl.SSLObject | None
 ) -> PeerFacts:
     """What the transport and the request say about the peer, for the gate."""
     cert = peer_cert_facts(ssl_object) if ssl_object is not None else None
     sha, subject = cert if cert is not None else (None, None)
     identity = None
-    item = _user_identity(rq)
+    item = rq.user_identity
     if item is not None:
         identity = UserIdentity(
-            identity_type=int(item.user_identity_type or 0),
-            primary=bytes(item.primary_field or b""),
-            secondary=bytes(item.secondary_field or b""),
-            positive_response_requested=bool(item.positive_response_requested),
+            identity_type=item.identity_type,
+            primary=item.primary,
+            secondary=item.secondary,
+            positive_response_requested=item.positive_response_requested,
         )
     return PeerFacts(
         address=address,
         port=port,
-        calling_ae=str(rq.calling_ae_title).strip(),
-        called_ae=str(rq.called_ae_title).strip(),
+        calling_ae=rq.calling_ae,
+        called_ae=rq.called_ae,
         tls=ssl_object is not None,
         client_cert_sha256=sha,
         client_cert_subject=subject,
@@ -134,93 +107,58 @@ def peer_facts(
 
 @lru_cache(maxsize=8)
 def encode_reject(result: int, source: int, reason: int) -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.result = result
-    primitive.result_source = source
-    primitive.diagnostic = reason
-    return bytes(A_ASSOCIATE_RJ(primitive).encode())
+    return encode_associate_rj(result, source, reason)
 
 
-def _supported(principal: Principal) -> tuple[PresentationContext, ...]:
+def _supported(principal: Principal) -> dict[str, SupportedContext]:
     """The contexts the archive supports, filtered for what this principal may use."""
     return _supported_with(principal.permissions)
 
 
 @lru_cache(maxsize=64)
-def _supported_with(permissions: frozenset[Action]) -> tuple[PresentationContext, ...]:
-    """Built once per set of permissions (negotiation only reads them): building ~150
-    storage contexts with their transfer syntaxes took 25-40 ms of CPU per association, on
-    the event loop."""
+def _supported_with(permissions: frozenset[Action]) -> dict[str, SupportedContext]:
+    """Built once per set of permissions (negotiation only reads them)."""
     holder = Principal("", "", AuthMethod.LAB, None, permissions)
-    return tuple(cx for cx in _all_contexts() if context_allowed(holder, str(cx.abstract_syntax)))
+    return {
+        abstract: cx
+        for abstract, cx in _all_contexts().items()
+        if context_allowed(holder, abstract)
+    }
 
 
 @lru_cache(maxsize=1)
-def _all_contexts() -> tuple[PresentationContext, ...]:
-    contexts = [build_context(uids.VERIFICATION, _SYNTAXES)]
+def _all_contexts() -> dict[str, SupportedContext]:
+    """Verification, every storage SOP class in both roles (C-GET delivers over the same
+    association in the SCP role), and query/retrieve in Little Endian only."""
+    contexts = {uids.VERIFICATION: SupportedContext(uids.VERIFICATION, _SYNTAXES)}
     for cx in AllStoragePresentationContexts:
-        storage = build_context(str(cx.abstract_syntax), _SYNTAXES)
-        storage.scu_role = True
-        storage.scp_role = True
-        contexts.append(storage)
+        abstract = str(cx.abstract_syntax)
+        contexts[abstract] = SupportedContext(abstract, _SYNTAXES, True, True)
     for abstract in sorted(_QUERY_RETRIEVE):
-        contexts.append(build_context(abstract, _QUERY_RETRIEVE_SYNTAXES))
-    return tuple(contexts)
+        contexts[abstract] = SupportedContext(abstract, _QUERY_RETRIEVE_SYNTAXES)
+    return contexts
 
 
-def _identity_response(rq: A_ASSOCIATE) -> UserIdentityNegotiation | None:
+def _identity_response(rq: AssociationRequest) -> bytes | None:
     """The gate verified the identity already: a positive response only when requested, and
     (as pynetdicom's ACSE does) only for Kerberos, SAML and JWT identities (types 3, 4, 5)."""
-    item = _user_identity(rq)
+    item = rq.user_identity
     if item is None or not item.positive_response_requested:
         return None
-    if item.user_identity_type not in (3, 4, 5):
+    if item.identity_type not in (3, 4, 5):
         return None
-    response = UserIdentityNegotiation()
-    response.server_response = b""
-    return response
+    return b""
 
 
-def accept(rq: A_ASSOCIATE, principal: Principal, max_pdu: int) -> Accepted:
+def accept(rq: AssociationRequest, principal: Principal, max_pdu: int) -> Accepted:
     """Negotiate contexts and roles for an accepted principal; the A-ASSOCIATE-AC to send."""
-    roles = {
-        UID(str(item.sop_class_uid)): (item.scu_role, item.scp_role)
-        for item in rq.user_information
-        if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid
-    }
-    results, role_items = negotiate_as_acceptor(
-        rq.presentation_context_definition_list, list(_supported(principal)), roles or None
-    )
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = uids.APPLICATION_CONTEXT
-    primitive.calling_ae_title = rq.calling_ae_title
-    primitive.called_ae_title = rq.called_ae_title
-    primitive.result = 0x00
-    primitive.result_source = 0x01
-    primitive.presentation_context_definition_results_list = results
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = max_pdu
-    impl_uid = ImplementationClassUIDNotification()
-    impl_uid.implementation_class_uid = uids.IMPLEMENTATION_CLASS_UID
-    impl_name = ImplementationVersionNameNotification()
-    impl_name.implementation_version_name = uids.IMPLEMENTATION_VERSION_NAME
-    info: list[object] = [max_length, impl_uid, impl_name, *role_items]
-    identity = _identity_response(rq)
-    if identity is not None:
-        info.append(identity)
-    primitive.user_information = info  # type: ignore[assignment]
+    results, role_replies = negotiate(rq.contexts, _supported(principal), rq.roles)
+    pdu = encode_associate_ac(rq, results, role_replies, max_pdu, _identity_response(rq))
     contexts = {
-        int(cx.context_id): AcceptedContext(
-            int(cx.context_id),
-            str(cx.abstract_syntax),
-            str(cx.transfer_syntax[0]),
-            acceptor_is_scu=bool(cx.as_scu),
+        cx.context_id: AcceptedContext(
+            cx.context_id, cx.abstract_syntax, cx.transfer_syntax, acceptor_is_scu=cx.as_scu
         )
         for cx in results
-        if cx.result == 0x00 and cx.context_id is not None
+        if cx.result == 0x00
     }
-    peer_max = 0
-    for item in rq.user_information:
-        if isinstance(item, MaximumLengthNotification):
-            peer_max = int(item.maximum_length_received or 0)
-    return Accepted(bytes(A_ASSOCIATE_AC(primitive).encode()), contexts, peer_max)
+    return Accepted(pdu, contexts, rq.max_pdu or 0)
