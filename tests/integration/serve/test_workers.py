@@ -23,7 +23,7 @@ from pacsguard.archive.app import open_storage
 from pacsguard.archive.audit.events import EventType
 from pacsguard.archive.audit.log import read_events, verify
 from pacsguard.archive.config import DataLayout, load_settings
-from pacsguard.archive.fsck import run_fsck
+from pacsguard.archive.fsck import FsckReport, run_fsck
 from pacsguard.dicom import uids
 from pacsguard.dicom.client import Association, Timeouts, request_association
 from pacsguard.dicom.ul import propose
@@ -145,6 +145,15 @@ async def _store_all(
         await assoc.abort()
 
 
+def fsck_of(data_dir: Path) -> FsckReport:
+    """fsck (hashes verified) of a stopped archive's data folder."""
+    index, blobs = open_storage(load_settings(data_dir / "pacsguard.toml", env={}))
+    try:
+        return run_fsck(index, blobs, verify_hashes=True)
+    finally:
+        index.close()
+
+
 def test_worker_killed_mid_ingest_loses_nothing_acknowledged_and_is_restarted(
     tmp_path: Path,
 ) -> None:
@@ -257,12 +266,7 @@ def test_four_concurrent_storescu_through_two_workers(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    settings = load_settings(data_dir / "pacsguard.toml", env={})
-    index, blobs = open_storage(settings)
-    try:
-        report = run_fsck(index, blobs, verify_hashes=True)
-    finally:
-        index.close()
+    report = fsck_of(data_dir)
     assert report.checked == 200, report
     assert not (report.missing or report.orphans or report.mismatches or report.unreadable)
     assert verify(DataLayout(data_dir).audit_log).ok
@@ -510,12 +514,7 @@ def test_supervisor_killed_its_workers_stop_and_the_next_start_recovers(tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    settings = load_settings(data_dir / "pacsguard.toml", env={})
-    index, blobs = open_storage(settings)
-    try:
-        report = run_fsck(index, blobs, verify_hashes=True)
-    finally:
-        index.close()
+    report = fsck_of(data_dir)
     assert report.checked == 60 and not (report.missing or report.orphans or report.mismatches)
     kinds = [e.event.event for e in read_events(DataLayout(data_dir).audit_log)]
     assert verify(DataLayout(data_dir).audit_log).ok
