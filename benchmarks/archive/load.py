@@ -26,6 +26,7 @@ average is recorded before and after.
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -463,29 +464,18 @@ def run(
     processes = Processes()
     load_before = os.getloadavg()
     try:
-        rows = [
-            _load_pacsguard(
-                work,
-                processes,
-                duration_s=duration_s,
-                per_store=per_store,
-                per_find=per_find,
-                seed=seed,
-                on_running=on_running,
-            )
-        ]
+        load_pacsguard = functools.partial(
+            _load_pacsguard,
+            work,
+            processes,
+            duration_s=duration_s,
+            per_store=per_store,
+            per_find=per_find,
+            seed=seed,
+        )
+        rows = [load_pacsguard(on_running=on_running)]
         if workers is not None:  # the same load on `[server] workers = N`, for comparison
-            rows.append(
-                _load_pacsguard(
-                    work,
-                    processes,
-                    duration_s=duration_s,
-                    per_store=per_store,
-                    per_find=per_find,
-                    seed=seed,
-                    workers=workers,
-                )
-            )
+            rows.append(load_pacsguard(workers=workers))
         load_mid = os.getloadavg()
         if orthanc and executable("Orthanc").exists():
             rows.append(
